@@ -1,0 +1,66 @@
+//! API errors: one JSON shape, `{"error", "error_type"}`, with the HTTP status that fits.
+
+use bytes::Bytes;
+use serde::Serialize;
+use spin_sdk::http::{FullBody, HeaderMap, Response, StatusCode};
+
+/// An error answered to the client.
+#[derive(Clone, Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: ErrorBody,
+}
+
+#[derive(Clone, Debug, Serialize)]
+struct ErrorBody {
+    error: String,
+    error_type: &'static str,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error_type: &'static str, error: String) -> ApiError {
+        ApiError { status, body: ErrorBody { error, error_type } }
+    }
+
+    /// The request is well-formed HTTP but its content is not acceptable (422).
+    pub fn validation(error: String) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Validation", error)
+    }
+
+    /// The inference backend (wasi:nn) failed (500).
+    pub fn backend(error: String) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Backend", error)
+    }
+
+    /// The component itself is misconfigured (500).
+    pub fn internal(error: String) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", error)
+    }
+
+    pub fn method_not_allowed(method: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("method {method} is not allowed; use POST"),
+        )
+    }
+
+    pub fn into_response(self) -> Response<FullBody<Bytes>> {
+        super::json_response(self.status, &self.body)
+    }
+}
+
+/// Requests must declare a JSON body (`application/json`, parameters allowed).
+pub fn require_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let media_type = content_type.split(';').next().unwrap_or("").trim();
+    if media_type.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            format!("content-type must be application/json, got {content_type:?}"),
+        ))
+    }
+}

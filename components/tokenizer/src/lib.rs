@@ -1,0 +1,116 @@
+//! The tokenizer component: Hugging Face `tokenizers` behind the `edgeinfer:text/tokenize` WIT
+//! interface. Pure preprocessing: it imports nothing host-specific, so it composes into any handler.
+
+use std::cell::RefCell;
+
+use tokenizers::utils::truncation::{TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::{Encoding as HfEncoding, Tokenizer as HfTokenizer};
+
+wit_bindgen::generate!({
+    world: "tokenizer",
+    path: "../../wit",
+});
+
+use exports::edgeinfer::text::tokenize::{EncodeOptions, Encoding, Error, Guest, GuestTokenizer, Tokenizer};
+
+/// Pad token used when `tokenizer.json` configures no padding (BERT's `[PAD]` is id 0).
+const DEFAULT_PAD_ID: u32 = 0;
+
+struct Component;
+
+impl Guest for Component {
+    type Tokenizer = TextTokenizer;
+}
+
+/// A parsed `tokenizer.json` with its own padding and truncation removed.
+pub struct TextTokenizer {
+    /// Mutable because truncation is a tokenizer setting in `tokenizers`, chosen per call here.
+    inner: RefCell<HfTokenizer>,
+    pad_id: u32,
+    pad_type_id: u32,
+}
+
+impl GuestTokenizer for TextTokenizer {
+    fn from_json(json: Vec<u8>) -> Result<Tokenizer, Error> {
+        // Components run single-threaded: keep `tokenizers` off its rayon paths.
+        tokenizers::utils::parallelism::set_parallelism(false);
+        let mut inner = HfTokenizer::from_bytes(&json).map_err(|e| Error::InvalidTokenizer(e.to_string()))?;
+        let (pad_id, pad_type_id) =
+            inner.get_padding().map(|p| (p.pad_id, p.pad_type_id)).unwrap_or((DEFAULT_PAD_ID, 0));
+        // Files ship with padding/truncation fixed (e.g. 128): callers decide per request instead.
+        inner.with_padding(None);
+        inner.with_truncation(None).map_err(|e| Error::InvalidTokenizer(e.to_string()))?;
+        Ok(Tokenizer::new(TextTokenizer { inner: RefCell::new(inner), pad_id, pad_type_id }))
+    }
+
+    fn encode_batch(&self, texts: Vec<String>, options: EncodeOptions) -> Result<Vec<Encoding>, Error> {
+        if options.max_length == Some(0) {
+            return Err(Error::InvalidOptions("max-length must be at least 1".into()));
+        }
+        let mut tokenizer = self.inner.borrow_mut();
+        let mut encodings = Vec::with_capacity(texts.len());
+        for text in &texts {
+            let full = tokenizer
+                .encode(text.as_str(), options.add_special_tokens)
+                .map_err(|e| Error::EncodeFailed(e.to_string()))?;
+            let length_before_truncation = full.len() as u32;
+            let encoding = match options.max_length {
+                // Truncation must happen before special tokens are added, so re-encode the
+                // (rare) over-long texts with truncation on rather than cutting `full`.
+                Some(max) if length_before_truncation > max => {
+                    encode_truncated(&mut tokenizer, text, max, options.add_special_tokens)?
+                }
+                _ => full,
+            };
+            encodings.push((encoding, length_before_truncation));
+        }
+        let target = if options.pad_to_longest {
+            encodings.iter().map(|(e, _)| e.len()).max().unwrap_or(0)
+        } else {
+            0
+        };
+        Ok(encodings.into_iter().map(|(e, before)| self.to_wit(e, before, target)).collect())
+    }
+
+    fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+}
+
+impl TextTokenizer {
+    /// Converts to the WIT record, right-padding to `target` tokens.
+    fn to_wit(&self, e: HfEncoding, length_before_truncation: u32, target: usize) -> Encoding {
+        let pad = target.saturating_sub(e.len());
+        let mut ids = e.get_ids().to_vec();
+        let mut attention_mask = e.get_attention_mask().to_vec();
+        let mut type_ids = e.get_type_ids().to_vec();
+        let mut offsets: Vec<(u32, u32)> =
+            e.get_offsets().iter().map(|&(s, t)| (s as u32, t as u32)).collect();
+        ids.extend(std::iter::repeat_n(self.pad_id, pad));
+        attention_mask.extend(std::iter::repeat_n(0, pad));
+        type_ids.extend(std::iter::repeat_n(self.pad_type_id, pad));
+        offsets.extend(std::iter::repeat_n((0, 0), pad));
+        Encoding { ids, attention_mask, type_ids, offsets, length_before_truncation }
+    }
+}
+
+fn encode_truncated(
+    tokenizer: &mut HfTokenizer,
+    text: &str,
+    max_length: u32,
+    add_special_tokens: bool,
+) -> Result<HfEncoding, Error> {
+    let params = TruncationParams {
+        direction: TruncationDirection::Right,
+        max_length: max_length as usize,
+        strategy: TruncationStrategy::LongestFirst,
+        stride: 0,
+    };
+    tokenizer.with_truncation(Some(params)).map_err(|e| Error::InvalidOptions(e.to_string()))?;
+    let result = tokenizer.encode(text, add_special_tokens);
+    // Leave the shared tokenizer untruncated for the next text.
+    let _ = tokenizer.with_truncation(None);
+    result.map_err(|e| Error::EncodeFailed(e.to_string()))
+}
+
+export!(Component);

@@ -1,0 +1,214 @@
+//! Turns a manifest + runtime config into a running app: models loaded into the registry, each
+//! component composed with its dependencies, compiled (cached), linked and ready to instantiate.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::SystemTime;
+
+use anyhow::{Context, Result, bail};
+use wasmtime::Engine;
+use wasmtime::component::Linker;
+use wasmtime_wasi_http::handler::{ProxyHandler, ProxyPre};
+
+use crate::compile::{CacheOutcome, CompileCache};
+use crate::compose::{DependencyBytes, compose};
+use crate::instance::{ComponentHandler, InstanceSpec, InstanceState, ReusePolicy};
+use crate::manifest::{Component, Manifest};
+use crate::nn::registry::GraphRegistry;
+
+/// Linear memory a component instance may grow to by default.
+const DEFAULT_MAX_MEMORY_BYTES: usize = 512 << 20;
+
+/// A component ready to serve.
+pub struct LoadedComponent {
+    pub id: String,
+    /// Hex sha256 of the composed component: its version as deployed.
+    pub version: String,
+    pub loaded_at: SystemTime,
+    pub compile_cache: CacheOutcome,
+    pub handler: ProxyHandler<ComponentHandler>,
+}
+
+/// A route of `[[trigger.http]]`.
+pub struct Route {
+    pub pattern: RoutePattern,
+    pub component: Arc<LoadedComponent>,
+}
+
+/// Spin route syntax: exact path, or `prefix/...` for everything under the prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoutePattern {
+    Exact(String),
+    Prefix(String),
+}
+
+impl RoutePattern {
+    pub fn parse(route: &str) -> RoutePattern {
+        match route.strip_suffix("/...") {
+            Some(prefix) => RoutePattern::Prefix(prefix.to_string()),
+            None => RoutePattern::Exact(route.trim_end_matches('/').to_string()),
+        }
+    }
+
+    /// Whether `path` is served by this route; longer routes are tried first by the caller.
+    pub fn matches(&self, path: &str) -> bool {
+        let path = if path.len() > 1 { path.trim_end_matches('/') } else { path };
+        match self {
+            RoutePattern::Exact(p) => path == p || (p.is_empty() && path == "/"),
+            RoutePattern::Prefix(p) => path == p || path.starts_with(&format!("{p}/")) || p.is_empty(),
+        }
+    }
+
+    fn specificity(&self) -> (bool, usize) {
+        match self {
+            RoutePattern::Exact(p) => (true, p.len()),
+            RoutePattern::Prefix(p) => (false, p.len()),
+        }
+    }
+}
+
+/// The running app.
+pub struct App {
+    pub name: String,
+    /// Most specific first.
+    pub routes: Vec<Route>,
+    pub components: BTreeMap<String, Arc<LoadedComponent>>,
+    pub registry: Arc<GraphRegistry>,
+}
+
+impl App {
+    /// Builds every routed component of `manifest`.
+    pub fn load(
+        manifest: &Manifest,
+        registry: Arc<GraphRegistry>,
+        engine: &Engine,
+        cache: &CompileCache,
+    ) -> Result<App> {
+        let mut linker = Linker::<InstanceState>::new(engine);
+        // Handlers built for wasm32-wasip2 import WASI 0.2 (std) and 0.3 (http) side by side.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi::p3::add_to_linker(&mut linker)?;
+        wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
+        crate::nn::add_to_linker(&mut linker)?;
+
+        let mut components = BTreeMap::new();
+        let routed: BTreeSet<&str> = manifest.http_triggers.iter().map(|t| t.component.as_str()).collect();
+        for id in routed {
+            let component = &manifest.components[id];
+            let loaded = load_component(manifest, id, component, &registry, engine, &linker, cache)
+                .with_context(|| format!("component {id}"))?;
+            components.insert(id.to_string(), Arc::new(loaded));
+        }
+        let mut routes: Vec<Route> = manifest
+            .http_triggers
+            .iter()
+            .map(|t| Route {
+                pattern: RoutePattern::parse(&t.route),
+                component: components[&t.component].clone(),
+            })
+            .collect();
+        routes.sort_by_key(|r| std::cmp::Reverse(r.pattern.specificity()));
+        Ok(App { name: manifest.application.name.clone(), routes, components, registry })
+    }
+
+    /// The component serving `path`, if any.
+    pub fn route(&self, path: &str) -> Option<&Arc<LoadedComponent>> {
+        self.routes.iter().find(|r| r.pattern.matches(path)).map(|r| &r.component)
+    }
+}
+
+fn load_component(
+    manifest: &Manifest,
+    id: &str,
+    component: &Component,
+    registry: &Arc<GraphRegistry>,
+    engine: &Engine,
+    linker: &Linker<InstanceState>,
+    cache: &CompileCache,
+) -> Result<LoadedComponent> {
+    let source = manifest.resolve(&component.source);
+    let main = std::fs::read(&source).with_context(|| {
+        format!(
+            "cannot read {} (build it with `edgeinfer build` or `edgeinfer up --build`)",
+            source.display()
+        )
+    })?;
+    let mut dependencies = Vec::new();
+    for (key, dependency) in &component.dependencies {
+        let path = manifest.resolve(&dependency.path);
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("cannot read dependency {key} at {}", path.display()))?;
+        dependencies.push(DependencyBytes {
+            key: key.clone(),
+            name: format!("{id}-dep-{}", dependencies.len()),
+            bytes,
+            export: dependency.export.clone(),
+        });
+    }
+    let composed = compose(id, main, dependencies)?;
+    let version = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&composed));
+    let (compiled, outcome) = cache.load(engine, id, &composed)?;
+    let pre = linker
+        .instantiate_pre(&compiled)
+        .map_err(anyhow::Error::from)
+        .context("the component imports something this host does not provide")?;
+    let pre = match wasmtime_wasi_http::p3::bindings::ServicePre::new(pre) {
+        Ok(pre) => ProxyPre::P3(pre),
+        Err(e) => bail!("the component does not export wasi:http/handler@0.3.0: {e}"),
+    };
+    let mut mounts = Vec::new();
+    for mount in &component.files {
+        let (source, destination) = mount.source_and_destination();
+        let host = manifest.resolve(source);
+        if !host.is_dir() {
+            bail!("files: {} is not a directory (only directory mounts are supported)", host.display());
+        }
+        mounts.push((host, destination));
+    }
+    for model in &component.ai_models {
+        if registry.get(model).is_none() {
+            tracing::warn!(component = id, model = %model, "ai_models names a model the runtime config does not load");
+        }
+    }
+    let spec = InstanceSpec {
+        component_id: id.to_string(),
+        environment: component.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        mounts,
+        allowed_models: Arc::new(component.ai_models.iter().cloned().collect()),
+        registry: registry.clone(),
+        max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
+    };
+    let handler = ProxyHandler::new(ComponentHandler {
+        engine: engine.clone(),
+        pre,
+        spec: Arc::new(spec),
+        policy: ReusePolicy::default(),
+        instances_created: AtomicU64::new(0),
+    });
+    tracing::info!(component = id, version = %&version[..12], compile_cache = ?outcome, "component ready");
+    Ok(LoadedComponent {
+        id: id.to_string(),
+        version,
+        loaded_at: SystemTime::now(),
+        compile_cache: outcome,
+        handler,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RoutePattern;
+
+    #[test]
+    fn spin_route_patterns() {
+        let exact = RoutePattern::parse("/embed");
+        assert!(exact.matches("/embed") && exact.matches("/embed/"));
+        assert!(!exact.matches("/embedx") && !exact.matches("/embed/x"));
+        let prefix = RoutePattern::parse("/api/...");
+        assert!(prefix.matches("/api") && prefix.matches("/api/x/y"));
+        assert!(!prefix.matches("/apix"));
+        let all = RoutePattern::parse("/...");
+        assert!(all.matches("/") && all.matches("/anything"));
+    }
+}

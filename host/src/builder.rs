@@ -1,0 +1,28 @@
+//! `edgeinfer build`: runs each component's `[component.X.build]` command, as `spin build` does
+//! (through the shell, in the manifest's directory or the component's `workdir`).
+
+use anyhow::{Context, Result, bail};
+
+use crate::manifest::Manifest;
+
+/// Builds every component that declares a build command; stops at the first failure.
+pub fn build_all(manifest: &Manifest) -> Result<()> {
+    for (id, component) in &manifest.components {
+        let Some(build) = &component.build else { continue };
+        let workdir = match &build.workdir {
+            Some(dir) => manifest.resolve(dir),
+            None => manifest.dir.clone(),
+        };
+        eprintln!("edgeinfer: building component {id}: {}", build.command);
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&build.command)
+            .current_dir(&workdir)
+            .status()
+            .with_context(|| format!("cannot run the build command of {id}"))?;
+        if !status.success() {
+            bail!("build of component {id} failed ({status}): {}", build.command);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! The wasmtime engine and an on-disk cache of compiled components keyed by content hash, so a
+//! restart or a redeploy of unchanged bytes skips Cranelift.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// Builds the engine all components share.
+pub fn engine() -> Result<Engine> {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.wasm_component_model_async(true);
+    let mut pool = PoolingAllocationConfig::default();
+    // Bounded up front: instances beyond these wait rather than exhaust the host.
+    pool.total_component_instances(256);
+    pool.total_memories(512);
+    pool.total_tables(512);
+    pool.total_core_instances(2048);
+    pool.max_memory_size(1 << 30);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Ok(Engine::new(&config)?)
+}
+
+/// Where compiled components are stored, and whether it was used.
+pub struct CompileCache {
+    dir: PathBuf,
+}
+
+/// How a component was obtained, for logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheOutcome {
+    Hit,
+    Miss,
+}
+
+impl CompileCache {
+    pub fn new(dir: PathBuf) -> CompileCache {
+        CompileCache { dir }
+    }
+
+    /// Compiles `bytes`, or loads the cached artifact compiled earlier by a compatible engine.
+    pub fn load(&self, engine: &Engine, name: &str, bytes: &[u8]) -> Result<(Component, CacheOutcome)> {
+        let key = cache_key(engine, bytes);
+        let path = self.dir.join(format!("{key}.cwasm"));
+        let started = Instant::now();
+        if path.is_file() {
+            // SAFETY: the file was written by `precompile_component` of an engine with the same
+            // compatibility hash (part of the key), in a directory only this user writes.
+            match unsafe { Component::deserialize_file(engine, &path) } {
+                Ok(component) => {
+                    tracing::info!(
+                        component = name,
+                        ms = started.elapsed().as_millis() as u64,
+                        "compiled component loaded from cache"
+                    );
+                    return Ok((component, CacheOutcome::Hit));
+                }
+                Err(e) => {
+                    tracing::warn!(component = name, "ignoring unusable cache entry {}: {e}", path.display())
+                }
+            }
+        }
+        let compiled = engine
+            .precompile_component(bytes)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("cannot compile component {name}"))?;
+        std::fs::create_dir_all(&self.dir)?;
+        let partial = self.dir.join(format!(".{key}.{}.partial", std::process::id()));
+        std::fs::write(&partial, &compiled)?;
+        std::fs::rename(&partial, &path)?;
+        // SAFETY: produced just above by this engine.
+        let component = unsafe { Component::deserialize(engine, &compiled) }?;
+        tracing::info!(
+            component = name,
+            ms = started.elapsed().as_millis() as u64,
+            "component compiled and cached"
+        );
+        Ok((component, CacheOutcome::Miss))
+    }
+}
+
+fn cache_key(engine: &Engine, bytes: &[u8]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(bytes);
+    std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut HashWriter(&mut hasher));
+    hex::encode(hasher.finalize())
+}
+
+/// Feeds `Hash` output into sha256.
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl std::hash::Hasher for HashWriter<'_> {
+    fn finish(&self) -> u64 {
+        0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}

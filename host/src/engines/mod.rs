@@ -1,0 +1,121 @@
+//! Inference engines behind one trait: *how* to run a model. Which models exist is the
+//! registry's business (`nn::registry`).
+
+pub mod onnx;
+
+use std::fmt;
+
+/// Element types a wasi:nn tensor can carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ElementType {
+    F16,
+    F32,
+    F64,
+    BF16,
+    U8,
+    I32,
+    I64,
+}
+
+impl ElementType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            ElementType::U8 => 1,
+            ElementType::F16 | ElementType::BF16 => 2,
+            ElementType::F32 | ElementType::I32 => 4,
+            ElementType::F64 | ElementType::I64 => 8,
+        }
+    }
+}
+
+/// A dense row-major tensor in host memory; `bytes` are little-endian elements.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorData {
+    pub shape: Vec<u32>,
+    pub ty: ElementType,
+    pub bytes: Vec<u8>,
+}
+
+impl TensorData {
+    /// Checks that `bytes` holds exactly `shape`'s elements of `ty`.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        let elements = self
+            .shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d as usize))
+            .ok_or_else(|| EngineError::invalid("tensor shape overflows"))?;
+        let expected = elements
+            .checked_mul(self.ty.size())
+            .ok_or_else(|| EngineError::invalid("tensor size overflows"))?;
+        if expected != self.bytes.len() {
+            return Err(EngineError::invalid(format!(
+                "tensor of shape {:?} and type {:?} needs {expected} bytes, got {}",
+                self.shape,
+                self.ty,
+                self.bytes.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A model input or output as the model declares it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorSpec {
+    pub name: String,
+    /// `None` for types wasi:nn cannot carry (e.g. strings).
+    pub ty: Option<ElementType>,
+    /// `-1` marks a dynamic dimension.
+    pub shape: Vec<i64>,
+}
+
+/// Why an inference failed: the caller's fault, or the engine's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineError {
+    /// Wrong names, types or shapes.
+    InvalidArgument(String),
+    /// The engine failed while running.
+    Runtime(String),
+}
+
+impl EngineError {
+    pub fn invalid(message: impl Into<String>) -> EngineError {
+        EngineError::InvalidArgument(message.into())
+    }
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineError::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
+            EngineError::Runtime(m) => write!(f, "runtime error: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+/// A loaded model that runs inferences. `run` blocks: call it off the async runtime.
+pub trait Engine: Send + Sync {
+    fn inputs(&self) -> &[TensorSpec];
+    fn outputs(&self) -> &[TensorSpec];
+    /// Runs one inference on named inputs, returning every model output by name.
+    fn run(&self, inputs: Vec<(String, TensorData)>) -> Result<Vec<(String, TensorData)>, EngineError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_checks_byte_length() {
+        let t = TensorData { shape: vec![2, 3], ty: ElementType::I64, bytes: vec![0; 48] };
+        assert!(t.validate().is_ok());
+        let t = TensorData { bytes: vec![0; 47], ..t };
+        assert!(matches!(t.validate(), Err(EngineError::InvalidArgument(_))));
+        let huge =
+            TensorData { shape: vec![u32::MAX, u32::MAX, u32::MAX], ty: ElementType::F64, bytes: vec![] };
+        assert!(huge.validate().is_err());
+    }
+}

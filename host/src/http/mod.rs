@@ -1,0 +1,124 @@
+//! HTTP serving: accept connections, answer host routes (`/health`, `/ready`), route everything
+//! else by spin.toml to a component's `ProxyHandler`, and map host-side failures to JSON errors.
+
+mod status;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use wasmtime_wasi_http::WasiBody;
+use wasmtime_wasi_http::handler::{ExpirationError, InstantiationError};
+
+use crate::app::App;
+
+/// Shared by all connections.
+struct Server {
+    app: Arc<App>,
+    next_request_id: AtomicU64,
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let server = Arc::new(Server { app, next_request_id: AtomicU64::new(0) });
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let server = server.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let server = server.clone();
+                async move { Ok::<_, Infallible>(server.handle(req, peer).await) }
+            });
+            if let Err(e) =
+                http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service).await
+            {
+                tracing::debug!("connection from {peer} ended: {e}");
+            }
+        });
+    }
+    Ok(())
+}
+
+impl Server {
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<WasiBody> {
+        let started = std::time::Instant::now();
+        let path = req.uri().path().to_string();
+        let method = req.method().clone();
+        let response = match (req.method(), path.as_str()) {
+            (&Method::GET, "/health") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+            (&Method::GET, "/ready") => status::ready(&self.app),
+            (_, "/health" | "/ready") => error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "use GET"),
+            _ => self.to_component(req).await,
+        };
+        tracing::info!(
+            %method,
+            %path,
+            status = response.status().as_u16(),
+            us = started.elapsed().as_micros() as u64,
+            %peer,
+            "request"
+        );
+        response
+    }
+
+    async fn to_component(&self, req: Request<Incoming>) -> Response<WasiBody> {
+        let Some(component) = self.app.route(req.uri().path()) else {
+            return error(StatusCode::NOT_FOUND, "NotFound", &format!("no route for {}", req.uri().path()));
+        };
+        let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let req = req.map(|body| body.map_err(|e| e.into()).boxed_unsync());
+        match component.handler.handle(request_id, req).await {
+            Ok(response) => response,
+            Err(e) => {
+                let (status, error_type) = if e.is::<ExpirationError>() {
+                    (StatusCode::GATEWAY_TIMEOUT, "Timeout")
+                } else if e.is::<InstantiationError<u64>>() {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "InstantiationFailed")
+                } else {
+                    // Traps, panics and errors the guest returned instead of a response.
+                    (StatusCode::INTERNAL_SERVER_ERROR, "ComponentFault")
+                };
+                tracing::warn!(component = %component.id, request_id, "component failed: {e:?}");
+                error(status, error_type, &format!("component {} failed to answer: {e}", component.id))
+            }
+        }
+    }
+}
+
+/// A JSON response.
+pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<WasiBody> {
+    let body = Full::new(Bytes::from(value.to_string())).map_err(|never| match never {}).boxed_unsync();
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(body)
+        .expect("static response parts are valid")
+}
+
+/// The API's error shape: `{"error", "error_type"}`.
+pub(crate) fn error(status: StatusCode, error_type: &str, message: &str) -> Response<WasiBody> {
+    json(status, &serde_json::json!({"error": message, "error_type": error_type}))
+}

@@ -1,0 +1,208 @@
+//! Per-instance store data: WASI (env, read-only file mounts, stdio), wasi:http and wasi:nn, and
+//! how a component's instances are created, reused and retired (`ProxyHandler` worker policy).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{GuestTaskId, ResourceTable};
+use wasmtime::{Engine, Store, StoreContextMut, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::handler::{
+    HandlerState, Instance, ProxyPre, ShouldAccept, WorkerExpiration, WorkerState, WorkerStatus,
+};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::nn::registry::GraphRegistry;
+use crate::nn::{NnCtx, NnStoreView, NnView};
+
+/// Everything a component instance's store holds.
+pub struct InstanceState {
+    table: ResourceTable,
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    nn: NnCtx,
+    limits: StoreLimits,
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for InstanceState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: wasmtime_wasi_http::default_hooks(),
+        }
+    }
+}
+
+impl NnStoreView for InstanceState {
+    fn nn(&mut self) -> NnView<'_> {
+        NnView { ctx: &mut self.nn, table: &mut self.table }
+    }
+}
+
+/// How to build a store for one component: its manifest settings, resolved.
+pub struct InstanceSpec {
+    pub component_id: String,
+    pub environment: Vec<(String, String)>,
+    /// (host directory, guest path), read-only.
+    pub mounts: Vec<(PathBuf, String)>,
+    pub allowed_models: Arc<BTreeSet<String>>,
+    pub registry: Arc<GraphRegistry>,
+    /// Linear memory cap per instance.
+    pub max_memory_bytes: usize,
+}
+
+impl InstanceSpec {
+    /// A fresh store for one instance.
+    pub fn new_store(&self, engine: &Engine) -> anyhow::Result<Store<InstanceState>> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.inherit_stdout().inherit_stderr().envs(&self.environment);
+        for (host, guest) in &self.mounts {
+            wasi.preopened_dir(host, guest, FsPerms::ReadOnly)
+                .map_err(|e| anyhow::anyhow!("cannot mount {} at {guest}: {e}", host.display()))?;
+        }
+        let state = InstanceState {
+            table: ResourceTable::new(),
+            wasi: wasi.build(),
+            http: WasiHttpCtx::new(),
+            nn: NnCtx::new(self.registry.clone(), self.allowed_models.clone()),
+            limits: StoreLimitsBuilder::new().memory_size(self.max_memory_bytes).build(),
+        };
+        let mut store = Store::new(engine, state);
+        store.limiter(|s| &mut s.limits);
+        Ok(store)
+    }
+}
+
+/// Instance reuse policy for one component.
+#[derive(Clone, Copy, Debug)]
+pub struct ReusePolicy {
+    /// Requests one instance serves before it is retired (bounds leaks in guest code).
+    pub max_requests: usize,
+    /// Requests one instance handles at once (WASI 0.3 handlers are concurrent).
+    pub max_concurrent: usize,
+    /// An idle instance is dropped after this long.
+    pub idle_timeout: Duration,
+    /// A request that has no response after this long fails.
+    pub request_timeout: Duration,
+}
+
+impl Default for ReusePolicy {
+    fn default() -> ReusePolicy {
+        ReusePolicy {
+            max_requests: 1000,
+            max_concurrent: 16,
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `ProxyHandler` state of one component: creates instances on demand.
+pub struct ComponentHandler {
+    pub engine: Engine,
+    pub pre: ProxyPre<InstanceState>,
+    pub spec: Arc<InstanceSpec>,
+    pub policy: ReusePolicy,
+    /// Instances created so far (observability and tests of reuse).
+    pub instances_created: AtomicU64,
+}
+
+impl HandlerState for ComponentHandler {
+    type StoreData = InstanceState;
+    type WorkerExpiration = Expiration;
+    type WorkerState = Worker;
+
+    async fn instantiate(&self) -> wasmtime::Result<Instance<InstanceState, Expiration, Worker>> {
+        let started = Instant::now();
+        let mut store = self.spec.new_store(&self.engine).map_err(wasmtime::Error::from_anyhow)?;
+        let proxy = self.pre.instantiate_async(&mut store).await?;
+        let number = self.instances_created.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::debug!(
+            component = %self.spec.component_id,
+            instance = number,
+            us = started.elapsed().as_micros() as u64,
+            "instance created"
+        );
+        Ok(Instance {
+            store,
+            proxy,
+            view: <InstanceState as WasiHttpView>::http,
+            expiration: Expiration {
+                policy: self.policy,
+                sleep: Box::pin(tokio::time::sleep(Duration::MAX)),
+            },
+            state: Worker { policy: self.policy, component_id: self.spec.component_id.clone() },
+        })
+    }
+}
+
+/// Retires an instance that idled or overran a request.
+pub struct Expiration {
+    policy: ReusePolicy,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl WorkerExpiration for Expiration {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>, status: WorkerStatus, start: Instant) -> Poll<()> {
+        let this = self.get_mut();
+        let timeout = match status {
+            WorkerStatus::Idle => this.policy.idle_timeout,
+            WorkerStatus::Requests | WorkerStatus::PostReturn => this.policy.request_timeout,
+        };
+        let Some(deadline) = start.checked_add(timeout) else { return Poll::Pending };
+        let deadline = tokio::time::Instant::from_std(deadline);
+        if this.sleep.deadline() != deadline {
+            this.sleep.as_mut().reset(deadline);
+        }
+        this.sleep.as_mut().poll(cx)
+    }
+}
+
+/// Decides how many requests an instance takes.
+pub struct Worker {
+    policy: ReusePolicy,
+    component_id: String,
+}
+
+impl WorkerState for Worker {
+    type StoreData = InstanceState;
+    type RequestData = u64;
+
+    fn should_accept_request(&self, concurrent: usize, total: usize) -> ShouldAccept {
+        if total >= self.policy.max_requests {
+            ShouldAccept::Never
+        } else if concurrent >= self.policy.max_concurrent {
+            ShouldAccept::No
+        } else {
+            ShouldAccept::Yes
+        }
+    }
+
+    fn on_request_start(
+        &self,
+        _store: StoreContextMut<InstanceState>,
+        _request_id: u64,
+        _task: GuestTaskId,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync + 'static>> {
+        Box::pin(tokio::time::sleep(self.policy.request_timeout))
+    }
+
+    fn drop(&self, store: Store<InstanceState>, result: wasmtime::Result<()>) {
+        if let Err(error) = result {
+            tracing::warn!(component = %self.component_id, "instance retired after a fault: {error:?}");
+        }
+        drop(store);
+    }
+}

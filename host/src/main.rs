@@ -1,0 +1,144 @@
+//! `edgeinfer`: the native host daemon. Serves the WASI HTTP components of a Spin manifest
+//! (spin.toml) with wasmtime, and implements wasi:nn on ONNX Runtime for them.
+
+mod app;
+mod builder;
+mod compile;
+mod compose;
+mod engines;
+mod http;
+mod instance;
+mod manifest;
+mod nn;
+mod provision;
+mod runtime_config;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::app::App;
+use crate::compile::CompileCache;
+use crate::manifest::Manifest;
+use crate::nn::registry::GraphRegistry;
+use crate::runtime_config::RuntimeConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "edgeinfer",
+    version,
+    about = "Serve WASI HTTP components with native wasi:nn on ONNX Runtime"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the app described by a Spin manifest.
+    Up(UpArgs),
+    /// Run each component's build command from the manifest.
+    Build(ManifestArg),
+}
+
+#[derive(clap::Args)]
+struct ManifestArg {
+    /// The app's Spin manifest.
+    #[arg(short = 'f', long = "from", default_value = "spin.toml")]
+    manifest: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct UpArgs {
+    #[command(flatten)]
+    manifest: ManifestArg,
+    /// Models and how to run them; default: runtime-config/local.toml next to the manifest.
+    #[arg(long)]
+    runtime_config_file: Option<PathBuf>,
+    /// Address to serve on.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// Build the components first.
+    #[arg(long)]
+    build: bool,
+}
+
+fn main() -> Result<()> {
+    init_logging();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Build(args) => builder::build_all(&Manifest::load(&args.manifest)?),
+        Command::Up(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(up(args))
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("edgeinfer=info,warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("EDGEINFER_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn up(args: UpArgs) -> Result<()> {
+    let manifest = Manifest::load(&args.manifest.manifest)?;
+    if args.build {
+        builder::build_all(&manifest)?;
+    }
+    let config = load_runtime_config(args.runtime_config_file.as_deref(), &manifest.dir)?;
+    for asset in &config.asset {
+        provision::ensure_asset(&manifest.dir, asset)?;
+    }
+    if !config.model.is_empty() {
+        let library = provision::ensure_onnxruntime(config.onnxruntime.as_ref())?;
+        engines::onnx::init_runtime(&library)?;
+        tracing::info!("ONNX Runtime loaded from {}", library.display());
+    }
+    let registry = Arc::new(GraphRegistry::load(&config.model, &manifest.dir)?);
+    let engine = compile::engine()?;
+    let cache = CompileCache::new(provision::cache_dir().join("compiled"));
+    let app = Arc::new(App::load(&manifest, registry, &engine, &cache)?);
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    eprintln!("Serving http://{address}");
+    eprintln!("Available Routes:");
+    for trigger in &manifest.http_triggers {
+        eprintln!("  {}: http://{address}{}", trigger.component, trigger.route);
+    }
+    http::serve(app, listener, shutdown_signal()).await?;
+    eprintln!("edgeinfer: stopped");
+    Ok(())
+}
+
+fn load_runtime_config(explicit: Option<&Path>, app_dir: &Path) -> Result<RuntimeConfig> {
+    match explicit {
+        Some(path) => RuntimeConfig::load(path),
+        None => {
+            let default = runtime_config::default_path(app_dir);
+            if default.is_file() { RuntimeConfig::load(&default) } else { Ok(RuntimeConfig::default()) }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+}

