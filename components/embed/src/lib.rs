@@ -73,7 +73,7 @@ impl Model {
             .encode_batch(&texts, options)
             .map_err(|e| ApiError::validation(format!("tokenization failed: {e:?}")))?;
         for (i, e) in encodings.iter().enumerate() {
-            if e.length_before_truncation > max_tokens {
+            if !request.truncate && e.length_before_truncation > max_tokens {
                 return Err(ApiError::validation(format!(
                     "input {i} is {} tokens long, more than the limit of {max_tokens}; \
                      shorten it or send \"truncate\": true",
@@ -189,6 +189,10 @@ async fn serve(request: Request) -> Result<Vec<Vec<f32>>, ApiError> {
         .map_err(|e| ApiError::validation(format!("cannot read body: {e:?}")))?;
     let value: Value =
         serde_json::from_slice(&body).map_err(|e| ApiError::validation(format!("invalid JSON: {e}")))?;
+    // serde would accept a positional array for a struct: the API takes objects only.
+    if !value.is_object() {
+        return Err(ApiError::validation("the request body must be a JSON object".into()));
+    }
     let embed_request: EmbedRequest =
         serde_json::from_value(value).map_err(|e| ApiError::validation(format!("invalid request: {e}")))?;
     MODEL.with(|cell| match cell.get_or_init(Model::load) {

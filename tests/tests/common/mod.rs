@@ -1,0 +1,115 @@
+//! Starts the real `edgeinfer` binary on a free loopback port and talks HTTP to it.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the repo root").to_path_buf()
+}
+
+/// The host binary built by `cargo build -p edgeinfer` next to this test binary.
+pub fn host_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let binary = profile_dir.join("edgeinfer");
+    assert!(
+        binary.is_file(),
+        "{} is missing: build the host first (scripts/test does: cargo build -p edgeinfer)",
+        binary.display()
+    );
+    binary
+}
+
+/// A running host, killed on drop.
+pub struct Host {
+    child: Child,
+    pub base: String,
+}
+
+impl Host {
+    /// Runs `edgeinfer up -f MANIFEST --listen 127.0.0.1:0 [extra...]` and waits until it serves.
+    pub fn start(manifest: &Path, extra: &[&str]) -> Host {
+        let mut child = Command::new(host_binary())
+            .arg("up")
+            .arg("-f")
+            .arg(manifest)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .current_dir(repo_root())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start edgeinfer");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(address) = line.strip_prefix("Serving ") {
+                    let _ = tx.send(address.trim().to_string());
+                }
+                eprintln!("[edgeinfer] {line}");
+            }
+        });
+        // First start on a fresh machine fetches the model and ONNX Runtime and compiles.
+        let base = match rx.recv_timeout(Duration::from_secs(600)) {
+            Ok(base) => base,
+            Err(_) => {
+                let status = child.try_wait();
+                let _ = child.kill();
+                panic!("edgeinfer did not start serving (exit status: {status:?}); see its log above");
+            }
+        };
+        Host { child, base }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking client with a generous timeout.
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().expect("client")
+}
+
+/// POSTs JSON and returns (status, parsed body).
+pub fn post_json(url: &str, body: &Value) -> (u16, Value) {
+    let response = client().post(url).json(body).send().expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().expect("a JSON body"))
+}
+
+/// Cosine similarity.
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb)
+}
+
+/// Parses `[[f32]]`.
+pub fn vectors(body: &Value) -> Vec<Vec<f32>> {
+    serde_json::from_value(body.clone()).unwrap_or_else(|e| panic!("expected [[f32]], got {body}: {e}"))
+}
+
+/// Reads a JSON file under tests/reference.
+pub fn reference(name: &str) -> Value {
+    let path = repo_root().join("tests/reference").join(name);
+    serde_json::from_slice(&std::fs::read(&path).expect("reference file")).expect("reference JSON")
+}

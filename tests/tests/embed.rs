@@ -1,0 +1,184 @@
+//! /embed end to end: the default app (repo spin.toml + runtime-config/local.toml) on the real
+//! host, compared with references computed by Python onnxruntime + tokenizers.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use common::{Host, client, cosine, post_json, reference, repo_root, vectors};
+use serde_json::{Value, json};
+
+fn host() -> &'static Host {
+    static HOST: OnceLock<Host> = OnceLock::new();
+    HOST.get_or_init(|| Host::start(&repo_root().join("spin.toml"), &[]))
+}
+
+fn embed(body: Value) -> (u16, Value) {
+    post_json(&host().url("/embed"), &body)
+}
+
+fn assert_error(status: u16, body: &Value, want_status: u16, want_type: &str) {
+    assert_eq!(status, want_status, "body: {body}");
+    assert_eq!(body["error_type"], want_type, "body: {body}");
+    assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "body: {body}");
+}
+
+#[test]
+fn single_input_matches_python_reference() {
+    let cases = reference("embeddings.json");
+    let first = &cases[0];
+    let (status, body) = embed(json!({"inputs": first["text"]}));
+    assert_eq!(status, 200, "{body}");
+    let got = vectors(&body);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].len(), 384);
+    let want: Vec<f32> = serde_json::from_value(first["embedding"].clone()).unwrap();
+    assert!(cosine(&got[0], &want) >= 0.999, "cosine {}", cosine(&got[0], &want));
+    let norm: f32 = got[0].iter().map(|v| v * v).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-4, "normalised by default, norm {norm}");
+}
+
+#[test]
+fn every_reference_sentence_matches_in_batches() {
+    let cases = reference("embeddings.json");
+    let cases = cases.as_array().unwrap();
+    assert!(cases.len() >= 30);
+    // Mixed lengths in one batch exercise padding; over-long texts need truncate.
+    for chunk in cases.chunks(8) {
+        let texts: Vec<&Value> = chunk.iter().map(|c| &c["text"]).collect();
+        let truncate = chunk.iter().any(|c| c["needs_truncate"] == true);
+        let (status, body) = embed(json!({"inputs": texts, "truncate": truncate}));
+        assert_eq!(status, 200, "{body}");
+        let got = vectors(&body);
+        assert_eq!(got.len(), chunk.len());
+        for (case, vector) in chunk.iter().zip(&got) {
+            let want: Vec<f32> = serde_json::from_value(case["embedding"].clone()).unwrap();
+            let c = cosine(vector, &want);
+            assert!(c >= 0.999, "cosine {c} for {:?}", case["text"]);
+        }
+    }
+}
+
+#[test]
+fn batch_answers_equal_single_answers() {
+    let texts = ["short", "a somewhat longer sentence with more tokens in it", "東京は日本の首都です。"];
+    let (status, body) = embed(json!({"inputs": texts}));
+    assert_eq!(status, 200, "{body}");
+    let batch = vectors(&body);
+    for (text, from_batch) in texts.iter().zip(&batch) {
+        let (status, body) = embed(json!({"inputs": text}));
+        assert_eq!(status, 200);
+        let single = &vectors(&body)[0];
+        assert!(cosine(single, from_batch) > 0.9999, "{text}");
+    }
+}
+
+#[test]
+fn normalize_false_keeps_the_raw_mean() {
+    let (_, normalized) = embed(json!({"inputs": "raw mean please"}));
+    let (status, raw) = embed(json!({"inputs": "raw mean please", "normalize": false}));
+    assert_eq!(status, 200);
+    let (normalized, raw) = (&vectors(&normalized)[0], &vectors(&raw)[0]);
+    let norm: f32 = raw.iter().map(|v| v * v).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() > 1e-3, "unnormalised norm should not be 1, got {norm}");
+    assert!(cosine(normalized, raw) > 0.9999);
+}
+
+#[test]
+fn over_long_input_needs_truncate() {
+    let cases = reference("embeddings.json");
+    let long = cases.as_array().unwrap().iter().find(|c| c["needs_truncate"] == true).unwrap();
+    let (status, body) = embed(json!({"inputs": long["text"]}));
+    assert_error(status, &body, 422, "Validation");
+    assert!(body["error"].as_str().unwrap().contains("truncate"), "{body}");
+    let (status, body) = embed(json!({"inputs": long["text"], "truncate": true}));
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn validation_errors_are_422_json() {
+    let too_many: Vec<String> = (0..33).map(|i| format!("text {i}")).collect();
+    let cases = [
+        json!({}),
+        json!({"inputs": 5}),
+        json!({"inputs": [1, 2]}),
+        json!({"inputs": "ok", "normalize": "yes"}),
+        json!({"inputs": "ok", "truncate": 1}),
+        json!({"inputs": []}),
+        json!({"inputs": ""}),
+        json!({"inputs": ["fine", "   "]}),
+        json!({"inputs": too_many}),
+        json!(["inputs"]),
+    ];
+    for case in cases {
+        let (status, body) = embed(case.clone());
+        assert_error(status, &body, 422, "Validation");
+    }
+}
+
+#[test]
+fn malformed_json_is_422() {
+    for raw in ["{", "{\"inputs\": \"unterminated}", "not json", ""] {
+        let response = client()
+            .post(host().url("/embed"))
+            .header("content-type", "application/json")
+            .body(raw)
+            .send()
+            .unwrap();
+        let status = response.status().as_u16();
+        let body: Value = response.json().unwrap();
+        assert_error(status, &body, 422, "Validation");
+    }
+}
+
+#[test]
+fn wrong_content_type_is_415_and_wrong_method_405() {
+    let response = client().post(host().url("/embed")).body("{\"inputs\":\"x\"}").send().unwrap();
+    let status = response.status().as_u16();
+    assert_error(status, &response.json().unwrap(), 415, "UnsupportedMediaType");
+    let response = client().get(host().url("/embed")).send().unwrap();
+    let status = response.status().as_u16();
+    assert_error(status, &response.json().unwrap(), 405, "MethodNotAllowed");
+}
+
+#[test]
+fn unknown_route_is_404_json() {
+    let response = client().post(host().url("/nope")).send().unwrap();
+    let status = response.status().as_u16();
+    assert_error(status, &response.json().unwrap(), 404, "NotFound");
+}
+
+#[test]
+fn health_and_ready_describe_the_app() {
+    let health: Value = client().get(host().url("/health")).send().unwrap().json().unwrap();
+    assert_eq!(health["status"], "ok");
+    let ready: Value = client().get(host().url("/ready")).send().unwrap().json().unwrap();
+    assert_eq!(ready["status"], "ok");
+    let models = ready["models"].as_array().unwrap();
+    assert_eq!(models.len(), 1, "{ready}");
+    assert_eq!(models[0]["name"], "minilm");
+    assert_eq!(models[0]["device"], "cpu");
+    assert!(models[0]["loaded_at"].as_str().unwrap().ends_with('Z'), "{ready}");
+    let components = ready["components"].as_array().unwrap();
+    assert_eq!(components.len(), 1, "{ready}");
+    assert_eq!(components[0]["id"], "embed");
+    let version = components[0]["version"].as_str().unwrap();
+    assert_eq!(version.len(), 64, "sha256 of the composed component: {version}");
+    assert!(components[0]["loaded_at"].as_str().is_some());
+}
+
+#[test]
+fn concurrent_requests_all_get_their_own_answer() {
+    let texts: Vec<String> = (0..24).map(|i| format!("concurrent request number {i}")).collect();
+    let singles: Vec<Vec<f32>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = texts
+            .iter()
+            .map(|t| scope.spawn(move || vectors(&embed(json!({"inputs": t})).1).remove(0)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let (_, body) = embed(json!({"inputs": texts}));
+    for (single, batched) in singles.iter().zip(vectors(&body)) {
+        assert!(cosine(single, &batched) > 0.9999);
+    }
+}
