@@ -11,11 +11,12 @@ use wasmtime::Engine;
 use wasmtime::component::Linker;
 use wasmtime_wasi_http::handler::{ProxyHandler, ProxyPre};
 
-use crate::compile::{CacheOutcome, CompileCache};
+use crate::compile::CompileCache;
 use crate::compose::{DependencyBytes, compose};
 use crate::instance::{ComponentHandler, InstanceSpec, InstanceState, ReusePolicy};
 use crate::manifest::{Component, Manifest};
 use crate::nn::registry::GraphRegistry;
+use crate::outbound::AllowedHost;
 
 /// Linear memory a component instance may grow to by default.
 const DEFAULT_MAX_MEMORY_BYTES: usize = 512 << 20;
@@ -26,7 +27,6 @@ pub struct LoadedComponent {
     /// Hex sha256 of the composed component: its version as deployed.
     pub version: String,
     pub loaded_at: SystemTime,
-    pub compile_cache: CacheOutcome,
     pub handler: ProxyHandler<ComponentHandler>,
 }
 
@@ -171,12 +171,18 @@ fn load_component(
             tracing::warn!(component = id, model = %model, "ai_models names a model the runtime config does not load");
         }
     }
+    let allowed_outbound_hosts = component
+        .allowed_outbound_hosts
+        .iter()
+        .map(|entry| AllowedHost::parse(entry))
+        .collect::<Result<Vec<_>>>()?;
     let spec = InstanceSpec {
         component_id: id.to_string(),
         environment: component.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         mounts,
         allowed_models: Arc::new(component.ai_models.iter().cloned().collect()),
         registry: registry.clone(),
+        allowed_outbound_hosts: Arc::new(allowed_outbound_hosts),
         max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
     };
     let handler = ProxyHandler::new(ComponentHandler {
@@ -187,13 +193,7 @@ fn load_component(
         instances_created: AtomicU64::new(0),
     });
     tracing::info!(component = id, version = %&version[..12], compile_cache = ?outcome, "component ready");
-    Ok(LoadedComponent {
-        id: id.to_string(),
-        version,
-        loaded_at: SystemTime::now(),
-        compile_cache: outcome,
-        handler,
-    })
+    Ok(LoadedComponent { id: id.to_string(), version, loaded_at: SystemTime::now(), handler })
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::nn::registry::GraphRegistry;
 use crate::nn::{NnCtx, NnStoreView, NnView};
+use crate::outbound::{AllowedHost, OutboundPolicy};
 
 /// Everything a component instance's store holds.
 pub struct InstanceState {
@@ -26,6 +27,7 @@ pub struct InstanceState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     nn: NnCtx,
+    outbound: OutboundPolicy,
     limits: StoreLimits,
 }
 
@@ -37,11 +39,7 @@ impl WasiView for InstanceState {
 
 impl WasiHttpView for InstanceState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: wasmtime_wasi_http::default_hooks(),
-        }
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.outbound }
     }
 }
 
@@ -59,6 +57,8 @@ pub struct InstanceSpec {
     pub mounts: Vec<(PathBuf, String)>,
     pub allowed_models: Arc<BTreeSet<String>>,
     pub registry: Arc<GraphRegistry>,
+    /// Where outbound HTTP may go.
+    pub allowed_outbound_hosts: Arc<Vec<AllowedHost>>,
     /// Linear memory cap per instance.
     pub max_memory_bytes: usize,
 }
@@ -77,6 +77,7 @@ impl InstanceSpec {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             nn: NnCtx::new(self.registry.clone(), self.allowed_models.clone()),
+            outbound: OutboundPolicy::new(self.allowed_outbound_hosts.clone()),
             limits: StoreLimitsBuilder::new().memory_size(self.max_memory_bytes).build(),
         };
         let mut store = Store::new(engine, state);

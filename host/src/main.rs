@@ -10,6 +10,7 @@ mod http;
 mod instance;
 mod manifest;
 mod nn;
+mod outbound;
 mod provision;
 mod runtime_config;
 
@@ -110,6 +111,11 @@ fn init_logging() {
 
 async fn up(args: UpArgs) -> Result<()> {
     let manifest = Manifest::load(&args.manifest.manifest)?;
+    tracing::info!(
+        app = %manifest.application.name,
+        version = manifest.application.version.as_deref().unwrap_or("-"),
+        "loading app"
+    );
     if args.build {
         builder::build_all(&manifest)?;
     }
@@ -117,7 +123,8 @@ async fn up(args: UpArgs) -> Result<()> {
     if !config.model.is_empty() {
         let library = fetch(&config, &manifest.dir)?;
         engines::onnx::init_runtime(&library)?;
-        tracing::info!("ONNX Runtime loaded from {}", library.display());
+        let version = config.onnxruntime.as_ref().map_or("(ORT_DYLIB_PATH)", |o| o.version.as_str());
+        tracing::info!("ONNX Runtime {version} loaded from {}", library.display());
     }
     let registry = Arc::new(GraphRegistry::load(&config.model, &manifest.dir)?);
     let engine = compile::engine()?;

@@ -42,8 +42,6 @@ pub struct Application {
     pub name: String,
     #[serde(default)]
     pub version: Option<String>,
-    #[serde(default)]
-    pub description: Option<String>,
 }
 
 /// One `[[trigger.http]]`: a route served by a component.
@@ -60,8 +58,9 @@ pub struct HttpTrigger {
 pub struct Component {
     /// Path of the component's .wasm, relative to spin.toml.
     pub source: String,
-    #[serde(default)]
-    pub description: Option<String>,
+    /// Spin's free-text description; accepted, not used.
+    #[serde(default, rename = "description")]
+    _description: Option<String>,
     /// Read-only mounts into the component's filesystem.
     #[serde(default)]
     pub files: Vec<FileMount>,
@@ -79,8 +78,10 @@ pub struct Component {
     /// (`ns:pkg/iface@ver`) or whole package (`ns:pkg@ver`).
     #[serde(default)]
     pub dependencies: BTreeMap<String, Dependency>,
-    #[serde(default)]
-    pub dependencies_inherit_configuration: bool,
+    /// Spin gives dependencies a deny-all WASI configuration unless this is true. Composed
+    /// dependencies here share the handler's WASI context (as if true); ours read nothing from it.
+    #[serde(default, rename = "dependencies_inherit_configuration")]
+    _dependencies_inherit_configuration: bool,
 }
 
 /// An entry of `files`: a path relative to spin.toml mounted at the same path, or an explicit
@@ -98,8 +99,9 @@ pub struct Build {
     pub command: String,
     #[serde(default)]
     pub workdir: Option<String>,
-    #[serde(default)]
-    pub watch: Vec<String>,
+    /// Files whose change calls for a rebuild (Spin's `spin watch`); accepted, not used yet.
+    #[serde(default, rename = "watch")]
+    _watch: Vec<String>,
 }
 
 /// A component dependency; only local paths are supported (no registry here).

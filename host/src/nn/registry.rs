@@ -60,11 +60,6 @@ impl GraphRegistry {
         Ok(GraphRegistry { graphs })
     }
 
-    /// A registry holding the given graphs (tests, other engines).
-    pub fn from_graphs(graphs: impl IntoIterator<Item = LoadedGraph>) -> GraphRegistry {
-        GraphRegistry { graphs: graphs.into_iter().map(|g| (g.name.clone(), Arc::new(g))).collect() }
-    }
-
     pub fn get(&self, name: &str) -> Option<&Arc<LoadedGraph>> {
         self.graphs.get(name)
     }

@@ -37,7 +37,13 @@ pub struct Host {
 impl Host {
     /// Runs `edgeinfer up -f MANIFEST --listen 127.0.0.1:0 [extra...]` and waits until it serves.
     pub fn start(manifest: &Path, extra: &[&str]) -> Host {
+        Host::start_with_env(manifest, extra, &[])
+    }
+
+    /// Like `start`, with extra environment variables.
+    pub fn start_with_env(manifest: &Path, extra: &[&str], env: &[(&str, &str)]) -> Host {
         let mut child = Command::new(host_binary())
+            .envs(env.iter().copied())
             .arg("up")
             .arg("-f")
             .arg(manifest)
