@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Mutex, Once, mpsc};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -28,7 +28,33 @@ pub fn host_binary() -> PathBuf {
     binary
 }
 
-/// A running host, killed on drop.
+/// Hosts still running; killed at process exit, since hosts shared through statics are never
+/// dropped and an orphan would outlive the test run.
+static RUNNING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+extern "C" fn kill_running_hosts() {
+    if let Ok(pids) = RUNNING.lock() {
+        for &pid in pids.iter() {
+            // SAFETY: plain kill(2) on a child we spawned.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+}
+
+fn track(pid: u32) {
+    static REGISTER: Once = Once::new();
+    // SAFETY: registers a C-ABI function with no captured state.
+    REGISTER.call_once(|| unsafe {
+        libc::atexit(kill_running_hosts);
+    });
+    RUNNING.lock().unwrap().push(pid);
+}
+
+fn untrack(pid: u32) {
+    RUNNING.lock().unwrap().retain(|&p| p != pid);
+}
+
+/// A running host, killed on drop or at process exit.
 pub struct Host {
     child: Child,
     pub base: String,
@@ -50,10 +76,11 @@ impl Host {
             .args(["--listen", "127.0.0.1:0"])
             .args(extra)
             .current_dir(repo_root())
-            .stdout(Stdio::inherit())
+            .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start edgeinfer");
+        track(child.id());
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -83,6 +110,7 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
+        untrack(self.child.id());
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
