@@ -2,6 +2,7 @@
 //! (spin.toml) with wasmtime, and implements wasi:nn on ONNX Runtime for them.
 
 mod app;
+mod batching;
 mod builder;
 mod compile;
 mod compose;

@@ -43,6 +43,46 @@ pub struct ModelConfig {
     /// `disable`, `basic`, `extended` or `all`.
     #[serde(default = "default_optimization")]
     pub graph_optimization: GraphOptimization,
+    /// Engine sessions of this model running batches side by side.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Merging of concurrent requests; absent = every request runs alone.
+    #[serde(default)]
+    pub batching: Option<BatchingConfig>,
+}
+
+/// `[model.NAME.batching]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchingConfig {
+    /// Most rows in one engine run.
+    #[serde(default = "default_max_batch_size")]
+    pub max_batch_size: u32,
+    /// Most padded tokens (rows x longest sequence) in one engine run.
+    #[serde(default = "default_max_batch_tokens")]
+    pub max_batch_tokens: u64,
+    /// How long a request may wait for batch-mates once an engine is free, in microseconds.
+    #[serde(default = "default_max_queue_delay_us")]
+    pub max_queue_delay_us: u64,
+    /// Value padding each input's sequence axis; inputs not listed pad with 0.
+    #[serde(default)]
+    pub pad_values: BTreeMap<String, f64>,
+}
+
+fn default_workers() -> usize {
+    1
+}
+
+fn default_max_batch_size() -> u32 {
+    32
+}
+
+fn default_max_batch_tokens() -> u64 {
+    8192
+}
+
+fn default_max_queue_delay_us() -> u64 {
+    2000
 }
 
 /// ONNX Runtime graph optimisation level.
@@ -139,8 +179,13 @@ impl RuntimeConfig {
         let config: RuntimeConfig = toml::from_str(text)?;
         for (name, model) in &config.model {
             model.device().with_context(|| format!("model {name}"))?;
-            if model.intra_threads == Some(0) || model.inter_threads == Some(0) {
-                bail!("model {name}: thread counts must be at least 1");
+            if model.intra_threads == Some(0) || model.inter_threads == Some(0) || model.workers == 0 {
+                bail!("model {name}: thread and worker counts must be at least 1");
+            }
+            if let Some(b) = &model.batching
+                && (b.max_batch_size == 0 || b.max_batch_tokens == 0)
+            {
+                bail!("model {name}: max_batch_size and max_batch_tokens must be at least 1");
             }
         }
         for asset in &config.asset {
@@ -175,6 +220,9 @@ mod tests {
             device = "cuda:1"
             intra_threads = 2
             graph_optimization = "basic"
+            [model.minilm.batching]
+            max_batch_size = 16
+            pad_values = { input_ids = 0 }
             "#,
         )
         .unwrap();
@@ -182,6 +230,9 @@ mod tests {
         assert_eq!(m.device().unwrap(), Device::Cuda(1));
         assert_eq!(m.graph_optimization, GraphOptimization::Basic);
         assert_eq!(m.intra_threads, Some(2));
+        assert_eq!(m.workers, 1);
+        let b = m.batching.as_ref().unwrap();
+        assert_eq!((b.max_batch_size, b.max_batch_tokens, b.max_queue_delay_us), (16, 8192, 2000));
     }
 
     #[test]
@@ -189,6 +240,10 @@ mod tests {
         assert!(RuntimeConfig::parse("[model.m]\npath = \"x\"\ndevice = \"tpu\"").is_err());
         assert!(RuntimeConfig::parse("[model.m]\npath = \"x\"\nintra_threads = 0").is_err());
         assert!(RuntimeConfig::parse("[model.m]\npath = \"x\"\ncolour = 1").is_err());
+        assert!(RuntimeConfig::parse("[model.m]\npath = \"x\"\nworkers = 0").is_err());
+        assert!(
+            RuntimeConfig::parse("[model.m]\npath = \"x\"\n[model.m.batching]\nmax_batch_size = 0").is_err()
+        );
         assert!(
             RuntimeConfig::parse("[[asset]]\npath = \"a\"\nsha256 = \"abc\"\npip = \"p==1\"\nmember = \"m\"")
                 .is_err()

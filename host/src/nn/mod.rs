@@ -1,6 +1,6 @@
 //! The host's own `wasi:nn` (0.2.0-rc-2024-10-28): graphs come from the shared registry,
-//! `load-by-name` is limited to the component's `ai_models`, `compute` runs the engine on a
-//! blocking thread while the guest's task waits without holding the store.
+//! `load-by-name` is limited to the component's `ai_models`, `compute` goes through the model's
+//! batcher.
 
 pub mod registry;
 
@@ -130,8 +130,8 @@ impl graph::HostGraph for NnView<'_> {
 impl inference::Host for NnView<'_> {}
 
 impl inference::HostGraphExecutionContext for NnView<'_> {
-    /// Runs the engine on a blocking thread: the calling instance waits (its call into wasi:nn
-    /// is synchronous), the async runtime and every other instance keep going.
+    /// Queues the inference on the model's batcher: the calling instance waits (its call into
+    /// wasi:nn is synchronous), the async runtime and every other instance keep going.
     async fn compute(
         &mut self,
         context: Resource<ExecutionContext>,
@@ -142,10 +142,7 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
         for (name, tensor) in &inputs {
             tensors.push((name.clone(), self.table.get(tensor)?.clone()));
         }
-        let engine = graph.engine.clone();
-        let result = tokio::task::spawn_blocking(move || engine.run(tensors))
-            .await
-            .unwrap_or_else(|e| Err(EngineError::Runtime(format!("engine thread failed: {e}"))));
+        let result = graph.batcher.compute(tensors).await;
         match result {
             Ok(outputs) => {
                 let mut handles = Vec::with_capacity(outputs.len());

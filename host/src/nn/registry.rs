@@ -1,5 +1,5 @@
 //! Which models exist: graphs named in the runtime config, loaded once at start and shared by
-//! every component instance.
+//! every component instance, each behind its batcher. Must be built inside the tokio runtime.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use anyhow::{Context, Result};
 
+use crate::batching::{BatchPolicy, Batcher};
 use crate::engines::Engine;
 use crate::engines::onnx::{OnnxEngine, check_model_file};
 use crate::provision::verify_sha256;
@@ -18,7 +19,8 @@ pub struct LoadedGraph {
     pub name: String,
     pub device: Device,
     pub loaded_at: SystemTime,
-    pub engine: Arc<dyn Engine>,
+    /// Every inference of this model goes through its batcher.
+    pub batcher: Batcher,
 }
 
 /// All graphs of the app, by name.
@@ -38,13 +40,21 @@ impl GraphRegistry {
             if let Some(sha256) = &config.sha256 {
                 verify_sha256(&path, sha256).with_context(|| format!("model {name}"))?;
             }
-            let engine = OnnxEngine::load(&path, config).with_context(|| format!("model {name}"))?;
+            let mut engines: Vec<Arc<dyn Engine>> = Vec::with_capacity(config.workers);
+            for _ in 0..config.workers {
+                engines.push(Arc::new(
+                    OnnxEngine::load(&path, config).with_context(|| format!("model {name}"))?,
+                ));
+            }
+            let policy = BatchPolicy::from_config(config.batching.as_ref());
             tracing::info!(
                 model = %name,
                 device = %config.device()?,
                 load_ms = started.elapsed().as_millis() as u64,
-                inputs = ?engine.inputs().iter().map(|s| &s.name).collect::<Vec<_>>(),
-                outputs = ?engine.outputs().iter().map(|s| &s.name).collect::<Vec<_>>(),
+                workers = config.workers,
+                max_batch_size = policy.max_batch_size,
+                inputs = ?engines[0].inputs().iter().map(|s| &s.name).collect::<Vec<_>>(),
+                outputs = ?engines[0].outputs().iter().map(|s| &s.name).collect::<Vec<_>>(),
                 "model loaded"
             );
             graphs.insert(
@@ -53,7 +63,7 @@ impl GraphRegistry {
                     name: name.clone(),
                     device: config.device()?,
                     loaded_at: SystemTime::now(),
-                    engine: Arc::new(engine),
+                    batcher: Batcher::spawn(engines, policy),
                 }),
             );
         }

@@ -1,0 +1,239 @@
+//! Pure tensor plumbing of the batcher: merge requests along the batch axis (padding the sequence
+//! axis with each input's pad value) and split the model's outputs back, padding removed.
+
+use std::collections::BTreeMap;
+
+use crate::engines::{ElementType, EngineError, TensorData, TensorSpec};
+
+/// Named tensors: one request's inputs or outputs.
+pub type Tensors = Vec<(String, TensorData)>;
+
+/// Where one request sits in a merged batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    /// First row of the request in the batch.
+    pub row: u32,
+    /// Rows (axis 0) the request sent.
+    pub rows: u32,
+    /// Its own sequence length (axis 1) before padding.
+    pub seq: u32,
+}
+
+/// The batch axis and sequence axis of a request: every input is `[rows, seq, ...]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shape {
+    pub rows: u32,
+    pub seq: u32,
+    /// What must be equal for two requests to share a batch: names, types, trailing dims.
+    pub key: Vec<(String, ElementType, Vec<u32>)>,
+}
+
+/// Checks a request against the model's inputs and returns its batch shape, or why it cannot be
+/// batched (the request may still be valid to run alone).
+pub fn batch_shape(inputs: &Tensors) -> Option<Shape> {
+    let mut rows_seq = None;
+    let mut key = Vec::with_capacity(inputs.len());
+    for (name, tensor) in inputs {
+        let [rows, seq, rest @ ..] = tensor.shape.as_slice() else { return None };
+        match rows_seq {
+            None => rows_seq = Some((*rows, *seq)),
+            Some(rs) if rs != (*rows, *seq) => return None,
+            Some(_) => {}
+        }
+        key.push((name.clone(), tensor.ty, rest.to_vec()));
+    }
+    key.sort_by(|a, b| a.0.cmp(&b.0));
+    let (rows, seq) = rows_seq?;
+    Some(Shape { rows, seq, key })
+}
+
+/// Validates a request against the model's declared inputs before it joins a batch, so one bad
+/// request fails alone instead of failing its batch-mates.
+pub fn check_inputs(inputs: &Tensors, specs: &[TensorSpec]) -> Result<(), EngineError> {
+    for (name, tensor) in inputs {
+        let spec = specs
+            .iter()
+            .find(|s| s.name == *name)
+            .ok_or_else(|| EngineError::invalid(format!("the model has no input {name:?}")))?;
+        tensor.validate()?;
+        if spec.ty != Some(tensor.ty) {
+            return Err(EngineError::invalid(format!(
+                "input {name:?} must be {:?}, got {:?}",
+                spec.ty, tensor.ty
+            )));
+        }
+        let dims_ok = spec.shape.len() == tensor.shape.len()
+            && spec.shape.iter().zip(&tensor.shape).all(|(&want, &got)| want < 0 || want == i64::from(got));
+        if !dims_ok {
+            return Err(EngineError::invalid(format!(
+                "input {name:?} must have shape {:?} (-1 = any), got {:?}",
+                spec.shape, tensor.shape
+            )));
+        }
+    }
+    if let Some(missing) = specs.iter().find(|s| !inputs.iter().any(|(n, _)| *n == s.name)) {
+        return Err(EngineError::invalid(format!("missing model input {:?}", missing.name)));
+    }
+    Ok(())
+}
+
+/// Merges requests that share a `Shape::key` into one set of inputs.
+pub fn merge(
+    requests: &[&Tensors],
+    pad_values: &BTreeMap<String, f64>,
+) -> Result<(Tensors, Vec<Slot>), EngineError> {
+    let shapes: Vec<Shape> = requests
+        .iter()
+        .map(|r| batch_shape(r).ok_or_else(|| EngineError::invalid("request cannot be batched")))
+        .collect::<Result<_, _>>()?;
+    let total_rows: u32 = shapes.iter().map(|s| s.rows).sum();
+    let max_seq = shapes.iter().map(|s| s.seq).max().unwrap_or(0);
+    let mut slots = Vec::with_capacity(requests.len());
+    let mut row = 0;
+    for shape in &shapes {
+        slots.push(Slot { row, rows: shape.rows, seq: shape.seq });
+        row += shape.rows;
+    }
+    let mut merged = Vec::with_capacity(requests[0].len());
+    for (name, first) in requests[0].iter() {
+        let ty = first.ty;
+        let trailing: usize = first.shape[2..].iter().map(|&d| d as usize).product();
+        let element = ty.size();
+        let pad = pad_bytes(ty, pad_values.get(name).copied().unwrap_or(0.0));
+        let step = trailing * element;
+        let mut bytes = Vec::with_capacity(total_rows as usize * max_seq as usize * step);
+        for (request, shape) in requests.iter().zip(&shapes) {
+            let tensor = &request.iter().find(|(n, _)| n == name).expect("same key, same names").1;
+            let row_bytes = shape.seq as usize * step;
+            for r in 0..shape.rows as usize {
+                bytes.extend_from_slice(&tensor.bytes[r * row_bytes..(r + 1) * row_bytes]);
+                for _ in 0..(max_seq - shape.seq) as usize * trailing {
+                    bytes.extend_from_slice(&pad);
+                }
+            }
+        }
+        let mut shape = vec![total_rows, max_seq];
+        shape.extend_from_slice(&first.shape[2..]);
+        merged.push((name.clone(), TensorData { shape, ty, bytes }));
+    }
+    Ok((merged, slots))
+}
+
+/// Splits merged outputs back per request. Axis 0 is the batch axis; axis 1 is cut back to each
+/// request's own length when the model declares it dynamic (a sequence axis).
+pub fn split(outputs: Tensors, slots: &[Slot], specs: &[TensorSpec]) -> Result<Vec<Tensors>, EngineError> {
+    let total_rows: u32 = slots.iter().map(|s| s.rows).sum();
+    let max_seq = slots.iter().map(|s| s.seq).max().unwrap_or(0);
+    let mut per_request: Vec<Tensors> = vec![Vec::with_capacity(outputs.len()); slots.len()];
+    for (name, tensor) in outputs {
+        if tensor.shape.first() != Some(&total_rows) {
+            return Err(EngineError::Runtime(format!(
+                "output {name:?} has shape {:?}, without the batch axis; disable batching for this model",
+                tensor.shape
+            )));
+        }
+        let declared = specs.iter().find(|s| s.name == name).map(|s| s.shape.as_slice()).unwrap_or(&[]);
+        let has_seq_axis =
+            tensor.shape.len() >= 2 && declared.get(1) == Some(&-1) && tensor.shape[1] == max_seq;
+        let element = tensor.ty.size();
+        let row_elements: usize = tensor.shape[1..].iter().map(|&d| d as usize).product();
+        let row_bytes = row_elements * element;
+        for (slot, out) in slots.iter().zip(per_request.iter_mut()) {
+            let mut shape = tensor.shape.clone();
+            shape[0] = slot.rows;
+            let mut bytes;
+            if has_seq_axis {
+                let step = tensor.shape[2..].iter().map(|&d| d as usize).product::<usize>() * element;
+                shape[1] = slot.seq;
+                bytes = Vec::with_capacity(slot.rows as usize * slot.seq as usize * step);
+                for r in slot.row..slot.row + slot.rows {
+                    let start = r as usize * row_bytes;
+                    bytes.extend_from_slice(&tensor.bytes[start..start + slot.seq as usize * step]);
+                }
+            } else {
+                let start = slot.row as usize * row_bytes;
+                bytes = tensor.bytes[start..start + slot.rows as usize * row_bytes].to_vec();
+            }
+            out.push((name.clone(), TensorData { shape, ty: tensor.ty, bytes }));
+        }
+    }
+    Ok(per_request)
+}
+
+/// One element of `value` as little-endian bytes of `ty`.
+fn pad_bytes(ty: ElementType, value: f64) -> Vec<u8> {
+    match ty {
+        ElementType::F32 => (value as f32).to_le_bytes().to_vec(),
+        ElementType::F64 => value.to_le_bytes().to_vec(),
+        ElementType::I32 => (value as i32).to_le_bytes().to_vec(),
+        ElementType::I64 => (value as i64).to_le_bytes().to_vec(),
+        ElementType::U8 => vec![value as u8],
+        // Half floats: 0.0 is all-zero bits in both formats; other pad values are rare.
+        ElementType::F16 | ElementType::BF16 => vec![0, 0],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(rows: &[&[i64]]) -> Tensors {
+        let seq = rows[0].len() as u32;
+        let bytes = rows.iter().flat_map(|r| r.iter().flat_map(|v| v.to_le_bytes())).collect();
+        vec![("ids".into(), TensorData { shape: vec![rows.len() as u32, seq], ty: ElementType::I64, bytes })]
+    }
+
+    fn values(t: &TensorData) -> Vec<i64> {
+        t.bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
+    }
+
+    #[test]
+    fn merge_pads_the_sequence_axis_with_the_pad_value() {
+        let a = ids(&[&[1, 2, 3]]);
+        let b = ids(&[&[4], &[5]]);
+        let pads = BTreeMap::from([("ids".to_string(), 9.0)]);
+        let (merged, slots) = merge(&[&a, &b], &pads).unwrap();
+        assert_eq!(merged[0].1.shape, vec![3, 3]);
+        assert_eq!(values(&merged[0].1), vec![1, 2, 3, 4, 9, 9, 5, 9, 9]);
+        assert_eq!(slots, vec![Slot { row: 0, rows: 1, seq: 3 }, Slot { row: 1, rows: 2, seq: 1 }]);
+    }
+
+    #[test]
+    fn split_removes_padding_on_dynamic_sequence_axes_only() {
+        let slots = [Slot { row: 0, rows: 1, seq: 3 }, Slot { row: 1, rows: 1, seq: 1 }];
+        let hidden = TensorData {
+            shape: vec![2, 3],
+            ty: ElementType::I64,
+            bytes: [1i64, 2, 3, 4, -1, -1].iter().flat_map(|v| v.to_le_bytes()).collect(),
+        };
+        let fixed = TensorData {
+            shape: vec![2, 3],
+            ty: ElementType::I64,
+            bytes: [7i64, 7, 7, 8, 8, 8].iter().flat_map(|v| v.to_le_bytes()).collect(),
+        };
+        let specs = [
+            TensorSpec { name: "hidden".into(), ty: Some(ElementType::I64), shape: vec![-1, -1] },
+            TensorSpec { name: "logits".into(), ty: Some(ElementType::I64), shape: vec![-1, 3] },
+        ];
+        let out = split(vec![("hidden".into(), hidden), ("logits".into(), fixed)], &slots, &specs).unwrap();
+        assert_eq!(out[0][0].1.shape, vec![1, 3]);
+        assert_eq!(values(&out[0][0].1), vec![1, 2, 3]);
+        assert_eq!(out[1][0].1.shape, vec![1, 1]);
+        assert_eq!(values(&out[1][0].1), vec![4]);
+        assert_eq!(values(&out[1][1].1), vec![8, 8, 8], "a fixed axis is not cut");
+    }
+
+    #[test]
+    fn shapes_that_cannot_share_a_batch() {
+        assert!(batch_shape(&ids(&[&[1, 2]])).is_some());
+        let mut mismatched = ids(&[&[1, 2]]);
+        mismatched.push((
+            "mask".into(),
+            TensorData { shape: vec![1, 3], ty: ElementType::I64, bytes: vec![0; 24] },
+        ));
+        assert!(batch_shape(&mismatched).is_none(), "inputs disagree on the sequence length");
+        let scalar =
+            vec![("x".into(), TensorData { shape: vec![4], ty: ElementType::F32, bytes: vec![0; 16] })];
+        assert!(batch_shape(&scalar).is_none(), "rank 1 has no sequence axis");
+    }
+}

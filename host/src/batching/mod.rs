@@ -1,0 +1,249 @@
+//! Per-model dynamic batching: compute calls from concurrent instances are merged into one
+//! engine run. A background task owns the queue; engines run on blocking threads; a caller waiting
+//! for its result holds no OS thread. Requests whose caller went away are dropped before compute.
+
+mod merge;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::engines::{Engine, EngineError, TensorSpec};
+use crate::runtime_config::BatchingConfig;
+pub use merge::Tensors;
+use merge::{Shape, batch_shape, check_inputs, merge, split};
+
+/// How a model's requests are merged.
+#[derive(Debug, Clone)]
+pub struct BatchPolicy {
+    /// Most rows (axis 0) in one engine run; 1 turns merging off.
+    pub max_batch_size: u32,
+    /// Most padded tokens (rows × longest sequence) in one engine run.
+    pub max_batch_tokens: u64,
+    /// How long a request may wait for batch-mates once an engine is free.
+    pub max_queue_delay: Duration,
+    /// Value that pads each input's sequence axis (default 0).
+    pub pad_values: BTreeMap<String, f64>,
+}
+
+impl BatchPolicy {
+    /// The policy of a model's runtime config; no `[batching]` means every request runs alone.
+    pub fn from_config(config: Option<&BatchingConfig>) -> BatchPolicy {
+        match config {
+            None => BatchPolicy {
+                max_batch_size: 1,
+                max_batch_tokens: u64::MAX,
+                max_queue_delay: Duration::ZERO,
+                pad_values: BTreeMap::new(),
+            },
+            Some(c) => BatchPolicy {
+                max_batch_size: c.max_batch_size,
+                max_batch_tokens: c.max_batch_tokens,
+                max_queue_delay: Duration::from_micros(c.max_queue_delay_us),
+                pad_values: c.pad_values.clone(),
+            },
+        }
+    }
+}
+
+/// One queued compute call.
+struct Job {
+    inputs: Tensors,
+    /// `None` when the request cannot share a batch (it runs alone).
+    shape: Option<Shape>,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<Tensors, EngineError>>,
+}
+
+/// Handle to a model's batching queue; cheap to share.
+#[derive(Clone)]
+pub struct Batcher {
+    queue: mpsc::UnboundedSender<Job>,
+    /// The model's declared inputs, to reject bad requests before they join a batch.
+    inputs: Arc<Vec<TensorSpec>>,
+}
+
+impl Batcher {
+    /// Starts the queue task for `engines` (one engine run at a time per engine). Must be called
+    /// inside a tokio runtime.
+    pub fn spawn(engines: Vec<Arc<dyn Engine>>, policy: BatchPolicy) -> Batcher {
+        assert!(!engines.is_empty(), "a batcher needs at least one engine");
+        let inputs = Arc::new(engines[0].inputs().to_vec());
+        let (queue, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(BatchLoop::new(engines, policy, receiver).run());
+        Batcher { queue, inputs }
+    }
+
+    /// Queues one inference and waits for its share of the batch's outputs.
+    pub async fn compute(&self, inputs: Tensors) -> Result<Tensors, EngineError> {
+        check_inputs(&inputs, &self.inputs)?;
+        let shape = batch_shape(&inputs);
+        let (reply, result) = oneshot::channel();
+        let job = Job { inputs, shape, enqueued: Instant::now(), reply };
+        self.queue.send(job).map_err(|_| EngineError::Runtime("the model's batcher has stopped".into()))?;
+        result
+            .await
+            .unwrap_or_else(|_| Err(EngineError::Runtime("the model's batcher dropped the request".into())))
+    }
+}
+
+/// The queue task's state.
+struct BatchLoop {
+    policy: BatchPolicy,
+    receiver: mpsc::UnboundedReceiver<Job>,
+    /// Jobs taken off the channel that did not fit the batch being formed; served first next time.
+    held: VecDeque<Job>,
+    /// Engines not running a batch right now.
+    idle: mpsc::Receiver<Arc<dyn Engine>>,
+    give_back: mpsc::Sender<Arc<dyn Engine>>,
+}
+
+impl BatchLoop {
+    fn new(
+        engines: Vec<Arc<dyn Engine>>,
+        policy: BatchPolicy,
+        receiver: mpsc::UnboundedReceiver<Job>,
+    ) -> BatchLoop {
+        let (give_back, idle) = mpsc::channel(engines.len());
+        for engine in engines {
+            give_back.try_send(engine).expect("capacity equals the engine count");
+        }
+        BatchLoop { policy, receiver, held: VecDeque::new(), idle, give_back }
+    }
+
+    async fn run(mut self) {
+        loop {
+            // Wait for a free engine first: while all are busy, requests pile up and then leave
+            // together in one batch.
+            let Some(engine) = self.idle.recv().await else { return };
+            let Some(batch) = self.next_batch().await else { return };
+            let give_back = self.give_back.clone();
+            let pad_values = self.policy.pad_values.clone();
+            tokio::task::spawn_blocking(move || {
+                run_batch(engine.as_ref(), batch, &pad_values);
+                let _ = give_back.try_send(engine);
+            });
+        }
+    }
+
+    /// The next batch of live jobs: the oldest job, then compatible ones that are queued or arrive
+    /// before the oldest has waited `max_queue_delay`. `None` when the queue is closed.
+    async fn next_batch(&mut self) -> Option<Vec<Job>> {
+        loop {
+            let first = match self.held.pop_front() {
+                Some(job) => job,
+                None => self.receiver.recv().await?,
+            };
+            if first.reply.is_closed() {
+                continue;
+            }
+            let mut batch = Batch::new(first, &self.policy);
+            if batch.is_full() {
+                return Some(batch.jobs);
+            }
+            let deadline = batch.jobs[0].enqueued + self.policy.max_queue_delay;
+            let mut held = std::mem::take(&mut self.held);
+            let mut kept = VecDeque::new();
+            while let Some(job) = held.pop_front() {
+                if let Some(job) = batch.offer(job) {
+                    kept.push_back(job);
+                }
+            }
+            self.held = kept;
+            while !batch.is_full() {
+                let next = match self.receiver.try_recv() {
+                    Ok(job) => job,
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        match tokio::time::timeout_at(deadline, self.receiver.recv()).await {
+                            Ok(Some(job)) => job,
+                            Ok(None) | Err(_) => break,
+                        }
+                    }
+                };
+                if let Some(job) = batch.offer(next) {
+                    self.held.push_back(job);
+                }
+            }
+            let live: Vec<Job> = batch.jobs.into_iter().filter(|j| !j.reply.is_closed()).collect();
+            if !live.is_empty() {
+                return Some(live);
+            }
+        }
+    }
+}
+
+/// A batch being formed.
+struct Batch<'p> {
+    policy: &'p BatchPolicy,
+    jobs: Vec<Job>,
+    rows: u32,
+    max_seq: u32,
+}
+
+impl<'p> Batch<'p> {
+    fn new(first: Job, policy: &'p BatchPolicy) -> Batch<'p> {
+        let (rows, max_seq) = first.shape.as_ref().map_or((u32::MAX, 0), |s| (s.rows, s.seq));
+        Batch { policy, jobs: vec![first], rows, max_seq }
+    }
+
+    /// A job that cannot be batched fills its batch by itself.
+    fn is_full(&self) -> bool {
+        self.rows >= self.policy.max_batch_size
+    }
+
+    /// Takes `job` if it is compatible and fits; otherwise hands it back.
+    fn offer(&mut self, job: Job) -> Option<Job> {
+        if job.reply.is_closed() {
+            return None;
+        }
+        let (Some(shape), Some(first)) = (&job.shape, &self.jobs[0].shape) else { return Some(job) };
+        if shape.key != first.key {
+            return Some(job);
+        }
+        let rows = self.rows + shape.rows;
+        let max_seq = self.max_seq.max(shape.seq);
+        if rows > self.policy.max_batch_size
+            || u64::from(rows) * u64::from(max_seq) > self.policy.max_batch_tokens
+        {
+            return Some(job);
+        }
+        self.rows = rows;
+        self.max_seq = max_seq;
+        self.jobs.push(job);
+        None
+    }
+}
+
+/// Runs one batch on `engine` and answers every job; if the merged run fails, each job is retried
+/// alone so that one request cannot fail its batch-mates.
+fn run_batch(engine: &dyn Engine, jobs: Vec<Job>, pad_values: &BTreeMap<String, f64>) {
+    if jobs.len() == 1 {
+        let job = jobs.into_iter().next().expect("one job");
+        let _ = job.reply.send(engine.run(job.inputs));
+        return;
+    }
+    let requests: Vec<&Tensors> = jobs.iter().map(|j| &j.inputs).collect();
+    let merged = merge(&requests, pad_values)
+        .and_then(|(inputs, slots)| Ok((engine.run(inputs)?, slots)))
+        .and_then(|(outputs, slots)| split(outputs, &slots, engine.outputs()));
+    match merged {
+        Ok(per_job) => {
+            for (job, outputs) in jobs.into_iter().zip(per_job) {
+                let _ = job.reply.send(Ok(outputs));
+            }
+        }
+        Err(e) => {
+            tracing::warn!("batched run of {} requests failed ({e}); running them one by one", jobs.len());
+            for job in jobs {
+                let _ = job.reply.send(engine.run(job.inputs));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

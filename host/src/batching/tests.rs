@@ -1,0 +1,211 @@
+//! Batcher behaviour against a deterministic fake engine whose outputs per token depend on that
+//! token alone, so a request's answer must be identical batched or alone.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::*;
+use crate::engines::{ElementType, TensorData, TensorSpec};
+
+/// `ids` I64 [rows, seq] → `hidden` F32 [rows, seq, 2] = (id, id * 2), `pooled` F32 [rows, 1] =
+/// sum of ids (pad 0 adds nothing). Id 666 fails the whole run.
+struct FakeEngine {
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
+    /// (rows, seq, ids) of every run, in order.
+    runs: Mutex<Vec<(u32, u32, Vec<i64>)>>,
+    run_time: Duration,
+}
+
+impl FakeEngine {
+    fn new(run_time: Duration) -> Arc<FakeEngine> {
+        Arc::new(FakeEngine {
+            inputs: vec![TensorSpec { name: "ids".into(), ty: Some(ElementType::I64), shape: vec![-1, -1] }],
+            outputs: vec![
+                TensorSpec { name: "hidden".into(), ty: Some(ElementType::F32), shape: vec![-1, -1, 2] },
+                TensorSpec { name: "pooled".into(), ty: Some(ElementType::F32), shape: vec![-1, 1] },
+            ],
+            runs: Mutex::new(Vec::new()),
+            run_time,
+        })
+    }
+
+    fn runs(&self) -> Vec<(u32, u32, Vec<i64>)> {
+        self.runs.lock().unwrap().clone()
+    }
+}
+
+impl Engine for FakeEngine {
+    fn inputs(&self) -> &[TensorSpec] {
+        &self.inputs
+    }
+
+    fn outputs(&self) -> &[TensorSpec] {
+        &self.outputs
+    }
+
+    fn run(&self, inputs: Tensors) -> Result<Tensors, EngineError> {
+        std::thread::sleep(self.run_time);
+        let ids = &inputs[0].1;
+        let (rows, seq) = (ids.shape[0], ids.shape[1]);
+        let values: Vec<i64> =
+            ids.bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
+        self.runs.lock().unwrap().push((rows, seq, values.clone()));
+        if values.contains(&666) {
+            return Err(EngineError::Runtime("the fake engine refuses 666".into()));
+        }
+        let hidden: Vec<u8> =
+            values.iter().flat_map(|&v| [v as f32, v as f32 * 2.0]).flat_map(f32::to_le_bytes).collect();
+        let pooled: Vec<u8> = values
+            .chunks(seq as usize)
+            .map(|row| row.iter().sum::<i64>() as f32)
+            .flat_map(f32::to_le_bytes)
+            .collect();
+        Ok(vec![
+            ("hidden".into(), TensorData { shape: vec![rows, seq, 2], ty: ElementType::F32, bytes: hidden }),
+            ("pooled".into(), TensorData { shape: vec![rows, 1], ty: ElementType::F32, bytes: pooled }),
+        ])
+    }
+}
+
+fn request(rows: &[&[i64]]) -> Tensors {
+    let seq = rows[0].len() as u32;
+    let bytes = rows.iter().flat_map(|r| r.iter().flat_map(|v| v.to_le_bytes())).collect();
+    vec![("ids".into(), TensorData { shape: vec![rows.len() as u32, seq], ty: ElementType::I64, bytes })]
+}
+
+fn policy(max_batch_size: u32, max_batch_tokens: u64, delay_ms: u64) -> BatchPolicy {
+    BatchPolicy {
+        max_batch_size,
+        max_batch_tokens,
+        max_queue_delay: Duration::from_millis(delay_ms),
+        pad_values: BTreeMap::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_get_exactly_their_answers_alone() {
+    let engine = FakeEngine::new(Duration::from_millis(20));
+    let batcher = Batcher::spawn(vec![engine.clone()], policy(32, 4096, 5));
+    // Mixed lengths and row counts, all in flight at once.
+    let requests: Vec<Tensors> = (1..=24i64)
+        .map(|i| {
+            let len = 1 + (i as usize * 7) % 9;
+            let row: Vec<i64> = (0..len as i64).map(|t| i * 100 + t + 1).collect();
+            if i % 5 == 0 { request(&[&row, &row]) } else { request(&[&row]) }
+        })
+        .collect();
+    let handles: Vec<_> = requests
+        .iter()
+        .cloned()
+        .map(|r| {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { batcher.compute(r).await })
+        })
+        .collect();
+    for (request, handle) in requests.iter().zip(handles) {
+        let batched = handle.await.unwrap().unwrap();
+        let alone = engine.run(request.clone()).unwrap();
+        assert_eq!(batched, alone, "padding removed and rows split back exactly");
+    }
+    let merged_runs = engine.runs().iter().filter(|(rows, ..)| *rows > 2).count();
+    assert!(merged_runs > 0, "requests queued behind a busy engine leave together: {:?}", engine.runs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_respect_size_and_token_limits() {
+    let engine = FakeEngine::new(Duration::from_millis(50));
+    // 4 rows at most, 12 padded tokens at most: [1, 4] requests go 3 to a batch.
+    let batcher = Batcher::spawn(vec![engine.clone()], policy(4, 12, 200));
+    let handles: Vec<_> = (0..7i64)
+        .map(|i| {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { batcher.compute(request(&[&[i + 1, 1, 1, 1]])).await })
+        })
+        .collect();
+    for handle in handles {
+        handle.await.unwrap().unwrap();
+    }
+    let runs = engine.runs();
+    assert_eq!(runs.iter().map(|r| r.0).sum::<u32>(), 7, "every request ran once: {runs:?}");
+    for (rows, seq, _) in &runs {
+        assert!(*rows <= 4 && rows * seq <= 12, "over the limits: {runs:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waits_for_batch_mates_up_to_the_delay_only() {
+    // Long delay: a second request sent 50 ms after the first joins its batch.
+    let engine = FakeEngine::new(Duration::ZERO);
+    let batcher = Batcher::spawn(vec![engine.clone()], policy(8, 4096, 400));
+    let first = tokio::spawn({
+        let b = batcher.clone();
+        async move { b.compute(request(&[&[1, 2]])).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    batcher.compute(request(&[&[3]])).await.unwrap();
+    first.await.unwrap().unwrap();
+    assert_eq!(engine.runs().len(), 1, "one merged run: {:?}", engine.runs());
+    assert_eq!(engine.runs()[0].0, 2);
+
+    // No delay: an idle engine runs each request at once.
+    let engine = FakeEngine::new(Duration::ZERO);
+    let batcher = Batcher::spawn(vec![engine.clone()], policy(8, 4096, 0));
+    batcher.compute(request(&[&[1, 2]])).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    batcher.compute(request(&[&[3]])).await.unwrap();
+    assert_eq!(engine.runs().len(), 2, "{:?}", engine.runs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_whose_caller_left_never_reach_the_engine() {
+    let engine = FakeEngine::new(Duration::from_millis(200));
+    let batcher = Batcher::spawn(vec![engine.clone()], policy(8, 4096, 0));
+    let busy = tokio::spawn({
+        let b = batcher.clone();
+        async move { b.compute(request(&[&[1]])).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The engine is busy; this caller gives up before it frees.
+    let abandoned =
+        tokio::time::timeout(Duration::from_millis(20), batcher.compute(request(&[&[4242]]))).await;
+    assert!(abandoned.is_err(), "timed out while queued");
+    busy.await.unwrap().unwrap();
+    batcher.compute(request(&[&[7]])).await.unwrap();
+    let seen: Vec<i64> = engine.runs().into_iter().flat_map(|r| r.2).collect();
+    assert!(!seen.contains(&4242), "abandoned request was computed: {seen:?}");
+    assert!(seen.contains(&7));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_request_fails_alone() {
+    let engine = FakeEngine::new(Duration::from_millis(30));
+    let batcher = Batcher::spawn(vec![engine.clone()], policy(8, 4096, 100));
+    let handles: Vec<_> = [1i64, 666, 3, 4]
+        .into_iter()
+        .map(|v| {
+            let b = batcher.clone();
+            tokio::spawn(async move { (v, b.compute(request(&[&[v, v]])).await) })
+        })
+        .collect();
+    for handle in handles {
+        let (v, result) = handle.await.unwrap();
+        assert_eq!(result.is_err(), v == 666, "{v}: {result:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_inputs_are_rejected_before_queueing() {
+    let engine = FakeEngine::new(Duration::ZERO);
+    let batcher = Batcher::spawn(vec![engine.clone()], policy(8, 4096, 0));
+    let wrong_type =
+        vec![("ids".into(), TensorData { shape: vec![1, 1], ty: ElementType::F32, bytes: vec![0; 4] })];
+    let wrong_name =
+        vec![("tokens".into(), TensorData { shape: vec![1, 1], ty: ElementType::I64, bytes: vec![0; 8] })];
+    let short_data =
+        vec![("ids".into(), TensorData { shape: vec![1, 2], ty: ElementType::I64, bytes: vec![0; 8] })];
+    for bad in [wrong_type, wrong_name, short_data] {
+        assert!(matches!(batcher.compute(bad).await, Err(EngineError::InvalidArgument(_))));
+    }
+    assert!(engine.runs().is_empty());
+}
