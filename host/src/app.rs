@@ -17,6 +17,7 @@ use crate::instance::{ComponentHandler, InstanceSpec, InstanceState, ReusePolicy
 use crate::manifest::{Component, Manifest};
 use crate::nn::registry::GraphRegistry;
 use crate::outbound::AllowedHost;
+use crate::runtime_config::ComponentLimits;
 
 /// Linear memory a component instance may grow to by default.
 const DEFAULT_MAX_MEMORY_BYTES: usize = 512 << 20;
@@ -27,6 +28,7 @@ pub struct LoadedComponent {
     /// Hex sha256 of the composed component: its version as deployed.
     pub version: String,
     pub loaded_at: SystemTime,
+    pub limits: ComponentLimits,
     pub handler: ProxyHandler<ComponentHandler>,
 }
 
@@ -81,6 +83,7 @@ impl App {
     /// Builds every routed component of `manifest`.
     pub fn load(
         manifest: &Manifest,
+        limits: &BTreeMap<String, ComponentLimits>,
         registry: Arc<GraphRegistry>,
         engine: &Engine,
         cache: &CompileCache,
@@ -92,11 +95,17 @@ impl App {
         wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
         crate::nn::add_to_linker(&mut linker)?;
 
+        if let Some(unknown) = limits.keys().find(|id| !manifest.components.contains_key(*id)) {
+            bail!(
+                "the runtime config sets limits for component {unknown:?}, which spin.toml does not define"
+            );
+        }
         let mut components = BTreeMap::new();
         let routed: BTreeSet<&str> = manifest.http_triggers.iter().map(|t| t.component.as_str()).collect();
         for id in routed {
             let component = &manifest.components[id];
-            let loaded = load_component(manifest, id, component, &registry, engine, &linker, cache)
+            let limits = limits.get(id).copied().unwrap_or_default();
+            let loaded = load_component(manifest, id, component, limits, &registry, engine, &linker, cache)
                 .with_context(|| format!("component {id}"))?;
             components.insert(id.to_string(), Arc::new(loaded));
         }
@@ -122,6 +131,7 @@ fn load_component(
     manifest: &Manifest,
     id: &str,
     component: &Component,
+    limits: ComponentLimits,
     registry: &Arc<GraphRegistry>,
     engine: &Engine,
     linker: &Linker<InstanceState>,
@@ -193,7 +203,7 @@ fn load_component(
         instances_created: AtomicU64::new(0),
     });
     tracing::info!(component = id, version = %&version[..12], compile_cache = ?outcome, "component ready");
-    Ok(LoadedComponent { id: id.to_string(), version, loaded_at: SystemTime::now(), handler })
+    Ok(LoadedComponent { id: id.to_string(), version, loaded_at: SystemTime::now(), limits, handler })
 }
 
 #[cfg(test)]

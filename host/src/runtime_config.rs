@@ -20,6 +20,28 @@ pub struct RuntimeConfig {
     /// Where the ONNX Runtime shared library comes from.
     #[serde(default)]
     pub onnxruntime: Option<OnnxRuntimeConfig>,
+    /// Host-side limits per component (by spin.toml component id).
+    #[serde(default)]
+    pub component: BTreeMap<String, ComponentLimits>,
+}
+
+/// `[component.NAME]`: what the host enforces before a request reaches the component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentLimits {
+    /// Larger request bodies are answered 413 without running the component.
+    #[serde(default = "default_max_request_body_bytes")]
+    pub max_request_body_bytes: u64,
+}
+
+impl Default for ComponentLimits {
+    fn default() -> ComponentLimits {
+        ComponentLimits { max_request_body_bytes: default_max_request_body_bytes() }
+    }
+}
+
+fn default_max_request_body_bytes() -> u64 {
+    1 << 20
 }
 
 /// `[model.NAME]`.
@@ -188,6 +210,11 @@ impl RuntimeConfig {
                 bail!("model {name}: max_batch_size and max_batch_tokens must be at least 1");
             }
         }
+        for (name, limits) in &config.component {
+            if limits.max_request_body_bytes == 0 {
+                bail!("component {name}: max_request_body_bytes must be at least 1");
+            }
+        }
         for asset in &config.asset {
             check_sha256(&asset.sha256).with_context(|| format!("asset {}", asset.path))?;
         }
@@ -233,6 +260,15 @@ mod tests {
         assert_eq!(m.workers, 1);
         let b = m.batching.as_ref().unwrap();
         assert_eq!((b.max_batch_size, b.max_batch_tokens, b.max_queue_delay_us), (16, 8192, 2000));
+    }
+
+    #[test]
+    fn component_limits_default_to_one_mebibyte() {
+        let c = RuntimeConfig::parse("[component.embed]\nmax_request_body_bytes = 10").unwrap();
+        assert_eq!(c.component["embed"].max_request_body_bytes, 10);
+        assert_eq!(ComponentLimits::default().max_request_body_bytes, 1 << 20);
+        assert!(RuntimeConfig::parse("[component.embed]\nmax_request_body_bytes = 0").is_err());
+        assert!(RuntimeConfig::parse("[component.embed]\nmax_body = 1").is_err());
     }
 
     #[test]

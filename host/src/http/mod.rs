@@ -88,8 +88,11 @@ impl Server {
         let Some(component) = self.app.route(req.uri().path()) else {
             return error(StatusCode::NOT_FOUND, "NotFound", &format!("no route for {}", req.uri().path()));
         };
+        let req = match limit_body(req, component.limits.max_request_body_bytes).await {
+            Ok(req) => req,
+            Err(response) => return response,
+        };
         let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
-        let req = req.map(|body| body.map_err(|e| e.into()).boxed_unsync());
         match component.handler.handle(request_id, req).await {
             Ok(response) => response,
             Err(e) => {
@@ -106,6 +109,83 @@ impl Server {
             }
         }
     }
+}
+
+/// Applies the component's body limit: a declared length over it is refused at once; a body of
+/// unknown length (chunked) is read up to the limit and handed on whole.
+async fn limit_body(req: Request<Incoming>, limit: u64) -> Result<Request<WasiBody>, Response<WasiBody>> {
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PayloadTooLarge",
+            &format!("request body is over the limit of {limit} bytes"),
+        )
+    };
+    let declared =
+        req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > limit => Err(too_large()),
+        // hyper holds a body to its declared length.
+        Some(_) => Ok(req.map(|body| body.map_err(|e| e.into()).boxed_unsync())),
+        None => {
+            let (parts, body) = req.into_parts();
+            match read_limited(body, limit).await {
+                Ok(BodyRead::Fits(bytes)) => {
+                    let body = Full::new(bytes).map_err(|never| match never {}).boxed_unsync();
+                    Ok(Request::from_parts(parts, body))
+                }
+                Ok(BodyRead::TooLarge) => Err(too_large()),
+                Ok(BodyRead::TimedOut) => Err(error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "Timeout",
+                    "the request body did not arrive in time",
+                )),
+                Err(e) => Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    &format!("cannot read the request body: {e}"),
+                )),
+            }
+        }
+    }
+}
+
+/// How reading a body of unknown length ended.
+enum BodyRead {
+    Fits(Bytes),
+    TooLarge,
+    TimedOut,
+}
+
+/// Reads a body of unknown length up to `limit`, within 10 s. Past the limit the rest is read and
+/// discarded (at most 8 x the limit), so that a client still sending gets the 413 instead of a
+/// reset connection.
+async fn read_limited(mut body: Incoming, limit: u64) -> Result<BodyRead, hyper::Error> {
+    let mut kept = bytes::BytesMut::new();
+    let mut total: u64 = 0;
+    let discard_cap = limit.saturating_mul(8);
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            if let Some(data) = frame?.data_ref() {
+                total += data.len() as u64;
+                if total <= limit {
+                    kept.extend_from_slice(data);
+                } else if total > discard_cap {
+                    break;
+                }
+            }
+        }
+        Ok::<_, hyper::Error>(())
+    };
+    let finished = tokio::time::timeout(std::time::Duration::from_secs(10), read).await;
+    Ok(match finished {
+        Ok(result) => {
+            result?;
+            if total <= limit { BodyRead::Fits(kept.freeze()) } else { BodyRead::TooLarge }
+        }
+        Err(_) if total > limit => BodyRead::TooLarge,
+        Err(_) => BodyRead::TimedOut,
+    })
 }
 
 /// A JSON response.
