@@ -45,6 +45,17 @@ pub enum RoutePattern {
     Prefix(String),
 }
 
+impl std::fmt::Display for RoutePattern {
+    /// As written in spin.toml.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RoutePattern::Exact(p) if p.is_empty() => write!(f, "/"),
+            RoutePattern::Exact(p) => write!(f, "{p}"),
+            RoutePattern::Prefix(p) => write!(f, "{p}/..."),
+        }
+    }
+}
+
 impl RoutePattern {
     pub fn parse(route: &str) -> RoutePattern {
         match route.strip_suffix("/...") {
@@ -123,7 +134,12 @@ impl App {
 
     /// The component serving `path`, if any.
     pub fn route(&self, path: &str) -> Option<&Arc<LoadedComponent>> {
-        self.routes.iter().find(|r| r.pattern.matches(path)).map(|r| &r.component)
+        self.route_of(path).map(|r| &r.component)
+    }
+
+    /// The route serving `path`, if any.
+    pub fn route_of(&self, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.pattern.matches(path))
     }
 }
 

@@ -130,6 +130,9 @@ impl HandlerState for ComponentHandler {
         let mut store = self.spec.new_store(&self.engine).map_err(wasmtime::Error::from_anyhow)?;
         let proxy = self.pre.instantiate_async(&mut store).await?;
         let number = self.instances_created.fetch_add(1, Ordering::Relaxed) + 1;
+        let component = self.spec.component_id.clone();
+        metrics::counter!("edgeinfer_instances_created_total", "component" => component.clone()).increment(1);
+        metrics::gauge!("edgeinfer_live_instances", "component" => component).increment(1.0);
         tracing::debug!(
             component = %self.spec.component_id,
             instance = number,
@@ -201,6 +204,7 @@ impl WorkerState for Worker {
     }
 
     fn drop(&self, store: Store<InstanceState>, result: wasmtime::Result<()>) {
+        metrics::gauge!("edgeinfer_live_instances", "component" => self.component_id.clone()).decrement(1.0);
         if let Err(error) = result {
             tracing::warn!(component = %self.component_id, "instance retired after a fault: {error:?}");
         }

@@ -14,6 +14,7 @@ mod nn;
 mod outbound;
 mod provision;
 mod runtime_config;
+mod telemetry;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -111,6 +112,7 @@ fn init_logging() {
 }
 
 async fn up(args: UpArgs) -> Result<()> {
+    telemetry::init()?;
     let manifest = Manifest::load(&args.manifest.manifest)?;
     tracing::info!(
         app = %manifest.application.name,

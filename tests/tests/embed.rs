@@ -215,3 +215,33 @@ fn bodies_over_the_limit_are_413_before_the_component_runs() {
     let status = response.status().as_u16();
     assert_error(status, &response.json().unwrap(), 422, "Validation");
 }
+
+#[test]
+fn metrics_cover_requests_batches_models_and_instances() {
+    for _ in 0..3 {
+        assert_eq!(embed(json!({"inputs": ["metrics please", "and another"]})).0, 200);
+    }
+    assert_eq!(embed(json!({"inputs": []})).0, 422);
+    let response = client().get(host().url("/metrics")).send().unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = response.text().unwrap();
+    let value = |prefix: &str, labels: &[&str]| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix) && labels.iter().all(|label| l.contains(label)))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    let ok = ["route=\"/embed\"", "component=\"embed\"", "status=\"200\""];
+    assert!(value("edgeinfer_requests_total{", &ok) >= 3.0, "{text}");
+    assert!(value("edgeinfer_requests_total{", &["route=\"/embed\"", "status=\"422\""]) >= 1.0, "{text}");
+    assert!(value("edgeinfer_request_duration_seconds_count{", &["route=\"/embed\""]) >= 4.0, "{text}");
+    let model = ["model=\"minilm\""];
+    assert!(value("edgeinfer_batch_rows_count{", &model) >= 3.0, "{text}");
+    assert!(value("edgeinfer_batch_rows_sum{", &model) >= 6.0, "two rows per request: {text}");
+    assert!(value("edgeinfer_compute_seconds_count{", &model) >= 3.0, "{text}");
+    assert!(value("edgeinfer_queue_seconds_count{", &model) >= 3.0, "{text}");
+    assert!(value("edgeinfer_model_load_seconds{", &model) > 0.0, "{text}");
+    assert!(value("edgeinfer_instances_created_total{", &["component=\"embed\""]) >= 1.0, "{text}");
+    assert!(value("edgeinfer_live_instances{", &["component=\"embed\""]) >= 1.0, "{text}");
+}

@@ -69,11 +69,11 @@ pub struct Batcher {
 impl Batcher {
     /// Starts the queue task for `engines` (one engine run at a time per engine). Must be called
     /// inside a tokio runtime.
-    pub fn spawn(engines: Vec<Arc<dyn Engine>>, policy: BatchPolicy) -> Batcher {
+    pub fn spawn(model: &str, engines: Vec<Arc<dyn Engine>>, policy: BatchPolicy) -> Batcher {
         assert!(!engines.is_empty(), "a batcher needs at least one engine");
         let inputs = Arc::new(engines[0].inputs().to_vec());
         let (queue, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(BatchLoop::new(engines, policy, receiver).run());
+        tokio::spawn(BatchLoop::new(model.to_string(), engines, policy, receiver).run());
         Batcher { queue, inputs }
     }
 
@@ -92,6 +92,8 @@ impl Batcher {
 
 /// The queue task's state.
 struct BatchLoop {
+    /// Metric label.
+    model: String,
     policy: BatchPolicy,
     receiver: mpsc::UnboundedReceiver<Job>,
     /// Jobs taken off the channel that did not fit the batch being formed; served first next time.
@@ -103,6 +105,7 @@ struct BatchLoop {
 
 impl BatchLoop {
     fn new(
+        model: String,
         engines: Vec<Arc<dyn Engine>>,
         policy: BatchPolicy,
         receiver: mpsc::UnboundedReceiver<Job>,
@@ -111,7 +114,7 @@ impl BatchLoop {
         for engine in engines {
             give_back.try_send(engine).expect("capacity equals the engine count");
         }
-        BatchLoop { policy, receiver, held: VecDeque::new(), idle, give_back }
+        BatchLoop { model, policy, receiver, held: VecDeque::new(), idle, give_back }
     }
 
     async fn run(mut self) {
@@ -120,12 +123,40 @@ impl BatchLoop {
             // together in one batch.
             let Some(engine) = self.idle.recv().await else { return };
             let Some(batch) = self.next_batch().await else { return };
+            self.record(&batch);
             let give_back = self.give_back.clone();
             let pad_values = self.policy.pad_values.clone();
+            let model = self.model.clone();
             tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
                 run_batch(engine.as_ref(), batch, &pad_values);
+                metrics::histogram!("edgeinfer_compute_seconds", "model" => model).record(started.elapsed());
                 let _ = give_back.try_send(engine);
             });
+        }
+    }
+
+    fn record(&self, batch: &[Job]) {
+        let model = self.model.clone();
+        let now = Instant::now();
+        let rows: u32 = batch.iter().map(|j| j.shape.as_ref().map_or(1, |s| s.rows)).sum();
+        let max_seq = batch.iter().filter_map(|j| j.shape.as_ref()).map(|s| s.seq).max().unwrap_or(0);
+        metrics::histogram!("edgeinfer_batch_rows", "model" => model.clone()).record(f64::from(rows));
+        metrics::histogram!("edgeinfer_batch_tokens", "model" => model.clone())
+            .record(f64::from(rows) * f64::from(max_seq));
+        metrics::histogram!("edgeinfer_batch_requests", "model" => model.clone()).record(batch.len() as f64);
+        for job in batch {
+            metrics::histogram!("edgeinfer_queue_seconds", "model" => model.clone())
+                .record(now - job.enqueued);
+        }
+        metrics::gauge!("edgeinfer_queue_depth", "model" => model)
+            .set((self.receiver.len() + self.held.len()) as f64);
+    }
+
+    fn count_dropped(&self, n: usize) {
+        if n > 0 {
+            metrics::counter!("edgeinfer_requests_dropped_total", "model" => self.model.clone())
+                .increment(n as u64);
         }
     }
 
@@ -138,6 +169,7 @@ impl BatchLoop {
                 None => self.receiver.recv().await?,
             };
             if first.reply.is_closed() {
+                self.count_dropped(1);
                 continue;
             }
             let mut batch = Batch::new(first, &self.policy);
@@ -168,7 +200,9 @@ impl BatchLoop {
                     self.held.push_back(job);
                 }
             }
+            let formed = batch.jobs.len() + batch.dropped;
             let live: Vec<Job> = batch.jobs.into_iter().filter(|j| !j.reply.is_closed()).collect();
+            self.count_dropped(formed - live.len());
             if !live.is_empty() {
                 return Some(live);
             }
@@ -180,6 +214,8 @@ impl BatchLoop {
 struct Batch<'p> {
     policy: &'p BatchPolicy,
     jobs: Vec<Job>,
+    /// Offered jobs whose caller had already left.
+    dropped: usize,
     rows: u32,
     max_seq: u32,
 }
@@ -187,7 +223,7 @@ struct Batch<'p> {
 impl<'p> Batch<'p> {
     fn new(first: Job, policy: &'p BatchPolicy) -> Batch<'p> {
         let (rows, max_seq) = first.shape.as_ref().map_or((u32::MAX, 0), |s| (s.rows, s.seq));
-        Batch { policy, jobs: vec![first], rows, max_seq }
+        Batch { policy, jobs: vec![first], dropped: 0, rows, max_seq }
     }
 
     /// A job that cannot be batched fills its batch by itself.
@@ -198,6 +234,7 @@ impl<'p> Batch<'p> {
     /// Takes `job` if it is compatible and fits; otherwise hands it back.
     fn offer(&mut self, job: Job) -> Option<Job> {
         if job.reply.is_closed() {
+            self.dropped += 1;
             return None;
         }
         let (Some(shape), Some(first)) = (&job.shape, &self.jobs[0].shape) else { return Some(job) };

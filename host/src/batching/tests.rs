@@ -86,7 +86,7 @@ fn policy(max_batch_size: u32, max_batch_tokens: u64, delay_ms: u64) -> BatchPol
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_get_exactly_their_answers_alone() {
     let engine = FakeEngine::new(Duration::from_millis(20));
-    let batcher = Batcher::spawn(vec![engine.clone()], policy(32, 4096, 5));
+    let batcher = Batcher::spawn("fake", vec![engine.clone()], policy(32, 4096, 5));
     // Mixed lengths and row counts, all in flight at once.
     let requests: Vec<Tensors> = (1..=24i64)
         .map(|i| {
@@ -116,7 +116,7 @@ async fn concurrent_requests_get_exactly_their_answers_alone() {
 async fn batches_respect_size_and_token_limits() {
     let engine = FakeEngine::new(Duration::from_millis(50));
     // 4 rows at most, 12 padded tokens at most: [1, 4] requests go 3 to a batch.
-    let batcher = Batcher::spawn(vec![engine.clone()], policy(4, 12, 200));
+    let batcher = Batcher::spawn("fake", vec![engine.clone()], policy(4, 12, 200));
     let handles: Vec<_> = (0..7i64)
         .map(|i| {
             let batcher = batcher.clone();
@@ -137,7 +137,7 @@ async fn batches_respect_size_and_token_limits() {
 async fn a_request_waits_for_batch_mates_up_to_the_delay_only() {
     // Long delay: a second request sent 50 ms after the first joins its batch.
     let engine = FakeEngine::new(Duration::ZERO);
-    let batcher = Batcher::spawn(vec![engine.clone()], policy(8, 4096, 400));
+    let batcher = Batcher::spawn("fake", vec![engine.clone()], policy(8, 4096, 400));
     let first = tokio::spawn({
         let b = batcher.clone();
         async move { b.compute(request(&[&[1, 2]])).await }
@@ -150,7 +150,7 @@ async fn a_request_waits_for_batch_mates_up_to_the_delay_only() {
 
     // No delay: an idle engine runs each request at once.
     let engine = FakeEngine::new(Duration::ZERO);
-    let batcher = Batcher::spawn(vec![engine.clone()], policy(8, 4096, 0));
+    let batcher = Batcher::spawn("fake", vec![engine.clone()], policy(8, 4096, 0));
     batcher.compute(request(&[&[1, 2]])).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     batcher.compute(request(&[&[3]])).await.unwrap();
@@ -160,7 +160,7 @@ async fn a_request_waits_for_batch_mates_up_to_the_delay_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_whose_caller_left_never_reach_the_engine() {
     let engine = FakeEngine::new(Duration::from_millis(200));
-    let batcher = Batcher::spawn(vec![engine.clone()], policy(8, 4096, 0));
+    let batcher = Batcher::spawn("fake", vec![engine.clone()], policy(8, 4096, 0));
     let busy = tokio::spawn({
         let b = batcher.clone();
         async move { b.compute(request(&[&[1]])).await }
@@ -180,7 +180,7 @@ async fn requests_whose_caller_left_never_reach_the_engine() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_request_fails_alone() {
     let engine = FakeEngine::new(Duration::from_millis(30));
-    let batcher = Batcher::spawn(vec![engine.clone()], policy(8, 4096, 100));
+    let batcher = Batcher::spawn("fake", vec![engine.clone()], policy(8, 4096, 100));
     let handles: Vec<_> = [1i64, 666, 3, 4]
         .into_iter()
         .map(|v| {
@@ -197,7 +197,7 @@ async fn a_failing_request_fails_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_inputs_are_rejected_before_queueing() {
     let engine = FakeEngine::new(Duration::ZERO);
-    let batcher = Batcher::spawn(vec![engine.clone()], policy(8, 4096, 0));
+    let batcher = Batcher::spawn("fake", vec![engine.clone()], policy(8, 4096, 0));
     let wrong_type =
         vec![("ids".into(), TensorData { shape: vec![1, 1], ty: ElementType::F32, bytes: vec![0; 4] })];
     let wrong_name =

@@ -67,12 +67,27 @@ impl Server {
         let started = std::time::Instant::now();
         let path = req.uri().path().to_string();
         let method = req.method().clone();
+        let (route, component) = match path.as_str() {
+            "/health" | "/ready" | "/metrics" => (path.clone(), "host".to_string()),
+            _ => match self.app.route_of(&path) {
+                Some(route) => (route.pattern.to_string(), route.component.id.clone()),
+                None => ("unmatched".to_string(), "none".to_string()),
+            },
+        };
         let response = match (req.method(), path.as_str()) {
             (&Method::GET, "/health") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
             (&Method::GET, "/ready") => status::ready(&self.app),
-            (_, "/health" | "/ready") => error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "use GET"),
+            (&Method::GET, "/metrics") => metrics_text(),
+            (_, "/health" | "/ready" | "/metrics") => {
+                error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "use GET")
+            }
             _ => self.to_component(req).await,
         };
+        let status = response.status().as_u16().to_string();
+        metrics::counter!("edgeinfer_requests_total", "route" => route.clone(), "component" => component.clone(), "status" => status)
+            .increment(1);
+        metrics::histogram!("edgeinfer_request_duration_seconds", "route" => route, "component" => component)
+            .record(started.elapsed());
         tracing::info!(
             %method,
             %path,
@@ -198,7 +213,19 @@ pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Wa
         .expect("static response parts are valid")
 }
 
-/// The API's error shape: `{"error", "error_type"}`.
+/// Prometheus text exposition.
+fn metrics_text() -> Response<WasiBody> {
+    let body =
+        Full::new(Bytes::from(crate::telemetry::render())).map_err(|never| match never {}).boxed_unsync();
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "text/plain; version=0.0.4")
+        .body(body)
+        .expect("static response parts are valid")
+}
+
+/// The API's error shape: `{"error", "error_type"}`; host-side errors are counted by type.
 pub(crate) fn error(status: StatusCode, error_type: &str, message: &str) -> Response<WasiBody> {
+    metrics::counter!("edgeinfer_host_errors_total", "error_type" => error_type.to_string()).increment(1);
     json(status, &serde_json::json!({"error": message, "error_type": error_type}))
 }

@@ -47,6 +47,7 @@ impl GraphRegistry {
                 ));
             }
             let policy = BatchPolicy::from_config(config.batching.as_ref());
+            metrics::gauge!("edgeinfer_model_load_seconds", "model" => name.clone()).set(started.elapsed());
             tracing::info!(
                 model = %name,
                 device = %config.device()?,
@@ -63,7 +64,7 @@ impl GraphRegistry {
                     name: name.clone(),
                     device: config.device()?,
                     loaded_at: SystemTime::now(),
-                    batcher: Batcher::spawn(engines, policy),
+                    batcher: Batcher::spawn(name, engines, policy),
                 }),
             );
         }
