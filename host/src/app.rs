@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use wasmtime::Engine;
@@ -19,8 +19,8 @@ use crate::nn::registry::GraphRegistry;
 use crate::outbound::AllowedHost;
 use crate::runtime_config::ComponentLimits;
 
-/// Linear memory a component instance may grow to by default.
-const DEFAULT_MAX_MEMORY_BYTES: usize = 512 << 20;
+/// How long after its request timed out a guest still running is interrupted.
+const INTERRUPT_GRACE: Duration = Duration::from_millis(500);
 
 /// A component ready to serve.
 pub struct LoadedComponent {
@@ -202,6 +202,7 @@ fn load_component(
         .iter()
         .map(|entry| AllowedHost::parse(entry))
         .collect::<Result<Vec<_>>>()?;
+    let request_timeout = Duration::from_millis(limits.request_timeout_ms);
     let spec = InstanceSpec {
         component_id: id.to_string(),
         environment: component.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
@@ -209,13 +210,14 @@ fn load_component(
         allowed_models: Arc::new(component.ai_models.iter().cloned().collect()),
         registry: registry.clone(),
         allowed_outbound_hosts: Arc::new(allowed_outbound_hosts),
-        max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
+        max_memory_bytes: limits.max_memory_bytes as usize,
+        interrupt_after: request_timeout + INTERRUPT_GRACE,
     };
     let handler = ProxyHandler::new(ComponentHandler {
         engine: engine.clone(),
         pre,
         spec: Arc::new(spec),
-        policy: ReusePolicy::default(),
+        policy: ReusePolicy { request_timeout, ..ReusePolicy::default() },
         instances_created: AtomicU64::new(0),
     });
     tracing::info!(component = id, version = %&version[..12], compile_cache = ?outcome, "component ready");

@@ -2,27 +2,66 @@
 //! restart or a redeploy of unchanged bytes skips Cranelift.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+/// Largest linear memory any instance may have (the pooling allocator reserves this per slot).
+pub const MAX_MEMORY_BYTES: u64 = 1 << 30;
+
+/// How often the engine's epoch advances: running guests yield this often, and deadlines are
+/// checked at this resolution.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
 /// Builds the engine all components share.
 pub fn engine() -> Result<Engine> {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.wasm_component_model_async(true);
+    // Guests that overrun their deadline are interrupted at the next loop header or call.
+    config.epoch_interruption(true);
     let mut pool = PoolingAllocationConfig::default();
     // Bounded up front: instances beyond these wait rather than exhaust the host.
     pool.total_component_instances(256);
     pool.total_memories(512);
     pool.total_tables(512);
     pool.total_core_instances(2048);
-    pool.max_memory_size(1 << 30);
+    pool.max_memory_size(MAX_MEMORY_BYTES as usize);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Ok(Engine::new(&config)?)
+}
+
+/// Advances the engine's epoch every `EPOCH_TICK` until dropped.
+pub struct EpochTicker {
+    stop: Arc<AtomicBool>,
+}
+
+impl EpochTicker {
+    pub fn start(engine: &Engine) -> EpochTicker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (engine, flag) = (engine.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("epoch-ticker".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawn the epoch thread");
+        EpochTicker { stop }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// Where compiled components are stored, and whether it was used.

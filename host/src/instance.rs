@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{GuestTaskId, ResourceTable};
-use wasmtime::{Engine, Store, StoreContextMut, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Engine, Store, StoreContextMut, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::handler::{
     HandlerState, Instance, ProxyPre, ShouldAccept, WorkerExpiration, WorkerState, WorkerStatus,
@@ -29,6 +29,8 @@ pub struct InstanceState {
     nn: NnCtx,
     outbound: OutboundPolicy,
     limits: StoreLimits,
+    /// Guest code still running after this is interrupted (the instance traps).
+    interrupt_at: Instant,
 }
 
 impl WasiView for InstanceState {
@@ -61,6 +63,9 @@ pub struct InstanceSpec {
     pub allowed_outbound_hosts: Arc<Vec<AllowedHost>>,
     /// Linear memory cap per instance.
     pub max_memory_bytes: usize,
+    /// How long after a request starts its guest code is interrupted (the request timeout plus a
+    /// grace, so that the timeout answers 504 first and the trap then stops a runaway guest).
+    pub interrupt_after: Duration,
 }
 
 impl InstanceSpec {
@@ -79,9 +84,21 @@ impl InstanceSpec {
             nn: NnCtx::new(self.registry.clone(), self.allowed_models.clone()),
             outbound: OutboundPolicy::new(self.allowed_outbound_hosts.clone()),
             limits: StoreLimitsBuilder::new().memory_size(self.max_memory_bytes).build(),
+            // Instantiation runs guest code too: it gets a request's deadline.
+            interrupt_at: Instant::now() + self.interrupt_after,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
+        // Preemption: at every epoch tick running guest code yields to the executor, so a guest
+        // that never returns cannot hold a runtime thread; past its deadline it is interrupted.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|store| {
+            if Instant::now() >= store.data().interrupt_at {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
         Ok(store)
     }
 }
@@ -105,7 +122,7 @@ impl Default for ReusePolicy {
             max_requests: 1000,
             max_concurrent: 16,
             idle_timeout: Duration::from_secs(60),
-            request_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -147,7 +164,11 @@ impl HandlerState for ComponentHandler {
                 policy: self.policy,
                 sleep: Box::pin(tokio::time::sleep(Duration::MAX)),
             },
-            state: Worker { policy: self.policy, component_id: self.spec.component_id.clone() },
+            state: Worker {
+                policy: self.policy,
+                component_id: self.spec.component_id.clone(),
+                interrupt_after: self.spec.interrupt_after,
+            },
         })
     }
 }
@@ -178,6 +199,7 @@ impl WorkerExpiration for Expiration {
 pub struct Worker {
     policy: ReusePolicy,
     component_id: String,
+    interrupt_after: Duration,
 }
 
 impl WorkerState for Worker {
@@ -196,10 +218,12 @@ impl WorkerState for Worker {
 
     fn on_request_start(
         &self,
-        _store: StoreContextMut<InstanceState>,
+        mut store: StoreContextMut<InstanceState>,
         _request_id: u64,
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync + 'static>> {
+        // Concurrent requests on one instance share its deadline: the newest sets it.
+        store.data_mut().interrupt_at = Instant::now() + self.interrupt_after;
         Box::pin(tokio::time::sleep(self.policy.request_timeout))
     }
 

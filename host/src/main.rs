@@ -131,6 +131,7 @@ async fn up(args: UpArgs) -> Result<()> {
     }
     let registry = Arc::new(GraphRegistry::load(&config.model, &manifest.dir)?);
     let engine = compile::engine()?;
+    let _ticker = compile::EpochTicker::start(&engine);
     let cache = CompileCache::new(provision::cache_dir().join("compiled"));
     let app = Arc::new(App::load(&manifest, &config.component, registry, &engine, &cache)?);
 

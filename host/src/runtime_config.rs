@@ -32,16 +32,35 @@ pub struct ComponentLimits {
     /// Larger request bodies are answered 413 without running the component.
     #[serde(default = "default_max_request_body_bytes")]
     pub max_request_body_bytes: u64,
+    /// Wall-clock deadline of one request: 504 when it passes; a guest still running shortly
+    /// after is interrupted (its instance traps and is replaced).
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Linear memory one instance may grow to.
+    #[serde(default = "default_max_memory_bytes")]
+    pub max_memory_bytes: u64,
 }
 
 impl Default for ComponentLimits {
     fn default() -> ComponentLimits {
-        ComponentLimits { max_request_body_bytes: default_max_request_body_bytes() }
+        ComponentLimits {
+            max_request_body_bytes: default_max_request_body_bytes(),
+            request_timeout_ms: default_request_timeout_ms(),
+            max_memory_bytes: default_max_memory_bytes(),
+        }
     }
 }
 
 fn default_max_request_body_bytes() -> u64 {
     1 << 20
+}
+
+fn default_request_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_max_memory_bytes() -> u64 {
+    512 << 20
 }
 
 /// `[model.NAME]`.
@@ -211,8 +230,14 @@ impl RuntimeConfig {
             }
         }
         for (name, limits) in &config.component {
-            if limits.max_request_body_bytes == 0 {
-                bail!("component {name}: max_request_body_bytes must be at least 1");
+            if limits.max_request_body_bytes == 0 || limits.request_timeout_ms == 0 {
+                bail!("component {name}: max_request_body_bytes and request_timeout_ms must be at least 1");
+            }
+            if limits.max_memory_bytes > crate::compile::MAX_MEMORY_BYTES {
+                bail!(
+                    "component {name}: max_memory_bytes is over the host's {} bytes",
+                    crate::compile::MAX_MEMORY_BYTES
+                );
             }
         }
         for asset in &config.asset {

@@ -108,7 +108,19 @@ impl Server {
             Err(response) => return response,
         };
         let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
-        match component.handler.handle(request_id, req).await {
+        // The host's own clock: a guest spinning in a loop starves the store's event loop, so the
+        // handler's timeout may not fire; the epoch interrupt then stops the guest.
+        let deadline = std::time::Duration::from_millis(component.limits.request_timeout_ms);
+        let Ok(result) = tokio::time::timeout(deadline, component.handler.handle(request_id, req)).await
+        else {
+            tracing::warn!(component = %component.id, request_id, "request timed out");
+            return error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "Timeout",
+                &format!("component {} did not answer within {} ms", component.id, deadline.as_millis()),
+            );
+        };
+        match result {
             Ok(response) => response,
             Err(e) => {
                 let (status, error_type) = if e.is::<ExpirationError>() {
