@@ -21,11 +21,15 @@ fn assert_json_error(status: u16, body: &str, want_status: u16, want_type: &str)
     assert_eq!(body["error_type"], want_type, "{body}");
 }
 
-#[test]
-fn the_host_survives_every_fault() {
+fn start_faults_app() -> Host {
     let app = repo_root().join("tests/apps/faults");
     let runtime = app.join("runtime.toml");
-    let host = Host::start(&app.join("spin.toml"), &["--runtime-config-file", runtime.to_str().unwrap()]);
+    Host::start(&app.join("spin.toml"), &["--runtime-config-file", runtime.to_str().unwrap()])
+}
+
+#[test]
+fn the_host_survives_every_fault() {
+    let host = start_faults_app();
     assert_eq!(get(&host, "/fault/ok").0, 200);
 
     for fault in ["trap", "panic", "membomb", "recursion"] {
@@ -53,4 +57,23 @@ fn the_host_survives_every_fault() {
 
     let (status, _) = get(&host, "/health");
     assert_eq!(status, 200);
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_then_exits() {
+    let mut host = start_faults_app();
+    let slow = std::thread::spawn({
+        let url = host.url("/fault/slow");
+        move || {
+            let response = client().get(url).send().expect("the in-flight request is answered");
+            (response.status().as_u16(), response.text().unwrap())
+        }
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    host.signal(libc::SIGTERM);
+    let (status, body) = slow.join().unwrap();
+    assert_eq!((status, body.as_str()), (200, "slow done"), "finished despite the SIGTERM");
+    let exit = host.wait_exit(Duration::from_secs(15)).expect("the host exits after draining");
+    assert!(exit.success(), "clean exit: {exit:?}");
+    assert!(client().get(host.url("/fault/ok")).send().is_err(), "no longer accepting");
 }

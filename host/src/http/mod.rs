@@ -26,13 +26,18 @@ struct Server {
     next_request_id: AtomicU64,
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves.
+/// How long a drain waits for in-flight requests before giving up on them.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Serves `app` on `listener` until `shutdown` resolves, then drains: no new connections, idle
+/// keep-alive connections closed, in-flight requests finished (up to 30 s).
 pub async fn serve(
     app: Arc<App>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let server = Arc::new(Server { app, next_request_id: AtomicU64::new(0) });
+    let connections = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -47,17 +52,23 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let server = server.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let server = server.clone();
+            async move { Ok::<_, Infallible>(server.handle(req, peer).await) }
+        });
+        let connection =
+            http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service);
+        let connection = connections.watch(connection);
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let server = server.clone();
-                async move { Ok::<_, Infallible>(server.handle(req, peer).await) }
-            });
-            if let Err(e) =
-                http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service).await
-            {
+            if let Err(e) = connection.await {
                 tracing::debug!("connection from {peer} ended: {e}");
             }
         });
+    }
+    drop(listener);
+    tracing::info!(open_connections = connections.count(), "shutting down: draining in-flight requests");
+    if tokio::time::timeout(DRAIN_TIMEOUT, connections.shutdown()).await.is_err() {
+        tracing::warn!("drain timed out after {} s; closing what is left", DRAIN_TIMEOUT.as_secs());
     }
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! Misbehaves on request, by path: `/ok` answers, `/trap` executes `unreachable`, `/panic`
+//! Misbehaves on request, by path: `/ok` answers, `/slow` answers after 800 ms of work, `/trap`
+//! executes `unreachable`, `/panic`
 //! panics, `/loop` never returns, `/membomb` allocates until memory runs out, `/recursion`
 //! overflows the stack.
 
@@ -10,12 +11,23 @@ async fn handle(request: Request) -> impl IntoResponse {
     let path = request.uri().path().to_string();
     match path.rsplit('/').next().unwrap_or("") {
         "ok" => (StatusCode::OK, "ok".to_string()),
+        "slow" => {
+            busy_for(std::time::Duration::from_millis(800));
+            (StatusCode::OK, "slow done".to_string())
+        }
         "trap" => trap(),
         "panic" => panic!("this component panics on purpose"),
         "loop" => spin_forever(),
         "membomb" => allocate_forever(),
         "recursion" => (StatusCode::OK, recurse(1).to_string()),
         other => (StatusCode::NOT_FOUND, format!("no fault named {other:?}")),
+    }
+}
+
+fn busy_for(duration: std::time::Duration) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < duration {
+        std::hint::black_box(0u64);
     }
 }
 
