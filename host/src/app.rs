@@ -11,6 +11,7 @@ use wasmtime::Engine;
 use wasmtime::component::Linker;
 use wasmtime_wasi_http::handler::{ProxyHandler, ProxyPre};
 
+use crate::admission::Admission;
 use crate::compile::CompileCache;
 use crate::compose::{DependencyBytes, compose};
 use crate::instance::{ComponentHandler, InstanceSpec, InstanceState, ReusePolicy};
@@ -29,6 +30,7 @@ pub struct LoadedComponent {
     pub version: String,
     pub loaded_at: SystemTime,
     pub limits: ComponentLimits,
+    pub admission: Admission,
     pub handler: ProxyHandler<ComponentHandler>,
 }
 
@@ -221,7 +223,15 @@ fn load_component(
         instances_created: AtomicU64::new(0),
     });
     tracing::info!(component = id, version = %&version[..12], compile_cache = ?outcome, "component ready");
-    Ok(LoadedComponent { id: id.to_string(), version, loaded_at: SystemTime::now(), limits, handler })
+    let admission = Admission::new(id, limits.max_concurrent_requests, limits.max_queued_requests);
+    Ok(LoadedComponent {
+        id: id.to_string(),
+        version,
+        loaded_at: SystemTime::now(),
+        limits,
+        admission,
+        handler,
+    })
 }
 
 #[cfg(test)]

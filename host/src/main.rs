@@ -1,6 +1,7 @@
 //! `edgeinfer`: the native host daemon. Serves the WASI HTTP components of a Spin manifest
 //! (spin.toml) with wasmtime, and implements wasi:nn on ONNX Runtime for them.
 
+mod admission;
 mod app;
 mod batching;
 mod builder;

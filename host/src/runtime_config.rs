@@ -39,6 +39,12 @@ pub struct ComponentLimits {
     /// Linear memory one instance may grow to.
     #[serde(default = "default_max_memory_bytes")]
     pub max_memory_bytes: u64,
+    /// Requests the component handles at once.
+    #[serde(default = "default_max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
+    /// Requests that may wait for a slot; more are answered 503 with `Retry-After`.
+    #[serde(default = "default_max_queued_requests")]
+    pub max_queued_requests: usize,
 }
 
 impl Default for ComponentLimits {
@@ -47,6 +53,8 @@ impl Default for ComponentLimits {
             max_request_body_bytes: default_max_request_body_bytes(),
             request_timeout_ms: default_request_timeout_ms(),
             max_memory_bytes: default_max_memory_bytes(),
+            max_concurrent_requests: default_max_concurrent_requests(),
+            max_queued_requests: default_max_queued_requests(),
         }
     }
 }
@@ -61,6 +69,14 @@ fn default_request_timeout_ms() -> u64 {
 
 fn default_max_memory_bytes() -> u64 {
     512 << 20
+}
+
+fn default_max_concurrent_requests() -> usize {
+    64
+}
+
+fn default_max_queued_requests() -> usize {
+    256
 }
 
 /// `[model.NAME]`.
@@ -230,8 +246,13 @@ impl RuntimeConfig {
             }
         }
         for (name, limits) in &config.component {
-            if limits.max_request_body_bytes == 0 || limits.request_timeout_ms == 0 {
-                bail!("component {name}: max_request_body_bytes and request_timeout_ms must be at least 1");
+            if limits.max_request_body_bytes == 0
+                || limits.request_timeout_ms == 0
+                || limits.max_concurrent_requests == 0
+            {
+                bail!(
+                    "component {name}: max_request_body_bytes, request_timeout_ms and max_concurrent_requests must be at least 1"
+                );
             }
             if limits.max_memory_bytes > crate::compile::MAX_MEMORY_BYTES {
                 bail!(

@@ -77,3 +77,28 @@ fn sigterm_drains_in_flight_requests_then_exits() {
     assert!(exit.success(), "clean exit: {exit:?}");
     assert!(client().get(host.url("/fault/ok")).send().is_err(), "no longer accepting");
 }
+
+#[test]
+fn over_the_concurrency_limit_is_503_with_retry_after() {
+    let host = start_faults_app();
+    let slow = || {
+        let url = host.url("/fault/slow");
+        std::thread::spawn(move || client().get(url).send().expect("answered").status().as_u16())
+    };
+    // One running, one waiting: the limits of tests/apps/faults/runtime.toml.
+    let running = slow();
+    std::thread::sleep(Duration::from_millis(150));
+    let waiting = slow();
+    std::thread::sleep(Duration::from_millis(150));
+    let started = Instant::now();
+    let response = client().get(host.url("/fault/slow")).send().unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(response.status().as_u16(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body: Value = response.json().unwrap();
+    assert_eq!(body["error_type"], "Overloaded", "{body}");
+    assert!(elapsed < Duration::from_millis(500), "refused at once, not after waiting: {elapsed:?}");
+    assert_eq!(running.join().unwrap(), 200);
+    assert_eq!(waiting.join().unwrap(), 200, "the queued request ran when the slot freed");
+    assert_eq!(get(&host, "/steady/ok").0, 200, "other components have their own limits");
+}

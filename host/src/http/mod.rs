@@ -122,14 +122,26 @@ impl Server {
         // The host's own clock: a guest spinning in a loop starves the store's event loop, so the
         // handler's timeout may not fire; the epoch interrupt then stops the guest.
         let deadline = std::time::Duration::from_millis(component.limits.request_timeout_ms);
-        let Ok(result) = tokio::time::timeout(deadline, component.handler.handle(request_id, req)).await
-        else {
+        let handled = async {
+            let Some(_slot) = component.admission.admit().await else { return None };
+            Some(component.handler.handle(request_id, req).await)
+        };
+        let Ok(result) = tokio::time::timeout(deadline, handled).await else {
             tracing::warn!(component = %component.id, request_id, "request timed out");
             return error(
                 StatusCode::GATEWAY_TIMEOUT,
                 "Timeout",
                 &format!("component {} did not answer within {} ms", component.id, deadline.as_millis()),
             );
+        };
+        let Some(result) = result else {
+            let mut response = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Overloaded",
+                &format!("component {} is at its concurrency limit; retry shortly", component.id),
+            );
+            response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+            return response;
         };
         match result {
             Ok(response) => response,
