@@ -60,6 +60,12 @@ fn every_reference_sentence_matches_in_batches() {
 }
 
 #[test]
+fn tabs_newlines_and_carriage_returns_are_text() {
+    let (status, body) = embed(json!({"inputs": "tabs\tand\nnew\r\nlines"}));
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
 fn batch_answers_equal_single_answers() {
     let texts = ["short", "a somewhat longer sentence with more tokens in it", "東京は日本の首都です。"];
     let (status, body) = embed(json!({"inputs": texts}));
@@ -108,6 +114,9 @@ fn validation_errors_are_422_json() {
         json!({"inputs": ""}),
         json!({"inputs": ["fine", "   "]}),
         json!({"inputs": too_many}),
+        json!({"inputs": "null byte \u{0000} inside"}),
+        json!({"inputs": ["fine", "bell \u{0007}"]}),
+        json!({"inputs": "delete \u{007f}"}),
         json!(["inputs"]),
     ];
     for case in cases {

@@ -164,6 +164,13 @@ impl Inputs {
             if text.trim().is_empty() {
                 return Err(ApiError::validation(format!("input {i} is empty")));
             }
+            // Tab, newline and carriage return are text; other control characters are not.
+            if let Some(c) = text.chars().find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r')) {
+                return Err(ApiError::validation(format!(
+                    "input {i} contains the control character U+{:04X}",
+                    c as u32
+                )));
+            }
         }
         Ok(texts)
     }

@@ -161,8 +161,9 @@ impl Server {
     }
 }
 
-/// Applies the component's body limit: a declared length over it is refused at once; a body of
-/// unknown length (chunked) is read up to the limit and handed on whole.
+/// Applies the component's body limit: a declared length over it is refused (after draining what
+/// the client sends, bounded); a body of unknown length (chunked) is read up to the limit and
+/// handed on whole.
 async fn limit_body(req: Request<Incoming>, limit: u64) -> Result<Request<WasiBody>, Response<WasiBody>> {
     let too_large = || {
         error(
@@ -174,7 +175,11 @@ async fn limit_body(req: Request<Incoming>, limit: u64) -> Result<Request<WasiBo
     let declared =
         req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     match declared {
-        Some(length) if length > limit => Err(too_large()),
+        Some(length) if length > limit => {
+            // Read (and drop) what the client is sending, bounded, so it can read the 413.
+            let _ = read_limited(req.into_body(), limit).await;
+            Err(too_large())
+        }
         // hyper holds a body to its declared length.
         Some(_) => Ok(req.map(|body| body.map_err(|e| e.into()).boxed_unsync())),
         None => {
