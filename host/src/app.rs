@@ -134,11 +134,6 @@ impl App {
         Ok(App { name: manifest.application.name.clone(), routes, components, registry })
     }
 
-    /// The component serving `path`, if any.
-    pub fn route(&self, path: &str) -> Option<&Arc<LoadedComponent>> {
-        self.route_of(path).map(|r| &r.component)
-    }
-
     /// The route serving `path`, if any.
     pub fn route_of(&self, path: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.pattern.matches(path))

@@ -192,37 +192,32 @@ fn concurrent_requests_all_get_their_own_answer() {
     }
 }
 
+/// POSTs a JSON body to /embed, with its length declared or chunked (no length).
+fn post_body(body: String, chunked: bool) -> (u16, Value) {
+    let body = if chunked {
+        reqwest::blocking::Body::new(std::io::Cursor::new(body.into_bytes()))
+    } else {
+        reqwest::blocking::Body::from(body)
+    };
+    let response = client()
+        .post(host().url("/embed"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .unwrap();
+    (response.status().as_u16(), response.json().unwrap())
+}
+
 #[test]
 fn bodies_over_the_limit_are_413_before_the_component_runs() {
     let big = format!("{{\"inputs\": \"{}\"}}", "a ".repeat(1 << 20));
-    // Declared length.
-    let response = client()
-        .post(host().url("/embed"))
-        .header("content-type", "application/json")
-        .body(big.clone())
-        .send()
-        .unwrap();
-    let status = response.status().as_u16();
-    assert_error(status, &response.json().unwrap(), 413, "PayloadTooLarge");
-    // Chunked: no declared length, read up to the limit.
-    let response = client()
-        .post(host().url("/embed"))
-        .header("content-type", "application/json")
-        .body(reqwest::blocking::Body::new(std::io::Cursor::new(big.into_bytes())))
-        .send()
-        .unwrap();
-    let status = response.status().as_u16();
-    assert_error(status, &response.json().unwrap(), 413, "PayloadTooLarge");
+    let (status, body) = post_body(big.clone(), false);
+    assert_error(status, &body, 413, "PayloadTooLarge");
+    let (status, body) = post_body(big, true);
+    assert_error(status, &body, 413, "PayloadTooLarge");
     // Under the limit, chunked: the component answers (the text is far over the token limit).
-    let under = format!("{{\"inputs\": \"{}\"}}", "a ".repeat(400_000));
-    let response = client()
-        .post(host().url("/embed"))
-        .header("content-type", "application/json")
-        .body(reqwest::blocking::Body::new(std::io::Cursor::new(under.into_bytes())))
-        .send()
-        .unwrap();
-    let status = response.status().as_u16();
-    assert_error(status, &response.json().unwrap(), 422, "Validation");
+    let (status, body) = post_body(format!("{{\"inputs\": \"{}\"}}", "a ".repeat(400_000)), true);
+    assert_error(status, &body, 422, "Validation");
 }
 
 #[test]

@@ -14,6 +14,15 @@ fn get(host: &Host, path: &str) -> (u16, String) {
     (response.status().as_u16(), response.text().unwrap())
 }
 
+/// GETs `path` on another thread.
+fn spawn_get(host: &Host, path: &str) -> std::thread::JoinHandle<(u16, String)> {
+    let url = host.url(path);
+    std::thread::spawn(move || {
+        let response = client().get(url).send().expect("the host answers");
+        (response.status().as_u16(), response.text().unwrap())
+    })
+}
+
 fn assert_json_error(status: u16, body: &str, want_status: u16, want_type: &str) {
     assert_eq!(status, want_status, "{body}");
     let body: Value =
@@ -41,13 +50,7 @@ fn the_host_survives_every_fault() {
 
     // A guest that never returns: 504 at the deadline (1.5 s here), interrupted soon after.
     let started = Instant::now();
-    let looping = std::thread::spawn({
-        let url = host.url("/fault/loop");
-        move || {
-            let response = client().get(url).send().expect("the host answers");
-            (response.status().as_u16(), response.text().unwrap())
-        }
-    });
+    let looping = spawn_get(&host, "/fault/loop");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(get(&host, "/steady/ok").0, 200, "steady while a guest spins");
     let (status, body) = looping.join().unwrap();
@@ -62,13 +65,7 @@ fn the_host_survives_every_fault() {
 #[test]
 fn sigterm_drains_in_flight_requests_then_exits() {
     let mut host = start_faults_app();
-    let slow = std::thread::spawn({
-        let url = host.url("/fault/slow");
-        move || {
-            let response = client().get(url).send().expect("the in-flight request is answered");
-            (response.status().as_u16(), response.text().unwrap())
-        }
-    });
+    let slow = spawn_get(&host, "/fault/slow");
     std::thread::sleep(Duration::from_millis(200));
     host.signal(libc::SIGTERM);
     let (status, body) = slow.join().unwrap();
@@ -81,14 +78,10 @@ fn sigterm_drains_in_flight_requests_then_exits() {
 #[test]
 fn over_the_concurrency_limit_is_503_with_retry_after() {
     let host = start_faults_app();
-    let slow = || {
-        let url = host.url("/fault/slow");
-        std::thread::spawn(move || client().get(url).send().expect("answered").status().as_u16())
-    };
     // One running, one waiting: the limits of tests/apps/faults/runtime.toml.
-    let running = slow();
+    let running = spawn_get(&host, "/fault/slow");
     std::thread::sleep(Duration::from_millis(150));
-    let waiting = slow();
+    let waiting = spawn_get(&host, "/fault/slow");
     std::thread::sleep(Duration::from_millis(150));
     let started = Instant::now();
     let response = client().get(host.url("/fault/slow")).send().unwrap();
@@ -98,7 +91,7 @@ fn over_the_concurrency_limit_is_503_with_retry_after() {
     let body: Value = response.json().unwrap();
     assert_eq!(body["error_type"], "Overloaded", "{body}");
     assert!(elapsed < Duration::from_millis(500), "refused at once, not after waiting: {elapsed:?}");
-    assert_eq!(running.join().unwrap(), 200);
-    assert_eq!(waiting.join().unwrap(), 200, "the queued request ran when the slot freed");
+    assert_eq!(running.join().unwrap().0, 200);
+    assert_eq!(waiting.join().unwrap().0, 200, "the queued request ran when the slot freed");
     assert_eq!(get(&host, "/steady/ok").0, 200, "other components have their own limits");
 }

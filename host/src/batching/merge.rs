@@ -47,36 +47,6 @@ pub fn batch_shape(inputs: &Tensors) -> Option<Shape> {
     Some(Shape { rows, seq, key })
 }
 
-/// Validates a request against the model's declared inputs before it joins a batch, so one bad
-/// request fails alone instead of failing its batch-mates.
-pub fn check_inputs(inputs: &Tensors, specs: &[TensorSpec]) -> Result<(), EngineError> {
-    for (name, tensor) in inputs {
-        let spec = specs
-            .iter()
-            .find(|s| s.name == *name)
-            .ok_or_else(|| EngineError::invalid(format!("the model has no input {name:?}")))?;
-        tensor.validate()?;
-        if spec.ty != Some(tensor.ty) {
-            return Err(EngineError::invalid(format!(
-                "input {name:?} must be {:?}, got {:?}",
-                spec.ty, tensor.ty
-            )));
-        }
-        let dims_ok = spec.shape.len() == tensor.shape.len()
-            && spec.shape.iter().zip(&tensor.shape).all(|(&want, &got)| want < 0 || want == i64::from(got));
-        if !dims_ok {
-            return Err(EngineError::invalid(format!(
-                "input {name:?} must have shape {:?} (-1 = any), got {:?}",
-                spec.shape, tensor.shape
-            )));
-        }
-    }
-    if let Some(missing) = specs.iter().find(|s| !inputs.iter().any(|(n, _)| *n == s.name)) {
-        return Err(EngineError::invalid(format!("missing model input {:?}", missing.name)));
-    }
-    Ok(())
-}
-
 /// Merges requests that share a `Shape::key` into one set of inputs.
 pub fn merge(
     requests: &[&Tensors],

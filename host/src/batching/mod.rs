@@ -11,10 +11,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::engines::{Engine, EngineError, TensorSpec};
+use crate::engines::{Engine, EngineError, TensorSpec, check_inputs};
 use crate::runtime_config::BatchingConfig;
 pub use merge::Tensors;
-use merge::{Shape, batch_shape, check_inputs, merge, split};
+use merge::{Shape, batch_shape, merge, split};
 
 /// How a model's requests are merged.
 #[derive(Debug, Clone)]
@@ -62,7 +62,8 @@ struct Job {
 #[derive(Clone)]
 pub struct Batcher {
     queue: mpsc::UnboundedSender<Job>,
-    /// The model's declared inputs, to reject bad requests before they join a batch.
+    /// The model's declared inputs: a bad request is rejected before it joins a batch, so it
+    /// fails alone instead of failing its batch-mates.
     inputs: Arc<Vec<TensorSpec>>,
 }
 

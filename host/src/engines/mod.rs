@@ -70,6 +70,36 @@ pub struct TensorSpec {
     pub shape: Vec<i64>,
 }
 
+/// Checks named inputs against a model's declared inputs: every input known, of the declared type
+/// and shape (`-1` = any), with exactly its bytes, and none missing.
+pub fn check_inputs(inputs: &[(String, TensorData)], specs: &[TensorSpec]) -> Result<(), EngineError> {
+    for (name, tensor) in inputs {
+        let spec = specs
+            .iter()
+            .find(|s| s.name == *name)
+            .ok_or_else(|| EngineError::invalid(format!("the model has no input {name:?}")))?;
+        tensor.validate()?;
+        if spec.ty != Some(tensor.ty) {
+            return Err(EngineError::invalid(format!(
+                "input {name:?} must be {:?}, got {:?}",
+                spec.ty, tensor.ty
+            )));
+        }
+        let dims_ok = spec.shape.len() == tensor.shape.len()
+            && spec.shape.iter().zip(&tensor.shape).all(|(&want, &got)| want < 0 || want == i64::from(got));
+        if !dims_ok {
+            return Err(EngineError::invalid(format!(
+                "input {name:?} must have shape {:?} (-1 = any), got {:?}",
+                spec.shape, tensor.shape
+            )));
+        }
+    }
+    if let Some(missing) = specs.iter().find(|s| !inputs.iter().any(|(n, _)| *n == s.name)) {
+        return Err(EngineError::invalid(format!("missing model input {:?}", missing.name)));
+    }
+    Ok(())
+}
+
 /// Why an inference failed: the caller's fault, or the engine's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EngineError {

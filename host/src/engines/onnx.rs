@@ -11,7 +11,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{DynValue, Tensor, ValueType};
 use ort::value::{PrimitiveTensorElementType, TensorElementType};
 
-use super::{ElementType, Engine, EngineError, TensorData, TensorSpec};
+use super::{ElementType, Engine, EngineError, TensorData, TensorSpec, check_inputs};
 use crate::runtime_config::{Device, GraphOptimization, ModelConfig};
 
 /// The library is process-global in ONNX Runtime: one environment for the process.
@@ -89,21 +89,11 @@ impl Engine for OnnxEngine {
     }
 
     fn run(&self, inputs: Vec<(String, TensorData)>) -> Result<Vec<(String, TensorData)>, EngineError> {
-        let mut values: Vec<(String, DynValue)> = Vec::with_capacity(inputs.len());
-        for (name, tensor) in inputs {
-            let spec = self
-                .inputs
-                .iter()
-                .find(|s| s.name == name)
-                .ok_or_else(|| EngineError::invalid(format!("the model has no input {name:?}")))?;
-            check_against_spec(&tensor, spec)?;
-            values.push((name, to_ort(tensor)?));
-        }
-        for spec in &self.inputs {
-            if !values.iter().any(|(n, _)| *n == spec.name) {
-                return Err(EngineError::invalid(format!("missing model input {:?}", spec.name)));
-            }
-        }
+        check_inputs(&inputs, &self.inputs)?;
+        let values: Vec<(String, DynValue)> = inputs
+            .into_iter()
+            .map(|(name, tensor)| Ok((name, to_ort(tensor)?)))
+            .collect::<Result<_, EngineError>>()?;
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
         let outputs = session.run(values).map_err(|e| EngineError::Runtime(e.to_string()))?;
         outputs.iter().map(|(name, value)| Ok((name.to_string(), from_ort(&value)?))).collect()
@@ -141,25 +131,6 @@ fn element_type(ty: TensorElementType) -> Option<ElementType> {
         TensorElementType::Int64 => ElementType::I64,
         _ => return None,
     })
-}
-
-fn check_against_spec(tensor: &TensorData, spec: &TensorSpec) -> Result<(), EngineError> {
-    tensor.validate()?;
-    if spec.ty != Some(tensor.ty) {
-        return Err(EngineError::invalid(format!(
-            "input {:?} must be {:?}, got {:?}",
-            spec.name, spec.ty, tensor.ty
-        )));
-    }
-    let rank_ok = spec.shape.len() == tensor.shape.len();
-    let dims_ok = spec.shape.iter().zip(&tensor.shape).all(|(&want, &got)| want < 0 || want == got as i64);
-    if !rank_ok || !dims_ok {
-        return Err(EngineError::invalid(format!(
-            "input {:?} must have shape {:?} (-1 = any), got {:?}",
-            spec.name, spec.shape, tensor.shape
-        )));
-    }
-    Ok(())
 }
 
 fn to_ort(tensor: TensorData) -> Result<DynValue, EngineError> {

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use wasmtime_wasi_http::WasiBody;
 use wasmtime_wasi_http::handler::{ExpirationError, InstantiationError};
 
-use crate::app::App;
+use crate::app::{App, LoadedComponent};
 
 /// Shared by all connections.
 struct Server {
@@ -78,12 +78,12 @@ impl Server {
         let started = std::time::Instant::now();
         let path = req.uri().path().to_string();
         let method = req.method().clone();
-        let (route, component) = match path.as_str() {
-            "/health" | "/ready" | "/metrics" => (path.clone(), "host".to_string()),
-            _ => match self.app.route_of(&path) {
-                Some(route) => (route.pattern.to_string(), route.component.id.clone()),
-                None => ("unmatched".to_string(), "none".to_string()),
-            },
+        let host_route = matches!(path.as_str(), "/health" | "/ready" | "/metrics");
+        let matched = if host_route { None } else { self.app.route_of(&path) };
+        let (route, component) = match matched {
+            _ if host_route => (path.clone(), "host".to_string()),
+            Some(route) => (route.pattern.to_string(), route.component.id.clone()),
+            None => ("unmatched".to_string(), "none".to_string()),
         };
         let response = match (req.method(), path.as_str()) {
             (&Method::GET, "/health") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
@@ -92,7 +92,10 @@ impl Server {
             (_, "/health" | "/ready" | "/metrics") => {
                 error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "use GET")
             }
-            _ => self.to_component(req).await,
+            _ => match matched {
+                Some(route) => self.to_component(req, &route.component).await,
+                None => error(StatusCode::NOT_FOUND, "NotFound", &format!("no route for {path}")),
+            },
         };
         let status = response.status().as_u16().to_string();
         metrics::counter!("edgeinfer_requests_total", "route" => route.clone(), "component" => component.clone(), "status" => status)
@@ -110,10 +113,7 @@ impl Server {
         response
     }
 
-    async fn to_component(&self, req: Request<Incoming>) -> Response<WasiBody> {
-        let Some(component) = self.app.route(req.uri().path()) else {
-            return error(StatusCode::NOT_FOUND, "NotFound", &format!("no route for {}", req.uri().path()));
-        };
+    async fn to_component(&self, req: Request<Incoming>, component: &LoadedComponent) -> Response<WasiBody> {
         let req = match limit_body(req, component.limits.max_request_body_bytes).await {
             Ok(req) => req,
             Err(response) => return response,
