@@ -128,14 +128,7 @@ fn validation_errors_are_422_json() {
 #[test]
 fn malformed_json_is_422() {
     for raw in ["{", "{\"inputs\": \"unterminated}", "not json", ""] {
-        let response = client()
-            .post(host().url("/embed"))
-            .header("content-type", "application/json")
-            .body(raw)
-            .send()
-            .unwrap();
-        let status = response.status().as_u16();
-        let body: Value = response.json().unwrap();
+        let (status, body) = post_body(raw.to_string(), false);
         assert_error(status, &body, 422, "Validation");
     }
 }
@@ -248,4 +241,37 @@ fn metrics_cover_requests_batches_models_and_instances() {
     assert!(value("edgeinfer_model_load_seconds{", &model) > 0.0, "{text}");
     assert!(value("edgeinfer_instances_created_total{", &["component=\"embed\""]) >= 1.0, "{text}");
     assert!(value("edgeinfer_live_instances{", &["component=\"embed\""]) >= 1.0, "{text}");
+}
+
+#[test]
+fn oversized_request_heads_are_431() {
+    let huge = "x".repeat(100 << 10);
+    let response = client().post(host().url("/embed")).header("x-padding", huge).send().unwrap();
+    let status = response.status().as_u16();
+    assert_error(status, &response.json().unwrap(), 431, "HeadersTooLarge");
+    let mut request = client().post(host().url("/embed"));
+    for i in 0..150 {
+        request = request.header(format!("x-h{i}"), "v");
+    }
+    assert_eq!(request.send().unwrap().status().as_u16(), 431);
+    assert_eq!(embed(json!({"inputs": "still serving"})).0, 200);
+}
+
+#[test]
+fn a_request_head_that_never_finishes_is_cut_off() {
+    use std::io::{Read, Write};
+    let address = host().base.trim_start_matches("http://").to_string();
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.write_all(b"POST /embed HTTP/1.1\r\nhost: slow\r\ncontent-type: application/json\r\n").unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_secs(8) && waited < std::time::Duration::from_secs(20),
+        "closed after {waited:?}"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
 }

@@ -26,6 +26,13 @@ struct Server {
     next_request_id: AtomicU64,
 }
 
+/// Request headers larger than this are refused with 431; more than 100 headers are refused by
+/// hyper (431, no body). hyper's read buffer is capped at the same size as a backstop.
+const MAX_HEADER_BYTES: usize = 64 << 10;
+
+/// A client must send its whole request head within this (slow-header attacks).
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How long a drain waits for in-flight requests before giving up on them.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -56,8 +63,12 @@ pub async fn serve(
             let server = server.clone();
             async move { Ok::<_, Infallible>(server.handle(req, peer).await) }
         });
-        let connection =
-            http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), service);
+        let connection = http1::Builder::new()
+            .keep_alive(true)
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(MAX_HEADER_BYTES)
+            .serve_connection(TokioIo::new(stream), service);
         let connection = connections.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -85,7 +96,13 @@ impl Server {
             Some(route) => (route.pattern.to_string(), route.component.id.clone()),
             None => ("unmatched".to_string(), "none".to_string()),
         };
+        let head_bytes: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
         let response = match (req.method(), path.as_str()) {
+            _ if head_bytes > MAX_HEADER_BYTES => error(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "HeadersTooLarge",
+                &format!("request headers are over the limit of {MAX_HEADER_BYTES} bytes"),
+            ),
             (&Method::GET, "/health") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
             (&Method::GET, "/ready") => status::ready(&self.app),
             (&Method::GET, "/metrics") => metrics_text(),
