@@ -275,3 +275,18 @@ fn a_request_head_that_never_finishes_is_cut_off() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
 }
+
+#[test]
+fn every_answer_carries_a_request_id() {
+    let first = client().post(host().url("/embed")).json(&json!({"inputs": "id please"})).send().unwrap();
+    let second = client().post(host().url("/embed")).json(&json!({"inputs": []})).send().unwrap();
+    let (a, b) = (first.headers()["x-request-id"].clone(), second.headers()["x-request-id"].clone());
+    assert!(!a.is_empty() && a != b, "generated and distinct: {a:?} {b:?}");
+    let echoed = client()
+        .post(host().url("/nope"))
+        .header("x-request-id", "client-chosen-42")
+        .send()
+        .unwrap();
+    assert_eq!(echoed.status().as_u16(), 404);
+    assert_eq!(echoed.headers()["x-request-id"], "client-chosen-42", "a client's id is kept");
+}

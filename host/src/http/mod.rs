@@ -24,6 +24,18 @@ use crate::app::{App, LoadedComponent};
 struct Server {
     app: Arc<App>,
     next_request_id: AtomicU64,
+    /// Distinguishes generated request ids across restarts.
+    boot: u64,
+}
+
+/// Header carrying the request id, from the client or generated, to the component and back.
+const REQUEST_ID: &str = "x-request-id";
+
+/// A client's request id, if it is one we can log and echo safely.
+fn client_request_id(req: &Request<Incoming>) -> Option<String> {
+    let value = req.headers().get(REQUEST_ID)?.to_str().ok()?;
+    let sane = !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic());
+    sane.then(|| value.to_string())
 }
 
 /// Request headers larger than this are refused with 431; more than 100 headers are refused by
@@ -43,7 +55,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let server = Arc::new(Server { app, next_request_id: AtomicU64::new(0) });
+    let boot = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let server = Arc::new(Server { app, next_request_id: AtomicU64::new(0), boot });
     let connections = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -85,8 +98,12 @@ pub async fn serve(
 }
 
 impl Server {
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<WasiBody> {
+    async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<WasiBody> {
         let started = std::time::Instant::now();
+        let number = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let request_id = client_request_id(&req).unwrap_or_else(|| format!("{:x}-{number:x}", self.boot));
+        let request_id_header = http::HeaderValue::from_str(&request_id).expect("visible ASCII");
+        req.headers_mut().insert(REQUEST_ID, request_id_header.clone());
         let path = req.uri().path().to_string();
         let method = req.method().clone();
         let host_route = matches!(path.as_str(), "/health" | "/ready" | "/metrics");
@@ -110,32 +127,43 @@ impl Server {
                 error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "use GET")
             }
             _ => match matched {
-                Some(route) => self.to_component(req, &route.component).await,
+                Some(route) => self.to_component(req, &route.component, number).await,
                 None => error(StatusCode::NOT_FOUND, "NotFound", &format!("no route for {path}")),
             },
         };
         let status = response.status().as_u16().to_string();
         metrics::counter!("edgeinfer_requests_total", "route" => route.clone(), "component" => component.clone(), "status" => status)
             .increment(1);
-        metrics::histogram!("edgeinfer_request_duration_seconds", "route" => route, "component" => component)
+        metrics::histogram!("edgeinfer_request_duration_seconds", "route" => route.clone(), "component" => component.clone())
             .record(started.elapsed());
+        let version = matched.map_or("-", |r| &r.component.version[..12]);
         tracing::info!(
+            request_id,
             %method,
             %path,
+            route,
+            component,
+            version,
             status = response.status().as_u16(),
             us = started.elapsed().as_micros() as u64,
             %peer,
             "request"
         );
+        let mut response = response;
+        response.headers_mut().insert(REQUEST_ID, request_id_header);
         response
     }
 
-    async fn to_component(&self, req: Request<Incoming>, component: &LoadedComponent) -> Response<WasiBody> {
+    async fn to_component(
+        &self,
+        req: Request<Incoming>,
+        component: &LoadedComponent,
+        request_id: u64,
+    ) -> Response<WasiBody> {
         let req = match limit_body(req, component.limits.max_request_body_bytes).await {
             Ok(req) => req,
             Err(response) => return response,
         };
-        let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
         // The host's own clock: a guest spinning in a loop starves the store's event loop, so the
         // handler's timeout may not fire; the epoch interrupt then stops the guest.
         let deadline = std::time::Duration::from_millis(component.limits.request_timeout_ms);
