@@ -8,6 +8,8 @@ mod builder;
 mod compile;
 mod compose;
 mod engines;
+#[cfg(test)]
+mod fuzz_tests;
 mod http;
 mod instance;
 mod manifest;

@@ -282,11 +282,8 @@ fn every_answer_carries_a_request_id() {
     let second = client().post(host().url("/embed")).json(&json!({"inputs": []})).send().unwrap();
     let (a, b) = (first.headers()["x-request-id"].clone(), second.headers()["x-request-id"].clone());
     assert!(!a.is_empty() && a != b, "generated and distinct: {a:?} {b:?}");
-    let echoed = client()
-        .post(host().url("/nope"))
-        .header("x-request-id", "client-chosen-42")
-        .send()
-        .unwrap();
+    let echoed =
+        client().post(host().url("/nope")).header("x-request-id", "client-chosen-42").send().unwrap();
     assert_eq!(echoed.status().as_u16(), 404);
     assert_eq!(echoed.headers()["x-request-id"], "client-chosen-42", "a client's id is kept");
 }
