@@ -178,14 +178,9 @@ impl BatchLoop {
                 return Some(batch.jobs);
             }
             let deadline = batch.jobs[0].enqueued + self.policy.max_queue_delay;
-            let mut held = std::mem::take(&mut self.held);
-            let mut kept = VecDeque::new();
-            while let Some(job) = held.pop_front() {
-                if let Some(job) = batch.offer(job) {
-                    kept.push_back(job);
-                }
-            }
-            self.held = kept;
+            // Held jobs get the first chance to join; those that do not fit stay held, in order.
+            self.held =
+                std::mem::take(&mut self.held).into_iter().filter_map(|job| batch.offer(job)).collect();
             while !batch.is_full() {
                 let next = match self.receiver.try_recv() {
                     Ok(job) => job,

@@ -114,7 +114,7 @@ impl Server {
             None => ("unmatched".to_string(), "none".to_string()),
         };
         let head_bytes: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
-        let response = match (req.method(), path.as_str()) {
+        let mut response = match (req.method(), path.as_str()) {
             _ if head_bytes > MAX_HEADER_BYTES => error(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "HeadersTooLarge",
@@ -123,9 +123,7 @@ impl Server {
             (&Method::GET, "/health") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
             (&Method::GET, "/ready") => status::ready(&self.app),
             (&Method::GET, "/metrics") => metrics_text(),
-            (_, "/health" | "/ready" | "/metrics") => {
-                error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "use GET")
-            }
+            _ if host_route => error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "use GET"),
             _ => match matched {
                 Some(route) => self.to_component(req, &route.component, number).await,
                 None => error(StatusCode::NOT_FOUND, "NotFound", &format!("no route for {path}")),
@@ -149,7 +147,6 @@ impl Server {
             %peer,
             "request"
         );
-        let mut response = response;
         response.headers_mut().insert(REQUEST_ID, request_id_header);
         response
     }
@@ -230,10 +227,7 @@ async fn limit_body(req: Request<Incoming>, limit: u64) -> Result<Request<WasiBo
         None => {
             let (parts, body) = req.into_parts();
             match read_limited(body, limit).await {
-                Ok(BodyRead::Fits(bytes)) => {
-                    let body = Full::new(bytes).map_err(|never| match never {}).boxed_unsync();
-                    Ok(Request::from_parts(parts, body))
-                }
+                Ok(BodyRead::Fits(bytes)) => Ok(Request::from_parts(parts, full_body(bytes))),
                 Ok(BodyRead::TooLarge) => Err(too_large()),
                 Ok(BodyRead::TimedOut) => Err(error(
                     StatusCode::REQUEST_TIMEOUT,
@@ -288,9 +282,14 @@ async fn read_limited(mut body: Incoming, limit: u64) -> Result<BodyRead, hyper:
     })
 }
 
+/// A complete in-memory body.
+fn full_body(bytes: Bytes) -> WasiBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+}
+
 /// A JSON response.
 pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<WasiBody> {
-    let body = Full::new(Bytes::from(value.to_string())).map_err(|never| match never {}).boxed_unsync();
+    let body = full_body(Bytes::from(value.to_string()));
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
@@ -300,8 +299,7 @@ pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Wa
 
 /// Prometheus text exposition.
 fn metrics_text() -> Response<WasiBody> {
-    let body =
-        Full::new(Bytes::from(crate::telemetry::render())).map_err(|never| match never {}).boxed_unsync();
+    let body = full_body(Bytes::from(crate::telemetry::render()));
     Response::builder()
         .status(StatusCode::OK)
         .header("content-type", "text/plain; version=0.0.4")
