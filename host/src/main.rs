@@ -8,6 +8,7 @@ mod builder;
 mod compile;
 mod compose;
 mod engines;
+mod export;
 #[cfg(test)]
 mod fuzz_tests;
 mod http;
@@ -51,6 +52,31 @@ enum Command {
     Build(ManifestArg),
     /// Fetch and verify what the runtime config needs (models, ONNX Runtime) into the cache.
     Fetch(FetchArgs),
+    /// Export a Hugging Face BERT-family checkpoint (safetensors) to ONNX, without PyTorch.
+    Export(ExportArgs),
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// Directory with config.json and model.safetensors (and, for sentence-transformers models,
+    /// modules.json and 1_Pooling/config.json).
+    model_dir: PathBuf,
+    /// The ONNX file to write (labels.json is written next to it for a classifier).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Sentence pooling added after the encoder; `auto` follows the sentence-transformers files.
+    #[arg(long, value_enum, default_value = "auto")]
+    pooling: export::Pooling,
+    /// L2-normalise the pooled vector (default: as the sentence-transformers files say).
+    #[arg(long)]
+    normalize: Option<bool>,
+    /// Classification head: `auto` (the checkpoint's classifier if it has one), `none`, or a
+    /// scikit-learn linear classifier saved with joblib, applied to the pooled vector.
+    #[arg(long, default_value = "auto")]
+    head: export::Head,
+    /// Class → label name map (joblib dict or JSON object) for the head's classes.
+    #[arg(long)]
+    label_map: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -94,6 +120,28 @@ fn main() -> Result<()> {
             let config = load_runtime_config(args.runtime_config_file.as_deref(), &manifest.dir)?;
             let library = fetch(&config, &manifest.dir)?;
             eprintln!("edgeinfer: everything is in place (ONNX Runtime: {})", library.display());
+            Ok(())
+        }
+        Command::Export(args) => {
+            let report = export::export(&export::ExportOptions {
+                model_dir: args.model_dir,
+                output: args.output,
+                pooling: args.pooling,
+                normalize: args.normalize,
+                head: args.head,
+                label_map: args.label_map,
+            })?;
+            eprintln!(
+                "edgeinfer: wrote {} ({:.1} MB, {:.1} M parameters, outputs {}) in {:.2} s",
+                report.output.display(),
+                report.bytes as f64 / 1e6,
+                report.parameters as f64 / 1e6,
+                report.outputs.join(", "),
+                report.seconds
+            );
+            if let Some(labels) = report.labels {
+                eprintln!("edgeinfer: wrote {}", labels.display());
+            }
             Ok(())
         }
         Command::Up(args) => {
@@ -156,6 +204,9 @@ async fn up(args: UpArgs) -> Result<()> {
 fn fetch(config: &RuntimeConfig, app_dir: &Path) -> Result<PathBuf> {
     for asset in &config.asset {
         provision::ensure_asset(app_dir, asset)?;
+    }
+    for step in &config.export {
+        provision::ensure_export(app_dir, step)?;
     }
     provision::ensure_onnxruntime(config.onnxruntime.as_ref())
 }

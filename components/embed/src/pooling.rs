@@ -1,10 +1,5 @@
 //! Sentence embeddings from per-token hidden states.
 
-/// Decodes little-endian f32 tensor bytes.
-pub fn f32_from_le_bytes(bytes: &[u8]) -> Vec<f32> {
-    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-}
-
 /// Mean of each sequence's hidden states over its unmasked tokens, optionally L2-normalised
 /// (as sentence-transformers' Pooling + Normalize modules do).
 ///

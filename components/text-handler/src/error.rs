@@ -46,7 +46,7 @@ impl ApiError {
     }
 
     pub fn into_response(self) -> Response<FullBody<Bytes>> {
-        super::json_response(self.status, &self.body)
+        crate::json_response(self.status, &self.body)
     }
 }
 

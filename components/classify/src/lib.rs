@@ -1,0 +1,110 @@
+//! `POST /predict` (TEI shape): text in, `[{"label", "score"}]` out, sorted by score. The model
+//! gives one logit per class; names come from a JSON list of labels mounted with `files`
+//! (`LABELS_PATH`), in logit order (`edgeinfer export` writes it as labels.json).
+
+use std::cell::OnceCell;
+
+use serde::{Deserialize, Serialize};
+use spin_sdk::http::{IntoResponse, Request, StatusCode};
+use spin_sdk::http_service;
+use text_handler::{ApiError, Inputs, Settings, TextModel, json_response};
+
+mod scores;
+
+/// The model and its labels, built once per instance.
+struct Classifier {
+    model: TextModel,
+    labels: Vec<String>,
+}
+
+thread_local! {
+    static CLASSIFIER: OnceCell<Result<Classifier, ApiError>> = const { OnceCell::new() };
+}
+
+impl Classifier {
+    fn load() -> Result<Classifier, ApiError> {
+        let path = text_handler::var("LABELS_PATH", "/classifier/labels.json");
+        let text = std::fs::read(&path)
+            .map_err(|e| ApiError::internal(format!("cannot read labels {path}: {e}")))?;
+        let labels: Vec<String> = serde_json::from_slice(&text)
+            .map_err(|e| ApiError::internal(format!("{path} is not a JSON list of labels: {e}")))?;
+        if labels.is_empty() {
+            return Err(ApiError::internal(format!("{path} lists no labels")));
+        }
+        let model = TextModel::load(Settings::from_env("intents", "logits"))?;
+        Ok(Classifier { model, labels })
+    }
+
+    fn predict(&self, request: PredictRequest) -> Result<Predictions, ApiError> {
+        if request.top_k == Some(0) {
+            return Err(ApiError::validation("`top_k` must be at least 1".into()));
+        }
+        let batch = request.inputs.is_batch();
+        let texts = request.inputs.validate(self.model.settings.max_batch_inputs)?;
+        let out = self.model.infer(&texts, request.truncate)?;
+        let classes = self.labels.len();
+        if out.shape[..] != [texts.len() as u32, classes as u32] {
+            return Err(ApiError::backend(format!(
+                "expected logits of shape [{}, {classes}] ({classes} labels), got {:?}",
+                texts.len(),
+                out.shape
+            )));
+        }
+        let mut answers: Vec<Vec<Prediction>> = out
+            .values
+            .chunks_exact(classes)
+            .map(|logits| {
+                let scores = if request.raw_scores { logits.to_vec() } else { scores::softmax(logits) };
+                scores::ranked(&scores, request.top_k.map(|k| k as usize))
+                    .into_iter()
+                    .map(|(i, score)| Prediction { label: self.labels[i].clone(), score })
+                    .collect()
+            })
+            .collect();
+        Ok(if batch { Predictions::Many(answers) } else { Predictions::One(answers.remove(0)) })
+    }
+}
+
+/// TEI's `/predict` request body (single texts; sentence pairs are not supported).
+#[derive(Deserialize)]
+struct PredictRequest {
+    inputs: Inputs,
+    /// Logits as they are instead of softmax probabilities.
+    #[serde(default)]
+    raw_scores: bool,
+    /// Only the best `top_k` labels (all labels when absent).
+    #[serde(default)]
+    top_k: Option<u32>,
+    /// Cut over-long inputs at the token limit instead of refusing them.
+    #[serde(default)]
+    truncate: bool,
+}
+
+#[derive(Serialize)]
+struct Prediction {
+    label: String,
+    score: f32,
+}
+
+/// One list for a single text, a list of lists for a list of texts.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Predictions {
+    One(Vec<Prediction>),
+    Many(Vec<Vec<Prediction>>),
+}
+
+#[http_service]
+async fn handle(request: Request) -> impl IntoResponse {
+    let result = match text_handler::read_request::<PredictRequest>(request).await {
+        Ok(request) => CLASSIFIER.with(|cell| match cell.get_or_init(Classifier::load) {
+            Ok(classifier) => classifier.predict(request),
+            Err(e) => Err(e.clone()),
+        }),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(predictions) => json_response(StatusCode::OK, &predictions),
+        Err(error) => error.into_response(),
+    }
+}

@@ -1,0 +1,244 @@
+//! Building blocks shared by the HTTP handler components (`embed`, `classify`): the JSON request
+//! and error contract, input validation, and text → tokenizer component → wasi:nn → output tensor.
+//!
+//! Settings come from the component's `environment` in spin.toml (see README).
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use spin_sdk::http::body::IncomingBodyExt;
+use spin_sdk::http::{FullBody, Request, Response, StatusCode};
+
+wit_bindgen::generate!({
+    world: "nn-handler",
+    path: "../../wit",
+    generate_all,
+});
+
+use edgeinfer::text::tokenize::{EncodeOptions, Tokenizer};
+use wasi::nn::graph::{self, Graph};
+use wasi::nn::inference::GraphExecutionContext;
+use wasi::nn::tensor::{Tensor, TensorType};
+
+mod error;
+
+pub use error::ApiError;
+
+/// Settings every handler reads from its environment; `defaults` are the handler's own.
+pub struct Settings {
+    /// Where the `files` mount puts tokenizer.json (`TOKENIZER_PATH`).
+    pub tokenizer_path: String,
+    /// wasi:nn graph name, listed in the component's `ai_models` (`MODEL`).
+    pub model: String,
+    /// The model output the handler reads (`MODEL_OUTPUT`).
+    pub output: String,
+    /// Longest input accepted, in tokens, special tokens included (`MAX_INPUT_TOKENS`).
+    pub max_input_tokens: u32,
+    /// Most inputs accepted in one request (`MAX_BATCH_INPUTS`).
+    pub max_batch_inputs: usize,
+}
+
+impl Settings {
+    /// Reads the environment, falling back to the given model and output names.
+    pub fn from_env(default_model: &str, default_output: &str) -> Settings {
+        Settings {
+            tokenizer_path: var("TOKENIZER_PATH", "/model/tokenizer.json"),
+            model: var("MODEL", default_model),
+            output: var("MODEL_OUTPUT", default_output),
+            max_input_tokens: var("MAX_INPUT_TOKENS", "256").parse().unwrap_or(256),
+            max_batch_inputs: var("MAX_BATCH_INPUTS", "32").parse().unwrap_or(32),
+        }
+    }
+}
+
+/// An environment variable, or its default.
+pub fn var(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+/// The tokenizer and the model's execution context, built once per instance.
+pub struct TextModel {
+    pub settings: Settings,
+    tokenizer: Tokenizer,
+    /// Kept alive for the execution context below.
+    _graph: Graph,
+    context: GraphExecutionContext,
+}
+
+/// One model output for a batch of texts.
+pub struct Inference {
+    /// The output's dimensions; the first is the batch.
+    pub shape: Vec<u32>,
+    /// Its FP32 values in row-major order.
+    pub values: Vec<f32>,
+    /// Each text's attention mask (1 for tokens, 0 for padding), all of the padded length.
+    pub masks: Vec<Vec<u32>>,
+}
+
+impl TextModel {
+    /// Reads the tokenizer file and loads the named graph.
+    pub fn load(settings: Settings) -> Result<TextModel, ApiError> {
+        let json = std::fs::read(&settings.tokenizer_path).map_err(|e| {
+            ApiError::internal(format!("cannot read tokenizer {}: {e}", settings.tokenizer_path))
+        })?;
+        let tokenizer = Tokenizer::from_json(&json)
+            .map_err(|e| ApiError::internal(format!("cannot parse tokenizer: {e:?}")))?;
+        let graph = graph::load_by_name(&settings.model).map_err(|e| {
+            ApiError::backend(format!(
+                "wasi:nn load-by-name({}): {:?}: {}",
+                settings.model,
+                e.code(),
+                e.data()
+            ))
+        })?;
+        let context = graph
+            .init_execution_context()
+            .map_err(|e| ApiError::backend(format!("wasi:nn init-execution-context: {}", e.data())))?;
+        Ok(TextModel { settings, tokenizer, _graph: graph, context })
+    }
+
+    /// Tokenizes `texts` (padded to the longest; cut at the token limit only when `truncate`,
+    /// else an over-long text is a validation error), runs the model and returns its output.
+    pub fn infer(&self, texts: &[String], truncate: bool) -> Result<Inference, ApiError> {
+        let max_tokens = self.settings.max_input_tokens;
+        let options = EncodeOptions {
+            add_special_tokens: true,
+            max_length: truncate.then_some(max_tokens),
+            pad_to_longest: true,
+        };
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts, options)
+            .map_err(|e| ApiError::validation(format!("tokenization failed: {e:?}")))?;
+        for (i, e) in encodings.iter().enumerate() {
+            if !truncate && e.length_before_truncation > max_tokens {
+                return Err(ApiError::validation(format!(
+                    "input {i} is {} tokens long, more than the limit of {max_tokens}; \
+                     shorten it or send \"truncate\": true",
+                    e.length_before_truncation
+                )));
+            }
+        }
+        let batch = encodings.len() as u32;
+        let seq = encodings.first().map_or(0, |e| e.ids.len()) as u32;
+        let dims = [batch, seq];
+        let ids = int64_tensor(&dims, encodings.iter().flat_map(|e| e.ids.iter()));
+        let mask = int64_tensor(&dims, encodings.iter().flat_map(|e| e.attention_mask.iter()));
+        let types = int64_tensor(&dims, encodings.iter().flat_map(|e| e.type_ids.iter()));
+        let inputs = vec![
+            ("input_ids".to_string(), ids),
+            ("attention_mask".to_string(), mask),
+            ("token_type_ids".to_string(), types),
+        ];
+        let outputs = self
+            .context
+            .compute(inputs)
+            .map_err(|e| ApiError::backend(format!("wasi:nn compute: {:?}: {}", e.code(), e.data())))?;
+        let output = &self.settings.output;
+        let (_, tensor) = outputs
+            .into_iter()
+            .find(|(name, _)| name == output)
+            .ok_or_else(|| ApiError::backend(format!("model has no output {output:?}")))?;
+        if tensor.ty() != TensorType::Fp32 {
+            return Err(ApiError::backend(format!("model output {output:?} is not FP32")));
+        }
+        let shape = tensor.dimensions();
+        if shape.first() != Some(&batch) {
+            return Err(ApiError::backend(format!(
+                "output shape {shape:?} does not match a batch of {batch}"
+            )));
+        }
+        let values = f32_from_le_bytes(&tensor.data());
+        if values.len() != shape.iter().map(|&d| d as usize).product::<usize>() {
+            return Err(ApiError::backend(format!("output data does not match its shape {shape:?}")));
+        }
+        let masks = encodings.into_iter().map(|e| e.attention_mask).collect();
+        Ok(Inference { shape, values, masks })
+    }
+}
+
+fn int64_tensor<'a>(dims: &[u32], values: impl Iterator<Item = &'a u32>) -> Tensor {
+    let data: Vec<u8> = values.flat_map(|&v| i64::from(v).to_le_bytes()).collect();
+    Tensor::new(dims, TensorType::I64, &data)
+}
+
+/// Little-endian f32 values (wasi:nn tensor data).
+pub fn f32_from_le_bytes(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+/// One text or a batch of texts (`"inputs"` of TEI-style requests).
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum Inputs {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Inputs {
+    /// Whether the client sent a list (answers then come as a list too).
+    pub fn is_batch(&self) -> bool {
+        matches!(self, Inputs::Many(_))
+    }
+
+    /// The texts, checked: not empty, at most `max_inputs`, no blank text, no control characters
+    /// other than tab, newline and carriage return (rejected, not stripped).
+    pub fn validate(self, max_inputs: usize) -> Result<Vec<String>, ApiError> {
+        let texts = match self {
+            Inputs::One(text) => vec![text],
+            Inputs::Many(texts) => texts,
+        };
+        if texts.is_empty() {
+            return Err(ApiError::validation("`inputs` must not be empty".into()));
+        }
+        if texts.len() > max_inputs {
+            return Err(ApiError::validation(format!(
+                "{} inputs sent, at most {max_inputs} are allowed per request",
+                texts.len()
+            )));
+        }
+        for (i, text) in texts.iter().enumerate() {
+            if text.trim().is_empty() {
+                return Err(ApiError::validation(format!("input {i} is empty")));
+            }
+            if let Some(c) = text.chars().find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r')) {
+                return Err(ApiError::validation(format!(
+                    "input {i} contains the control character U+{:04X}",
+                    c as u32
+                )));
+            }
+        }
+        Ok(texts)
+    }
+}
+
+/// Checks method and content type, reads the body and parses it as a JSON object into `T`.
+pub async fn read_request<T: DeserializeOwned>(request: Request) -> Result<T, ApiError> {
+    if request.method() != spin_sdk::http::Method::POST {
+        return Err(ApiError::method_not_allowed(request.method().as_str()));
+    }
+    error::require_json_content_type(request.headers())?;
+    let body = request
+        .into_body()
+        .bytes()
+        .await
+        .map_err(|e| ApiError::validation(format!("cannot read body: {e:?}")))?;
+    let value: Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::validation(format!("invalid JSON: {e}")))?;
+    // serde would accept a positional array for a struct: the API takes objects only.
+    if !value.is_object() {
+        return Err(ApiError::validation("the request body must be a JSON object".into()));
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::validation(format!("invalid request: {e}")))
+}
+
+/// A JSON response with the given status.
+pub fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<FullBody<Bytes>> {
+    let body = serde_json::to_vec(value).expect("JSON values serialise");
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(FullBody::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
