@@ -100,12 +100,15 @@ impl App {
         registry: Arc<GraphRegistry>,
         engine: &Engine,
         cache: &CompileCache,
+        compose_nn_providers: bool,
     ) -> Result<App> {
         let mut linker = Linker::<InstanceState>::new(engine);
         // Handlers built for wasm32-wasip2 import WASI 0.2 (std) and 0.3 (http) side by side.
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi::p3::add_to_linker(&mut linker)?;
         wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
+        // Outgoing HTTP of WASI 0.2 components (e.g. the nn-remote wasi:nn provider).
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         crate::nn::add_to_linker(&mut linker)?;
 
         if let Some(unknown) = limits.keys().find(|id| !manifest.components.contains_key(*id)) {
@@ -118,8 +121,18 @@ impl App {
         for id in routed {
             let component = &manifest.components[id];
             let limits = limits.get(id).copied().unwrap_or_default();
-            let loaded = load_component(manifest, id, component, limits, &registry, engine, &linker, cache)
-                .with_context(|| format!("component {id}"))?;
+            let loaded = load_component(
+                manifest,
+                id,
+                component,
+                limits,
+                &registry,
+                engine,
+                &linker,
+                cache,
+                compose_nn_providers,
+            )
+            .with_context(|| format!("component {id}"))?;
             components.insert(id.to_string(), Arc::new(loaded));
         }
         let mut routes: Vec<Route> = manifest
@@ -140,6 +153,12 @@ impl App {
     }
 }
 
+/// Whether a dependency key plugs wasi:nn (the whole package or one of its interfaces).
+fn is_nn_provider(key: &str) -> bool {
+    key == "wasi:nn" || key.starts_with("wasi:nn@") || key.starts_with("wasi:nn/")
+}
+
+#[allow(clippy::too_many_arguments)] // One call site; the arguments are the app's shared parts.
 fn load_component(
     manifest: &Manifest,
     id: &str,
@@ -149,6 +168,7 @@ fn load_component(
     engine: &Engine,
     linker: &Linker<InstanceState>,
     cache: &CompileCache,
+    compose_nn_providers: bool,
 ) -> Result<LoadedComponent> {
     let source = manifest.resolve(&component.source);
     let main = std::fs::read(&source).with_context(|| {
@@ -159,6 +179,14 @@ fn load_component(
     })?;
     let mut dependencies = Vec::new();
     for (key, dependency) in &component.dependencies {
+        if is_nn_provider(key) && !compose_nn_providers {
+            tracing::info!(
+                component = id,
+                dependency = %key,
+                "wasi:nn is provided natively: not composing the provider (--compose-nn-providers composes it)"
+            );
+            continue;
+        }
         let path = manifest.resolve(&dependency.path);
         let bytes = std::fs::read(&path)
             .with_context(|| format!("cannot read dependency {key} at {}", path.display()))?;

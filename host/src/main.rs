@@ -108,6 +108,10 @@ struct UpArgs {
     /// Build the components first.
     #[arg(long)]
     build: bool,
+    /// Compose wasi:nn provider dependencies (e.g. nn-remote) into handlers instead of serving
+    /// wasi:nn natively (by default such dependencies are skipped).
+    #[arg(long)]
+    compose_nn_providers: bool,
 }
 
 fn main() -> Result<()> {
@@ -184,7 +188,14 @@ async fn up(args: UpArgs) -> Result<()> {
     let engine = compile::engine()?;
     let _ticker = compile::EpochTicker::start(&engine);
     let cache = CompileCache::new(provision::cache_dir().join("compiled"));
-    let app = Arc::new(App::load(&manifest, &config.component, registry, &engine, &cache)?);
+    let app = Arc::new(App::load(
+        &manifest,
+        &config.component,
+        registry,
+        &engine,
+        &cache,
+        args.compose_nn_providers,
+    )?);
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -195,7 +206,22 @@ async fn up(args: UpArgs) -> Result<()> {
     for trigger in &manifest.http_triggers {
         eprintln!("  {}: http://{address}{}", trigger.component, trigger.route);
     }
-    http::serve(app, listener, shutdown_signal()).await?;
+    let kserve = if config.kserve.enabled {
+        let token = match &config.kserve.token_env {
+            Some(var) => Some(std::env::var(var).with_context(|| {
+                format!("[kserve] token_env names {var}, which is not set (or not valid UTF-8)")
+            })?),
+            None => None,
+        };
+        eprintln!(
+            "KServe v2 API: http://{address}/v2/models/{{name}}/infer{}",
+            if token.is_some() { " (bearer token required)" } else { "" }
+        );
+        Some((config.kserve.clone(), token))
+    } else {
+        None
+    };
+    http::serve(app, kserve, listener, shutdown_signal()).await?;
     eprintln!("edgeinfer: stopped");
     Ok(())
 }

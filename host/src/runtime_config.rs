@@ -23,6 +23,9 @@ pub struct RuntimeConfig {
     /// Where the ONNX Runtime shared library comes from.
     #[serde(default)]
     pub onnxruntime: Option<OnnxRuntimeConfig>,
+    /// The KServe v2 inference API over the models.
+    #[serde(default)]
+    pub kserve: KserveConfig,
     /// Host-side limits per component (by spin.toml component id).
     #[serde(default)]
     pub component: BTreeMap<String, ComponentLimits>,
@@ -204,6 +207,35 @@ pub struct Asset {
     /// Wheel platform tag to ask pip for (binary wheels), e.g. `manylinux_2_28_x86_64`.
     #[serde(default)]
     pub platform: Option<String>,
+}
+
+/// `[kserve]`: the KServe v2 / Open Inference Protocol REST API under `/v2`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KserveConfig {
+    /// Serve `/v2` (default: yes).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Name of an environment variable holding a bearer token; when set, `/v2` requests must
+    /// carry `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// Larger inference bodies are answered 413.
+    #[serde(default = "default_kserve_body")]
+    pub max_request_body_bytes: u64,
+}
+
+impl Default for KserveConfig {
+    fn default() -> Self {
+        KserveConfig { enabled: true, token_env: None, max_request_body_bytes: default_kserve_body() }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_kserve_body() -> u64 {
+    16 << 20
 }
 
 /// `[[export]]`: an ONNX model exported at provisioning time from fetched files (paths relative

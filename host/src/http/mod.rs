@@ -1,6 +1,7 @@
 //! HTTP serving: accept connections, answer host routes (`/health`, `/ready`), route everything
 //! else by spin.toml to a component's `ProxyHandler`, and map host-side failures to JSON errors.
 
+mod kserve;
 mod status;
 
 use std::convert::Infallible;
@@ -19,10 +20,13 @@ use wasmtime_wasi_http::WasiBody;
 use wasmtime_wasi_http::handler::{ExpirationError, InstantiationError};
 
 use crate::app::{App, LoadedComponent};
+use crate::runtime_config::KserveConfig;
 
 /// Shared by all connections.
 struct Server {
     app: Arc<App>,
+    /// The KServe v2 API, when enabled, and its bearer token if one is required.
+    kserve: Option<(KserveConfig, Option<String>)>,
     next_request_id: AtomicU64,
     /// Distinguishes generated request ids across restarts.
     boot: u64,
@@ -52,11 +56,12 @@ const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// keep-alive connections closed, in-flight requests finished (up to 30 s).
 pub async fn serve(
     app: Arc<App>,
+    kserve: Option<(KserveConfig, Option<String>)>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let boot = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let server = Arc::new(Server { app, next_request_id: AtomicU64::new(0), boot });
+    let server = Arc::new(Server { app, kserve, next_request_id: AtomicU64::new(0), boot });
     let connections = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -106,9 +111,11 @@ impl Server {
         req.headers_mut().insert(REQUEST_ID, request_id_header.clone());
         let path = req.uri().path().to_string();
         let method = req.method().clone();
+        let kserve_route = self.kserve.is_some() && (path == kserve::PREFIX || path.starts_with("/v2/"));
         let host_route = matches!(path.as_str(), "/health" | "/ready" | "/metrics");
-        let matched = if host_route { None } else { self.app.route_of(&path) };
+        let matched = if host_route || kserve_route { None } else { self.app.route_of(&path) };
         let (route, component) = match matched {
+            _ if kserve_route => (kserve::route_of(&path).to_string(), "host".to_string()),
             _ if host_route => (path.clone(), "host".to_string()),
             Some(route) => (route.pattern.to_string(), route.component.id.clone()),
             None => ("unmatched".to_string(), "none".to_string()),
@@ -120,6 +127,10 @@ impl Server {
                 "HeadersTooLarge",
                 &format!("request headers are over the limit of {MAX_HEADER_BYTES} bytes"),
             ),
+            _ if kserve_route => {
+                let (config, token) = self.kserve.as_ref().expect("kserve_route implies kserve");
+                kserve::handle(&self.app, config, token.as_deref(), req).await
+            }
             (&Method::GET, "/health") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
             (&Method::GET, "/ready") => status::ready(&self.app),
             (&Method::GET, "/metrics") => metrics_text(),

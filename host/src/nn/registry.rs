@@ -9,8 +9,8 @@ use std::time::SystemTime;
 use anyhow::{Context, Result};
 
 use crate::batching::{BatchPolicy, Batcher};
-use crate::engines::Engine;
 use crate::engines::onnx::{OnnxEngine, check_model_file};
+use crate::engines::{Engine, TensorSpec};
 use crate::provision::verify_sha256;
 use crate::runtime_config::{Device, ModelConfig};
 
@@ -19,6 +19,9 @@ pub struct LoadedGraph {
     pub name: String,
     pub device: Device,
     pub loaded_at: SystemTime,
+    /// The model's declared inputs and outputs.
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
     /// Every inference of this model goes through its batcher.
     pub batcher: Batcher,
 }
@@ -64,6 +67,8 @@ impl GraphRegistry {
                     name: name.clone(),
                     device: config.device()?,
                     loaded_at: SystemTime::now(),
+                    inputs: engines[0].inputs().to_vec(),
+                    outputs: engines[0].outputs().to_vec(),
                     batcher: Batcher::spawn(name, engines, policy),
                 }),
             );

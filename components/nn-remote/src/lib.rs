@@ -1,0 +1,136 @@
+//! `nn-remote`: exports wasi:nn and runs every `compute` on a remote server speaking the KServe
+//! v2 / Open Inference Protocol REST API (`POST /v2/models/{name}/infer`, JSON tensors) — an
+//! edgeinfer host or any other server implementing it. Plugged into a handler as a spin.toml
+//! dependency (`"wasi:nn@0.2.0-rc-2024-10-28"`), it lets a runtime without wasi:nn (`spin up`) use
+//! models served elsewhere, e.g. on a GPU host.
+//!
+//! Settings (the handler's `environment`, shared with its dependencies):
+//! `NN_REMOTE_URL` (e.g. `http://gpu-host:3000`; required), `NN_REMOTE_TOKEN` (optional bearer
+//! token). The URL's host must be in the handler's `allowed_outbound_hosts`.
+
+wit_bindgen::generate!({
+    world: "nn-provider",
+    path: "../../wit",
+    generate_all,
+});
+
+mod http;
+mod protocol;
+
+use exports::wasi::nn::errors::{self, ErrorCode, GuestError};
+use exports::wasi::nn::graph::{self, ExecutionTarget, GraphBuilder, GraphEncoding, GuestGraph};
+use exports::wasi::nn::inference::{self, GuestGraphExecutionContext, NamedTensor};
+use exports::wasi::nn::tensor::{self, GuestTensor, TensorType};
+
+struct Provider;
+
+/// A tensor held in the component until it is sent.
+pub struct Tensor {
+    dimensions: Vec<u32>,
+    ty: TensorType,
+    data: Vec<u8>,
+}
+
+/// A wasi:nn error: its code and a message.
+pub struct Error {
+    code: ErrorCode,
+    message: String,
+}
+
+impl Error {
+    fn new(code: ErrorCode, message: impl Into<String>) -> errors::Error {
+        errors::Error::new(Error { code, message: message.into() })
+    }
+}
+
+/// A remote model, by name.
+pub struct Graph {
+    name: String,
+}
+
+/// Execution contexts hold nothing: each compute is one stateless request.
+pub struct Context {
+    model: String,
+}
+
+impl tensor::Guest for Provider {
+    type Tensor = Tensor;
+}
+
+impl GuestTensor for Tensor {
+    fn new(dimensions: Vec<u32>, ty: TensorType, data: Vec<u8>) -> Self {
+        Tensor { dimensions, ty, data }
+    }
+    fn dimensions(&self) -> Vec<u32> {
+        self.dimensions.clone()
+    }
+    fn ty(&self) -> TensorType {
+        self.ty
+    }
+    fn data(&self) -> Vec<u8> {
+        self.data.clone()
+    }
+}
+
+impl errors::Guest for Provider {
+    type Error = Error;
+}
+
+impl GuestError for Error {
+    fn code(&self) -> ErrorCode {
+        self.code
+    }
+    fn data(&self) -> String {
+        self.message.clone()
+    }
+}
+
+impl graph::Guest for Provider {
+    type Graph = Graph;
+
+    fn load(
+        _builder: Vec<GraphBuilder>,
+        _encoding: GraphEncoding,
+        _target: ExecutionTarget,
+    ) -> Result<graph::Graph, errors::Error> {
+        Err(Error::new(
+            ErrorCode::UnsupportedOperation,
+            "nn-remote runs models the remote server has loaded: use load-by-name",
+        ))
+    }
+
+    fn load_by_name(name: String) -> Result<graph::Graph, errors::Error> {
+        // Fails early, with the server's answer, when the model is not there.
+        let remote = http::Remote::from_env()?;
+        let path = format!("/v2/models/{}/ready", protocol::escape(&name));
+        let (status, body) = remote.send("GET", &path, None)?;
+        protocol::check_status(status, &body)?;
+        Ok(graph::Graph::new(Graph { name }))
+    }
+}
+
+impl GuestGraph for Graph {
+    fn init_execution_context(&self) -> Result<inference::GraphExecutionContext, errors::Error> {
+        Ok(inference::GraphExecutionContext::new(Context { model: self.name.clone() }))
+    }
+}
+
+impl inference::Guest for Provider {
+    type GraphExecutionContext = Context;
+}
+
+impl GuestGraphExecutionContext for Context {
+    fn compute(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, errors::Error> {
+        let remote = http::Remote::from_env()?;
+        let tensors: Vec<(String, &Tensor)> =
+            inputs.iter().map(|(name, t)| (name.clone(), t.get::<Tensor>())).collect();
+        let body = protocol::infer_request(&tensors)?;
+        let path = format!("/v2/models/{}/infer", protocol::escape(&self.model));
+        let (status, answer) = remote.send("POST", &path, Some(&body))?;
+        protocol::check_status(status, &answer)?;
+        let outputs = protocol::infer_response(&answer)?;
+        Ok(outputs.into_iter().map(|(name, t)| (name, tensor::Tensor::new(t))).collect())
+    }
+}
+
+export!(Provider);

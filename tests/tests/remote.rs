@@ -1,0 +1,72 @@
+//! The nn-remote wasi:nn provider: the default app's handlers composed with nn-remote
+//! (spin.remote.toml, `--compose-nn-providers`) on a host with no models, forwarding every
+//! inference to a second, real edgeinfer host over its KServe v2 API on loopback.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{Host, post_json, repo_root, vectors};
+use serde_json::{Value, json};
+
+/// spin.remote.toml pointed at `address`, written next to spin.toml (paths stay relative).
+struct Manifest(PathBuf);
+
+impl Manifest {
+    fn pointing_at(address: &str) -> Manifest {
+        let text = std::fs::read_to_string(repo_root().join("spin.remote.toml")).unwrap();
+        assert!(text.contains("127.0.0.1:3000"));
+        let path = repo_root().join(format!(".test-remote-{}.toml", std::process::id()));
+        std::fs::write(&path, text.replace("127.0.0.1:3000", address)).unwrap();
+        Manifest(path)
+    }
+}
+
+impl Drop for Manifest {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn max_difference(a: &Value, b: &Value) -> f32 {
+    let (a, b) = (vectors(a), vectors(b));
+    assert_eq!(a.len(), b.len());
+    a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn handlers_with_nn_remote_answer_like_the_model_host() {
+    let backend = Host::start(&repo_root().join("spin.toml"), &[]);
+    let address = backend.base.trim_start_matches("http://").to_string();
+    let manifest = Manifest::pointing_at(&address);
+    let remote = Host::start(
+        &manifest.0,
+        &["--compose-nn-providers", "--runtime-config-file", "runtime-config/remote.toml"],
+    );
+
+    let texts = json!(["A quick test of remote inference.", "set a timer for ten minutes", "héllo wörld"]);
+    let (status, via_remote) = post_json(&remote.url("/embed"), &json!({"inputs": texts}));
+    assert_eq!(status, 200, "{via_remote}");
+    let (_, direct) = post_json(&backend.url("/embed"), &json!({"inputs": texts}));
+    let difference = max_difference(&via_remote, &direct);
+    assert!(difference < 1e-6, "embeddings through nn-remote differ by {difference}");
+
+    let (status, via_remote) = post_json(&remote.url("/predict"), &json!({"inputs": texts, "top_k": 3}));
+    assert_eq!(status, 200, "{via_remote}");
+    let (_, direct) = post_json(&backend.url("/predict"), &json!({"inputs": texts, "top_k": 3}));
+    assert_eq!(via_remote, direct);
+    assert_eq!(via_remote[1][0]["label"], "timer");
+
+    // The remote host's own errors still come back as its JSON errors.
+    let (status, body) = post_json(&remote.url("/predict"), &json!({"inputs": ""}));
+    assert_eq!((status, body["error_type"].as_str()), (422, Some("Validation")), "{body}");
+
+    // With the model host gone, requests fail clearly and the remote host keeps serving.
+    drop(backend);
+    let (status, body) = post_json(&remote.url("/embed"), &json!({"inputs": "anyone there?"}));
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["error_type"], "Backend");
+    assert!(body["error"].as_str().unwrap().contains("cannot reach"), "{body}");
+    let (status, _) = post_json(&remote.url("/embed"), &json!({"inputs": ""}));
+    assert_eq!(status, 422);
+}
