@@ -1,0 +1,213 @@
+//! `nn-local`: exports wasi:nn and runs ONNX models inside the component with tract, a pure-Rust
+//! inference engine: no native library, CPU only, slower than the edgeinfer host's ONNX Runtime,
+//! fully self-contained. Plugged into a handler as a spin.toml dependency
+//! (`"wasi:nn@0.2.0-rc-2024-10-28"`), it lets a runtime without wasi:nn (`spin up`) serve the app.
+//!
+//! Naming convention: `load-by-name(NAME)` loads `$NN_LOCAL_DIR/NAME/model.onnx` (default
+//! directory `/nn`), so a `files` mount `{ source = "models/x", destination = "/nn/NAME" }` makes a
+//! graph NAME. Graphs are loaded once per instance and kept.
+
+wit_bindgen::generate!({
+    world: "nn-provider",
+    path: "../../wit",
+    generate_all,
+});
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use tract_onnx::prelude::*;
+
+use exports::wasi::nn::errors::{self, ErrorCode, GuestError};
+use exports::wasi::nn::graph::{self, ExecutionTarget, GraphBuilder, GraphEncoding, GuestGraph};
+use exports::wasi::nn::inference::{self, GuestGraphExecutionContext, NamedTensor};
+use exports::wasi::nn::tensor::{self, GuestTensor, TensorType};
+
+type Plan = std::sync::Arc<TypedRunnableModel>;
+
+thread_local! {
+    /// Optimised models by graph name, shared by every graph handle of this instance.
+    static LOADED: RefCell<HashMap<String, Rc<Loaded>>> = RefCell::new(HashMap::new());
+}
+
+/// A model ready to run, with its input and output names in order.
+struct Loaded {
+    plan: Plan,
+    inputs: Vec<String>,
+    outputs: Vec<String>,
+}
+
+struct Provider;
+
+/// A tensor as wasi:nn passes it.
+pub struct Tensor {
+    dimensions: Vec<u32>,
+    ty: TensorType,
+    data: Vec<u8>,
+}
+
+/// A wasi:nn error: its code and a message.
+pub struct Error {
+    code: ErrorCode,
+    message: String,
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> errors::Error {
+    errors::Error::new(Error { code, message: message.into() })
+}
+
+/// A loaded graph.
+pub struct Graph {
+    loaded: Rc<Loaded>,
+}
+
+/// Execution contexts share the graph's plan.
+pub struct Context {
+    loaded: Rc<Loaded>,
+}
+
+impl tensor::Guest for Provider {
+    type Tensor = Tensor;
+}
+
+impl GuestTensor for Tensor {
+    fn new(dimensions: Vec<u32>, ty: TensorType, data: Vec<u8>) -> Self {
+        Tensor { dimensions, ty, data }
+    }
+    fn dimensions(&self) -> Vec<u32> {
+        self.dimensions.clone()
+    }
+    fn ty(&self) -> TensorType {
+        self.ty
+    }
+    fn data(&self) -> Vec<u8> {
+        self.data.clone()
+    }
+}
+
+impl errors::Guest for Provider {
+    type Error = Error;
+}
+
+impl GuestError for Error {
+    fn code(&self) -> ErrorCode {
+        self.code
+    }
+    fn data(&self) -> String {
+        self.message.clone()
+    }
+}
+
+fn load(name: &str) -> Result<Rc<Loaded>, errors::Error> {
+    if let Some(loaded) = LOADED.with(|l| l.borrow().get(name).cloned()) {
+        return Ok(loaded);
+    }
+    if name.is_empty() || name.contains(['/', '\\']) || name == ".." || name == "." {
+        return Err(error(ErrorCode::InvalidArgument, format!("{name:?} is not a graph name")));
+    }
+    let dir = std::env::var("NN_LOCAL_DIR").unwrap_or_else(|_| "/nn".into());
+    let path = format!("{dir}/{name}/model.onnx");
+    if std::fs::metadata(&path).is_err() {
+        return Err(error(ErrorCode::NotFound, format!("no graph {name:?}: {path} does not exist")));
+    }
+    let failed = |e: TractError| error(ErrorCode::InvalidEncoding, format!("cannot load {path}: {e:#}"));
+    let model = tract_onnx::onnx().model_for_path(&path).map_err(failed)?;
+    let model = model.into_optimized().map_err(failed)?;
+    let inputs =
+        model.input_outlets().map_err(failed)?.iter().map(|o| model.node(o.node).name.clone()).collect();
+    let outputs = model
+        .output_outlets()
+        .map_err(failed)?
+        .iter()
+        .map(|o| model.outlet_label(*o).map(String::from).unwrap_or_else(|| model.node(o.node).name.clone()))
+        .collect();
+    let plan = model.into_runnable().map_err(failed)?;
+    let loaded = Rc::new(Loaded { plan, inputs, outputs });
+    LOADED.with(|l| l.borrow_mut().insert(name.to_string(), loaded.clone()));
+    Ok(loaded)
+}
+
+impl graph::Guest for Provider {
+    type Graph = Graph;
+
+    fn load(
+        _builder: Vec<GraphBuilder>,
+        _encoding: GraphEncoding,
+        _target: ExecutionTarget,
+    ) -> Result<graph::Graph, errors::Error> {
+        Err(error(ErrorCode::UnsupportedOperation, "nn-local loads graphs by name from mounted files"))
+    }
+
+    fn load_by_name(name: String) -> Result<graph::Graph, errors::Error> {
+        Ok(graph::Graph::new(Graph { loaded: load(&name)? }))
+    }
+}
+
+impl GuestGraph for Graph {
+    fn init_execution_context(&self) -> Result<inference::GraphExecutionContext, errors::Error> {
+        Ok(inference::GraphExecutionContext::new(Context { loaded: self.loaded.clone() }))
+    }
+}
+
+impl inference::Guest for Provider {
+    type GraphExecutionContext = Context;
+}
+
+/// A wasi:nn tensor as a tract tensor.
+fn to_tract(name: &str, t: &Tensor) -> Result<tract_onnx::prelude::Tensor, errors::Error> {
+    let shape: Vec<usize> = t.dimensions.iter().map(|&d| d as usize).collect();
+    let invalid = |e: TractError| error(ErrorCode::InvalidArgument, format!("input {name:?}: {e}"));
+    let tensor = match t.ty {
+        TensorType::Fp32 => unsafe { tract_onnx::prelude::Tensor::from_raw::<f32>(&shape, &t.data) },
+        TensorType::Fp64 => unsafe { tract_onnx::prelude::Tensor::from_raw::<f64>(&shape, &t.data) },
+        TensorType::I64 => unsafe { tract_onnx::prelude::Tensor::from_raw::<i64>(&shape, &t.data) },
+        TensorType::I32 => unsafe { tract_onnx::prelude::Tensor::from_raw::<i32>(&shape, &t.data) },
+        TensorType::U8 => unsafe { tract_onnx::prelude::Tensor::from_raw::<u8>(&shape, &t.data) },
+        TensorType::Fp16 | TensorType::Bf16 => {
+            return Err(error(ErrorCode::UnsupportedOperation, "FP16 and BF16 tensors are not supported"));
+        }
+    };
+    tensor.map_err(invalid)
+}
+
+/// A tract output as a wasi:nn tensor.
+fn from_tract(name: &str, value: &tract_onnx::prelude::Tensor) -> Result<Tensor, errors::Error> {
+    let ty = match value.datum_type() {
+        DatumType::F32 => TensorType::Fp32,
+        DatumType::F64 => TensorType::Fp64,
+        DatumType::I64 => TensorType::I64,
+        DatumType::I32 => TensorType::I32,
+        DatumType::U8 => TensorType::U8,
+        other => return Err(error(ErrorCode::UnsupportedOperation, format!("output {name:?} is {other:?}"))),
+    };
+    let data = value.as_bytes().to_vec();
+    Ok(Tensor { dimensions: value.shape().iter().map(|&d| d as u32).collect(), ty, data })
+}
+
+impl GuestGraphExecutionContext for Context {
+    fn compute(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, errors::Error> {
+        let model = &self.loaded;
+        let mut ordered = TVec::new();
+        for name in &model.inputs {
+            let (_, tensor) = inputs
+                .iter()
+                .find(|(n, _)| n == name)
+                .ok_or_else(|| error(ErrorCode::InvalidArgument, format!("missing model input {name:?}")))?;
+            ordered.push(to_tract(name, tensor.get::<Tensor>())?.into_tvalue());
+        }
+        if let Some((unknown, _)) = inputs.iter().find(|(n, _)| !model.inputs.contains(n)) {
+            return Err(error(ErrorCode::InvalidArgument, format!("the model has no input {unknown:?}")));
+        }
+        let outputs =
+            model.plan.run(ordered).map_err(|e| error(ErrorCode::RuntimeError, format!("{e:#}")))?;
+        model
+            .outputs
+            .iter()
+            .zip(outputs.iter())
+            .map(|(name, value)| Ok((name.clone(), tensor::Tensor::new(from_tract(name, value)?))))
+            .collect()
+    }
+}
+
+export!(Provider);
