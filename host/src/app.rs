@@ -13,7 +13,7 @@ use wasmtime_wasi_http::handler::{ProxyHandler, ProxyPre};
 
 use crate::admission::Admission;
 use crate::compile::CompileCache;
-use crate::compose::{DependencyBytes, compose};
+use crate::compose::compose_component;
 use crate::instance::{ComponentHandler, InstanceSpec, InstanceState, ReusePolicy};
 use crate::manifest::{Component, Manifest};
 use crate::nn::registry::GraphRegistry;
@@ -153,11 +153,6 @@ impl App {
     }
 }
 
-/// Whether a dependency key plugs wasi:nn (the whole package or one of its interfaces).
-fn is_nn_provider(key: &str) -> bool {
-    key == "wasi:nn" || key.starts_with("wasi:nn@") || key.starts_with("wasi:nn/")
-}
-
 #[allow(clippy::too_many_arguments)] // One call site; the arguments are the app's shared parts.
 fn load_component(
     manifest: &Manifest,
@@ -170,34 +165,7 @@ fn load_component(
     cache: &CompileCache,
     compose_nn_providers: bool,
 ) -> Result<LoadedComponent> {
-    let source = manifest.resolve(&component.source);
-    let main = std::fs::read(&source).with_context(|| {
-        format!(
-            "cannot read {} (build it with `edgeinfer build` or `edgeinfer up --build`)",
-            source.display()
-        )
-    })?;
-    let mut dependencies = Vec::new();
-    for (key, dependency) in &component.dependencies {
-        if is_nn_provider(key) && !compose_nn_providers {
-            tracing::info!(
-                component = id,
-                dependency = %key,
-                "wasi:nn is provided natively: not composing the provider (--compose-nn-providers composes it)"
-            );
-            continue;
-        }
-        let path = manifest.resolve(&dependency.path);
-        let bytes = std::fs::read(&path)
-            .with_context(|| format!("cannot read dependency {key} at {}", path.display()))?;
-        dependencies.push(DependencyBytes {
-            key: key.clone(),
-            name: format!("{id}-dep-{}", dependencies.len()),
-            bytes,
-            export: dependency.export.clone(),
-        });
-    }
-    let composed = compose(id, main, dependencies)?;
+    let composed = compose_component(manifest, id, component, compose_nn_providers)?;
     let version = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&composed));
     let (compiled, outcome) = cache.load(engine, id, &composed)?;
     let pre = linker

@@ -3,10 +3,13 @@
 //! same-named export of the dependency component; everything else stays an import.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use wac_graph::types::Package;
 use wac_graph::{CompositionGraph, EncodeOptions};
+
+use crate::manifest::{Component, Manifest};
 
 /// A dependency's bytes, keyed as in spin.toml.
 pub struct DependencyBytes {
@@ -15,6 +18,95 @@ pub struct DependencyBytes {
     pub bytes: Vec<u8>,
     /// Export to use when it is not named like the import.
     pub export: Option<String>,
+}
+
+/// Whether a dependency key plugs wasi:nn (the whole package or one of its interfaces).
+fn is_nn_provider(key: &str) -> bool {
+    key == "wasi:nn" || key.starts_with("wasi:nn@") || key.starts_with("wasi:nn/")
+}
+
+/// Reads component `id` of `manifest` and composes it with its `[component.id.dependencies]`.
+/// wasi:nn providers are left out (the import stays, for a host that implements wasi:nn) unless
+/// `compose_nn_providers`.
+pub fn compose_component(
+    manifest: &Manifest,
+    id: &str,
+    component: &Component,
+    compose_nn_providers: bool,
+) -> Result<Vec<u8>> {
+    let source = manifest.resolve(&component.source);
+    let main = std::fs::read(&source).with_context(|| {
+        format!(
+            "cannot read {} (build it with `edgeinfer build` or `edgeinfer up --build`)",
+            source.display()
+        )
+    })?;
+    let mut dependencies = Vec::new();
+    for (key, dependency) in &component.dependencies {
+        if is_nn_provider(key) && !compose_nn_providers {
+            tracing::info!(
+                component = id,
+                dependency = %key,
+                "wasi:nn is provided natively: not composing the provider (--compose-nn-providers composes it)"
+            );
+            continue;
+        }
+        let path = manifest.resolve(&dependency.path);
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("cannot read dependency {key} at {}", path.display()))?;
+        dependencies.push(DependencyBytes {
+            key: key.clone(),
+            name: format!("{id}-dep-{}", dependencies.len()),
+            bytes,
+            export: dependency.export.clone(),
+        });
+    }
+    compose(id, main, dependencies)
+}
+
+/// The `wasmtime serve` command line that runs a standalone composition of `component` (written
+/// to `wasm`) with its files and environment from spin.toml: `-S cli=y` because handlers built
+/// for wasm32-wasip2 import WASI 0.2 filesystem and environment beside WASI 0.3 HTTP.
+pub fn wasmtime_serve_command(
+    manifest: &Manifest,
+    component: &Component,
+    wasm: &Path,
+) -> Result<Vec<String>> {
+    let mut command: Vec<String> =
+        ["wasmtime", "serve", "-S", "cli=y", "--addr", "127.0.0.1:8080"].map(String::from).to_vec();
+    for mount in &component.files {
+        let (source, destination) = mount.source_and_destination();
+        let host = manifest.resolve(source);
+        let host = host
+            .canonicalize()
+            .with_context(|| format!("files: {} does not exist (run `edgeinfer fetch`)", host.display()))?;
+        command.push("--dir".into());
+        command.push(format!("{}::{destination}", host.display()));
+    }
+    for (name, value) in &component.environment {
+        command.push("--env".into());
+        command.push(format!("{name}={value}"));
+    }
+    command.push(wasm.display().to_string());
+    Ok(command)
+}
+
+/// Quotes a word for a POSIX shell when it needs it.
+pub fn shell_quote(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=,@+%".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+/// The names of the imports of a component.
+pub fn imports_of(bytes: &[u8]) -> Result<Vec<String>> {
+    let mut graph = CompositionGraph::new();
+    let package = Package::from_bytes("inspected:component", None, bytes.to_vec(), graph.types_mut())
+        .context("not a valid component")?;
+    Ok(graph.types()[package.ty()].imports.keys().cloned().collect())
 }
 
 /// Composes `main` with its dependencies; returns `main` unchanged when it has none.

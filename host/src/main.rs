@@ -52,6 +52,9 @@ enum Command {
     Build(ManifestArg),
     /// Fetch and verify what the runtime config needs (models, ONNX Runtime) into the cache.
     Fetch(FetchArgs),
+    /// Write one component composed with its dependencies, wasi:nn provider included, as a
+    /// standalone component for other runtimes (prints the `wasmtime serve` command to run it).
+    Compose(ComposeArgs),
     /// Export a Hugging Face BERT-family checkpoint (safetensors) to ONNX, without PyTorch.
     Export(ExportArgs),
 }
@@ -77,6 +80,21 @@ struct ExportArgs {
     /// Class → label name map (joblib dict or JSON object) for the head's classes.
     #[arg(long)]
     label_map: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ComposeArgs {
+    #[command(flatten)]
+    manifest: ManifestArg,
+    /// The component of the manifest to compose (e.g. `embed`).
+    component: String,
+    /// The composed component to write.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Leave wasi:nn imported (for a runtime that implements it) instead of composing the
+    /// manifest's wasi:nn provider.
+    #[arg(long)]
+    keep_wasi_nn: bool,
 }
 
 #[derive(clap::Args)]
@@ -126,6 +144,7 @@ fn main() -> Result<()> {
             eprintln!("edgeinfer: everything is in place (ONNX Runtime: {})", library.display());
             Ok(())
         }
+        Command::Compose(args) => compose_command(&args),
         Command::Export(args) => {
             let report = export::export(&export::ExportOptions {
                 model_dir: args.model_dir,
@@ -223,6 +242,29 @@ async fn up(args: UpArgs) -> Result<()> {
     };
     http::serve(app, kserve, listener, shutdown_signal()).await?;
     eprintln!("edgeinfer: stopped");
+    Ok(())
+}
+
+fn compose_command(args: &ComposeArgs) -> Result<()> {
+    let manifest = Manifest::load(&args.manifest.manifest)?;
+    let Some(component) = manifest.components.get(&args.component) else {
+        let known: Vec<&String> = manifest.components.keys().collect();
+        anyhow::bail!("spin.toml has no component {:?} (it has {known:?})", args.component);
+    };
+    let composed = compose::compose_component(&manifest, &args.component, component, !args.keep_wasi_nn)?;
+    std::fs::write(&args.output, &composed)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    let imports = compose::imports_of(&composed)?;
+    eprintln!(
+        "edgeinfer: wrote {} ({:.1} MB); it imports {}",
+        args.output.display(),
+        composed.len() as f64 / 1e6,
+        imports.join(", ")
+    );
+    let output = std::path::absolute(&args.output)?;
+    let command = compose::wasmtime_serve_command(&manifest, component, &output)?;
+    eprintln!("edgeinfer: run it with");
+    println!("{}", command.iter().map(|w| compose::shell_quote(w)).collect::<Vec<_>>().join(" "));
     Ok(())
 }
 

@@ -176,7 +176,7 @@ impl Server {
         // handler's timeout may not fire; the epoch interrupt then stops the guest.
         let deadline = std::time::Duration::from_millis(component.limits.request_timeout_ms);
         let handled = async {
-            let Some(_slot) = component.admission.admit().await else { return None };
+            let _slot = component.admission.admit().await?;
             Some(component.handler.handle(request_id, req).await)
         };
         let Ok(result) = tokio::time::timeout(deadline, handled).await else {

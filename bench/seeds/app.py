@@ -1,0 +1,48 @@
+"""The seeds' stack, as its users run it: FastAPI + pydantic + uvicorn + onnxruntime + tokenizers,
+serving the same POST /embed contract on the same model file as edgeinfer's default app.
+
+    MODEL_DIR=models/all-minilm-l6-v2 uvicorn app:app --app-dir bench/seeds --port 3200
+"""
+import os
+
+import numpy as np
+import onnxruntime as ort
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from tokenizers import Tokenizer
+
+MODEL_DIR = os.environ.get("MODEL_DIR", "models/all-minilm-l6-v2")
+MAX_TOKENS = 256
+
+options = ort.SessionOptions()
+options.intra_op_num_threads = int(os.environ.get("INTRA_THREADS", "2"))
+options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+session = ort.InferenceSession(os.path.join(MODEL_DIR, "model.onnx"), options, providers=["CPUExecutionProvider"])
+tokenizer = Tokenizer.from_file(os.path.join(MODEL_DIR, "tokenizer.json"))
+tokenizer.enable_padding()
+tokenizer.enable_truncation(MAX_TOKENS)
+
+app = FastAPI(title="seeds /embed")
+
+
+class EmbedRequest(BaseModel):
+    inputs: str | list[str]
+    normalize: bool = True
+
+
+@app.post("/embed")
+def embed(request: EmbedRequest):
+    texts = [request.inputs] if isinstance(request.inputs, str) else request.inputs
+    if not texts:
+        return JSONResponse({"error": "inputs is empty", "error_type": "Validation"}, status_code=422)
+    encodings = tokenizer.encode_batch(texts)
+    ids = np.array([e.ids for e in encodings], dtype=np.int64)
+    mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+    types = np.array([e.type_ids for e in encodings], dtype=np.int64)
+    (hidden,) = session.run(["last_hidden_state"], {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
+    weights = mask[:, :, None].astype(np.float32)
+    pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+    if request.normalize:
+        pooled = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+    return pooled.tolist()

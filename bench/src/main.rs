@@ -1,0 +1,53 @@
+//! `edgeinfer-bench`: the parts of the benchmark that are ours to build — a load generator, the
+//! native in-process pipeline (tokenize + ONNX Runtime, no Wasm) and the raw ONNX Runtime ceiling.
+//! `bench/run` starts them next to edgeinfer and the seeds' Python stack and writes BENCHMARKS.md.
+
+mod ceiling;
+mod load;
+mod native;
+mod pipeline;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "edgeinfer-bench", about = "Benchmark parts: load generator, native pipeline, ORT ceiling")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Send requests at a fixed concurrency (closed loop) or rate (open loop); print a JSON result.
+    Load(load::LoadArgs),
+    /// Serve POST /embed from a native Rust pipeline (tokenizers + ONNX Runtime, no Wasm).
+    Native(native::NativeArgs),
+    /// Measure the native pipeline in-process at concurrency 1 (no HTTP); print a JSON result.
+    Inproc(native::InprocArgs),
+    /// Raw ONNX Runtime throughput on pre-tokenized batches; print a JSON result.
+    Ceiling(ceiling::CeilingArgs),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Load(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let result = runtime.block_on(load::run(args))?;
+            println!("{}", serde_json::to_string(&result)?);
+            Ok(())
+        }
+        Command::Native(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(native::serve(args))
+        }
+        Command::Inproc(args) => {
+            println!("{}", serde_json::to_string(&native::inproc(args)?)?);
+            Ok(())
+        }
+        Command::Ceiling(args) => {
+            println!("{}", serde_json::to_string(&ceiling::run(args)?)?);
+            Ok(())
+        }
+    }
+}
