@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::OnceLock;
 
-use common::{Host, client, cosine, post_json, reference, repo_root, vectors};
+use common::{Host, assert_error, client, cosine, post_json, reference, repo_root, vectors};
 use serde_json::{Value, json};
 
 fn host() -> &'static Host {
@@ -15,12 +15,6 @@ fn host() -> &'static Host {
 
 fn embed(body: Value) -> (u16, Value) {
     post_json(&host().url("/embed"), &body)
-}
-
-fn assert_error(status: u16, body: &Value, want_status: u16, want_type: &str) {
-    assert_eq!(status, want_status, "body: {body}");
-    assert_eq!(body["error_type"], want_type, "body: {body}");
-    assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "body: {body}");
 }
 
 #[test]

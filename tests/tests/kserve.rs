@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::OnceLock;
 
-use common::{Host, client, cosine, reference, repo_root};
+use common::{Host, assert_error, client, cosine, reference, repo_root};
 use serde_json::{Value, json};
 
 fn host() -> &'static Host {
@@ -31,12 +31,6 @@ fn bert_inputs(case: &Value) -> Value {
         {"name": "attention_mask", "shape": [1, n], "datatype": "INT64", "data": case["attention_mask"]},
         {"name": "token_type_ids", "shape": [1, n], "datatype": "INT64", "data": [case["type_ids"]]},
     ])
-}
-
-fn assert_error(status: u16, body: &Value, want_status: u16, want_type: &str) {
-    assert_eq!(status, want_status, "{body}");
-    assert_eq!(body["error_type"], want_type, "{body}");
-    assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
 }
 
 #[test]

@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use common::{Host, client, post_json, reference, repo_root};
+use common::{Host, assert_error, client, post_json, reference, repo_root};
 use serde_json::{Value, json};
 
 fn host() -> &'static Host {
@@ -17,12 +17,6 @@ fn host() -> &'static Host {
 
 fn predict(body: Value) -> (u16, Value) {
     post_json(&host().url("/predict"), &body)
-}
-
-fn assert_error(status: u16, body: &Value, want_status: u16, want_type: &str) {
-    assert_eq!(status, want_status, "body: {body}");
-    assert_eq!(body["error_type"], want_type, "body: {body}");
-    assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "body: {body}");
 }
 
 /// A prediction list as (label, score) pairs.

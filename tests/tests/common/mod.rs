@@ -146,6 +146,13 @@ pub fn post_json(url: &str, body: &Value) -> (u16, Value) {
     (status, response.json().expect("a JSON body"))
 }
 
+/// Asserts an error answer: its status, its `error_type` and a non-empty `error` message.
+pub fn assert_error(status: u16, body: &Value, want_status: u16, want_type: &str) {
+    assert_eq!(status, want_status, "body: {body}");
+    assert_eq!(body["error_type"], want_type, "body: {body}");
+    assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "body: {body}");
+}
+
 /// Cosine similarity.
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
