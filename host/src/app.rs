@@ -32,6 +32,9 @@ pub struct LoadedComponent {
     pub limits: ComponentLimits,
     pub admission: Admission,
     pub handler: ProxyHandler<ComponentHandler>,
+    /// The component's own part of the OpenAPI document (its `edgeinfer:openapi` custom
+    /// section): paths relative to its route, and the schemas they use.
+    pub openapi: Option<serde_json::Value>,
 }
 
 /// A route of `[[trigger.http]]`.
@@ -167,6 +170,10 @@ fn load_component(
 ) -> Result<LoadedComponent> {
     let composed = compose_component(manifest, id, component, compose_nn_providers)?;
     let version = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&composed));
+    let openapi = api_description(&composed).unwrap_or_else(|e| {
+        tracing::warn!(component = id, "ignoring its OpenAPI description: {e:#}");
+        None
+    });
     let (compiled, outcome) = cache.load(engine, id, &composed)?;
     let pre = linker
         .instantiate_pre(&compiled)
@@ -186,7 +193,7 @@ fn load_component(
         mounts.push((host, destination));
     }
     for model in &component.ai_models {
-        if registry.get(model).is_none() {
+        if registry.get(model).is_none() && registry.failure(model).is_none() {
             tracing::warn!(component = id, model = %model, "ai_models names a model the runtime config does not load");
         }
     }
@@ -205,13 +212,18 @@ fn load_component(
         allowed_outbound_hosts: Arc::new(allowed_outbound_hosts),
         max_memory_bytes: limits.max_memory_bytes as usize,
         interrupt_after: request_timeout + INTERRUPT_GRACE,
+        fuel: limits.fuel,
     };
+    // A fuel budget is per request: an instance then serves one request at a time, so that no
+    // request spends another's fuel (or refills a runaway one).
+    let max_concurrent = if limits.fuel.is_some() { 1 } else { ReusePolicy::default().max_concurrent };
     let handler = ProxyHandler::new(ComponentHandler {
         engine: engine.clone(),
         pre,
         spec: Arc::new(spec),
-        policy: ReusePolicy { request_timeout, ..ReusePolicy::default() },
+        policy: ReusePolicy { request_timeout, max_concurrent, ..ReusePolicy::default() },
         instances_created: AtomicU64::new(0),
+        traps: Default::default(),
     });
     tracing::info!(component = id, version = %&version[..12], compile_cache = ?outcome, "component ready");
     let admission = Admission::new(id, limits.max_concurrent_requests, limits.max_queued_requests);
@@ -222,7 +234,25 @@ fn load_component(
         limits,
         admission,
         handler,
+        openapi,
     })
+}
+
+/// Name of the custom section in which a component describes its HTTP API.
+const OPENAPI_SECTION: &str = "edgeinfer:openapi";
+
+/// The JSON of the first `edgeinfer:openapi` custom section anywhere in `bytes` (nested modules
+/// and components included), if there is one.
+fn api_description(bytes: &[u8]) -> Result<Option<serde_json::Value>> {
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        if let wasmparser::Payload::CustomSection(section) = payload?
+            && section.name() == OPENAPI_SECTION
+        {
+            let value = serde_json::from_slice(section.data()).context("the section is not JSON")?;
+            return Ok(Some(value));
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -18,11 +18,13 @@ pub const MAX_MEMORY_BYTES: u64 = 1 << 30;
 /// checked at this resolution.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Builds the engine all components share.
-pub fn engine() -> Result<Engine> {
+/// Builds the engine all components share. `metered`: guest code counts fuel (needed when any
+/// component has a fuel budget; it makes all guest code somewhat slower, so it is off otherwise).
+pub fn engine(metered: bool) -> Result<Engine> {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.wasm_component_model_async(true);
+    config.consume_fuel(metered);
     // Guests that overrun their deadline are interrupted at the next loop header or call.
     config.epoch_interruption(true);
     let mut pool = PoolingAllocationConfig::default();

@@ -1,11 +1,11 @@
 //! Per-instance store data: WASI (env, read-only file mounts, stdio), wasi:http and wasi:nn, and
 //! how a component's instances are created, reused and retired (`ProxyHandler` worker policy).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,8 @@ pub struct InstanceState {
     limits: StoreLimits,
     /// Guest code still running after this is interrupted (the instance traps).
     interrupt_at: Instant,
+    /// The request that started last on this instance: the one a trap is reported to.
+    current_request: Option<u64>,
 }
 
 impl WasiView for InstanceState {
@@ -66,6 +68,8 @@ pub struct InstanceSpec {
     /// How long after a request starts its guest code is interrupted (the request timeout plus a
     /// grace, so that the timeout answers 504 first and the trap then stops a runaway guest).
     pub interrupt_after: Duration,
+    /// Fuel for instantiation and for each request, when the component has a budget.
+    pub fuel: Option<u64>,
 }
 
 impl InstanceSpec {
@@ -86,9 +90,14 @@ impl InstanceSpec {
             limits: StoreLimitsBuilder::new().memory_size(self.max_memory_bytes).build(),
             // Instantiation runs guest code too: it gets a request's deadline.
             interrupt_at: Instant::now() + self.interrupt_after,
+            current_request: None,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
+        // `get_fuel` succeeds only when the engine meters fuel; then every store needs some.
+        if store.get_fuel().is_ok() {
+            store.set_fuel(self.fuel.unwrap_or(u64::MAX))?;
+        }
         // Preemption: at every epoch tick running guest code yields to the executor, so a guest
         // that never returns cannot hold a runtime thread; past its deadline it is interrupted.
         store.set_epoch_deadline(1);
@@ -127,6 +136,60 @@ impl Default for ReusePolicy {
     }
 }
 
+/// Why an instance trapped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrapCause {
+    /// The request used up its fuel budget.
+    OutOfFuel,
+    /// Any other trap (unreachable, stack overflow, out of bounds...), as wasmtime words it.
+    Trap(String),
+}
+
+/// Trap causes by request id. A request on a trapped instance only learns "trapped or panicked";
+/// the instance's retirement, which has the error, leaves the cause here for the request that
+/// started last on it.
+#[derive(Default)]
+pub struct TrapCauses {
+    causes: Mutex<HashMap<u64, TrapCause>>,
+    recorded: tokio::sync::Notify,
+}
+
+/// Causes nobody asked for (their request had already finished) are dropped past this many.
+const MAX_UNCLAIMED_CAUSES: usize = 1024;
+
+impl TrapCauses {
+    fn record(&self, request: u64, error: &wasmtime::Error) {
+        let cause = if error.chain().any(|c| c.downcast_ref() == Some(&wasmtime::Trap::OutOfFuel)) {
+            TrapCause::OutOfFuel
+        } else {
+            TrapCause::Trap(error.root_cause().to_string())
+        };
+        let mut causes = self.causes.lock().expect("trap causes lock");
+        if causes.len() >= MAX_UNCLAIMED_CAUSES {
+            causes.clear();
+        }
+        causes.insert(request, cause);
+        drop(causes);
+        self.recorded.notify_waiters();
+    }
+
+    /// The cause recorded for `request`, waiting up to `wait` for the instance to report it.
+    pub async fn take(&self, request: u64, wait: Duration) -> Option<TrapCause> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let recorded = self.recorded.notified();
+            tokio::pin!(recorded);
+            recorded.as_mut().enable();
+            if let Some(cause) = self.causes.lock().expect("trap causes lock").remove(&request) {
+                return Some(cause);
+            }
+            if tokio::time::timeout_at(deadline, recorded).await.is_err() {
+                return None;
+            }
+        }
+    }
+}
+
 /// `ProxyHandler` state of one component: creates instances on demand.
 pub struct ComponentHandler {
     pub engine: Engine,
@@ -135,6 +198,8 @@ pub struct ComponentHandler {
     pub policy: ReusePolicy,
     /// Instances created so far (observability and tests of reuse).
     pub instances_created: AtomicU64,
+    /// Why instances of this component trapped, for the requests they were running.
+    pub traps: Arc<TrapCauses>,
 }
 
 impl HandlerState for ComponentHandler {
@@ -168,6 +233,8 @@ impl HandlerState for ComponentHandler {
                 policy: self.policy,
                 component_id: self.spec.component_id.clone(),
                 interrupt_after: self.spec.interrupt_after,
+                fuel: self.spec.fuel,
+                traps: self.traps.clone(),
             },
         })
     }
@@ -200,6 +267,9 @@ pub struct Worker {
     policy: ReusePolicy,
     component_id: String,
     interrupt_after: Duration,
+    /// Refilled at each request start (such instances take one request at a time).
+    fuel: Option<u64>,
+    traps: Arc<TrapCauses>,
 }
 
 impl WorkerState for Worker {
@@ -219,11 +289,16 @@ impl WorkerState for Worker {
     fn on_request_start(
         &self,
         mut store: StoreContextMut<InstanceState>,
-        _request_id: u64,
+        request_id: u64,
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync + 'static>> {
+        store.data_mut().current_request = Some(request_id);
         // Concurrent requests on one instance share its deadline: the newest sets it.
         store.data_mut().interrupt_at = Instant::now() + self.interrupt_after;
+        if let Some(fuel) = self.fuel {
+            // Cannot fail: fuel is only set when the engine meters it.
+            let _ = store.set_fuel(fuel);
+        }
         Box::pin(tokio::time::sleep(self.policy.request_timeout))
     }
 
@@ -231,6 +306,9 @@ impl WorkerState for Worker {
         metrics::gauge!("edgeinfer_live_instances", "component" => self.component_id.clone()).decrement(1.0);
         if let Err(error) = result {
             tracing::warn!(component = %self.component_id, "instance retired after a fault: {error:?}");
+            if let Some(request) = store.data().current_request {
+                self.traps.record(request, &error);
+            }
         }
         drop(store);
     }

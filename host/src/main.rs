@@ -130,6 +130,9 @@ struct UpArgs {
     /// wasi:nn natively (by default such dependencies are skipped).
     #[arg(long)]
     compose_nn_providers: bool,
+    /// Put each request's body in its log line (off by default: only its hash and size).
+    #[arg(long, env = "EDGEINFER_LOG_INPUTS")]
+    log_inputs: bool,
 }
 
 fn main() -> Result<()> {
@@ -203,8 +206,8 @@ async fn up(args: UpArgs) -> Result<()> {
         let version = config.onnxruntime.as_ref().map_or("(ORT_DYLIB_PATH)", |o| o.version.as_str());
         tracing::info!("ONNX Runtime {version} loaded from {}", library.display());
     }
-    let registry = Arc::new(GraphRegistry::load(&config.model, &manifest.dir)?);
-    let engine = compile::engine()?;
+    let registry = Arc::new(GraphRegistry::load(&config.model, &manifest.dir));
+    let engine = compile::engine(config.component.values().any(|limits| limits.fuel.is_some()))?;
     let _ticker = compile::EpochTicker::start(&engine);
     let cache = CompileCache::new(provision::cache_dir().join("compiled"));
     let app = Arc::new(App::load(
@@ -240,7 +243,16 @@ async fn up(args: UpArgs) -> Result<()> {
     } else {
         None
     };
-    http::serve(app, kserve, listener, shutdown_signal()).await?;
+    let swagger_ui = match provision::ensure_swagger_ui().and_then(|files| http::SwaggerUi::load(&files)) {
+        Ok(ui) => Some(ui),
+        Err(e) => {
+            tracing::warn!("/docs is unavailable: cannot fetch Swagger UI's files: {e:#}");
+            None
+        }
+    };
+    eprintln!("API docs: http://{address}/docs (OpenAPI: http://{address}/openapi.json)");
+    let options = http::ServeOptions { kserve, log_inputs: args.log_inputs, swagger_ui };
+    http::serve(app, options, listener, shutdown_signal()).await?;
     eprintln!("edgeinfer: stopped");
     Ok(())
 }
@@ -275,6 +287,10 @@ fn fetch(config: &RuntimeConfig, app_dir: &Path) -> Result<PathBuf> {
     }
     for step in &config.export {
         provision::ensure_export(app_dir, step)?;
+    }
+    // Swagger UI for /docs: not needed to serve, so only a warning if it cannot be fetched.
+    if let Err(e) = provision::ensure_swagger_ui() {
+        tracing::warn!("cannot fetch Swagger UI's files (/docs will be unavailable): {e:#}");
     }
     provision::ensure_onnxruntime(config.onnxruntime.as_ref())
 }

@@ -87,6 +87,27 @@ pub fn ensure_onnxruntime(config: Option<&OnnxRuntimeConfig>) -> Result<PathBuf>
     fetch_member(&config.pip, config.platform.as_deref(), &config.member, &config.sha256)
 }
 
+/// The registry package Swagger UI's files come from (Swagger UI's standalone dist, as Django's
+/// drf-spectacular ships it), and each file's pinned sha256.
+const SWAGGER_UI_PACKAGE: &str = "drf-spectacular-sidecar==2026.10.1";
+const SWAGGER_UI_DIR: &str = "drf_spectacular_sidecar/static/drf_spectacular_sidecar/swagger-ui-dist";
+const SWAGGER_UI_FILES: [(&str, &str); 3] = [
+    ("swagger-ui-bundle.js", "050bc415ee7048dcd881682678f720264e7da5e373f7461d7c58c755305255f7"),
+    ("swagger-ui.css", "1ac324f7dcd27e4b9386b4bd6421271ec147e922a22c05ba24b11515e9aa6321"),
+    ("LICENSE", "cfc7749b96f63bd31c3c42b5c471bf756814053e847c10f3eb003417bc523d30"),
+];
+
+/// Swagger UI's files for `/docs`, fetched once into the cache: (file name, path).
+pub fn ensure_swagger_ui() -> Result<Vec<(&'static str, PathBuf)>> {
+    SWAGGER_UI_FILES
+        .iter()
+        .map(|&(name, sha256)| {
+            let member = format!("{SWAGGER_UI_DIR}/{name}");
+            Ok((name, fetch_member(SWAGGER_UI_PACKAGE, None, &member, sha256)?))
+        })
+        .collect()
+}
+
 /// Fails with the file, the expected and the actual sum unless they match.
 pub fn verify_sha256(path: &Path, expected: &str) -> Result<()> {
     let actual = sha256_file(path)?;

@@ -51,6 +51,10 @@ pub struct ComponentLimits {
     /// Requests that may wait for a slot; more are answered 503 with `Retry-After`.
     #[serde(default = "default_max_queued_requests")]
     pub max_queued_requests: usize,
+    /// Optional compute budget of one request in wasmtime fuel (about one unit per Wasm
+    /// instruction); a request that uses it up is stopped with 500 `FuelExhausted`.
+    #[serde(default)]
+    pub fuel: Option<u64>,
 }
 
 impl Default for ComponentLimits {
@@ -61,6 +65,7 @@ impl Default for ComponentLimits {
             max_memory_bytes: default_max_memory_bytes(),
             max_concurrent_requests: default_max_concurrent_requests(),
             max_queued_requests: default_max_queued_requests(),
+            fuel: None,
         }
     }
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Host, post_json, repo_root};
+use common::{Host, onnxruntime_section, post_json, repo_root};
 use serde_json::json;
 
 fn write_app() -> std::path::PathBuf {
@@ -40,19 +40,11 @@ component = "undeclared"
     );
     std::fs::write(dir.join("spin.toml"), manifest).unwrap();
     let runtime_config = format!(
-        "[model.minilm]\npath = \"{root}/models/all-minilm-l6-v2/model.onnx\"\nintra_threads = 1\n\n\
-         [onnxruntime]\nversion = \"1.31.1\"\n{}",
+        "[model.minilm]\npath = \"{root}/models/all-minilm-l6-v2/model.onnx\"\nintra_threads = 1\n\n{}",
         onnxruntime_section()
     );
     std::fs::write(dir.join("runtime.toml"), runtime_config).unwrap();
     dir
-}
-
-/// The pinned ONNX Runtime lines of the default runtime config.
-fn onnxruntime_section() -> String {
-    let text = std::fs::read_to_string(repo_root().join("runtime-config/local.toml")).unwrap();
-    let section = text.split("[onnxruntime]").nth(1).expect("[onnxruntime] in local.toml");
-    section.lines().filter(|l| !l.starts_with("version")).map(|l| format!("{l}\n")).collect()
 }
 
 #[test]

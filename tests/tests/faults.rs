@@ -1,18 +1,15 @@
 //! A faulty component cannot take the host down: every fault is answered (500, or 504 for a
 //! guest that never returns), the faulty route recovers on a fresh instance, and a steady
-//! component next to it keeps answering throughout.
+//! component next to it keeps answering throughout. Bad tensors sent to wasi:nn are wasi:nn
+//! errors for the caller alone; a fuel budget stops a runaway guest; a component that cannot be
+//! instantiated fails its own requests only.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Host, client, repo_root};
+use common::{Host, client, get, onnxruntime_section, repo_root};
 use serde_json::Value;
-
-fn get(host: &Host, path: &str) -> (u16, String) {
-    let response = client().get(host.url(path)).send().expect("the host answers");
-    (response.status().as_u16(), response.text().unwrap())
-}
 
 /// GETs `path` on another thread.
 fn spawn_get(host: &Host, path: &str) -> std::thread::JoinHandle<(u16, String)> {
@@ -44,6 +41,7 @@ fn the_host_survives_every_fault() {
     for fault in ["trap", "panic", "membomb", "recursion"] {
         let (status, body) = get(&host, &format!("/fault/{fault}"));
         assert_json_error(status, &body, 500, "ComponentFault");
+        assert!(body.contains("wasm trap"), "the answer says how the guest failed: {body}");
         assert_eq!(get(&host, "/fault/ok").0, 200, "the faulty route recovers after {fault}");
         assert_eq!(get(&host, "/steady/ok").0, 200, "the steady route is unaffected by {fault}");
     }
@@ -94,4 +92,81 @@ fn over_the_concurrency_limit_is_503_with_retry_after() {
     assert_eq!(running.join().unwrap().0, 200);
     assert_eq!(waiting.join().unwrap().0, 200, "the queued request ran when the slot freed");
     assert_eq!(get(&host, "/steady/ok").0, 200, "other components have their own limits");
+}
+
+#[test]
+fn bad_tensors_are_wasi_nn_errors_for_the_caller_alone() {
+    let host = start_faults_app();
+    let (status, body) = get(&host, "/fault/nn-ok");
+    assert_eq!((status, body.as_str()), (200, "ok: last_hidden_state [1, 4, 384]"));
+    let cases = [
+        ("nn-shape", "share"),
+        ("nn-rank", "must have shape"),
+        ("nn-type", "I64"),
+        ("nn-data", "bytes"),
+        ("nn-missing", "token_type_ids"),
+        ("nn-extra", "pixel_values"),
+    ];
+    for (case, says) in cases {
+        let (status, body) = get(&host, &format!("/fault/{case}"));
+        assert_eq!(status, 200, "{case}: the guest got an error value, not a trap: {body}");
+        assert!(body.starts_with("compute: ErrorCode::InvalidArgument: "), "{case}: {body}");
+        assert!(body.contains(says), "{case}: the message names the problem ({says:?}): {body}");
+    }
+
+    // Bad calls racing good ones through one 20 ms batching window: the good ones all succeed.
+    let calls: Vec<_> = (0..12)
+        .map(|i| {
+            (i % 3 == 0, spawn_get(&host, if i % 3 == 0 { "/steady/nn-shape" } else { "/steady/nn-ok" }))
+        })
+        .collect();
+    for (bad, call) in calls {
+        let (status, body) = call.join().unwrap();
+        assert_eq!(status, 200);
+        if bad {
+            assert!(body.starts_with("compute: ErrorCode::InvalidArgument"), "{body}");
+        } else {
+            assert_eq!(body, "ok: last_hidden_state [1, 4, 384]", "a good call batched with bad ones");
+        }
+    }
+}
+
+#[test]
+fn a_fuel_budget_stops_a_runaway_guest_before_its_deadline() {
+    let host = start_faults_app();
+    assert_eq!(get(&host, "/metered/ok"), (200, "ok".to_string()), "a small request fits the budget");
+    let started = Instant::now();
+    let (status, body) = get(&host, "/metered/loop");
+    assert_json_error(status, &body, 500, "FuelExhausted");
+    // The deadline of tests/apps/faults/runtime.toml is 5 s: fuel must end it long before.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "stopped by fuel, not the deadline: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(get(&host, "/metered/ok").0, 200, "recovers on a fresh instance");
+    assert_eq!(get(&host, "/steady/ok").0, 200);
+}
+
+#[test]
+fn a_component_that_cannot_instantiate_fails_alone() {
+    let host = start_faults_app();
+    for _ in 0..3 {
+        let (status, body) = get(&host, "/cramped/ok");
+        assert_json_error(status, &body, 500, "InstantiationFailed");
+        assert_eq!(get(&host, "/steady/ok").0, 200, "other components unaffected");
+    }
+    let (status, metrics) = get(&host, "/metrics");
+    assert_eq!(status, 200);
+    let counted = r#"edgeinfer_errors_total{route="/cramped/...",component="cramped",error_type="InstantiationFailed"} 3"#;
+    assert!(metrics.contains(counted), "errors are counted by type: {counted}\n{metrics}");
+}
+
+#[test]
+fn the_faults_app_runs_the_default_onnx_runtime() {
+    let faults = std::fs::read_to_string(repo_root().join("tests/apps/faults/runtime.toml")).unwrap();
+    assert!(
+        faults.ends_with(&onnxruntime_section()),
+        "keep [onnxruntime] in step with runtime-config/local.toml"
+    );
 }

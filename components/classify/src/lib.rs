@@ -2,12 +2,10 @@
 //! gives one logit per class; names come from a JSON list of labels mounted with `files`
 //! (`LABELS_PATH`), in logit order (`edgeinfer export` writes it as labels.json).
 
-use std::cell::OnceCell;
-
 use serde::{Deserialize, Serialize};
-use spin_sdk::http::{IntoResponse, Request, StatusCode};
+use spin_sdk::http::{IntoResponse, Request};
 use spin_sdk::http_service;
-use text_handler::{ApiError, Inputs, Settings, TextModel, json_response};
+use text_handler::{ApiError, Inputs, Reused, Settings, TextModel, json_ok_with_tokens};
 
 mod scores;
 
@@ -18,7 +16,7 @@ struct Classifier {
 }
 
 thread_local! {
-    static CLASSIFIER: OnceCell<Result<Classifier, ApiError>> = const { OnceCell::new() };
+    static CLASSIFIER: Reused<Classifier> = const { Reused::new() };
 }
 
 impl Classifier {
@@ -35,7 +33,8 @@ impl Classifier {
         Ok(Classifier { model, labels })
     }
 
-    fn predict(&self, request: PredictRequest) -> Result<Predictions, ApiError> {
+    /// The predictions and the tokens computed.
+    fn predict(&self, request: PredictRequest) -> Result<(Predictions, u64), ApiError> {
         if request.top_k == Some(0) {
             return Err(ApiError::validation("`top_k` must be at least 1".into()));
         }
@@ -61,7 +60,9 @@ impl Classifier {
                     .collect()
             })
             .collect();
-        Ok(if batch { Predictions::Many(answers) } else { Predictions::One(answers.remove(0)) })
+        let predictions =
+            if batch { Predictions::Many(answers) } else { Predictions::One(answers.remove(0)) };
+        Ok((predictions, out.tokens()))
     }
 }
 
@@ -97,14 +98,18 @@ enum Predictions {
 #[http_service]
 async fn handle(request: Request) -> impl IntoResponse {
     let result = match text_handler::read_request::<PredictRequest>(request).await {
-        Ok(request) => CLASSIFIER.with(|cell| match cell.get_or_init(Classifier::load) {
-            Ok(classifier) => classifier.predict(request),
-            Err(e) => Err(e.clone()),
-        }),
+        Ok(request) => CLASSIFIER
+            .with(|classifier| classifier.get_or_try_init(Classifier::load))
+            .and_then(|classifier| classifier.predict(request)),
         Err(e) => Err(e),
     };
     match result {
-        Ok(predictions) => json_response(StatusCode::OK, &predictions),
+        Ok((predictions, tokens)) => json_ok_with_tokens(&predictions, tokens),
         Err(error) => error.into_response(),
     }
 }
+
+/// This handler's part of the OpenAPI document, in a custom section the host reads (`/docs`).
+#[used]
+#[unsafe(link_section = "edgeinfer:openapi")]
+static OPENAPI: [u8; include_bytes!("../openapi.json").len()] = *include_bytes!("../openapi.json");

@@ -3,18 +3,16 @@
 //!
 //! Configuration comes from the component's `environment` in spin.toml (see README).
 
-use std::cell::OnceCell;
-
 use serde::Deserialize;
-use spin_sdk::http::{IntoResponse, Request, StatusCode};
+use spin_sdk::http::{IntoResponse, Request};
 use spin_sdk::http_service;
-use text_handler::{ApiError, Inputs, Settings, TextModel, json_response};
+use text_handler::{ApiError, Inputs, Reused, Settings, TextModel, json_ok_with_tokens};
 
 mod pooling;
 
 thread_local! {
     /// Built on the instance's first request, reused by every later one.
-    static MODEL: OnceCell<Result<TextModel, ApiError>> = const { OnceCell::new() };
+    static MODEL: Reused<TextModel> = const { Reused::new() };
 }
 
 /// TEI's `/embed` request body.
@@ -31,7 +29,8 @@ fn default_true() -> bool {
     true
 }
 
-fn embed(model: &TextModel, request: EmbedRequest) -> Result<Vec<Vec<f32>>, ApiError> {
+/// The embeddings and the tokens computed.
+fn embed(model: &TextModel, request: EmbedRequest) -> Result<(Vec<Vec<f32>>, u64), ApiError> {
     let texts = request.inputs.validate(model.settings.max_batch_inputs)?;
     let out = model.infer(&texts, request.truncate)?;
     let seq = out.masks.first().map_or(0, Vec::len) as u32;
@@ -45,22 +44,26 @@ fn embed(model: &TextModel, request: EmbedRequest) -> Result<Vec<Vec<f32>>, ApiE
         return Err(ApiError::backend(format!("output shape {:?} does not match {seq} tokens", out.shape)));
     }
     let masks: Vec<&[u32]> = out.masks.iter().map(Vec::as_slice).collect();
-    Ok(pooling::mean_pool(&out.values, &masks, width as usize, request.normalize))
+    Ok((pooling::mean_pool(&out.values, &masks, width as usize, request.normalize), out.tokens()))
 }
 
 #[http_service]
 async fn handle(request: Request) -> impl IntoResponse {
     let result = match text_handler::read_request::<EmbedRequest>(request).await {
-        Ok(request) => MODEL.with(|cell| {
-            match cell.get_or_init(|| TextModel::load(Settings::from_env("minilm", "last_hidden_state"))) {
-                Ok(model) => embed(model, request),
-                Err(e) => Err(e.clone()),
-            }
-        }),
+        Ok(request) => MODEL
+            .with(|model| {
+                model.get_or_try_init(|| TextModel::load(Settings::from_env("minilm", "last_hidden_state")))
+            })
+            .and_then(|model| embed(&model, request)),
         Err(e) => Err(e),
     };
     match result {
-        Ok(vectors) => json_response(StatusCode::OK, &vectors),
+        Ok((vectors, tokens)) => json_ok_with_tokens(&vectors, tokens),
         Err(error) => error.into_response(),
     }
 }
+
+/// This handler's part of the OpenAPI document, in a custom section the host reads (`/docs`).
+#[used]
+#[unsafe(link_section = "edgeinfer:openapi")]
+static OPENAPI: [u8; include_bytes!("../openapi.json").len()] = *include_bytes!("../openapi.json");

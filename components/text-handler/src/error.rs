@@ -32,6 +32,11 @@ impl ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Backend", error)
     }
 
+    /// The model is not available right now, e.g. it failed to load (503).
+    pub fn unavailable(error: String) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ModelUnavailable", error)
+    }
+
     /// The component itself is misconfigured (500).
     pub fn internal(error: String) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", error)

@@ -3,6 +3,9 @@
 //!
 //! Settings come from the component's `environment` in spin.toml (see README).
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -17,6 +20,7 @@ wit_bindgen::generate!({
 });
 
 use edgeinfer::text::tokenize::{EncodeOptions, Tokenizer};
+use wasi::nn::errors::ErrorCode;
 use wasi::nn::graph::{self, Graph};
 use wasi::nn::inference::GraphExecutionContext;
 use wasi::nn::tensor::{Tensor, TensorType};
@@ -85,12 +89,12 @@ impl TextModel {
         let tokenizer = Tokenizer::from_json(&json)
             .map_err(|e| ApiError::internal(format!("cannot parse tokenizer: {e:?}")))?;
         let graph = graph::load_by_name(&settings.model).map_err(|e| {
-            ApiError::backend(format!(
-                "wasi:nn load-by-name({}): {:?}: {}",
-                settings.model,
-                e.code(),
-                e.data()
-            ))
+            let message = format!("wasi:nn load-by-name({}): {:?}: {}", settings.model, e.code(), e.data());
+            // The host loads models; a runtime error means this one is not available (yet).
+            match e.code() {
+                ErrorCode::RuntimeError => ApiError::unavailable(message),
+                _ => ApiError::backend(message),
+            }
         })?;
         let context = graph
             .init_execution_context()
@@ -155,6 +159,39 @@ impl TextModel {
         }
         let masks = encodings.into_iter().map(|e| e.attention_mask).collect();
         Ok(Inference { shape, values, masks })
+    }
+}
+
+impl Inference {
+    /// Tokens the model computed on, padding excluded.
+    pub fn tokens(&self) -> u64 {
+        self.masks.iter().flatten().map(|&m| u64::from(m)).sum()
+    }
+}
+
+/// Something an instance builds once and reuses across requests (a model, a classifier). Only
+/// success is kept: after a failure (say, the model was unavailable) the next request tries again.
+pub struct Reused<T>(RefCell<Option<Rc<T>>>);
+
+impl<T> Reused<T> {
+    pub const fn new() -> Reused<T> {
+        Reused(RefCell::new(None))
+    }
+
+    /// The value, built by `init` if there is none yet.
+    pub fn get_or_try_init(&self, init: impl FnOnce() -> Result<T, ApiError>) -> Result<Rc<T>, ApiError> {
+        if let Some(value) = self.0.borrow().as_ref() {
+            return Ok(value.clone());
+        }
+        let value = Rc::new(init()?);
+        *self.0.borrow_mut() = Some(value.clone());
+        Ok(value)
+    }
+}
+
+impl<T> Default for Reused<T> {
+    fn default() -> Reused<T> {
+        Reused::new()
     }
 }
 
@@ -231,6 +268,17 @@ pub async fn read_request<T: DeserializeOwned>(request: Request) -> Result<T, Ap
         return Err(ApiError::validation("the request body must be a JSON object".into()));
     }
     serde_json::from_value(value).map_err(|e| ApiError::validation(format!("invalid request: {e}")))
+}
+
+/// Response header with the number of tokens a request computed on (padding excluded); the
+/// host logs it as the request's token count.
+pub const TOKENS_HEADER: &str = "x-compute-tokens";
+
+/// A 200 JSON response that reports the tokens computed.
+pub fn json_ok_with_tokens(value: &impl serde::Serialize, tokens: u64) -> Response<FullBody<Bytes>> {
+    let mut response = json_response(StatusCode::OK, value);
+    response.headers_mut().insert(TOKENS_HEADER, tokens.into());
+    response
 }
 
 /// A JSON response with the given status.

@@ -182,8 +182,18 @@ mod tests {
             bytes: [7i64, 7, 7, 8, 8, 8].iter().flat_map(|v| v.to_le_bytes()).collect(),
         };
         let specs = [
-            TensorSpec { name: "hidden".into(), ty: Some(ElementType::I64), shape: vec![-1, -1] },
-            TensorSpec { name: "logits".into(), ty: Some(ElementType::I64), shape: vec![-1, 3] },
+            TensorSpec {
+                name: "hidden".into(),
+                ty: Some(ElementType::I64),
+                shape: vec![-1, -1],
+                symbols: vec![],
+            },
+            TensorSpec {
+                name: "logits".into(),
+                ty: Some(ElementType::I64),
+                shape: vec![-1, 3],
+                symbols: vec![],
+            },
         ];
         let out = split(vec![("hidden".into(), hidden), ("logits".into(), fixed)], &slots, &specs).unwrap();
         assert_eq!(out[0][0].1.shape, vec![1, 3]);

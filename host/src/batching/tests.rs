@@ -20,10 +20,25 @@ struct FakeEngine {
 impl FakeEngine {
     fn new(run_time: Duration) -> Arc<FakeEngine> {
         Arc::new(FakeEngine {
-            inputs: vec![TensorSpec { name: "ids".into(), ty: Some(ElementType::I64), shape: vec![-1, -1] }],
+            inputs: vec![TensorSpec {
+                name: "ids".into(),
+                ty: Some(ElementType::I64),
+                shape: vec![-1, -1],
+                symbols: vec![],
+            }],
             outputs: vec![
-                TensorSpec { name: "hidden".into(), ty: Some(ElementType::F32), shape: vec![-1, -1, 2] },
-                TensorSpec { name: "pooled".into(), ty: Some(ElementType::F32), shape: vec![-1, 1] },
+                TensorSpec {
+                    name: "hidden".into(),
+                    ty: Some(ElementType::F32),
+                    shape: vec![-1, -1, 2],
+                    symbols: vec![],
+                },
+                TensorSpec {
+                    name: "pooled".into(),
+                    ty: Some(ElementType::F32),
+                    shape: vec![-1, 1],
+                    symbols: vec![],
+                },
             ],
             runs: Mutex::new(Vec::new()),
             run_time,

@@ -68,6 +68,9 @@ pub struct TensorSpec {
     pub ty: Option<ElementType>,
     /// `-1` marks a dynamic dimension.
     pub shape: Vec<i64>,
+    /// The model's name for each dynamic dimension ("batch_size", "sequence_length"; empty when
+    /// unnamed): a name shared by several inputs must have one value in a call.
+    pub symbols: Vec<String>,
 }
 
 /// Checks named inputs against a model's declared inputs: every input known, of the declared type
@@ -96,6 +99,30 @@ pub fn check_inputs(inputs: &[(String, TensorData)], specs: &[TensorSpec]) -> Re
     }
     if let Some(missing) = specs.iter().find(|s| !inputs.iter().any(|(n, _)| *n == s.name)) {
         return Err(EngineError::invalid(format!("missing model input {:?}", missing.name)));
+    }
+    check_symbols(inputs, specs)
+}
+
+/// Named dynamic dimensions agree across inputs (e.g. every input's `sequence_length`).
+fn check_symbols(inputs: &[(String, TensorData)], specs: &[TensorSpec]) -> Result<(), EngineError> {
+    let mut bound: Vec<(&str, u32, &str)> = Vec::new();
+    for (name, tensor) in inputs {
+        let Some(spec) = specs.iter().find(|s| s.name == *name) else { continue };
+        for (axis, (symbol, &size)) in spec.symbols.iter().zip(&tensor.shape).enumerate() {
+            if symbol.is_empty() {
+                continue;
+            }
+            match bound.iter().find(|(s, _, _)| s == symbol) {
+                Some(&(_, first, other)) if first != size => {
+                    return Err(EngineError::invalid(format!(
+                        "inputs must share {symbol:?}: input {name:?} has {size} on axis {axis}, \
+                         input {other:?} has {first}"
+                    )));
+                }
+                Some(_) => {}
+                None => bound.push((symbol, size, name)),
+            }
+        }
     }
     Ok(())
 }
@@ -137,6 +164,32 @@ pub trait Engine: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn named_dimensions_must_agree_across_inputs() {
+        let spec = |name: &str| TensorSpec {
+            name: name.into(),
+            ty: Some(ElementType::I64),
+            shape: vec![-1, -1],
+            symbols: vec!["batch".into(), "sequence".into()],
+        };
+        let specs = [spec("ids"), spec("mask")];
+        let tensor = |shape: Vec<u32>| {
+            let bytes = vec![0; shape.iter().product::<u32>() as usize * 8];
+            TensorData { shape, ty: ElementType::I64, bytes }
+        };
+        let same = [("ids".to_string(), tensor(vec![2, 4])), ("mask".to_string(), tensor(vec![2, 4]))];
+        assert_eq!(check_inputs(&same, &specs), Ok(()));
+        let longer = [("ids".to_string(), tensor(vec![2, 4])), ("mask".to_string(), tensor(vec![2, 5]))];
+        let Err(EngineError::InvalidArgument(message)) = check_inputs(&longer, &specs) else {
+            panic!("unequal sequence lengths must be refused")
+        };
+        assert!(message.contains("\"sequence\"") && message.contains("\"mask\" has 5"), "{message}");
+        // Unnamed dimensions are not tied together.
+        let unnamed: Vec<TensorSpec> =
+            specs.iter().map(|s| TensorSpec { symbols: vec![], ..s.clone() }).collect();
+        assert_eq!(check_inputs(&longer, &unnamed), Ok(()));
+    }
 
     #[test]
     fn validate_checks_byte_length() {

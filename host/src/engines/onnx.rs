@@ -111,12 +111,13 @@ fn optimization_level(level: GraphOptimization) -> GraphOptimizationLevel {
 
 fn spec(name: &str, dtype: &ValueType) -> TensorSpec {
     match dtype {
-        ValueType::Tensor { ty, shape, .. } => TensorSpec {
+        ValueType::Tensor { ty, shape, dimension_symbols } => TensorSpec {
             name: name.to_string(),
             ty: element_type(*ty),
             shape: shape.iter().copied().collect(),
+            symbols: dimension_symbols.iter().cloned().collect(),
         },
-        _ => TensorSpec { name: name.to_string(), ty: None, shape: vec![] },
+        _ => TensorSpec { name: name.to_string(), ty: None, shape: vec![], symbols: vec![] },
     }
 }
 

@@ -62,18 +62,22 @@ pub async fn handle(
             &json!({"name": "edgeinfer", "version": env!("CARGO_PKG_VERSION"), "extensions": []}),
         ),
         (&Method::GET, ["health", "live"]) => json_response(StatusCode::OK, &json!({"live": true})),
-        (&Method::GET, ["health", "ready"]) => json_response(StatusCode::OK, &json!({"ready": true})),
+        (&Method::GET, ["health", "ready"]) => {
+            let ready = app.registry.failures().next().is_none();
+            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            json_response(status, &json!({"ready": ready}))
+        }
         (&Method::GET, ["models", name]) => match model(name) {
             Some(graph) => json_response(StatusCode::OK, &metadata(&graph)),
-            None => unknown_model(name),
+            None => unknown_model(app, name),
         },
         (&Method::GET, ["models", name, "ready"]) => match model(name) {
             Some(graph) => json_response(StatusCode::OK, &json!({"name": graph.name, "ready": true})),
-            None => unknown_model(name),
+            None => unknown_model(app, name),
         },
         (&Method::POST, ["models", name, "infer"]) => match model(name) {
             Some(graph) => infer(graph, config, req).await,
-            None => unknown_model(name),
+            None => unknown_model(app, name),
         },
         (_, ["health", "live" | "ready"] | ["models", _] | ["models", _, "ready"] | []) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "use GET")
@@ -92,8 +96,16 @@ fn authorized(req: &http::Request<Incoming>, token: &str) -> bool {
     given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
-fn unknown_model(name: &str) -> Response<WasiBody> {
-    error(StatusCode::NOT_FOUND, "ModelNotFound", &format!("no model named {name:?}"))
+/// 404 for a name the runtime config does not have; 503 for a model that failed to load.
+fn unknown_model(app: &App, name: &str) -> Response<WasiBody> {
+    match app.registry.failure(name) {
+        Some(failed) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ModelUnavailable",
+            &format!("model {name:?} failed to load: {}", failed.error),
+        ),
+        None => error(StatusCode::NOT_FOUND, "ModelNotFound", &format!("no model named {name:?}")),
+    }
 }
 
 fn bad_request(message: impl AsRef<str>) -> Response<WasiBody> {

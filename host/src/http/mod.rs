@@ -1,8 +1,11 @@
 //! HTTP serving: accept connections, answer host routes (`/health`, `/ready`), route everything
 //! else by spin.toml to a component's `ProxyHandler`, and map host-side failures to JSON errors.
 
+mod docs;
 mod kserve;
 mod status;
+
+pub use docs::SwaggerUi;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -17,9 +20,10 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use wasmtime_wasi_http::WasiBody;
-use wasmtime_wasi_http::handler::{ExpirationError, InstantiationError};
+use wasmtime_wasi_http::handler::{ExpirationError, InstantiationError, TrapOrPanicError};
 
 use crate::app::{App, LoadedComponent};
+use crate::instance::TrapCause;
 use crate::runtime_config::KserveConfig;
 
 /// Shared by all connections.
@@ -27,6 +31,10 @@ struct Server {
     app: Arc<App>,
     /// The KServe v2 API, when enabled, and its bearer token if one is required.
     kserve: Option<(KserveConfig, Option<String>)>,
+    /// Whether request logs carry the request body itself (off: only its hash and size).
+    log_inputs: bool,
+    /// Swagger UI's files for `/docs`, if they could be fetched.
+    swagger_ui: Option<SwaggerUi>,
     next_request_id: AtomicU64,
     /// Distinguishes generated request ids across restarts.
     boot: u64,
@@ -49,19 +57,34 @@ const MAX_HEADER_BYTES: usize = 64 << 10;
 /// A client must send its whole request head within this (slow-header attacks).
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long a failed request waits for its trapped instance to report the cause.
+const TRAP_CAUSE_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// How long a drain waits for in-flight requests before giving up on them.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What the host serves besides the app's routes.
+pub struct ServeOptions {
+    /// The KServe v2 API, when enabled, and its bearer token if one is required.
+    pub kserve: Option<(KserveConfig, Option<String>)>,
+    /// Put request bodies in the request log lines.
+    pub log_inputs: bool,
+    /// Swagger UI's files for `/docs`.
+    pub swagger_ui: Option<SwaggerUi>,
+}
 
 /// Serves `app` on `listener` until `shutdown` resolves, then drains: no new connections, idle
 /// keep-alive connections closed, in-flight requests finished (up to 30 s).
 pub async fn serve(
     app: Arc<App>,
-    kserve: Option<(KserveConfig, Option<String>)>,
+    options: ServeOptions,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let boot = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let server = Arc::new(Server { app, kserve, next_request_id: AtomicU64::new(0), boot });
+    let ServeOptions { kserve, log_inputs, swagger_ui } = options;
+    let server =
+        Arc::new(Server { app, kserve, log_inputs, swagger_ui, next_request_id: AtomicU64::new(0), boot });
     let connections = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -112,7 +135,9 @@ impl Server {
         let path = req.uri().path().to_string();
         let method = req.method().clone();
         let kserve_route = self.kserve.is_some() && (path == kserve::PREFIX || path.starts_with("/v2/"));
-        let host_route = matches!(path.as_str(), "/health" | "/ready" | "/metrics");
+        let host_route =
+            matches!(path.as_str(), "/health" | "/ready" | "/metrics" | "/openapi.json" | "/docs")
+                || path.starts_with("/docs/");
         let matched = if host_route || kserve_route { None } else { self.app.route_of(&path) };
         let (route, component) = match matched {
             _ if kserve_route => (kserve::route_of(&path).to_string(), "host".to_string()),
@@ -121,6 +146,7 @@ impl Server {
             None => ("unmatched".to_string(), "none".to_string()),
         };
         let head_bytes: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+        let mut input = None;
         let mut response = match (req.method(), path.as_str()) {
             _ if head_bytes > MAX_HEADER_BYTES => error(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -134,18 +160,36 @@ impl Server {
             (&Method::GET, "/health") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
             (&Method::GET, "/ready") => status::ready(&self.app),
             (&Method::GET, "/metrics") => metrics_text(),
+            (&Method::GET, "/openapi.json") => docs::openapi(&self.app, self.kserve.is_some()),
+            (&Method::GET, "/docs" | "/docs/") => docs::page(self.swagger_ui.as_ref()),
+            (&Method::GET, docs_file) if docs_file.starts_with("/docs/") => {
+                docs::asset(self.swagger_ui.as_ref(), &docs_file["/docs/".len()..])
+            }
             _ if host_route => error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "use GET"),
             _ => match matched {
-                Some(route) => self.to_component(req, &route.component, number).await,
+                Some(route) => self.to_component(req, &route.component, number, &mut input).await,
                 None => error(StatusCode::NOT_FOUND, "NotFound", &format!("no route for {path}")),
             },
         };
+        let error_type = error_type_of(&mut response).await;
         let status = response.status().as_u16().to_string();
+        let labels = [("route", route.clone()), ("component", component.clone())];
         metrics::counter!("edgeinfer_requests_total", "route" => route.clone(), "component" => component.clone(), "status" => status)
             .increment(1);
-        metrics::histogram!("edgeinfer_request_duration_seconds", "route" => route.clone(), "component" => component.clone())
-            .record(started.elapsed());
+        metrics::histogram!("edgeinfer_request_duration_seconds", &labels).record(started.elapsed());
+        if let Some(error_type) = &error_type {
+            metrics::counter!("edgeinfer_errors_total", "route" => route.clone(), "component" => component.clone(), "error_type" => error_type.clone())
+                .increment(1);
+        }
+        let tokens = response.headers().get(TOKENS_HEADER).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if let Some(tokens) = tokens {
+            metrics::counter!("edgeinfer_tokens_total", &labels).increment(tokens);
+        }
         let version = matched.map_or("-", |r| &r.component.version[..12]);
+        let input_hash = input.as_ref().map(|i| i.hash.as_str());
+        let input_bytes = input.as_ref().map(|i| i.bytes.len());
+        let input_text =
+            input.as_ref().filter(|_| self.log_inputs).map(|i| String::from_utf8_lossy(&i.bytes));
         tracing::info!(
             request_id,
             %method,
@@ -155,6 +199,11 @@ impl Server {
             version,
             status = response.status().as_u16(),
             us = started.elapsed().as_micros() as u64,
+            input_hash,
+            input_bytes,
+            input = input_text.as_deref(),
+            tokens,
+            error_type,
             %peer,
             "request"
         );
@@ -162,16 +211,21 @@ impl Server {
         response
     }
 
+    /// Runs the component on `req`; `input` gets the request body's facts for the log.
     async fn to_component(
         &self,
         req: Request<Incoming>,
         component: &LoadedComponent,
         request_id: u64,
+        input: &mut Option<Input>,
     ) -> Response<WasiBody> {
-        let req = match limit_body(req, component.limits.max_request_body_bytes).await {
-            Ok(req) => req,
+        let (parts, body) = match read_body(req, component.limits.max_request_body_bytes).await {
+            Ok(read) => read,
             Err(response) => return response,
         };
+        let hash = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(&body)[..8]);
+        *input = Some(Input { hash, bytes: body.clone() });
+        let req = Request::from_parts(parts, full_body(body));
         // The host's own clock: a guest spinning in a loop starves the store's event loop, so the
         // handler's timeout may not fire; the epoch interrupt then stops the guest.
         let deadline = std::time::Duration::from_millis(component.limits.request_timeout_ms);
@@ -199,25 +253,70 @@ impl Server {
         match result {
             Ok(response) => response,
             Err(e) => {
-                let (status, error_type) = if e.is::<ExpirationError>() {
-                    (StatusCode::GATEWAY_TIMEOUT, "Timeout")
+                let name = &component.id;
+                let (status, error_type, message) = if e.is::<ExpirationError>() {
+                    (
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "Timeout",
+                        format!("component {name} did not answer in time"),
+                    )
                 } else if e.is::<InstantiationError<u64>>() {
-                    (StatusCode::INTERNAL_SERVER_ERROR, "InstantiationFailed")
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "InstantiationFailed",
+                        format!("component {name}: {e}"),
+                    )
+                } else if e.is::<TrapOrPanicError>() {
+                    // The instance's retirement reports why it trapped, a moment later.
+                    match component.handler.state().traps.take(request_id, TRAP_CAUSE_WAIT).await {
+                        Some(TrapCause::OutOfFuel) => (
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "FuelExhausted",
+                            format!(
+                                "component {name} used up its fuel budget of {}",
+                                component.limits.fuel.unwrap_or(0)
+                            ),
+                        ),
+                        Some(TrapCause::Trap(trap)) => (
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "ComponentFault",
+                            format!("component {name} failed to answer: {trap}"),
+                        ),
+                        None => (
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "ComponentFault",
+                            format!("component {name}: {e}"),
+                        ),
+                    }
                 } else {
-                    // Traps, panics and errors the guest returned instead of a response.
-                    (StatusCode::INTERNAL_SERVER_ERROR, "ComponentFault")
+                    // Errors the guest returned instead of a response.
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "ComponentFault",
+                        format!("component {name} failed to answer: {e}"),
+                    )
                 };
-                tracing::warn!(component = %component.id, request_id, "component failed: {e:?}");
-                error(status, error_type, &format!("component {} failed to answer: {e}", component.id))
+                tracing::warn!(component = %component.id, request_id, error_type, "component failed: {e:?}");
+                error(status, error_type, &message)
             }
         }
     }
 }
 
-/// Applies the component's body limit: a declared length over it is refused (after draining what
-/// the client sends, bounded); a body of unknown length (chunked) is read up to the limit and
-/// handed on whole.
-async fn limit_body(req: Request<Incoming>, limit: u64) -> Result<Request<WasiBody>, Response<WasiBody>> {
+/// A request body as the log sees it.
+struct Input {
+    /// First 16 hex digits of its sha256: equal inputs can be correlated, the text is not logged.
+    hash: String,
+    bytes: Bytes,
+}
+
+/// Reads the whole body under the component's limit (a component gets it whole, and the log gets
+/// its hash). A declared length over the limit is refused after draining what the client sends,
+/// bounded, so that it can read the 413.
+async fn read_body(
+    req: Request<Incoming>,
+    limit: u64,
+) -> Result<(http::request::Parts, Bytes), Response<WasiBody>> {
     let too_large = || {
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -227,33 +326,69 @@ async fn limit_body(req: Request<Incoming>, limit: u64) -> Result<Request<WasiBo
     };
     let declared =
         req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    match declared {
-        Some(length) if length > limit => {
-            // Read (and drop) what the client is sending, bounded, so it can read the 413.
-            let _ = read_limited(req.into_body(), limit).await;
-            Err(too_large())
+    if declared.is_some_and(|length| length > limit) {
+        let _ = read_limited(req.into_body(), limit).await;
+        return Err(too_large());
+    }
+    let (parts, body) = req.into_parts();
+    match read_limited(body, limit).await {
+        Ok(BodyRead::Fits(bytes)) => Ok((parts, bytes)),
+        Ok(BodyRead::TooLarge) => Err(too_large()),
+        Ok(BodyRead::TimedOut) => {
+            Err(error(StatusCode::REQUEST_TIMEOUT, "Timeout", "the request body did not arrive in time"))
         }
-        // hyper holds a body to its declared length.
-        Some(_) => Ok(req.map(|body| body.map_err(|e| e.into()).boxed_unsync())),
-        None => {
-            let (parts, body) = req.into_parts();
-            match read_limited(body, limit).await {
-                Ok(BodyRead::Fits(bytes)) => Ok(Request::from_parts(parts, full_body(bytes))),
-                Ok(BodyRead::TooLarge) => Err(too_large()),
-                Ok(BodyRead::TimedOut) => Err(error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "Timeout",
-                    "the request body did not arrive in time",
-                )),
-                Err(e) => Err(error(
-                    StatusCode::BAD_REQUEST,
-                    "BadRequest",
-                    &format!("cannot read the request body: {e}"),
-                )),
-            }
+        Err(e) => {
+            Err(error(StatusCode::BAD_REQUEST, "BadRequest", &format!("cannot read the request body: {e}")))
         }
     }
 }
+
+/// The `error_type` of an error response: the host's own errors carry it as an extension; a
+/// component's JSON error body is read (error bodies are small) and put back.
+async fn error_type_of(response: &mut Response<WasiBody>) -> Option<String> {
+    if let Some(ErrorType(error_type)) = response.extensions().get::<ErrorType>() {
+        return Some(error_type.clone());
+    }
+    if response.status().as_u16() < 400 {
+        return None;
+    }
+    let body = std::mem::replace(response.body_mut(), full_body(Bytes::new()));
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        http_body_util::Limited::new(body, MAX_ERROR_BODY_BYTES).collect(),
+    )
+    .await;
+    match read {
+        Ok(Ok(collected)) => {
+            let bytes = collected.to_bytes();
+            let error_type = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("error_type")?.as_str().map(str::to_string))
+                .unwrap_or_else(|| "Unspecified".to_string());
+            *response.body_mut() = full_body(bytes);
+            Some(error_type)
+        }
+        _ => {
+            let failed = "ComponentFault";
+            *response = error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                failed,
+                "the component's error response could not be read",
+            );
+            Some(failed.to_string())
+        }
+    }
+}
+
+/// Error bodies read back for their `error_type`.
+const MAX_ERROR_BODY_BYTES: usize = 256 << 10;
+
+/// Response header in which a component reports the tokens it computed on.
+const TOKENS_HEADER: &str = "x-compute-tokens";
+
+/// The `error_type` of an error the host answers itself.
+#[derive(Clone)]
+struct ErrorType(String);
 
 /// How reading a body of unknown length ended.
 enum BodyRead {
@@ -318,8 +453,9 @@ fn metrics_text() -> Response<WasiBody> {
         .expect("static response parts are valid")
 }
 
-/// The API's error shape: `{"error", "error_type"}`; host-side errors are counted by type.
+/// The API's error shape: `{"error", "error_type"}`.
 pub(crate) fn error(status: StatusCode, error_type: &str, message: &str) -> Response<WasiBody> {
-    metrics::counter!("edgeinfer_host_errors_total", "error_type" => error_type.to_string()).increment(1);
-    json(status, &serde_json::json!({"error": message, "error_type": error_type}))
+    let mut response = json(status, &serde_json::json!({"error": message, "error_type": error_type}));
+    response.extensions_mut().insert(ErrorType(error_type.to_string()));
+    response
 }

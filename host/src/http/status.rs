@@ -1,4 +1,5 @@
-//! `/ready`: which models and components are loaded, since when, where.
+//! `/ready`: which models and components are loaded, since when, where; 503 while a model is
+//! unavailable.
 
 use std::time::SystemTime;
 
@@ -14,18 +15,28 @@ fn timestamp(at: SystemTime) -> String {
 }
 
 pub fn ready(app: &App) -> Response<WasiBody> {
-    let models: Vec<_> = app
+    let mut models: Vec<_> = app
         .registry
         .iter()
-        .map(|g| json!({"name": g.name, "loaded_at": timestamp(g.loaded_at), "device": g.device.to_string()}))
+        .map(|g| {
+            json!({"name": g.name, "ready": true, "loaded_at": timestamp(g.loaded_at), "device": g.device.to_string()})
+        })
         .collect();
+    let failed: Vec<_> = app.registry.failures().collect();
+    models.extend(failed.iter().map(
+        |f| json!({"name": f.name, "ready": false, "failed_at": timestamp(f.failed_at), "error": f.error}),
+    ));
     let components: Vec<_> = app
         .components
         .values()
         .map(|c| json!({"id": c.id, "version": c.version, "loaded_at": timestamp(c.loaded_at)}))
         .collect();
-    super::json(
-        StatusCode::OK,
-        &json!({"status": "ok", "app": app.name, "models": models, "components": components}),
-    )
+    // Not ready while any model is unavailable: an orchestrator keeps traffic away and the
+    // operator sees which model and why.
+    let (status, word) = if failed.is_empty() {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    };
+    super::json(status, &json!({"status": word, "app": app.name, "models": models, "components": components}))
 }

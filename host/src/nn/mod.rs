@@ -105,6 +105,10 @@ impl graph::Host for NnView<'_> {
             return self
                 .error(ErrorCode::Security, format!("model {name:?} is not in this component's ai_models"));
         }
+        if let Some(failed) = self.ctx.registry.failure(&name) {
+            let message = format!("model {name:?} is unavailable: it failed to load: {}", failed.error);
+            return self.error(ErrorCode::RuntimeError, message);
+        }
         let Some(graph) = self.ctx.registry.get(&name).cloned() else {
             return self.error(ErrorCode::NotFound, format!("no model named {name:?} is loaded"));
         };

@@ -58,6 +58,8 @@ fn untrack(pid: u32) {
 pub struct Host {
     child: Child,
     pub base: String,
+    /// Its stderr (logs) so far, line by line.
+    log: std::sync::Arc<Mutex<Vec<String>>>,
 }
 
 impl Host {
@@ -83,12 +85,15 @@ impl Host {
         track(child.id());
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, rx) = mpsc::channel();
+        let log = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let lines = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(address) = line.strip_prefix("Serving ") {
                     let _ = tx.send(address.trim().to_string());
                 }
                 eprintln!("[edgeinfer] {line}");
+                lines.lock().unwrap().push(line);
             }
         });
         // First start on a fresh machine fetches the model and ONNX Runtime and compiles.
@@ -100,7 +105,12 @@ impl Host {
                 panic!("edgeinfer did not start serving (exit status: {status:?}); see its log above");
             }
         };
-        Host { child, base }
+        Host { child, base, log }
+    }
+
+    /// The host's log lines so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
     }
 
     /// Sends a signal to the host process.
@@ -165,6 +175,20 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
 /// Parses `[[f32]]`.
 pub fn vectors(body: &Value) -> Vec<Vec<f32>> {
     serde_json::from_value(body.clone()).unwrap_or_else(|e| panic!("expected [[f32]], got {body}: {e}"))
+}
+
+/// The pinned `[onnxruntime]` section of the default runtime config, for tests that write their
+/// own runtime config.
+pub fn onnxruntime_section() -> String {
+    let text = std::fs::read_to_string(repo_root().join("runtime-config/local.toml")).unwrap();
+    let section = text.split("[onnxruntime]").nth(1).expect("[onnxruntime] in local.toml");
+    format!("[onnxruntime]{section}")
+}
+
+/// GETs `path` and returns (status, body text).
+pub fn get(host: &Host, path: &str) -> (u16, String) {
+    let response = client().get(host.url(path)).send().expect("the host answers");
+    (response.status().as_u16(), response.text().unwrap())
 }
 
 /// Reads a JSON file under tests/reference.

@@ -1,10 +1,23 @@
 //! Misbehaves on request, by path: `/ok` answers, `/slow` answers after 800 ms of work, `/trap`
-//! executes `unreachable`, `/panic`
-//! panics, `/loop` never returns, `/membomb` allocates until memory runs out, `/recursion`
-//! overflows the stack.
+//! executes `unreachable`, `/panic` panics, `/loop` never returns, `/membomb` allocates until
+//! memory runs out, `/recursion` overflows the stack.
+//!
+//! And sends wasi:nn (model `minilm`: int64 `input_ids`, `attention_mask`, `token_type_ids`
+//! [batch, seq]) what it should not: `/nn-ok` a valid call, `/nn-shape` inputs of unequal shapes,
+//! `/nn-rank` a rank-1 tensor, `/nn-type` FP32 ids, `/nn-data` fewer bytes than the shape says,
+//! `/nn-missing` no `token_type_ids`, `/nn-extra` an input the model does not have. Each answers
+//! 200 with the code and message wasi:nn gave (or `ok`), so the test sees exactly what came back.
 
 use spin_sdk::http::{IntoResponse, Request, StatusCode};
 use spin_sdk::http_service;
+
+wit_bindgen::generate!({
+    path: "../../../wit/deps/wasi-nn",
+    world: "ml",
+});
+
+use wasi::nn::graph;
+use wasi::nn::tensor::{Tensor, TensorType};
 
 #[http_service]
 async fn handle(request: Request) -> impl IntoResponse {
@@ -20,6 +33,7 @@ async fn handle(request: Request) -> impl IntoResponse {
         "loop" => spin_forever(),
         "membomb" => allocate_forever(),
         "recursion" => (StatusCode::OK, recurse(1).to_string()),
+        nn if nn.starts_with("nn-") => (StatusCode::OK, bad_tensors(nn)),
         other => (StatusCode::NOT_FOUND, format!("no fault named {other:?}")),
     }
 }
@@ -57,4 +71,53 @@ fn allocate_forever() -> ! {
 fn recurse(depth: u64) -> u64 {
     let frame = std::hint::black_box([depth; 64]);
     recurse(depth + 1) + frame[0]
+}
+
+/// An int64 tensor of `shape` filled with `value`.
+fn filled(shape: &[u32], value: i64) -> Tensor {
+    let count: u32 = shape.iter().product();
+    let data: Vec<u8> = (0..count).flat_map(|_| value.to_le_bytes()).collect();
+    Tensor::new(shape, TensorType::I64, &data)
+}
+
+fn ids(shape: &[u32]) -> Tensor {
+    filled(shape, 1000)
+}
+
+/// Runs one wasi:nn call shaped by `case`; the outcome as text.
+fn bad_tensors(case: &str) -> String {
+    let graph = match graph::load_by_name("minilm") {
+        Ok(graph) => graph,
+        Err(e) => return format!("load-by-name: {:?}: {}", e.code(), e.data()),
+    };
+    let context = match graph.init_execution_context() {
+        Ok(context) => context,
+        Err(e) => return format!("init-execution-context: {:?}: {}", e.code(), e.data()),
+    };
+    let ok = [1, 4];
+    let mut inputs = vec![
+        ("input_ids".to_string(), ids(&ok)),
+        ("attention_mask".to_string(), filled(&ok, 1)),
+        ("token_type_ids".to_string(), filled(&ok, 0)),
+    ];
+    match case {
+        "nn-ok" => {}
+        "nn-shape" => inputs[1].1 = filled(&[1, 3], 1),
+        "nn-rank" => inputs[0].1 = ids(&[4]),
+        "nn-type" => inputs[0].1 = Tensor::new(&ok, TensorType::Fp32, &[0u8; 16]),
+        "nn-data" => inputs[0].1 = Tensor::new(&ok, TensorType::I64, &[0u8; 8]),
+        "nn-missing" => {
+            inputs.pop();
+        }
+        "nn-extra" => inputs.push(("pixel_values".to_string(), ids(&ok))),
+        other => return format!("no wasi:nn case named {other:?}"),
+    }
+    match context.compute(inputs) {
+        Ok(outputs) => {
+            let shapes: Vec<_> =
+                outputs.iter().map(|(name, t)| format!("{name} {:?}", t.dimensions())).collect();
+            format!("ok: {}", shapes.join(", "))
+        }
+        Err(e) => format!("compute: {:?}: {}", e.code(), e.data()),
+    }
 }

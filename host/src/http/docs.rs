@@ -1,0 +1,320 @@
+//! The API, described: `/openapi.json` (OpenAPI 3.1) covers the host's own routes, the KServe v2
+//! API when it is on, and every routed component's own description (its `edgeinfer:openapi`
+//! custom section) mounted at the component's route; `/docs` is Swagger UI on that document, its
+//! files from a registry package, served by this host (nothing is loaded from elsewhere).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use serde_json::{Map, Value, json};
+use wasmtime_wasi_http::WasiBody;
+
+use super::{error, full_body, json as json_response};
+use crate::app::{App, RoutePattern};
+
+/// Swagger UI's files, in memory.
+pub struct SwaggerUi {
+    files: Vec<(&'static str, Bytes)>,
+}
+
+impl SwaggerUi {
+    /// Reads the files `provision::ensure_swagger_ui` fetched.
+    pub fn load(files: &[(&'static str, PathBuf)]) -> Result<SwaggerUi> {
+        let files = files
+            .iter()
+            .map(|(name, path)| {
+                let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+                Ok((*name, Bytes::from(bytes)))
+            })
+            .collect::<Result<_>>()?;
+        Ok(SwaggerUi { files })
+    }
+}
+
+/// `GET /docs`: the Swagger UI page, or 503 when its files could not be fetched.
+pub fn page(ui: Option<&SwaggerUi>) -> Response<WasiBody> {
+    if ui.is_none() {
+        return unavailable();
+    }
+    let html = r##"<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>edgeinfer API</title>
+  <link rel="stylesheet" href="/docs/swagger-ui.css">
+</head>
+<body>
+  <div id="swagger-ui"></div>
+  <script src="/docs/swagger-ui-bundle.js"></script>
+  <script>
+    window.ui = SwaggerUIBundle({ url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true });
+  </script>
+</body>
+</html>
+"##;
+    file_response("text/html; charset=utf-8", Bytes::from_static(html.as_bytes()))
+}
+
+/// `GET /docs/NAME`: one of Swagger UI's files.
+pub fn asset(ui: Option<&SwaggerUi>, name: &str) -> Response<WasiBody> {
+    let Some(ui) = ui else { return unavailable() };
+    match ui.files.iter().find(|(file, _)| *file == name) {
+        Some((_, bytes)) => {
+            let content_type = match name.rsplit('.').next() {
+                Some("js") => "text/javascript; charset=utf-8",
+                Some("css") => "text/css; charset=utf-8",
+                _ => "text/plain; charset=utf-8",
+            };
+            file_response(content_type, bytes.clone())
+        }
+        None => error(StatusCode::NOT_FOUND, "NotFound", &format!("no file /docs/{name}")),
+    }
+}
+
+fn unavailable() -> Response<WasiBody> {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "DocsUnavailable",
+        "Swagger UI's files could not be fetched at start (see the host log); /openapi.json is served",
+    )
+}
+
+fn file_response(content_type: &str, bytes: Bytes) -> Response<WasiBody> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", content_type)
+        .header("cache-control", "public, max-age=3600")
+        .body(full_body(bytes))
+        .expect("static response parts are valid")
+}
+
+/// `GET /openapi.json`.
+pub fn openapi(app: &App, kserve: bool) -> Response<WasiBody> {
+    json_response(StatusCode::OK, &document(app, kserve))
+}
+
+/// The whole document.
+pub fn document(app: &App, kserve: bool) -> Value {
+    let mut doc = host_document(&app.name);
+    if kserve {
+        let kserve = kserve_document();
+        merge_into(&mut doc, &kserve, "paths");
+        merge_schemas(&mut doc, kserve["components"]["schemas"].as_object().cloned().unwrap_or_default());
+    }
+    let mut described = BTreeSet::new();
+    for route in &app.routes {
+        let component = &route.component;
+        let Some(fragment) = &component.openapi else { continue };
+        if !described.insert((route.pattern.to_string(), component.id.clone())) {
+            continue;
+        }
+        let base = match &route.pattern {
+            RoutePattern::Exact(p) | RoutePattern::Prefix(p) => p.clone(),
+        };
+        let renamed = merge_schemas(
+            &mut doc,
+            fragment["components"]["schemas"].as_object().cloned().unwrap_or_default(),
+        );
+        let mut paths = fragment["paths"].as_object().cloned().unwrap_or_default();
+        for (path, item) in paths.iter_mut() {
+            rename_refs(item, &renamed);
+            for operation in item.as_object_mut().into_iter().flat_map(|ops| ops.values_mut()) {
+                annotate_operation(operation, &component.id, &component.version);
+            }
+            let full = match path.as_str() {
+                "/" | "" => {
+                    if base.is_empty() {
+                        "/".to_string()
+                    } else {
+                        base.clone()
+                    }
+                }
+                rest => format!("{base}{rest}"),
+            };
+            doc["paths"][full] = item.clone();
+        }
+    }
+    doc
+}
+
+/// Marks an operation as served by `component` and adds the errors the host itself may answer.
+fn annotate_operation(operation: &mut Value, component: &str, version: &str) {
+    let Some(operation) = operation.as_object_mut() else { return };
+    operation.entry("tags").or_insert_with(|| json!([component]));
+    operation.insert("x-edgeinfer-component".into(), json!({"id": component, "version": version}));
+    let responses = operation.entry("responses").or_insert_with(|| json!({}));
+    for (status, name) in
+        [("413", "PayloadTooLarge"), ("503", "Overloaded"), ("504", "Timeout"), ("500", "ComponentFault")]
+    {
+        if let Some(responses) = responses.as_object_mut() {
+            responses
+                .entry(status)
+                .or_insert_with(|| json!({"$ref": format!("#/components/responses/{name}")}));
+        }
+    }
+}
+
+/// Adds `schemas` to the document's; a name already taken by a different schema gets the
+/// suffix `_2`, `_3`... Returns the renames made.
+fn merge_schemas(doc: &mut Value, schemas: Map<String, Value>) -> Vec<(String, String)> {
+    let existing = doc["components"]["schemas"].as_object_mut().expect("the host document has schemas");
+    let mut renamed = Vec::new();
+    for (name, schema) in &schemas {
+        match existing.get(name) {
+            None => {}
+            Some(same) if same == schema => continue,
+            Some(_) => {
+                let free = (2..)
+                    .map(|n| format!("{name}_{n}"))
+                    .find(|n| !existing.contains_key(n))
+                    .expect("unbounded");
+                renamed.push((name.clone(), free));
+            }
+        }
+    }
+    for (name, mut schema) in schemas {
+        rename_refs(&mut schema, &renamed);
+        let name = renamed.iter().find(|(from, _)| *from == name).map_or(name, |(_, to)| to.clone());
+        existing.entry(name).or_insert(schema);
+    }
+    renamed
+}
+
+/// Rewrites `$ref`s to renamed schemas.
+fn rename_refs(value: &mut Value, renamed: &[(String, String)]) {
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map.iter_mut() {
+                if key == "$ref"
+                    && let Value::String(target) = child
+                    && let Some((_, to)) =
+                        renamed.iter().find(|(from, _)| *target == format!("#/components/schemas/{from}"))
+                {
+                    *target = format!("#/components/schemas/{to}");
+                } else {
+                    rename_refs(child, renamed);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|item| rename_refs(item, renamed)),
+        _ => {}
+    }
+}
+
+fn merge_into(doc: &mut Value, other: &Value, key: &str) {
+    if let (Some(into), Some(from)) = (doc[key].as_object_mut(), other[key].as_object()) {
+        into.extend(from.clone());
+    }
+}
+
+fn error_response(description: &str) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+}
+
+/// The host's own routes and the shared vocabulary (the error shape and the host's errors).
+fn host_document(app: &str) -> Value {
+    let text = |description: &str| json!({"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}});
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": format!("edgeinfer: {app}"),
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Every answer carries `x-request-id`. Every error is JSON `{error, error_type}`.",
+        },
+        "paths": {
+            "/health": {"get": {
+                "tags": ["host"], "summary": "Liveness: the host is up",
+                "responses": {"200": {"description": "Up", "content": {"application/json": {"example": {"status": "ok"}}}}},
+            }},
+            "/ready": {"get": {
+                "tags": ["host"], "summary": "Readiness: every model loaded; models and component versions",
+                "responses": {
+                    "200": {"description": "Ready", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Ready"}}}},
+                    "503": {"description": "A model is unavailable (named, with its error)", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Ready"}}}},
+                },
+            }},
+            "/metrics": {"get": {"tags": ["host"], "summary": "Prometheus metrics", "responses": {"200": text("Prometheus text exposition")}}},
+            "/openapi.json": {"get": {"tags": ["host"], "summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+            "/docs": {"get": {"tags": ["host"], "summary": "Swagger UI", "responses": {"200": {"description": "HTML"}, "503": error_response("Swagger UI's files are not available")}}},
+        },
+        "components": {
+            "schemas": {
+                "Error": {
+                    "type": "object", "required": ["error", "error_type"],
+                    "properties": {"error": {"type": "string"}, "error_type": {"type": "string"}},
+                },
+                "Ready": {
+                    "type": "object",
+                    "properties": {
+                        "status": {"enum": ["ok", "not ready"]},
+                        "app": {"type": "string"},
+                        "models": {"type": "array", "items": {"type": "object", "properties": {
+                            "name": {"type": "string"}, "ready": {"type": "boolean"}, "device": {"type": "string"},
+                            "loaded_at": {"type": "string", "format": "date-time"}, "error": {"type": "string"},
+                        }}},
+                        "components": {"type": "array", "items": {"type": "object", "properties": {
+                            "id": {"type": "string"}, "version": {"type": "string"}, "loaded_at": {"type": "string", "format": "date-time"},
+                        }}},
+                    },
+                },
+            },
+            "responses": {
+                "Validation": error_response("The request is not valid (`Validation`)"),
+                "ModelUnavailable": error_response("The model failed to load (`ModelUnavailable`)"),
+                "PayloadTooLarge": error_response("The body is over the component's limit (`PayloadTooLarge`)"),
+                "Overloaded": error_response("The component is at its concurrency limit (`Overloaded`, with `Retry-After`)"),
+                "Timeout": error_response("No answer within the component's deadline (`Timeout`)"),
+                "ComponentFault": error_response("The component trapped, could not start or used up its fuel"),
+            },
+        },
+    })
+}
+
+/// The KServe v2 REST API (JSON tensors).
+fn kserve_document() -> Value {
+    let model = json!([{"name": "model", "in": "path", "required": true, "schema": {"type": "string"}}]);
+    let get = |summary: &str| json!({"tags": ["kserve"], "summary": summary, "responses": {"200": {"description": "OK"}}});
+    json!({
+        "paths": {
+            "/v2": {"get": get("Server metadata")},
+            "/v2/health/live": {"get": get("Server liveness")},
+            "/v2/health/ready": {"get": get("Server readiness (503 while a model is unavailable)")},
+            "/v2/models/{model}": {"get": {"tags": ["kserve"], "summary": "Model metadata: inputs and outputs", "parameters": model,
+                "responses": {"200": {"description": "Metadata"}, "404": error_response("No such model"), "503": error_response("The model failed to load")}}},
+            "/v2/models/{model}/ready": {"get": {"tags": ["kserve"], "summary": "Model readiness", "parameters": model,
+                "responses": {"200": {"description": "Ready"}, "404": error_response("No such model"), "503": error_response("The model failed to load")}}},
+            "/v2/models/{model}/infer": {"post": {
+                "tags": ["kserve"], "summary": "Inference on JSON tensors, through the model's batcher", "parameters": model,
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}}}},
+                "responses": {
+                    "200": {"description": "Outputs", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferResponse"}}}},
+                    "400": error_response("Wrong names, types, shapes or data (`Validation`)"),
+                    "401": error_response("A bearer token is required"),
+                    "404": error_response("No such model"),
+                    "413": error_response("The body is over [kserve] max_request_body_bytes"),
+                },
+            }},
+        },
+        "components": {"schemas": {
+            "Tensor": {"type": "object", "required": ["name", "shape", "datatype", "data"], "properties": {
+                "name": {"type": "string"},
+                "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                "datatype": {"enum": ["FP32", "FP64", "INT64", "INT32", "UINT8"]},
+                "data": {"type": "array", "description": "Row-major values, flat or nested"},
+            }},
+            "InferRequest": {"type": "object", "required": ["inputs"], "properties": {
+                "id": {"type": "string"},
+                "inputs": {"type": "array", "items": {"$ref": "#/components/schemas/Tensor"}},
+                "outputs": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}}}},
+            }},
+            "InferResponse": {"type": "object", "properties": {
+                "model_name": {"type": "string"},
+                "id": {"type": "string"},
+                "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/Tensor"}},
+            }},
+        }},
+    })
+}
