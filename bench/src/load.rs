@@ -190,7 +190,7 @@ async fn merge(total: &Mutex<Tally>, tally: Tally) {
 }
 
 /// POSTs the body (or GETs without one) and reads the whole answer; true for a 200.
-async fn send(client: &reqwest::Client, url: &str, body: &Arc<Option<Vec<u8>>>) -> bool {
+pub(crate) async fn send(client: &reqwest::Client, url: &str, body: &Arc<Option<Vec<u8>>>) -> bool {
     let request = match body.as_ref() {
         Some(body) => client.post(url).header("content-type", "application/json").body(body.clone()),
         None => client.get(url),

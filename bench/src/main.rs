@@ -6,6 +6,7 @@ mod ceiling;
 mod load;
 mod native;
 mod pipeline;
+mod soak;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -27,6 +28,8 @@ enum Command {
     Inproc(native::InprocArgs),
     /// Raw ONNX Runtime throughput on pre-tokenized batches; print a JSON result.
     Ceiling(ceiling::CeilingArgs),
+    /// A long run against a local server, sampling its resident memory; print a JSON result.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> Result<()> {
@@ -43,6 +46,11 @@ fn main() -> Result<()> {
         }
         Command::Inproc(args) => {
             println!("{}", serde_json::to_string(&native::inproc(args)?)?);
+            Ok(())
+        }
+        Command::Soak(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            println!("{}", serde_json::to_string(&runtime.block_on(soak::run(args))?)?);
             Ok(())
         }
         Command::Ceiling(args) => {

@@ -1,19 +1,22 @@
 //! Turns a manifest + runtime config into a running app: models loaded into the registry, each
 //! component composed with its dependencies, compiled (cached), linked and ready to instantiate.
+//! A component's served version sits in a slot that a new version replaces atomically (hot swap):
+//! a request takes the version current when it starts and finishes on it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
+use arc_swap::ArcSwap;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 use wasmtime_wasi_http::handler::{ProxyHandler, ProxyPre};
 
 use crate::admission::Admission;
 use crate::compile::CompileCache;
-use crate::compose::compose_component;
+use crate::compose::{compose_component, read_source};
 use crate::instance::{ComponentHandler, InstanceSpec, InstanceState, ReusePolicy};
 use crate::manifest::{Component, Manifest};
 use crate::nn::registry::GraphRegistry;
@@ -37,10 +40,60 @@ pub struct LoadedComponent {
     pub openapi: Option<serde_json::Value>,
 }
 
+/// A component's served version, and the versions it replaced (for rollback).
+pub struct ComponentSlot {
+    pub id: String,
+    current: ArcSwap<LoadedComponent>,
+    /// Most recent last; at most `KEPT_VERSIONS`.
+    previous: Mutex<Vec<Arc<LoadedComponent>>>,
+}
+
+/// Replaced versions kept for rollback.
+const KEPT_VERSIONS: usize = 4;
+
+impl ComponentSlot {
+    fn new(loaded: LoadedComponent) -> ComponentSlot {
+        ComponentSlot {
+            id: loaded.id.clone(),
+            current: ArcSwap::from_pointee(loaded),
+            previous: Mutex::default(),
+        }
+    }
+
+    /// The version serving now.
+    pub fn current(&self) -> Arc<LoadedComponent> {
+        self.current.load_full()
+    }
+
+    /// Versions replaced so far, most recent last.
+    pub fn previous(&self) -> Vec<Arc<LoadedComponent>> {
+        self.previous.lock().expect("version history lock").clone()
+    }
+
+    /// Serves `next` from now on; returns the version it replaced.
+    pub fn swap(&self, next: LoadedComponent) -> Arc<LoadedComponent> {
+        let mut previous = self.previous.lock().expect("version history lock");
+        let replaced = self.current.swap(Arc::new(next));
+        previous.push(replaced.clone());
+        if previous.len() > KEPT_VERSIONS {
+            previous.remove(0);
+        }
+        replaced
+    }
+
+    /// Serves the version before the current one again; returns (now serving, replaced).
+    pub fn roll_back(&self) -> Option<(Arc<LoadedComponent>, Arc<LoadedComponent>)> {
+        let mut previous = self.previous.lock().expect("version history lock");
+        let restored = previous.pop()?;
+        let replaced = self.current.swap(restored.clone());
+        Some((restored, replaced))
+    }
+}
+
 /// A route of `[[trigger.http]]`.
 pub struct Route {
     pub pattern: RoutePattern,
-    pub component: Arc<LoadedComponent>,
+    pub component: Arc<ComponentSlot>,
 }
 
 /// Spin route syntax: exact path, or `prefix/...` for everything under the prefix.
@@ -91,18 +144,62 @@ pub struct App {
     pub name: String,
     /// Most specific first.
     pub routes: Vec<Route>,
-    pub components: BTreeMap<String, Arc<LoadedComponent>>,
+    pub components: BTreeMap<String, Arc<ComponentSlot>>,
     pub registry: Arc<GraphRegistry>,
+    /// Builds new versions of the components.
+    pub builder: ComponentBuilder,
+}
+
+/// What building a version of a component needs, kept so that versions can be built while the
+/// app serves.
+pub struct ComponentBuilder {
+    manifest: Arc<Manifest>,
+    limits: BTreeMap<String, ComponentLimits>,
+    registry: Arc<GraphRegistry>,
+    engine: Engine,
+    linker: Linker<InstanceState>,
+    cache: CompileCache,
+    compose_nn_providers: bool,
+}
+
+impl ComponentBuilder {
+    /// Composes `main` (the component's own bytes) with its spin.toml dependencies, compiles it
+    /// (cached), links it and checks that it exports the HTTP handler.
+    pub fn build(&self, id: &str, main: Vec<u8>) -> Result<LoadedComponent> {
+        let component =
+            self.manifest.components.get(id).with_context(|| format!("spin.toml has no component {id:?}"))?;
+        let limits = self.limits.get(id).copied().unwrap_or_default();
+        load_component(
+            &self.manifest,
+            id,
+            component,
+            main,
+            limits,
+            &self.registry,
+            &self.engine,
+            &self.linker,
+            &self.cache,
+            self.compose_nn_providers,
+        )
+        .with_context(|| format!("component {id}"))
+    }
+
+    /// Builds the version spin.toml's `source` names.
+    pub fn build_from_source(&self, id: &str) -> Result<LoadedComponent> {
+        let component =
+            self.manifest.components.get(id).with_context(|| format!("spin.toml has no component {id:?}"))?;
+        self.build(id, read_source(&self.manifest, component)?)
+    }
 }
 
 impl App {
     /// Builds every routed component of `manifest`.
     pub fn load(
-        manifest: &Manifest,
+        manifest: Arc<Manifest>,
         limits: &BTreeMap<String, ComponentLimits>,
         registry: Arc<GraphRegistry>,
         engine: &Engine,
-        cache: &CompileCache,
+        cache: CompileCache,
         compose_nn_providers: bool,
     ) -> Result<App> {
         let mut linker = Linker::<InstanceState>::new(engine);
@@ -119,24 +216,20 @@ impl App {
                 "the runtime config sets limits for component {unknown:?}, which spin.toml does not define"
             );
         }
+        let builder = ComponentBuilder {
+            manifest: manifest.clone(),
+            limits: limits.clone(),
+            registry: registry.clone(),
+            engine: engine.clone(),
+            linker,
+            cache,
+            compose_nn_providers,
+        };
         let mut components = BTreeMap::new();
         let routed: BTreeSet<&str> = manifest.http_triggers.iter().map(|t| t.component.as_str()).collect();
         for id in routed {
-            let component = &manifest.components[id];
-            let limits = limits.get(id).copied().unwrap_or_default();
-            let loaded = load_component(
-                manifest,
-                id,
-                component,
-                limits,
-                &registry,
-                engine,
-                &linker,
-                cache,
-                compose_nn_providers,
-            )
-            .with_context(|| format!("component {id}"))?;
-            components.insert(id.to_string(), Arc::new(loaded));
+            let loaded = builder.build_from_source(id)?;
+            components.insert(id.to_string(), Arc::new(ComponentSlot::new(loaded)));
         }
         let mut routes: Vec<Route> = manifest
             .http_triggers
@@ -147,7 +240,7 @@ impl App {
             })
             .collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.pattern.specificity()));
-        Ok(App { name: manifest.application.name.clone(), routes, components, registry })
+        Ok(App { name: manifest.application.name.clone(), routes, components, registry, builder })
     }
 
     /// The route serving `path`, if any.
@@ -161,6 +254,7 @@ fn load_component(
     manifest: &Manifest,
     id: &str,
     component: &Component,
+    main: Vec<u8>,
     limits: ComponentLimits,
     registry: &Arc<GraphRegistry>,
     engine: &Engine,
@@ -168,7 +262,7 @@ fn load_component(
     cache: &CompileCache,
     compose_nn_providers: bool,
 ) -> Result<LoadedComponent> {
-    let composed = compose_component(manifest, id, component, compose_nn_providers)?;
+    let composed = compose_component(manifest, id, component, main, compose_nn_providers)?;
     let version = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&composed));
     let openapi = api_description(&composed).unwrap_or_else(|e| {
         tracing::warn!(component = id, "ignoring its OpenAPI description: {e:#}");

@@ -67,6 +67,7 @@ impl Drop for EpochTicker {
 }
 
 /// Where compiled components are stored, and whether it was used.
+#[derive(Clone)]
 pub struct CompileCache {
     dir: PathBuf,
 }

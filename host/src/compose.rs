@@ -25,22 +25,27 @@ fn is_nn_provider(key: &str) -> bool {
     key == "wasi:nn" || key.starts_with("wasi:nn@") || key.starts_with("wasi:nn/")
 }
 
-/// Reads component `id` of `manifest` and composes it with its `[component.id.dependencies]`.
-/// wasi:nn providers are left out (the import stays, for a host that implements wasi:nn) unless
-/// `compose_nn_providers`.
-pub fn compose_component(
-    manifest: &Manifest,
-    id: &str,
-    component: &Component,
-    compose_nn_providers: bool,
-) -> Result<Vec<u8>> {
+/// The bytes of a component's `source`.
+pub fn read_source(manifest: &Manifest, component: &Component) -> Result<Vec<u8>> {
     let source = manifest.resolve(&component.source);
-    let main = std::fs::read(&source).with_context(|| {
+    std::fs::read(&source).with_context(|| {
         format!(
             "cannot read {} (build it with `edgeinfer build` or `edgeinfer up --build`)",
             source.display()
         )
-    })?;
+    })
+}
+
+/// Composes `main`, a version of component `id` of `manifest`, with its
+/// `[component.id.dependencies]`. wasi:nn providers are left out (the import stays, for a host
+/// that implements wasi:nn) unless `compose_nn_providers`.
+pub fn compose_component(
+    manifest: &Manifest,
+    id: &str,
+    component: &Component,
+    main: Vec<u8>,
+    compose_nn_providers: bool,
+) -> Result<Vec<u8>> {
     let mut dependencies = Vec::new();
     for (key, dependency) in &component.dependencies {
         if is_nn_provider(key) && !compose_nn_providers {

@@ -1,6 +1,7 @@
 //! `edgeinfer`: the native host daemon. Serves the WASI HTTP components of a Spin manifest
 //! (spin.toml) with wasmtime, and implements wasi:nn on ONNX Runtime for them.
 
+mod admin;
 mod admission;
 mod app;
 mod batching;
@@ -133,6 +134,12 @@ struct UpArgs {
     /// Put each request's body in its log line (off by default: only its hash and size).
     #[arg(long, env = "EDGEINFER_LOG_INPUTS")]
     log_inputs: bool,
+    /// Serve the admin API (deploy, rollback) on this address; off by default.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    /// File holding the admin API's bearer token (else $EDGEINFER_ADMIN_TOKEN).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -207,18 +214,40 @@ async fn up(args: UpArgs) -> Result<()> {
         tracing::info!("ONNX Runtime {version} loaded from {}", library.display());
     }
     let registry = Arc::new(GraphRegistry::load(&config.model, &manifest.dir));
+    let mut gpus: Vec<u32> = registry
+        .iter()
+        .filter_map(|graph| match graph.device {
+            runtime_config::Device::Cuda(index) => Some(index),
+            runtime_config::Device::Cpu => None,
+        })
+        .collect();
+    gpus.sort_unstable();
+    gpus.dedup();
+    telemetry::watch_gpu_memory(gpus);
     let engine = compile::engine(config.component.values().any(|limits| limits.fuel.is_some()))?;
     let _ticker = compile::EpochTicker::start(&engine);
     let cache = CompileCache::new(provision::cache_dir().join("compiled"));
+    let manifest = Arc::new(manifest);
     let app = Arc::new(App::load(
-        &manifest,
+        manifest.clone(),
         &config.component,
         registry,
         &engine,
-        &cache,
+        cache,
         args.compose_nn_providers,
     )?);
 
+    let admin = match args.admin_listen {
+        Some(address) => {
+            let token = admin_token(args.admin_token_file.as_deref())?;
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address} (admin API)"))?;
+            eprintln!("Admin API: http://{}", listener.local_addr()?);
+            Some(tokio::spawn(admin::serve(app.clone(), token, listener)))
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -253,8 +282,26 @@ async fn up(args: UpArgs) -> Result<()> {
     eprintln!("API docs: http://{address}/docs (OpenAPI: http://{address}/openapi.json)");
     let options = http::ServeOptions { kserve, log_inputs: args.log_inputs, swagger_ui };
     http::serve(app, options, listener, shutdown_signal()).await?;
+    if let Some(admin) = admin {
+        admin.abort();
+    }
     eprintln!("edgeinfer: stopped");
     Ok(())
+}
+
+/// The admin API's bearer token: from `--admin-token-file`, else `$EDGEINFER_ADMIN_TOKEN`; at
+/// least 16 characters.
+fn admin_token(file: Option<&Path>) -> Result<String> {
+    let token = match file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the admin token file {}", path.display()))?
+            .trim()
+            .to_string(),
+        None => std::env::var("EDGEINFER_ADMIN_TOKEN")
+            .context("--admin-listen needs a token: --admin-token-file FILE or $EDGEINFER_ADMIN_TOKEN")?,
+    };
+    anyhow::ensure!(token.len() >= 16, "the admin token must be at least 16 characters");
+    Ok(token)
 }
 
 fn compose_command(args: &ComposeArgs) -> Result<()> {
@@ -263,7 +310,9 @@ fn compose_command(args: &ComposeArgs) -> Result<()> {
         let known: Vec<&String> = manifest.components.keys().collect();
         anyhow::bail!("spin.toml has no component {:?} (it has {known:?})", args.component);
     };
-    let composed = compose::compose_component(&manifest, &args.component, component, !args.keep_wasi_nn)?;
+    let main = compose::read_source(&manifest, component)?;
+    let composed =
+        compose::compose_component(&manifest, &args.component, component, main, !args.keep_wasi_nn)?;
     std::fs::write(&args.output, &composed)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
     let imports = compose::imports_of(&composed)?;

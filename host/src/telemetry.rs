@@ -8,6 +8,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// GPU memory sampling, when models run on CUDA devices.
+static GPU_MEMORY: OnceLock<GpuMemory> = OnceLock::new();
+
 /// Seconds buckets for latencies, 100 µs to 30 s.
 const SECONDS: &[f64] =
     &[0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -30,7 +33,50 @@ pub fn init() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The Prometheus text exposition of every metric so far.
+/// The Prometheus text exposition of every metric so far (GPU memory read now).
 pub fn render() -> String {
+    if let Some(gpu) = GPU_MEMORY.get() {
+        gpu.sample();
+    }
     HANDLE.get().map(PrometheusHandle::render).unwrap_or_default()
+}
+
+/// Reports `edgeinfer_gpu_memory_used_bytes` / `_total_bytes` of these CUDA devices at each
+/// scrape, read from NVML (the driver's library, loaded at run time: hosts without an NVIDIA
+/// driver never load it). Device numbers are CUDA ordinals; NVML numbers devices by PCI bus, which
+/// is the same order when `CUDA_DEVICE_ORDER=PCI_BUS_ID`.
+pub fn watch_gpu_memory(devices: Vec<u32>) {
+    if devices.is_empty() || GPU_MEMORY.get().is_some() {
+        return;
+    }
+    match nvml_wrapper::Nvml::init() {
+        Ok(nvml) => {
+            let gpu = GpuMemory { nvml, devices };
+            gpu.sample();
+            let _ = GPU_MEMORY.set(gpu);
+        }
+        Err(e) => tracing::warn!("no GPU memory metrics: cannot load NVML: {e}"),
+    }
+}
+
+struct GpuMemory {
+    nvml: nvml_wrapper::Nvml,
+    devices: Vec<u32>,
+}
+
+impl GpuMemory {
+    fn sample(&self) {
+        for &index in &self.devices {
+            let device = format!("cuda:{index}");
+            match self.nvml.device_by_index(index).and_then(|d| d.memory_info()) {
+                Ok(memory) => {
+                    metrics::gauge!("edgeinfer_gpu_memory_used_bytes", "device" => device.clone())
+                        .set(memory.used as f64);
+                    metrics::gauge!("edgeinfer_gpu_memory_total_bytes", "device" => device)
+                        .set(memory.total as f64);
+                }
+                Err(e) => tracing::debug!(%device, "cannot read GPU memory: {e}"),
+            }
+        }
+    }
 }

@@ -61,6 +61,15 @@ fn the_host_survives_every_fault() {
 }
 
 #[test]
+fn the_memory_cap_is_per_component() {
+    let host = start_faults_app();
+    // faulty may grow to 64 MiB (tests/apps/faults/runtime.toml), steady to the default 512 MiB.
+    assert_eq!(get(&host, "/fault/alloc128"), (200, "refused".to_string()));
+    assert_eq!(get(&host, "/steady/alloc128"), (200, "allocated".to_string()));
+    assert_eq!(get(&host, "/fault/ok").0, 200, "a refused allocation is not a fault");
+}
+
+#[test]
 fn sigterm_drains_in_flight_requests_then_exits() {
     let mut host = start_faults_app();
     let slow = spawn_get(&host, "/fault/slow");

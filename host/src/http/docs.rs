@@ -106,7 +106,7 @@ pub fn document(app: &App, kserve: bool) -> Value {
     }
     let mut described = BTreeSet::new();
     for route in &app.routes {
-        let component = &route.component;
+        let component = route.component.current();
         let Some(fragment) = &component.openapi else { continue };
         if !described.insert((route.pattern.to_string(), component.id.clone())) {
             continue;

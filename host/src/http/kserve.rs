@@ -92,8 +92,7 @@ fn authorized(req: &http::Request<Incoming>, token: &str) -> bool {
         return false;
     };
     let Some(given) = given.strip_prefix("Bearer ") else { return false };
-    // Compare without an early exit, so the time taken does not tell how much matched.
-    given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    super::constant_time_eq(given, token)
 }
 
 /// 404 for a name the runtime config does not have; 503 for a model that failed to load.

@@ -167,7 +167,14 @@ impl Server {
             }
             _ if host_route => error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "use GET"),
             _ => match matched {
-                Some(route) => self.to_component(req, &route.component, number, &mut input).await,
+                Some(route) => {
+                    // Served by the version current now, whatever is deployed meanwhile.
+                    let component = route.component.current();
+                    let mut response = self.to_component(req, &component, number, &mut input).await;
+                    let version = http::HeaderValue::from_str(&component.version[..12]).expect("hex digits");
+                    response.headers_mut().insert(VERSION_HEADER, version);
+                    response
+                }
                 None => error(StatusCode::NOT_FOUND, "NotFound", &format!("no route for {path}")),
             },
         };
@@ -185,7 +192,11 @@ impl Server {
         if let Some(tokens) = tokens {
             metrics::counter!("edgeinfer_tokens_total", &labels).increment(tokens);
         }
-        let version = matched.map_or("-", |r| &r.component.version[..12]);
+        let version = response
+            .headers()
+            .get(VERSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map_or_else(|| "-".to_string(), str::to_string);
         let input_hash = input.as_ref().map(|i| i.hash.as_str());
         let input_bytes = input.as_ref().map(|i| i.bytes.len());
         let input_text =
@@ -383,6 +394,9 @@ async fn error_type_of(response: &mut Response<WasiBody>) -> Option<String> {
 /// Error bodies read back for their `error_type`.
 const MAX_ERROR_BODY_BYTES: usize = 256 << 10;
 
+/// Response header naming the component version that answered (12 hex digits of its sha256).
+const VERSION_HEADER: &str = "x-edgeinfer-version";
+
 /// Response header in which a component reports the tokens it computed on.
 const TOKENS_HEADER: &str = "x-compute-tokens";
 
@@ -451,6 +465,12 @@ fn metrics_text() -> Response<WasiBody> {
         .header("content-type", "text/plain; version=0.0.4")
         .body(body)
         .expect("static response parts are valid")
+}
+
+/// Compares secrets without an early exit, so the time taken does not tell how much matched.
+pub(crate) fn constant_time_eq(given: &str, expected: &str) -> bool {
+    given.len() == expected.len()
+        && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 /// The API's error shape: `{"error", "error_type"}`.

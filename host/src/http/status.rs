@@ -29,7 +29,11 @@ pub fn ready(app: &App) -> Response<WasiBody> {
     let components: Vec<_> = app
         .components
         .values()
-        .map(|c| json!({"id": c.id, "version": c.version, "loaded_at": timestamp(c.loaded_at)}))
+        .map(|slot| {
+            let c = slot.current();
+            let previous: Vec<_> = slot.previous().iter().map(|p| p.version.clone()).collect();
+            json!({"id": c.id, "version": c.version, "loaded_at": timestamp(c.loaded_at), "previous": previous})
+        })
         .collect();
     // Not ready while any model is unavailable: an orchestrator keeps traffic away and the
     // operator sees which model and why.

@@ -60,6 +60,8 @@ pub struct Host {
     pub base: String,
     /// Its stderr (logs) so far, line by line.
     log: std::sync::Arc<Mutex<Vec<String>>>,
+    /// The admin API's base URL, when started with `--admin-listen`.
+    pub admin: Option<String>,
 }
 
 impl Host {
@@ -105,7 +107,12 @@ impl Host {
                 panic!("edgeinfer did not start serving (exit status: {status:?}); see its log above");
             }
         };
-        Host { child, base, log }
+        let admin = log
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|l| l.strip_prefix("Admin API: ").map(|a| a.trim().to_string()));
+        Host { child, base, log, admin }
     }
 
     /// The host's log lines so far.

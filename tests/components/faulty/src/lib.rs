@@ -1,6 +1,7 @@
 //! Misbehaves on request, by path: `/ok` answers, `/slow` answers after 800 ms of work, `/trap`
 //! executes `unreachable`, `/panic` panics, `/loop` never returns, `/membomb` allocates until
-//! memory runs out, `/recursion` overflows the stack.
+//! memory runs out, `/recursion` overflows the stack, `/alloc128` asks for 128 MiB once and says
+//! whether it got it (`allocated`) or not (`refused`).
 //!
 //! And sends wasi:nn (model `minilm`: int64 `input_ids`, `attention_mask`, `token_type_ids`
 //! [batch, seq]) what it should not: `/nn-ok` a valid call, `/nn-shape` inputs of unequal shapes,
@@ -33,6 +34,11 @@ async fn handle(request: Request) -> impl IntoResponse {
         "loop" => spin_forever(),
         "membomb" => allocate_forever(),
         "recursion" => (StatusCode::OK, recurse(1).to_string()),
+        "alloc128" => {
+            let mut block: Vec<u8> = Vec::new();
+            let got = block.try_reserve_exact(128 << 20).is_ok();
+            (StatusCode::OK, if got { "allocated" } else { "refused" }.to_string())
+        }
         nn if nn.starts_with("nn-") => (StatusCode::OK, bad_tensors(nn)),
         other => (StatusCode::NOT_FOUND, format!("no fault named {other:?}")),
     }
