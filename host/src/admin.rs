@@ -1,7 +1,8 @@
 //! The admin API, on its own listener (off unless `up --admin-listen`): what is deployed, a new
 //! version of a component (upload → checksum → compose and precompile → trial instantiation →
-//! atomic switch, while in-flight requests finish on the old version), and rollback. Every call
-//! needs `Authorization: Bearer <token>`: 401 without one, 403 with a wrong one.
+//! atomic switch, while in-flight requests finish on the old version, or a canary on a share of
+//! the traffic), promote, abort, and rollback. Every call needs `Authorization: Bearer <token>`:
+//! 401 without one, 403 with a wrong one.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,8 +18,9 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use wasmtime_wasi_http::WasiBody;
 
-use crate::app::{App, ComponentSlot};
+use crate::app::App;
 use crate::http::{constant_time_eq, error, json as json_response};
+use crate::rollout::{Canary, CanaryMode, Stickiness};
 
 /// Largest component accepted (a composed handler with an inference engine inside is ~25 MB).
 const MAX_UPLOAD_BYTES: usize = 256 << 20;
@@ -80,11 +82,13 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<WasiBody> {
             deploy(app, &id, req).await
         }
         (&Method::POST, ["admin", "v1", "components", id, "rollback"]) => roll_back(&app, id),
+        (&Method::POST, ["admin", "v1", "components", id, "promote"]) => promote(&app, id),
+        (&Method::POST, ["admin", "v1", "components", id, "abort"]) => abort(&app, id),
         (_, ["admin", "v1", "app"]) => error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "use GET"),
         (_, ["admin", "v1", "components", _]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "use PUT")
         }
-        (_, ["admin", "v1", "components", _, "rollback"]) => {
+        (_, ["admin", "v1", "components", _, "rollback" | "promote" | "abort"]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "use POST")
         }
         _ => error(StatusCode::NOT_FOUND, "NotFound", &format!("no admin route {path}")),
@@ -122,7 +126,18 @@ fn describe(app: &App) -> Response<WasiBody> {
                 .map(|r| r.pattern.to_string())
                 .collect();
             let previous: Vec<String> = slot.previous().iter().map(|p| p.version.clone()).collect();
-            json!({"id": slot.id, "version": current.version, "routes": routes, "previous": previous})
+            let canary = slot.canary().map(|c| {
+                json!({
+                    "version": c.version.version, "percent": c.percent,
+                    "mode": match c.mode { CanaryMode::Split => "split", CanaryMode::Shadow => "shadow" },
+                    "sticky": match &c.sticky {
+                        Stickiness::None => "none".to_string(),
+                        Stickiness::Client => "client".to_string(),
+                        Stickiness::Header(name) => format!("header:{name}"),
+                    },
+                })
+            });
+            json!({"id": slot.id, "version": current.version, "routes": routes, "previous": previous, "canary": canary})
         })
         .collect();
     let mut models: Vec<_> = app
@@ -138,6 +153,10 @@ fn describe(app: &App) -> Response<WasiBody> {
 async fn deploy(app: Arc<App>, id: &str, req: Request<Incoming>) -> Response<WasiBody> {
     let Some(slot) = app.components.get(id).cloned() else {
         return unknown_component(id);
+    };
+    let canary = match canary_request(req.uri().query()) {
+        Ok(canary) => canary,
+        Err(message) => return error(StatusCode::BAD_REQUEST, "Validation", &message),
     };
     let Some(expected) = query_value(req.uri().query(), "sha256") else {
         return error(
@@ -177,7 +196,19 @@ async fn deploy(app: Arc<App>, id: &str, req: Request<Incoming>) -> Response<Was
                     &json!({"id": id, "version": version, "unchanged": true}),
                 );
             }
-            let replaced = slot.swap(next);
+            if let Some((percent, mode, sticky)) = canary {
+                slot.set_canary(Canary::new(Arc::new(next), percent, mode, sticky));
+                metrics::counter!("edgeinfer_deployments_total", "component" => id.to_string(), "outcome" => "canary").increment(1);
+                tracing::info!(component = id, version = %&version[..12], percent, ?mode, "canary set");
+                return json_response(
+                    StatusCode::OK,
+                    &json!({
+                        "id": id, "canary": version, "percent": percent, "stable": slot.current().version,
+                        "received_ms": received_ms, "validated_ms": validated_ms,
+                    }),
+                );
+            }
+            let replaced = slot.swap(Arc::new(next));
             let total_ms = started.elapsed().as_millis() as u64;
             metrics::counter!("edgeinfer_deployments_total", "component" => id.to_string(), "outcome" => "deployed").increment(1);
             tracing::info!(component = id, version = %&version[..12], replaced = %&replaced.version[..12], total_ms, "deployed");
@@ -224,7 +255,7 @@ async fn build_and_check(
 /// `POST /admin/v1/components/ID/rollback`: the version before the current one serves again.
 fn roll_back(app: &App, id: &str) -> Response<WasiBody> {
     let Some(slot) = app.components.get(id) else { return unknown_component(id) };
-    match ComponentSlot::roll_back(slot) {
+    match slot.roll_back() {
         Some((restored, replaced)) => {
             metrics::counter!("edgeinfer_deployments_total", "component" => id.to_string(), "outcome" => "rolled_back").increment(1);
             tracing::info!(component = id, version = %&restored.version[..12], replaced = %&replaced.version[..12], "rolled back");
@@ -239,6 +270,67 @@ fn roll_back(app: &App, id: &str) -> Response<WasiBody> {
             &format!("{id} has no earlier version to roll back to"),
         ),
     }
+}
+
+/// `POST /admin/v1/components/ID/promote`: the canary becomes the stable version.
+fn promote(app: &App, id: &str) -> Response<WasiBody> {
+    let Some(slot) = app.components.get(id) else { return unknown_component(id) };
+    match slot.promote() {
+        Some((promoted, replaced)) => {
+            metrics::counter!("edgeinfer_deployments_total", "component" => id.to_string(), "outcome" => "promoted").increment(1);
+            tracing::info!(component = id, version = %&promoted.version[..12], "canary promoted");
+            json_response(
+                StatusCode::OK,
+                &json!({"id": id, "version": promoted.version, "replaced": replaced.version}),
+            )
+        }
+        None => no_canary(id),
+    }
+}
+
+/// `POST /admin/v1/components/ID/abort`: the canary is dropped; the stable version takes all
+/// traffic again.
+fn abort(app: &App, id: &str) -> Response<WasiBody> {
+    let Some(slot) = app.components.get(id) else { return unknown_component(id) };
+    match slot.abort_canary() {
+        Some(canary) => {
+            metrics::counter!("edgeinfer_deployments_total", "component" => id.to_string(), "outcome" => "aborted").increment(1);
+            tracing::info!(component = id, version = %&canary.version.version[..12], "canary aborted");
+            json_response(
+                StatusCode::OK,
+                &json!({"id": id, "version": slot.current().version, "aborted": canary.version.version}),
+            )
+        }
+        None => no_canary(id),
+    }
+}
+
+fn no_canary(id: &str) -> Response<WasiBody> {
+    error(StatusCode::CONFLICT, "NoCanary", &format!("{id} has no canary"))
+}
+
+/// A canary deploy's parameters: `canary=PERCENT` (0 to 100), `mode=split|shadow`,
+/// `sticky=client|header:NAME`; None when `canary` is absent.
+fn canary_request(query: Option<&str>) -> Result<Option<(f64, CanaryMode, Stickiness)>, String> {
+    let Some(percent) = query_value(query, "canary") else { return Ok(None) };
+    let percent: f64 = percent.parse().map_err(|_| format!("canary={percent} is not a percentage"))?;
+    if !(0.0..=100.0).contains(&percent) {
+        return Err(format!("canary={percent} is not between 0 and 100"));
+    }
+    let mode = match query_value(query, "mode").as_deref() {
+        None | Some("split") => CanaryMode::Split,
+        Some("shadow") => CanaryMode::Shadow,
+        Some(other) => return Err(format!("mode={other}: use split or shadow")),
+    };
+    let sticky = match query_value(query, "sticky").as_deref() {
+        None | Some("none") => Stickiness::None,
+        Some("client") => Stickiness::Client,
+        Some(other) => match other.strip_prefix("header:").map(http::HeaderName::try_from) {
+            Some(Ok(name)) => Stickiness::Header(name),
+            _ => return Err(format!("sticky={other}: use client or header:NAME")),
+        },
+    };
+    Ok(Some((percent, mode, sticky)))
 }
 
 fn unknown_component(id: &str) -> Response<WasiBody> {

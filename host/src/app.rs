@@ -1,15 +1,13 @@
 //! Turns a manifest + runtime config into a running app: models loaded into the registry, each
 //! component composed with its dependencies, compiled (cached), linked and ready to instantiate.
-//! A component's served version sits in a slot that a new version replaces atomically (hot swap):
-//! a request takes the version current when it starts and finishes on it.
+//! Each routed component's versions live in a `rollout::ComponentSlot`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
-use arc_swap::ArcSwap;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 use wasmtime_wasi_http::handler::{ProxyHandler, ProxyPre};
@@ -21,6 +19,7 @@ use crate::instance::{ComponentHandler, InstanceSpec, InstanceState, ReusePolicy
 use crate::manifest::{Component, Manifest};
 use crate::nn::registry::GraphRegistry;
 use crate::outbound::AllowedHost;
+use crate::rollout::ComponentSlot;
 use crate::runtime_config::ComponentLimits;
 
 /// How long after its request timed out a guest still running is interrupted.
@@ -38,56 +37,6 @@ pub struct LoadedComponent {
     /// The component's own part of the OpenAPI document (its `edgeinfer:openapi` custom
     /// section): paths relative to its route, and the schemas they use.
     pub openapi: Option<serde_json::Value>,
-}
-
-/// A component's served version, and the versions it replaced (for rollback).
-pub struct ComponentSlot {
-    pub id: String,
-    current: ArcSwap<LoadedComponent>,
-    /// Most recent last; at most `KEPT_VERSIONS`.
-    previous: Mutex<Vec<Arc<LoadedComponent>>>,
-}
-
-/// Replaced versions kept for rollback.
-const KEPT_VERSIONS: usize = 4;
-
-impl ComponentSlot {
-    fn new(loaded: LoadedComponent) -> ComponentSlot {
-        ComponentSlot {
-            id: loaded.id.clone(),
-            current: ArcSwap::from_pointee(loaded),
-            previous: Mutex::default(),
-        }
-    }
-
-    /// The version serving now.
-    pub fn current(&self) -> Arc<LoadedComponent> {
-        self.current.load_full()
-    }
-
-    /// Versions replaced so far, most recent last.
-    pub fn previous(&self) -> Vec<Arc<LoadedComponent>> {
-        self.previous.lock().expect("version history lock").clone()
-    }
-
-    /// Serves `next` from now on; returns the version it replaced.
-    pub fn swap(&self, next: LoadedComponent) -> Arc<LoadedComponent> {
-        let mut previous = self.previous.lock().expect("version history lock");
-        let replaced = self.current.swap(Arc::new(next));
-        previous.push(replaced.clone());
-        if previous.len() > KEPT_VERSIONS {
-            previous.remove(0);
-        }
-        replaced
-    }
-
-    /// Serves the version before the current one again; returns (now serving, replaced).
-    pub fn roll_back(&self) -> Option<(Arc<LoadedComponent>, Arc<LoadedComponent>)> {
-        let mut previous = self.previous.lock().expect("version history lock");
-        let restored = previous.pop()?;
-        let replaced = self.current.swap(restored.clone());
-        Some((restored, replaced))
-    }
 }
 
 /// A route of `[[trigger.http]]`.

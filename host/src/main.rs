@@ -8,6 +8,7 @@ mod batching;
 mod builder;
 mod compile;
 mod compose;
+mod deploy;
 mod engines;
 mod export;
 #[cfg(test)]
@@ -18,6 +19,7 @@ mod manifest;
 mod nn;
 mod outbound;
 mod provision;
+mod rollout;
 mod runtime_config;
 mod telemetry;
 
@@ -56,6 +58,10 @@ enum Command {
     /// Write one component composed with its dependencies, wasi:nn provider included, as a
     /// standalone component for other runtimes (prints the `wasmtime serve` command to run it).
     Compose(ComposeArgs),
+    /// Push components to the admin APIs of hosts (a fleet at once), as new versions or canaries;
+    /// promote, abort, roll back.
+    #[command(subcommand)]
+    Deploy(deploy::DeployAction),
     /// Export a Hugging Face BERT-family checkpoint (safetensors) to ONNX, without PyTorch.
     Export(ExportArgs),
 }
@@ -155,6 +161,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Compose(args) => compose_command(&args),
+        Command::Deploy(action) => deploy::run(action),
         Command::Export(args) => {
             let report = export::export(&export::ExportOptions {
                 model_dir: args.model_dir,

@@ -8,47 +8,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Host, client, repo_root};
+use common::{ADMIN_TOKEN as TOKEN, Host, built_wasm, client, wasm_variant as variant};
 use serde_json::{Value, json};
 use sha2::Digest;
 
-const TOKEN: &str = "test-admin-token-0123456789";
-
 fn admin_host() -> Host {
-    Host::start_with_env(
-        &repo_root().join("spin.toml"),
-        &["--admin-listen", "127.0.0.1:0"],
-        &[("EDGEINFER_ADMIN_TOKEN", TOKEN)],
-    )
+    common::admin_host("spin.toml", None)
 }
 
 fn embed_wasm() -> Vec<u8> {
-    std::fs::read(repo_root().join("target/wasm32-wasip2/release/embed.wasm"))
-        .expect("embed.wasm (edgeinfer build)")
-}
-
-/// `bytes` with a custom section appended: the same code, a different version.
-fn variant(bytes: &[u8], tag: &str) -> Vec<u8> {
-    fn leb(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            out.push(if n == 0 { byte } else { byte | 0x80 });
-            if n == 0 {
-                break;
-            }
-        }
-    }
-    let name = b"edgeinfer:test-variant";
-    let mut content = Vec::new();
-    leb(name.len(), &mut content);
-    content.extend_from_slice(name);
-    content.extend_from_slice(tag.as_bytes());
-    let mut out = bytes.to_vec();
-    out.push(0);
-    leb(content.len(), &mut out);
-    out.extend(content);
-    out
+    built_wasm("embed")
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -184,7 +153,7 @@ fn broken_uploads_are_refused_and_the_old_version_keeps_serving() {
     assert_eq!((status, body["error_type"].as_str()), (400, Some("ChecksumMismatch")), "{body}");
 
     // A real component, but not an HTTP handler: it does not export wasi:http/handler.
-    let tokenizer = std::fs::read(repo_root().join("target/wasm32-wasip2/release/tokenizer.wasm")).unwrap();
+    let tokenizer = built_wasm("tokenizer");
     let (status, body) = deploy(&host, "embed", &tokenizer, &sha256(&tokenizer));
     assert_eq!((status, body["error_type"].as_str()), (400, Some("InvalidComponent")), "{body}");
     assert!(body["error"].as_str().unwrap().contains("still serving"), "{body}");

@@ -3,6 +3,7 @@
 
 mod docs;
 mod kserve;
+mod shadow;
 mod status;
 
 pub use docs::SwaggerUi;
@@ -168,9 +169,14 @@ impl Server {
             _ if host_route => error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "use GET"),
             _ => match matched {
                 Some(route) => {
-                    // Served by the version current now, whatever is deployed meanwhile.
-                    let component = route.component.current();
+                    // Served by the version picked now, whatever is deployed meanwhile.
+                    let pick = route.component.pick(req.headers(), peer.ip());
+                    let shadow = pick.shadow.map(|version| (version, shadow::copy_head(&req)));
+                    let component = pick.serving;
                     let mut response = self.to_component(req, &component, number, &mut input).await;
+                    if let (Some((version, head)), Some(input)) = (shadow, &input) {
+                        response = shadow::mirror(response, version, head, input.bytes.clone(), number).await;
+                    }
                     let version = http::HeaderValue::from_str(&component.version[..12]).expect("hex digits");
                     response.headers_mut().insert(VERSION_HEADER, version);
                     response
@@ -180,23 +186,25 @@ impl Server {
         };
         let error_type = error_type_of(&mut response).await;
         let status = response.status().as_u16().to_string();
-        let labels = [("route", route.clone()), ("component", component.clone())];
-        metrics::counter!("edgeinfer_requests_total", "route" => route.clone(), "component" => component.clone(), "status" => status)
+        let version = response
+            .headers()
+            .get(VERSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map_or_else(|| "-".to_string(), str::to_string);
+        // Per version, so that a canary's latency and errors can be compared with the stable's.
+        let labels =
+            [("route", route.clone()), ("component", component.clone()), ("version", version.clone())];
+        metrics::counter!("edgeinfer_requests_total", "route" => route.clone(), "component" => component.clone(), "version" => version.clone(), "status" => status)
             .increment(1);
         metrics::histogram!("edgeinfer_request_duration_seconds", &labels).record(started.elapsed());
         if let Some(error_type) = &error_type {
-            metrics::counter!("edgeinfer_errors_total", "route" => route.clone(), "component" => component.clone(), "error_type" => error_type.clone())
+            metrics::counter!("edgeinfer_errors_total", "route" => route.clone(), "component" => component.clone(), "version" => version.clone(), "error_type" => error_type.clone())
                 .increment(1);
         }
         let tokens = response.headers().get(TOKENS_HEADER).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if let Some(tokens) = tokens {
             metrics::counter!("edgeinfer_tokens_total", &labels).increment(tokens);
         }
-        let version = response
-            .headers()
-            .get(VERSION_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map_or_else(|| "-".to_string(), str::to_string);
         let input_hash = input.as_ref().map(|i| i.hash.as_str());
         let input_bytes = input.as_ref().map(|i| i.bytes.len());
         let input_text =

@@ -203,3 +203,48 @@ pub fn reference(name: &str) -> Value {
     let path = repo_root().join("tests/reference").join(name);
     serde_json::from_slice(&std::fs::read(&path).expect("reference file")).expect("reference JSON")
 }
+
+/// The admin token the admin-API tests start hosts with.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// Starts `manifest` (relative to the repo root) with the admin API on a free port, and with
+/// `runtime` as its runtime config when given.
+pub fn admin_host(manifest: &str, runtime: Option<&str>) -> Host {
+    let root = repo_root();
+    let runtime = runtime.map(|r| root.join(r).display().to_string());
+    let mut args = vec!["--admin-listen", "127.0.0.1:0"];
+    if let Some(runtime) = &runtime {
+        args.extend(["--runtime-config-file", runtime.as_str()]);
+    }
+    Host::start_with_env(&root.join(manifest), &args, &[("EDGEINFER_ADMIN_TOKEN", ADMIN_TOKEN)])
+}
+
+/// A component built by `edgeinfer build` (target/wasm32-wasip2/release/NAME.wasm).
+pub fn built_wasm(name: &str) -> Vec<u8> {
+    let path = repo_root().join(format!("target/wasm32-wasip2/release/{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (edgeinfer build)", path.display()))
+}
+
+/// `bytes` with a custom section appended: the same code, another version.
+pub fn wasm_variant(bytes: &[u8], tag: &str) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            out.push(if n == 0 { byte } else { byte | 0x80 });
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    let name = b"edgeinfer:test-variant";
+    let mut content = Vec::new();
+    leb(name.len(), &mut content);
+    content.extend_from_slice(name);
+    content.extend_from_slice(tag.as_bytes());
+    let mut out = bytes.to_vec();
+    out.push(0);
+    leb(content.len(), &mut out);
+    out.extend(content);
+    out
+}

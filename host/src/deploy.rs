@@ -1,0 +1,290 @@
+//! `edgeinfer deploy`: pushes components of a spin.toml app to the admin APIs of one or many
+//! hosts at once (as a new version or as a canary), or promotes, aborts or rolls back there; a
+//! progress bar per host and component, then a summary table.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde_json::Value;
+
+use crate::compose::read_source;
+use crate::manifest::Manifest;
+
+/// What to do on every host.
+#[derive(clap::Subcommand)]
+pub enum DeployAction {
+    /// Upload the components (default: every routed component) and switch to them, or put them
+    /// on trial with --canary.
+    Push {
+        #[command(flatten)]
+        target: Target,
+        /// Send this share of the traffic (0-100) to the new version instead of switching.
+        #[arg(long)]
+        canary: Option<f64>,
+        /// With --canary: `shadow` runs the new version on a copy of the traffic only.
+        #[arg(long, default_value = "split")]
+        mode: String,
+        /// With --canary: keep clients on one version, by `client` address or `header:NAME`.
+        #[arg(long)]
+        sticky: Option<String>,
+        /// Upload this file instead of the component's `source` (one component only).
+        #[arg(long)]
+        wasm: Option<PathBuf>,
+    },
+    /// Make the canary the stable version.
+    Promote {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Drop the canary.
+    Abort {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Serve the previous version again.
+    Rollback {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Where, what, and with which token.
+#[derive(clap::Args)]
+pub struct Target {
+    /// The app's manifest.
+    #[arg(short = 'f', long = "from", default_value = "spin.toml")]
+    manifest: PathBuf,
+    /// Admin API of a host (repeat for a fleet), e.g. http://10.0.0.7:3001.
+    #[arg(long = "to", required = true)]
+    hosts: Vec<String>,
+    /// File holding the admin token (else $EDGEINFER_ADMIN_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Components (default: every routed component of the manifest).
+    components: Vec<String>,
+}
+
+/// One host's outcome for one component.
+struct Outcome {
+    host: String,
+    component: String,
+    result: Result<String, String>,
+    seconds: f64,
+}
+
+pub fn run(action: DeployAction) -> Result<()> {
+    let (target, verb) = match &action {
+        DeployAction::Push { target, .. } => (target, "push"),
+        DeployAction::Promote { target } => (target, "promote"),
+        DeployAction::Abort { target } => (target, "abort"),
+        DeployAction::Rollback { target } => (target, "rollback"),
+    };
+    let manifest = Manifest::load(&target.manifest)?;
+    let token = match &target.token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .trim()
+            .to_string(),
+        None => std::env::var("EDGEINFER_ADMIN_TOKEN")
+            .context("give the admin token: --token-file FILE or $EDGEINFER_ADMIN_TOKEN")?,
+    };
+    let components: Vec<String> = if target.components.is_empty() {
+        let mut routed: Vec<String> = manifest.http_triggers.iter().map(|t| t.component.clone()).collect();
+        routed.dedup();
+        routed
+    } else {
+        target.components.clone()
+    };
+    for id in &components {
+        if !manifest.components.contains_key(id) {
+            bail!("spin.toml has no component {id:?}");
+        }
+    }
+    // What to send: (component, bytes, query) per component.
+    let mut uploads = Vec::new();
+    if let DeployAction::Push { canary, mode, sticky, wasm, .. } = &action {
+        if wasm.is_some() && components.len() != 1 {
+            bail!("--wasm replaces one component's source: name exactly one component");
+        }
+        let mut query = String::new();
+        if let Some(percent) = canary {
+            query.push_str(&format!("&canary={percent}&mode={mode}"));
+            if let Some(sticky) = sticky {
+                query.push_str(&format!("&sticky={sticky}"));
+            }
+        }
+        for id in &components {
+            let bytes = match wasm {
+                Some(path) => {
+                    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+                }
+                None => read_source(&manifest, &manifest.components[id])?,
+            };
+            uploads.push((id.clone(), bytes, query.clone()));
+        }
+    }
+
+    let bars = MultiProgress::new();
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(600)).build()?;
+    let outcomes: Vec<Outcome> = std::thread::scope(|scope| {
+        let tasks: Vec<_> = target
+            .hosts
+            .iter()
+            .map(|host| {
+                let (client, bars, token, uploads, components) =
+                    (&client, &bars, &token, &uploads, &components);
+                scope.spawn(move || {
+                    let base = host.trim_end_matches('/');
+                    if verb == "push" {
+                        uploads
+                            .iter()
+                            .map(|(id, bytes, query)| push(client, bars, base, token, id, bytes, query))
+                            .collect::<Vec<_>>()
+                    } else {
+                        components.iter().map(|id| act(client, bars, base, token, id, verb)).collect()
+                    }
+                })
+            })
+            .collect();
+        tasks.into_iter().flat_map(|t| t.join().expect("a deploy thread panicked")).collect()
+    });
+    print_summary(verb, &outcomes);
+    let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
+    if failed > 0 {
+        bail!("{failed} of {} {verb}es failed", outcomes.len());
+    }
+    Ok(())
+}
+
+/// Uploads one component to one host: a bar for the bytes, then a spinner while the host
+/// composes, compiles and checks it.
+fn push(
+    client: &reqwest::blocking::Client,
+    bars: &MultiProgress,
+    host: &str,
+    token: &str,
+    id: &str,
+    bytes: &[u8],
+    query: &str,
+) -> Outcome {
+    let started = Instant::now();
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes));
+    let bar = bars.add(ProgressBar::new(bytes.len() as u64));
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:30} {bar:30} {bytes:>10}/{total_bytes:10} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{id} → {host}"));
+    bar.set_message("uploading");
+    let reader = Upload { data: bytes.to_vec(), at: 0, bar: bar.clone() };
+    let url = format!("{host}/admin/v1/components/{id}?sha256={sha}{query}");
+    let response = client
+        .put(url)
+        .bearer_auth(token)
+        .body(reqwest::blocking::Body::sized(reader, bytes.len() as u64))
+        .send();
+    let result = answer(response).map(|body| {
+        if body["canary"].is_string() {
+            format!("canary {} at {}%", short(&body["canary"]), body["percent"].as_f64().unwrap_or(f64::NAN))
+        } else if body["unchanged"] == true {
+            format!("unchanged {}", short(&body["version"]))
+        } else {
+            format!("serving {} in {} ms", short(&body["version"]), body["total_ms"])
+        }
+    });
+    bar.finish_with_message(match &result {
+        Ok(text) => text.clone(),
+        Err(e) => format!("FAILED: {e}"),
+    });
+    Outcome {
+        host: host.to_string(),
+        component: id.to_string(),
+        result,
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// Promote, abort or rollback of one component on one host.
+fn act(
+    client: &reqwest::blocking::Client,
+    bars: &MultiProgress,
+    host: &str,
+    token: &str,
+    id: &str,
+    verb: &str,
+) -> Outcome {
+    let started = Instant::now();
+    let spinner = bars.add(ProgressBar::new_spinner());
+    spinner.set_message(format!("{verb} {id} on {host}"));
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    let response = client.post(format!("{host}/admin/v1/components/{id}/{verb}")).bearer_auth(token).send();
+    let result = answer(response).map(|body| format!("serving {}", short(&body["version"])));
+    spinner.finish_and_clear();
+    Outcome {
+        host: host.to_string(),
+        component: id.to_string(),
+        result,
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// A version hash cut to the 12 hex digits people read.
+fn short(version: &Value) -> String {
+    version.as_str().unwrap_or("?").chars().take(12).collect()
+}
+
+/// The JSON of a 200, or the host's error.
+fn answer(response: reqwest::Result<reqwest::blocking::Response>) -> Result<Value, String> {
+    let response = response.map_err(|e| format!("cannot reach the host: {e}"))?;
+    let status = response.status();
+    let body: Value = response.json().map_err(|e| format!("{status}: not a JSON answer: {e}"))?;
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(format!(
+            "{status} {}: {}",
+            body["error_type"].as_str().unwrap_or("?"),
+            body["error"].as_str().unwrap_or("")
+        ))
+    }
+}
+
+fn print_summary(verb: &str, outcomes: &[Outcome]) {
+    let width =
+        |f: &dyn Fn(&Outcome) -> usize, title: usize| outcomes.iter().map(f).max().unwrap_or(0).max(title);
+    let host_w = width(&|o| o.host.len(), 4);
+    let component_w = width(&|o| o.component.len(), 9);
+    println!("{:host_w$}  {:component_w$}  {:>7}  {verb}", "host", "component", "seconds");
+    for o in outcomes {
+        let result = match &o.result {
+            Ok(text) => format!("ok: {text}"),
+            Err(e) => format!("FAILED: {e}"),
+        };
+        println!("{:host_w$}  {:component_w$}  {:>7.2}  {result}", o.host, o.component, o.seconds);
+    }
+}
+
+/// The upload's bytes, advancing its progress bar as they are read.
+struct Upload {
+    data: Vec<u8>,
+    at: usize,
+    bar: ProgressBar,
+}
+
+impl Read for Upload {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.data.len() - self.at).min(64 << 10);
+        buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+        self.at += n;
+        self.bar.set_position(self.at as u64);
+        if self.at == self.data.len() {
+            self.bar.set_message("validating and compiling on the host");
+            self.bar.enable_steady_tick(Duration::from_millis(100));
+        }
+        Ok(n)
+    }
+}
