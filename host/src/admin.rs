@@ -1,7 +1,8 @@
 //! The admin API, on its own listener (off unless `up --admin-listen`): what is deployed, a new
 //! version of a component (upload → checksum → compose and precompile → trial instantiation →
 //! atomic switch, while in-flight requests finish on the old version, or a canary on a share of
-//! the traffic), promote, abort, and rollback. Every call needs `Authorization: Bearer <token>`:
+//! the traffic), promote, abort, and rollback; a model reloaded from its file (or another) and
+//! switched to when loaded, while inference goes on. Every call needs `Authorization: Bearer <token>`:
 //! 401 without one, 403 with a wrong one.
 
 use std::convert::Infallible;
@@ -20,6 +21,7 @@ use wasmtime_wasi_http::WasiBody;
 
 use crate::app::App;
 use crate::http::{constant_time_eq, error, json as json_response};
+use crate::nn::registry::{ReloadError, ReloadRequest};
 use crate::rollout::{Canary, CanaryMode, Stickiness};
 
 /// Largest component accepted (a composed handler with an inference engine inside is ~25 MB).
@@ -84,13 +86,19 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<WasiBody> {
         (&Method::POST, ["admin", "v1", "components", id, "rollback"]) => roll_back(&app, id),
         (&Method::POST, ["admin", "v1", "components", id, "promote"]) => promote(&app, id),
         (&Method::POST, ["admin", "v1", "components", id, "abort"]) => abort(&app, id),
+        (&Method::POST, ["admin", "v1", "models", name, "reload"]) => {
+            let name = name.to_string();
+            reload_model(app, &name, req).await
+        }
         (_, ["admin", "v1", "app"]) => error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "use GET"),
         (_, ["admin", "v1", "components", _]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "use PUT")
         }
-        (_, ["admin", "v1", "components", _, "rollback" | "promote" | "abort"]) => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "use POST")
-        }
+        (
+            _,
+            ["admin", "v1", "components", _, "rollback" | "promote" | "abort"]
+            | ["admin", "v1", "models", _, "reload"],
+        ) => error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "use POST"),
         _ => error(StatusCode::NOT_FOUND, "NotFound", &format!("no admin route {path}")),
     }
 }
@@ -142,10 +150,18 @@ fn describe(app: &App) -> Response<WasiBody> {
         .collect();
     let mut models: Vec<_> = app
         .registry
+        .graphs()
         .iter()
-        .map(|g| json!({"name": g.name, "ready": true, "device": g.device.to_string()}))
+        .map(|g| {
+            json!({
+                "name": g.name, "ready": true, "device": g.device.to_string(), "sha256": g.sha256,
+                "path": g.path, "loaded_at": crate::http::status::timestamp(g.loaded_at),
+            })
+        })
         .collect();
-    models.extend(app.registry.failures().map(|f| json!({"name": f.name, "ready": false, "error": f.error})));
+    models.extend(
+        app.registry.failures().iter().map(|f| json!({"name": f.name, "ready": false, "error": f.error})),
+    );
     json_response(StatusCode::OK, &json!({"app": app.name, "components": components, "models": models}))
 }
 
@@ -285,6 +301,59 @@ fn promote(app: &App, id: &str) -> Response<WasiBody> {
             )
         }
         None => no_canary(id),
+    }
+}
+
+/// `POST /admin/v1/models/NAME/reload`, with an optional JSON body `{"path", "sha256"}`: loads
+/// the model beside the serving graph and switches when it is ready.
+async fn reload_model(app: Arc<App>, name: &str, req: Request<Incoming>) -> Response<WasiBody> {
+    let body = match http_body_util::Limited::new(req.into_body(), 64 << 10).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, "BadRequest", &format!("cannot read the body: {e}")),
+    };
+    let request: ReloadRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ReloadRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(request) => request,
+            Err(e) => {
+                let message = format!("the body is not {{\"path\", \"sha256\"}}: {e}");
+                return error(StatusCode::BAD_REQUEST, "Validation", &message);
+            }
+        }
+    };
+    let started = Instant::now();
+    tracing::info!(model = name, path = ?request.path, "reloading model");
+    match app.registry.reload(name, request).await {
+        Ok((loaded, replaced)) => {
+            let load_ms = started.elapsed().as_millis() as u64;
+            metrics::counter!("edgeinfer_model_reloads_total", "model" => name.to_string(), "outcome" => "reloaded").increment(1);
+            tracing::info!(model = name, sha256 = %&loaded.sha256[..12], load_ms, "model reloaded");
+            json_response(
+                StatusCode::OK,
+                &json!({
+                    "name": name, "sha256": loaded.sha256, "path": loaded.path,
+                    "replaced": replaced.map(|r| r.sha256.clone()), "load_ms": load_ms,
+                }),
+            )
+        }
+        Err(e) => {
+            let (status, error_type) = match &e {
+                ReloadError::UnknownModel(_) => (StatusCode::NOT_FOUND, "ModelNotFound"),
+                ReloadError::InProgress(_) => (StatusCode::CONFLICT, "ReloadInProgress"),
+                ReloadError::Invalid(_) => (StatusCode::BAD_REQUEST, "InvalidModel"),
+                ReloadError::Incompatible(_) => (StatusCode::BAD_REQUEST, "IncompatibleModel"),
+            };
+            if status == StatusCode::BAD_REQUEST {
+                metrics::counter!("edgeinfer_model_reloads_total", "model" => name.to_string(), "outcome" => "refused").increment(1);
+                tracing::warn!(model = name, "model reload refused: {e}");
+            }
+            let message = match status {
+                StatusCode::BAD_REQUEST => format!("{e}; the model serves as before"),
+                _ => e.to_string(),
+            };
+            error(status, error_type, &message)
+        }
     }
 }
 

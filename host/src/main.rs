@@ -222,6 +222,7 @@ async fn up(args: UpArgs) -> Result<()> {
     }
     let registry = Arc::new(GraphRegistry::load(&config.model, &manifest.dir));
     let mut gpus: Vec<u32> = registry
+        .graphs()
         .iter()
         .filter_map(|graph| match graph.device {
             runtime_config::Device::Cuda(index) => Some(index),

@@ -55,7 +55,7 @@ pub async fn handle(
     let path = req.uri().path().to_string();
     let parts: Vec<&str> = path.trim_start_matches(PREFIX).split('/').filter(|s| !s.is_empty()).collect();
     let method = req.method().clone();
-    let model = |name: &str| app.registry.get(name).cloned();
+    let model = |name: &str| app.registry.get(name);
     match (&method, &parts[..]) {
         (&Method::GET, []) => json_response(
             StatusCode::OK,
@@ -63,7 +63,7 @@ pub async fn handle(
         ),
         (&Method::GET, ["health", "live"]) => json_response(StatusCode::OK, &json!({"live": true})),
         (&Method::GET, ["health", "ready"]) => {
-            let ready = app.registry.failures().next().is_none();
+            let ready = app.registry.failures().is_empty();
             let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
             json_response(status, &json!({"ready": ready}))
         }

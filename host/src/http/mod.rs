@@ -4,7 +4,7 @@
 mod docs;
 mod kserve;
 mod shadow;
-mod status;
+pub mod status;
 
 pub use docs::SwaggerUi;
 

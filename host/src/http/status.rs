@@ -10,19 +10,23 @@ use wasmtime_wasi_http::WasiBody;
 use crate::app::App;
 
 /// RFC 3339 UTC timestamp.
-fn timestamp(at: SystemTime) -> String {
+pub fn timestamp(at: SystemTime) -> String {
     time::OffsetDateTime::from(at).format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
 pub fn ready(app: &App) -> Response<WasiBody> {
     let mut models: Vec<_> = app
         .registry
+        .graphs()
         .iter()
         .map(|g| {
-            json!({"name": g.name, "ready": true, "loaded_at": timestamp(g.loaded_at), "device": g.device.to_string()})
+            json!({
+                "name": g.name, "ready": true, "loaded_at": timestamp(g.loaded_at),
+                "device": g.device.to_string(), "sha256": g.sha256,
+            })
         })
         .collect();
-    let failed: Vec<_> = app.registry.failures().collect();
+    let failed: Vec<_> = app.registry.failures();
     models.extend(failed.iter().map(
         |f| json!({"name": f.name, "ready": false, "failed_at": timestamp(f.failed_at), "error": f.error}),
     ));

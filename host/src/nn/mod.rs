@@ -10,7 +10,7 @@ use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
 use crate::engines::{ElementType, EngineError, TensorData};
-use registry::{GraphRegistry, LoadedGraph};
+use registry::{GraphRegistry, ModelSlot};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -32,11 +32,12 @@ mod bindings {
 use bindings::wasi::nn::{errors, graph, inference, tensor};
 use errors::ErrorCode;
 
-/// A graph handed to a guest.
-pub struct GraphHandle(Arc<LoadedGraph>);
+/// A graph handed to a guest: the model, whose serving graph is looked up at each compute so that
+/// a reloaded model serves handles taken before the reload.
+pub struct GraphHandle(Arc<ModelSlot>);
 
-/// An execution context: the graph it runs.
-pub struct ExecutionContext(Arc<LoadedGraph>);
+/// An execution context: the model it runs.
+pub struct ExecutionContext(Arc<ModelSlot>);
 
 /// A wasi:nn error resource.
 pub struct NnError {
@@ -109,10 +110,10 @@ impl graph::Host for NnView<'_> {
             let message = format!("model {name:?} is unavailable: it failed to load: {}", failed.error);
             return self.error(ErrorCode::RuntimeError, message);
         }
-        let Some(graph) = self.ctx.registry.get(&name).cloned() else {
+        let Some(slot) = self.ctx.registry.slot(&name).cloned() else {
             return self.error(ErrorCode::NotFound, format!("no model named {name:?} is loaded"));
         };
-        Ok(Ok(self.table.push(GraphHandle(graph))?))
+        Ok(Ok(self.table.push(GraphHandle(slot))?))
     }
 }
 
@@ -141,7 +142,10 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
         context: Resource<ExecutionContext>,
         inputs: Vec<(String, Resource<TensorData>)>,
     ) -> NnResult<Vec<(String, Resource<TensorData>)>> {
-        let graph = self.table.get(&context)?.0.clone();
+        let slot = self.table.get(&context)?.0.clone();
+        let Some(graph) = slot.graph() else {
+            return self.error(ErrorCode::RuntimeError, format!("model {:?} is unavailable", slot.name));
+        };
         let mut tensors = Vec::with_capacity(inputs.len());
         for (name, tensor) in &inputs {
             tensors.push((name.clone(), self.table.get(tensor)?.clone()));
