@@ -7,6 +7,7 @@ mod load;
 mod native;
 mod pipeline;
 mod soak;
+mod swap;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -30,6 +31,8 @@ enum Command {
     Ceiling(ceiling::CeilingArgs),
     /// A long run against a local server, sampling its resident memory; print a JSON result.
     Soak(soak::SoakArgs),
+    /// Deploy new versions of a component through the admin API under load; time each swap.
+    Swap(swap::SwapArgs),
 }
 
 fn main() -> Result<()> {
@@ -46,6 +49,11 @@ fn main() -> Result<()> {
         }
         Command::Inproc(args) => {
             println!("{}", serde_json::to_string(&native::inproc(args)?)?);
+            Ok(())
+        }
+        Command::Swap(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            println!("{}", serde_json::to_string(&runtime.block_on(swap::run(args))?)?);
             Ok(())
         }
         Command::Soak(args) => {

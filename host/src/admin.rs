@@ -9,7 +9,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -202,7 +201,7 @@ async fn deploy(app: Arc<App>, id: &str, req: Request<Incoming>) -> Response<Was
         return error(StatusCode::BAD_REQUEST, "ChecksumMismatch", &message);
     }
     let received_ms = started.elapsed().as_millis() as u64;
-    match build_and_check(&app, id, bytes).await {
+    match app.prepare(id, bytes.to_vec()).await {
         Ok(next) => {
             let validated_ms = started.elapsed().as_millis() as u64;
             let version = next.version.clone();
@@ -246,26 +245,6 @@ async fn deploy(app: Arc<App>, id: &str, req: Request<Incoming>) -> Response<Was
             error(StatusCode::BAD_REQUEST, "InvalidComponent", &message)
         }
     }
-}
-
-/// Composes and compiles the upload (off the async runtime), then instantiates it once as a
-/// request would: only a version that gets this far is ever switched to.
-async fn build_and_check(
-    app: &Arc<App>,
-    id: &str,
-    bytes: Bytes,
-) -> anyhow::Result<crate::app::LoadedComponent> {
-    let (builder_app, owned_id) = (app.clone(), id.to_string());
-    let next =
-        tokio::task::spawn_blocking(move || builder_app.builder.build(&owned_id, bytes.to_vec())).await??;
-    let handler = next.handler.state();
-    let mut store = handler.spec.new_store(&handler.engine)?;
-    handler
-        .pre
-        .instantiate_async(&mut store)
-        .await
-        .map_err(|e| anyhow::anyhow!("it cannot be instantiated: {e:#}"))?;
-    Ok(next)
 }
 
 /// `POST /admin/v1/components/ID/rollback`: the version before the current one serves again.

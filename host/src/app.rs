@@ -133,6 +133,11 @@ impl ComponentBuilder {
         .with_context(|| format!("component {id}"))
     }
 
+    /// The app's manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
     /// Builds the version spin.toml's `source` names.
     pub fn build_from_source(&self, id: &str) -> Result<LoadedComponent> {
         let component =
@@ -142,6 +147,21 @@ impl ComponentBuilder {
 }
 
 impl App {
+    /// A new version of routed component `id` from its own bytes: composed, compiled (cached),
+    /// linked, and instantiated once so that a version that cannot start never serves.
+    pub async fn prepare(self: &Arc<Self>, id: &str, main: Vec<u8>) -> Result<LoadedComponent> {
+        let (app, owned_id) = (self.clone(), id.to_string());
+        let next = tokio::task::spawn_blocking(move || app.builder.build(&owned_id, main)).await??;
+        let handler = next.handler.state();
+        let mut store = handler.spec.new_store(&handler.engine)?;
+        handler
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| anyhow::anyhow!("it cannot be instantiated: {e:#}"))?;
+        Ok(next)
+    }
+
     /// Builds every routed component of `manifest`.
     pub fn load(
         manifest: Arc<Manifest>,

@@ -7,22 +7,28 @@ use crate::manifest::Manifest;
 
 /// Builds every component that declares a build command; stops at the first failure.
 pub fn build_all(manifest: &Manifest) -> Result<()> {
-    for (id, component) in &manifest.components {
-        let Some(build) = &component.build else { continue };
-        let workdir = match &build.workdir {
-            Some(dir) => manifest.resolve(dir),
-            None => manifest.dir.clone(),
-        };
-        eprintln!("edgeinfer: building component {id}: {}", build.command);
-        let status = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(&build.command)
-            .current_dir(&workdir)
-            .status()
-            .with_context(|| format!("cannot run the build command of {id}"))?;
-        if !status.success() {
-            bail!("build of component {id} failed ({status}): {}", build.command);
-        }
+    for id in manifest.components.keys() {
+        build_one(manifest, id)?;
+    }
+    Ok(())
+}
+
+/// Runs component `id`'s build command, if it has one.
+pub fn build_one(manifest: &Manifest, id: &str) -> Result<()> {
+    let Some(build) = manifest.components.get(id).and_then(|c| c.build.as_ref()) else { return Ok(()) };
+    let workdir = match &build.workdir {
+        Some(dir) => manifest.resolve(dir),
+        None => manifest.dir.clone(),
+    };
+    eprintln!("edgeinfer: building component {id}: {}", build.command);
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&build.command)
+        .current_dir(&workdir)
+        .status()
+        .with_context(|| format!("cannot run the build command of {id}"))?;
+    if !status.success() {
+        bail!("build of component {id} failed ({status}): {}", build.command);
     }
     Ok(())
 }

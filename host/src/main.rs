@@ -22,6 +22,7 @@ mod provision;
 mod rollout;
 mod runtime_config;
 mod telemetry;
+mod watch;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -133,6 +134,10 @@ struct UpArgs {
     /// Build the components first.
     #[arg(long)]
     build: bool,
+    /// Rebuild components when their `[component.X.build] watch` files change, and swap the new
+    /// builds in without a restart (models stay loaded).
+    #[arg(long)]
+    watch: bool,
     /// Compose wasi:nn provider dependencies (e.g. nn-remote) into handlers instead of serving
     /// wasi:nn natively (by default such dependencies are skipped).
     #[arg(long)]
@@ -245,6 +250,10 @@ async fn up(args: UpArgs) -> Result<()> {
         args.compose_nn_providers,
     )?);
 
+    if args.watch {
+        let watched = watch::start(app.clone())?;
+        eprintln!("Watching the build inputs of: {}", watched.join(", "));
+    }
     let admin = match args.admin_listen {
         Some(address) => {
             let token = admin_token(args.admin_token_file.as_deref())?;

@@ -99,9 +99,9 @@ pub struct Build {
     pub command: String,
     #[serde(default)]
     pub workdir: Option<String>,
-    /// Files whose change calls for a rebuild (Spin's `spin watch`); accepted, not used yet.
-    #[serde(default, rename = "watch")]
-    _watch: Vec<String>,
+    /// Files whose change calls for a rebuild (globs relative to the workdir), for `up --watch`.
+    #[serde(default)]
+    pub watch: Vec<String>,
 }
 
 /// A component dependency; only local paths are supported (no registry here).
