@@ -29,6 +29,20 @@ const MAX_UPLOAD_BYTES: usize = 256 << 20;
 /// An upload must arrive within this.
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The admin token: the contents of `file` (trimmed) if given, else `$EDGEINFER_ADMIN_TOKEN`.
+pub fn read_token(file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    use anyhow::Context;
+    match file {
+        Some(path) => Ok(std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the admin token file {}", path.display()))?
+            .trim()
+            .to_string()),
+        None => std::env::var("EDGEINFER_ADMIN_TOKEN").context(
+            "no admin token: give --admin-token-file FILE (or --token-file) or set $EDGEINFER_ADMIN_TOKEN",
+        ),
+    }
+}
+
 /// Serves the admin API on `listener` until the task is dropped.
 pub async fn serve(app: Arc<App>, token: String, listener: TcpListener) {
     let token = Arc::new(token);
@@ -147,17 +161,7 @@ fn describe(app: &App) -> Response<WasiBody> {
             json!({"id": slot.id, "version": current.version, "routes": routes, "previous": previous, "canary": canary})
         })
         .collect();
-    let mut models: Vec<_> = app
-        .registry
-        .graphs()
-        .iter()
-        .map(|g| {
-            json!({
-                "name": g.name, "ready": true, "device": g.device.to_string(), "sha256": g.sha256,
-                "path": g.path, "loaded_at": crate::http::status::timestamp(g.loaded_at),
-            })
-        })
-        .collect();
+    let mut models: Vec<_> = app.registry.graphs().iter().map(|g| g.describe()).collect();
     models.extend(
         app.registry.failures().iter().map(|f| json!({"name": f.name, "ready": false, "error": f.error})),
     );

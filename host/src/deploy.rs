@@ -83,14 +83,7 @@ pub fn run(action: DeployAction) -> Result<()> {
         DeployAction::Rollback { target } => (target, "rollback"),
     };
     let manifest = Manifest::load(&target.manifest)?;
-    let token = match &target.token_file {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?
-            .trim()
-            .to_string(),
-        None => std::env::var("EDGEINFER_ADMIN_TOKEN")
-            .context("give the admin token: --token-file FILE or $EDGEINFER_ADMIN_TOKEN")?,
-    };
+    let token = crate::admin::read_token(target.token_file.as_deref())?;
     let components: Vec<String> = if target.components.is_empty() {
         let mut routed: Vec<String> = manifest.http_triggers.iter().map(|t| t.component.clone()).collect();
         routed.dedup();

@@ -306,17 +306,9 @@ async fn up(args: UpArgs) -> Result<()> {
     Ok(())
 }
 
-/// The admin API's bearer token: from `--admin-token-file`, else `$EDGEINFER_ADMIN_TOKEN`; at
-/// least 16 characters.
+/// The admin API's bearer token for serving: at least 16 characters.
 fn admin_token(file: Option<&Path>) -> Result<String> {
-    let token = match file {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the admin token file {}", path.display()))?
-            .trim()
-            .to_string(),
-        None => std::env::var("EDGEINFER_ADMIN_TOKEN")
-            .context("--admin-listen needs a token: --admin-token-file FILE or $EDGEINFER_ADMIN_TOKEN")?,
-    };
+    let token = admin::read_token(file)?;
     anyhow::ensure!(token.len() >= 16, "the admin token must be at least 16 characters");
     Ok(token)
 }

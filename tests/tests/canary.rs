@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{
-    ADMIN_TOKEN as TOKEN, Host, admin_host, built_wasm as wasm, client, get, wasm_variant as variant,
+    ADMIN_TOKEN as TOKEN, Host, admin_app, admin_host, built_wasm as wasm, client, get,
+    wasm_variant as variant,
 };
 use serde_json::{Value, json};
 use sha2::Digest;
@@ -135,14 +136,7 @@ fn a_sticky_canary_keeps_each_client_on_one_version() {
     }
     let share = users_on_trial as f64 / users as f64;
     assert!((share - 0.20).abs() < 0.06, "about 20% of users on the canary: {:.1}%", share * 100.0);
-    let app: Value = client()
-        .get(format!("{}/admin/v1/app", host.admin.as_ref().unwrap()))
-        .bearer_auth(TOKEN)
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    let steady = app["components"].as_array().unwrap().iter().find(|c| c["id"] == "steady").unwrap();
+    let (app, steady) = admin_app(&host, "steady");
     assert_eq!(steady["canary"]["sticky"], "header:x-user", "{app}");
     assert_eq!(steady["canary"]["percent"], 20.0);
 }

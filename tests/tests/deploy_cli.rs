@@ -6,7 +6,9 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{ADMIN_TOKEN, Host, admin_host, built_wasm, client, host_binary, repo_root, wasm_variant};
+use common::{
+    ADMIN_TOKEN, Host, admin_app, admin_host, built_wasm, client, host_binary, repo_root, wasm_variant,
+};
 use serde_json::Value;
 use sha2::Digest;
 
@@ -43,14 +45,7 @@ fn serving(host: &Host) -> String {
 
 /// The `steady` component as the host's admin API describes it.
 fn described(host: &Host) -> Value {
-    let app: Value = client()
-        .get(format!("{}/admin/v1/app", host.admin.as_ref().unwrap()))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    app["components"].as_array().unwrap().iter().find(|c| c["id"] == "steady").unwrap().clone()
+    admin_app(host, "steady").1
 }
 
 /// The summary line for `host` (its admin URL) in the deploy's output.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{ADMIN_TOKEN as TOKEN, Host, built_wasm, client, wasm_variant as variant};
+use common::{ADMIN_TOKEN as TOKEN, Host, admin_app, built_wasm, client, wasm_variant as variant};
 use serde_json::{Value, json};
 use sha2::Digest;
 
@@ -179,14 +179,7 @@ fn rollback_restores_the_previous_version() {
     assert_eq!(status, 200, "{body}");
     let v2 = serving_version(&host);
     assert_ne!(v1, v2);
-    let app: Value = client()
-        .get(format!("{}/admin/v1/app", host.admin.as_ref().unwrap()))
-        .bearer_auth(TOKEN)
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    let embed = app["components"].as_array().unwrap().iter().find(|c| c["id"] == "embed").unwrap().clone();
+    let (app, embed) = admin_app(&host, "embed");
     assert_eq!(embed["previous"][0].as_str().unwrap()[..12], v1, "{app}");
     assert_eq!(embed["routes"][0], "/embed");
 

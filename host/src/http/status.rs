@@ -15,17 +15,12 @@ pub fn timestamp(at: SystemTime) -> String {
 }
 
 pub fn ready(app: &App) -> Response<WasiBody> {
-    let mut models: Vec<_> = app
-        .registry
-        .graphs()
-        .iter()
-        .map(|g| {
-            json!({
-                "name": g.name, "ready": true, "loaded_at": timestamp(g.loaded_at),
-                "device": g.device.to_string(), "sha256": g.sha256,
-            })
-        })
-        .collect();
+    // The public endpoint does not tell where files are; the admin API does.
+    let without_path = |mut described: serde_json::Value| {
+        described.as_object_mut().map(|o| o.remove("path"));
+        described
+    };
+    let mut models: Vec<_> = app.registry.graphs().iter().map(|g| without_path(g.describe())).collect();
     let failed: Vec<_> = app.registry.failures();
     models.extend(failed.iter().map(
         |f| json!({"name": f.name, "ready": false, "failed_at": timestamp(f.failed_at), "error": f.error}),

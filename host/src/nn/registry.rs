@@ -40,6 +40,16 @@ pub struct LoadedGraph {
     pub batcher: Batcher,
 }
 
+impl LoadedGraph {
+    /// The graph as `/ready` and the admin API list it.
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name, "ready": true, "device": self.device.to_string(), "sha256": self.sha256,
+            "path": self.path, "loaded_at": crate::http::status::timestamp(self.loaded_at),
+        })
+    }
+}
+
 /// A model of the runtime config that failed to load.
 pub struct FailedModel {
     pub name: String,

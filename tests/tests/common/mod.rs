@@ -219,6 +219,15 @@ pub fn admin_host(manifest: &str, runtime: Option<&str>) -> Host {
     Host::start_with_env(&root.join(manifest), &args, &[("EDGEINFER_ADMIN_TOKEN", ADMIN_TOKEN)])
 }
 
+/// `GET /admin/v1/app` of a host started by `admin_host`, and the entry of component `id` in it.
+pub fn admin_app(host: &Host, id: &str) -> (Value, Value) {
+    let url = format!("{}/admin/v1/app", host.admin.as_ref().expect("a host with --admin-listen"));
+    let app: Value = client().get(url).bearer_auth(ADMIN_TOKEN).send().unwrap().json().unwrap();
+    let component =
+        app["components"].as_array().unwrap().iter().find(|c| c["id"] == id).cloned().unwrap_or_default();
+    (app, component)
+}
+
 /// A component built by `edgeinfer build` (target/wasm32-wasip2/release/NAME.wasm).
 pub fn built_wasm(name: &str) -> Vec<u8> {
     let path = repo_root().join(format!("target/wasm32-wasip2/release/{name}.wasm"));
