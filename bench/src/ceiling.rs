@@ -22,19 +22,27 @@ pub struct CeilingArgs {
     /// Seconds measured per batch size.
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
+    /// Microseconds of idleness before each run, as a server sees between requests at low load
+    /// (0: back to back).
+    #[arg(long, default_value_t = 0)]
+    idle_us: u64,
 }
 
 /// Sequences per second of one batch size.
 #[derive(Serialize)]
 pub struct Point {
     pub batch_size: usize,
+    /// Sequences per second of run time (idle pauses not counted).
     pub sequences_per_s: f64,
+    /// Mean time of one run.
+    pub ms_per_run: f64,
 }
 
 /// The ceiling run's outcome.
 #[derive(Serialize)]
 pub struct CeilingResult {
     pub label: &'static str,
+    pub idle_us: u64,
     pub tokens: usize,
     pub points: Vec<Point>,
     pub best_batch_size: usize,
@@ -59,20 +67,28 @@ pub fn run(args: CeilingArgs) -> Result<CeilingResult> {
             pipeline::run(&mut session, &batch)?;
         }
         let started = Instant::now();
-        let mut sequences = 0usize;
+        let (mut runs, mut running) = (0u32, Duration::ZERO);
         while started.elapsed() < Duration::from_secs_f64(args.seconds) {
+            if args.idle_us > 0 {
+                std::thread::sleep(Duration::from_micros(args.idle_us));
+            }
+            let run_started = Instant::now();
             pipeline::run(&mut session, &batch)?;
-            sequences += size;
+            running += run_started.elapsed();
+            runs += 1;
         }
+        let seconds_per_run = running.as_secs_f64() / f64::from(runs);
         points.push(Point {
             batch_size: size,
-            sequences_per_s: sequences as f64 / started.elapsed().as_secs_f64(),
+            sequences_per_s: size as f64 / seconds_per_run,
+            ms_per_run: seconds_per_run * 1000.0,
         });
     }
     let best =
         points.iter().max_by(|a, b| a.sequences_per_s.total_cmp(&b.sequences_per_s)).expect("a batch size");
     Ok(CeilingResult {
         label: "raw ONNX Runtime",
+        idle_us: args.idle_us,
         tokens: one.width,
         best_batch_size: best.batch_size,
         best_sequences_per_s: best.sequences_per_s,

@@ -1,6 +1,7 @@
 //! Per-model dynamic batching: compute calls from concurrent instances are merged into one
-//! engine run. A background task owns the queue; engines run on blocking threads; a caller waiting
-//! for its result holds no OS thread. Requests whose caller went away are dropped before compute.
+//! engine run. A background task owns the queue; each engine runs on its own long-lived thread; a
+//! caller waiting for its result holds no OS thread. Requests whose caller went away are dropped
+//! before compute.
 
 mod merge;
 
@@ -68,8 +69,9 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the queue task for `engines` (one engine run at a time per engine). Must be called
-    /// inside a tokio runtime.
+    /// Starts the queue task for `engines`, each on its own thread (one run at a time per
+    /// engine). Must be called inside a tokio runtime. The threads end when the last handle is
+    /// dropped and the queue has drained.
     pub fn spawn(model: &str, engines: Vec<Arc<dyn Engine>>, policy: BatchPolicy) -> Batcher {
         assert!(!engines.is_empty(), "a batcher needs at least one engine");
         let inputs = Arc::new(engines[0].inputs().to_vec());
@@ -99,9 +101,10 @@ struct BatchLoop {
     receiver: mpsc::UnboundedReceiver<Job>,
     /// Jobs taken off the channel that did not fit the batch being formed; served first next time.
     held: VecDeque<Job>,
-    /// Engines not running a batch right now.
-    idle: mpsc::Receiver<Arc<dyn Engine>>,
-    give_back: mpsc::Sender<Arc<dyn Engine>>,
+    /// Engine threads, by index; dropping them ends the threads.
+    workers: Vec<std::sync::mpsc::Sender<Vec<Job>>>,
+    /// Indices of the engine threads not running a batch right now.
+    idle: mpsc::Receiver<usize>,
 }
 
 impl BatchLoop {
@@ -111,29 +114,28 @@ impl BatchLoop {
         policy: BatchPolicy,
         receiver: mpsc::UnboundedReceiver<Job>,
     ) -> BatchLoop {
-        let (give_back, idle) = mpsc::channel(engines.len());
-        for engine in engines {
-            give_back.try_send(engine).expect("capacity equals the engine count");
-        }
-        BatchLoop { model, policy, receiver, held: VecDeque::new(), idle, give_back }
+        let (done, idle) = mpsc::channel(engines.len());
+        let workers = engines
+            .into_iter()
+            .enumerate()
+            .map(|(index, engine)| {
+                done.try_send(index).expect("capacity equals the engine count");
+                start_engine_thread(&model, index, engine, policy.pad_values.clone(), done.clone())
+            })
+            .collect();
+        BatchLoop { model, policy, receiver, held: VecDeque::new(), workers, idle }
     }
 
     async fn run(mut self) {
         loop {
             // Wait for a free engine first: while all are busy, requests pile up and then leave
             // together in one batch.
-            let Some(engine) = self.idle.recv().await else { return };
+            let Some(worker) = self.idle.recv().await else { return };
             let Some(batch) = self.next_batch().await else { return };
             self.record(&batch);
-            let give_back = self.give_back.clone();
-            let pad_values = self.policy.pad_values.clone();
-            let model = self.model.clone();
-            tokio::task::spawn_blocking(move || {
-                let started = std::time::Instant::now();
-                run_batch(engine.as_ref(), batch, &pad_values);
-                metrics::histogram!("edgeinfer_compute_seconds", "model" => model).record(started.elapsed());
-                let _ = give_back.try_send(engine);
-            });
+            if self.workers[worker].send(batch).is_err() {
+                tracing::error!(model = %self.model, "engine thread {worker} has stopped");
+            }
         }
     }
 
@@ -185,6 +187,9 @@ impl BatchLoop {
                 let next = match self.receiver.try_recv() {
                     Ok(job) => job,
                     Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    // A timer whose deadline has passed still waits for the timer wheel's next
+                    // millisecond tick: with no time left, leave at once.
+                    Err(mpsc::error::TryRecvError::Empty) if Instant::now() >= deadline => break,
                     Err(mpsc::error::TryRecvError::Empty) => {
                         match tokio::time::timeout_at(deadline, self.receiver.recv()).await {
                             Ok(Some(job)) => job,
@@ -204,6 +209,40 @@ impl BatchLoop {
             }
         }
     }
+}
+
+/// Starts the thread that runs `engine`'s batches, one at a time, and reports `index` on `done`
+/// after each. A dedicated thread keeps ONNX Runtime's calling thread (which does its share of
+/// every parallel operator) the same from run to run and out of the async runtime's blocking pool.
+fn start_engine_thread(
+    model: &str,
+    index: usize,
+    engine: Arc<dyn Engine>,
+    pad_values: BTreeMap<String, f64>,
+    done: mpsc::Sender<usize>,
+) -> std::sync::mpsc::Sender<Vec<Job>> {
+    let (batches, received) = std::sync::mpsc::channel::<Vec<Job>>();
+    let model = model.to_string();
+    std::thread::Builder::new()
+        .name(format!("engine-{model}-{index}"))
+        .spawn(move || {
+            for batch in received {
+                let started = std::time::Instant::now();
+                // A panicking engine fails its batch (the dropped replies answer each caller with
+                // an error) but not the thread: the engine stays in service.
+                let run = std::panic::AssertUnwindSafe(|| run_batch(engine.as_ref(), batch, &pad_values));
+                if std::panic::catch_unwind(run).is_err() {
+                    tracing::error!(model = %model, "engine panicked; its batch failed");
+                }
+                metrics::histogram!("edgeinfer_compute_seconds", "model" => model.clone())
+                    .record(started.elapsed());
+                if done.try_send(index).is_err() {
+                    break;
+                }
+            }
+        })
+        .expect("cannot start an engine thread");
+    batches
 }
 
 /// A batch being formed.

@@ -8,7 +8,7 @@ use super::*;
 use crate::engines::{ElementType, TensorData, TensorSpec};
 
 /// `ids` I64 [rows, seq] → `hidden` F32 [rows, seq, 2] = (id, id * 2), `pooled` F32 [rows, 1] =
-/// sum of ids (pad 0 adds nothing). Id 666 fails the whole run.
+/// sum of ids (pad 0 adds nothing). Id 666 fails the whole run; id 999 panics.
 struct FakeEngine {
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
@@ -66,6 +66,9 @@ impl Engine for FakeEngine {
         let values: Vec<i64> =
             ids.bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
         self.runs.lock().unwrap().push((rows, seq, values.clone()));
+        if values.contains(&999) {
+            panic!("the fake engine panics on 999");
+        }
         if values.contains(&666) {
             return Err(EngineError::Runtime("the fake engine refuses 666".into()));
         }
@@ -223,4 +226,32 @@ async fn invalid_inputs_are_rejected_before_queueing() {
         assert!(matches!(batcher.compute(bad).await, Err(EngineError::InvalidArgument(_))));
     }
     assert!(engine.runs().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_engine_fails_its_batch_and_keeps_serving() {
+    let engine = FakeEngine::new(Duration::ZERO);
+    let batcher = Batcher::spawn("fake", vec![engine.clone()], policy(8, 4096, 0));
+    let Err(EngineError::Runtime(message)) = batcher.compute(request(&[&[999]])).await else {
+        panic!("a panicking run must fail its caller")
+    };
+    assert!(message.contains("dropped the request"), "{message}");
+    let next = tokio::time::timeout(Duration::from_secs(10), batcher.compute(request(&[&[5, 6]])));
+    let outputs = next.await.expect("the engine was given back").expect("the engine thread survived");
+    assert_eq!(outputs, engine.run(request(&[&[5, 6]])).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_threads_end_with_the_last_handle() {
+    let engine = FakeEngine::new(Duration::ZERO);
+    let batcher = Batcher::spawn("fake", vec![engine.clone(), engine.clone()], policy(8, 4096, 0));
+    batcher.compute(request(&[&[1]])).await.unwrap();
+    assert_eq!(Arc::strong_count(&engine), 3, "each engine thread holds the engine");
+    // A replaced model's batcher must not leave its threads (and its sessions) behind.
+    drop(batcher);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while Arc::strong_count(&engine) > 1 {
+        assert!(std::time::Instant::now() < deadline, "engine threads still running");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
