@@ -148,6 +148,8 @@ impl Server {
         };
         let head_bytes: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
         let mut input = None;
+        // The component version that answered (metric label); "-" for the host's own routes.
+        let mut version = "-".to_string();
         let mut response = match (req.method(), path.as_str()) {
             _ if head_bytes > MAX_HEADER_BYTES => error(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -177,8 +179,9 @@ impl Server {
                     if let (Some((version, head)), Some(input)) = (shadow, &input) {
                         response = shadow::mirror(response, version, head, input.bytes.clone(), number).await;
                     }
-                    let version = http::HeaderValue::from_str(&component.version[..12]).expect("hex digits");
-                    response.headers_mut().insert(VERSION_HEADER, version);
+                    version = component.version[..12].to_string();
+                    let header = http::HeaderValue::from_str(&version).expect("hex digits");
+                    response.headers_mut().insert(VERSION_HEADER, header);
                     response
                 }
                 None => error(StatusCode::NOT_FOUND, "NotFound", &format!("no route for {path}")),
@@ -186,11 +189,6 @@ impl Server {
         };
         let error_type = error_type_of(&mut response).await;
         let status = response.status().as_u16().to_string();
-        let version = response
-            .headers()
-            .get(VERSION_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map_or_else(|| "-".to_string(), str::to_string);
         // Per version, so that a canary's latency and errors can be compared with the stable's.
         let labels =
             [("route", route.clone()), ("component", component.clone()), ("version", version.clone())];
