@@ -62,25 +62,10 @@ pub struct SwapResult {
 
 /// `bytes` plus a custom section naming `tag`: the same code, another version.
 fn variant(bytes: &[u8], tag: &str) -> Vec<u8> {
-    fn leb(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            out.push(if n == 0 { byte } else { byte | 0x80 });
-            if n == 0 {
-                break;
-            }
-        }
-    }
-    let name = b"edgeinfer-bench:swap";
-    let mut content = Vec::new();
-    leb(name.len(), &mut content);
-    content.extend_from_slice(name);
-    content.extend_from_slice(tag.as_bytes());
+    use wasm_encoder::{ComponentSection, CustomSection};
     let mut out = bytes.to_vec();
-    out.push(0);
-    leb(content.len(), &mut out);
-    out.extend(content);
+    CustomSection { name: "edgeinfer-bench:swap".into(), data: tag.as_bytes().into() }
+        .append_to_component(&mut out);
     out
 }
 

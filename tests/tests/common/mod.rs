@@ -236,24 +236,9 @@ pub fn built_wasm(name: &str) -> Vec<u8> {
 
 /// `bytes` with a custom section appended: the same code, another version.
 pub fn wasm_variant(bytes: &[u8], tag: &str) -> Vec<u8> {
-    fn leb(mut n: usize, out: &mut Vec<u8>) {
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            out.push(if n == 0 { byte } else { byte | 0x80 });
-            if n == 0 {
-                break;
-            }
-        }
-    }
-    let name = b"edgeinfer:test-variant";
-    let mut content = Vec::new();
-    leb(name.len(), &mut content);
-    content.extend_from_slice(name);
-    content.extend_from_slice(tag.as_bytes());
+    use wasm_encoder::{ComponentSection, CustomSection};
     let mut out = bytes.to_vec();
-    out.push(0);
-    leb(content.len(), &mut out);
-    out.extend(content);
+    CustomSection { name: "edgeinfer:test-variant".into(), data: tag.as_bytes().into() }
+        .append_to_component(&mut out);
     out
 }
