@@ -161,6 +161,7 @@ fn main() -> Result<()> {
         Command::Fetch(args) => {
             let manifest = Manifest::load(&args.manifest.manifest)?;
             let config = load_runtime_config(args.runtime_config_file.as_deref(), &manifest.dir)?;
+    http::check_routes(&manifest, config.kserve.enabled)?;
             let library = fetch(&config, &manifest.dir)?;
             eprintln!("edgeinfer: everything is in place (ONNX Runtime: {})", library.display());
             Ok(())
@@ -219,6 +220,7 @@ async fn up(args: UpArgs) -> Result<()> {
         builder::build_all(&manifest)?;
     }
     let config = load_runtime_config(args.runtime_config_file.as_deref(), &manifest.dir)?;
+    http::check_routes(&manifest, config.kserve.enabled)?;
     if !config.model.is_empty() {
         let library = fetch(&config, &manifest.dir)?;
         engines::onnx::init_runtime(&library)?;
@@ -265,6 +267,17 @@ async fn up(args: UpArgs) -> Result<()> {
         }
         None => None,
     };
+    let kserve = if config.kserve.enabled {
+        let token = match &config.kserve.token_env {
+            Some(var) => Some(std::env::var(var).ok().filter(|t| t.len() >= 16).with_context(|| {
+                format!("[kserve] token_env names {var}, which is not set to a token of at least 16 characters")
+            })?),
+            None => None,
+        };
+        Some(http::Kserve::new(config.kserve.clone(), token))
+    } else {
+        None
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -274,21 +287,13 @@ async fn up(args: UpArgs) -> Result<()> {
     for trigger in &manifest.http_triggers {
         eprintln!("  {}: http://{address}{}", trigger.component, trigger.route);
     }
-    let kserve = if config.kserve.enabled {
-        let token = match &config.kserve.token_env {
-            Some(var) => Some(std::env::var(var).with_context(|| {
-                format!("[kserve] token_env names {var}, which is not set (or not valid UTF-8)")
-            })?),
-            None => None,
-        };
+    if config.kserve.enabled {
         eprintln!(
-            "KServe v2 API: http://{address}/v2/models/{{name}}/infer{}",
-            if token.is_some() { " (bearer token required)" } else { "" }
+            "KServe v2 API: http://{address}/v2/models/{{name}}/infer for {} ({})",
+            config.kserve.models.join(", "),
+            if config.kserve.public { "public" } else { "bearer token required" }
         );
-        Some((config.kserve.clone(), token))
-    } else {
-        None
-    };
+    }
     let swagger_ui = match provision::ensure_swagger_ui().and_then(|files| http::SwaggerUi::load(&files)) {
         Ok(ui) => Some(ui),
         Err(e) => {

@@ -117,6 +117,14 @@ pub struct ModelConfig {
     /// Merging of concurrent requests; absent = every request runs alone.
     #[serde(default)]
     pub batching: Option<BatchingConfig>,
+    /// Requests queued or running on this model at most; more are refused at once (503
+    /// `Overloaded` with `Retry-After`), so a burst cannot hold unbounded memory.
+    #[serde(default = "default_max_queue")]
+    pub max_queue: usize,
+}
+
+fn default_max_queue() -> usize {
+    256
 }
 
 /// `[model.NAME.batching]`.
@@ -214,31 +222,50 @@ pub struct Asset {
     pub platform: Option<String>,
 }
 
-/// `[kserve]`: the KServe v2 / Open Inference Protocol REST API under `/v2`.
+/// `[kserve]`: the KServe v2 / Open Inference Protocol REST API under `/v2`. Off unless turned
+/// on; then it needs a bearer token unless `public = true`, reaches only the models it lists, and
+/// passes admission control like a component.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KserveConfig {
-    /// Serve `/v2` (default: yes).
-    #[serde(default = "default_true")]
+    /// Serve `/v2` (default: no).
+    #[serde(default)]
     pub enabled: bool,
-    /// Name of an environment variable holding a bearer token; when set, `/v2` requests must
-    /// carry `Authorization: Bearer <token>`.
+    /// Serve it without a token (only where the listener is not reachable by untrusted clients).
+    #[serde(default)]
+    pub public: bool,
+    /// Name of an environment variable holding the bearer token that `/v2` requests must carry
+    /// (`Authorization: Bearer <token>`); required unless `public = true`.
     #[serde(default)]
     pub token_env: Option<String>,
+    /// The models (`[model.NAME]`) it serves; others do not exist for its clients.
+    #[serde(default)]
+    pub models: Vec<String>,
     /// Larger inference bodies are answered 413.
     #[serde(default = "default_kserve_body")]
     pub max_request_body_bytes: u64,
+    /// Requests it handles at once.
+    #[serde(default = "default_max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
+    /// Requests that may wait for a slot; more are answered 503 with `Retry-After`.
+    #[serde(default = "default_max_queued_requests")]
+    pub max_queued_requests: usize,
 }
 
 impl Default for KserveConfig {
     fn default() -> Self {
-        KserveConfig { enabled: true, token_env: None, max_request_body_bytes: default_kserve_body() }
+        KserveConfig {
+            enabled: false,
+            public: false,
+            token_env: None,
+            models: Vec::new(),
+            max_request_body_bytes: default_kserve_body(),
+            max_concurrent_requests: default_max_concurrent_requests(),
+            max_queued_requests: default_max_queued_requests(),
+        }
     }
 }
 
-fn default_true() -> bool {
-    true
-}
 fn default_kserve_body() -> u64 {
     16 << 20
 }
@@ -310,6 +337,9 @@ impl RuntimeConfig {
             if model.intra_threads == Some(0) || model.inter_threads == Some(0) || model.workers == 0 {
                 bail!("model {name}: thread and worker counts must be at least 1");
             }
+            if model.max_queue == 0 {
+                bail!("model {name}: max_queue must be at least 1");
+            }
             if let Some(b) = &model.batching
                 && (b.max_batch_size == 0 || b.max_batch_tokens == 0)
             {
@@ -332,10 +362,39 @@ impl RuntimeConfig {
                 );
             }
         }
+        config.check_kserve()?;
         for asset in &config.asset {
             check_sha256(&asset.sha256).with_context(|| format!("asset {}", asset.path))?;
         }
         Ok(config)
+    }
+}
+
+impl RuntimeConfig {
+    /// An enabled KServe API must say who may use it and which models it serves.
+    fn check_kserve(&self) -> Result<()> {
+        let kserve = &self.kserve;
+        if !kserve.enabled {
+            return Ok(());
+        }
+        match (&kserve.token_env, kserve.public) {
+            (None, false) => bail!(
+                "[kserve] is enabled without a token: set token_env (the environment variable holding \
+                 the bearer token clients must send), or public = true to serve it to anyone"
+            ),
+            (Some(_), true) => bail!("[kserve] sets both token_env and public = true; choose one"),
+            _ => {}
+        }
+        if kserve.models.is_empty() {
+            bail!("[kserve] is enabled but lists no models: models = [\"NAME\", ...]");
+        }
+        if let Some(unknown) = kserve.models.iter().find(|m| !self.model.contains_key(*m)) {
+            bail!("[kserve] models names {unknown:?}, which is not a [model.NAME] of this config");
+        }
+        if kserve.max_concurrent_requests == 0 || kserve.max_request_body_bytes == 0 {
+            bail!("[kserve] max_concurrent_requests and max_request_body_bytes must be at least 1");
+        }
+        Ok(())
     }
 }
 
@@ -386,6 +445,24 @@ mod tests {
         assert_eq!(ComponentLimits::default().max_request_body_bytes, 1 << 20);
         assert!(RuntimeConfig::parse("[component.embed]\nmax_request_body_bytes = 0").is_err());
         assert!(RuntimeConfig::parse("[component.embed]\nmax_body = 1").is_err());
+    }
+
+    #[test]
+    fn kserve_is_off_unless_enabled_and_then_closed_by_default() {
+        let off = RuntimeConfig::parse("[model.m]\npath = \"x\"").unwrap();
+        assert!(!off.kserve.enabled);
+        assert_eq!(off.model["m"].max_queue, 256);
+        let with = |kserve: &str| RuntimeConfig::parse(&format!("[model.m]\npath = \"x\"\n[kserve]\n{kserve}"));
+        let err = with("enabled = true\nmodels = [\"m\"]").unwrap_err();
+        assert!(format!("{err:#}").contains("without a token"), "{err:#}");
+        assert!(with("enabled = true\nmodels = [\"m\"]\ntoken_env = \"T\"").is_ok());
+        assert!(with("enabled = true\nmodels = [\"m\"]\npublic = true").is_ok());
+        assert!(with("enabled = true\nmodels = [\"m\"]\npublic = true\ntoken_env = \"T\"").is_err());
+        let err = with("enabled = true\npublic = true").unwrap_err();
+        assert!(format!("{err:#}").contains("lists no models"), "{err:#}");
+        let err = with("enabled = true\npublic = true\nmodels = [\"other\"]").unwrap_err();
+        assert!(format!("{err:#}").contains("\"other\""), "{err:#}");
+        assert!(RuntimeConfig::parse("[model.m]\npath = \"x\"\nmax_queue = 0").is_err());
     }
 
     #[test]

@@ -190,3 +190,31 @@ fn a_shadow_canary_sees_the_traffic_but_never_answers() {
     let labels = [&format!(r#"version="{broken}""#), r#"outcome="mismatch""#];
     assert_eq!(wait_for_metric(&host, "edgeinfer_shadow_requests_total", &labels, 10.0), 10.0);
 }
+
+#[test]
+fn a_shadowed_answer_too_big_or_too_slow_to_compare_reaches_the_client_whole() {
+    let host = faults_host();
+    let shadow = canary(&host, "steady", variant(&wasm("faulty"), "shadow-passthrough"), "canary=100&mode=shadow");
+    let skipped = [r#"component="steady""#, &format!(r#"version="{shadow}""#), r#"outcome="skipped""#];
+
+    // 20 MiB: over the 16 MiB the host copies for comparing.
+    let response = client().get(host.url("/steady/big")).send().unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let body = response.bytes().unwrap();
+    assert_eq!(body.len(), 20 << 20);
+    assert!(body.iter().all(|&b| b == b'x'), "the answer arrived intact");
+    assert_eq!(wait_for_metric(&host, "edgeinfer_shadow_requests_total", &skipped, 1.0), 1.0);
+
+    // 35 s of streaming: longer than the host waits to compare, streamed to the client as it comes.
+    let started = std::time::Instant::now();
+    let response = client().get(host.url("/steady/trickle-35")).send().unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let headers_after = started.elapsed();
+    let text = response.text().unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 35, "{text}");
+    assert_eq!(lines[34], "second 34");
+    assert!(headers_after < Duration::from_secs(5), "the head came at once, not after the body ({headers_after:?})");
+    assert!(started.elapsed() >= Duration::from_secs(34));
+    assert_eq!(wait_for_metric(&host, "edgeinfer_shadow_requests_total", &skipped, 2.0), 2.0);
+}

@@ -23,7 +23,7 @@ fn write_app(device: &str) -> std::path::PathBuf {
     std::fs::write(
         dir.join("runtime.toml"),
         format!(
-            "[model.minilm]\npath = \"{}/models/all-minilm-l6-v2/model.onnx\"\ndevice = \"{device}\"\n\n[onnxruntime]{onnxruntime}",
+            "[model.minilm]\npath = \"{}/models/all-minilm-l6-v2/model.onnx\"\ndevice = \"{device}\"\n\n[kserve]\nenabled = true\npublic = true\nmodels = [\"minilm\"]\n\n[onnxruntime]{onnxruntime}",
             root.display()
         ),
     )

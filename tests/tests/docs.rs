@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Host, client, post_json, repo_root};
+use common::{client, kserve_host, post_json};
 use serde_json::Value;
 use sha2::Digest;
 
@@ -26,7 +26,7 @@ fn refs<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
 
 #[test]
 fn openapi_describes_every_route_and_its_examples_work() {
-    let host = Host::start(&repo_root().join("spin.toml"), &[]);
+    let host = kserve_host();
     let doc: Value = client().get(host.url("/openapi.json")).send().unwrap().json().unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
     for path in ["/embed", "/predict", "/health", "/ready", "/metrics", "/v2/models/{model}/infer"] {

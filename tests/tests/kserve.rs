@@ -1,25 +1,28 @@
 //! The KServe v2 / Open Inference Protocol API of the host (`/v2`), on the default app's models:
-//! metadata, JSON tensor inference compared with the Python reference, and every error case.
+//! closed unless the runtime config opens it (and then behind a token), metadata, JSON tensor
+//! inference compared with the Python reference, every error case, and a burst past a model's
+//! queue refused with `Retry-After` while memory stays bounded.
 
 mod common;
 
 use std::sync::OnceLock;
 
-use common::{Host, assert_error, client, cosine, reference, repo_root};
+use common::{Host, KSERVE_TOKEN, Variant, assert_error, client, cosine, reference, repo_root};
 use serde_json::{Value, json};
 
 fn host() -> &'static Host {
     static HOST: OnceLock<Host> = OnceLock::new();
-    HOST.get_or_init(|| Host::start(&repo_root().join("spin.toml"), &[]))
+    HOST.get_or_init(common::kserve_host)
 }
 
 fn get(path: &str) -> (u16, Value) {
-    let response = client().get(host().url(path)).send().unwrap();
+    let response = client().get(host().url(path)).bearer_auth(KSERVE_TOKEN).send().unwrap();
     (response.status().as_u16(), response.json().unwrap())
 }
 
 fn infer(model: &str, body: &Value) -> (u16, Value) {
-    let response = client().post(host().url(&format!("/v2/models/{model}/infer"))).json(body).send().unwrap();
+    let url = host().url(&format!("/v2/models/{model}/infer"));
+    let response = client().post(url).bearer_auth(KSERVE_TOKEN).json(body).send().unwrap();
     (response.status().as_u16(), response.json().unwrap())
 }
 
@@ -125,7 +128,8 @@ fn bad_requests_are_400_and_unknown_models_404() {
         assert_error(status, &answer, 400, "Validation");
         assert!(answer["error"].as_str().unwrap().contains(needle), "{needle}: {answer}");
     }
-    let response = client().post(host().url("/v2/models/minilm/infer")).body("{not json").send().unwrap();
+    let url = host().url("/v2/models/minilm/infer");
+    let response = client().post(&url).bearer_auth(KSERVE_TOKEN).body("{not json").send().unwrap();
     assert_eq!(response.status().as_u16(), 400);
 
     for path in ["/v2/models/nope", "/v2/models/nope/ready"] {
@@ -134,35 +138,130 @@ fn bad_requests_are_400_and_unknown_models_404() {
     }
     let (status, body) = infer("nope", &json!({"inputs": good}));
     assert_error(status, &body, 404, "ModelNotFound");
-    let response = client().get(host().url("/v2/models/minilm/infer")).send().unwrap();
+    let response = client().get(&url).bearer_auth(KSERVE_TOKEN).send().unwrap();
     assert_eq!(response.status().as_u16(), 405);
     let (status, body) = get("/v2/unknown/route");
     assert_error(status, &body, 404, "NotFound");
 }
 
 #[test]
-fn a_configured_token_is_required() {
-    let dir = std::env::temp_dir().join(format!("edgeinfer-kserve-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut config = std::fs::read_to_string(repo_root().join("runtime-config/local.toml")).unwrap();
-    config.push_str("\n[kserve]\ntoken_env = \"EDGEINFER_TEST_TOKEN\"\n");
-    let path = dir.join("runtime.toml");
-    std::fs::write(&path, config).unwrap();
-    let host = Host::start_with_env(
-        &repo_root().join("spin.toml"),
-        &["--runtime-config-file", path.to_str().unwrap()],
-        &[("EDGEINFER_TEST_TOKEN", "s3cret")],
-    );
-    let url = host.url("/v2/models/minilm");
+fn the_api_is_closed_by_default_and_needs_its_token_when_opened() {
+    // A default `edgeinfer up`: no /v2 at all, whatever is asked.
+    let closed = Host::start(&repo_root().join("spin.toml"), &[]);
+    let infer_body = json!({"inputs": bert_inputs(&reference("tokens.json")[0])});
+    for path in ["/v2/models/minilm/infer", "/v2/models/intents/infer"] {
+        let response = client().post(closed.url(path)).json(&infer_body).send().unwrap();
+        let status = response.status().as_u16();
+        assert_error(status, &response.json().unwrap(), 404, "NotFound");
+    }
+    assert_eq!(common::get(&closed, "/v2/health/ready").0, 404);
+
+    // Opened with a token: without it or with another, 401; with it, the API.
+    let url = host().url("/v2/models/minilm");
     let response = client().get(&url).send().unwrap();
     assert_eq!(response.status().as_u16(), 401);
     assert_eq!(response.headers()["www-authenticate"], "Bearer");
-    let response = client().get(&url).bearer_auth("wrong").send().unwrap();
+    assert_error(401, &response.json().unwrap(), 401, "Unauthorized");
+    let response = client().get(&url).bearer_auth("wrong-token-of-some-length").send().unwrap();
     assert_eq!(response.status().as_u16(), 401);
-    let response = client().get(&url).bearer_auth("s3cret").send().unwrap();
+    let response = client().post(host().url("/v2/models/minilm/infer")).json(&infer_body).send().unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    let response = client().get(&url).bearer_auth(KSERVE_TOKEN).send().unwrap();
     assert_eq!(response.status().as_u16(), 200);
     // Component routes are not affected by the token.
-    let response = client().post(host.url("/embed")).json(&json!({"inputs": "hi"})).send().unwrap();
+    let response = client().post(host().url("/embed")).json(&json!({"inputs": "hi"})).send().unwrap();
     assert_eq!(response.status().as_u16(), 200);
-    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The resident memory of process `pid`, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib / 1024.0
+}
+
+#[test]
+fn a_burst_past_max_queue_is_refused_with_retry_after_and_memory_stays_bounded() {
+    // Public, for `minilm` only; the model queue (64) is the limit that counts, not admission.
+    let config = Variant::new("runtime-config/local.toml", "kserve-burst", |text| {
+        let text = text.replacen("[model.minilm]\n", "[model.minilm]\nmax_queue = 64\n", 1);
+        format!("{text}\n[kserve]\nenabled = true\npublic = true\nmodels = [\"minilm\"]\nmax_concurrent_requests = 4096\n")
+    });
+    let host = Host::start(&repo_root().join("spin.toml"), &["--runtime-config-file", config.0.to_str().unwrap()]);
+    // Listed models only: `intents` is loaded, but not for this API.
+    let (status, body) = common::get(&host, "/v2/models/intents");
+    assert_error(status, &serde_json::from_str(&body).unwrap(), 404, "ModelNotFound");
+
+    // 2,000 clients at once, each with a 256-token sentence (its answer: 384 KiB of floats).
+    let n = 256;
+    let ids: Vec<i64> = (0..n).map(|i| 1000 + i).collect();
+    let body = json!({"inputs": [
+        {"name": "input_ids", "shape": [1, n], "datatype": "INT64", "data": ids},
+        {"name": "attention_mask", "shape": [1, n], "datatype": "INT64", "data": vec![1; n as usize]},
+        {"name": "token_type_ids", "shape": [1, n], "datatype": "INT64", "data": vec![0; n as usize]},
+    ]})
+    .to_string();
+    let url = host.url("/v2/models/minilm/infer");
+    let before = rss_mib(host.pid());
+    let peak = std::sync::Arc::new(std::sync::Mutex::new(before));
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let answers: Vec<(u16, Option<String>, Value)> = runtime.block_on(async {
+        let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(300)).build().unwrap();
+        let pid = host.pid();
+        let sampler = {
+            let peak = peak.clone();
+            tokio::spawn(async move {
+                loop {
+                    let rss = rss_mib(pid);
+                    {
+                        let mut peak = peak.lock().unwrap();
+                        *peak = peak.max(rss);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            })
+        };
+        let mut requests = tokio::task::JoinSet::new();
+        for _ in 0..2000 {
+            let request = client.post(&url).header("content-type", "application/json").body(body.clone());
+            requests.spawn(async move {
+                let response = request.send().await.expect("every request is answered");
+                let status = response.status().as_u16();
+                let retry_after =
+                    response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+                let answer: Value = response.json().await.expect("a JSON answer");
+                (status, retry_after, answer)
+            });
+        }
+        let answers = requests.join_all().await;
+        sampler.abort();
+        answers
+    });
+    let served = answers.iter().filter(|(status, ..)| *status == 200).count();
+    let refused = answers.iter().filter(|(status, ..)| *status == 503).count();
+    for (status, retry_after, answer) in &answers {
+        match status {
+            200 => assert_eq!(answer["outputs"][0]["shape"], json!([1, n, 384])),
+            503 => {
+                assert_error(503, answer, 503, "Overloaded");
+                assert!(answer["error"].as_str().unwrap().contains("max_queue"), "{answer}");
+                assert_eq!(retry_after.as_deref(), Some("1"));
+            }
+            other => panic!("answered {other}: {answer}"),
+        }
+    }
+    let peak = *peak.lock().unwrap();
+    eprintln!("2,000 concurrent requests, max_queue 64: {served} served, {refused} refused; RSS {before:.0} MiB before, peak {peak:.0} MiB");
+    assert_eq!(served + refused, 2000, "no request lost");
+    assert!(served >= 64, "a full queue's worth is served ({served})");
+    assert!(refused > 0, "past the queue, requests are refused");
+    // Unbounded, 2,000 queued answers alone would be 750 MiB.
+    assert!(peak - before < 300.0, "RSS grew from {before:.0} to {peak:.0} MiB");
+    // The places come back: the model serves again.
+    let response = client().post(&url).header("content-type", "application/json").body(body).send().unwrap();
+    assert_eq!(response.status().as_u16(), 200);
 }

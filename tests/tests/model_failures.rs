@@ -31,7 +31,10 @@ path = "{missing}"
 path = "{intents}"
 sha256 = "{zeros}"
 
+{kserve}public = true
+
 {ort}"#,
+        kserve = common::KSERVE_SECTION,
         corrupt = corrupt.display(),
         intents = intents.display(),
         missing = dir.join("missing.onnx").display(),

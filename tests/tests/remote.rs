@@ -4,41 +4,14 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use common::{Host, post_json, repo_root, vectors};
-use serde_json::{Value, json};
-
-/// spin.remote.toml pointed at `address`, written next to spin.toml (paths stay relative).
-struct Manifest(PathBuf);
-
-impl Manifest {
-    fn pointing_at(address: &str) -> Manifest {
-        let text = std::fs::read_to_string(repo_root().join("spin.remote.toml")).unwrap();
-        assert!(text.contains("127.0.0.1:3000"));
-        let path = repo_root().join(format!(".test-remote-{}.toml", std::process::id()));
-        std::fs::write(&path, text.replace("127.0.0.1:3000", address)).unwrap();
-        Manifest(path)
-    }
-}
-
-impl Drop for Manifest {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn max_difference(a: &Value, b: &Value) -> f32 {
-    let (a, b) = (vectors(a), vectors(b));
-    assert_eq!(a.len(), b.len());
-    a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
+use common::{Host, Variant, kserve_host, max_difference, post_json};
+use serde_json::json;
 
 #[test]
 fn handlers_with_nn_remote_answer_like_the_model_host() {
-    let backend = Host::start(&repo_root().join("spin.toml"), &[]);
+    let backend = kserve_host();
     let address = backend.base.trim_start_matches("http://").to_string();
-    let manifest = Manifest::pointing_at(&address);
+    let manifest = Variant::remote_pointing_at(&address);
     let remote = Host::start(
         &manifest.0,
         &["--compose-nn-providers", "--runtime-config-file", "runtime-config/remote.toml"],

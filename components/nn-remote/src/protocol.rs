@@ -109,10 +109,16 @@ pub fn check_status(status: u16, body: &[u8]) -> Result<(), errors::Error> {
     if (200..300).contains(&status) {
         return Ok(());
     }
-    let message = serde_json::from_slice::<Value>(body)
-        .ok()
+    let answer = serde_json::from_slice::<Value>(body).ok();
+    let message = answer
+        .as_ref()
         .and_then(|v| v["error"].as_str().map(String::from))
         .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect());
+    // A full queue on the server: said as the host's own wasi:nn says it, so that the handler
+    // answers 503 Overloaded too.
+    if status == 503 && answer.as_ref().is_some_and(|v| v["error_type"] == "Overloaded") {
+        return Err(Error::new(ErrorCode::RuntimeError, format!("overloaded: remote server answered 503: {message}")));
+    }
     let code = match status {
         400 | 413 | 422 => ErrorCode::InvalidArgument,
         401 | 403 => ErrorCode::Security,

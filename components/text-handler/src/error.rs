@@ -37,6 +37,11 @@ impl ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ModelUnavailable", error)
     }
 
+    /// The model's queue is full: retry shortly (503 with `Retry-After`).
+    pub fn overloaded(error: String) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "Overloaded", error)
+    }
+
     /// The component itself is misconfigured (500).
     pub fn internal(error: String) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", error)
@@ -51,7 +56,11 @@ impl ApiError {
     }
 
     pub fn into_response(self) -> Response<FullBody<Bytes>> {
-        crate::json_response(self.status, &self.body)
+        let mut response = crate::json_response(self.status, &self.body);
+        if self.body.error_type == "Overloaded" {
+            response.headers_mut().insert("retry-after", spin_sdk::http::HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 

@@ -1,7 +1,8 @@
 //! Per-model dynamic batching: compute calls from concurrent instances are merged into one
 //! engine run. A background task owns the queue; each engine runs on its own long-lived thread; a
 //! caller waiting for its result holds no OS thread. Requests whose caller went away are dropped
-//! before compute.
+//! before compute. The queue is bounded: past `max_queue` requests queued or running, a request is
+//! refused at once (`EngineError::Overloaded`).
 
 mod merge;
 
@@ -9,7 +10,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::engines::{Engine, EngineError, TensorSpec, check_inputs};
@@ -28,23 +29,27 @@ pub struct BatchPolicy {
     pub max_queue_delay: Duration,
     /// Value that pads each input's sequence axis (default 0).
     pub pad_values: BTreeMap<String, f64>,
+    /// Requests queued or running at most; more are refused at once.
+    pub max_queue: usize,
 }
 
 impl BatchPolicy {
     /// The policy of a model's runtime config; no `[batching]` means every request runs alone.
-    pub fn from_config(config: Option<&BatchingConfig>) -> BatchPolicy {
+    pub fn from_config(config: Option<&BatchingConfig>, max_queue: usize) -> BatchPolicy {
         match config {
             None => BatchPolicy {
                 max_batch_size: 1,
                 max_batch_tokens: u64::MAX,
                 max_queue_delay: Duration::ZERO,
                 pad_values: BTreeMap::new(),
+                max_queue,
             },
             Some(c) => BatchPolicy {
                 max_batch_size: c.max_batch_size,
                 max_batch_tokens: c.max_batch_tokens,
                 max_queue_delay: Duration::from_micros(c.max_queue_delay_us),
                 pad_values: c.pad_values.clone(),
+                max_queue,
             },
         }
     }
@@ -57,6 +62,8 @@ struct Job {
     shape: Option<Shape>,
     enqueued: Instant,
     reply: oneshot::Sender<Result<Tensors, EngineError>>,
+    /// Its place in the bounded queue, given back when the job is dropped (answered or not).
+    _place: OwnedSemaphorePermit,
 }
 
 /// Handle to a model's batching queue; cheap to share.
@@ -66,6 +73,11 @@ pub struct Batcher {
     /// The model's declared inputs: a bad request is rejected before it joins a batch, so it
     /// fails alone instead of failing its batch-mates.
     inputs: Arc<Vec<TensorSpec>>,
+    /// Places for requests queued or running (`max_queue`).
+    places: Arc<Semaphore>,
+    max_queue: usize,
+    /// Metric label.
+    model: Arc<str>,
 }
 
 impl Batcher {
@@ -75,17 +87,26 @@ impl Batcher {
     pub fn spawn(model: &str, engines: Vec<Arc<dyn Engine>>, policy: BatchPolicy) -> Batcher {
         assert!(!engines.is_empty(), "a batcher needs at least one engine");
         let inputs = Arc::new(engines[0].inputs().to_vec());
+        let max_queue = policy.max_queue;
         let (queue, receiver) = mpsc::unbounded_channel();
         tokio::spawn(BatchLoop::new(model.to_string(), engines, policy, receiver).run());
-        Batcher { queue, inputs }
+        Batcher { queue, inputs, places: Arc::new(Semaphore::new(max_queue)), max_queue, model: model.into() }
     }
 
-    /// Queues one inference and waits for its share of the batch's outputs.
+    /// Queues one inference and waits for its share of the batch's outputs; refused at once when
+    /// `max_queue` requests are already queued or running.
     pub async fn compute(&self, inputs: Tensors) -> Result<Tensors, EngineError> {
         check_inputs(&inputs, &self.inputs)?;
+        let Ok(place) = self.places.clone().try_acquire_owned() else {
+            metrics::counter!("edgeinfer_requests_refused_total", "model" => self.model.to_string()).increment(1);
+            return Err(EngineError::Overloaded(format!(
+                "model {:?} has {} requests queued or running, its max_queue; retry shortly",
+                &*self.model, self.max_queue
+            )));
+        };
         let shape = batch_shape(&inputs);
         let (reply, result) = oneshot::channel();
-        let job = Job { inputs, shape, enqueued: Instant::now(), reply };
+        let job = Job { inputs, shape, enqueued: Instant::now(), reply, _place: place };
         self.queue.send(job).map_err(|_| EngineError::Runtime("the model's batcher has stopped".into()))?;
         result
             .await

@@ -98,6 +98,7 @@ fn policy(max_batch_size: u32, max_batch_tokens: u64, delay_ms: u64) -> BatchPol
         max_batch_tokens,
         max_queue_delay: Duration::from_millis(delay_ms),
         pad_values: BTreeMap::new(),
+        max_queue: 1024,
     }
 }
 
@@ -253,5 +254,31 @@ async fn engine_threads_end_with_the_last_handle() {
     while Arc::strong_count(&engine) > 1 {
         assert!(std::time::Instant::now() < deadline, "engine threads still running");
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_queue_requests_are_refused_at_once_and_places_come_back() {
+    let engine = FakeEngine::new(Duration::from_millis(100));
+    let batcher = Batcher::spawn("fake", vec![engine.clone()], BatchPolicy { max_queue: 3, ..policy(1, 4096, 0) });
+    let running: Vec<_> = (0..3i64)
+        .map(|i| {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { batcher.compute(request(&[&[i + 1]])).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let Err(EngineError::Overloaded(message)) = batcher.compute(request(&[&[9]])).await else {
+        panic!("a fourth request must be refused while three are queued or running")
+    };
+    assert!(message.contains("max_queue"), "{message}");
+    for task in running {
+        task.await.unwrap().expect("the three admitted requests are answered");
+    }
+    // Answered requests give their places back; so does a caller that gave up waiting.
+    let gave_up = tokio::time::timeout(Duration::from_millis(5), batcher.compute(request(&[&[4]]))).await;
+    assert!(gave_up.is_err());
+    for i in 0..3i64 {
+        batcher.compute(request(&[&[i + 10]])).await.expect("places are free again");
     }
 }

@@ -134,6 +134,8 @@ pub enum EngineError {
     InvalidArgument(String),
     /// The engine failed while running.
     Runtime(String),
+    /// The model's queue is full: retry later.
+    Overloaded(String),
 }
 
 impl EngineError {
@@ -147,6 +149,7 @@ impl fmt::Display for EngineError {
         match self {
             EngineError::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
             EngineError::Runtime(m) => write!(f, "runtime error: {m}"),
+            EngineError::Overloaded(m) => write!(f, "overloaded: {m}"),
         }
     }
 }

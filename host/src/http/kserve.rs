@@ -1,7 +1,9 @@
-//! The KServe v2 / Open Inference Protocol REST API over the app's models: health, model metadata
-//! and `infer` with JSON tensors. Inference goes through each model's batcher, like wasi:nn calls
-//! from components, so remote clients (e.g. the `nn-remote` component) and local components share
-//! batches. Errors are `{"error", "error_type"}` (the protocol's `error` plus our type).
+//! The KServe v2 / Open Inference Protocol REST API over the models its config lists: health,
+//! model metadata and `infer` with JSON tensors. Off unless the runtime config turns it on; a
+//! bearer token unless it is public; admission control like a component's. Inference goes through
+//! each model's batcher, like wasi:nn calls from components, so remote clients (e.g. the
+//! `nn-remote` component) and local components share batches. Errors are `{"error",
+//! "error_type"}` (the protocol's `error` plus our type).
 
 use std::sync::Arc;
 
@@ -12,7 +14,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use wasmtime_wasi_http::WasiBody;
 
-use super::{BodyRead, error, json as json_response, read_limited};
+use super::{BodyRead, error, json as json_response, overloaded, read_limited};
+use crate::admission::Admission;
 use crate::app::App;
 use crate::engines::{ElementType, EngineError, TensorData, TensorSpec};
 use crate::nn::registry::LoadedGraph;
@@ -35,14 +38,32 @@ pub fn route_of(path: &str) -> &'static str {
     }
 }
 
+/// The API as served.
+pub struct Kserve {
+    config: KserveConfig,
+    /// The bearer token clients must send; `None` only when the config says `public = true`.
+    token: Option<String>,
+    /// Inference requests at once and waiting, as for a component.
+    admission: Admission,
+}
+
+impl Kserve {
+    /// The API of `config` (enabled and checked), with its token read from the environment.
+    pub fn new(config: KserveConfig, token: Option<String>) -> Kserve {
+        debug_assert!(config.public || token.is_some(), "checked with the runtime config");
+        let admission = Admission::new("kserve", config.max_concurrent_requests, config.max_queued_requests);
+        Kserve { config, token, admission }
+    }
+
+    /// Whether the API serves model `name` at all.
+    fn serves(&self, name: &str) -> bool {
+        self.config.models.iter().any(|m| m == name)
+    }
+}
+
 /// Answers one request under `/v2`.
-pub async fn handle(
-    app: &App,
-    config: &KserveConfig,
-    token: Option<&str>,
-    req: http::Request<Incoming>,
-) -> Response<WasiBody> {
-    if let Some(token) = token
+pub async fn handle(app: &App, kserve: &Kserve, req: http::Request<Incoming>) -> Response<WasiBody> {
+    if let Some(token) = &kserve.token
         && !authorized(&req, token)
     {
         let mut response =
@@ -55,7 +76,7 @@ pub async fn handle(
     let path = req.uri().path().to_string();
     let parts: Vec<&str> = path.trim_start_matches(PREFIX).split('/').filter(|s| !s.is_empty()).collect();
     let method = req.method().clone();
-    let model = |name: &str| app.registry.get(name);
+    let model = |name: &str| kserve.serves(name).then(|| app.registry.get(name)).flatten();
     match (&method, &parts[..]) {
         (&Method::GET, []) => json_response(
             StatusCode::OK,
@@ -63,21 +84,26 @@ pub async fn handle(
         ),
         (&Method::GET, ["health", "live"]) => json_response(StatusCode::OK, &json!({"live": true})),
         (&Method::GET, ["health", "ready"]) => {
-            let ready = app.registry.failures().is_empty();
+            let ready = kserve.config.models.iter().all(|name| app.registry.get(name).is_some());
             let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
             json_response(status, &json!({"ready": ready}))
         }
         (&Method::GET, ["models", name]) => match model(name) {
             Some(graph) => json_response(StatusCode::OK, &metadata(&graph)),
-            None => unknown_model(app, name),
+            None => unknown_model(app, kserve, name),
         },
         (&Method::GET, ["models", name, "ready"]) => match model(name) {
             Some(graph) => json_response(StatusCode::OK, &json!({"name": graph.name, "ready": true})),
-            None => unknown_model(app, name),
+            None => unknown_model(app, kserve, name),
         },
         (&Method::POST, ["models", name, "infer"]) => match model(name) {
-            Some(graph) => infer(graph, config, req).await,
-            None => unknown_model(app, name),
+            Some(graph) => {
+                let Some(_slot) = kserve.admission.admit().await else {
+                    return overloaded("the KServe API is at its concurrency limit; retry shortly");
+                };
+                infer(graph, &kserve.config, req).await
+            }
+            None => unknown_model(app, kserve, name),
         },
         (_, ["health", "live" | "ready"] | ["models", _] | ["models", _, "ready"] | []) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "use GET")
@@ -95,9 +121,9 @@ fn authorized(req: &http::Request<Incoming>, token: &str) -> bool {
     super::constant_time_eq(given, token)
 }
 
-/// 404 for a name the runtime config does not have; 503 for a model that failed to load.
-fn unknown_model(app: &App, name: &str) -> Response<WasiBody> {
-    match app.registry.failure(name) {
+/// 404 for a name the API does not serve; 503 for one of its models that failed to load.
+fn unknown_model(app: &App, kserve: &Kserve, name: &str) -> Response<WasiBody> {
+    match app.registry.failure(name).filter(|_| kserve.serves(name)) {
         Some(failed) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             "ModelUnavailable",
@@ -223,6 +249,7 @@ async fn infer(
     let outputs = match graph.batcher.compute(tensors).await {
         Ok(outputs) => outputs,
         Err(EngineError::InvalidArgument(message)) => return bad_request(message),
+        Err(EngineError::Overloaded(message)) => return overloaded(&message),
         Err(EngineError::Runtime(message)) => {
             return error(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -7,6 +7,7 @@ mod shadow;
 pub mod status;
 
 pub use docs::SwaggerUi;
+pub use kserve::Kserve;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,13 +26,12 @@ use wasmtime_wasi_http::handler::{ExpirationError, InstantiationError, TrapOrPan
 
 use crate::app::{App, LoadedComponent};
 use crate::instance::TrapCause;
-use crate::runtime_config::KserveConfig;
 
 /// Shared by all connections.
 struct Server {
     app: Arc<App>,
-    /// The KServe v2 API, when enabled, and its bearer token if one is required.
-    kserve: Option<(KserveConfig, Option<String>)>,
+    /// The KServe v2 API, when enabled.
+    kserve: Option<Kserve>,
     /// Whether request logs carry the request body itself (off: only its hash and size).
     log_inputs: bool,
     /// Swagger UI's files for `/docs`, if they could be fetched.
@@ -66,8 +66,8 @@ const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What the host serves besides the app's routes.
 pub struct ServeOptions {
-    /// The KServe v2 API, when enabled, and its bearer token if one is required.
-    pub kserve: Option<(KserveConfig, Option<String>)>,
+    /// The KServe v2 API, when enabled.
+    pub kserve: Option<Kserve>,
     /// Put request bodies in the request log lines.
     pub log_inputs: bool,
     /// Swagger UI's files for `/docs`.
@@ -135,10 +135,8 @@ impl Server {
         req.headers_mut().insert(REQUEST_ID, request_id_header.clone());
         let path = req.uri().path().to_string();
         let method = req.method().clone();
-        let kserve_route = self.kserve.is_some() && (path == kserve::PREFIX || path.starts_with("/v2/"));
-        let host_route =
-            matches!(path.as_str(), "/health" | "/ready" | "/metrics" | "/openapi.json" | "/docs")
-                || path.starts_with("/docs/");
+        let kserve_route = self.kserve.is_some() && is_kserve_path(&path);
+        let host_route = is_host_path(&path);
         let matched = if host_route || kserve_route { None } else { self.app.route_of(&path) };
         let (route, component) = match matched {
             _ if kserve_route => (kserve::route_of(&path).to_string(), "host".to_string()),
@@ -157,8 +155,8 @@ impl Server {
                 &format!("request headers are over the limit of {MAX_HEADER_BYTES} bytes"),
             ),
             _ if kserve_route => {
-                let (config, token) = self.kserve.as_ref().expect("kserve_route implies kserve");
-                kserve::handle(&self.app, config, token.as_deref(), req).await
+                let kserve = self.kserve.as_ref().expect("kserve_route implies kserve");
+                kserve::handle(&self.app, kserve, req).await
             }
             (&Method::GET, "/health") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
             (&Method::GET, "/ready") => status::ready(&self.app),
@@ -177,7 +175,7 @@ impl Server {
                     let component = pick.serving;
                     let mut response = self.to_component(req, &component, number, &mut input).await;
                     if let (Some((version, head)), Some(input)) = (shadow, &input) {
-                        response = shadow::mirror(response, version, head, input.bytes.clone(), number).await;
+                        response = shadow::mirror(response, version, head, input.bytes.clone(), number, started);
                     }
                     version = component.version[..12].to_string();
                     let header = http::HeaderValue::from_str(&version).expect("hex digits");
@@ -259,13 +257,7 @@ impl Server {
             );
         };
         let Some(result) = result else {
-            let mut response = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Overloaded",
-                &format!("component {} is at its concurrency limit; retry shortly", component.id),
-            );
-            response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
-            return response;
+            return overloaded(&format!("component {} is at its concurrency limit; retry shortly", component.id));
         };
         match result {
             Ok(response) => response,
@@ -318,6 +310,36 @@ impl Server {
             }
         }
     }
+}
+
+/// Paths the host answers itself, whatever the manifest routes.
+fn is_host_path(path: &str) -> bool {
+    matches!(path, "/health" | "/ready" | "/metrics" | "/openapi.json" | "/docs") || path.starts_with("/docs/")
+}
+
+/// Paths of the KServe API, answered by the host when it is enabled.
+fn is_kserve_path(path: &str) -> bool {
+    path == kserve::PREFIX || path.starts_with("/v2/")
+}
+
+/// Refuses manifest routes that the host's own routes would hide (`/metrics`, `/docs/...`, and
+/// `/v2/...` with KServe on): such a component would never be reached. A catch-all (`/...`) is
+/// fine: the host answers its own paths, the component all others.
+pub fn check_routes(manifest: &crate::manifest::Manifest, kserve_enabled: bool) -> anyhow::Result<()> {
+    for trigger in &manifest.http_triggers {
+        let base = match crate::app::RoutePattern::parse(&trigger.route) {
+            crate::app::RoutePattern::Exact(p) | crate::app::RoutePattern::Prefix(p) => p,
+        };
+        let base = if base.is_empty() { "/" } else { base.as_str() };
+        if is_host_path(base) || (kserve_enabled && is_kserve_path(base)) {
+            anyhow::bail!(
+                "route {} of component {} is served by the host itself ({base}); choose another route",
+                trigger.route,
+                trigger.component
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A request body as the log sees it.
@@ -479,9 +501,43 @@ pub(crate) fn constant_time_eq(given: &str, expected: &str) -> bool {
         && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
+/// 503 `Overloaded` with `Retry-After`: refused before any work, try again shortly.
+pub(crate) fn overloaded(message: &str) -> Response<WasiBody> {
+    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, "Overloaded", message);
+    response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    response
+}
+
 /// The API's error shape: `{"error", "error_type"}`.
 pub(crate) fn error(status: StatusCode, error_type: &str, message: &str) -> Response<WasiBody> {
     let mut response = json(status, &serde_json::json!({"error": message, "error_type": error_type}));
     response.extensions_mut().insert(ErrorType(error_type.to_string()));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest_with_route(route: &str) -> crate::manifest::Manifest {
+        let text = format!(
+            "spin_manifest_version = 2\n[application]\nname = \"a\"\n[[trigger.http]]\nroute = \"{route}\"\ncomponent = \"c\"\n[component.c]\nsource = \"c.wasm\"\n"
+        );
+        crate::manifest::Manifest::parse(&text, ".".into()).unwrap()
+    }
+
+    #[test]
+    fn routes_the_host_would_hide_are_refused() {
+        for hidden in ["/metrics", "/health", "/ready/", "/docs", "/docs/...", "/docs/x", "/openapi.json", "/metrics/..."] {
+            let err = check_routes(&manifest_with_route(hidden), false).unwrap_err();
+            assert!(err.to_string().contains("served by the host itself"), "{hidden}: {err}");
+        }
+        for kserve in ["/v2", "/v2/...", "/v2/models/x/infer"] {
+            assert!(check_routes(&manifest_with_route(kserve), true).is_err(), "{kserve}");
+            assert!(check_routes(&manifest_with_route(kserve), false).is_ok(), "{kserve} without KServe");
+        }
+        for fine in ["/...", "/", "/embed", "/api/...", "/metricsx", "/v20"] {
+            assert!(check_routes(&manifest_with_route(fine), true).is_ok(), "{fine}");
+        }
+    }
 }

@@ -1,23 +1,31 @@
-//! Shadow traffic: a canary in shadow mode runs on a copy of the request after the stable version
-//! answered; the client gets the stable answer, unchanged, and only how the canary's answer
-//! differs from it is recorded (`edgeinfer_shadow_requests_total` by outcome, and the largest
-//! absolute difference between the two JSON answers' numbers).
+//! Shadow traffic: a canary in shadow mode runs on a copy of the request while the stable version
+//! answers; the client gets the stable answer as it is, streamed at its own pace, and only how the
+//! canary's answer differs from it is recorded (`edgeinfer_shadow_requests_total` by outcome, and
+//! the largest absolute difference between the two JSON answers' numbers). An answer too big or
+//! too slow to compare is passed through and counted as `skipped`.
 
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use hyper::body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::Value;
+use tokio::sync::oneshot;
 use wasmtime_wasi_http::WasiBody;
 
-use super::{error, full_body};
+use super::full_body;
 use crate::app::LoadedComponent;
 
-/// Answers larger than this are not compared (the client still gets them whole).
+/// Answers larger than this are not compared.
 const MAX_COMPARED_BYTES: usize = 16 << 20;
+
+/// Answers that end later than this after their request began are not compared.
+const MAX_COMPARED_WAIT: Duration = Duration::from_secs(30);
 
 /// Marks the request numbers of shadow runs (their trap causes are nobody's).
 const SHADOW_REQUEST: u64 = 1 << 63;
@@ -33,43 +41,102 @@ pub fn copy_head(req: &Request<Incoming>) -> Head {
     Head { method: req.method().clone(), uri: req.uri().clone(), headers: req.headers().clone() }
 }
 
-/// Returns the stable answer as the client will get it, after starting the shadow run on a copy
-/// of the request in the background.
-pub async fn mirror(
+/// Returns the stable answer for the client, untouched but for a copy taken as it streams by, and
+/// starts the shadow run on a copy of the request (`body`); the two are compared in the background
+/// once both are complete. `started` is when the request began.
+pub fn mirror(
     stable: Response<WasiBody>,
     shadow: Arc<LoadedComponent>,
     head: Head,
     body: Bytes,
     number: u64,
+    started: Instant,
 ) -> Response<WasiBody> {
     let (parts, stream) = stable.into_parts();
-    let read = tokio::time::timeout(
-        Duration::from_secs(30),
-        http_body_util::Limited::new(stream, MAX_COMPARED_BYTES).collect(),
-    );
-    let stable_body = match read.await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        _ => {
-            record(&shadow, "failed", None);
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "ComponentFault",
-                "the answer could not be read",
-            );
-        }
-    };
-    let stable_status = parts.status;
-    tokio::spawn(run(shadow, head, body, number, stable_status, stable_body.clone()));
-    Response::from_parts(parts, full_body(stable_body))
+    let (copied, copy) = oneshot::channel();
+    tokio::spawn(run(shadow, head, body, number, started, parts.status, copy));
+    let tee = Tee { inner: stream, copy: Some(BytesMut::new()), started, copied: Some(copied) };
+    Response::from_parts(parts, tee.boxed_unsync())
 }
 
+/// The stable answer's body on its way to the client, copied while it stays comparable.
+struct Tee {
+    inner: WasiBody,
+    /// The copy so far; `None` once the answer is too big or too slow to compare.
+    copy: Option<BytesMut>,
+    started: Instant,
+    /// Gets the whole copy (or `None`) when the body ends; dropped unsent if the client leaves.
+    copied: Option<oneshot::Sender<Option<Bytes>>>,
+}
+
+impl Tee {
+    fn keep(&mut self, data: &Bytes) {
+        if let Some(copy) = &mut self.copy {
+            if copy.len() + data.len() <= MAX_COMPARED_BYTES && self.started.elapsed() <= MAX_COMPARED_WAIT {
+                copy.extend_from_slice(data);
+            } else {
+                self.copy = None;
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(copied) = self.copied.take() {
+            let within_time = self.started.elapsed() <= MAX_COMPARED_WAIT;
+            let _ = copied.send(self.copy.take().filter(|_| within_time).map(BytesMut::freeze));
+        }
+    }
+}
+
+impl Body for Tee {
+    type Data = Bytes;
+    type Error = <WasiBody as Body>::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.keep(data);
+                }
+                // The server may not poll again once the body says it has ended.
+                if this.inner.is_end_stream() {
+                    this.finish();
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                this.copy = None;
+                this.finish();
+            }
+            Poll::Ready(None) => this.finish(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Runs the shadow version on the copied request, then compares its answer with the stable one
+/// once the client has had it whole.
 async fn run(
     shadow: Arc<LoadedComponent>,
     head: Head,
     body: Bytes,
     number: u64,
+    started: Instant,
     status: StatusCode,
-    stable: Bytes,
+    stable: oneshot::Receiver<Option<Bytes>>,
 ) {
     let mut request = Request::new(full_body(body));
     *request.method_mut() = head.method;
@@ -78,20 +145,25 @@ async fn run(
     let deadline = Duration::from_millis(shadow.limits.request_timeout_ms);
     let answered = tokio::time::timeout(deadline, async {
         let _slot = shadow.admission.admit().await?;
-        let response = shadow.handler.handle(number | SHADOW_REQUEST, request).await.ok()?;
-        let (parts, stream) = response.into_parts();
-        let bytes = http_body_util::Limited::new(stream, MAX_COMPARED_BYTES).collect().await.ok()?.to_bytes();
-        Some((parts.status, bytes))
+        shadow.handler.handle(number | SHADOW_REQUEST, request).await.ok()
     })
     .await;
-    match answered {
-        Ok(Some((shadow_status, shadow_body))) => {
-            let (outcome, difference) = compare(status, &stable, shadow_status, &shadow_body);
-            tracing::debug!(component = %shadow.id, version = %&shadow.version[..12], outcome, ?difference, "shadow answer compared");
-            record(&shadow, outcome, difference);
-        }
-        _ => record(&shadow, "failed", None),
-    }
+    let Ok(Some(response)) = answered else {
+        record(&shadow, "failed", None);
+        return;
+    };
+    let (parts, stream) = response.into_parts();
+    // Too big or too slow is not a failure of the shadow: there is just nothing to compare.
+    let left = MAX_COMPARED_WAIT.saturating_sub(started.elapsed());
+    let read = tokio::time::timeout(left, http_body_util::Limited::new(stream, MAX_COMPARED_BYTES).collect());
+    let shadow_body = read.await.ok().and_then(Result::ok).map(|collected| collected.to_bytes());
+    let (Ok(Some(stable)), Some(shadow_body)) = (stable.await, shadow_body) else {
+        record(&shadow, "skipped", None);
+        return;
+    };
+    let (outcome, difference) = compare(status, &stable, parts.status, &shadow_body);
+    tracing::debug!(component = %shadow.id, version = %&shadow.version[..12], outcome, ?difference, "shadow answer compared");
+    record(&shadow, outcome, difference);
 }
 
 fn record(shadow: &LoadedComponent, outcome: &'static str, difference: Option<f64>) {

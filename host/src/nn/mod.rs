@@ -161,6 +161,9 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             }
             Err(EngineError::InvalidArgument(m)) => self.error(ErrorCode::InvalidArgument, m),
             Err(EngineError::Runtime(m)) => self.error(ErrorCode::RuntimeError, m),
+            // wasi:nn has no "busy" code: a full queue is a runtime error whose data starts with
+            // `overloaded:`, which handlers answer as 503 Overloaded (components/text-handler).
+            Err(e @ EngineError::Overloaded(_)) => self.error(ErrorCode::RuntimeError, e.to_string()),
         }
     }
 

@@ -258,7 +258,7 @@ fn load_graph(name: &str, config: &ModelConfig, app_dir: &Path) -> Result<Loaded
     for _ in 0..config.workers {
         engines.push(Arc::new(OnnxEngine::load(&path, config)?));
     }
-    let policy = BatchPolicy::from_config(config.batching.as_ref());
+    let policy = BatchPolicy::from_config(config.batching.as_ref(), config.max_queue);
     metrics::gauge!("edgeinfer_model_load_seconds", "model" => name.to_string()).set(started.elapsed());
     metrics::gauge!("edgeinfer_model_ready", "model" => name.to_string()).set(1.0);
     tracing::info!(

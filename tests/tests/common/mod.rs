@@ -141,6 +141,11 @@ impl Host {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
+
+    /// The host's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Host {
@@ -182,6 +187,13 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
 /// Parses `[[f32]]`.
 pub fn vectors(body: &Value) -> Vec<Vec<f32>> {
     serde_json::from_value(body.clone()).unwrap_or_else(|e| panic!("expected [[f32]], got {body}: {e}"))
+}
+
+/// The largest absolute difference between two `[[f32]]` answers of the same shape.
+pub fn max_difference(a: &Value, b: &Value) -> f32 {
+    let (a, b) = (vectors(a), vectors(b));
+    assert_eq!(a.len(), b.len());
+    a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 /// The pinned `[onnxruntime]` section of the default runtime config, for tests that write their
@@ -241,4 +253,61 @@ pub fn wasm_variant(bytes: &[u8], tag: &str) -> Vec<u8> {
     CustomSection { name: "edgeinfer:test-variant".into(), data: tag.as_bytes().into() }
         .append_to_component(&mut out);
     out
+}
+
+/// A variant of a TOML file of the repo (a manifest or a runtime config), written in the repo root
+/// (where spin.toml's relative paths still hold) and removed on drop.
+pub struct Variant(pub PathBuf);
+
+impl Variant {
+    /// `file` (relative to the repo root) with `edit` applied to its text.
+    pub fn new(file: &str, tag: &str, edit: impl FnOnce(String) -> String) -> Variant {
+        let text = std::fs::read_to_string(repo_root().join(file)).unwrap();
+        let path = repo_root().join(format!(".test-{tag}-{}.toml", std::process::id()));
+        std::fs::write(&path, edit(text)).unwrap();
+        Variant(path)
+    }
+
+    /// spin.remote.toml with its model server (`NN_REMOTE_URL`, `allowed_outbound_hosts`) at
+    /// `address` (`host:port`), sending `KSERVE_TOKEN`.
+    pub fn remote_pointing_at(address: &str) -> Variant {
+        Variant::new("spin.remote.toml", "remote", |text| {
+            assert!(text.contains("127.0.0.1:3000"), "spin.remote.toml names 127.0.0.1:3000");
+            let url = "NN_REMOTE_URL = \"http://127.0.0.1:3000\"";
+            assert_eq!(text.matches(url).count(), 2, "both handlers name the model server");
+            text.replace(url, &format!("{url}, NN_REMOTE_TOKEN = \"{KSERVE_TOKEN}\""))
+                .replace("127.0.0.1:3000", address)
+        })
+    }
+
+    /// runtime-config/local.toml with the KServe API on for both models, behind `KSERVE_TOKEN`
+    /// (from `$EDGEINFER_TEST_KSERVE_TOKEN`, which `kserve_host` sets).
+    pub fn kserve_config() -> Variant {
+        Variant::new("runtime-config/local.toml", "kserve", |text| {
+            format!("{text}\n{KSERVE_SECTION}token_env = \"EDGEINFER_TEST_KSERVE_TOKEN\"\n")
+        })
+    }
+}
+
+/// The KServe API of the default app's models, as the tests turn it on (a token or
+/// `public = true` goes with it).
+pub const KSERVE_SECTION: &str = "[kserve]\nenabled = true\nmodels = [\"minilm\", \"intents\"]\n";
+
+/// The bearer token of the KServe API in the tests.
+pub const KSERVE_TOKEN: &str = "test-kserve-token-0123456789";
+
+/// The default app with the KServe API on (`Variant::kserve_config`).
+pub fn kserve_host() -> Host {
+    let config = Variant::kserve_config();
+    Host::start_with_env(
+        &repo_root().join("spin.toml"),
+        &["--runtime-config-file", config.0.to_str().unwrap()],
+        &[("EDGEINFER_TEST_KSERVE_TOKEN", KSERVE_TOKEN)],
+    )
+}
+
+impl Drop for Variant {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

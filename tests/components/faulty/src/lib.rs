@@ -1,7 +1,8 @@
 //! Misbehaves on request, by path: `/ok` answers, `/slow` answers after 800 ms of work, `/trap`
 //! executes `unreachable`, `/panic` panics, `/loop` never returns, `/membomb` allocates until
 //! memory runs out, `/recursion` overflows the stack, `/alloc128` asks for 128 MiB once and says
-//! whether it got it (`allocated`) or not (`refused`).
+//! whether it got it (`allocated`) or not (`refused`), `/big` answers 20 MiB, `/trickle-N` sends
+//! its answer one line a second for N seconds.
 //!
 //! And sends wasi:nn (model `minilm`: int64 `input_ids`, `attention_mask`, `token_type_ids`
 //! [batch, seq]) what it should not: `/nn-ok` a valid call, `/nn-shape` inputs of unequal shapes,
@@ -11,6 +12,10 @@
 
 use spin_sdk::http::{IntoResponse, Request, StatusCode};
 use spin_sdk::http_service;
+use spin_sdk::wasip3::http::types::{ErrorCode, Response};
+
+/// What a handler returns.
+type Answer = Result<Response, ErrorCode>;
 
 wit_bindgen::generate!({
     path: "../../../wit/deps/wasi-nn",
@@ -21,9 +26,34 @@ use wasi::nn::graph;
 use wasi::nn::tensor::{Tensor, TensorType};
 
 #[http_service]
-async fn handle(request: Request) -> impl IntoResponse {
+async fn handle(request: Request) -> Answer {
     let path = request.uri().path().to_string();
-    match path.rsplit('/').next().unwrap_or("") {
+    let fault = path.rsplit('/').next().unwrap_or("");
+    if fault == "big" {
+        return (StatusCode::OK, "x".repeat(20 << 20)).into_response();
+    }
+    if let Some(seconds) = fault.strip_prefix("trickle-").and_then(|n| n.parse::<u64>().ok()) {
+        return trickle(seconds);
+    }
+    misbehave(fault).into_response()
+}
+
+/// Answers at once, then sends one line a second for `seconds` seconds.
+fn trickle(seconds: u64) -> Answer {
+    let (mut lines, body) = spin_sdk::http::body::stream::<String>();
+    spin_sdk::wasip3::spawn(async move {
+        for second in 0..seconds {
+            spin_sdk::time::sleep(std::time::Duration::from_secs(1)).await;
+            if lines.try_send(format!("second {second}\n")).is_err() {
+                break;
+            }
+        }
+    });
+    (StatusCode::OK, body).into_response()
+}
+
+fn misbehave(fault: &str) -> (StatusCode, String) {
+    match fault {
         "ok" => (StatusCode::OK, "ok".to_string()),
         "slow" => {
             busy_for(std::time::Duration::from_millis(800));
