@@ -13,22 +13,24 @@ pub fn build_all(manifest: &Manifest) -> Result<()> {
     Ok(())
 }
 
-/// Runs component `id`'s build command, if it has one.
+/// Runs component `id`'s build commands in order, if it has any; stops at the first that fails.
 pub fn build_one(manifest: &Manifest, id: &str) -> Result<()> {
     let Some(build) = manifest.components.get(id).and_then(|c| c.build.as_ref()) else { return Ok(()) };
     let workdir = match &build.workdir {
         Some(dir) => manifest.resolve(dir),
         None => manifest.dir.clone(),
     };
-    eprintln!("edgeinfer: building component {id}: {}", build.command);
-    let status = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(&build.command)
-        .current_dir(&workdir)
-        .status()
-        .with_context(|| format!("cannot run the build command of {id}"))?;
-    if !status.success() {
-        bail!("build of component {id} failed ({status}): {}", build.command);
+    for command in build.command.as_slice() {
+        eprintln!("edgeinfer: building component {id}: {command}");
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .current_dir(&workdir)
+            .status()
+            .with_context(|| format!("cannot run the build command of {id} in {}", workdir.display()))?;
+        if !status.success() {
+            bail!("build of component {id} failed ({status}): {command}");
+        }
     }
     Ok(())
 }

@@ -96,12 +96,32 @@ pub enum FileMount {
 /// `[component.NAME.build]`.
 #[derive(Debug, Deserialize)]
 pub struct Build {
-    pub command: String,
+    /// One shell command, or several run in order (as Spin's `command = ["a", "b"]`).
+    pub command: BuildCommands,
+    /// Where the commands run, relative to spin.toml (default: spin.toml's directory).
     #[serde(default)]
     pub workdir: Option<String>,
     /// Files whose change calls for a rebuild (globs relative to the workdir), for `up --watch`.
     #[serde(default)]
     pub watch: Vec<String>,
+}
+
+/// `command = "..."` or `command = ["...", "..."]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum BuildCommands {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl BuildCommands {
+    /// The commands, in the order they run.
+    pub fn as_slice(&self) -> &[String] {
+        match self {
+            BuildCommands::One(command) => std::slice::from_ref(command),
+            BuildCommands::Many(commands) => commands,
+        }
+    }
 }
 
 /// A component dependency; only local paths are supported (no registry here).
@@ -161,6 +181,11 @@ impl Manifest {
             }
         }
         for (name, component) in &self.components {
+            if let Some(workdir) = component.build.as_ref().and_then(|b| b.workdir.as_deref())
+                && Path::new(workdir).has_root()
+            {
+                bail!("component {name}: build workdir {workdir:?} must be relative to spin.toml");
+            }
             for mount in &component.files {
                 if let FileMount::Same(pattern) = mount
                     && pattern.contains(['*', '?', '['])
@@ -227,6 +252,19 @@ environment = { MODEL = "minilm" }
         let bad = APP.replace("component = \"embed\"", "component = \"nope\"");
         let err = Manifest::parse(&bad, PathBuf::from(".")).unwrap_err();
         assert!(format!("{err:#}").contains("\"nope\""), "{err:#}");
+    }
+
+    #[test]
+    fn build_commands_are_one_string_or_a_list_and_workdirs_relative() {
+        let one = format!("{APP}[component.embed.build]\ncommand = \"make\"\n");
+        let m = Manifest::parse(&one, PathBuf::from(".")).unwrap();
+        assert_eq!(m.components["embed"].build.as_ref().unwrap().command.as_slice(), ["make"]);
+        let many = format!("{APP}[component.embed.build]\ncommand = [\"a\", \"b\"]\nworkdir = \"sub\"\n");
+        let m = Manifest::parse(&many, PathBuf::from(".")).unwrap();
+        assert_eq!(m.components["embed"].build.as_ref().unwrap().command.as_slice(), ["a", "b"]);
+        let absolute = many.replace("\"sub\"", "\"/tmp\"");
+        let err = Manifest::parse(&absolute, PathBuf::from(".")).unwrap_err();
+        assert!(format!("{err:#}").contains("must be relative"), "{err:#}");
     }
 
     #[test]

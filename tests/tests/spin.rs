@@ -1,0 +1,353 @@
+//! The real Spin CLI runs our apps: `spin up` serves the default spin.toml (nn-local provides
+//! wasi:nn inside wasm) and spin.remote.toml against an `edgeinfer up` host's KServe v2 API
+//! (nn-remote); `spin build` runs the manifest's build commands as `edgeinfer build` does; a
+//! manifest Spin refuses fails here with Spin's own message.
+//!
+//! Spin is found through `$SPIN`, else `spin` on PATH (`scripts/test` sets `SPIN` from the build in
+//! ../shared/tools/spin). Without one, each test writes to the terminal that it did not run and
+//! why, and fails instead when `EDGEINFER_REQUIRE_SPIN` is set (scripts/test sets it when it found
+//! Spin, so CI cannot pass these tests silently).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, Once, mpsc};
+use std::time::{Duration, Instant};
+
+use common::{Host, Variant, cosine, kserve_host, max_difference, post_json, reference, repo_root, vectors};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// Writes a line straight to the terminal: the test harness captures `eprintln!` of passing
+/// tests, and what Spin ran (or why nothing ran) must show in every run's output.
+fn terminal(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// The Spin CLI to test with, or None (said on the terminal) when there is none.
+fn spin_cli(test: &str) -> Option<PathBuf> {
+    let from_path = || {
+        let paths = std::env::var_os("PATH")?;
+        std::env::split_paths(&paths).map(|dir| dir.join("spin")).find(|p| p.is_file())
+    };
+    let Some(spin) = std::env::var_os("SPIN").map(PathBuf::from).or_else(from_path) else {
+        assert!(
+            std::env::var_os("EDGEINFER_REQUIRE_SPIN").is_none(),
+            "EDGEINFER_REQUIRE_SPIN is set, but there is no Spin CLI ($SPIN unset, no `spin` on PATH)"
+        );
+        terminal(&format!(
+            "{test}: DID NOT RUN: no Spin CLI ($SPIN unset, no `spin` on PATH; scripts/test sets SPIN \
+             from ../shared/tools/spin when it exists)"
+        ));
+        return None;
+    };
+    assert!(spin.is_file(), "SPIN={} does not exist", spin.display());
+    static VERSION: Once = Once::new();
+    VERSION.call_once(|| {
+        let output = Command::new(&spin).arg("--version").output().expect("run spin --version");
+        let version = String::from_utf8_lossy(&output.stdout);
+        terminal(&format!("Spin tests run {} ({})", version.trim(), spin.display()));
+    });
+    Some(spin)
+}
+
+/// A free loopback port (the listener is closed before Spin binds it).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `spin up` process on loopback, killed (and its state directory removed) on drop.
+struct SpinUp {
+    child: Child,
+    base: String,
+    state_dir: PathBuf,
+}
+
+impl SpinUp {
+    /// Runs `spin up -f MANIFEST` on a free port and waits until it serves. When Spin exits
+    /// first, the error is everything it printed (its own error message).
+    fn start(spin: &Path, manifest: &Path) -> Result<SpinUp, String> {
+        let port = free_port();
+        let state_dir = std::env::temp_dir().join(format!("edgeinfer-spin-{}-{port}", std::process::id()));
+        let mut child = Command::new(spin)
+            .arg("up")
+            .arg("-f")
+            .arg(manifest)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .current_dir(repo_root())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start spin up");
+        let output = Arc::new(Mutex::new(String::new()));
+        let (serving, serving_rx) = mpsc::channel();
+        let readers: Vec<_> = [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ]
+        .into_iter()
+        .map(|stream| {
+            let (output, serving) = (output.clone(), serving.clone());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    eprintln!("[spin] {line}");
+                    if line.contains("Serving http://") {
+                        let _ = serving.send(());
+                    }
+                    output.lock().unwrap().push_str(&format!("{line}\n"));
+                }
+            })
+        })
+        .collect();
+        let mut app = SpinUp { child, base: format!("http://127.0.0.1:{port}"), state_dir };
+        // Spin compiles the composed handlers (nn-local is 20 MB of Wasm) before it serves.
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            if serving_rx.recv_timeout(Duration::from_millis(200)).is_ok() {
+                return Ok(app);
+            }
+            if let Some(status) = app.child.try_wait().unwrap() {
+                readers.into_iter().for_each(|reader| reader.join().unwrap());
+                let output = output.lock().unwrap();
+                return Err(format!("spin up exited ({status}) before serving; it said:\n{output}"));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("spin up did not serve within 600 s; it said:\n{}", output.lock().unwrap()));
+            }
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for SpinUp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+/// Bodies the handlers must refuse with their JSON error contract, under any runtime.
+fn bad_requests() -> Vec<(&'static str, String)> {
+    vec![
+        ("/embed", json!({"inputs": []}).to_string()),
+        ("/embed", json!({"inputs": ""}).to_string()),
+        ("/embed", json!({"input": "misspelt field"}).to_string()),
+        ("/embed", "{not json".to_string()),
+        ("/embed", json!({"inputs": "x ".repeat(400)}).to_string()),
+        ("/predict", json!({"inputs": "a", "top_k": 0}).to_string()),
+        ("/predict", json!({"inputs": ["a", "b"], "raw_scores": "yes"}).to_string()),
+        ("/predict", json!({"inputs": [["a sentence", "its pair"]]}).to_string()),
+    ]
+}
+
+/// (status, error_type) of a raw JSON POST.
+fn post_raw(url: &str, body: &str) -> (u16, Value) {
+    let response = common::client()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().unwrap_or(Value::Null))
+}
+
+#[test]
+fn spin_up_serves_the_default_app_like_the_reference_and_edgeinfer_up() {
+    let Some(spin) = spin_cli("spin_up_serves_the_default_app_like_the_reference_and_edgeinfer_up") else {
+        return;
+    };
+    // The native host starts meanwhile: it answers the same inputs with ONNX Runtime.
+    let native = std::thread::spawn(|| Host::start(&repo_root().join("spin.toml"), &[]));
+    let started = Instant::now();
+    let app = SpinUp::start(&spin, &repo_root().join("spin.toml"))
+        .unwrap_or_else(|output| panic!("Spin refused the default spin.toml: {output}"));
+    let (status, body) = post_json(&app.url("/embed"), &json!({"inputs": "the first answer"}));
+    assert_eq!(status, 200, "{body}");
+    terminal(&format!(
+        "spin up spin.toml: first /embed answer {:.1} s after `spin up` started",
+        started.elapsed().as_secs_f64()
+    ));
+
+    // /embed against the Python reference (onnxruntime + tokenizers).
+    let cases = reference("embeddings.json");
+    let mut worst = 1f32;
+    for chunk in cases.as_array().unwrap().chunks(8) {
+        let texts: Vec<&Value> = chunk.iter().map(|c| &c["text"]).collect();
+        let truncate = chunk.iter().any(|c| c["needs_truncate"] == true);
+        let (status, body) = post_json(&app.url("/embed"), &json!({"inputs": texts, "truncate": truncate}));
+        assert_eq!(status, 200, "{body}");
+        for (case, got) in chunk.iter().zip(vectors(&body)) {
+            let want: Vec<f32> = serde_json::from_value(case["embedding"].clone()).unwrap();
+            worst = worst.min(cosine(&got, &want));
+        }
+    }
+    terminal(&format!("spin up /embed vs the Python reference: min cosine {worst:.6} over {} sentences", cases.as_array().unwrap().len()));
+    assert!(worst >= 0.999, "/embed under Spin: min cosine {worst} against the Python reference");
+
+    // /predict against the independent numpy + scikit-learn reference.
+    let intents = reference("intents.json");
+    let labels: Vec<&str> = intents["labels"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    let cases = intents["cases"].as_array().unwrap();
+    let texts: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
+    let mut spin_predictions = Vec::new();
+    for chunk in texts.chunks(16) {
+        let (status, body) = post_json(&app.url("/predict"), &json!({"inputs": chunk}));
+        assert_eq!(status, 200, "{body}");
+        spin_predictions.extend(body.as_array().unwrap().iter().cloned());
+    }
+    let mut worst_score = 0f64;
+    for (case, ranked) in cases.iter().zip(&spin_predictions) {
+        assert_eq!(ranked[0]["label"], case["label"], "{}", case["text"]);
+        for entry in ranked.as_array().unwrap() {
+            let index = labels.iter().position(|l| *l == entry["label"]).expect("a known label");
+            let want = case["scores"][index].as_f64().unwrap();
+            worst_score = worst_score.max((entry["score"].as_f64().unwrap() - want).abs());
+        }
+    }
+    terminal(&format!("spin up /predict vs the reference: same top label on {}, max |Δscore| {worst_score:.2e}", cases.len()));
+    assert!(worst_score < 1e-4, "/predict under Spin: a score differs from the reference by {worst_score}");
+    let (status, body) = post_json(&app.url("/predict"), &json!({"inputs": "set a timer for ten minutes", "top_k": 1}));
+    assert_eq!((status, body[0]["label"].as_str()), (200, Some("timer")), "{body}");
+
+    // Against `edgeinfer up` (ONNX Runtime) on the same inputs: the same answers within the
+    // tolerance of tract (nn-local) against ONNX Runtime, the same errors.
+    let native = native.join().unwrap();
+    for chunk in texts.chunks(16) {
+        let (_, ours) = post_json(&native.url("/embed"), &json!({"inputs": chunk}));
+        let (_, spins) = post_json(&app.url("/embed"), &json!({"inputs": chunk}));
+        for (a, b) in vectors(&ours).iter().zip(&vectors(&spins)) {
+            assert!(cosine(a, b) >= 0.999, "/embed: edgeinfer up and spin up differ (cosine {})", cosine(a, b));
+        }
+        let (_, ours) = post_json(&native.url("/predict"), &json!({"inputs": chunk, "top_k": 3}));
+        let (_, spins) = post_json(&app.url("/predict"), &json!({"inputs": chunk, "top_k": 3}));
+        for (a, b) in ours.as_array().unwrap().iter().zip(spins.as_array().unwrap()) {
+            assert_eq!(a[0]["label"], b[0]["label"]);
+            let (sa, sb) = (a[0]["score"].as_f64().unwrap(), b[0]["score"].as_f64().unwrap());
+            assert!((sa - sb).abs() < 1e-4, "/predict: {sa} (edgeinfer up) vs {sb} (spin up)");
+        }
+    }
+    for (route, body) in bad_requests() {
+        let (status, spins) = post_raw(&app.url(route), &body);
+        let (native_status, ours) = post_raw(&native.url(route), &body);
+        assert_eq!(status, 422, "{route} {body}: {spins}");
+        assert!(spins["error"].as_str().is_some_and(|e| !e.is_empty()), "{route} {body}: {spins}");
+        assert_eq!((status, &spins["error_type"]), (native_status, &ours["error_type"]), "{route} {body}");
+        assert_eq!(spins["error"], ours["error"], "{route} {body}");
+    }
+}
+
+#[test]
+fn spin_up_serves_the_remote_app_against_edgeinfer_kserve() {
+    let Some(spin) = spin_cli("spin_up_serves_the_remote_app_against_edgeinfer_kserve") else { return };
+    let backend = kserve_host();
+    let manifest = Variant::remote_pointing_at(backend.base.trim_start_matches("http://"));
+    let app = SpinUp::start(&spin, &manifest.0)
+        .unwrap_or_else(|output| panic!("Spin refused spin.remote.toml: {output}"));
+
+    let texts = json!(["Remote inference under Spin.", "set a timer for ten minutes", "héllo wörld"]);
+    let (status, via_spin) = post_json(&app.url("/embed"), &json!({"inputs": texts}));
+    assert_eq!(status, 200, "{via_spin}");
+    let (_, direct) = post_json(&backend.url("/embed"), &json!({"inputs": texts}));
+    let difference = max_difference(&via_spin, &direct);
+    assert!(difference < 1e-6, "/embed through spin up + nn-remote differs by {difference}");
+
+    let (status, via_spin) = post_json(&app.url("/predict"), &json!({"inputs": texts, "top_k": 3}));
+    assert_eq!(status, 200, "{via_spin}");
+    let (_, direct) = post_json(&backend.url("/predict"), &json!({"inputs": texts, "top_k": 3}));
+    assert_eq!(via_spin, direct);
+    assert_eq!(via_spin[1][0]["label"], "timer");
+
+    let (status, body) = post_json(&app.url("/predict"), &json!({"inputs": ""}));
+    assert_eq!((status, body["error_type"].as_str()), (422, Some("Validation")), "{body}");
+}
+
+/// Runs `PROGRAM build -f MANIFEST` with `$BUILD_TRACE` set; returns the lines the build
+/// commands appended to it.
+fn build_trace(program: &Path, manifest: &Path, tag: &str) -> Vec<String> {
+    let trace = std::env::temp_dir().join(format!("edgeinfer-build-trace-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_file(&trace);
+    let output = Command::new(program)
+        .args(["build", "-f"])
+        .arg(manifest)
+        .env("BUILD_TRACE", &trace)
+        .output()
+        .expect("run the build");
+    assert!(output.status.success(), "{tag} build failed: {}", String::from_utf8_lossy(&output.stderr));
+    let lines = std::fs::read_to_string(&trace).unwrap_or_default().lines().map(String::from).collect();
+    let _ = std::fs::remove_file(&trace);
+    lines
+}
+
+fn sha256_file(path: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))))
+}
+
+#[test]
+fn spin_build_runs_the_manifest_build_commands_as_edgeinfer_build_does() {
+    let Some(spin) = spin_cli("spin_build_runs_the_manifest_build_commands_as_edgeinfer_build_does") else {
+        return;
+    };
+    // Same commands, same order within a component, same working directories. (Spin does not
+    // keep one order across components from run to run, so those are compared as sets.)
+    let manifest = repo_root().join("tests/apps/build/spin.toml");
+    let mut by_spin = build_trace(&spin, &manifest, "spin");
+    let mut by_edgeinfer = build_trace(&common::host_binary(), &manifest, "edgeinfer");
+    for trace in [&by_spin, &by_edgeinfer] {
+        let position = |line: &str| trace.iter().position(|l| l == line);
+        assert!(position("listed 1 in sub") < position("listed 2 sees marker"), "{trace:?}");
+    }
+    by_spin.sort();
+    by_edgeinfer.sort();
+    assert_eq!(by_spin, ["listed 1 in sub", "listed 2 sees marker", "single 1 in build"]);
+    assert_eq!(by_edgeinfer, by_spin);
+
+    // The default app: `spin build` runs the same cargo builds `edgeinfer build` ran before
+    // the tests, so every component it writes is byte for byte what the other tests serve.
+    let built = ["embed", "classify", "tokenizer", "nn_local"]
+        .map(|name| repo_root().join(format!("target/wasm32-wasip2/release/{name}.wasm")));
+    let before: Vec<String> = built.iter().map(|p| sha256_file(p)).collect();
+    let output = Command::new(&spin)
+        .args(["build", "-f"])
+        .arg(repo_root().join("spin.toml"))
+        .output()
+        .expect("run spin build");
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "spin build of spin.toml failed:\n{said}");
+    for id in ["embed", "classify", "tokenizer", "nn-local"] {
+        assert!(said.contains(&format!("Building component {id} with `rustup target add")), "{id}:\n{said}");
+    }
+    let after: Vec<String> = built.iter().map(|p| sha256_file(p)).collect();
+    assert_eq!(before, after, "spin build wrote other components than edgeinfer build");
+}
+
+#[test]
+fn manifests_spin_refuses_fail_with_spins_own_message() {
+    let Some(spin) = spin_cli("manifests_spin_refuses_fail_with_spins_own_message") else { return };
+    // A key of ours in spin.toml (ours belong in runtime-config/): Spin's manifest schema denies it.
+    let unknown_key = Variant::new("spin.toml", "spin-unknown-key", |text| {
+        text.replacen("ai_models = [\"minilm\"]", "ai_models = [\"minilm\"]\nmax_memory_bytes = 1", 1)
+    });
+    let Err(said) = SpinUp::start(&spin, &unknown_key.0) else { panic!("spin up accepted an unknown key") };
+    assert!(said.contains("unknown field `max_memory_bytes`"), "{said}");
+
+    // A wasi:nn dependency that does not export wasi:nn: Spin cannot compose it.
+    let bad_dependency = Variant::new("spin.toml", "spin-bad-dependency", |text| {
+        text.replacen(
+            "\"wasi:nn@0.2.0-rc-2024-10-28\" = { path = \"target/wasm32-wasip2/release/nn_local.wasm\" }",
+            "\"wasi:nn@0.2.0-rc-2024-10-28\" = { path = \"target/wasm32-wasip2/release/tokenizer.wasm\" }",
+            1,
+        )
+    });
+    let Err(said) = SpinUp::start(&spin, &bad_dependency.0) else { panic!("spin up composed a wrong dependency") };
+    assert!(said.contains("wasi:nn"), "{said}");
+}
