@@ -20,7 +20,7 @@ use wasmtime_wasi_http::WasiBody;
 
 use crate::app::App;
 use crate::http::{constant_time_eq, error, json as json_response};
-use crate::nn::registry::{ReloadError, ReloadRequest};
+use edgeinfer_engine::registry::{ReloadError, ReloadRequest};
 use crate::rollout::{Canary, CanaryMode, Stickiness};
 
 /// Largest component accepted (a composed handler with an inference engine inside is ~25 MB).
@@ -161,7 +161,7 @@ fn describe(app: &App) -> Response<WasiBody> {
             json!({"id": slot.id, "version": current.version, "routes": routes, "previous": previous, "canary": canary})
         })
         .collect();
-    let mut models: Vec<_> = app.registry.graphs().iter().map(|g| g.describe()).collect();
+    let mut models: Vec<_> = app.registry.graphs().iter().map(|g| crate::http::status::describe(g)).collect();
     models.extend(
         app.registry.failures().iter().map(|f| json!({"name": f.name, "ready": false, "error": f.error})),
     );

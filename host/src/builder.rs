@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result, bail};
 
-use crate::manifest::Manifest;
+use edgeinfer_config::manifest::Manifest;
 
 /// Builds every component that declares a build command; stops at the first failure.
 pub fn build_all(manifest: &Manifest) -> Result<()> {

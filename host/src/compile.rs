@@ -11,8 +11,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-/// Largest linear memory any instance may have (the pooling allocator reserves this per slot).
-pub const MAX_MEMORY_BYTES: u64 = 1 << 30;
+pub use edgeinfer_config::runtime_config::MAX_MEMORY_BYTES;
 
 /// How often the engine's epoch advances: running guests yield this often, and deadlines are
 /// checked at this resolution.

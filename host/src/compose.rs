@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use wac_graph::types::Package;
 use wac_graph::{CompositionGraph, EncodeOptions};
 
-use crate::manifest::{Component, Manifest};
+use edgeinfer_config::manifest::{Component, Manifest};
 
 /// A dependency's bytes, keyed as in spin.toml.
 pub struct DependencyBytes {

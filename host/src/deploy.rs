@@ -11,7 +11,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::Value;
 
 use crate::compose::read_source;
-use crate::manifest::Manifest;
+use edgeinfer_config::manifest::Manifest;
 
 /// What to do on every host.
 #[derive(clap::Subcommand)]

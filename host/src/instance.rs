@@ -17,7 +17,7 @@ use wasmtime_wasi_http::handler::{
 };
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::nn::registry::GraphRegistry;
+use edgeinfer_engine::registry::GraphRegistry;
 use crate::nn::{NnCtx, NnStoreView, NnView};
 use crate::outbound::{AllowedHost, OutboundPolicy};
 

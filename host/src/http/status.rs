@@ -8,10 +8,19 @@ use serde_json::json;
 use wasmtime_wasi_http::WasiBody;
 
 use crate::app::App;
+use edgeinfer_engine::registry::LoadedGraph;
 
 /// RFC 3339 UTC timestamp.
 pub fn timestamp(at: SystemTime) -> String {
     time::OffsetDateTime::from(at).format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+/// A loaded graph as `/ready` (without `path`) and the admin API list it.
+pub fn describe(graph: &LoadedGraph) -> serde_json::Value {
+    json!({
+        "name": graph.name, "ready": true, "device": graph.device.to_string(), "sha256": graph.sha256,
+        "path": graph.path, "loaded_at": timestamp(graph.loaded_at),
+    })
 }
 
 pub fn ready(app: &App) -> Response<WasiBody> {
@@ -20,7 +29,7 @@ pub fn ready(app: &App) -> Response<WasiBody> {
         described.as_object_mut().map(|o| o.remove("path"));
         described
     };
-    let mut models: Vec<_> = app.registry.graphs().iter().map(|g| without_path(g.describe())).collect();
+    let mut models: Vec<_> = app.registry.graphs().iter().map(|g| without_path(describe(g))).collect();
     let failed: Vec<_> = app.registry.failures();
     models.extend(failed.iter().map(
         |f| json!({"name": f.name, "ready": false, "failed_at": timestamp(f.failed_at), "error": f.error}),

@@ -2,15 +2,14 @@
 //! `load-by-name` is limited to the component's `ai_models`, `compute` goes through the model's
 //! batcher.
 
-pub mod registry;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
-use crate::engines::{ElementType, EngineError, TensorData};
-use registry::{GraphRegistry, ModelSlot};
+use edgeinfer_engine::engines::{ElementType, EngineError, TensorData};
+use edgeinfer_engine::registry::{GraphRegistry, ModelSlot};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -18,7 +17,7 @@ mod bindings {
         world: "ml",
         with: {
             "wasi:nn/graph.graph": super::GraphHandle,
-            "wasi:nn/tensor.tensor": crate::engines::TensorData,
+            "wasi:nn/tensor.tensor": edgeinfer_engine::engines::TensorData,
             "wasi:nn/inference.graph-execution-context": super::ExecutionContext,
             "wasi:nn/errors.error": super::NnError,
         },

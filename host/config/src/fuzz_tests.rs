@@ -79,9 +79,9 @@ fn mutate(seed: &str, rng: &mut Rng) -> String {
 
 #[test]
 fn mangled_manifests_and_runtime_configs_never_panic() {
-    let manifest = include_str!("../../spin.toml");
-    let runtime = include_str!("../../runtime-config/local.toml");
-    let faults = include_str!("../../tests/apps/faults/runtime.toml");
+    let manifest = include_str!("../../../spin.toml");
+    let runtime = include_str!("../../../runtime-config/local.toml");
+    let faults = include_str!("../../../tests/apps/faults/runtime.toml");
     let mut rng = Rng(0x0dd_ba11_cafe_f00d);
     let (mut ok, mut err) = (0, 0);
     for i in 0..20_000 {

@@ -14,7 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::engines::{Engine, EngineError, TensorSpec, check_inputs};
-use crate::runtime_config::BatchingConfig;
+use edgeinfer_config::runtime_config::BatchingConfig;
 pub use merge::Tensors;
 use merge::{Shape, batch_shape, merge, split};
 

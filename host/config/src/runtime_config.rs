@@ -31,6 +31,10 @@ pub struct RuntimeConfig {
     pub component: BTreeMap<String, ComponentLimits>,
 }
 
+/// Largest linear memory any component instance may have (the host's pooling allocator reserves
+/// this per slot, so `max_memory_bytes` may not exceed it).
+pub const MAX_MEMORY_BYTES: u64 = 1 << 30;
+
 /// `[component.NAME]`: what the host enforces before a request reaches the component.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -270,6 +274,30 @@ fn default_kserve_body() -> u64 {
     16 << 20
 }
 
+/// How an export turns token vectors into one sentence vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// From the sentence-transformers files in the model directory, else none.
+    Auto,
+    None,
+    Mean,
+    Cls,
+}
+
+impl std::str::FromStr for Pooling {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Pooling, String> {
+        match text {
+            "auto" => Ok(Pooling::Auto),
+            "none" => Ok(Pooling::None),
+            "mean" => Ok(Pooling::Mean),
+            "cls" => Ok(Pooling::Cls),
+            other => Err(format!("pooling must be auto, none, mean or cls, got {other:?}")),
+        }
+    }
+}
+
 /// `[[export]]`: an ONNX model exported at provisioning time from fetched files (paths relative
 /// to the app directory), the same as `edgeinfer export` on the command line.
 #[derive(Debug, Clone, Deserialize)]
@@ -280,7 +308,7 @@ pub struct ExportStep {
     /// Directory with config.json and model.safetensors.
     pub model_dir: String,
     #[serde(default = "default_pooling")]
-    pub pooling: crate::export::Pooling,
+    pub pooling: Pooling,
     #[serde(default)]
     pub normalize: Option<bool>,
     /// `auto`, `none`, or a scikit-learn linear classifier (joblib).
@@ -294,8 +322,8 @@ pub struct ExportStep {
     pub sha256: Option<String>,
 }
 
-fn default_pooling() -> crate::export::Pooling {
-    crate::export::Pooling::Auto
+fn default_pooling() -> Pooling {
+    Pooling::Auto
 }
 fn default_head() -> String {
     "auto".into()
@@ -355,10 +383,10 @@ impl RuntimeConfig {
                     "component {name}: max_request_body_bytes, request_timeout_ms and max_concurrent_requests must be at least 1"
                 );
             }
-            if limits.max_memory_bytes > crate::compile::MAX_MEMORY_BYTES {
+            if limits.max_memory_bytes > MAX_MEMORY_BYTES {
                 bail!(
                     "component {name}: max_memory_bytes is over the host's {} bytes",
-                    crate::compile::MAX_MEMORY_BYTES
+                    MAX_MEMORY_BYTES
                 );
             }
         }

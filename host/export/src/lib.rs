@@ -12,20 +12,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use prost::Message;
-use serde::Deserialize;
 
+pub use edgeinfer_config::runtime_config::Pooling;
 use proto::{AttributeProto as Attr, Dim, FLOAT, GraphBuilder, INT64, value_info};
-
-/// How token vectors become one sentence vector.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Pooling {
-    /// From the sentence-transformers files in the model directory, else none.
-    Auto,
-    None,
-    Mean,
-    Cls,
-}
 
 /// What is put on top of the encoder.
 #[derive(Clone, Debug, PartialEq, Eq)]

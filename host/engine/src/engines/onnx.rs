@@ -12,7 +12,7 @@ use ort::value::{DynValue, Tensor, ValueType};
 use ort::value::{PrimitiveTensorElementType, TensorElementType};
 
 use super::{ElementType, Engine, EngineError, TensorData, TensorSpec, check_inputs};
-use crate::runtime_config::{Device, GraphOptimization, ModelConfig};
+use edgeinfer_config::runtime_config::{Device, GraphOptimization, ModelConfig};
 
 /// The library is process-global in ONNX Runtime: one environment for the process.
 static RUNTIME: OnceLock<std::result::Result<Environment, String>> = OnceLock::new();

@@ -21,8 +21,8 @@ use arc_swap::ArcSwap;
 use crate::batching::{BatchPolicy, Batcher};
 use crate::engines::onnx::{OnnxEngine, check_model_file};
 use crate::engines::{Engine, TensorSpec};
-use crate::provision::sha256_file;
-use crate::runtime_config::{Device, ModelConfig};
+use crate::sha256_file;
+use edgeinfer_config::runtime_config::{Device, ModelConfig};
 
 /// A loaded graph and facts about it for `/ready`.
 pub struct LoadedGraph {
@@ -38,16 +38,6 @@ pub struct LoadedGraph {
     pub outputs: Vec<TensorSpec>,
     /// Every inference of this model goes through its batcher.
     pub batcher: Batcher,
-}
-
-impl LoadedGraph {
-    /// The graph as `/ready` and the admin API list it.
-    pub fn describe(&self) -> serde_json::Value {
-        serde_json::json!({
-            "name": self.name, "ready": true, "device": self.device.to_string(), "sha256": self.sha256,
-            "path": self.path, "loaded_at": crate::http::status::timestamp(self.loaded_at),
-        })
-    }
 }
 
 /// A model of the runtime config that failed to load.
