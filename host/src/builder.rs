@@ -1,5 +1,8 @@
 //! `edgeinfer build`: runs each component's `[component.X.build]` command, as `spin build` does
-//! (through the shell, in the manifest's directory or the component's `workdir`).
+//! (through the shell, in the manifest's directory or the component's `workdir`). `up --build`
+//! builds only what it will serve.
+
+use std::collections::BTreeSet;
 
 use anyhow::{Context, Result, bail};
 
@@ -11,6 +14,42 @@ pub fn build_all(manifest: &Manifest) -> Result<()> {
         build_one(manifest, id)?;
     }
     Ok(())
+}
+
+/// Builds the components `edgeinfer up` will load: the routed ones and the dependencies composed
+/// into them (a wasi:nn provider only with `compose_nn_providers`), not the others.
+pub fn build_served(manifest: &Manifest, compose_nn_providers: bool) -> Result<()> {
+    let served = served_components(manifest, compose_nn_providers);
+    for id in manifest.components.keys() {
+        if served.contains(id) {
+            build_one(manifest, id)?;
+        } else if manifest.components[id].build.is_some() {
+            eprintln!("edgeinfer: not building component {id}: this host does not serve it");
+        }
+    }
+    Ok(())
+}
+
+/// Ids of the routed components and of the components whose `source` is a dependency composed
+/// into one of them.
+fn served_components(manifest: &Manifest, compose_nn_providers: bool) -> BTreeSet<String> {
+    let routed: BTreeSet<&str> = manifest.http_triggers.iter().map(|t| t.component.as_str()).collect();
+    let mut paths = BTreeSet::new();
+    for id in &routed {
+        let component = &manifest.components[*id];
+        paths.insert(manifest.resolve(&component.source));
+        for (key, dependency) in &component.dependencies {
+            if compose_nn_providers || !crate::compose::is_nn_provider(key) {
+                paths.insert(manifest.resolve(&dependency.path));
+            }
+        }
+    }
+    manifest
+        .components
+        .iter()
+        .filter(|(id, c)| routed.contains(id.as_str()) || paths.contains(&manifest.resolve(&c.source)))
+        .map(|(id, _)| id.clone())
+        .collect()
 }
 
 /// Runs component `id`'s build commands in order, if it has any; stops at the first that fails.
@@ -33,4 +72,38 @@ pub fn build_one(manifest: &Manifest, id: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn up_builds_what_it_serves_and_a_wasi_nn_provider_only_when_composed() {
+        let text = r#"
+spin_manifest_version = 2
+[application]
+name = "a"
+[[trigger.http]]
+route = "/embed"
+component = "embed"
+[component.embed]
+source = "out/embed.wasm"
+[component.embed.dependencies]
+"edgeinfer:text/tokenize@0.1.0" = { path = "out/tokenizer.wasm" }
+"wasi:nn@0.2.0-rc-2024-10-28" = { path = "out/nn_local.wasm" }
+[component.tokenizer]
+source = "out/tokenizer.wasm"
+[component.nn-local]
+source = "out/nn_local.wasm"
+[component.unrelated]
+source = "out/other.wasm"
+"#;
+        let manifest = Manifest::parse(text, ".".into()).unwrap();
+        assert_eq!(served_components(&manifest, false), BTreeSet::from(["embed".into(), "tokenizer".into()]));
+        assert_eq!(
+            served_components(&manifest, true),
+            BTreeSet::from(["embed".into(), "nn-local".into(), "tokenizer".into()])
+        );
+    }
 }

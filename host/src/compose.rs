@@ -21,7 +21,7 @@ pub struct DependencyBytes {
 }
 
 /// Whether a dependency key plugs wasi:nn (the whole package or one of its interfaces).
-fn is_nn_provider(key: &str) -> bool {
+pub fn is_nn_provider(key: &str) -> bool {
     key == "wasi:nn" || key.starts_with("wasi:nn@") || key.starts_with("wasi:nn/")
 }
 

@@ -213,7 +213,7 @@ async fn up(args: UpArgs) -> Result<()> {
         "loading app"
     );
     if args.build {
-        builder::build_all(&manifest)?;
+        builder::build_served(&manifest, args.compose_nn_providers)?;
     }
     let config = load_runtime_config(args.runtime_config_file.as_deref(), &manifest.dir)?;
     http::check_routes(&manifest, config.kserve.enabled)?;
