@@ -204,50 +204,26 @@ fn init_logging() {
     }
 }
 
+/// What start-up made: the app, ready to serve.
+struct Started {
+    manifest: Arc<Manifest>,
+    config: RuntimeConfig,
+    app: Arc<App>,
+    swagger_ui: Option<http::SwaggerUi>,
+    /// Advances the engine's epoch while the host serves.
+    _ticker: compile::EpochTicker,
+}
+
 async fn up(args: UpArgs) -> Result<()> {
     telemetry::init()?;
-    let manifest = Manifest::load(&args.manifest.manifest)?;
-    tracing::info!(
-        app = %manifest.application.name,
-        version = manifest.application.version.as_deref().unwrap_or("-"),
-        "loading app"
-    );
-    if args.build {
-        builder::build_served(&manifest, args.compose_nn_providers)?;
-    }
-    let config = load_runtime_config(args.runtime_config_file.as_deref(), &manifest.dir)?;
-    http::check_routes(&manifest, config.kserve.enabled)?;
-    if !config.model.is_empty() {
-        let library = fetch(&config, &manifest.dir)?;
-        edgeinfer_engine::engines::onnx::init_runtime(&library)?;
-        let version = config.onnxruntime.as_ref().map_or("(ORT_DYLIB_PATH)", |o| o.version.as_str());
-        tracing::info!("ONNX Runtime {version} loaded from {}", library.display());
-    }
-    let registry = Arc::new(GraphRegistry::load(&config.model, &manifest.dir));
-    let mut gpus: Vec<u32> = registry
-        .graphs()
-        .iter()
-        .filter_map(|graph| match graph.device {
-            runtime_config::Device::Cuda(index) => Some(index),
-            runtime_config::Device::Cpu => None,
-        })
-        .collect();
-    gpus.sort_unstable();
-    gpus.dedup();
-    telemetry::watch_gpu_memory(gpus);
-    let engine = compile::engine(config.component.values().any(|limits| limits.fuel.is_some()))?;
-    let _ticker = compile::EpochTicker::start(&engine);
-    let cache = CompileCache::new(provision::cache_dir().join("compiled"));
-    let manifest = Arc::new(manifest);
-    let app = Arc::new(App::load(
-        manifest.clone(),
-        &config.component,
-        registry,
-        &engine,
-        cache,
-        args.compose_nn_providers,
-    )?);
-
+    // Builds, pip, ONNX Runtime sessions and Cranelift compiles block for seconds: they run on a
+    // blocking thread, so the async workers that will serve are never tied up by them.
+    let (manifest_path, runtime_config_file) = (args.manifest.manifest.clone(), args.runtime_config_file.clone());
+    let (build, compose_nn_providers) = (args.build, args.compose_nn_providers);
+    let Started { manifest, config, app, swagger_ui, _ticker } = tokio::task::spawn_blocking(move || {
+        start(&manifest_path, runtime_config_file.as_deref(), build, compose_nn_providers)
+    })
+    .await??;
     if args.watch {
         let watched = watch::start(app.clone())?;
         eprintln!("Watching the build inputs of: {}", watched.join(", "));
@@ -290,13 +266,6 @@ async fn up(args: UpArgs) -> Result<()> {
             if config.kserve.public { "public" } else { "bearer token required" }
         );
     }
-    let swagger_ui = match provision::ensure_swagger_ui().and_then(|files| http::SwaggerUi::load(&files)) {
-        Ok(ui) => Some(ui),
-        Err(e) => {
-            tracing::warn!("/docs is unavailable: cannot fetch Swagger UI's files: {e:#}");
-            None
-        }
-    };
     eprintln!("API docs: http://{address}/docs (OpenAPI: http://{address}/openapi.json)");
     let options = http::ServeOptions { kserve, log_inputs: args.log_inputs, swagger_ui };
     http::serve(app, options, listener, shutdown_signal()).await?;
@@ -305,6 +274,65 @@ async fn up(args: UpArgs) -> Result<()> {
     }
     eprintln!("edgeinfer: stopped");
     Ok(())
+}
+
+/// Loads the app of `manifest_path`: builds what it serves (with `build`), provisions and loads
+/// its models, compiles its components, fetches Swagger UI's files. Blocking.
+fn start(
+    manifest_path: &Path,
+    runtime_config_file: Option<&Path>,
+    build: bool,
+    compose_nn_providers: bool,
+) -> Result<Started> {
+    let manifest = Manifest::load(manifest_path)?;
+    tracing::info!(
+        app = %manifest.application.name,
+        version = manifest.application.version.as_deref().unwrap_or("-"),
+        "loading app"
+    );
+    if build {
+        builder::build_served(&manifest, compose_nn_providers)?;
+    }
+    let config = load_runtime_config(runtime_config_file, &manifest.dir)?;
+    http::check_routes(&manifest, config.kserve.enabled)?;
+    if !config.model.is_empty() {
+        let library = fetch(&config, &manifest.dir)?;
+        edgeinfer_engine::engines::onnx::init_runtime(&library)?;
+        let version = config.onnxruntime.as_ref().map_or("(ORT_DYLIB_PATH)", |o| o.version.as_str());
+        tracing::info!("ONNX Runtime {version} loaded from {}", library.display());
+    }
+    let registry = Arc::new(GraphRegistry::load(&config.model, &manifest.dir));
+    let mut gpus: Vec<u32> = registry
+        .graphs()
+        .iter()
+        .filter_map(|graph| match graph.device {
+            runtime_config::Device::Cuda(index) => Some(index),
+            runtime_config::Device::Cpu => None,
+        })
+        .collect();
+    gpus.sort_unstable();
+    gpus.dedup();
+    telemetry::watch_gpu_memory(gpus);
+    let engine = compile::engine(config.component.values().any(|limits| limits.fuel.is_some()))?;
+    let ticker = compile::EpochTicker::start(&engine);
+    let cache = CompileCache::new(provision::cache_dir().join("compiled"));
+    let manifest = Arc::new(manifest);
+    let app = Arc::new(App::load(
+        manifest.clone(),
+        &config.component,
+        registry,
+        &engine,
+        cache,
+        compose_nn_providers,
+    )?);
+    let swagger_ui = match provision::ensure_swagger_ui().and_then(|files| http::SwaggerUi::load(&files)) {
+        Ok(ui) => Some(ui),
+        Err(e) => {
+            tracing::warn!("/docs is unavailable: cannot fetch Swagger UI's files: {e:#}");
+            None
+        }
+    };
+    Ok(Started { manifest, config, app, swagger_ui, _ticker: ticker })
 }
 
 /// The admin API's bearer token for serving: at least 16 characters.
