@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use wasmtime_wasi_http::WasiBody;
 
 use crate::app::App;
-use crate::http::{constant_time_eq, error, json as json_response};
+use crate::http::{HostError, constant_time_eq, json as json_response};
 use edgeinfer_engine::registry::{ReloadError, ReloadRequest};
 use crate::rollout::{Canary, CanaryMode, Stickiness};
 
@@ -103,16 +103,16 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<WasiBody> {
             let name = name.to_string();
             reload_model(app, &name, req).await
         }
-        (_, ["admin", "v1", "app"]) => error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "use GET"),
+        (_, ["admin", "v1", "app"]) => HostError::MethodNotAllowed.answer("use GET"),
         (_, ["admin", "v1", "components", _]) => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "use PUT")
+            HostError::MethodNotAllowed.answer("use PUT")
         }
         (
             _,
             ["admin", "v1", "components", _, "rollback" | "promote" | "abort"]
             | ["admin", "v1", "models", _, "reload"],
-        ) => error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "use POST"),
-        _ => error(StatusCode::NOT_FOUND, "NotFound", &format!("no admin route {path}")),
+        ) => HostError::MethodNotAllowed.answer("use POST"),
+        _ => HostError::NotFound.answer(&format!("no admin route {path}")),
     }
 }
 
@@ -120,16 +120,9 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<WasiBody> {
 fn authorize(req: &Request<Incoming>, token: &str) -> Result<(), Box<Response<WasiBody>>> {
     let given = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     match given.and_then(|v| v.strip_prefix("Bearer ")) {
-        None => {
-            let mut response =
-                error(StatusCode::UNAUTHORIZED, "Unauthorized", "an admin bearer token is required");
-            response
-                .headers_mut()
-                .insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
-            Err(Box::new(response))
-        }
+        None => Err(Box::new(HostError::Unauthorized.answer("an admin bearer token is required"))),
         Some(given) if constant_time_eq(given, token) => Ok(()),
-        Some(_) => Err(Box::new(error(StatusCode::FORBIDDEN, "Forbidden", "the admin token is not valid"))),
+        Some(_) => Err(Box::new(HostError::Forbidden.answer("the admin token is not valid"))),
     }
 }
 
@@ -175,13 +168,10 @@ async fn deploy(app: Arc<App>, id: &str, req: Request<Incoming>) -> Response<Was
     };
     let canary = match canary_request(req.uri().query()) {
         Ok(canary) => canary,
-        Err(message) => return error(StatusCode::BAD_REQUEST, "Validation", &message),
+        Err(message) => return HostError::Validation.answer(&message),
     };
     let Some(expected) = query_value(req.uri().query(), "sha256") else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "Validation",
-            "give the upload's sha256 as ?sha256=HEX, so that a damaged upload is refused",
+        return HostError::Validation.answer("give the upload's sha256 as ?sha256=HEX, so that a damaged upload is refused",
         );
     };
     let started = Instant::now();
@@ -190,19 +180,19 @@ async fn deploy(app: Arc<App>, id: &str, req: Request<Incoming>) -> Response<Was
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             let message = format!("components are at most {MAX_UPLOAD_BYTES} bytes");
-            return error(StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge", &message);
+            return HostError::PayloadTooLarge.answer(&message);
         }
         Ok(Err(e)) => {
-            return error(StatusCode::BAD_REQUEST, "BadRequest", &format!("cannot read the upload: {e}"));
+            return HostError::BadRequest.answer(&format!("cannot read the upload: {e}"));
         }
-        Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "Timeout", "the upload did not arrive in time"),
+        Err(_) => return HostError::BodyTimeout.answer("the upload did not arrive in time"),
     };
     let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
     if !actual.eq_ignore_ascii_case(&expected) {
         let message = format!(
             "the upload's sha256 is {actual}, not {expected}: it was damaged or is not the file meant"
         );
-        return error(StatusCode::BAD_REQUEST, "ChecksumMismatch", &message);
+        return HostError::ChecksumMismatch.answer(&message);
     }
     let received_ms = started.elapsed().as_millis() as u64;
     match app.prepare(id, bytes.to_vec()).await {
@@ -246,7 +236,7 @@ async fn deploy(app: Arc<App>, id: &str, req: Request<Incoming>) -> Response<Was
                 "the upload is not a servable version of {id}; still serving {}: {e:#}",
                 &slot.current().version[..12]
             );
-            error(StatusCode::BAD_REQUEST, "InvalidComponent", &message)
+            HostError::InvalidComponent.answer(&message)
         }
     }
 }
@@ -263,10 +253,7 @@ fn roll_back(app: &App, id: &str) -> Response<WasiBody> {
                 &json!({"id": id, "version": restored.version, "replaced": replaced.version}),
             )
         }
-        None => error(
-            StatusCode::CONFLICT,
-            "NoPreviousVersion",
-            &format!("{id} has no earlier version to roll back to"),
+        None => HostError::NoPreviousVersion.answer(&format!("{id} has no earlier version to roll back to"),
         ),
     }
 }
@@ -292,7 +279,7 @@ fn promote(app: &App, id: &str) -> Response<WasiBody> {
 async fn reload_model(app: Arc<App>, name: &str, req: Request<Incoming>) -> Response<WasiBody> {
     let body = match http_body_util::Limited::new(req.into_body(), 64 << 10).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(e) => return error(StatusCode::BAD_REQUEST, "BadRequest", &format!("cannot read the body: {e}")),
+        Err(e) => return HostError::BadRequest.answer(&format!("cannot read the body: {e}")),
     };
     let request: ReloadRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ReloadRequest::default()
@@ -301,7 +288,7 @@ async fn reload_model(app: Arc<App>, name: &str, req: Request<Incoming>) -> Resp
             Ok(request) => request,
             Err(e) => {
                 let message = format!("the body is not {{\"path\", \"sha256\"}}: {e}");
-                return error(StatusCode::BAD_REQUEST, "Validation", &message);
+                return HostError::Validation.answer(&message);
             }
         }
     };
@@ -321,21 +308,19 @@ async fn reload_model(app: Arc<App>, name: &str, req: Request<Incoming>) -> Resp
             )
         }
         Err(e) => {
-            let (status, error_type) = match &e {
-                ReloadError::UnknownModel(_) => (StatusCode::NOT_FOUND, "ModelNotFound"),
-                ReloadError::InProgress(_) => (StatusCode::CONFLICT, "ReloadInProgress"),
-                ReloadError::Invalid(_) => (StatusCode::BAD_REQUEST, "InvalidModel"),
-                ReloadError::Incompatible(_) => (StatusCode::BAD_REQUEST, "IncompatibleModel"),
+            let error = match &e {
+                ReloadError::UnknownModel(_) => HostError::ModelNotFound,
+                ReloadError::InProgress(_) => HostError::ReloadInProgress,
+                ReloadError::Invalid(_) => HostError::InvalidModel,
+                ReloadError::Incompatible(_) => HostError::IncompatibleModel,
             };
-            if status == StatusCode::BAD_REQUEST {
+            let refused = matches!(error, HostError::InvalidModel | HostError::IncompatibleModel);
+            if refused {
                 metrics::counter!("edgeinfer_model_reloads_total", "model" => name.to_string(), "outcome" => "refused").increment(1);
                 tracing::warn!(model = name, "model reload refused: {e}");
             }
-            let message = match status {
-                StatusCode::BAD_REQUEST => format!("{e}; the model serves as before"),
-                _ => e.to_string(),
-            };
-            error(status, error_type, &message)
+            let message = if refused { format!("{e}; the model serves as before") } else { e.to_string() };
+            error.answer(message)
         }
     }
 }
@@ -358,7 +343,7 @@ fn abort(app: &App, id: &str) -> Response<WasiBody> {
 }
 
 fn no_canary(id: &str) -> Response<WasiBody> {
-    error(StatusCode::CONFLICT, "NoCanary", &format!("{id} has no canary"))
+    HostError::NoCanary.answer(&format!("{id} has no canary"))
 }
 
 /// A canary deploy's parameters: `canary=PERCENT` (0 to 100), `mode=split|shadow`,
@@ -386,7 +371,7 @@ fn canary_request(query: Option<&str>) -> Result<Option<(f64, CanaryMode, Sticki
 }
 
 fn unknown_component(id: &str) -> Response<WasiBody> {
-    error(StatusCode::NOT_FOUND, "ComponentNotFound", &format!("the app has no routed component {id:?}"))
+    HostError::ComponentNotFound.answer(&format!("the app has no routed component {id:?}"))
 }
 
 /// The value of `name` in a URL query string (no percent-decoding: values here are hex).

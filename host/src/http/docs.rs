@@ -12,7 +12,7 @@ use http::{Response, StatusCode};
 use serde_json::{Map, Value, json};
 use wasmtime_wasi_http::WasiBody;
 
-use super::{error, full_body, json as json_response};
+use super::{HostError, full_body, json as json_response};
 use crate::app::{App, RoutePattern};
 
 /// Swagger UI's files, in memory.
@@ -70,15 +70,12 @@ pub fn asset(ui: Option<&SwaggerUi>, name: &str) -> Response<WasiBody> {
             };
             file_response(content_type, bytes.clone())
         }
-        None => error(StatusCode::NOT_FOUND, "NotFound", &format!("no file /docs/{name}")),
+        None => HostError::NotFound.answer(&format!("no file /docs/{name}")),
     }
 }
 
 fn unavailable() -> Response<WasiBody> {
-    error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "DocsUnavailable",
-        "Swagger UI's files could not be fetched at start (see the host log); /openapi.json is served",
+    HostError::DocsUnavailable.answer("Swagger UI's files could not be fetched at start (see the host log); /openapi.json is served",
     )
 }
 
@@ -146,13 +143,13 @@ fn annotate_operation(operation: &mut Value, component: &str, version: &str) {
     operation.entry("tags").or_insert_with(|| json!([component]));
     operation.insert("x-edgeinfer-component".into(), json!({"id": component, "version": version}));
     let responses = operation.entry("responses").or_insert_with(|| json!({}));
-    for (status, name) in
-        [("413", "PayloadTooLarge"), ("503", "Overloaded"), ("504", "Timeout"), ("500", "ComponentFault")]
-    {
+    let host_errors =
+        [HostError::PayloadTooLarge, HostError::Overloaded, HostError::Deadline, HostError::ComponentFault];
+    for error in host_errors {
         if let Some(responses) = responses.as_object_mut() {
             responses
-                .entry(status)
-                .or_insert_with(|| json!({"$ref": format!("#/components/responses/{name}")}));
+                .entry(error.status().as_str())
+                .or_insert_with(|| json!({"$ref": format!("#/components/responses/{error:?}")}));
         }
     }
 }
@@ -214,6 +211,18 @@ fn error_response(description: &str) -> Value {
     json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
 }
 
+/// One response per error the host answers itself, named as `HostError` names it.
+fn host_error_responses() -> Value {
+    let responses: Map<String, Value> = HostError::ALL
+        .iter()
+        .map(|e| {
+            let description = format!("{} (`{}`, {})", e.meaning(), e.error_type(), e.status().as_u16());
+            (format!("{e:?}"), error_response(&description))
+        })
+        .collect();
+    Value::Object(responses)
+}
+
 /// The host's own routes and the shared vocabulary (the error shape and the host's errors).
 fn host_document(app: &str) -> Value {
     let text = |description: &str| json!({"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}});
@@ -261,14 +270,7 @@ fn host_document(app: &str) -> Value {
                     },
                 },
             },
-            "responses": {
-                "Validation": error_response("The request is not valid (`Validation`)"),
-                "ModelUnavailable": error_response("The model failed to load (`ModelUnavailable`)"),
-                "PayloadTooLarge": error_response("The body is over the component's limit (`PayloadTooLarge`)"),
-                "Overloaded": error_response("The component is at its concurrency limit (`Overloaded`, with `Retry-After`)"),
-                "Timeout": error_response("No answer within the component's deadline (`Timeout`)"),
-                "ComponentFault": error_response("The component trapped, could not start or used up its fuel"),
-            },
+            "responses": host_error_responses(),
         },
     })
 }

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use wasmtime_wasi_http::WasiBody;
 
-use super::{BodyRead, error, json as json_response, overloaded, read_limited};
+use super::{BodyRead, HostError, json as json_response, read_limited};
 use crate::admission::Admission;
 use crate::app::App;
 use edgeinfer_engine::engines::{ElementType, EngineError, TensorData, TensorSpec};
@@ -66,12 +66,7 @@ pub async fn handle(app: &App, kserve: &Kserve, req: http::Request<Incoming>) ->
     if let Some(token) = &kserve.token
         && !authorized(&req, token)
     {
-        let mut response =
-            error(StatusCode::UNAUTHORIZED, "Unauthorized", "a valid bearer token is required");
-        response
-            .headers_mut()
-            .insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
-        return response;
+        return HostError::Unauthorized.answer("a valid bearer token is required");
     }
     let path = req.uri().path().to_string();
     let parts: Vec<&str> = path.trim_start_matches(PREFIX).split('/').filter(|s| !s.is_empty()).collect();
@@ -99,17 +94,17 @@ pub async fn handle(app: &App, kserve: &Kserve, req: http::Request<Incoming>) ->
         (&Method::POST, ["models", name, "infer"]) => match model(name) {
             Some(graph) => {
                 let Some(_slot) = kserve.admission.admit().await else {
-                    return overloaded("the KServe API is at its concurrency limit; retry shortly");
+                    return HostError::Overloaded.answer("the KServe API is at its concurrency limit; retry shortly");
                 };
                 infer(graph, &kserve.config, req).await
             }
             None => unknown_model(app, kserve, name),
         },
         (_, ["health", "live" | "ready"] | ["models", _] | ["models", _, "ready"] | []) => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "use GET")
+            HostError::MethodNotAllowed.answer("use GET")
         }
-        (_, ["models", _, "infer"]) => error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "use POST"),
-        _ => error(StatusCode::NOT_FOUND, "NotFound", &format!("no route for {path}")),
+        (_, ["models", _, "infer"]) => HostError::MethodNotAllowed.answer("use POST"),
+        _ => HostError::NotFound.answer(&format!("no route for {path}")),
     }
 }
 
@@ -124,18 +119,12 @@ fn authorized(req: &http::Request<Incoming>, token: &str) -> bool {
 /// 404 for a name the API does not serve; 503 for one of its models that failed to load.
 fn unknown_model(app: &App, kserve: &Kserve, name: &str) -> Response<WasiBody> {
     match app.registry.failure(name).filter(|_| kserve.serves(name)) {
-        Some(failed) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ModelUnavailable",
-            &format!("model {name:?} failed to load: {}", failed.error),
+        Some(failed) => HostError::ModelUnavailable.answer(&format!("model {name:?} failed to load: {}", failed.error),
         ),
-        None => error(StatusCode::NOT_FOUND, "ModelNotFound", &format!("no model named {name:?}")),
+        None => HostError::ModelNotFound.answer(&format!("no model named {name:?}")),
     }
 }
 
-fn bad_request(message: impl AsRef<str>) -> Response<WasiBody> {
-    error(StatusCode::BAD_REQUEST, "Validation", message.as_ref())
-}
 
 /// The protocol's datatype names.
 fn datatype(ty: Option<ElementType>) -> &'static str {
@@ -218,43 +207,37 @@ async fn infer(
     let body: Bytes = match read_limited(req.into_body(), limit).await {
         Ok(BodyRead::Fits(bytes)) => bytes,
         Ok(BodyRead::TooLarge) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "PayloadTooLarge",
-                &format!("request body is over the limit of {limit} bytes"),
+            return HostError::PayloadTooLarge.answer(&format!("request body is over the limit of {limit} bytes"),
             );
         }
         Ok(BodyRead::TimedOut) => {
-            return error(StatusCode::REQUEST_TIMEOUT, "Timeout", "the request body did not arrive in time");
+            return HostError::BodyTimeout.answer("the request body did not arrive in time");
         }
-        Err(e) => return bad_request(format!("cannot read the request body: {e}")),
+        Err(e) => return HostError::Validation.answer(format!("cannot read the request body: {e}")),
     };
     let request: InferRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
-        Err(e) => return bad_request(format!("invalid inference request: {e}")),
+        Err(e) => return HostError::Validation.answer(format!("invalid inference request: {e}")),
     };
     let mut tensors = Vec::with_capacity(request.inputs.len());
     for input in request.inputs {
         match decode_input(&input) {
             Ok(tensor) => tensors.push((input.name, tensor)),
-            Err(message) => return bad_request(message),
+            Err(message) => return HostError::Validation.answer(message),
         }
     }
     let requested: Option<Vec<String>> = request.outputs.map(|o| o.into_iter().map(|o| o.name).collect());
     if let Some(names) = &requested
         && let Some(unknown) = names.iter().find(|n| !graph.outputs.iter().any(|s| &s.name == *n))
     {
-        return bad_request(format!("the model has no output {unknown:?}"));
+        return HostError::Validation.answer(format!("the model has no output {unknown:?}"));
     }
     let outputs = match graph.batcher.compute(tensors).await {
         Ok(outputs) => outputs,
-        Err(EngineError::InvalidArgument(message)) => return bad_request(message),
-        Err(EngineError::Overloaded(message)) => return overloaded(&message),
+        Err(EngineError::InvalidArgument(message)) => return HostError::Validation.answer(message),
+        Err(EngineError::Overloaded(message)) => return HostError::Overloaded.answer(message),
         Err(EngineError::Runtime(message)) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Backend",
-                &format!("inference failed: {message}"),
+            return HostError::Backend.answer(&format!("inference failed: {message}"),
             );
         }
     };

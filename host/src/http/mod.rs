@@ -2,11 +2,14 @@
 //! else by spin.toml to a component's `ProxyHandler`, and map host-side failures to JSON errors.
 
 mod docs;
+pub mod error;
 mod kserve;
 mod shadow;
 pub mod status;
 
 pub use docs::SwaggerUi;
+pub use error::HostError;
+use error::ErrorType;
 pub use kserve::Kserve;
 
 use std::convert::Infallible;
@@ -149,10 +152,7 @@ impl Server {
         // The component version that answered (metric label); "-" for the host's own routes.
         let mut version = "-".to_string();
         let mut response = match (req.method(), path.as_str()) {
-            _ if head_bytes > MAX_HEADER_BYTES => error(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "HeadersTooLarge",
-                &format!("request headers are over the limit of {MAX_HEADER_BYTES} bytes"),
+            _ if head_bytes > MAX_HEADER_BYTES => HostError::HeadersTooLarge.answer(&format!("request headers are over the limit of {MAX_HEADER_BYTES} bytes"),
             ),
             _ if kserve_route => {
                 let kserve = self.kserve.as_ref().expect("kserve_route implies kserve");
@@ -166,7 +166,7 @@ impl Server {
             (&Method::GET, docs_file) if docs_file.starts_with("/docs/") => {
                 docs::asset(self.swagger_ui.as_ref(), &docs_file["/docs/".len()..])
             }
-            _ if host_route => error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "use GET"),
+            _ if host_route => HostError::MethodNotAllowed.answer("use GET"),
             _ => match matched {
                 Some(route) => {
                     // Served by the version picked now, whatever is deployed meanwhile.
@@ -182,7 +182,7 @@ impl Server {
                     response.headers_mut().insert(VERSION_HEADER, header);
                     response
                 }
-                None => error(StatusCode::NOT_FOUND, "NotFound", &format!("no route for {path}")),
+                None => HostError::NotFound.answer(&format!("no route for {path}")),
             },
         };
         let error_type = error_type_of(&mut response).await;
@@ -250,63 +250,42 @@ impl Server {
         };
         let Ok(result) = tokio::time::timeout(deadline, handled).await else {
             tracing::warn!(component = %component.id, request_id, "request timed out");
-            return error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "Timeout",
-                &format!("component {} did not answer within {} ms", component.id, deadline.as_millis()),
+            return HostError::Deadline.answer(&format!("component {} did not answer within {} ms", component.id, deadline.as_millis()),
             );
         };
         let Some(result) = result else {
-            return overloaded(&format!("component {} is at its concurrency limit; retry shortly", component.id));
+            return HostError::Overloaded.answer(format!("component {} is at its concurrency limit; retry shortly", component.id));
         };
         match result {
             Ok(response) => response,
             Err(e) => {
                 let name = &component.id;
-                let (status, error_type, message) = if e.is::<ExpirationError>() {
-                    (
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "Timeout",
-                        format!("component {name} did not answer in time"),
-                    )
+                let (error, message) = if e.is::<ExpirationError>() {
+                    (HostError::Deadline, format!("component {name} did not answer in time"))
                 } else if e.is::<InstantiationError<u64>>() {
-                    (
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "InstantiationFailed",
-                        format!("component {name}: {e}"),
-                    )
+                    (HostError::InstantiationFailed, format!("component {name}: {e}"))
                 } else if e.is::<TrapOrPanicError>() {
                     // The instance's retirement reports why it trapped, a moment later.
                     match component.handler.state().traps.take(request_id, TRAP_CAUSE_WAIT).await {
                         Some(TrapCause::OutOfFuel) => (
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "FuelExhausted",
+                            HostError::FuelExhausted,
                             format!(
                                 "component {name} used up its fuel budget of {}",
                                 component.limits.fuel.unwrap_or(0)
                             ),
                         ),
-                        Some(TrapCause::Trap(trap)) => (
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "ComponentFault",
-                            format!("component {name} failed to answer: {trap}"),
-                        ),
-                        None => (
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "ComponentFault",
-                            format!("component {name}: {e}"),
-                        ),
+                        Some(TrapCause::Trap(trap)) => {
+                            (HostError::ComponentFault, format!("component {name} failed to answer: {trap}"))
+                        }
+                        None => (HostError::ComponentFault, format!("component {name}: {e}")),
                     }
                 } else {
                     // Errors the guest returned instead of a response.
-                    (
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "ComponentFault",
-                        format!("component {name} failed to answer: {e}"),
-                    )
+                    (HostError::ComponentFault, format!("component {name} failed to answer: {e}"))
                 };
+                let error_type = error.error_type();
                 tracing::warn!(component = %component.id, request_id, error_type, "component failed: {e:?}");
-                error(status, error_type, &message)
+                error.answer(message)
             }
         }
     }
@@ -357,10 +336,7 @@ async fn read_body(
     limit: u64,
 ) -> Result<(http::request::Parts, Bytes), Response<WasiBody>> {
     let too_large = || {
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "PayloadTooLarge",
-            &format!("request body is over the limit of {limit} bytes"),
+        HostError::PayloadTooLarge.answer(&format!("request body is over the limit of {limit} bytes"),
         )
     };
     let declared =
@@ -374,10 +350,10 @@ async fn read_body(
         Ok(BodyRead::Fits(bytes)) => Ok((parts, bytes)),
         Ok(BodyRead::TooLarge) => Err(too_large()),
         Ok(BodyRead::TimedOut) => {
-            Err(error(StatusCode::REQUEST_TIMEOUT, "Timeout", "the request body did not arrive in time"))
+            Err(HostError::BodyTimeout.answer("the request body did not arrive in time"))
         }
         Err(e) => {
-            Err(error(StatusCode::BAD_REQUEST, "BadRequest", &format!("cannot read the request body: {e}")))
+            Err(HostError::BadRequest.answer(&format!("cannot read the request body: {e}")))
         }
     }
 }
@@ -386,7 +362,7 @@ async fn read_body(
 /// component's JSON error body is read (error bodies are small) and put back.
 async fn error_type_of(response: &mut Response<WasiBody>) -> Option<String> {
     if let Some(ErrorType(error_type)) = response.extensions().get::<ErrorType>() {
-        return Some(error_type.clone());
+        return Some(error_type.to_string());
     }
     if response.status().as_u16() < 400 {
         return None;
@@ -408,13 +384,8 @@ async fn error_type_of(response: &mut Response<WasiBody>) -> Option<String> {
             Some(error_type)
         }
         _ => {
-            let failed = "ComponentFault";
-            *response = error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                failed,
-                "the component's error response could not be read",
-            );
-            Some(failed.to_string())
+            *response = HostError::ComponentFault.answer("the component's error response could not be read");
+            Some(HostError::ComponentFault.error_type().to_string())
         }
     }
 }
@@ -428,9 +399,6 @@ const VERSION_HEADER: &str = "x-edgeinfer-version";
 /// Response header in which a component reports the tokens it computed on.
 const TOKENS_HEADER: &str = "x-compute-tokens";
 
-/// The `error_type` of an error the host answers itself.
-#[derive(Clone)]
-struct ErrorType(String);
 
 /// How reading a body of unknown length ended.
 enum BodyRead {
@@ -501,19 +469,6 @@ pub(crate) fn constant_time_eq(given: &str, expected: &str) -> bool {
         && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
-/// 503 `Overloaded` with `Retry-After`: refused before any work, try again shortly.
-pub(crate) fn overloaded(message: &str) -> Response<WasiBody> {
-    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, "Overloaded", message);
-    response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
-    response
-}
-
-/// The API's error shape: `{"error", "error_type"}`.
-pub(crate) fn error(status: StatusCode, error_type: &str, message: &str) -> Response<WasiBody> {
-    let mut response = json(status, &serde_json::json!({"error": message, "error_type": error_type}));
-    response.extensions_mut().insert(ErrorType(error_type.to_string()));
-    response
-}
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,162 @@
+//! Every error the host answers itself, in one table: status, `error_type` and meaning. The JSON
+//! body `{"error", "error_type"}`, the headers some carry (`Retry-After`, `WWW-Authenticate`) and
+//! the OpenAPI error responses (`/openapi.json`) are all made from it. Errors a component answers
+//! are the component's own.
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use wasmtime_wasi_http::WasiBody;
+
+/// An error answered by the host (component routes, KServe, the admin API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostError {
+    Validation,
+    BadRequest,
+    ChecksumMismatch,
+    InvalidComponent,
+    InvalidModel,
+    IncompatibleModel,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    ModelNotFound,
+    ComponentNotFound,
+    MethodNotAllowed,
+    BodyTimeout,
+    NoCanary,
+    NoPreviousVersion,
+    ReloadInProgress,
+    PayloadTooLarge,
+    HeadersTooLarge,
+    ComponentFault,
+    InstantiationFailed,
+    FuelExhausted,
+    Backend,
+    Overloaded,
+    ModelUnavailable,
+    DocsUnavailable,
+    Deadline,
+}
+
+impl HostError {
+    /// Every error, for the OpenAPI document.
+    pub const ALL: [HostError; 26] = [
+        HostError::Validation,
+        HostError::BadRequest,
+        HostError::ChecksumMismatch,
+        HostError::InvalidComponent,
+        HostError::InvalidModel,
+        HostError::IncompatibleModel,
+        HostError::Unauthorized,
+        HostError::Forbidden,
+        HostError::NotFound,
+        HostError::ModelNotFound,
+        HostError::ComponentNotFound,
+        HostError::MethodNotAllowed,
+        HostError::BodyTimeout,
+        HostError::NoCanary,
+        HostError::NoPreviousVersion,
+        HostError::ReloadInProgress,
+        HostError::PayloadTooLarge,
+        HostError::HeadersTooLarge,
+        HostError::ComponentFault,
+        HostError::InstantiationFailed,
+        HostError::FuelExhausted,
+        HostError::Backend,
+        HostError::Overloaded,
+        HostError::ModelUnavailable,
+        HostError::DocsUnavailable,
+        HostError::Deadline,
+    ];
+
+    /// (status, `error_type`, meaning).
+    fn entry(self) -> (StatusCode, &'static str, &'static str) {
+        use HostError::*;
+        match self {
+            Validation => (StatusCode::BAD_REQUEST, "Validation", "The request is not valid"),
+            BadRequest => (StatusCode::BAD_REQUEST, "BadRequest", "The request body could not be read"),
+            ChecksumMismatch => (StatusCode::BAD_REQUEST, "ChecksumMismatch", "The upload's sha256 is not the one given"),
+            InvalidComponent => (StatusCode::BAD_REQUEST, "InvalidComponent", "The component cannot serve (the old version still does)"),
+            InvalidModel => (StatusCode::BAD_REQUEST, "InvalidModel", "The model is missing or corrupt (the old one still serves)"),
+            IncompatibleModel => (StatusCode::BAD_REQUEST, "IncompatibleModel", "The model's inputs or outputs differ (the old one still serves)"),
+            Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized", "A bearer token is required"),
+            Forbidden => (StatusCode::FORBIDDEN, "Forbidden", "The token is not valid"),
+            NotFound => (StatusCode::NOT_FOUND, "NotFound", "No route for this path"),
+            ModelNotFound => (StatusCode::NOT_FOUND, "ModelNotFound", "No such model here"),
+            ComponentNotFound => (StatusCode::NOT_FOUND, "ComponentNotFound", "No such routed component"),
+            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "Not a method of this route"),
+            BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "Timeout", "The request body did not arrive within 10 s"),
+            NoCanary => (StatusCode::CONFLICT, "NoCanary", "The component has no canary"),
+            NoPreviousVersion => (StatusCode::CONFLICT, "NoPreviousVersion", "No earlier version to roll back to"),
+            ReloadInProgress => (StatusCode::CONFLICT, "ReloadInProgress", "The model is being reloaded"),
+            PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge", "The body is over the limit"),
+            HeadersTooLarge => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "HeadersTooLarge", "The request headers are over 64 KiB"),
+            ComponentFault => (StatusCode::INTERNAL_SERVER_ERROR, "ComponentFault", "The component trapped or failed to answer"),
+            InstantiationFailed => (StatusCode::INTERNAL_SERVER_ERROR, "InstantiationFailed", "The component could not be instantiated"),
+            FuelExhausted => (StatusCode::INTERNAL_SERVER_ERROR, "FuelExhausted", "The request used up the component's fuel budget"),
+            Backend => (StatusCode::INTERNAL_SERVER_ERROR, "Backend", "Inference failed"),
+            Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "Overloaded", "At the concurrency or queue limit; retry after `Retry-After` seconds"),
+            ModelUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "ModelUnavailable", "The model failed to load"),
+            DocsUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "DocsUnavailable", "Swagger UI's files are not available"),
+            Deadline => (StatusCode::GATEWAY_TIMEOUT, "Timeout", "No answer within the deadline"),
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        self.entry().0
+    }
+
+    /// The `error_type` of the JSON body.
+    pub fn error_type(self) -> &'static str {
+        self.entry().1
+    }
+
+    /// What it means, for the API description.
+    pub fn meaning(self) -> &'static str {
+        self.entry().2
+    }
+
+    /// The answer: `{"error": message, "error_type"}` with this error's status and headers.
+    pub fn answer(self, message: impl AsRef<str>) -> Response<WasiBody> {
+        let body = serde_json::json!({"error": message.as_ref(), "error_type": self.error_type()});
+        let mut response = Response::builder()
+            .status(self.status())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(super::full_body(Bytes::from(body.to_string())))
+            .expect("static response parts are valid");
+        let headers = response.headers_mut();
+        match self {
+            HostError::Overloaded => {
+                headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+            }
+            HostError::Unauthorized => {
+                headers.insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        response.extensions_mut().insert(ErrorType(self.error_type()));
+        response
+    }
+}
+
+/// Marks a response as a host error, so the request log and metrics need not read its body.
+#[derive(Clone, Copy)]
+pub struct ErrorType(pub &'static str);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_has_its_own_name_and_an_error_status() {
+        let names: std::collections::BTreeSet<String> = HostError::ALL.iter().map(|e| format!("{e:?}")).collect();
+        assert_eq!(names.len(), HostError::ALL.len(), "ALL lists each error once");
+        for error in HostError::ALL {
+            assert!(error.status().is_client_error() || error.status().is_server_error(), "{error:?}");
+            assert!(!error.meaning().is_empty());
+        }
+        let overloaded = HostError::Overloaded.answer("busy");
+        assert_eq!(overloaded.headers()["retry-after"], "1");
+        assert_eq!(HostError::Deadline.error_type(), "Timeout");
+    }
+}
