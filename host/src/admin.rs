@@ -20,8 +20,8 @@ use wasmtime_wasi_http::WasiBody;
 
 use crate::app::App;
 use crate::http::{HostError, constant_time_eq, json as json_response};
-use edgeinfer_engine::registry::{ReloadError, ReloadRequest};
 use crate::rollout::{Canary, CanaryMode, Stickiness};
+use edgeinfer_engine::registry::{ReloadError, ReloadRequest};
 
 /// Largest component accepted (a composed handler with an inference engine inside is ~25 MB).
 const MAX_UPLOAD_BYTES: usize = 256 << 20;
@@ -104,9 +104,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<WasiBody> {
             reload_model(app, &name, req).await
         }
         (_, ["admin", "v1", "app"]) => HostError::MethodNotAllowed.answer("use GET"),
-        (_, ["admin", "v1", "components", _]) => {
-            HostError::MethodNotAllowed.answer("use PUT")
-        }
+        (_, ["admin", "v1", "components", _]) => HostError::MethodNotAllowed.answer("use PUT"),
         (
             _,
             ["admin", "v1", "components", _, "rollback" | "promote" | "abort"]
@@ -171,8 +169,8 @@ async fn deploy(app: Arc<App>, id: &str, req: Request<Incoming>) -> Response<Was
         Err(message) => return HostError::Validation.answer(&message),
     };
     let Some(expected) = query_value(req.uri().query(), "sha256") else {
-        return HostError::Validation.answer("give the upload's sha256 as ?sha256=HEX, so that a damaged upload is refused",
-        );
+        return HostError::Validation
+            .answer("give the upload's sha256 as ?sha256=HEX, so that a damaged upload is refused");
     };
     let started = Instant::now();
     let body = http_body_util::Limited::new(req.into_body(), MAX_UPLOAD_BYTES).collect();
@@ -253,8 +251,7 @@ fn roll_back(app: &App, id: &str) -> Response<WasiBody> {
                 &json!({"id": id, "version": restored.version, "replaced": replaced.version}),
             )
         }
-        None => HostError::NoPreviousVersion.answer(&format!("{id} has no earlier version to roll back to"),
-        ),
+        None => HostError::NoPreviousVersion.answer(&format!("{id} has no earlier version to roll back to")),
     }
 }
 

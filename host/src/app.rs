@@ -16,11 +16,11 @@ use crate::admission::Admission;
 use crate::compile::CompileCache;
 use crate::compose::{compose_component, read_source};
 use crate::instance::{ComponentHandler, InstanceSpec, InstanceState, ReusePolicy};
-use edgeinfer_config::manifest::{Component, Manifest};
-use edgeinfer_engine::registry::GraphRegistry;
 use crate::outbound::AllowedHost;
 use crate::rollout::ComponentSlot;
+use edgeinfer_config::manifest::{Component, Manifest};
 use edgeinfer_config::runtime_config::ComponentLimits;
+use edgeinfer_engine::registry::GraphRegistry;
 
 /// How long after its request timed out a guest still running is interrupted.
 const INTERRUPT_GRACE: Duration = Duration::from_millis(500);

@@ -61,12 +61,13 @@ pub fn build_one(manifest: &Manifest, id: &str) -> Result<()> {
     };
     for command in build.command.as_slice() {
         eprintln!("edgeinfer: building component {id}: {command}");
-        let status = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(command)
-            .current_dir(&workdir)
-            .status()
-            .with_context(|| format!("cannot run the build command of {id} in {}", workdir.display()))?;
+        let status =
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(command)
+                .current_dir(&workdir)
+                .status()
+                .with_context(|| format!("cannot run the build command of {id} in {}", workdir.display()))?;
         if !status.success() {
             bail!("build of component {id} failed ({status}): {command}");
         }

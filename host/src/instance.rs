@@ -17,9 +17,9 @@ use wasmtime_wasi_http::handler::{
 };
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use edgeinfer_engine::registry::GraphRegistry;
 use crate::nn::{NnCtx, NnStoreView, NnView};
 use crate::outbound::{AllowedHost, OutboundPolicy};
+use edgeinfer_engine::registry::GraphRegistry;
 
 /// Everything a component instance's store holds.
 pub struct InstanceState {

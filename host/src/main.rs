@@ -29,8 +29,8 @@ use edgeinfer_export as export;
 use crate::app::App;
 use crate::compile::CompileCache;
 use edgeinfer_config::manifest::Manifest;
-use edgeinfer_engine::registry::GraphRegistry;
 use edgeinfer_config::runtime_config::RuntimeConfig;
+use edgeinfer_engine::registry::GraphRegistry;
 
 #[derive(Parser)]
 #[command(
@@ -157,7 +157,7 @@ fn main() -> Result<()> {
         Command::Fetch(args) => {
             let manifest = Manifest::load(&args.manifest.manifest)?;
             let config = load_runtime_config(args.runtime_config_file.as_deref(), &manifest.dir)?;
-    http::check_routes(&manifest, config.kserve.enabled)?;
+            http::check_routes(&manifest, config.kserve.enabled)?;
             let library = fetch(&config, &manifest.dir)?;
             eprintln!("edgeinfer: everything is in place (ONNX Runtime: {})", library.display());
             Ok(())
@@ -218,7 +218,8 @@ async fn up(args: UpArgs) -> Result<()> {
     telemetry::init()?;
     // Builds, pip, ONNX Runtime sessions and Cranelift compiles block for seconds: they run on a
     // blocking thread, so the async workers that will serve are never tied up by them.
-    let (manifest_path, runtime_config_file) = (args.manifest.manifest.clone(), args.runtime_config_file.clone());
+    let (manifest_path, runtime_config_file) =
+        (args.manifest.manifest.clone(), args.runtime_config_file.clone());
     let (build, compose_nn_providers) = (args.build, args.compose_nn_providers);
     let Started { manifest, config, app, swagger_ui, _ticker } = tokio::task::spawn_blocking(move || {
         start(&manifest_path, runtime_config_file.as_deref(), build, compose_nn_providers)
@@ -242,7 +243,9 @@ async fn up(args: UpArgs) -> Result<()> {
     let kserve = if config.kserve.enabled {
         let token = match &config.kserve.token_env {
             Some(var) => Some(std::env::var(var).ok().filter(|t| t.len() >= 16).with_context(|| {
-                format!("[kserve] token_env names {var}, which is not set to a token of at least 16 characters")
+                format!(
+                    "[kserve] token_env names {var}, which is not set to a token of at least 16 characters"
+                )
             })?),
             None => None,
         };

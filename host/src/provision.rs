@@ -9,9 +9,9 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use edgeinfer_export::{ExportOptions, Head, export};
 use edgeinfer_config::runtime_config::{Asset, ExportStep, OnnxRuntimeConfig};
 pub use edgeinfer_engine::sha256_file;
+use edgeinfer_export::{ExportOptions, Head, export};
 
 /// Variable that overrides the cache directory.
 pub const CACHE_DIR_VAR: &str = "EDGEINFER_CACHE_DIR";

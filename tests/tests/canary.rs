@@ -194,7 +194,8 @@ fn a_shadow_canary_sees_the_traffic_but_never_answers() {
 #[test]
 fn a_shadowed_answer_too_big_or_too_slow_to_compare_reaches_the_client_whole() {
     let host = faults_host();
-    let shadow = canary(&host, "steady", variant(&wasm("faulty"), "shadow-passthrough"), "canary=100&mode=shadow");
+    let shadow =
+        canary(&host, "steady", variant(&wasm("faulty"), "shadow-passthrough"), "canary=100&mode=shadow");
     let skipped = [r#"component="steady""#, &format!(r#"version="{shadow}""#), r#"outcome="skipped""#];
 
     // 20 MiB: over the 16 MiB the host copies for comparing.
@@ -214,7 +215,10 @@ fn a_shadowed_answer_too_big_or_too_slow_to_compare_reaches_the_client_whole() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 35, "{text}");
     assert_eq!(lines[34], "second 34");
-    assert!(headers_after < Duration::from_secs(5), "the head came at once, not after the body ({headers_after:?})");
+    assert!(
+        headers_after < Duration::from_secs(5),
+        "the head came at once, not after the body ({headers_after:?})"
+    );
     assert!(started.elapsed() >= Duration::from_secs(34));
     assert_eq!(wait_for_metric(&host, "edgeinfer_shadow_requests_total", &skipped, 2.0), 2.0);
 }

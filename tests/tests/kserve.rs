@@ -191,12 +191,17 @@ fn a_burst_past_max_queue_is_refused_with_retry_after_and_memory_stays_bounded()
     // take ~1.4 GB of arena), so that what is measured is what the queue holds.
     let config = Variant::new("runtime-config/local.toml", "kserve-burst", |text| {
         assert!(text.contains("[model.minilm]\n") && text.contains("max_batch_size = 32\n"));
-        let text = text
-            .replacen("[model.minilm]\n", "[model.minilm]\nmax_queue = 64\n", 1)
-            .replacen("max_batch_size = 32\n", "max_batch_size = 4\n", 1);
-        format!("{text}\n[kserve]\nenabled = true\npublic = true\nmodels = [\"minilm\"]\nmax_concurrent_requests = 4096\n")
+        let text = text.replacen("[model.minilm]\n", "[model.minilm]\nmax_queue = 64\n", 1).replacen(
+            "max_batch_size = 32\n",
+            "max_batch_size = 4\n",
+            1,
+        );
+        format!(
+            "{text}\n[kserve]\nenabled = true\npublic = true\nmodels = [\"minilm\"]\nmax_concurrent_requests = 4096\n"
+        )
     });
-    let host = Host::start(&repo_root().join("spin.toml"), &["--runtime-config-file", config.0.to_str().unwrap()]);
+    let host =
+        Host::start(&repo_root().join("spin.toml"), &["--runtime-config-file", config.0.to_str().unwrap()]);
     // Listed models only: `intents` is loaded, but not for this API.
     let (status, body) = common::get(&host, "/v2/models/intents");
     assert_error(status, &serde_json::from_str(&body).unwrap(), 404, "ModelNotFound");
@@ -260,7 +265,9 @@ fn a_burst_past_max_queue_is_refused_with_retry_after_and_memory_stays_bounded()
         }
     }
     let peak = *peak.lock().unwrap();
-    eprintln!("2,000 concurrent requests, max_queue 64: {served} served, {refused} refused; RSS {before:.0} MiB before, peak {peak:.0} MiB");
+    eprintln!(
+        "2,000 concurrent requests, max_queue 64: {served} served, {refused} refused; RSS {before:.0} MiB before, peak {peak:.0} MiB"
+    );
     assert_eq!(served + refused, 2000, "no request lost");
     assert!(served >= 64, "a full queue's worth is served ({served})");
     assert!(refused > 0, "past the queue, requests are refused");

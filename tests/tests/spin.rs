@@ -117,7 +117,10 @@ impl SpinUp {
                 return Err(format!("spin up exited ({status}) before serving; it said:\n{output}"));
             }
             if Instant::now() > deadline {
-                return Err(format!("spin up did not serve within 600 s; it said:\n{}", output.lock().unwrap()));
+                return Err(format!(
+                    "spin up did not serve within 600 s; it said:\n{}",
+                    output.lock().unwrap()
+                ));
             }
         }
     }
@@ -191,12 +194,16 @@ fn spin_up_serves_the_default_app_like_the_reference_and_edgeinfer_up() {
             worst = worst.min(cosine(&got, &want));
         }
     }
-    terminal(&format!("spin up /embed vs the Python reference: min cosine {worst:.6} over {} sentences", cases.as_array().unwrap().len()));
+    terminal(&format!(
+        "spin up /embed vs the Python reference: min cosine {worst:.6} over {} sentences",
+        cases.as_array().unwrap().len()
+    ));
     assert!(worst >= 0.999, "/embed under Spin: min cosine {worst} against the Python reference");
 
     // /predict against the independent numpy + scikit-learn reference.
     let intents = reference("intents.json");
-    let labels: Vec<&str> = intents["labels"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    let labels: Vec<&str> =
+        intents["labels"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
     let cases = intents["cases"].as_array().unwrap();
     let texts: Vec<&str> = cases.iter().map(|c| c["text"].as_str().unwrap()).collect();
     let mut spin_predictions = Vec::new();
@@ -214,9 +221,13 @@ fn spin_up_serves_the_default_app_like_the_reference_and_edgeinfer_up() {
             worst_score = worst_score.max((entry["score"].as_f64().unwrap() - want).abs());
         }
     }
-    terminal(&format!("spin up /predict vs the reference: same top label on {}, max |Δscore| {worst_score:.2e}", cases.len()));
+    terminal(&format!(
+        "spin up /predict vs the reference: same top label on {}, max |Δscore| {worst_score:.2e}",
+        cases.len()
+    ));
     assert!(worst_score < 1e-4, "/predict under Spin: a score differs from the reference by {worst_score}");
-    let (status, body) = post_json(&app.url("/predict"), &json!({"inputs": "set a timer for ten minutes", "top_k": 1}));
+    let (status, body) =
+        post_json(&app.url("/predict"), &json!({"inputs": "set a timer for ten minutes", "top_k": 1}));
     assert_eq!((status, body[0]["label"].as_str()), (200, Some("timer")), "{body}");
 
     // Against `edgeinfer up` (ONNX Runtime) on the same inputs: the same answers within the
@@ -226,7 +237,11 @@ fn spin_up_serves_the_default_app_like_the_reference_and_edgeinfer_up() {
         let (_, ours) = post_json(&native.url("/embed"), &json!({"inputs": chunk}));
         let (_, spins) = post_json(&app.url("/embed"), &json!({"inputs": chunk}));
         for (a, b) in vectors(&ours).iter().zip(&vectors(&spins)) {
-            assert!(cosine(a, b) >= 0.999, "/embed: edgeinfer up and spin up differ (cosine {})", cosine(a, b));
+            assert!(
+                cosine(a, b) >= 0.999,
+                "/embed: edgeinfer up and spin up differ (cosine {})",
+                cosine(a, b)
+            );
         }
         let (_, ours) = post_json(&native.url("/predict"), &json!({"inputs": chunk, "top_k": 3}));
         let (_, spins) = post_json(&app.url("/predict"), &json!({"inputs": chunk, "top_k": 3}));
@@ -321,7 +336,8 @@ fn spin_build_runs_the_manifest_build_commands_as_edgeinfer_build_does() {
         .arg(repo_root().join("spin.toml"))
         .output()
         .expect("run spin build");
-    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "spin build of spin.toml failed:\n{said}");
     for id in ["embed", "classify", "tokenizer", "nn-local"] {
         assert!(said.contains(&format!("Building component {id} with `rustup target add")), "{id}:\n{said}");
@@ -348,6 +364,8 @@ fn manifests_spin_refuses_fail_with_spins_own_message() {
             1,
         )
     });
-    let Err(said) = SpinUp::start(&spin, &bad_dependency.0) else { panic!("spin up composed a wrong dependency") };
+    let Err(said) = SpinUp::start(&spin, &bad_dependency.0) else {
+        panic!("spin up composed a wrong dependency")
+    };
     assert!(said.contains("wasi:nn"), "{said}");
 }

@@ -117,7 +117,10 @@ pub fn check_status(status: u16, body: &[u8]) -> Result<(), errors::Error> {
     // A full queue on the server: said as the host's own wasi:nn says it, so that the handler
     // answers 503 Overloaded too.
     if status == 503 && answer.as_ref().is_some_and(|v| v["error_type"] == "Overloaded") {
-        return Err(Error::new(ErrorCode::RuntimeError, format!("overloaded: remote server answered 503: {message}")));
+        return Err(Error::new(
+            ErrorCode::RuntimeError,
+            format!("overloaded: remote server answered 503: {message}"),
+        ));
     }
     let code = match status {
         400 | 413 | 422 => ErrorCode::InvalidArgument,

@@ -135,19 +135,16 @@ impl TextModel {
             ("attention_mask".to_string(), mask),
             ("token_type_ids".to_string(), types),
         ];
-        let outputs = self
-            .context
-            .compute(inputs)
-            .map_err(|e| {
-                let data = e.data();
-                // The host (and nn-remote) say a model's queue is full with this prefix: wasi:nn
-                // has no "busy" error code.
-                if e.code() == ErrorCode::RuntimeError && data.starts_with("overloaded:") {
-                    ApiError::overloaded(format!("wasi:nn compute: {data}"))
-                } else {
-                    ApiError::backend(format!("wasi:nn compute: {:?}: {data}", e.code()))
-                }
-            })?;
+        let outputs = self.context.compute(inputs).map_err(|e| {
+            let data = e.data();
+            // The host (and nn-remote) say a model's queue is full with this prefix: wasi:nn
+            // has no "busy" error code.
+            if e.code() == ErrorCode::RuntimeError && data.starts_with("overloaded:") {
+                ApiError::overloaded(format!("wasi:nn compute: {data}"))
+            } else {
+                ApiError::backend(format!("wasi:nn compute: {:?}: {data}", e.code()))
+            }
+        })?;
         let output = &self.settings.output;
         let (_, tensor) = outputs
             .into_iter()

@@ -384,10 +384,7 @@ impl RuntimeConfig {
                 );
             }
             if limits.max_memory_bytes > MAX_MEMORY_BYTES {
-                bail!(
-                    "component {name}: max_memory_bytes is over the host's {} bytes",
-                    MAX_MEMORY_BYTES
-                );
+                bail!("component {name}: max_memory_bytes is over the host's {} bytes", MAX_MEMORY_BYTES);
             }
         }
         config.check_kserve()?;
@@ -480,7 +477,8 @@ mod tests {
         let off = RuntimeConfig::parse("[model.m]\npath = \"x\"").unwrap();
         assert!(!off.kserve.enabled);
         assert_eq!(off.model["m"].max_queue, 256);
-        let with = |kserve: &str| RuntimeConfig::parse(&format!("[model.m]\npath = \"x\"\n[kserve]\n{kserve}"));
+        let with =
+            |kserve: &str| RuntimeConfig::parse(&format!("[model.m]\npath = \"x\"\n[kserve]\n{kserve}"));
         let err = with("enabled = true\nmodels = [\"m\"]").unwrap_err();
         assert!(format!("{err:#}").contains("without a token"), "{err:#}");
         assert!(with("enabled = true\nmodels = [\"m\"]\ntoken_env = \"T\"").is_ok());

@@ -75,7 +75,8 @@ pub fn asset(ui: Option<&SwaggerUi>, name: &str) -> Response<WasiBody> {
 }
 
 fn unavailable() -> Response<WasiBody> {
-    HostError::DocsUnavailable.answer("Swagger UI's files could not be fetched at start (see the host log); /openapi.json is served",
+    HostError::DocsUnavailable.answer(
+        "Swagger UI's files could not be fetched at start (see the host log); /openapi.json is served",
     )
 }
 

@@ -75,29 +75,75 @@ impl HostError {
         match self {
             Validation => (StatusCode::BAD_REQUEST, "Validation", "The request is not valid"),
             BadRequest => (StatusCode::BAD_REQUEST, "BadRequest", "The request body could not be read"),
-            ChecksumMismatch => (StatusCode::BAD_REQUEST, "ChecksumMismatch", "The upload's sha256 is not the one given"),
-            InvalidComponent => (StatusCode::BAD_REQUEST, "InvalidComponent", "The component cannot serve (the old version still does)"),
-            InvalidModel => (StatusCode::BAD_REQUEST, "InvalidModel", "The model is missing or corrupt (the old one still serves)"),
-            IncompatibleModel => (StatusCode::BAD_REQUEST, "IncompatibleModel", "The model's inputs or outputs differ (the old one still serves)"),
+            ChecksumMismatch => {
+                (StatusCode::BAD_REQUEST, "ChecksumMismatch", "The upload's sha256 is not the one given")
+            }
+            InvalidComponent => (
+                StatusCode::BAD_REQUEST,
+                "InvalidComponent",
+                "The component cannot serve (the old version still does)",
+            ),
+            InvalidModel => (
+                StatusCode::BAD_REQUEST,
+                "InvalidModel",
+                "The model is missing or corrupt (the old one still serves)",
+            ),
+            IncompatibleModel => (
+                StatusCode::BAD_REQUEST,
+                "IncompatibleModel",
+                "The model's inputs or outputs differ (the old one still serves)",
+            ),
             Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized", "A bearer token is required"),
             Forbidden => (StatusCode::FORBIDDEN, "Forbidden", "The token is not valid"),
             NotFound => (StatusCode::NOT_FOUND, "NotFound", "No route for this path"),
             ModelNotFound => (StatusCode::NOT_FOUND, "ModelNotFound", "No such model here"),
             ComponentNotFound => (StatusCode::NOT_FOUND, "ComponentNotFound", "No such routed component"),
-            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "Not a method of this route"),
-            BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "Timeout", "The request body did not arrive within 10 s"),
+            MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "Not a method of this route")
+            }
+            BodyTimeout => {
+                (StatusCode::REQUEST_TIMEOUT, "Timeout", "The request body did not arrive within 10 s")
+            }
             NoCanary => (StatusCode::CONFLICT, "NoCanary", "The component has no canary"),
-            NoPreviousVersion => (StatusCode::CONFLICT, "NoPreviousVersion", "No earlier version to roll back to"),
+            NoPreviousVersion => {
+                (StatusCode::CONFLICT, "NoPreviousVersion", "No earlier version to roll back to")
+            }
             ReloadInProgress => (StatusCode::CONFLICT, "ReloadInProgress", "The model is being reloaded"),
-            PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge", "The body is over the limit"),
-            HeadersTooLarge => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "HeadersTooLarge", "The request headers are over 64 KiB"),
-            ComponentFault => (StatusCode::INTERNAL_SERVER_ERROR, "ComponentFault", "The component trapped or failed to answer"),
-            InstantiationFailed => (StatusCode::INTERNAL_SERVER_ERROR, "InstantiationFailed", "The component could not be instantiated"),
-            FuelExhausted => (StatusCode::INTERNAL_SERVER_ERROR, "FuelExhausted", "The request used up the component's fuel budget"),
+            PayloadTooLarge => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge", "The body is over the limit")
+            }
+            HeadersTooLarge => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "HeadersTooLarge",
+                "The request headers are over 64 KiB",
+            ),
+            ComponentFault => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ComponentFault",
+                "The component trapped or failed to answer",
+            ),
+            InstantiationFailed => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InstantiationFailed",
+                "The component could not be instantiated",
+            ),
+            FuelExhausted => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "FuelExhausted",
+                "The request used up the component's fuel budget",
+            ),
             Backend => (StatusCode::INTERNAL_SERVER_ERROR, "Backend", "Inference failed"),
-            Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "Overloaded", "At the concurrency or queue limit; retry after `Retry-After` seconds"),
-            ModelUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "ModelUnavailable", "The model failed to load"),
-            DocsUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "DocsUnavailable", "Swagger UI's files are not available"),
+            Overloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Overloaded",
+                "At the concurrency or queue limit; retry after `Retry-After` seconds",
+            ),
+            ModelUnavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, "ModelUnavailable", "The model failed to load")
+            }
+            DocsUnavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, "DocsUnavailable", "Swagger UI's files are not available")
+            }
             Deadline => (StatusCode::GATEWAY_TIMEOUT, "Timeout", "No answer within the deadline"),
         }
     }
@@ -149,7 +195,8 @@ mod tests {
 
     #[test]
     fn every_error_has_its_own_name_and_an_error_status() {
-        let names: std::collections::BTreeSet<String> = HostError::ALL.iter().map(|e| format!("{e:?}")).collect();
+        let names: std::collections::BTreeSet<String> =
+            HostError::ALL.iter().map(|e| format!("{e:?}")).collect();
         assert_eq!(names.len(), HostError::ALL.len(), "ALL lists each error once");
         for error in HostError::ALL {
             assert!(error.status().is_client_error() || error.status().is_server_error(), "{error:?}");

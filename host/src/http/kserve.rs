@@ -17,9 +17,9 @@ use wasmtime_wasi_http::WasiBody;
 use super::{BodyRead, HostError, json as json_response, read_limited};
 use crate::admission::Admission;
 use crate::app::App;
+use edgeinfer_config::runtime_config::KserveConfig;
 use edgeinfer_engine::engines::{ElementType, EngineError, TensorData, TensorSpec};
 use edgeinfer_engine::registry::LoadedGraph;
-use edgeinfer_config::runtime_config::KserveConfig;
 
 /// Path prefix of the protocol.
 pub const PREFIX: &str = "/v2";
@@ -94,7 +94,8 @@ pub async fn handle(app: &App, kserve: &Kserve, req: http::Request<Incoming>) ->
         (&Method::POST, ["models", name, "infer"]) => match model(name) {
             Some(graph) => {
                 let Some(_slot) = kserve.admission.admit().await else {
-                    return HostError::Overloaded.answer("the KServe API is at its concurrency limit; retry shortly");
+                    return HostError::Overloaded
+                        .answer("the KServe API is at its concurrency limit; retry shortly");
                 };
                 infer(graph, &kserve.config, req).await
             }
@@ -119,12 +120,12 @@ fn authorized(req: &http::Request<Incoming>, token: &str) -> bool {
 /// 404 for a name the API does not serve; 503 for one of its models that failed to load.
 fn unknown_model(app: &App, kserve: &Kserve, name: &str) -> Response<WasiBody> {
     match app.registry.failure(name).filter(|_| kserve.serves(name)) {
-        Some(failed) => HostError::ModelUnavailable.answer(&format!("model {name:?} failed to load: {}", failed.error),
-        ),
+        Some(failed) => {
+            HostError::ModelUnavailable.answer(&format!("model {name:?} failed to load: {}", failed.error))
+        }
         None => HostError::ModelNotFound.answer(&format!("no model named {name:?}")),
     }
 }
-
 
 /// The protocol's datatype names.
 fn datatype(ty: Option<ElementType>) -> &'static str {
@@ -207,8 +208,8 @@ async fn infer(
     let body: Bytes = match read_limited(req.into_body(), limit).await {
         Ok(BodyRead::Fits(bytes)) => bytes,
         Ok(BodyRead::TooLarge) => {
-            return HostError::PayloadTooLarge.answer(&format!("request body is over the limit of {limit} bytes"),
-            );
+            return HostError::PayloadTooLarge
+                .answer(&format!("request body is over the limit of {limit} bytes"));
         }
         Ok(BodyRead::TimedOut) => {
             return HostError::BodyTimeout.answer("the request body did not arrive in time");
@@ -237,8 +238,7 @@ async fn infer(
         Err(EngineError::InvalidArgument(message)) => return HostError::Validation.answer(message),
         Err(EngineError::Overloaded(message)) => return HostError::Overloaded.answer(message),
         Err(EngineError::Runtime(message)) => {
-            return HostError::Backend.answer(&format!("inference failed: {message}"),
-            );
+            return HostError::Backend.answer(&format!("inference failed: {message}"));
         }
     };
     let outputs: Vec<Value> = outputs

@@ -8,8 +8,8 @@ mod shadow;
 pub mod status;
 
 pub use docs::SwaggerUi;
-pub use error::HostError;
 use error::ErrorType;
+pub use error::HostError;
 pub use kserve::Kserve;
 
 use std::convert::Infallible;
@@ -152,8 +152,8 @@ impl Server {
         // The component version that answered (metric label); "-" for the host's own routes.
         let mut version = "-".to_string();
         let mut response = match (req.method(), path.as_str()) {
-            _ if head_bytes > MAX_HEADER_BYTES => HostError::HeadersTooLarge.answer(&format!("request headers are over the limit of {MAX_HEADER_BYTES} bytes"),
-            ),
+            _ if head_bytes > MAX_HEADER_BYTES => HostError::HeadersTooLarge
+                .answer(&format!("request headers are over the limit of {MAX_HEADER_BYTES} bytes")),
             _ if kserve_route => {
                 let kserve = self.kserve.as_ref().expect("kserve_route implies kserve");
                 kserve::handle(&self.app, kserve, req).await
@@ -175,7 +175,8 @@ impl Server {
                     let component = pick.serving;
                     let mut response = self.to_component(req, &component, number, &mut input).await;
                     if let (Some((version, head)), Some(input)) = (shadow, &input) {
-                        response = shadow::mirror(response, version, head, input.bytes.clone(), number, started);
+                        response =
+                            shadow::mirror(response, version, head, input.bytes.clone(), number, started);
                     }
                     version = component.version[..12].to_string();
                     let header = http::HeaderValue::from_str(&version).expect("hex digits");
@@ -250,11 +251,15 @@ impl Server {
         };
         let Ok(result) = tokio::time::timeout(deadline, handled).await else {
             tracing::warn!(component = %component.id, request_id, "request timed out");
-            return HostError::Deadline.answer(&format!("component {} did not answer within {} ms", component.id, deadline.as_millis()),
-            );
+            return HostError::Deadline.answer(&format!(
+                "component {} did not answer within {} ms",
+                component.id,
+                deadline.as_millis()
+            ));
         };
         let Some(result) = result else {
-            return HostError::Overloaded.answer(format!("component {} is at its concurrency limit; retry shortly", component.id));
+            return HostError::Overloaded
+                .answer(format!("component {} is at its concurrency limit; retry shortly", component.id));
         };
         match result {
             Ok(response) => response,
@@ -293,7 +298,8 @@ impl Server {
 
 /// Paths the host answers itself, whatever the manifest routes.
 fn is_host_path(path: &str) -> bool {
-    matches!(path, "/health" | "/ready" | "/metrics" | "/openapi.json" | "/docs") || path.starts_with("/docs/")
+    matches!(path, "/health" | "/ready" | "/metrics" | "/openapi.json" | "/docs")
+        || path.starts_with("/docs/")
 }
 
 /// Paths of the KServe API, answered by the host when it is enabled.
@@ -304,7 +310,10 @@ fn is_kserve_path(path: &str) -> bool {
 /// Refuses manifest routes that the host's own routes would hide (`/metrics`, `/docs/...`, and
 /// `/v2/...` with KServe on): such a component would never be reached. A catch-all (`/...`) is
 /// fine: the host answers its own paths, the component all others.
-pub fn check_routes(manifest: &edgeinfer_config::manifest::Manifest, kserve_enabled: bool) -> anyhow::Result<()> {
+pub fn check_routes(
+    manifest: &edgeinfer_config::manifest::Manifest,
+    kserve_enabled: bool,
+) -> anyhow::Result<()> {
     for trigger in &manifest.http_triggers {
         let base = match crate::app::RoutePattern::parse(&trigger.route) {
             crate::app::RoutePattern::Exact(p) | crate::app::RoutePattern::Prefix(p) => p,
@@ -335,10 +344,8 @@ async fn read_body(
     req: Request<Incoming>,
     limit: u64,
 ) -> Result<(http::request::Parts, Bytes), Response<WasiBody>> {
-    let too_large = || {
-        HostError::PayloadTooLarge.answer(&format!("request body is over the limit of {limit} bytes"),
-        )
-    };
+    let too_large =
+        || HostError::PayloadTooLarge.answer(&format!("request body is over the limit of {limit} bytes"));
     let declared =
         req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit) {
@@ -352,9 +359,7 @@ async fn read_body(
         Ok(BodyRead::TimedOut) => {
             Err(HostError::BodyTimeout.answer("the request body did not arrive in time"))
         }
-        Err(e) => {
-            Err(HostError::BadRequest.answer(&format!("cannot read the request body: {e}")))
-        }
+        Err(e) => Err(HostError::BadRequest.answer(&format!("cannot read the request body: {e}"))),
     }
 }
 
@@ -398,7 +403,6 @@ const VERSION_HEADER: &str = "x-edgeinfer-version";
 
 /// Response header in which a component reports the tokens it computed on.
 const TOKENS_HEADER: &str = "x-compute-tokens";
-
 
 /// How reading a body of unknown length ended.
 enum BodyRead {
@@ -469,7 +473,6 @@ pub(crate) fn constant_time_eq(given: &str, expected: &str) -> bool {
         && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -483,7 +486,16 @@ mod tests {
 
     #[test]
     fn routes_the_host_would_hide_are_refused() {
-        for hidden in ["/metrics", "/health", "/ready/", "/docs", "/docs/...", "/docs/x", "/openapi.json", "/metrics/..."] {
+        for hidden in [
+            "/metrics",
+            "/health",
+            "/ready/",
+            "/docs",
+            "/docs/...",
+            "/docs/x",
+            "/openapi.json",
+            "/metrics/...",
+        ] {
             let err = check_routes(&manifest_with_route(hidden), false).unwrap_err();
             assert!(err.to_string().contains("served by the host itself"), "{hidden}: {err}");
         }

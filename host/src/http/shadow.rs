@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
-use hyper::body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::body::{Body, Frame, SizeHint};
 use serde_json::Value;
 use tokio::sync::oneshot;
 use wasmtime_wasi_http::WasiBody;

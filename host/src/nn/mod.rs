@@ -2,7 +2,6 @@
 //! `load-by-name` is limited to the component's `ai_models`, `compute` goes through the model's
 //! batcher.
 
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 

@@ -98,7 +98,8 @@ impl Batcher {
     pub async fn compute(&self, inputs: Tensors) -> Result<Tensors, EngineError> {
         check_inputs(&inputs, &self.inputs)?;
         let Ok(place) = self.places.clone().try_acquire_owned() else {
-            metrics::counter!("edgeinfer_requests_refused_total", "model" => self.model.to_string()).increment(1);
+            metrics::counter!("edgeinfer_requests_refused_total", "model" => self.model.to_string())
+                .increment(1);
             return Err(EngineError::Overloaded(format!(
                 "model {:?} has {} requests queued or running, its max_queue; retry shortly",
                 &*self.model, self.max_queue

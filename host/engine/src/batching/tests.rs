@@ -260,7 +260,8 @@ async fn engine_threads_end_with_the_last_handle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_queue_requests_are_refused_at_once_and_places_come_back() {
     let engine = FakeEngine::new(Duration::from_millis(100));
-    let batcher = Batcher::spawn("fake", vec![engine.clone()], BatchPolicy { max_queue: 3, ..policy(1, 4096, 0) });
+    let batcher =
+        Batcher::spawn("fake", vec![engine.clone()], BatchPolicy { max_queue: 3, ..policy(1, 4096, 0) });
     let running: Vec<_> = (0..3i64)
         .map(|i| {
             let batcher = batcher.clone();
