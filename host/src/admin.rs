@@ -110,7 +110,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<WasiBody> {
             ["admin", "v1", "components", _, "rollback" | "promote" | "abort"]
             | ["admin", "v1", "models", _, "reload"],
         ) => HostError::MethodNotAllowed.answer("use POST"),
-        _ => HostError::NotFound.answer(&format!("no admin route {path}")),
+        _ => HostError::NotFound.answer(format!("no admin route {path}")),
     }
 }
 
@@ -181,7 +181,7 @@ async fn deploy(app: Arc<App>, id: &str, req: Request<Incoming>) -> Response<Was
             return HostError::PayloadTooLarge.answer(&message);
         }
         Ok(Err(e)) => {
-            return HostError::BadRequest.answer(&format!("cannot read the upload: {e}"));
+            return HostError::BadRequest.answer(format!("cannot read the upload: {e}"));
         }
         Err(_) => return HostError::BodyTimeout.answer("the upload did not arrive in time"),
     };
@@ -251,7 +251,7 @@ fn roll_back(app: &App, id: &str) -> Response<WasiBody> {
                 &json!({"id": id, "version": restored.version, "replaced": replaced.version}),
             )
         }
-        None => HostError::NoPreviousVersion.answer(&format!("{id} has no earlier version to roll back to")),
+        None => HostError::NoPreviousVersion.answer(format!("{id} has no earlier version to roll back to")),
     }
 }
 
@@ -276,7 +276,7 @@ fn promote(app: &App, id: &str) -> Response<WasiBody> {
 async fn reload_model(app: Arc<App>, name: &str, req: Request<Incoming>) -> Response<WasiBody> {
     let body = match http_body_util::Limited::new(req.into_body(), 64 << 10).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(e) => return HostError::BadRequest.answer(&format!("cannot read the body: {e}")),
+        Err(e) => return HostError::BadRequest.answer(format!("cannot read the body: {e}")),
     };
     let request: ReloadRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ReloadRequest::default()
@@ -340,7 +340,7 @@ fn abort(app: &App, id: &str) -> Response<WasiBody> {
 }
 
 fn no_canary(id: &str) -> Response<WasiBody> {
-    HostError::NoCanary.answer(&format!("{id} has no canary"))
+    HostError::NoCanary.answer(format!("{id} has no canary"))
 }
 
 /// A canary deploy's parameters: `canary=PERCENT` (0 to 100), `mode=split|shadow`,
@@ -368,7 +368,7 @@ fn canary_request(query: Option<&str>) -> Result<Option<(f64, CanaryMode, Sticki
 }
 
 fn unknown_component(id: &str) -> Response<WasiBody> {
-    HostError::ComponentNotFound.answer(&format!("the app has no routed component {id:?}"))
+    HostError::ComponentNotFound.answer(format!("the app has no routed component {id:?}"))
 }
 
 /// The value of `name` in a URL query string (no percent-decoding: values here are hex).

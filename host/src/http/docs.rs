@@ -70,7 +70,7 @@ pub fn asset(ui: Option<&SwaggerUi>, name: &str) -> Response<WasiBody> {
             };
             file_response(content_type, bytes.clone())
         }
-        None => HostError::NotFound.answer(&format!("no file /docs/{name}")),
+        None => HostError::NotFound.answer(format!("no file /docs/{name}")),
     }
 }
 

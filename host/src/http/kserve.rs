@@ -105,7 +105,7 @@ pub async fn handle(app: &App, kserve: &Kserve, req: http::Request<Incoming>) ->
             HostError::MethodNotAllowed.answer("use GET")
         }
         (_, ["models", _, "infer"]) => HostError::MethodNotAllowed.answer("use POST"),
-        _ => HostError::NotFound.answer(&format!("no route for {path}")),
+        _ => HostError::NotFound.answer(format!("no route for {path}")),
     }
 }
 
@@ -121,9 +121,9 @@ fn authorized(req: &http::Request<Incoming>, token: &str) -> bool {
 fn unknown_model(app: &App, kserve: &Kserve, name: &str) -> Response<WasiBody> {
     match app.registry.failure(name).filter(|_| kserve.serves(name)) {
         Some(failed) => {
-            HostError::ModelUnavailable.answer(&format!("model {name:?} failed to load: {}", failed.error))
+            HostError::ModelUnavailable.answer(format!("model {name:?} failed to load: {}", failed.error))
         }
-        None => HostError::ModelNotFound.answer(&format!("no model named {name:?}")),
+        None => HostError::ModelNotFound.answer(format!("no model named {name:?}")),
     }
 }
 
@@ -209,7 +209,7 @@ async fn infer(
         Ok(BodyRead::Fits(bytes)) => bytes,
         Ok(BodyRead::TooLarge) => {
             return HostError::PayloadTooLarge
-                .answer(&format!("request body is over the limit of {limit} bytes"));
+                .answer(format!("request body is over the limit of {limit} bytes"));
         }
         Ok(BodyRead::TimedOut) => {
             return HostError::BodyTimeout.answer("the request body did not arrive in time");
@@ -238,7 +238,7 @@ async fn infer(
         Err(EngineError::InvalidArgument(message)) => return HostError::Validation.answer(message),
         Err(EngineError::Overloaded(message)) => return HostError::Overloaded.answer(message),
         Err(EngineError::Runtime(message)) => {
-            return HostError::Backend.answer(&format!("inference failed: {message}"));
+            return HostError::Backend.answer(format!("inference failed: {message}"));
         }
     };
     let outputs: Vec<Value> = outputs

@@ -153,7 +153,7 @@ impl Server {
         let mut version = "-".to_string();
         let mut response = match (req.method(), path.as_str()) {
             _ if head_bytes > MAX_HEADER_BYTES => HostError::HeadersTooLarge
-                .answer(&format!("request headers are over the limit of {MAX_HEADER_BYTES} bytes")),
+                .answer(format!("request headers are over the limit of {MAX_HEADER_BYTES} bytes")),
             _ if kserve_route => {
                 let kserve = self.kserve.as_ref().expect("kserve_route implies kserve");
                 kserve::handle(&self.app, kserve, req).await
@@ -183,7 +183,7 @@ impl Server {
                     response.headers_mut().insert(VERSION_HEADER, header);
                     response
                 }
-                None => HostError::NotFound.answer(&format!("no route for {path}")),
+                None => HostError::NotFound.answer(format!("no route for {path}")),
             },
         };
         let error_type = error_type_of(&mut response).await;
@@ -251,7 +251,7 @@ impl Server {
         };
         let Ok(result) = tokio::time::timeout(deadline, handled).await else {
             tracing::warn!(component = %component.id, request_id, "request timed out");
-            return HostError::Deadline.answer(&format!(
+            return HostError::Deadline.answer(format!(
                 "component {} did not answer within {} ms",
                 component.id,
                 deadline.as_millis()
@@ -345,7 +345,7 @@ async fn read_body(
     limit: u64,
 ) -> Result<(http::request::Parts, Bytes), Response<WasiBody>> {
     let too_large =
-        || HostError::PayloadTooLarge.answer(&format!("request body is over the limit of {limit} bytes"));
+        || HostError::PayloadTooLarge.answer(format!("request body is over the limit of {limit} bytes"));
     let declared =
         req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit) {
@@ -359,7 +359,7 @@ async fn read_body(
         Ok(BodyRead::TimedOut) => {
             Err(HostError::BodyTimeout.answer("the request body did not arrive in time"))
         }
-        Err(e) => Err(HostError::BadRequest.answer(&format!("cannot read the request body: {e}"))),
+        Err(e) => Err(HostError::BadRequest.answer(format!("cannot read the request body: {e}"))),
     }
 }
 
