@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Host, Variant, kserve_host, max_difference, post_json};
+use common::{Host, Variant, kserve_host, post_json};
 use serde_json::json;
 
 #[test]
@@ -17,22 +17,7 @@ fn handlers_with_nn_remote_answer_like_the_model_host() {
         &["--compose-nn-providers", "--runtime-config-file", "runtime-config/remote.toml"],
     );
 
-    let texts = json!(["A quick test of remote inference.", "set a timer for ten minutes", "héllo wörld"]);
-    let (status, via_remote) = post_json(&remote.url("/embed"), &json!({"inputs": texts}));
-    assert_eq!(status, 200, "{via_remote}");
-    let (_, direct) = post_json(&backend.url("/embed"), &json!({"inputs": texts}));
-    let difference = max_difference(&via_remote, &direct);
-    assert!(difference < 1e-6, "embeddings through nn-remote differ by {difference}");
-
-    let (status, via_remote) = post_json(&remote.url("/predict"), &json!({"inputs": texts, "top_k": 3}));
-    assert_eq!(status, 200, "{via_remote}");
-    let (_, direct) = post_json(&backend.url("/predict"), &json!({"inputs": texts, "top_k": 3}));
-    assert_eq!(via_remote, direct);
-    assert_eq!(via_remote[1][0]["label"], "timer");
-
-    // The remote host's own errors still come back as its JSON errors.
-    let (status, body) = post_json(&remote.url("/predict"), &json!({"inputs": ""}));
-    assert_eq!((status, body["error_type"].as_str()), (422, Some("Validation")), "{body}");
+    common::assert_answers_like_the_model_host(&remote.base, &backend);
 
     // With the model host gone, requests fail clearly and the remote host keeps serving.
     drop(backend);

@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, Once, mpsc};
 use std::time::{Duration, Instant};
 
-use common::{Host, Variant, cosine, kserve_host, max_difference, post_json, reference, repo_root, vectors};
+use common::{Host, Variant, cosine, kserve_host, post_json, reference, repo_root, vectors};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -269,21 +269,7 @@ fn spin_up_serves_the_remote_app_against_edgeinfer_kserve() {
     let app = SpinUp::start(&spin, &manifest.0)
         .unwrap_or_else(|output| panic!("Spin refused spin.remote.toml: {output}"));
 
-    let texts = json!(["Remote inference under Spin.", "set a timer for ten minutes", "héllo wörld"]);
-    let (status, via_spin) = post_json(&app.url("/embed"), &json!({"inputs": texts}));
-    assert_eq!(status, 200, "{via_spin}");
-    let (_, direct) = post_json(&backend.url("/embed"), &json!({"inputs": texts}));
-    let difference = max_difference(&via_spin, &direct);
-    assert!(difference < 1e-6, "/embed through spin up + nn-remote differs by {difference}");
-
-    let (status, via_spin) = post_json(&app.url("/predict"), &json!({"inputs": texts, "top_k": 3}));
-    assert_eq!(status, 200, "{via_spin}");
-    let (_, direct) = post_json(&backend.url("/predict"), &json!({"inputs": texts, "top_k": 3}));
-    assert_eq!(via_spin, direct);
-    assert_eq!(via_spin[1][0]["label"], "timer");
-
-    let (status, body) = post_json(&app.url("/predict"), &json!({"inputs": ""}));
-    assert_eq!((status, body["error_type"].as_str()), (422, Some("Validation")), "{body}");
+    common::assert_answers_like_the_model_host(&app.base, &backend);
 }
 
 /// Runs `PROGRAM build -f MANIFEST` with `$BUILD_TRACE` set; returns the lines the build

@@ -196,6 +196,31 @@ pub fn max_difference(a: &Value, b: &Value) -> f32 {
     a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
+/// An app whose handlers get wasi:nn from nn-remote (at `via`, a base URL) answers `/embed`,
+/// `/predict` and the 422 contract as the model host it forwards to (`direct`) does.
+pub fn assert_answers_like_the_model_host(via: &str, direct: &Host) {
+    let texts = serde_json::json!([
+        "A quick test of remote inference.",
+        "set a timer for ten minutes",
+        "héllo wörld"
+    ]);
+    let body = serde_json::json!({"inputs": texts});
+    let (status, through) = post_json(&format!("{via}/embed"), &body);
+    assert_eq!(status, 200, "{through}");
+    let difference = max_difference(&through, &post_json(&direct.url("/embed"), &body).1);
+    assert!(difference < 1e-6, "embeddings through nn-remote differ by {difference}");
+
+    let body = serde_json::json!({"inputs": texts, "top_k": 3});
+    let (status, through) = post_json(&format!("{via}/predict"), &body);
+    assert_eq!(status, 200, "{through}");
+    assert_eq!(through, post_json(&direct.url("/predict"), &body).1);
+    assert_eq!(through[1][0]["label"], "timer");
+
+    // The model host's own errors still come back as JSON errors.
+    let (status, body) = post_json(&format!("{via}/predict"), &serde_json::json!({"inputs": ""}));
+    assert_eq!((status, body["error_type"].as_str()), (422, Some("Validation")), "{body}");
+}
+
 /// The pinned `[onnxruntime]` section of the default runtime config, for tests that write their
 /// own runtime config.
 pub fn onnxruntime_section() -> String {
