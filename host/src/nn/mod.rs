@@ -140,14 +140,16 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
         context: Resource<ExecutionContext>,
         inputs: Vec<(String, Resource<TensorData>)>,
     ) -> NnResult<Vec<(String, Resource<TensorData>)>> {
+        // The inputs are owned (`list<named-tensor>`): the call takes them out of the table, with
+        // no copy, and nothing of them stays behind in a long-lived instance.
+        let mut tensors = Vec::with_capacity(inputs.len());
+        for (name, tensor) in inputs {
+            tensors.push((name, self.table.delete(tensor)?));
+        }
         let slot = self.table.get(&context)?.0.clone();
         let Some(graph) = slot.graph() else {
             return self.error(ErrorCode::RuntimeError, format!("model {:?} is unavailable", slot.name));
         };
-        let mut tensors = Vec::with_capacity(inputs.len());
-        for (name, tensor) in &inputs {
-            tensors.push((name.clone(), self.table.get(tensor)?.clone()));
-        }
         let result = graph.batcher.compute(tensors).await;
         match result {
             Ok(outputs) => {
