@@ -210,6 +210,8 @@ struct Started {
     config: RuntimeConfig,
     app: Arc<App>,
     swagger_ui: Option<http::SwaggerUi>,
+    /// The KServe API, when the runtime config turns it on.
+    kserve: Option<http::Kserve>,
     /// Advances the engine's epoch while the host serves.
     _ticker: compile::EpochTicker,
 }
@@ -221,10 +223,11 @@ async fn up(args: UpArgs) -> Result<()> {
     let (manifest_path, runtime_config_file) =
         (args.manifest.manifest.clone(), args.runtime_config_file.clone());
     let (build, compose_nn_providers) = (args.build, args.compose_nn_providers);
-    let Started { manifest, config, app, swagger_ui, _ticker } = tokio::task::spawn_blocking(move || {
-        start(&manifest_path, runtime_config_file.as_deref(), build, compose_nn_providers)
-    })
-    .await??;
+    let Started { manifest, config, app, swagger_ui, kserve, _ticker } =
+        tokio::task::spawn_blocking(move || {
+            start(&manifest_path, runtime_config_file.as_deref(), build, compose_nn_providers)
+        })
+        .await??;
     if args.watch {
         let watched = watch::start(app.clone())?;
         eprintln!("Watching the build inputs of: {}", watched.join(", "));
@@ -239,19 +242,6 @@ async fn up(args: UpArgs) -> Result<()> {
             Some(tokio::spawn(admin::serve(app.clone(), token, listener)))
         }
         None => None,
-    };
-    let kserve = if config.kserve.enabled {
-        let token = match &config.kserve.token_env {
-            Some(var) => Some(std::env::var(var).ok().filter(|t| t.len() >= 16).with_context(|| {
-                format!(
-                    "[kserve] token_env names {var}, which is not set to a token of at least 16 characters"
-                )
-            })?),
-            None => None,
-        };
-        Some(http::Kserve::new(config.kserve.clone(), token))
-    } else {
-        None
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -298,6 +288,20 @@ fn start(
     }
     let config = load_runtime_config(runtime_config_file, &manifest.dir)?;
     http::check_routes(&manifest, config.kserve.enabled)?;
+    // Its token is checked before anything slow, so a missing one fails the start at once.
+    let kserve = if config.kserve.enabled {
+        let token = match &config.kserve.token_env {
+            Some(var) => Some(std::env::var(var).ok().filter(|t| t.len() >= 16).with_context(|| {
+                format!(
+                    "[kserve] token_env names {var}, which is not set to a token of at least 16 characters"
+                )
+            })?),
+            None => None,
+        };
+        Some(http::Kserve::new(config.kserve.clone(), token))
+    } else {
+        None
+    };
     if !config.model.is_empty() {
         let library = fetch(&config, &manifest.dir)?;
         edgeinfer_engine::engines::onnx::init_runtime(&library)?;
@@ -335,7 +339,7 @@ fn start(
             None
         }
     };
-    Ok(Started { manifest, config, app, swagger_ui, _ticker: ticker })
+    Ok(Started { manifest, config, app, swagger_ui, kserve, _ticker: ticker })
 }
 
 /// The admin API's bearer token for serving: at least 16 characters.
