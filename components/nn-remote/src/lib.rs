@@ -17,6 +17,7 @@ wit_bindgen::generate!({
 mod http;
 mod protocol;
 
+use edgeinfer_tensor::TensorData;
 use exports::wasi::nn::errors::{self, ErrorCode, GuestError};
 use exports::wasi::nn::graph::{self, ExecutionTarget, GraphBuilder, GraphEncoding, GuestGraph};
 use exports::wasi::nn::inference::{self, GuestGraphExecutionContext, NamedTensor};
@@ -25,11 +26,7 @@ use exports::wasi::nn::tensor::{self, GuestTensor, TensorType};
 struct Provider;
 
 /// A tensor held in the component until it is sent.
-pub struct Tensor {
-    dimensions: Vec<u32>,
-    ty: TensorType,
-    data: Vec<u8>,
-}
+pub struct Tensor(TensorData);
 
 /// A wasi:nn error: its code and a message.
 pub struct Error {
@@ -59,16 +56,16 @@ impl tensor::Guest for Provider {
 
 impl GuestTensor for Tensor {
     fn new(dimensions: Vec<u32>, ty: TensorType, data: Vec<u8>) -> Self {
-        Tensor { dimensions, ty, data }
+        Tensor(TensorData::new(dimensions, protocol::element_type(ty), data))
     }
     fn dimensions(&self) -> Vec<u32> {
-        self.dimensions.clone()
+        self.0.shape.clone()
     }
     fn ty(&self) -> TensorType {
-        self.ty
+        protocol::tensor_type(self.0.ty)
     }
     fn data(&self) -> Vec<u8> {
-        self.data.clone()
+        self.0.bytes.to_vec()
     }
 }
 
@@ -122,14 +119,14 @@ impl inference::Guest for Provider {
 impl GuestGraphExecutionContext for Context {
     fn compute(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, errors::Error> {
         let remote = http::Remote::from_env()?;
-        let tensors: Vec<(String, &Tensor)> =
-            inputs.iter().map(|(name, t)| (name.clone(), t.get::<Tensor>())).collect();
+        let tensors: Vec<(&str, &TensorData)> =
+            inputs.iter().map(|(name, t)| (name.as_str(), &t.get::<Tensor>().0)).collect();
         let body = protocol::infer_request(&tensors)?;
         let path = format!("/v2/models/{}/infer", protocol::escape(&self.model));
         let (status, answer) = remote.send("POST", &path, Some(&body))?;
         protocol::check_status(status, &answer)?;
         let outputs = protocol::infer_response(&answer)?;
-        Ok(outputs.into_iter().map(|(name, t)| (name, tensor::Tensor::new(t))).collect())
+        Ok(outputs.into_iter().map(|(name, t)| (name, tensor::Tensor::new(Tensor(t)))).collect())
     }
 }
 

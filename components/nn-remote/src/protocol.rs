@@ -1,107 +1,48 @@
-//! JSON tensors of the Open Inference Protocol, to and from wasi:nn tensors.
+//! The Open Inference Protocol as this provider speaks it: the host's own JSON codec
+//! (`edgeinfer-tensor`) for tensors, and the server's error answers as wasi:nn errors.
 
-use serde_json::{Value, json};
+use edgeinfer_tensor::{ElementType, TensorData, kserve};
+use serde_json::Value;
 
+use crate::Error;
 use crate::exports::wasi::nn::errors::{self, ErrorCode};
 use crate::exports::wasi::nn::tensor::TensorType;
-use crate::{Error, Tensor};
 
-/// The protocol's name of a tensor type, for the types it and JSON can carry exactly.
-fn datatype(ty: TensorType) -> Result<&'static str, errors::Error> {
-    Ok(match ty {
-        TensorType::Fp32 => "FP32",
-        TensorType::Fp64 => "FP64",
-        TensorType::I64 => "INT64",
-        TensorType::I32 => "INT32",
-        TensorType::U8 => "UINT8",
-        TensorType::Fp16 | TensorType::Bf16 => {
-            return Err(Error::new(
-                ErrorCode::UnsupportedOperation,
-                "FP16 and BF16 tensors are not supported",
-            ));
-        }
-    })
-}
-
-fn tensor_type(datatype: &str) -> Result<TensorType, errors::Error> {
-    Ok(match datatype {
-        "FP32" => TensorType::Fp32,
-        "FP64" => TensorType::Fp64,
-        "INT64" => TensorType::I64,
-        "INT32" => TensorType::I32,
-        "UINT8" => TensorType::U8,
-        other => return Err(Error::new(ErrorCode::UnsupportedOperation, format!("output datatype {other}"))),
-    })
-}
-
-/// Element size in bytes.
-fn width(ty: TensorType) -> usize {
+/// The element type of a wasi:nn tensor type.
+pub fn element_type(ty: TensorType) -> ElementType {
     match ty {
-        TensorType::U8 => 1,
-        TensorType::Fp16 | TensorType::Bf16 => 2,
-        TensorType::Fp32 | TensorType::I32 => 4,
-        TensorType::Fp64 | TensorType::I64 => 8,
+        TensorType::Fp16 => ElementType::F16,
+        TensorType::Fp32 => ElementType::F32,
+        TensorType::Fp64 => ElementType::F64,
+        TensorType::Bf16 => ElementType::BF16,
+        TensorType::U8 => ElementType::U8,
+        TensorType::I32 => ElementType::I32,
+        TensorType::I64 => ElementType::I64,
+    }
+}
+
+/// The wasi:nn tensor type of an element type.
+pub fn tensor_type(ty: ElementType) -> TensorType {
+    match ty {
+        ElementType::F16 => TensorType::Fp16,
+        ElementType::F32 => TensorType::Fp32,
+        ElementType::F64 => TensorType::Fp64,
+        ElementType::BF16 => TensorType::Bf16,
+        ElementType::U8 => TensorType::U8,
+        ElementType::I32 => TensorType::I32,
+        ElementType::I64 => TensorType::I64,
     }
 }
 
 /// The body of `POST /v2/models/{name}/infer`.
-pub fn infer_request(inputs: &[(String, &Tensor)]) -> Result<Vec<u8>, errors::Error> {
-    let mut tensors = Vec::with_capacity(inputs.len());
-    for (name, tensor) in inputs {
-        let datatype = datatype(tensor.ty)?;
-        let w = width(tensor.ty);
-        let elements: usize = tensor.dimensions.iter().map(|&d| d as usize).product();
-        if tensor.data.len() != elements * w {
-            return Err(Error::new(
-                ErrorCode::InvalidArgument,
-                format!("tensor {name:?} has {} bytes for shape {:?}", tensor.data.len(), tensor.dimensions),
-            ));
-        }
-        let chunks = tensor.data.chunks_exact(w);
-        let data: Vec<Value> = match tensor.ty {
-            TensorType::Fp32 => chunks.map(|c| json!(f32::from_le_bytes(c.try_into().unwrap()))).collect(),
-            TensorType::Fp64 => chunks.map(|c| json!(f64::from_le_bytes(c.try_into().unwrap()))).collect(),
-            TensorType::I64 => chunks.map(|c| json!(i64::from_le_bytes(c.try_into().unwrap()))).collect(),
-            TensorType::I32 => chunks.map(|c| json!(i32::from_le_bytes(c.try_into().unwrap()))).collect(),
-            _ => chunks.map(|c| json!(c[0])).collect(),
-        };
-        tensors.push(json!({"name": name, "shape": tensor.dimensions, "datatype": datatype, "data": data}));
-    }
-    Ok(serde_json::to_vec(&json!({"inputs": tensors})).expect("JSON values serialise"))
+pub fn infer_request(inputs: &[(&str, &TensorData)]) -> Result<Vec<u8>, errors::Error> {
+    kserve::encode_request(inputs).map_err(|m| Error::new(ErrorCode::InvalidArgument, m))
 }
 
 /// The outputs of an inference answer, as tensors.
-pub fn infer_response(body: &[u8]) -> Result<Vec<(String, Tensor)>, errors::Error> {
-    let bad =
-        |m: String| Error::new(ErrorCode::RuntimeError, format!("unexpected answer from the server: {m}"));
-    let answer: Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
-    let outputs = answer["outputs"].as_array().ok_or_else(|| bad("no outputs".into()))?;
-    let mut tensors = Vec::with_capacity(outputs.len());
-    for output in outputs {
-        let name = output["name"].as_str().ok_or_else(|| bad("an output has no name".into()))?;
-        let ty = tensor_type(output["datatype"].as_str().unwrap_or(""))?;
-        let dimensions: Vec<u32> =
-            serde_json::from_value(output["shape"].clone()).map_err(|e| bad(e.to_string()))?;
-        let values =
-            output["data"].as_array().ok_or_else(|| bad(format!("output {name} has no flat data")))?;
-        let elements: usize = dimensions.iter().map(|&d| d as usize).product();
-        if values.len() != elements {
-            return Err(bad(format!("output {name} has {} values for shape {dimensions:?}", values.len())));
-        }
-        let mut data = Vec::with_capacity(elements * width(ty));
-        for v in values {
-            let ok = match ty {
-                TensorType::Fp32 => v.as_f64().map(|x| data.extend((x as f32).to_le_bytes())),
-                TensorType::Fp64 => v.as_f64().map(|x| data.extend(x.to_le_bytes())),
-                TensorType::I64 => v.as_i64().map(|x| data.extend(x.to_le_bytes())),
-                TensorType::I32 => v.as_i64().map(|x| data.extend((x as i32).to_le_bytes())),
-                _ => v.as_u64().map(|x| data.push(x as u8)),
-            };
-            ok.ok_or_else(|| bad(format!("output {name} holds {v}")))?;
-        }
-        tensors.push((name.to_string(), Tensor { dimensions, ty, data }));
-    }
-    Ok(tensors)
+pub fn infer_response(body: &[u8]) -> Result<Vec<(String, TensorData)>, errors::Error> {
+    kserve::decode_response(body)
+        .map_err(|m| Error::new(ErrorCode::RuntimeError, format!("unexpected answer from the server: {m}")))
 }
 
 /// Maps a non-2xx answer to a wasi:nn error carrying the server's message.

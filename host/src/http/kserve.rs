@@ -10,16 +10,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use hyper::body::Incoming;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use wasmtime_wasi_http::WasiBody;
 
-use super::{BodyRead, HostError, json as json_response, read_limited};
+use super::{BodyRead, HostError, json as json_response, json_bytes, read_limited};
 use crate::admission::Admission;
 use crate::app::App;
 use edgeinfer_config::runtime_config::KserveConfig;
 use edgeinfer_engine::engines::{ElementType, EngineError, TensorData, TensorSpec};
 use edgeinfer_engine::registry::LoadedGraph;
+use edgeinfer_tensor::kserve;
 
 /// Path prefix of the protocol.
 pub const PREFIX: &str = "/v2";
@@ -127,34 +127,9 @@ fn unknown_model(app: &App, kserve: &Kserve, name: &str) -> Response<WasiBody> {
     }
 }
 
-/// The protocol's datatype names.
-fn datatype(ty: Option<ElementType>) -> &'static str {
-    match ty {
-        Some(ElementType::F16) => "FP16",
-        Some(ElementType::BF16) => "BF16",
-        Some(ElementType::F32) => "FP32",
-        Some(ElementType::F64) => "FP64",
-        Some(ElementType::U8) => "UINT8",
-        Some(ElementType::I32) => "INT32",
-        Some(ElementType::I64) => "INT64",
-        None => "BYTES",
-    }
-}
-
-fn element_type(name: &str) -> Option<ElementType> {
-    Some(match name {
-        "FP32" => ElementType::F32,
-        "FP64" => ElementType::F64,
-        "INT64" => ElementType::I64,
-        "INT32" => ElementType::I32,
-        "UINT8" => ElementType::U8,
-        _ => return None,
-    })
-}
-
 fn metadata(graph: &LoadedGraph) -> Value {
     let specs = |specs: &[TensorSpec]| -> Vec<Value> {
-        specs.iter().map(|s| json!({"name": s.name, "datatype": datatype(s.ty), "shape": s.shape})).collect()
+        specs.iter().map(|s| json!({"name": s.name, "datatype": s.ty.map_or("BYTES", ElementType::datatype), "shape": s.shape})).collect()
     };
     json!({
         "name": graph.name,
@@ -163,40 +138,6 @@ fn metadata(graph: &LoadedGraph) -> Value {
         "inputs": specs(&graph.inputs),
         "outputs": specs(&graph.outputs),
     })
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct InferRequest {
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    #[allow(dead_code)] // Accepted as the protocol allows; none are acted on.
-    parameters: Option<serde_json::Map<String, Value>>,
-    inputs: Vec<InputTensor>,
-    #[serde(default)]
-    outputs: Option<Vec<RequestedOutput>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct InputTensor {
-    name: String,
-    shape: Vec<u64>,
-    datatype: String,
-    #[serde(default)]
-    #[allow(dead_code)]
-    parameters: Option<serde_json::Map<String, Value>>,
-    data: Value,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RequestedOutput {
-    name: String,
-    #[serde(default)]
-    #[allow(dead_code)]
-    parameters: Option<serde_json::Map<String, Value>>,
 }
 
 async fn infer(
@@ -216,23 +157,18 @@ async fn infer(
         }
         Err(e) => return HostError::Validation.answer(format!("cannot read the request body: {e}")),
     };
-    let request: InferRequest = match serde_json::from_slice(&body) {
+    let request = match kserve::decode_request(&body) {
         Ok(request) => request,
-        Err(e) => return HostError::Validation.answer(format!("invalid inference request: {e}")),
+        Err(message) => return HostError::Validation.answer(message),
     };
-    let mut tensors = Vec::with_capacity(request.inputs.len());
-    for input in request.inputs {
-        match decode_input(&input) {
-            Ok(tensor) => tensors.push((input.name, tensor)),
-            Err(message) => return HostError::Validation.answer(message),
-        }
-    }
-    let requested: Option<Vec<String>> = request.outputs.map(|o| o.into_iter().map(|o| o.name).collect());
-    if let Some(names) = &requested
+    // The body's text is no longer needed while the model runs.
+    drop(body);
+    if let Some(names) = &request.outputs
         && let Some(unknown) = names.iter().find(|n| !graph.outputs.iter().any(|s| &s.name == *n))
     {
         return HostError::Validation.answer(format!("the model has no output {unknown:?}"));
     }
+    let tensors = request.inputs;
     let outputs = match graph.batcher.compute(tensors).await {
         Ok(outputs) => outputs,
         Err(EngineError::InvalidArgument(message)) => return HostError::Validation.answer(message),
@@ -241,129 +177,18 @@ async fn infer(
             return HostError::Backend.answer(format!("inference failed: {message}"));
         }
     };
-    let outputs: Vec<Value> = outputs
-        .into_iter()
-        .filter(|(name, _)| requested.as_ref().is_none_or(|names| names.contains(name)))
-        .map(|(name, tensor)| {
-            json!({"name": name, "datatype": datatype(Some(tensor.ty)), "shape": tensor.shape, "data": encode_data(&tensor)})
-        })
-        .collect();
-    let mut answer = json!({"model_name": graph.name, "outputs": outputs});
-    if let Some(id) = request.id {
-        answer["id"] = Value::String(id);
-    }
-    json_response(StatusCode::OK, &answer)
-}
-
-/// Turns a JSON tensor (flat or nested `data`, row-major) into little-endian bytes.
-fn decode_input(input: &InputTensor) -> Result<TensorData, String> {
-    let name = &input.name;
-    let ty = element_type(&input.datatype).ok_or_else(|| {
-        format!(
-            "input {name:?}: datatype {:?} is not supported (FP32, FP64, INT64, INT32, UINT8 are)",
-            input.datatype
-        )
-    })?;
-    let shape: Vec<u32> = input
-        .shape
+    let outputs: Vec<(&str, &TensorData)> = outputs
         .iter()
-        .map(|&d| u32::try_from(d).map_err(|_| format!("input {name:?}: dimension {d} is too large")))
-        .collect::<Result<_, _>>()?;
-    let expected = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d as usize));
-    let mut values = Vec::new();
-    flatten(&input.data, &mut values, 0).map_err(|e| format!("input {name:?}: {e}"))?;
-    let expected = expected.ok_or_else(|| format!("input {name:?}: shape {:?} is too large", input.shape))?;
-    if expected != values.len() {
-        return Err(format!(
-            "input {name:?}: shape {:?} needs {expected} values, data has {}",
-            input.shape,
-            values.len()
-        ));
-    }
-    let mut bytes = Vec::with_capacity(values.len() * ty.size());
-    for value in &values {
-        match ty {
-            ElementType::F32 => bytes.extend((number(value, name)? as f32).to_le_bytes()),
-            ElementType::F64 => bytes.extend(number(value, name)?.to_le_bytes()),
-            ElementType::I64 => bytes.extend(integer(value, name, i64::MIN, i64::MAX)?.to_le_bytes()),
-            ElementType::I32 => {
-                bytes.extend((integer(value, name, i32::MIN as i64, i32::MAX as i64)? as i32).to_le_bytes())
-            }
-            ElementType::U8 => bytes.push(integer(value, name, 0, 255)? as u8),
-            ElementType::F16 | ElementType::BF16 => unreachable!("not accepted by element_type"),
-        }
-    }
-    Ok(TensorData { shape, ty, bytes })
-}
-
-fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>, depth: usize) -> Result<(), String> {
-    match value {
-        Value::Array(items) if depth < 16 => items.iter().try_for_each(|v| flatten(v, out, depth + 1)),
-        Value::Array(_) => Err("data is nested too deeply".into()),
-        other => {
-            out.push(other);
-            Ok(())
-        }
-    }
-}
-
-fn number(value: &Value, name: &str) -> Result<f64, String> {
-    value.as_f64().ok_or_else(|| format!("input {name:?}: {value} is not a number"))
-}
-
-fn integer(value: &Value, name: &str, min: i64, max: i64) -> Result<i64, String> {
-    value
-        .as_i64()
-        .filter(|v| (min..=max).contains(v))
-        .ok_or_else(|| format!("input {name:?}: {value} is not an integer in [{min}, {max}]"))
-}
-
-/// Tensor bytes as a flat JSON array.
-fn encode_data(tensor: &TensorData) -> Value {
-    let chunks = tensor.bytes.chunks_exact(tensor.ty.size());
-    let values: Vec<Value> = match tensor.ty {
-        ElementType::F32 => chunks.map(|c| json!(f32::from_le_bytes(c.try_into().unwrap()))).collect(),
-        ElementType::F64 => chunks.map(|c| json!(f64::from_le_bytes(c.try_into().unwrap()))).collect(),
-        ElementType::I64 => chunks.map(|c| json!(i64::from_le_bytes(c.try_into().unwrap()))).collect(),
-        ElementType::I32 => chunks.map(|c| json!(i32::from_le_bytes(c.try_into().unwrap()))).collect(),
-        ElementType::U8 => chunks.map(|c| json!(c[0])).collect(),
-        ElementType::F16 => chunks.map(|c| json!(half::f16::from_le_bytes([c[0], c[1]]).to_f32())).collect(),
-        ElementType::BF16 => {
-            chunks.map(|c| json!(half::bf16::from_le_bytes([c[0], c[1]]).to_f32())).collect()
-        }
-    };
-    Value::Array(values)
+        .filter(|(name, _)| request.outputs.as_ref().is_none_or(|names| names.contains(name)))
+        .map(|(name, tensor)| (name.as_str(), tensor))
+        .collect();
+    let answer = kserve::encode_response(&graph.name, request.id.as_deref(), &outputs);
+    json_bytes(StatusCode::OK, answer)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn input(datatype: &str, shape: Vec<u64>, data: Value) -> InputTensor {
-        InputTensor { name: "x".into(), shape, datatype: datatype.into(), parameters: None, data }
-    }
-
-    #[test]
-    fn nested_and_flat_data_decode_alike() {
-        let flat = decode_input(&input("INT64", vec![2, 2], json!([1, 2, 3, -4]))).unwrap();
-        let nested = decode_input(&input("INT64", vec![2, 2], json!([[1, 2], [3, -4]]))).unwrap();
-        assert_eq!(flat, nested);
-        assert_eq!(flat.bytes[24..], (-4i64).to_le_bytes());
-    }
-
-    #[test]
-    fn bad_tensors_say_what_is_wrong() {
-        let e = decode_input(&input("INT64", vec![2, 2], json!([1, 2, 3]))).unwrap_err();
-        assert!(e.contains("needs 4 values, data has 3"), "{e}");
-        let e = decode_input(&input("INT64", vec![1], json!([1.5]))).unwrap_err();
-        assert!(e.contains("not an integer"), "{e}");
-        let e = decode_input(&input("UINT8", vec![1], json!([256]))).unwrap_err();
-        assert!(e.contains("[0, 255]"), "{e}");
-        let e = decode_input(&input("BOOL", vec![1], json!([true]))).unwrap_err();
-        assert!(e.contains("not supported"), "{e}");
-        let e = decode_input(&input("FP32", vec![1], json!(["a"]))).unwrap_err();
-        assert!(e.contains("not a number"), "{e}");
-    }
 
     #[test]
     fn routes_are_counted_by_pattern() {

@@ -449,7 +449,12 @@ fn full_body(bytes: Bytes) -> WasiBody {
 
 /// A JSON response.
 pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<WasiBody> {
-    let body = full_body(Bytes::from(value.to_string()));
+    json_bytes(status, value.to_string())
+}
+
+/// A JSON response over text already written.
+pub(crate) fn json_bytes(status: StatusCode, text: impl Into<Bytes>) -> Response<WasiBody> {
+    let body = full_body(text.into());
     Response::builder()
         .status(status)
         .header("content-type", "application/json")

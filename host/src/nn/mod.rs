@@ -182,7 +182,7 @@ impl tensor::HostTensor for NnView<'_> {
         ty: tensor::TensorType,
         data: tensor::TensorData,
     ) -> wasmtime::Result<Resource<TensorData>> {
-        let tensor = TensorData { shape: dimensions, ty: element_type(ty), bytes: data };
+        let tensor = TensorData::new(dimensions, element_type(ty), data);
         Ok(self.table.push(tensor)?)
     }
 
@@ -195,7 +195,7 @@ impl tensor::HostTensor for NnView<'_> {
     }
 
     fn data(&mut self, tensor: Resource<TensorData>) -> wasmtime::Result<Vec<u8>> {
-        Ok(self.table.get(&tensor)?.bytes.clone())
+        Ok(self.table.get(&tensor)?.bytes.to_vec())
     }
 
     fn drop(&mut self, tensor: Resource<TensorData>) -> wasmtime::Result<()> {

@@ -84,7 +84,7 @@ pub fn merge(
         }
         let mut shape = vec![total_rows, max_seq];
         shape.extend_from_slice(&first.shape[2..]);
-        merged.push((name.clone(), TensorData { shape, ty, bytes }));
+        merged.push((name.clone(), TensorData::new(shape, ty, bytes)));
     }
     Ok((merged, slots))
 }
@@ -111,19 +111,21 @@ pub fn split(outputs: Tensors, slots: &[Slot], specs: &[TensorSpec]) -> Result<V
         for (slot, out) in slots.iter().zip(per_request.iter_mut()) {
             let mut shape = tensor.shape.clone();
             shape[0] = slot.rows;
-            let mut bytes;
-            if has_seq_axis {
+            let start = slot.row as usize * row_bytes;
+            let bytes = if has_seq_axis && slot.seq != max_seq {
+                // Padding cut off the end of each row: the rows are copied together.
                 let step = tensor.shape[2..].iter().map(|&d| d as usize).product::<usize>() * element;
                 shape[1] = slot.seq;
-                bytes = Vec::with_capacity(slot.rows as usize * slot.seq as usize * step);
-                for r in slot.row..slot.row + slot.rows {
-                    let start = r as usize * row_bytes;
-                    bytes.extend_from_slice(&tensor.bytes[start..start + slot.seq as usize * step]);
+                let kept = slot.seq as usize * step;
+                let mut bytes = Vec::with_capacity(slot.rows as usize * kept);
+                for r in 0..slot.rows as usize {
+                    bytes.extend_from_slice(&tensor.bytes[start + r * row_bytes..][..kept]);
                 }
+                bytes.into()
             } else {
-                let start = slot.row as usize * row_bytes;
-                bytes = tensor.bytes[start..start + slot.rows as usize * row_bytes].to_vec();
-            }
+                // The request's rows are one run of the batch's bytes: shared, not copied.
+                tensor.bytes.slice(start..start + slot.rows as usize * row_bytes)
+            };
             out.push((name.clone(), TensorData { shape, ty: tensor.ty, bytes }));
         }
     }
@@ -149,8 +151,8 @@ mod tests {
 
     fn ids(rows: &[&[i64]]) -> Tensors {
         let seq = rows[0].len() as u32;
-        let bytes = rows.iter().flat_map(|r| r.iter().flat_map(|v| v.to_le_bytes())).collect();
-        vec![("ids".into(), TensorData { shape: vec![rows.len() as u32, seq], ty: ElementType::I64, bytes })]
+        let bytes: Vec<u8> = rows.iter().flat_map(|r| r.iter().flat_map(|v| v.to_le_bytes())).collect();
+        vec![("ids".into(), TensorData::new(vec![rows.len() as u32, seq], ElementType::I64, bytes))]
     }
 
     fn values(t: &TensorData) -> Vec<i64> {
@@ -171,16 +173,9 @@ mod tests {
     #[test]
     fn split_removes_padding_on_dynamic_sequence_axes_only() {
         let slots = [Slot { row: 0, rows: 1, seq: 3 }, Slot { row: 1, rows: 1, seq: 1 }];
-        let hidden = TensorData {
-            shape: vec![2, 3],
-            ty: ElementType::I64,
-            bytes: [1i64, 2, 3, 4, -1, -1].iter().flat_map(|v| v.to_le_bytes()).collect(),
-        };
-        let fixed = TensorData {
-            shape: vec![2, 3],
-            ty: ElementType::I64,
-            bytes: [7i64, 7, 7, 8, 8, 8].iter().flat_map(|v| v.to_le_bytes()).collect(),
-        };
+        let i64s = |v: [i64; 6]| v.map(i64::to_le_bytes).concat();
+        let hidden = TensorData::new(vec![2, 3], ElementType::I64, i64s([1, 2, 3, 4, -1, -1]));
+        let fixed = TensorData::new(vec![2, 3], ElementType::I64, i64s([7, 7, 7, 8, 8, 8]));
         let specs = [
             TensorSpec {
                 name: "hidden".into(),
@@ -207,13 +202,9 @@ mod tests {
     fn shapes_that_cannot_share_a_batch() {
         assert!(batch_shape(&ids(&[&[1, 2]])).is_some());
         let mut mismatched = ids(&[&[1, 2]]);
-        mismatched.push((
-            "mask".into(),
-            TensorData { shape: vec![1, 3], ty: ElementType::I64, bytes: vec![0; 24] },
-        ));
+        mismatched.push(("mask".into(), TensorData::new(vec![1, 3], ElementType::I64, vec![0; 24])));
         assert!(batch_shape(&mismatched).is_none(), "inputs disagree on the sequence length");
-        let scalar =
-            vec![("x".into(), TensorData { shape: vec![4], ty: ElementType::F32, bytes: vec![0; 16] })];
+        let scalar = vec![("x".into(), TensorData::new(vec![4], ElementType::F32, vec![0; 16]))];
         assert!(batch_shape(&scalar).is_none(), "rank 1 has no sequence axis");
     }
 }

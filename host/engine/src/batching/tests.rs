@@ -14,6 +14,10 @@ struct FakeEngine {
     outputs: Vec<TensorSpec>,
     /// (rows, seq, ids) of every run, in order.
     runs: Mutex<Vec<(u32, u32, Vec<i64>)>>,
+    /// Where each run's `ids` bytes were, and the output buffers it made: to tell copies from
+    /// shared bytes.
+    seen_inputs: Mutex<Vec<usize>>,
+    produced: Mutex<Vec<bytes::Bytes>>,
     run_time: Duration,
 }
 
@@ -41,6 +45,8 @@ impl FakeEngine {
                 },
             ],
             runs: Mutex::new(Vec::new()),
+            seen_inputs: Mutex::new(Vec::new()),
+            produced: Mutex::new(Vec::new()),
             run_time,
         })
     }
@@ -60,12 +66,13 @@ impl Engine for FakeEngine {
     }
 
     fn run(&self, inputs: Tensors) -> Result<Tensors, EngineError> {
-        std::thread::sleep(self.run_time);
         let ids = &inputs[0].1;
         let (rows, seq) = (ids.shape[0], ids.shape[1]);
         let values: Vec<i64> =
             ids.bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect();
         self.runs.lock().unwrap().push((rows, seq, values.clone()));
+        self.seen_inputs.lock().unwrap().push(ids.bytes.as_ptr() as usize);
+        std::thread::sleep(self.run_time);
         if values.contains(&999) {
             panic!("the fake engine panics on 999");
         }
@@ -79,17 +86,22 @@ impl Engine for FakeEngine {
             .map(|row| row.iter().sum::<i64>() as f32)
             .flat_map(f32::to_le_bytes)
             .collect();
-        Ok(vec![
-            ("hidden".into(), TensorData { shape: vec![rows, seq, 2], ty: ElementType::F32, bytes: hidden }),
-            ("pooled".into(), TensorData { shape: vec![rows, 1], ty: ElementType::F32, bytes: pooled }),
-        ])
+        let outputs = vec![
+            ("hidden".into(), TensorData::new(vec![rows, seq, 2], ElementType::F32, hidden)),
+            ("pooled".into(), TensorData::new(vec![rows, 1], ElementType::F32, pooled)),
+        ];
+        self.produced
+            .lock()
+            .unwrap()
+            .extend(outputs.iter().map(|(_, t): &(String, TensorData)| t.bytes.clone()));
+        Ok(outputs)
     }
 }
 
 fn request(rows: &[&[i64]]) -> Tensors {
     let seq = rows[0].len() as u32;
-    let bytes = rows.iter().flat_map(|r| r.iter().flat_map(|v| v.to_le_bytes())).collect();
-    vec![("ids".into(), TensorData { shape: vec![rows.len() as u32, seq], ty: ElementType::I64, bytes })]
+    let bytes: Vec<u8> = rows.iter().flat_map(|r| r.iter().flat_map(|v| v.to_le_bytes())).collect();
+    vec![("ids".into(), TensorData::new(vec![rows.len() as u32, seq], ElementType::I64, bytes))]
 }
 
 fn policy(max_batch_size: u32, max_batch_tokens: u64, delay_ms: u64) -> BatchPolicy {
@@ -217,12 +229,9 @@ async fn a_failing_request_fails_alone() {
 async fn invalid_inputs_are_rejected_before_queueing() {
     let engine = FakeEngine::new(Duration::ZERO);
     let batcher = Batcher::spawn("fake", vec![engine.clone()], policy(8, 4096, 0));
-    let wrong_type =
-        vec![("ids".into(), TensorData { shape: vec![1, 1], ty: ElementType::F32, bytes: vec![0; 4] })];
-    let wrong_name =
-        vec![("tokens".into(), TensorData { shape: vec![1, 1], ty: ElementType::I64, bytes: vec![0; 8] })];
-    let short_data =
-        vec![("ids".into(), TensorData { shape: vec![1, 2], ty: ElementType::I64, bytes: vec![0; 8] })];
+    let wrong_type = vec![("ids".into(), TensorData::new(vec![1, 1], ElementType::F32, vec![0; 4]))];
+    let wrong_name = vec![("tokens".into(), TensorData::new(vec![1, 1], ElementType::I64, vec![0; 8]))];
+    let short_data = vec![("ids".into(), TensorData::new(vec![1, 2], ElementType::I64, vec![0; 8]))];
     for bad in [wrong_type, wrong_name, short_data] {
         assert!(matches!(batcher.compute(bad).await, Err(EngineError::InvalidArgument(_))));
     }
@@ -282,4 +291,51 @@ async fn past_max_queue_requests_are_refused_at_once_and_places_come_back() {
     for i in 0..3i64 {
         batcher.compute(request(&[&[i + 10]])).await.expect("places are free again");
     }
+}
+
+/// Whether `part` lies inside one of `buffers` (shared bytes) rather than in a copy.
+fn shared_with(part: &bytes::Bytes, buffers: &[bytes::Bytes]) -> bool {
+    let start = part.as_ptr() as usize;
+    buffers.iter().any(|b| {
+        let range = b.as_ptr() as usize..b.as_ptr() as usize + b.len();
+        range.contains(&start) && start + part.len() <= range.end
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tensors_are_handed_on_not_copied() {
+    // Alone: the engine reads the caller's own bytes, the caller gets the engine's own outputs.
+    let engine = FakeEngine::new(Duration::ZERO);
+    let batcher = Batcher::spawn("fake", vec![engine.clone()], policy(1, 4096, 0));
+    let sent = request(&[&[1, 2, 3]]);
+    let address = sent[0].1.bytes.as_ptr() as usize;
+    let answer = batcher.compute(sent).await.unwrap();
+    assert_eq!(*engine.seen_inputs.lock().unwrap(), [address], "the input reached the engine uncopied");
+    let produced = engine.produced.lock().unwrap().clone();
+    assert!(answer.iter().all(|(_, t)| shared_with(&t.bytes, &produced)), "outputs came back uncopied");
+
+    // Batched: inputs are merged (one copy); each request's rows of the outputs are shared,
+    // except per-token rows whose padding is cut off (a shorter request's `hidden`).
+    let engine = FakeEngine::new(Duration::from_millis(300));
+    // No waiting for batch-mates: the blocker runs alone, the two others queue behind it.
+    let batcher = Batcher::spawn("fake", vec![engine.clone()], policy(8, 4096, 0));
+    let blocker = tokio::spawn({
+        let batcher = batcher.clone();
+        async move { batcher.compute(request(&[&[9]])).await }
+    });
+    while engine.runs().is_empty() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let (long, short) =
+        tokio::join!(batcher.compute(request(&[&[1, 2, 3], &[4, 5, 6]])), batcher.compute(request(&[&[7]])));
+    blocker.await.unwrap().unwrap();
+    let (long, short) = (long.unwrap(), short.unwrap());
+    assert_eq!(engine.runs().len(), 2, "the two requests shared a run: {:?}", engine.runs());
+    let produced = engine.produced.lock().unwrap().clone();
+    let output = |answer: &Tensors, name: &str| answer.iter().find(|(n, _)| n == name).unwrap().1.clone();
+    assert!(shared_with(&output(&long, "hidden").bytes, &produced));
+    assert!(shared_with(&output(&long, "pooled").bytes, &produced));
+    assert!(shared_with(&output(&short, "pooled").bytes, &produced));
+    assert!(!shared_with(&output(&short, "hidden").bytes, &produced), "padding cut: a copy");
+    assert_eq!(output(&short, "hidden").shape, [1, 1, 2]);
 }

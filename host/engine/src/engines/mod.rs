@@ -5,60 +5,7 @@ pub mod onnx;
 
 use std::fmt;
 
-/// Element types a wasi:nn tensor can carry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ElementType {
-    F16,
-    F32,
-    F64,
-    BF16,
-    U8,
-    I32,
-    I64,
-}
-
-impl ElementType {
-    /// Bytes per element.
-    pub fn size(self) -> usize {
-        match self {
-            ElementType::U8 => 1,
-            ElementType::F16 | ElementType::BF16 => 2,
-            ElementType::F32 | ElementType::I32 => 4,
-            ElementType::F64 | ElementType::I64 => 8,
-        }
-    }
-}
-
-/// A dense row-major tensor in host memory; `bytes` are little-endian elements.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TensorData {
-    pub shape: Vec<u32>,
-    pub ty: ElementType,
-    pub bytes: Vec<u8>,
-}
-
-impl TensorData {
-    /// Checks that `bytes` holds exactly `shape`'s elements of `ty`.
-    pub fn validate(&self) -> Result<(), EngineError> {
-        let elements = self
-            .shape
-            .iter()
-            .try_fold(1usize, |acc, &d| acc.checked_mul(d as usize))
-            .ok_or_else(|| EngineError::invalid("tensor shape overflows"))?;
-        let expected = elements
-            .checked_mul(self.ty.size())
-            .ok_or_else(|| EngineError::invalid("tensor size overflows"))?;
-        if expected != self.bytes.len() {
-            return Err(EngineError::invalid(format!(
-                "tensor of shape {:?} and type {:?} needs {expected} bytes, got {}",
-                self.shape,
-                self.ty,
-                self.bytes.len()
-            )));
-        }
-        Ok(())
-    }
-}
+pub use edgeinfer_tensor::{ElementType, TensorData};
 
 /// A model input or output as the model declares it.
 #[derive(Clone, Debug, PartialEq)]
@@ -81,7 +28,7 @@ pub fn check_inputs(inputs: &[(String, TensorData)], specs: &[TensorSpec]) -> Re
             .iter()
             .find(|s| s.name == *name)
             .ok_or_else(|| EngineError::invalid(format!("the model has no input {name:?}")))?;
-        tensor.validate()?;
+        tensor.validate().map_err(|e| EngineError::invalid(format!("input {name:?}: {e}")))?;
         if spec.ty != Some(tensor.ty) {
             return Err(EngineError::invalid(format!(
                 "input {name:?} must be {:?}, got {:?}",
@@ -179,7 +126,7 @@ mod tests {
         let specs = [spec("ids"), spec("mask")];
         let tensor = |shape: Vec<u32>| {
             let bytes = vec![0; shape.iter().product::<u32>() as usize * 8];
-            TensorData { shape, ty: ElementType::I64, bytes }
+            TensorData::new(shape, ElementType::I64, bytes)
         };
         let same = [("ids".to_string(), tensor(vec![2, 4])), ("mask".to_string(), tensor(vec![2, 4]))];
         assert_eq!(check_inputs(&same, &specs), Ok(()));
@@ -192,16 +139,5 @@ mod tests {
         let unnamed: Vec<TensorSpec> =
             specs.iter().map(|s| TensorSpec { symbols: vec![], ..s.clone() }).collect();
         assert_eq!(check_inputs(&longer, &unnamed), Ok(()));
-    }
-
-    #[test]
-    fn validate_checks_byte_length() {
-        let t = TensorData { shape: vec![2, 3], ty: ElementType::I64, bytes: vec![0; 48] };
-        assert!(t.validate().is_ok());
-        let t = TensorData { bytes: vec![0; 47], ..t };
-        assert!(matches!(t.validate(), Err(EngineError::InvalidArgument(_))));
-        let huge =
-            TensorData { shape: vec![u32::MAX, u32::MAX, u32::MAX], ty: ElementType::F64, bytes: vec![] };
-        assert!(huge.validate().is_err());
     }
 }

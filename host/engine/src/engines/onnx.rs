@@ -1,14 +1,17 @@
 //! ONNX Runtime engine, loaded dynamically from the shared library the provisioner fetched.
 
+use std::fmt;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
 use anyhow::{Context, Result, bail};
+use bytes::Bytes;
 use ort::environment::Environment;
 use ort::ep;
 use ort::session::Session;
+use ort::session::SessionInputValue;
 use ort::session::builder::GraphOptimizationLevel;
-use ort::value::{DynValue, Tensor, ValueType};
+use ort::value::{DynValue, Tensor, TensorRef, ValueType};
 use ort::value::{PrimitiveTensorElementType, TensorElementType};
 
 use super::{ElementType, Engine, EngineError, TensorData, TensorSpec, check_inputs};
@@ -90,13 +93,13 @@ impl Engine for OnnxEngine {
 
     fn run(&self, inputs: Vec<(String, TensorData)>) -> Result<Vec<(String, TensorData)>, EngineError> {
         check_inputs(&inputs, &self.inputs)?;
-        let values: Vec<(String, DynValue)> = inputs
-            .into_iter()
-            .map(|(name, tensor)| Ok((name, to_ort(tensor)?)))
+        let values: Vec<(&str, SessionInputValue<'_>)> = inputs
+            .iter()
+            .map(|(name, tensor)| Ok((name.as_str(), to_ort(tensor)?)))
             .collect::<Result<_, EngineError>>()?;
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
         let outputs = session.run(values).map_err(|e| EngineError::Runtime(e.to_string()))?;
-        outputs.iter().map(|(name, value)| Ok((name.to_string(), from_ort(&value)?))).collect()
+        outputs.into_iter().map(|(name, value)| Ok((name.to_string(), from_ort(value)?))).collect()
     }
 }
 
@@ -134,58 +137,77 @@ fn element_type(ty: TensorElementType) -> Option<ElementType> {
     })
 }
 
-fn to_ort(tensor: TensorData) -> Result<DynValue, EngineError> {
-    let shape: Vec<i64> = tensor.shape.iter().map(|&d| d as i64).collect();
-    let bytes = &tensor.bytes;
+/// A session input over the tensor's own bytes: a view, not a copy, when they are aligned for
+/// their element type (allocations are, in practice).
+fn to_ort(tensor: &TensorData) -> Result<SessionInputValue<'_>, EngineError> {
     let runtime = |e: ort::Error| EngineError::Runtime(e.to_string());
-    Ok(match tensor.ty {
-        ElementType::F32 => {
-            Tensor::from_array((shape, decode(bytes, f32::from_le_bytes))).map_err(runtime)?.into_dyn()
-        }
-        ElementType::F64 => {
-            Tensor::from_array((shape, decode(bytes, f64::from_le_bytes))).map_err(runtime)?.into_dyn()
-        }
-        ElementType::I32 => {
-            Tensor::from_array((shape, decode(bytes, i32::from_le_bytes))).map_err(runtime)?.into_dyn()
-        }
-        ElementType::I64 => {
-            Tensor::from_array((shape, decode(bytes, i64::from_le_bytes))).map_err(runtime)?.into_dyn()
-        }
-        ElementType::U8 => Tensor::from_array((shape, bytes.clone())).map_err(runtime)?.into_dyn(),
+    match tensor.ty {
+        ElementType::F32 => view::<f32>(tensor).map_err(runtime),
+        ElementType::F64 => view::<f64>(tensor).map_err(runtime),
+        ElementType::I32 => view::<i32>(tensor).map_err(runtime),
+        ElementType::I64 => view::<i64>(tensor).map_err(runtime),
+        ElementType::U8 => view::<u8>(tensor).map_err(runtime),
         ElementType::F16 | ElementType::BF16 => {
-            return Err(EngineError::invalid(format!("{:?} tensors are not supported yet", tensor.ty)));
+            Err(EngineError::invalid(format!("{:?} tensors are not supported yet", tensor.ty)))
         }
+    }
+}
+
+fn view<T: PrimitiveTensorElementType + bytemuck::Pod + fmt::Debug>(
+    tensor: &TensorData,
+) -> ort::Result<SessionInputValue<'_>> {
+    let shape: Vec<i64> = tensor.shape.iter().map(|&d| i64::from(d)).collect();
+    Ok(match bytemuck::try_cast_slice::<u8, T>(&tensor.bytes) {
+        Ok(values) => TensorRef::from_array_view((shape, values))?.into(),
+        Err(_) => Tensor::from_array((shape, bytemuck::pod_collect_to_vec::<u8, T>(&tensor.bytes)))?.into(),
     })
 }
 
-fn from_ort(value: &DynValue) -> Result<TensorData, EngineError> {
-    let ValueType::Tensor { ty, .. } = value.dtype() else {
+/// An output tensor whose bytes stay in ONNX Runtime's value: handed on, not copied.
+fn from_ort(value: DynValue) -> Result<TensorData, EngineError> {
+    let ValueType::Tensor { ty, shape, .. } = value.dtype() else {
         return Err(EngineError::Runtime("model output is not a tensor".into()));
     };
+    let shape = shape
+        .iter()
+        .map(|&d| u32::try_from(d))
+        .collect::<Result<Vec<u32>, _>>()
+        .map_err(|_| EngineError::Runtime(format!("model output has shape {shape:?}")))?;
     let runtime = |e: ort::Error| EngineError::Runtime(e.to_string());
-    let (ty, shape, bytes) = match ty {
-        TensorElementType::Float32 => extract(value, ElementType::F32, f32::to_le_bytes).map_err(runtime)?,
-        TensorElementType::Float64 => extract(value, ElementType::F64, f64::to_le_bytes).map_err(runtime)?,
-        TensorElementType::Int32 => extract(value, ElementType::I32, i32::to_le_bytes).map_err(runtime)?,
-        TensorElementType::Int64 => extract(value, ElementType::I64, i64::to_le_bytes).map_err(runtime)?,
-        TensorElementType::Uint8 => extract(value, ElementType::U8, u8::to_le_bytes).map_err(runtime)?,
+    let (ty, bytes) = match ty {
+        TensorElementType::Float32 => (ElementType::F32, output_bytes::<f32>(value).map_err(runtime)?),
+        TensorElementType::Float64 => (ElementType::F64, output_bytes::<f64>(value).map_err(runtime)?),
+        TensorElementType::Int32 => (ElementType::I32, output_bytes::<i32>(value).map_err(runtime)?),
+        TensorElementType::Int64 => (ElementType::I64, output_bytes::<i64>(value).map_err(runtime)?),
+        TensorElementType::Uint8 => (ElementType::U8, output_bytes::<u8>(value).map_err(runtime)?),
         other => return Err(EngineError::Runtime(format!("model output type {other:?} is not supported"))),
     };
     Ok(TensorData { shape, ty, bytes })
 }
 
-fn extract<T: PrimitiveTensorElementType + Copy, const N: usize>(
-    value: &DynValue,
-    ty: ElementType,
-    to_bytes: fn(T) -> [u8; N],
-) -> ort::Result<(ElementType, Vec<u32>, Vec<u8>)> {
-    let (shape, data) = value.try_extract_tensor::<T>()?;
-    let shape = shape.iter().map(|&d| d as u32).collect();
-    Ok((ty, shape, data.iter().flat_map(|&v| to_bytes(v)).collect()))
+fn output_bytes<T: PrimitiveTensorElementType + bytemuck::Pod>(value: DynValue) -> ort::Result<Bytes> {
+    let (_, data) = value.try_extract_tensor::<T>()?;
+    let data: &[u8] = bytemuck::cast_slice(data);
+    if data.is_empty() {
+        return Ok(Bytes::new());
+    }
+    let (address, len) = (data.as_ptr() as usize, data.len());
+    Ok(Bytes::from_owner(OutputBytes { _value: value, address, len }))
 }
 
-fn decode<T, const N: usize>(bytes: &[u8], from: fn([u8; N]) -> T) -> Vec<T> {
-    bytes.chunks_exact(N).map(|c| from(c.try_into().expect("chunk of N bytes"))).collect()
+/// An output value and where its data lies; the data lives, unchanged, as long as the value.
+struct OutputBytes {
+    _value: DynValue,
+    address: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for OutputBytes {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `address..address + len` is the CPU data of `_value`, which this struct owns and
+        // nothing writes to after the run; a value's data does not move when the value does.
+        unsafe { std::slice::from_raw_parts(self.address as *const u8, self.len) }
+    }
 }
 
 /// Fails unless `path` holds a file: used before loading to give a clear error.
