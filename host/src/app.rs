@@ -178,7 +178,7 @@ impl App {
         wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
         // Outgoing HTTP of WASI 0.2 components (e.g. the nn-remote wasi:nn provider).
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-        crate::nn::add_to_linker(&mut linker)?;
+        edgeinfer_wasi_nn::add_to_linker(&mut linker)?;
 
         if let Some(unknown) = limits.keys().find(|id| !manifest.components.contains_key(*id)) {
             bail!(
@@ -271,7 +271,7 @@ fn load_component(
         environment: component.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         mounts,
         allowed_models: Arc::new(component.ai_models.iter().cloned().collect()),
-        registry: registry.clone(),
+        models: Arc::new(crate::nn::RegistryModels(registry.clone())),
         allowed_outbound_hosts: Arc::new(allowed_outbound_hosts),
         max_memory_bytes: limits.max_memory_bytes as usize,
         interrupt_after: request_timeout + INTERRUPT_GRACE,

@@ -17,9 +17,8 @@ use wasmtime_wasi_http::handler::{
 };
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::nn::{NnCtx, NnStoreView, NnView};
 use crate::outbound::{AllowedHost, OutboundPolicy};
-use edgeinfer_engine::registry::GraphRegistry;
+use edgeinfer_wasi_nn::{ModelProvider, NnCtx, NnStoreView, NnView};
 
 /// Everything a component instance's store holds.
 pub struct InstanceState {
@@ -60,7 +59,8 @@ pub struct InstanceSpec {
     /// (host directory, guest path), read-only.
     pub mounts: Vec<(PathBuf, String)>,
     pub allowed_models: Arc<BTreeSet<String>>,
-    pub registry: Arc<GraphRegistry>,
+    /// The models its wasi:nn loads from.
+    pub models: Arc<dyn ModelProvider>,
     /// Where outbound HTTP may go.
     pub allowed_outbound_hosts: Arc<Vec<AllowedHost>>,
     /// Linear memory cap per instance.
@@ -85,7 +85,7 @@ impl InstanceSpec {
             table: ResourceTable::new(),
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
-            nn: NnCtx::new(self.registry.clone(), self.allowed_models.clone()),
+            nn: NnCtx::new(self.models.clone(), self.allowed_models.clone()),
             outbound: OutboundPolicy::new(self.allowed_outbound_hosts.clone()),
             limits: StoreLimitsBuilder::new().memory_size(self.max_memory_bytes).build(),
             // Instantiation runs guest code too: it gets a request's deadline.

@@ -1,22 +1,26 @@
-//! The host's own `wasi:nn` (0.2.0-rc-2024-10-28): graphs come from the shared registry,
-//! `load-by-name` is limited to the component's `ai_models`, `compute` goes through the model's
-//! batcher.
+//! The host's own `wasi:nn` (0.2.0-rc-2024-10-28) for wasmtime components, in the shape of
+//! wasmtime-wasi-nn: per-instance state ([`NnCtx`]) plus the store's resource table ([`NnView`]).
+//! Which models exist and how they run is a [`ModelProvider`]'s business (the host's model
+//! registry and batchers, or a fake in tests); this crate holds the guest-facing rules:
+//! `load` from bytes is refused, `load-by-name` is limited to the component's models, owned
+//! inputs are taken without a copy, and each failure has its wasi:nn error code.
 
 use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
-use edgeinfer_engine::engines::{ElementType, EngineError, TensorData};
-use edgeinfer_engine::registry::{GraphRegistry, ModelSlot};
+pub use edgeinfer_tensor::{ElementType, TensorData};
 
 mod bindings {
     wasmtime::component::bindgen!({
-        path: "../wit/deps/wasi-nn",
+        path: "../../wit/deps/wasi-nn",
         world: "ml",
         with: {
             "wasi:nn/graph.graph": super::GraphHandle,
-            "wasi:nn/tensor.tensor": edgeinfer_engine::engines::TensorData,
+            "wasi:nn/tensor.tensor": edgeinfer_tensor::TensorData,
             "wasi:nn/inference.graph-execution-context": super::ExecutionContext,
             "wasi:nn/errors.error": super::NnError,
         },
@@ -28,30 +32,64 @@ mod bindings {
 }
 
 use bindings::wasi::nn::{errors, graph, inference, tensor};
-use errors::ErrorCode;
+pub use errors::ErrorCode;
 
-/// A graph handed to a guest: the model, whose serving graph is looked up at each compute so that
-/// a reloaded model serves handles taken before the reload.
-pub struct GraphHandle(Arc<ModelSlot>);
+/// Named tensors: a compute call's inputs or outputs.
+pub type Tensors = Vec<(String, TensorData)>;
+
+/// Why a model cannot be had or cannot run; each becomes a wasi:nn error code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelError {
+    /// No model of that name.
+    NotFound(String),
+    /// The model exists but cannot serve now (e.g. it failed to load).
+    Unavailable(String),
+    /// Wrong input names, types or shapes.
+    InvalidArgument(String),
+    /// The model's queue is full: the guest should answer "retry later".
+    Overloaded(String),
+    /// The engine failed while running.
+    Runtime(String),
+}
+
+/// The future of one compute call.
+pub type ComputeFuture<'a> = Pin<Box<dyn Future<Output = Result<Tensors, ModelError>> + Send + 'a>>;
+
+/// A model a guest holds a graph of.
+pub trait Model: Send + Sync {
+    /// Runs one inference on named inputs, returning every output by name.
+    fn compute(&self, inputs: Tensors) -> ComputeFuture<'_>;
+}
+
+/// Where models come from.
+pub trait ModelProvider: Send + Sync {
+    /// The model named `name`.
+    fn model(&self, name: &str) -> Result<Arc<dyn Model>, ModelError>;
+}
+
+/// A graph handed to a guest.
+pub struct GraphHandle(Arc<dyn Model>);
 
 /// An execution context: the model it runs.
-pub struct ExecutionContext(Arc<ModelSlot>);
+pub struct ExecutionContext(Arc<dyn Model>);
 
 /// A wasi:nn error resource.
+#[derive(Debug)]
 pub struct NnError {
     code: ErrorCode,
     message: String,
 }
 
-/// Per-instance wasi:nn state: the shared registry and what this component may load.
+/// Per-instance wasi:nn state: the models and which of them this component may load.
 pub struct NnCtx {
-    registry: Arc<GraphRegistry>,
+    models: Arc<dyn ModelProvider>,
     allowed_models: Arc<BTreeSet<String>>,
 }
 
 impl NnCtx {
-    pub fn new(registry: Arc<GraphRegistry>, allowed_models: Arc<BTreeSet<String>>) -> NnCtx {
-        NnCtx { registry, allowed_models }
+    /// State for an instance of a component whose `ai_models` are `allowed_models`.
+    pub fn new(models: Arc<dyn ModelProvider>, allowed_models: Arc<BTreeSet<String>>) -> NnCtx {
+        NnCtx { models, allowed_models }
     }
 }
 
@@ -67,7 +105,7 @@ pub trait NnStoreView: Send {
 }
 
 /// Marker tying the generated traits to `NnView`.
-pub struct WasiNn;
+struct WasiNn;
 
 impl HasData for WasiNn {
     type Data<'a> = NnView<'a>;
@@ -86,6 +124,17 @@ impl NnView<'_> {
         tracing::debug!(?code, %message, "wasi:nn error");
         Ok(Err(self.table.push(NnError { code, message })?))
     }
+
+    fn model_error<T>(&mut self, error: ModelError) -> NnResult<T> {
+        match error {
+            ModelError::NotFound(m) => self.error(ErrorCode::NotFound, m),
+            ModelError::Unavailable(m) | ModelError::Runtime(m) => self.error(ErrorCode::RuntimeError, m),
+            ModelError::InvalidArgument(m) => self.error(ErrorCode::InvalidArgument, m),
+            // wasi:nn has no "busy" code: a full queue is a runtime error whose data starts with
+            // `overloaded:`, which handlers answer as 503 Overloaded (components/text-handler).
+            ModelError::Overloaded(m) => self.error(ErrorCode::RuntimeError, format!("overloaded: {m}")),
+        }
+    }
 }
 
 impl graph::Host for NnView<'_> {
@@ -95,7 +144,7 @@ impl graph::Host for NnView<'_> {
         _encoding: graph::GraphEncoding,
         _target: graph::ExecutionTarget,
     ) -> NnResult<Resource<GraphHandle>> {
-        // Models come from the operator's runtime config, never from guest bytes.
+        // Models come from the operator's configuration, never from guest bytes.
         self.error(ErrorCode::Security, "loading graphs from bytes is disabled; use load-by-name")
     }
 
@@ -104,14 +153,10 @@ impl graph::Host for NnView<'_> {
             return self
                 .error(ErrorCode::Security, format!("model {name:?} is not in this component's ai_models"));
         }
-        if let Some(failed) = self.ctx.registry.failure(&name) {
-            let message = format!("model {name:?} is unavailable: it failed to load: {}", failed.error);
-            return self.error(ErrorCode::RuntimeError, message);
+        match self.ctx.models.model(&name) {
+            Ok(model) => Ok(Ok(self.table.push(GraphHandle(model))?)),
+            Err(e) => self.model_error(e),
         }
-        let Some(slot) = self.ctx.registry.slot(&name).cloned() else {
-            return self.error(ErrorCode::NotFound, format!("no model named {name:?} is loaded"));
-        };
-        Ok(Ok(self.table.push(GraphHandle(slot))?))
     }
 }
 
@@ -120,8 +165,8 @@ impl graph::HostGraph for NnView<'_> {
         &mut self,
         graph: Resource<GraphHandle>,
     ) -> NnResult<Resource<ExecutionContext>> {
-        let graph = self.table.get(&graph)?.0.clone();
-        Ok(Ok(self.table.push(ExecutionContext(graph))?))
+        let model = self.table.get(&graph)?.0.clone();
+        Ok(Ok(self.table.push(ExecutionContext(model))?))
     }
 
     fn drop(&mut self, graph: Resource<GraphHandle>) -> wasmtime::Result<()> {
@@ -133,7 +178,7 @@ impl graph::HostGraph for NnView<'_> {
 impl inference::Host for NnView<'_> {}
 
 impl inference::HostGraphExecutionContext for NnView<'_> {
-    /// Queues the inference on the model's batcher: the calling instance waits (its call into
+    /// Runs the inference where the provider sends it: the calling instance waits (its call into
     /// wasi:nn is synchronous), the async runtime and every other instance keep going.
     async fn compute(
         &mut self,
@@ -146,12 +191,8 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
         for (name, tensor) in inputs {
             tensors.push((name, self.table.delete(tensor)?));
         }
-        let slot = self.table.get(&context)?.0.clone();
-        let Some(graph) = slot.graph() else {
-            return self.error(ErrorCode::RuntimeError, format!("model {:?} is unavailable", slot.name));
-        };
-        let result = graph.batcher.compute(tensors).await;
-        match result {
+        let model = self.table.get(&context)?.0.clone();
+        match model.compute(tensors).await {
             Ok(outputs) => {
                 let mut handles = Vec::with_capacity(outputs.len());
                 for (name, tensor) in outputs {
@@ -159,11 +200,7 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
                 }
                 Ok(Ok(handles))
             }
-            Err(EngineError::InvalidArgument(m)) => self.error(ErrorCode::InvalidArgument, m),
-            Err(EngineError::Runtime(m)) => self.error(ErrorCode::RuntimeError, m),
-            // wasi:nn has no "busy" code: a full queue is a runtime error whose data starts with
-            // `overloaded:`, which handlers answer as 503 Overloaded (components/text-handler).
-            Err(e @ EngineError::Overloaded(_)) => self.error(ErrorCode::RuntimeError, e.to_string()),
+            Err(e) => self.model_error(e),
         }
     }
 
@@ -182,8 +219,7 @@ impl tensor::HostTensor for NnView<'_> {
         ty: tensor::TensorType,
         data: tensor::TensorData,
     ) -> wasmtime::Result<Resource<TensorData>> {
-        let tensor = TensorData::new(dimensions, element_type(ty), data);
-        Ok(self.table.push(tensor)?)
+        Ok(self.table.push(TensorData::new(dimensions, element_type(ty), data))?)
     }
 
     fn dimensions(&mut self, tensor: Resource<TensorData>) -> wasmtime::Result<Vec<u32>> {
@@ -191,9 +227,10 @@ impl tensor::HostTensor for NnView<'_> {
     }
 
     fn ty(&mut self, tensor: Resource<TensorData>) -> wasmtime::Result<tensor::TensorType> {
-        Ok(wit_type(self.table.get(&tensor)?.ty))
+        Ok(tensor_type(self.table.get(&tensor)?.ty))
     }
 
+    /// The one copy of an output on its way to the guest: `list<u8>` is returned by value.
     fn data(&mut self, tensor: Resource<TensorData>) -> wasmtime::Result<Vec<u8>> {
         Ok(self.table.get(&tensor)?.bytes.to_vec())
     }
@@ -233,7 +270,7 @@ fn element_type(ty: tensor::TensorType) -> ElementType {
     }
 }
 
-fn wit_type(ty: ElementType) -> tensor::TensorType {
+fn tensor_type(ty: ElementType) -> tensor::TensorType {
     match ty {
         ElementType::F16 => tensor::TensorType::Fp16,
         ElementType::F32 => tensor::TensorType::Fp32,
@@ -244,3 +281,6 @@ fn wit_type(ty: ElementType) -> tensor::TensorType {
         ElementType::I64 => tensor::TensorType::I64,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,42 @@
+//! wasi:nn's models are the registry's: a guest's graph is a model slot, whose serving graph is
+//! looked up at each compute (so a reloaded model serves handles taken before the reload), and
+//! every compute goes through the model's batcher.
+
+use std::sync::Arc;
+
+use edgeinfer_engine::engines::EngineError;
+use edgeinfer_engine::registry::{GraphRegistry, ModelSlot};
+use edgeinfer_wasi_nn::{ComputeFuture, Model, ModelError, ModelProvider, Tensors};
+
+/// The registry as wasi:nn's model provider.
+pub struct RegistryModels(pub Arc<GraphRegistry>);
+
+impl ModelProvider for RegistryModels {
+    fn model(&self, name: &str) -> Result<Arc<dyn Model>, ModelError> {
+        if let Some(failed) = self.0.failure(name) {
+            let message = format!("model {name:?} is unavailable: it failed to load: {}", failed.error);
+            return Err(ModelError::Unavailable(message));
+        }
+        match self.0.slot(name) {
+            Some(slot) => Ok(Arc::new(SlotModel(slot.clone()))),
+            None => Err(ModelError::NotFound(format!("no model named {name:?} is loaded"))),
+        }
+    }
+}
+
+struct SlotModel(Arc<ModelSlot>);
+
+impl Model for SlotModel {
+    fn compute(&self, inputs: Tensors) -> ComputeFuture<'_> {
+        Box::pin(async move {
+            let Some(graph) = self.0.graph() else {
+                return Err(ModelError::Unavailable(format!("model {:?} is unavailable", self.0.name)));
+            };
+            graph.batcher.compute(inputs).await.map_err(|e| match e {
+                EngineError::InvalidArgument(m) => ModelError::InvalidArgument(m),
+                EngineError::Runtime(m) => ModelError::Runtime(m),
+                EngineError::Overloaded(m) => ModelError::Overloaded(m),
+            })
+        })
+    }
+}
