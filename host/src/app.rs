@@ -286,7 +286,6 @@ fn load_component(
         spec: Arc::new(spec),
         policy: ReusePolicy { request_timeout, max_concurrent, ..ReusePolicy::default() },
         instances_created: AtomicU64::new(0),
-        traps: Default::default(),
     });
     tracing::info!(component = id, version = %&version[..12], compile_cache = ?outcome, "component ready");
     let admission = Admission::new(id, limits.max_concurrent_requests, limits.max_queued_requests);

@@ -1,14 +1,15 @@
 //! Per-instance store data: WASI (env, read-only file mounts, stdio), wasi:http and wasi:nn, and
 //! how a component's instances are created, reused and retired (`ProxyHandler` worker policy).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use tokio::sync::oneshot;
 use wasmtime::component::{GuestTaskId, ResourceTable};
 use wasmtime::{Engine, Store, StoreContextMut, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -30,8 +31,9 @@ pub struct InstanceState {
     limits: StoreLimits,
     /// Guest code still running after this is interrupted (the instance traps).
     interrupt_at: Instant,
-    /// The request that started last on this instance: the one a trap is reported to.
-    current_request: Option<u64>,
+    /// Where to report a trap to each request running on this instance (a trap ends them all).
+    /// (request id, report channel).
+    trap_reports: Vec<(u64, oneshot::Sender<TrapCause>)>,
 }
 
 impl WasiView for InstanceState {
@@ -90,7 +92,7 @@ impl InstanceSpec {
             limits: StoreLimitsBuilder::new().memory_size(self.max_memory_bytes).build(),
             // Instantiation runs guest code too: it gets a request's deadline.
             interrupt_at: Instant::now() + self.interrupt_after,
-            current_request: None,
+            trap_reports: Vec::new(),
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
@@ -145,48 +147,27 @@ pub enum TrapCause {
     Trap(String),
 }
 
-/// Trap causes by request id. A request on a trapped instance only learns "trapped or panicked";
-/// the instance's retirement, which has the error, leaves the cause here for the request that
-/// started last on it.
-#[derive(Default)]
-pub struct TrapCauses {
-    causes: Mutex<HashMap<u64, TrapCause>>,
-    recorded: tokio::sync::Notify,
+/// What a request brings to the instance that runs it: its id, and where the instance reports
+/// why it trapped, if it does while the request runs (the request's own `handle` call only learns
+/// "trapped or panicked").
+pub struct RequestTicket {
+    pub id: u64,
+    pub trap: oneshot::Sender<TrapCause>,
 }
 
-/// Causes nobody asked for (their request had already finished) are dropped past this many.
-const MAX_UNCLAIMED_CAUSES: usize = 1024;
-
-impl TrapCauses {
-    fn record(&self, request: u64, error: &wasmtime::Error) {
-        let cause = if error.chain().any(|c| c.downcast_ref() == Some(&wasmtime::Trap::OutOfFuel)) {
-            TrapCause::OutOfFuel
-        } else {
-            TrapCause::Trap(error.root_cause().to_string())
-        };
-        let mut causes = self.causes.lock().expect("trap causes lock");
-        if causes.len() >= MAX_UNCLAIMED_CAUSES {
-            causes.clear();
-        }
-        causes.insert(request, cause);
-        drop(causes);
-        self.recorded.notify_waiters();
+impl RequestTicket {
+    /// A ticket for request `id`, and the receiver of its trap cause.
+    pub fn new(id: u64) -> (RequestTicket, oneshot::Receiver<TrapCause>) {
+        let (trap, cause) = oneshot::channel();
+        (RequestTicket { id, trap }, cause)
     }
+}
 
-    /// The cause recorded for `request`, waiting up to `wait` for the instance to report it.
-    pub async fn take(&self, request: u64, wait: Duration) -> Option<TrapCause> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let recorded = self.recorded.notified();
-            tokio::pin!(recorded);
-            recorded.as_mut().enable();
-            if let Some(cause) = self.causes.lock().expect("trap causes lock").remove(&request) {
-                return Some(cause);
-            }
-            if tokio::time::timeout_at(deadline, recorded).await.is_err() {
-                return None;
-            }
-        }
+fn trap_cause(error: &wasmtime::Error) -> TrapCause {
+    if error.chain().any(|c| c.downcast_ref() == Some(&wasmtime::Trap::OutOfFuel)) {
+        TrapCause::OutOfFuel
+    } else {
+        TrapCause::Trap(error.root_cause().to_string())
     }
 }
 
@@ -198,8 +179,6 @@ pub struct ComponentHandler {
     pub policy: ReusePolicy,
     /// Instances created so far (observability and tests of reuse).
     pub instances_created: AtomicU64,
-    /// Why instances of this component trapped, for the requests they were running.
-    pub traps: Arc<TrapCauses>,
 }
 
 impl HandlerState for ComponentHandler {
@@ -234,7 +213,6 @@ impl HandlerState for ComponentHandler {
                 component_id: self.spec.component_id.clone(),
                 interrupt_after: self.spec.interrupt_after,
                 fuel: self.spec.fuel,
-                traps: self.traps.clone(),
             },
         })
     }
@@ -269,12 +247,11 @@ pub struct Worker {
     interrupt_after: Duration,
     /// Refilled at each request start (such instances take one request at a time).
     fuel: Option<u64>,
-    traps: Arc<TrapCauses>,
 }
 
 impl WorkerState for Worker {
     type StoreData = InstanceState;
-    type RequestData = u64;
+    type RequestData = RequestTicket;
 
     fn should_accept_request(&self, concurrent: usize, total: usize) -> ShouldAccept {
         if total >= self.policy.max_requests {
@@ -289,10 +266,13 @@ impl WorkerState for Worker {
     fn on_request_start(
         &self,
         mut store: StoreContextMut<InstanceState>,
-        request_id: u64,
+        ticket: RequestTicket,
         _task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync + 'static>> {
-        store.data_mut().current_request = Some(request_id);
+        // Requests that have ended closed their receivers: only running ones are kept.
+        let reports = &mut store.data_mut().trap_reports;
+        reports.retain(|(_, report)| !report.is_closed());
+        reports.push((ticket.id, ticket.trap));
         // Concurrent requests on one instance share its deadline: the newest sets it.
         store.data_mut().interrupt_at = Instant::now() + self.interrupt_after;
         if let Some(fuel) = self.fuel {
@@ -302,12 +282,19 @@ impl WorkerState for Worker {
         Box::pin(tokio::time::sleep(self.policy.request_timeout))
     }
 
-    fn drop(&self, store: Store<InstanceState>, result: wasmtime::Result<()>) {
+    fn drop(&self, mut store: Store<InstanceState>, result: wasmtime::Result<()>) {
         metrics::gauge!("edgeinfer_live_instances", "component" => self.component_id.clone()).decrement(1.0);
         if let Err(error) = result {
-            tracing::warn!(component = %self.component_id, "instance retired after a fault: {error:?}");
-            if let Some(request) = store.data().current_request {
-                self.traps.record(request, &error);
+            let reports = std::mem::take(&mut store.data_mut().trap_reports);
+            let requests: Vec<u64> = reports.iter().map(|(id, _)| *id).collect();
+            tracing::warn!(
+                component = %self.component_id,
+                ?requests,
+                "instance retired after a fault: {error:?}"
+            );
+            let cause = trap_cause(&error);
+            for (_, report) in reports {
+                let _ = report.send(cause.clone());
             }
         }
         drop(store);

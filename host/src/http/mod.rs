@@ -28,7 +28,7 @@ use wasmtime_wasi_http::WasiBody;
 use wasmtime_wasi_http::handler::{ExpirationError, InstantiationError, TrapOrPanicError};
 
 use crate::app::{App, LoadedComponent};
-use crate::instance::TrapCause;
+use crate::instance::{RequestTicket, TrapCause};
 
 /// Shared by all connections.
 struct Server {
@@ -61,8 +61,9 @@ const MAX_HEADER_BYTES: usize = 64 << 10;
 /// A client must send its whole request head within this (slow-header attacks).
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// How long a failed request waits for its trapped instance to report the cause.
-const TRAP_CAUSE_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+/// How long a request on a trapped instance waits for the cause at most: the instance reports it
+/// as it retires, right after the request learns of the trap; this only bounds a host bug.
+const TRAP_CAUSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long a drain waits for in-flight requests before giving up on them.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -245,9 +246,10 @@ impl Server {
         // The host's own clock: a guest spinning in a loop starves the store's event loop, so the
         // handler's timeout may not fire; the epoch interrupt then stops the guest.
         let deadline = std::time::Duration::from_millis(component.limits.request_timeout_ms);
+        let (ticket, trap_cause) = RequestTicket::new(request_id);
         let handled = async {
             let _slot = component.admission.admit().await?;
-            Some(component.handler.handle(request_id, req).await)
+            Some(component.handler.handle(ticket, req).await)
         };
         let Ok(result) = tokio::time::timeout(deadline, handled).await else {
             tracing::warn!(component = %component.id, request_id, "request timed out");
@@ -267,11 +269,11 @@ impl Server {
                 let name = &component.id;
                 let (error, message) = if e.is::<ExpirationError>() {
                     (HostError::Deadline, format!("component {name} did not answer in time"))
-                } else if e.is::<InstantiationError<u64>>() {
+                } else if e.is::<InstantiationError<RequestTicket>>() {
                     (HostError::InstantiationFailed, format!("component {name}: {e}"))
                 } else if e.is::<TrapOrPanicError>() {
-                    // The instance's retirement reports why it trapped, a moment later.
-                    match component.handler.state().traps.take(request_id, TRAP_CAUSE_WAIT).await {
+                    // The instance's retirement reports why it trapped.
+                    match tokio::time::timeout(TRAP_CAUSE_WAIT, trap_cause).await.ok().and_then(Result::ok) {
                         Some(TrapCause::OutOfFuel) => (
                             HostError::FuelExhausted,
                             format!(

@@ -145,7 +145,9 @@ async fn run(
     let deadline = Duration::from_millis(shadow.limits.request_timeout_ms);
     let answered = tokio::time::timeout(deadline, async {
         let _slot = shadow.admission.admit().await?;
-        shadow.handler.handle(number | SHADOW_REQUEST, request).await.ok()
+        // A shadow's trap cause is not reported: its outcome is counted as failed.
+        let (ticket, _) = crate::instance::RequestTicket::new(number | SHADOW_REQUEST);
+        shadow.handler.handle(ticket, request).await.ok()
     })
     .await;
     let Ok(Some(response)) = answered else {
