@@ -1,6 +1,7 @@
 //! Bad-input campaign: a generated corpus of malformed requests against the default app. Every
-//! answer must be a 4xx with a JSON `{error, error_type}` body (or, for a mutation that happens to
-//! be a valid request, a 200), never a 5xx; the host must be alive at the end.
+//! answer must be a 4xx with a JSON `{error, error_type}` body and the same type in its
+//! `x-error-type` header (or, for a mutation that happens to be a valid request, a 200), never a
+//! 5xx; the host must be alive at the end.
 
 mod common;
 
@@ -166,10 +167,16 @@ fn ten_thousand_malformed_requests_no_crash_no_5xx_every_4xx_json() {
                     let response =
                         request.send().unwrap_or_else(|e| panic!("{}: no answer: {e}", c.category));
                     let status = response.status().as_u16();
+                    let header = response.headers().get("x-error-type").cloned();
                     let body = response.bytes().unwrap();
                     *tally.lock().unwrap().entry((c.category, status)).or_default() += 1;
-                    let json_error = serde_json::from_slice::<Value>(&body)
-                        .is_ok_and(|b| b["error"].is_string() && b["error_type"].is_string());
+                    // The type is in the body and in `x-error-type`, which the host counts by.
+                    let json_error = serde_json::from_slice::<Value>(&body).is_ok_and(|b| {
+                        b["error"].is_string()
+                            && b["error_type"]
+                                .as_str()
+                                .is_some_and(|t| header.as_ref().is_some_and(|h| h == t))
+                    });
                     let ok = match status {
                         200 => c.may_succeed,
                         400..=499 => json_error,

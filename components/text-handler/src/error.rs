@@ -57,12 +57,18 @@ impl ApiError {
 
     pub fn into_response(self) -> Response<FullBody<Bytes>> {
         let mut response = crate::json_response(self.status, &self.body);
+        let error_type = spin_sdk::http::HeaderValue::from_static(self.body.error_type);
+        response.headers_mut().insert(ERROR_TYPE_HEADER, error_type);
         if self.body.error_type == "Overloaded" {
             response.headers_mut().insert("retry-after", spin_sdk::http::HeaderValue::from_static("1"));
         }
         response
     }
 }
+
+/// Response header with an error answer's `error_type`: the host counts errors by it without
+/// reading the body.
+pub const ERROR_TYPE_HEADER: &str = "x-error-type";
 
 /// Requests must declare a JSON body (`application/json`, parameters allowed).
 pub fn require_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {

@@ -180,14 +180,14 @@ impl HostError {
             }
             _ => {}
         }
-        response.extensions_mut().insert(ErrorType(self.error_type()));
+        headers.insert(ERROR_TYPE_HEADER, http::HeaderValue::from_static(self.error_type()));
         response
     }
 }
 
-/// Marks a response as a host error, so the request log and metrics need not read its body.
-#[derive(Clone, Copy)]
-pub struct ErrorType(pub &'static str);
+/// Response header with an error answer's `error_type`, the host's or a component's
+/// (`components/text-handler` sets it): errors are counted and logged by it, bodies never read.
+pub const ERROR_TYPE_HEADER: &str = "x-error-type";
 
 #[cfg(test)]
 mod tests {

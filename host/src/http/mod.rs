@@ -8,7 +8,7 @@ mod shadow;
 pub mod status;
 
 pub use docs::SwaggerUi;
-use error::ErrorType;
+use error::ERROR_TYPE_HEADER;
 pub use error::HostError;
 pub use kserve::Kserve;
 
@@ -187,7 +187,7 @@ impl Server {
                 None => HostError::NotFound.answer(format!("no route for {path}")),
             },
         };
-        let error_type = error_type_of(&mut response).await;
+        let error_type = error_type_of(&response);
         let status = response.status().as_u16().to_string();
         // Per version, so that a canary's latency and errors can be compared with the stable's.
         let labels =
@@ -365,40 +365,15 @@ async fn read_body(
     }
 }
 
-/// The `error_type` of an error response: the host's own errors carry it as an extension; a
-/// component's JSON error body is read (error bodies are small) and put back.
-async fn error_type_of(response: &mut Response<WasiBody>) -> Option<String> {
-    if let Some(ErrorType(error_type)) = response.extensions().get::<ErrorType>() {
-        return Some(error_type.to_string());
-    }
+/// The `error_type` of an error answer, as its `x-error-type` header states it (the host's own
+/// answers and `components/text-handler`'s set it); the body is never read back for it.
+fn error_type_of(response: &Response<WasiBody>) -> Option<String> {
     if response.status().as_u16() < 400 {
         return None;
     }
-    let body = std::mem::replace(response.body_mut(), full_body(Bytes::new()));
-    let read = tokio::time::timeout(
-        std::time::Duration::from_secs(2),
-        http_body_util::Limited::new(body, MAX_ERROR_BODY_BYTES).collect(),
-    )
-    .await;
-    match read {
-        Ok(Ok(collected)) => {
-            let bytes = collected.to_bytes();
-            let error_type = serde_json::from_slice::<serde_json::Value>(&bytes)
-                .ok()
-                .and_then(|v| v.get("error_type")?.as_str().map(str::to_string))
-                .unwrap_or_else(|| "Unspecified".to_string());
-            *response.body_mut() = full_body(bytes);
-            Some(error_type)
-        }
-        _ => {
-            *response = HostError::ComponentFault.answer("the component's error response could not be read");
-            Some(HostError::ComponentFault.error_type().to_string())
-        }
-    }
+    let stated = response.headers().get(ERROR_TYPE_HEADER).and_then(|v| v.to_str().ok());
+    Some(stated.filter(|t| !t.is_empty() && t.len() <= 64).unwrap_or("Unspecified").to_string())
 }
-
-/// Error bodies read back for their `error_type`.
-const MAX_ERROR_BODY_BYTES: usize = 256 << 10;
 
 /// Response header naming the component version that answered (12 hex digits of its sha256).
 const VERSION_HEADER: &str = "x-edgeinfer-version";
