@@ -10,8 +10,8 @@ use anyhow::{Context, Result, bail};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::Value;
 
-use crate::compose::read_source;
 use edgeinfer_config::manifest::Manifest;
+use edgeinfer_runtime::compose::read_source;
 
 /// What to do on every host.
 #[derive(clap::Subcommand)]
@@ -83,7 +83,7 @@ pub fn run(action: DeployAction) -> Result<()> {
         DeployAction::Rollback { target } => (target, "rollback"),
     };
     let manifest = Manifest::load(&target.manifest)?;
-    let token = crate::admin::read_token(target.token_file.as_deref())?;
+    let token = edgeinfer_server::admin::read_token(target.token_file.as_deref())?;
     let components: Vec<String> = if target.components.is_empty() {
         let mut routed: Vec<String> = manifest.http_triggers.iter().map(|t| t.component.clone()).collect();
         routed.dedup();

@@ -1,20 +1,9 @@
 //! `edgeinfer`: the native host daemon. Serves the WASI HTTP components of a Spin manifest
 //! (spin.toml) with wasmtime, and implements wasi:nn on ONNX Runtime for them.
 
-mod admin;
-mod admission;
-mod app;
 mod builder;
-mod compile;
-mod compose;
 mod deploy;
-mod http;
-mod instance;
-mod nn;
-mod outbound;
 mod provision;
-mod rollout;
-mod telemetry;
 mod watch;
 
 use std::net::SocketAddr;
@@ -26,11 +15,13 @@ use clap::{Parser, Subcommand};
 use edgeinfer_config::runtime_config;
 use edgeinfer_export as export;
 
-use crate::app::App;
-use crate::compile::CompileCache;
 use edgeinfer_config::manifest::Manifest;
 use edgeinfer_config::runtime_config::RuntimeConfig;
 use edgeinfer_engine::registry::GraphRegistry;
+use edgeinfer_runtime::app::App;
+use edgeinfer_runtime::compile::{self, CompileCache};
+use edgeinfer_runtime::compose;
+use edgeinfer_server::{self as http, admin, telemetry};
 
 #[derive(Parser)]
 #[command(

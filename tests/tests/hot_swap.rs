@@ -219,6 +219,18 @@ fn admin_calls_need_the_token() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 403, "no deploy without the token");
     assert_eq!(client().get(&url).bearer_auth(TOKEN).send().unwrap().status().as_u16(), 200);
+    // With the token: a wrong method or an unknown path is a JSON error like any other.
+    let call = |method: reqwest::Method, path: &str| {
+        let response = client().request(method, format!("{admin}{path}")).bearer_auth(TOKEN).send().unwrap();
+        (response.status().as_u16(), response.json::<Value>().unwrap())
+    };
+    let (status, body) = call(reqwest::Method::GET, "/admin/v1/components/embed");
+    assert_eq!((status, body["error_type"].as_str()), (405, Some("MethodNotAllowed")), "{body}");
+    assert_eq!(body["error"], "use PUT");
+    let (status, body) = call(reqwest::Method::DELETE, "/admin/v1/models/minilm/reload");
+    assert_eq!((status, body["error"].as_str()), (405, Some("use POST")), "{body}");
+    let (status, body) = call(reqwest::Method::GET, "/admin/v1/nothing/here");
+    assert_eq!((status, body["error_type"].as_str()), (404, Some("NotFound")), "{body}");
     // The admin API is not on the public listener.
     assert_eq!(client().get(host.url("/admin/v1/app")).send().unwrap().status().as_u16(), 404);
 }

@@ -11,6 +11,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, Once, mpsc};
@@ -82,6 +83,9 @@ impl SpinUp {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Its own process group: `spin up` runs the trigger as a child process, which must
+            // go down with it.
+            .process_group(0)
             .spawn()
             .expect("start spin up");
         let output = Arc::new(Mutex::new(String::new()));
@@ -132,6 +136,8 @@ impl SpinUp {
 
 impl Drop for SpinUp {
     fn drop(&mut self) {
+        // SAFETY: kill(2) on the process group of a child we spawned as its leader.
+        unsafe { libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL) };
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.state_dir);

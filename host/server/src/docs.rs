@@ -13,7 +13,8 @@ use serde_json::{Map, Value, json};
 use wasmtime_wasi_http::WasiBody;
 
 use super::{HostError, full_body, json as json_response};
-use crate::app::{App, RoutePattern};
+use edgeinfer_runtime::app::App;
+use edgeinfer_runtime::routes::RoutePattern;
 
 /// Swagger UI's files, in memory.
 pub struct SwaggerUi {

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::HeaderMap;
 
-use crate::app::LoadedComponent;
+use crate::component::LoadedComponent;
 
 /// Replaced versions kept for rollback.
 const KEPT_VERSIONS: usize = 4;

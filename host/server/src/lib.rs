@@ -1,11 +1,15 @@
 //! HTTP serving: accept connections, answer host routes (`/health`, `/ready`), route everything
 //! else by spin.toml to a component's `ProxyHandler`, and map host-side failures to JSON errors.
+//! The admin API has its own listener (`admin`); `telemetry` is the process's metrics recorder.
 
+pub mod admin;
+mod body;
 mod docs;
 pub mod error;
 mod kserve;
 mod shadow;
 pub mod status;
+pub mod telemetry;
 
 pub use docs::SwaggerUi;
 use error::ERROR_TYPE_HEADER;
@@ -27,8 +31,9 @@ use tokio::net::TcpListener;
 use wasmtime_wasi_http::WasiBody;
 use wasmtime_wasi_http::handler::{ExpirationError, InstantiationError, TrapOrPanicError};
 
-use crate::app::{App, LoadedComponent};
-use crate::instance::{RequestTicket, TrapCause};
+use edgeinfer_runtime::app::App;
+use edgeinfer_runtime::component::LoadedComponent;
+use edgeinfer_runtime::instance::{RequestTicket, TrapCause};
 
 /// Shared by all connections.
 struct Server {
@@ -236,7 +241,8 @@ impl Server {
         request_id: u64,
         input: &mut Option<Input>,
     ) -> Response<WasiBody> {
-        let (parts, body) = match read_body(req, component.limits.max_request_body_bytes).await {
+        let limit = component.limits.max_request_body_bytes;
+        let (parts, body) = match body::read(req, limit, body::READ_TIMEOUT).await {
             Ok(read) => read,
             Err(response) => return response,
         };
@@ -317,8 +323,9 @@ pub fn check_routes(
     kserve_enabled: bool,
 ) -> anyhow::Result<()> {
     for trigger in &manifest.http_triggers {
-        let base = match crate::app::RoutePattern::parse(&trigger.route) {
-            crate::app::RoutePattern::Exact(p) | crate::app::RoutePattern::Prefix(p) => p,
+        let base = match edgeinfer_runtime::routes::RoutePattern::parse(&trigger.route) {
+            edgeinfer_runtime::routes::RoutePattern::Exact(p)
+            | edgeinfer_runtime::routes::RoutePattern::Prefix(p) => p,
         };
         let base = if base.is_empty() { "/" } else { base.as_str() };
         if is_host_path(base) || (kserve_enabled && is_kserve_path(base)) {
@@ -339,32 +346,6 @@ struct Input {
     bytes: Bytes,
 }
 
-/// Reads the whole body under the component's limit (a component gets it whole, and the log gets
-/// its hash). A declared length over the limit is refused after draining what the client sends,
-/// bounded, so that it can read the 413.
-async fn read_body(
-    req: Request<Incoming>,
-    limit: u64,
-) -> Result<(http::request::Parts, Bytes), Response<WasiBody>> {
-    let too_large =
-        || HostError::PayloadTooLarge.answer(format!("request body is over the limit of {limit} bytes"));
-    let declared =
-        req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit) {
-        let _ = read_limited(req.into_body(), limit).await;
-        return Err(too_large());
-    }
-    let (parts, body) = req.into_parts();
-    match read_limited(body, limit).await {
-        Ok(BodyRead::Fits(bytes)) => Ok((parts, bytes)),
-        Ok(BodyRead::TooLarge) => Err(too_large()),
-        Ok(BodyRead::TimedOut) => {
-            Err(HostError::BodyTimeout.answer("the request body did not arrive in time"))
-        }
-        Err(e) => Err(HostError::BadRequest.answer(format!("cannot read the request body: {e}"))),
-    }
-}
-
 /// The `error_type` of an error answer, as its `x-error-type` header states it (the host's own
 /// answers and `components/text-handler`'s set it); the body is never read back for it.
 fn error_type_of(response: &Response<WasiBody>) -> Option<String> {
@@ -381,42 +362,13 @@ const VERSION_HEADER: &str = "x-edgeinfer-version";
 /// Response header in which a component reports the tokens it computed on.
 const TOKENS_HEADER: &str = "x-compute-tokens";
 
-/// How reading a body of unknown length ended.
-enum BodyRead {
-    Fits(Bytes),
-    TooLarge,
-    TimedOut,
-}
+/// A response of the host's body type, as axum answers it.
+pub struct Answer(pub Response<WasiBody>);
 
-/// Reads a body of unknown length up to `limit`, within 10 s. Past the limit the rest is read and
-/// discarded (at most 8 x the limit), so that a client still sending gets the 413 instead of a
-/// reset connection.
-async fn read_limited(mut body: Incoming, limit: u64) -> Result<BodyRead, hyper::Error> {
-    let mut kept = bytes::BytesMut::new();
-    let mut total: u64 = 0;
-    let discard_cap = limit.saturating_mul(8);
-    let read = async {
-        while let Some(frame) = body.frame().await {
-            if let Some(data) = frame?.data_ref() {
-                total += data.len() as u64;
-                if total <= limit {
-                    kept.extend_from_slice(data);
-                } else if total > discard_cap {
-                    break;
-                }
-            }
-        }
-        Ok::<_, hyper::Error>(())
-    };
-    let finished = tokio::time::timeout(std::time::Duration::from_secs(10), read).await;
-    Ok(match finished {
-        Ok(result) => {
-            result?;
-            if total <= limit { BodyRead::Fits(kept.freeze()) } else { BodyRead::TooLarge }
-        }
-        Err(_) if total > limit => BodyRead::TooLarge,
-        Err(_) => BodyRead::TimedOut,
-    })
+impl axum::response::IntoResponse for Answer {
+    fn into_response(self) -> axum::response::Response {
+        self.0.map(axum::body::Body::new)
+    }
 }
 
 /// A complete in-memory body.

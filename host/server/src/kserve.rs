@@ -7,18 +7,17 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 use wasmtime_wasi_http::WasiBody;
 
-use super::{BodyRead, HostError, json as json_response, json_bytes, read_limited};
-use crate::admission::Admission;
-use crate::app::App;
+use super::{HostError, json as json_response, json_bytes};
 use edgeinfer_config::runtime_config::KserveConfig;
 use edgeinfer_engine::engines::{ElementType, EngineError, TensorData, TensorSpec};
 use edgeinfer_engine::registry::LoadedGraph;
+use edgeinfer_runtime::admission::Admission;
+use edgeinfer_runtime::app::App;
 use edgeinfer_tensor::kserve;
 
 /// Path prefix of the protocol.
@@ -145,17 +144,9 @@ async fn infer(
     config: &KserveConfig,
     req: http::Request<Incoming>,
 ) -> Response<WasiBody> {
-    let limit = config.max_request_body_bytes;
-    let body: Bytes = match read_limited(req.into_body(), limit).await {
-        Ok(BodyRead::Fits(bytes)) => bytes,
-        Ok(BodyRead::TooLarge) => {
-            return HostError::PayloadTooLarge
-                .answer(format!("request body is over the limit of {limit} bytes"));
-        }
-        Ok(BodyRead::TimedOut) => {
-            return HostError::BodyTimeout.answer("the request body did not arrive in time");
-        }
-        Err(e) => return HostError::Validation.answer(format!("cannot read the request body: {e}")),
+    let body = match crate::body::read(req, config.max_request_body_bytes, crate::body::READ_TIMEOUT).await {
+        Ok((_, body)) => body,
+        Err(refused) => return refused,
     };
     let request = match kserve::decode_request(&body) {
         Ok(request) => request,

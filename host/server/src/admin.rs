@@ -9,22 +9,26 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response as AxumResponse};
+use axum::routing::{get, post, put};
+use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpListener;
+use tower::ServiceExt;
 use wasmtime_wasi_http::WasiBody;
 
-use crate::app::App;
-use crate::http::{HostError, constant_time_eq, json as json_response};
-use crate::rollout::{Canary, CanaryMode, Stickiness};
+use crate::{Answer, HostError, constant_time_eq, json as json_response};
 use edgeinfer_engine::registry::{ReloadError, ReloadRequest};
+use edgeinfer_runtime::app::App;
+use edgeinfer_runtime::rollout::{Canary, CanaryMode, Stickiness};
 
 /// Largest component accepted (a composed handler with an inference engine inside is ~25 MB).
-const MAX_UPLOAD_BYTES: usize = 256 << 20;
+const MAX_UPLOAD_BYTES: u64 = 256 << 20;
 
 /// An upload must arrive within this.
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(120);
@@ -45,7 +49,7 @@ pub fn read_token(file: Option<&std::path::Path>) -> anyhow::Result<String> {
 
 /// Serves the admin API on `listener` until the task is dropped.
 pub async fn serve(app: Arc<App>, token: String, listener: TcpListener) {
-    let token = Arc::new(token);
+    let (router, token): (Router, Arc<str>) = (router(app), token.into());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(pair) => pair,
@@ -54,10 +58,10 @@ pub async fn serve(app: Arc<App>, token: String, listener: TcpListener) {
                 continue;
             }
         };
-        let (app, token) = (app.clone(), token.clone());
+        let (router, token) = (router.clone(), token.clone());
         let service = hyper::service::service_fn(move |req| {
-            let (app, token) = (app.clone(), token.clone());
-            async move { Ok::<_, Infallible>(handle(app, &token, req, peer).await) }
+            let (router, token) = (router.clone(), token.clone());
+            async move { Ok::<_, Infallible>(handle(router, &token, req, peer).await) }
         });
         tokio::spawn(async move {
             let connection = http1::Builder::new()
@@ -71,47 +75,39 @@ pub async fn serve(app: Arc<App>, token: String, listener: TcpListener) {
     }
 }
 
+/// Every call is authorized first (whatever its path), routed, and logged.
 async fn handle(
-    app: Arc<App>,
+    router: Router,
     token: &str,
     req: Request<Incoming>,
     peer: std::net::SocketAddr,
-) -> Response<WasiBody> {
+) -> AxumResponse {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let response = match authorize(&req, token) {
-        Err(response) => *response,
-        Ok(()) => route(app, req).await,
+        Err(response) => Answer(*response).into_response(),
+        Ok(()) => router.oneshot(req.map(axum::body::Body::new)).await.unwrap_or_else(|never| match never {}),
     };
     tracing::info!(%method, %path, status = response.status().as_u16(), %peer, "admin");
     response
 }
 
-async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<WasiBody> {
-    let path = req.uri().path().to_string();
-    let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    match (req.method(), parts.as_slice()) {
-        (&Method::GET, ["admin", "v1", "app"]) => describe(&app),
-        (&Method::PUT, ["admin", "v1", "components", id]) => {
-            let id = id.to_string();
-            deploy(app, &id, req).await
-        }
-        (&Method::POST, ["admin", "v1", "components", id, "rollback"]) => roll_back(&app, id),
-        (&Method::POST, ["admin", "v1", "components", id, "promote"]) => promote(&app, id),
-        (&Method::POST, ["admin", "v1", "components", id, "abort"]) => abort(&app, id),
-        (&Method::POST, ["admin", "v1", "models", name, "reload"]) => {
-            let name = name.to_string();
-            reload_model(app, &name, req).await
-        }
-        (_, ["admin", "v1", "app"]) => HostError::MethodNotAllowed.answer("use GET"),
-        (_, ["admin", "v1", "components", _]) => HostError::MethodNotAllowed.answer("use PUT"),
-        (
-            _,
-            ["admin", "v1", "components", _, "rollback" | "promote" | "abort"]
-            | ["admin", "v1", "models", _, "reload"],
-        ) => HostError::MethodNotAllowed.answer("use POST"),
-        _ => HostError::NotFound.answer(format!("no admin route {path}")),
-    }
+/// The admin routes; a known path with another method is 405, an unknown path 404 (JSON both).
+fn router(app: Arc<App>) -> Router {
+    let refuse = |allowed: &'static str| {
+        move || async move { Answer(HostError::MethodNotAllowed.answer(format!("use {allowed}"))) }
+    };
+    Router::new()
+        .route("/admin/v1/app", get(describe).fallback(refuse("GET")))
+        .route("/admin/v1/components/{id}", put(deploy).fallback(refuse("PUT")))
+        .route("/admin/v1/components/{id}/rollback", post(roll_back).fallback(refuse("POST")))
+        .route("/admin/v1/components/{id}/promote", post(promote).fallback(refuse("POST")))
+        .route("/admin/v1/components/{id}/abort", post(abort).fallback(refuse("POST")))
+        .route("/admin/v1/models/{name}/reload", post(reload_model).fallback(refuse("POST")))
+        .fallback(|uri: Uri| async move {
+            Answer(HostError::NotFound.answer(format!("no admin route {}", uri.path())))
+        })
+        .with_state(app)
 }
 
 /// 401 without a bearer token, 403 with a wrong one.
@@ -125,7 +121,7 @@ fn authorize(req: &Request<Incoming>, token: &str) -> Result<(), Box<Response<Wa
 }
 
 /// `GET /admin/v1/app`: components (serving version, replaced versions kept, routes) and models.
-fn describe(app: &App) -> Response<WasiBody> {
+async fn describe(State(app): State<Arc<App>>) -> Answer {
     let components: Vec<_> = app
         .components
         .values()
@@ -152,15 +148,22 @@ fn describe(app: &App) -> Response<WasiBody> {
             json!({"id": slot.id, "version": current.version, "routes": routes, "previous": previous, "canary": canary})
         })
         .collect();
-    let mut models: Vec<_> = app.registry.graphs().iter().map(|g| crate::http::status::describe(g)).collect();
+    let mut models: Vec<_> = app.registry.graphs().iter().map(|g| crate::status::describe(g)).collect();
     models.extend(
         app.registry.failures().iter().map(|f| json!({"name": f.name, "ready": false, "error": f.error})),
     );
-    json_response(StatusCode::OK, &json!({"app": app.name, "components": components, "models": models}))
+    Answer(json_response(
+        StatusCode::OK,
+        &json!({"app": app.name, "components": components, "models": models}),
+    ))
 }
 
 /// `PUT /admin/v1/components/ID?sha256=HEX` with the component's bytes as the body.
-async fn deploy(app: Arc<App>, id: &str, req: Request<Incoming>) -> Response<WasiBody> {
+async fn deploy(State(app): State<Arc<App>>, Path(id): Path<String>, req: axum::extract::Request) -> Answer {
+    Answer(deploy_version(app, &id, req).await)
+}
+
+async fn deploy_version(app: Arc<App>, id: &str, req: axum::extract::Request) -> Response<WasiBody> {
     let Some(slot) = app.components.get(id).cloned() else {
         return unknown_component(id);
     };
@@ -173,17 +176,9 @@ async fn deploy(app: Arc<App>, id: &str, req: Request<Incoming>) -> Response<Was
             .answer("give the upload's sha256 as ?sha256=HEX, so that a damaged upload is refused");
     };
     let started = Instant::now();
-    let body = http_body_util::Limited::new(req.into_body(), MAX_UPLOAD_BYTES).collect();
-    let bytes = match tokio::time::timeout(UPLOAD_TIMEOUT, body).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            let message = format!("components are at most {MAX_UPLOAD_BYTES} bytes");
-            return HostError::PayloadTooLarge.answer(&message);
-        }
-        Ok(Err(e)) => {
-            return HostError::BadRequest.answer(format!("cannot read the upload: {e}"));
-        }
-        Err(_) => return HostError::BodyTimeout.answer("the upload did not arrive in time"),
+    let bytes = match crate::body::read(req, MAX_UPLOAD_BYTES, UPLOAD_TIMEOUT).await {
+        Ok((_, bytes)) => bytes,
+        Err(refused) => return refused,
     };
     let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
     if !actual.eq_ignore_ascii_case(&expected) {
@@ -240,9 +235,10 @@ async fn deploy(app: Arc<App>, id: &str, req: Request<Incoming>) -> Response<Was
 }
 
 /// `POST /admin/v1/components/ID/rollback`: the version before the current one serves again.
-fn roll_back(app: &App, id: &str) -> Response<WasiBody> {
-    let Some(slot) = app.components.get(id) else { return unknown_component(id) };
-    match slot.roll_back() {
+async fn roll_back(State(app): State<Arc<App>>, Path(id): Path<String>) -> Answer {
+    let id = id.as_str();
+    let Some(slot) = app.components.get(id) else { return Answer(unknown_component(id)) };
+    Answer(match slot.roll_back() {
         Some((restored, replaced)) => {
             metrics::counter!("edgeinfer_deployments_total", "component" => id.to_string(), "outcome" => "rolled_back").increment(1);
             tracing::info!(component = id, version = %&restored.version[..12], replaced = %&replaced.version[..12], "rolled back");
@@ -252,13 +248,14 @@ fn roll_back(app: &App, id: &str) -> Response<WasiBody> {
             )
         }
         None => HostError::NoPreviousVersion.answer(format!("{id} has no earlier version to roll back to")),
-    }
+    })
 }
 
 /// `POST /admin/v1/components/ID/promote`: the canary becomes the stable version.
-fn promote(app: &App, id: &str) -> Response<WasiBody> {
-    let Some(slot) = app.components.get(id) else { return unknown_component(id) };
-    match slot.promote() {
+async fn promote(State(app): State<Arc<App>>, Path(id): Path<String>) -> Answer {
+    let id = id.as_str();
+    let Some(slot) = app.components.get(id) else { return Answer(unknown_component(id)) };
+    Answer(match slot.promote() {
         Some((promoted, replaced)) => {
             metrics::counter!("edgeinfer_deployments_total", "component" => id.to_string(), "outcome" => "promoted").increment(1);
             tracing::info!(component = id, version = %&promoted.version[..12], "canary promoted");
@@ -268,15 +265,23 @@ fn promote(app: &App, id: &str) -> Response<WasiBody> {
             )
         }
         None => no_canary(id),
-    }
+    })
 }
 
 /// `POST /admin/v1/models/NAME/reload`, with an optional JSON body `{"path", "sha256"}`: loads
 /// the model beside the serving graph and switches when it is ready.
-async fn reload_model(app: Arc<App>, name: &str, req: Request<Incoming>) -> Response<WasiBody> {
-    let body = match http_body_util::Limited::new(req.into_body(), 64 << 10).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) => return HostError::BadRequest.answer(format!("cannot read the body: {e}")),
+async fn reload_model(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    req: axum::extract::Request,
+) -> Answer {
+    Answer(reload(app, &name, req).await)
+}
+
+async fn reload(app: Arc<App>, name: &str, req: axum::extract::Request) -> Response<WasiBody> {
+    let body = match crate::body::read(req, 64 << 10, crate::body::READ_TIMEOUT).await {
+        Ok((_, bytes)) => bytes,
+        Err(refused) => return refused,
     };
     let request: ReloadRequest = if body.iter().all(u8::is_ascii_whitespace) {
         ReloadRequest::default()
@@ -324,9 +329,10 @@ async fn reload_model(app: Arc<App>, name: &str, req: Request<Incoming>) -> Resp
 
 /// `POST /admin/v1/components/ID/abort`: the canary is dropped; the stable version takes all
 /// traffic again.
-fn abort(app: &App, id: &str) -> Response<WasiBody> {
-    let Some(slot) = app.components.get(id) else { return unknown_component(id) };
-    match slot.abort_canary() {
+async fn abort(State(app): State<Arc<App>>, Path(id): Path<String>) -> Answer {
+    let id = id.as_str();
+    let Some(slot) = app.components.get(id) else { return Answer(unknown_component(id)) };
+    Answer(match slot.abort_canary() {
         Some(canary) => {
             metrics::counter!("edgeinfer_deployments_total", "component" => id.to_string(), "outcome" => "aborted").increment(1);
             tracing::info!(component = id, version = %&canary.version.version[..12], "canary aborted");
@@ -336,7 +342,7 @@ fn abort(app: &App, id: &str) -> Response<WasiBody> {
             )
         }
         None => no_canary(id),
-    }
+    })
 }
 
 fn no_canary(id: &str) -> Response<WasiBody> {

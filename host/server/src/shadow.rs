@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use wasmtime_wasi_http::WasiBody;
 
 use super::full_body;
-use crate::app::LoadedComponent;
+use edgeinfer_runtime::component::LoadedComponent;
 
 /// Answers larger than this are not compared.
 const MAX_COMPARED_BYTES: usize = 16 << 20;
@@ -146,7 +146,7 @@ async fn run(
     let answered = tokio::time::timeout(deadline, async {
         let _slot = shadow.admission.admit().await?;
         // A shadow's trap cause is not reported: its outcome is counted as failed.
-        let (ticket, _) = crate::instance::RequestTicket::new(number | SHADOW_REQUEST);
+        let (ticket, _) = edgeinfer_runtime::instance::RequestTicket::new(number | SHADOW_REQUEST);
         shadow.handler.handle(ticket, request).await.ok()
     })
     .await;

@@ -7,8 +7,8 @@ use http::{Response, StatusCode};
 use serde_json::json;
 use wasmtime_wasi_http::WasiBody;
 
-use crate::app::App;
 use edgeinfer_engine::registry::LoadedGraph;
+use edgeinfer_runtime::app::App;
 
 /// RFC 3339 UTC timestamp.
 pub fn timestamp(at: SystemTime) -> String {

@@ -1,0 +1,101 @@
+//! The running app: its route table, and each routed component's versions in a
+//! `rollout::ComponentSlot`, built from a manifest and the models already in the registry.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use anyhow::{Result, bail};
+use wasmtime::Engine;
+use wasmtime::component::Linker;
+
+use crate::compile::CompileCache;
+use crate::component::{ComponentBuilder, LoadedComponent};
+use crate::instance::InstanceState;
+use crate::rollout::ComponentSlot;
+use crate::routes::{Route, RoutePattern};
+use edgeinfer_config::manifest::Manifest;
+use edgeinfer_config::runtime_config::ComponentLimits;
+use edgeinfer_engine::registry::GraphRegistry;
+
+/// The running app.
+pub struct App {
+    pub name: String,
+    /// Most specific first.
+    pub routes: Vec<Route>,
+    pub components: BTreeMap<String, Arc<ComponentSlot>>,
+    pub registry: Arc<GraphRegistry>,
+    /// Builds new versions of the components.
+    pub builder: ComponentBuilder,
+}
+
+impl App {
+    /// A new version of routed component `id` from its own bytes: composed, compiled (cached),
+    /// linked, and instantiated once so that a version that cannot start never serves.
+    pub async fn prepare(self: &Arc<Self>, id: &str, main: Vec<u8>) -> Result<LoadedComponent> {
+        let (app, owned_id) = (self.clone(), id.to_string());
+        let next = tokio::task::spawn_blocking(move || app.builder.build(&owned_id, main)).await??;
+        let handler = next.handler.state();
+        let mut store = handler.spec.new_store(&handler.engine)?;
+        handler
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| anyhow::anyhow!("it cannot be instantiated: {e:#}"))?;
+        Ok(next)
+    }
+
+    /// Builds every routed component of `manifest`.
+    pub fn load(
+        manifest: Arc<Manifest>,
+        limits: &BTreeMap<String, ComponentLimits>,
+        registry: Arc<GraphRegistry>,
+        engine: &Engine,
+        cache: CompileCache,
+        compose_nn_providers: bool,
+    ) -> Result<App> {
+        let mut linker = Linker::<InstanceState>::new(engine);
+        // Handlers built for wasm32-wasip2 import WASI 0.2 (std) and 0.3 (http) side by side.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi::p3::add_to_linker(&mut linker)?;
+        wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
+        // Outgoing HTTP of WASI 0.2 components (e.g. the nn-remote wasi:nn provider).
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        edgeinfer_wasi_nn::add_to_linker(&mut linker)?;
+
+        if let Some(unknown) = limits.keys().find(|id| !manifest.components.contains_key(*id)) {
+            bail!(
+                "the runtime config sets limits for component {unknown:?}, which spin.toml does not define"
+            );
+        }
+        let builder = ComponentBuilder {
+            manifest: manifest.clone(),
+            limits: limits.clone(),
+            registry: registry.clone(),
+            engine: engine.clone(),
+            linker,
+            cache,
+            compose_nn_providers,
+        };
+        let mut components = BTreeMap::new();
+        let routed: BTreeSet<&str> = manifest.http_triggers.iter().map(|t| t.component.as_str()).collect();
+        for id in routed {
+            let loaded = builder.build_from_source(id)?;
+            components.insert(id.to_string(), Arc::new(ComponentSlot::new(loaded)));
+        }
+        let mut routes: Vec<Route> = manifest
+            .http_triggers
+            .iter()
+            .map(|t| Route {
+                pattern: RoutePattern::parse(&t.route),
+                component: components[&t.component].clone(),
+            })
+            .collect();
+        routes.sort_by_key(|r| std::cmp::Reverse(r.pattern.specificity()));
+        Ok(App { name: manifest.application.name.clone(), routes, components, registry, builder })
+    }
+
+    /// The route serving `path`, if any.
+    pub fn route_of(&self, path: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.pattern.matches(path))
+    }
+}

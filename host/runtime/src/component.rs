@@ -1,0 +1,168 @@
+//! Building a version of a component: its own bytes composed with its spin.toml dependencies,
+//! compiled (cached), linked, and wrapped in a handler with its limits and admission control.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use wasmtime::Engine;
+use wasmtime::component::Linker;
+use wasmtime_wasi_http::handler::{ProxyHandler, ProxyPre};
+
+use crate::admission::Admission;
+use crate::compile::CompileCache;
+use crate::compose::{compose_component, read_source};
+use crate::instance::{ComponentHandler, InstanceSpec, InstanceState, ReusePolicy};
+use crate::openapi::api_description;
+use crate::outbound::AllowedHost;
+use edgeinfer_config::manifest::{Component, Manifest};
+use edgeinfer_config::runtime_config::ComponentLimits;
+use edgeinfer_engine::registry::GraphRegistry;
+
+/// How long after its request timed out a guest still running is interrupted.
+const INTERRUPT_GRACE: Duration = Duration::from_millis(500);
+
+/// A component ready to serve.
+pub struct LoadedComponent {
+    pub id: String,
+    /// Hex sha256 of the composed component: its version as deployed.
+    pub version: String,
+    pub loaded_at: SystemTime,
+    pub limits: ComponentLimits,
+    pub admission: Admission,
+    pub handler: ProxyHandler<ComponentHandler>,
+    /// The component's own part of the OpenAPI document (its `edgeinfer:openapi` custom
+    /// section): paths relative to its route, and the schemas they use.
+    pub openapi: Option<serde_json::Value>,
+}
+
+/// What building a version of a component needs, kept so that versions can be built while the
+/// app serves.
+pub struct ComponentBuilder {
+    pub(crate) manifest: Arc<Manifest>,
+    pub(crate) limits: BTreeMap<String, ComponentLimits>,
+    pub(crate) registry: Arc<GraphRegistry>,
+    pub(crate) engine: Engine,
+    pub(crate) linker: Linker<InstanceState>,
+    pub(crate) cache: CompileCache,
+    pub(crate) compose_nn_providers: bool,
+}
+
+impl ComponentBuilder {
+    /// Composes `main` (the component's own bytes) with its spin.toml dependencies, compiles it
+    /// (cached), links it and checks that it exports the HTTP handler.
+    pub fn build(&self, id: &str, main: Vec<u8>) -> Result<LoadedComponent> {
+        let component =
+            self.manifest.components.get(id).with_context(|| format!("spin.toml has no component {id:?}"))?;
+        let limits = self.limits.get(id).copied().unwrap_or_default();
+        load_component(
+            &self.manifest,
+            id,
+            component,
+            main,
+            limits,
+            &self.registry,
+            &self.engine,
+            &self.linker,
+            &self.cache,
+            self.compose_nn_providers,
+        )
+        .with_context(|| format!("component {id}"))
+    }
+
+    /// The app's manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Builds the version spin.toml's `source` names.
+    pub fn build_from_source(&self, id: &str) -> Result<LoadedComponent> {
+        let component =
+            self.manifest.components.get(id).with_context(|| format!("spin.toml has no component {id:?}"))?;
+        self.build(id, read_source(&self.manifest, component)?)
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // One call site; the arguments are the app's shared parts.
+fn load_component(
+    manifest: &Manifest,
+    id: &str,
+    component: &Component,
+    main: Vec<u8>,
+    limits: ComponentLimits,
+    registry: &Arc<GraphRegistry>,
+    engine: &Engine,
+    linker: &Linker<InstanceState>,
+    cache: &CompileCache,
+    compose_nn_providers: bool,
+) -> Result<LoadedComponent> {
+    let composed = compose_component(manifest, id, component, main, compose_nn_providers)?;
+    let version = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&composed));
+    let openapi = api_description(&composed).unwrap_or_else(|e| {
+        tracing::warn!(component = id, "ignoring its OpenAPI description: {e:#}");
+        None
+    });
+    let (compiled, outcome) = cache.load(engine, id, &composed)?;
+    let pre = linker
+        .instantiate_pre(&compiled)
+        .map_err(anyhow::Error::from)
+        .context("the component imports something this host does not provide")?;
+    let pre = match wasmtime_wasi_http::p3::bindings::ServicePre::new(pre) {
+        Ok(pre) => ProxyPre::P3(pre),
+        Err(e) => bail!("the component does not export wasi:http/handler@0.3.0: {e}"),
+    };
+    let mut mounts = Vec::new();
+    for mount in &component.files {
+        let (source, destination) = mount.source_and_destination();
+        let host = manifest.resolve(source);
+        if !host.is_dir() {
+            bail!("files: {} is not a directory (only directory mounts are supported)", host.display());
+        }
+        mounts.push((host, destination));
+    }
+    for model in &component.ai_models {
+        if registry.get(model).is_none() && registry.failure(model).is_none() {
+            tracing::warn!(component = id, model = %model, "ai_models names a model the runtime config does not load");
+        }
+    }
+    let allowed_outbound_hosts = component
+        .allowed_outbound_hosts
+        .iter()
+        .map(|entry| AllowedHost::parse(entry))
+        .collect::<Result<Vec<_>>>()?;
+    let request_timeout = Duration::from_millis(limits.request_timeout_ms);
+    let spec = InstanceSpec {
+        component_id: id.to_string(),
+        environment: component.environment.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        mounts,
+        allowed_models: Arc::new(component.ai_models.iter().cloned().collect()),
+        models: Arc::new(crate::models::RegistryModels(registry.clone())),
+        allowed_outbound_hosts: Arc::new(allowed_outbound_hosts),
+        max_memory_bytes: limits.max_memory_bytes as usize,
+        interrupt_after: request_timeout + INTERRUPT_GRACE,
+        fuel: limits.fuel,
+    };
+    // A fuel budget is per request: an instance then serves one request at a time, so that no
+    // request spends another's fuel (or refills a runaway one).
+    let max_concurrent = if limits.fuel.is_some() { 1 } else { ReusePolicy::default().max_concurrent };
+    let handler = ProxyHandler::new(ComponentHandler {
+        engine: engine.clone(),
+        pre,
+        spec: Arc::new(spec),
+        policy: ReusePolicy { request_timeout, max_concurrent, ..ReusePolicy::default() },
+        instances_created: AtomicU64::new(0),
+    });
+    tracing::info!(component = id, version = %&version[..12], compile_cache = ?outcome, "component ready");
+    let admission = Admission::new(id, limits.max_concurrent_requests, limits.max_queued_requests);
+    Ok(LoadedComponent {
+        id: id.to_string(),
+        version,
+        loaded_at: SystemTime::now(),
+        limits,
+        admission,
+        handler,
+        openapi,
+    })
+}

@@ -1,0 +1,15 @@
+//! Components as edgeinfer runs them, from a manifest and runtime config to handlers ready to
+//! serve: dependencies flow one way, `compose` → `compile` → `instance` → `component` →
+//! `rollout` → `app` (with `routes`), and nothing here serves HTTP.
+
+pub mod admission;
+pub mod app;
+pub mod compile;
+pub mod component;
+pub mod compose;
+pub mod instance;
+pub mod models;
+pub mod openapi;
+pub mod outbound;
+pub mod rollout;
+pub mod routes;

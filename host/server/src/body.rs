@@ -1,0 +1,79 @@
+//! Reading a request body whole, with a size limit and a deadline: the one helper every route
+//! that takes a body uses (components, KServe, admin), so that each answers 413, 408 and 400 alike.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::Request;
+use http::request::Parts;
+use http_body_util::BodyExt;
+use wasmtime_wasi_http::WasiBody;
+
+use crate::HostError;
+
+/// How long a body may take to arrive unless a route says otherwise.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The request's head and its whole body, or the error answer: 413 past `limit` bytes (declared
+/// or sent), 408 when it is not all there within `timeout`, 400 when the connection fails.
+pub async fn read<B>(
+    req: Request<B>,
+    limit: u64,
+    timeout: Duration,
+) -> Result<(Parts, Bytes), http::Response<WasiBody>>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let too_large =
+        || HostError::PayloadTooLarge.answer(format!("request body is over the limit of {limit} bytes"));
+    let declared =
+        req.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let (parts, body) = req.into_parts();
+    match read_limited(body, limit, timeout).await {
+        _ if declared.is_some_and(|length| length > limit) => Err(too_large()),
+        Ok(Read::Fits(bytes)) => Ok((parts, bytes)),
+        Ok(Read::TooLarge) => Err(too_large()),
+        Ok(Read::TimedOut) => Err(HostError::BodyTimeout.answer("the request body did not arrive in time")),
+        Err(e) => Err(HostError::BadRequest.answer(format!("cannot read the request body: {e}"))),
+    }
+}
+
+/// How reading a body of unknown length ended.
+enum Read {
+    Fits(Bytes),
+    TooLarge,
+    TimedOut,
+}
+
+/// Reads up to `limit` bytes. Past the limit the rest is read and discarded (at most 8 x the
+/// limit), so that a client still sending gets the 413 instead of a reset connection.
+async fn read_limited<B>(mut body: B, limit: u64, timeout: Duration) -> Result<Read, B::Error>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let mut kept = BytesMut::new();
+    let mut total: u64 = 0;
+    let discard_cap = limit.saturating_mul(8);
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            if let Some(data) = frame?.data_ref() {
+                total += data.len() as u64;
+                if total <= limit {
+                    kept.extend_from_slice(data);
+                } else if total > discard_cap {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    };
+    Ok(match tokio::time::timeout(timeout, read).await {
+        Ok(result) => {
+            result?;
+            if total <= limit { Read::Fits(kept.freeze()) } else { Read::TooLarge }
+        }
+        Err(_) if total > limit => Read::TooLarge,
+        Err(_) => Read::TimedOut,
+    })
+}
