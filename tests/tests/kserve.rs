@@ -59,6 +59,19 @@ fn health_and_metadata_describe_the_models() {
     );
     let (_, intents) = get("/v2/models/intents");
     assert_eq!(intents["outputs"], json!([{"name": "logits", "datatype": "FP32", "shape": [-1, 157]}]));
+    let (status, server) = get("/v2");
+    assert_eq!((status, server["name"].as_str()), (200, Some("edgeinfer")), "{server}");
+    // Every path under /v2 needs the token, an unknown one too; requests are counted by pattern.
+    let unknown = client().get(host().url("/v2/no/such/route")).send().unwrap();
+    assert_eq!(unknown.status().as_u16(), 401);
+    let metrics = client().get(host().url("/metrics")).send().unwrap().text().unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l
+                .starts_with(r#"edgeinfer_requests_total{route="/v2/models/{name}/ready",component="host""#)),
+        "{metrics}"
+    );
 }
 
 #[test]

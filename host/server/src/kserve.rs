@@ -7,12 +7,16 @@
 
 use std::sync::Arc;
 
-use http::{Method, Response, StatusCode};
-use hyper::body::Incoming;
+use axum::Router;
+use axum::extract::{OriginalUri, Path, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response as AxumResponse};
+use axum::routing::{get, post};
+use http::{Response, StatusCode};
 use serde_json::{Value, json};
 use wasmtime_wasi_http::WasiBody;
 
-use super::{HostError, json as json_response, json_bytes};
+use super::{Answer, HostError, Served, Shared, json as json_response, json_bytes, use_get, use_post};
 use edgeinfer_config::runtime_config::KserveConfig;
 use edgeinfer_engine::engines::{ElementType, EngineError, TensorData, TensorSpec};
 use edgeinfer_engine::registry::LoadedGraph;
@@ -22,20 +26,6 @@ use edgeinfer_tensor::kserve;
 
 /// Path prefix of the protocol.
 pub const PREFIX: &str = "/v2";
-
-/// The route pattern a path is counted under in metrics and logs.
-pub fn route_of(path: &str) -> &'static str {
-    let rest: Vec<&str> = path.trim_start_matches(PREFIX).split('/').filter(|s| !s.is_empty()).collect();
-    match rest[..] {
-        [] => "/v2",
-        ["health", "live"] => "/v2/health/live",
-        ["health", "ready"] => "/v2/health/ready",
-        ["models", _] => "/v2/models/{name}",
-        ["models", _, "ready"] => "/v2/models/{name}/ready",
-        ["models", _, "infer"] => "/v2/models/{name}/infer",
-        _ => "/v2/unmatched",
-    }
-}
 
 /// The API as served.
 pub struct Kserve {
@@ -60,56 +50,101 @@ impl Kserve {
     }
 }
 
-/// Answers one request under `/v2`.
-pub async fn handle(app: &App, kserve: &Kserve, req: http::Request<Incoming>) -> Response<WasiBody> {
-    if let Some(token) = &kserve.token
-        && !authorized(&req, token)
+/// The API's routes under `/v2` (they exist only when it is enabled); every one, the 404 for
+/// an unknown path included, needs the token unless the API is public.
+pub(crate) fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/", get(server_metadata).fallback(use_get))
+        .route("/health/live", get(live).fallback(use_get))
+        .route("/health/ready", get(ready).fallback(use_get))
+        .route("/models/{name}", get(model_metadata).fallback(use_get))
+        .route("/models/{name}/ready", get(model_ready).fallback(use_get))
+        .route("/models/{name}/infer", post(infer_route).fallback(use_post))
+        .fallback(unknown_route)
+        .layer(middleware::from_fn_with_state(shared, require_token))
+}
+
+fn api(shared: &Shared) -> &Kserve {
+    shared.kserve.as_ref().expect("the routes exist only when the API is enabled")
+}
+
+async fn require_token(
+    State(shared): State<Arc<Shared>>,
+    req: axum::extract::Request,
+    next: Next,
+) -> AxumResponse {
+    if let Some(token) = &api(&shared).token
+        && !authorized(req.headers(), token)
     {
-        return HostError::Unauthorized.answer("a valid bearer token is required");
+        return Answer(HostError::Unauthorized.answer("a valid bearer token is required")).into_response();
     }
-    let path = req.uri().path().to_string();
-    let parts: Vec<&str> = path.trim_start_matches(PREFIX).split('/').filter(|s| !s.is_empty()).collect();
-    let method = req.method().clone();
-    let model = |name: &str| kserve.serves(name).then(|| app.registry.get(name)).flatten();
-    match (&method, &parts[..]) {
-        (&Method::GET, []) => json_response(
-            StatusCode::OK,
-            &json!({"name": "edgeinfer", "version": env!("CARGO_PKG_VERSION"), "extensions": []}),
-        ),
-        (&Method::GET, ["health", "live"]) => json_response(StatusCode::OK, &json!({"live": true})),
-        (&Method::GET, ["health", "ready"]) => {
-            let ready = kserve.config.models.iter().all(|name| app.registry.get(name).is_some());
-            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-            json_response(status, &json!({"ready": ready}))
-        }
-        (&Method::GET, ["models", name]) => match model(name) {
-            Some(graph) => json_response(StatusCode::OK, &metadata(&graph)),
-            None => unknown_model(app, kserve, name),
-        },
-        (&Method::GET, ["models", name, "ready"]) => match model(name) {
-            Some(graph) => json_response(StatusCode::OK, &json!({"name": graph.name, "ready": true})),
-            None => unknown_model(app, kserve, name),
-        },
-        (&Method::POST, ["models", name, "infer"]) => match model(name) {
-            Some(graph) => {
-                let Some(_slot) = kserve.admission.admit().await else {
-                    return HostError::Overloaded
-                        .answer("the KServe API is at its concurrency limit; retry shortly");
-                };
-                infer(graph, &kserve.config, req).await
-            }
-            None => unknown_model(app, kserve, name),
-        },
-        (_, ["health", "live" | "ready"] | ["models", _] | ["models", _, "ready"] | []) => {
-            HostError::MethodNotAllowed.answer("use GET")
-        }
-        (_, ["models", _, "infer"]) => HostError::MethodNotAllowed.answer("use POST"),
-        _ => HostError::NotFound.answer(format!("no route for {path}")),
+    next.run(req).await
+}
+
+async fn unknown_route(OriginalUri(uri): OriginalUri) -> AxumResponse {
+    let mut response =
+        Answer(HostError::NotFound.answer(format!("no route for {}", uri.path()))).into_response();
+    response.extensions_mut().insert(Served::host("/v2/unmatched"));
+    response
+}
+
+async fn server_metadata() -> Answer {
+    let about = json!({"name": "edgeinfer", "version": env!("CARGO_PKG_VERSION"), "extensions": []});
+    Answer(json_response(StatusCode::OK, &about))
+}
+
+async fn live() -> Answer {
+    Answer(json_response(StatusCode::OK, &json!({"live": true})))
+}
+
+async fn ready(State(shared): State<Arc<Shared>>) -> Answer {
+    let ready = api(&shared).config.models.iter().all(|name| shared.app.registry.get(name).is_some());
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    Answer(json_response(status, &json!({"ready": ready})))
+}
+
+/// A model the API serves and that is loaded; else the answer why not.
+fn model(shared: &Shared, name: &str) -> Result<Arc<LoadedGraph>, Box<Response<WasiBody>>> {
+    let kserve = api(shared);
+    match kserve.serves(name).then(|| shared.app.registry.get(name)).flatten() {
+        Some(graph) => Ok(graph),
+        None => Err(Box::new(unknown_model(&shared.app, kserve, name))),
     }
 }
 
-fn authorized(req: &http::Request<Incoming>, token: &str) -> bool {
-    let Some(given) = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+async fn model_metadata(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Answer {
+    Answer(
+        model(&shared, &name).map_or_else(|e| *e, |graph| json_response(StatusCode::OK, &metadata(&graph))),
+    )
+}
+
+async fn model_ready(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Answer {
+    Answer(model(&shared, &name).map_or_else(
+        |e| *e,
+        |graph| json_response(StatusCode::OK, &json!({"name": graph.name, "ready": true})),
+    ))
+}
+
+async fn infer_route(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    req: axum::extract::Request,
+) -> Answer {
+    let graph = match model(&shared, &name) {
+        Ok(graph) => graph,
+        Err(answer) => return Answer(*answer),
+    };
+    let kserve = api(&shared);
+    let Some(_slot) = kserve.admission.admit().await else {
+        return Answer(
+            HostError::Overloaded.answer("the KServe API is at its concurrency limit; retry shortly"),
+        );
+    };
+    Answer(infer(graph, &kserve.config, req).await)
+}
+
+fn authorized(headers: &http::HeaderMap, token: &str) -> bool {
+    let Some(given) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
         return false;
     };
     let Some(given) = given.strip_prefix("Bearer ") else { return false };
@@ -142,7 +177,7 @@ fn metadata(graph: &LoadedGraph) -> Value {
 async fn infer(
     graph: Arc<LoadedGraph>,
     config: &KserveConfig,
-    req: http::Request<Incoming>,
+    req: axum::extract::Request,
 ) -> Response<WasiBody> {
     let body = match crate::body::read(req, config.max_request_body_bytes, crate::body::READ_TIMEOUT).await {
         Ok((_, body)) => body,
@@ -175,16 +210,4 @@ async fn infer(
         .collect();
     let answer = kserve::encode_response(&graph.name, request.id.as_deref(), &outputs);
     json_bytes(StatusCode::OK, answer)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn routes_are_counted_by_pattern() {
-        assert_eq!(route_of("/v2/models/minilm/infer"), "/v2/models/{name}/infer");
-        assert_eq!(route_of("/v2/health/ready"), "/v2/health/ready");
-        assert_eq!(route_of("/v2/other/thing"), "/v2/unmatched");
-    }
 }

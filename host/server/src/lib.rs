@@ -1,6 +1,10 @@
-//! HTTP serving: accept connections, answer host routes (`/health`, `/ready`), route everything
-//! else by spin.toml to a component's `ProxyHandler`, and map host-side failures to JSON errors.
-//! The admin API has its own listener (`admin`); `telemetry` is the process's metrics recorder.
+//! HTTP serving. Connections are hyper's; each request gets its id and head checks, then the
+//! router (axum): the host's routes (`/health`, `/ready`, `/metrics`, `/openapi.json`, `/docs`),
+//! KServe v2 under `/v2` when enabled, and everything else routed by spin.toml to a component's
+//! `ProxyHandler` (canary pick, shadow copy, limits). Whatever answered labels the response
+//! (`Served`), by which every request is counted and logged once. Host-side failures are JSON
+//! errors of one type (`HostError`). The admin API has its own listener (`admin`); `telemetry`
+//! is the process's metrics recorder.
 
 pub mod admin;
 mod body;
@@ -21,13 +25,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use axum::Router;
+use axum::extract::{Extension, MatchedPath, Path, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response as AxumResponse};
+use axum::routing::get;
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tower::ServiceExt;
 use wasmtime_wasi_http::WasiBody;
 use wasmtime_wasi_http::handler::{ExpirationError, InstantiationError, TrapOrPanicError};
 
@@ -35,25 +44,62 @@ use edgeinfer_runtime::app::App;
 use edgeinfer_runtime::component::LoadedComponent;
 use edgeinfer_runtime::instance::{RequestTicket, TrapCause};
 
-/// Shared by all connections.
-struct Server {
+/// What the handlers share.
+struct Shared {
     app: Arc<App>,
     /// The KServe v2 API, when enabled.
     kserve: Option<Kserve>,
-    /// Whether request logs carry the request body itself (off: only its hash and size).
-    log_inputs: bool,
     /// Swagger UI's files for `/docs`, if they could be fetched.
     swagger_ui: Option<SwaggerUi>,
+}
+
+/// Shared by all connections: request ids, the router, and what every request is measured and
+/// logged by.
+struct Server {
+    router: Router,
+    /// Whether request logs carry the request body itself (off: only its hash and size).
+    log_inputs: bool,
     next_request_id: AtomicU64,
     /// Distinguishes generated request ids across restarts.
     boot: u64,
+}
+
+/// A request's facts known before routing, for the handlers (a request extension).
+#[derive(Clone, Copy)]
+struct RequestContext {
+    number: u64,
+    peer: SocketAddr,
+    started: std::time::Instant,
+}
+
+/// What answered a request (a response extension, set by the handler): its metric labels and the
+/// facts of its body for the log.
+#[derive(Clone)]
+struct Served {
+    /// The route pattern, as spin.toml or the host's router writes it.
+    route: String,
+    /// The component id; `host` for the host's own routes.
+    component: String,
+    /// The component version that answered; `-` for the host's own routes.
+    version: String,
+    input: Option<Input>,
+}
+
+impl Served {
+    fn host(route: &str) -> Served {
+        Served { route: route.to_string(), component: "host".into(), version: "-".into(), input: None }
+    }
+
+    fn unmatched() -> Served {
+        Served { route: "unmatched".into(), component: "none".into(), version: "-".into(), input: None }
+    }
 }
 
 /// Header carrying the request id, from the client or generated, to the component and back.
 const REQUEST_ID: &str = "x-request-id";
 
 /// A client's request id, if it is one we can log and echo safely.
-fn client_request_id(req: &Request<Incoming>) -> Option<String> {
+fn client_request_id<B>(req: &Request<B>) -> Option<String> {
     let value = req.headers().get(REQUEST_ID)?.to_str().ok()?;
     let sane = !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic());
     sane.then(|| value.to_string())
@@ -93,8 +139,8 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let boot = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let ServeOptions { kserve, log_inputs, swagger_ui } = options;
-    let server =
-        Arc::new(Server { app, kserve, log_inputs, swagger_ui, next_request_id: AtomicU64::new(0), boot });
+    let router = routes(Arc::new(Shared { app, kserve, swagger_ui }));
+    let server = Arc::new(Server { router, log_inputs, next_request_id: AtomicU64::new(0), boot });
     let connections = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -136,7 +182,11 @@ pub async fn serve(
 }
 
 impl Server {
-    async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<WasiBody> {
+    async fn handle<B>(&self, mut req: Request<B>, peer: SocketAddr) -> AxumResponse
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
         let started = std::time::Instant::now();
         let number = self.next_request_id.fetch_add(1, Ordering::Relaxed);
         let request_id = client_request_id(&req).unwrap_or_else(|| format!("{:x}-{number:x}", self.boot));
@@ -144,54 +194,20 @@ impl Server {
         req.headers_mut().insert(REQUEST_ID, request_id_header.clone());
         let path = req.uri().path().to_string();
         let method = req.method().clone();
-        let kserve_route = self.kserve.is_some() && is_kserve_path(&path);
-        let host_route = is_host_path(&path);
-        let matched = if host_route || kserve_route { None } else { self.app.route_of(&path) };
-        let (route, component) = match matched {
-            _ if kserve_route => (kserve::route_of(&path).to_string(), "host".to_string()),
-            _ if host_route => (path.clone(), "host".to_string()),
-            Some(route) => (route.pattern.to_string(), route.component.id.clone()),
-            None => ("unmatched".to_string(), "none".to_string()),
-        };
         let head_bytes: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
-        let mut input = None;
-        // The component version that answered (metric label); "-" for the host's own routes.
-        let mut version = "-".to_string();
-        let mut response = match (req.method(), path.as_str()) {
-            _ if head_bytes > MAX_HEADER_BYTES => HostError::HeadersTooLarge
-                .answer(format!("request headers are over the limit of {MAX_HEADER_BYTES} bytes")),
-            _ if kserve_route => {
-                let kserve = self.kserve.as_ref().expect("kserve_route implies kserve");
-                kserve::handle(&self.app, kserve, req).await
-            }
-            (&Method::GET, "/health") => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
-            (&Method::GET, "/ready") => status::ready(&self.app),
-            (&Method::GET, "/metrics") => metrics_text(),
-            (&Method::GET, "/openapi.json") => docs::openapi(&self.app, self.kserve.is_some()),
-            (&Method::GET, "/docs" | "/docs/") => docs::page(self.swagger_ui.as_ref()),
-            (&Method::GET, docs_file) if docs_file.starts_with("/docs/") => {
-                docs::asset(self.swagger_ui.as_ref(), &docs_file["/docs/".len()..])
-            }
-            _ if host_route => HostError::MethodNotAllowed.answer("use GET"),
-            _ => match matched {
-                Some(route) => {
-                    // Served by the version picked now, whatever is deployed meanwhile.
-                    let pick = route.component.pick(req.headers(), peer.ip());
-                    let shadow = pick.shadow.map(|version| (version, shadow::copy_head(&req)));
-                    let component = pick.serving;
-                    let mut response = self.to_component(req, &component, number, &mut input).await;
-                    if let (Some((version, head)), Some(input)) = (shadow, &input) {
-                        response =
-                            shadow::mirror(response, version, head, input.bytes.clone(), number, started);
-                    }
-                    version = component.version[..12].to_string();
-                    let header = http::HeaderValue::from_str(&version).expect("hex digits");
-                    response.headers_mut().insert(VERSION_HEADER, header);
-                    response
-                }
-                None => HostError::NotFound.answer(format!("no route for {path}")),
-            },
+        let mut response = if head_bytes > MAX_HEADER_BYTES {
+            Answer(
+                HostError::HeadersTooLarge
+                    .answer(format!("request headers are over the limit of {MAX_HEADER_BYTES} bytes")),
+            )
+            .into_response()
+        } else {
+            req.extensions_mut().insert(RequestContext { number, peer, started });
+            let routed = self.router.clone().oneshot(req.map(axum::body::Body::new)).await;
+            routed.unwrap_or_else(|never| match never {})
         };
+        let Served { route, component, version, input } =
+            response.extensions_mut().remove::<Served>().unwrap_or_else(Served::unmatched);
         let error_type = error_type_of(&response);
         let status = response.status().as_u16().to_string();
         // Per version, so that a canary's latency and errors can be compared with the stable's.
@@ -232,74 +248,163 @@ impl Server {
         response.headers_mut().insert(REQUEST_ID, request_id_header);
         response
     }
+}
 
-    /// Runs the component on `req`; `input` gets the request body's facts for the log.
-    async fn to_component(
-        &self,
-        req: Request<Incoming>,
-        component: &LoadedComponent,
-        request_id: u64,
-        input: &mut Option<Input>,
-    ) -> Response<WasiBody> {
-        let limit = component.limits.max_request_body_bytes;
-        let (parts, body) = match body::read(req, limit, body::READ_TIMEOUT).await {
-            Ok(read) => read,
-            Err(response) => return response,
-        };
-        let hash = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(&body)[..8]);
-        *input = Some(Input { hash, bytes: body.clone() });
-        let req = Request::from_parts(parts, full_body(body));
-        // The host's own clock: a guest spinning in a loop starves the store's event loop, so the
-        // handler's timeout may not fire; the epoch interrupt then stops the guest.
-        let deadline = std::time::Duration::from_millis(component.limits.request_timeout_ms);
-        let (ticket, trap_cause) = RequestTicket::new(request_id);
-        let handled = async {
-            let _slot = component.admission.admit().await?;
-            Some(component.handler.handle(ticket, req).await)
-        };
-        let Ok(result) = tokio::time::timeout(deadline, handled).await else {
-            tracing::warn!(component = %component.id, request_id, "request timed out");
-            return HostError::Deadline.answer(format!(
-                "component {} did not answer within {} ms",
-                component.id,
-                deadline.as_millis()
-            ));
-        };
-        let Some(result) = result else {
-            return HostError::Overloaded
-                .answer(format!("component {} is at its concurrency limit; retry shortly", component.id));
-        };
-        match result {
-            Ok(response) => response,
-            Err(e) => {
-                let name = &component.id;
-                let (error, message) = if e.is::<ExpirationError>() {
-                    (HostError::Deadline, format!("component {name} did not answer in time"))
-                } else if e.is::<InstantiationError<RequestTicket>>() {
-                    (HostError::InstantiationFailed, format!("component {name}: {e}"))
-                } else if e.is::<TrapOrPanicError>() {
-                    // The instance's retirement reports why it trapped.
-                    match tokio::time::timeout(TRAP_CAUSE_WAIT, trap_cause).await.ok().and_then(Result::ok) {
-                        Some(TrapCause::OutOfFuel) => (
-                            HostError::FuelExhausted,
-                            format!(
-                                "component {name} used up its fuel budget of {}",
-                                component.limits.fuel.unwrap_or(0)
-                            ),
+/// The host's routes (and KServe's, when on) on axum; everything else goes to the app's routes.
+fn routes(shared: Arc<Shared>) -> Router {
+    let mut router = Router::new()
+        .route("/health", get(health).fallback(use_get))
+        .route("/ready", get(ready).fallback(use_get))
+        .route("/metrics", get(metrics_page).fallback(use_get))
+        .route("/openapi.json", get(openapi).fallback(use_get))
+        .route("/docs", get(docs_page).fallback(use_get))
+        .route("/docs/", get(docs_page).fallback(use_get))
+        .route("/docs/{*file}", get(docs_asset).fallback(use_get));
+    if shared.kserve.is_some() {
+        router = router.nest(kserve::PREFIX, kserve::routes(shared.clone()));
+    }
+    router.route_layer(middleware::from_fn(label_host_route)).fallback(to_app).with_state(shared)
+}
+
+/// Labels an answer of a host route by the route's pattern (e.g. `/v2/models/{name}/infer`).
+async fn label_host_route(matched: MatchedPath, req: axum::extract::Request, next: Next) -> AxumResponse {
+    let route = matched.as_str().to_string();
+    let mut response = next.run(req).await;
+    if response.extensions().get::<Served>().is_none() {
+        response.extensions_mut().insert(Served::host(&route));
+    }
+    response
+}
+
+async fn use_get() -> Answer {
+    Answer(HostError::MethodNotAllowed.answer("use GET"))
+}
+
+async fn use_post() -> Answer {
+    Answer(HostError::MethodNotAllowed.answer("use POST"))
+}
+
+async fn health() -> Answer {
+    Answer(json(StatusCode::OK, &serde_json::json!({"status": "ok"})))
+}
+
+async fn ready(State(shared): State<Arc<Shared>>) -> Answer {
+    Answer(status::ready(&shared.app))
+}
+
+async fn metrics_page() -> Answer {
+    Answer(metrics_text())
+}
+
+async fn openapi(State(shared): State<Arc<Shared>>) -> Answer {
+    Answer(docs::openapi(&shared.app, shared.kserve.is_some()))
+}
+
+async fn docs_page(State(shared): State<Arc<Shared>>) -> Answer {
+    Answer(docs::page(shared.swagger_ui.as_ref()))
+}
+
+async fn docs_asset(State(shared): State<Arc<Shared>>, Path(file): Path<String>) -> Answer {
+    Answer(docs::asset(shared.swagger_ui.as_ref(), &file))
+}
+
+/// Everything the host does not answer itself: the app's routes by spin.toml, each request served
+/// by the component version picked when it starts (whatever is deployed meanwhile).
+async fn to_app(
+    State(shared): State<Arc<Shared>>,
+    Extension(context): Extension<RequestContext>,
+    req: axum::extract::Request,
+) -> AxumResponse {
+    let path = req.uri().path().to_string();
+    let Some(route) = shared.app.route_of(&path) else {
+        let mut response = Answer(HostError::NotFound.answer(format!("no route for {path}"))).into_response();
+        response.extensions_mut().insert(Served::unmatched());
+        return response;
+    };
+    let pick = route.component.pick(req.headers(), context.peer.ip());
+    let shadow = pick.shadow.map(|version| (version, shadow::copy_head(&req)));
+    let component = pick.serving;
+    let mut input = None;
+    let mut response = to_component(req, &component, context.number, &mut input).await;
+    if let (Some((version, head)), Some(input)) = (shadow, &input) {
+        response =
+            shadow::mirror(response, version, head, input.bytes.clone(), context.number, context.started);
+    }
+    let version = component.version[..12].to_string();
+    let header = http::HeaderValue::from_str(&version).expect("hex digits");
+    response.headers_mut().insert(VERSION_HEADER, header);
+    let mut response = Answer(response).into_response();
+    let served =
+        Served { route: route.pattern.to_string(), component: route.component.id.clone(), version, input };
+    response.extensions_mut().insert(served);
+    response
+}
+
+/// Runs the component on `req`; `input` gets the request body's facts for the log.
+async fn to_component(
+    req: axum::extract::Request,
+    component: &LoadedComponent,
+    request_id: u64,
+    input: &mut Option<Input>,
+) -> Response<WasiBody> {
+    let limit = component.limits.max_request_body_bytes;
+    let (parts, body) = match body::read(req, limit, body::READ_TIMEOUT).await {
+        Ok(read) => read,
+        Err(response) => return response,
+    };
+    let hash = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(&body)[..8]);
+    *input = Some(Input { hash, bytes: body.clone() });
+    let req = Request::from_parts(parts, full_body(body));
+    // The host's own clock: a guest spinning in a loop starves the store's event loop, so the
+    // handler's timeout may not fire; the epoch interrupt then stops the guest.
+    let deadline = std::time::Duration::from_millis(component.limits.request_timeout_ms);
+    let (ticket, trap_cause) = RequestTicket::new(request_id);
+    let handled = async {
+        let _slot = component.admission.admit().await?;
+        Some(component.handler.handle(ticket, req).await)
+    };
+    let Ok(result) = tokio::time::timeout(deadline, handled).await else {
+        tracing::warn!(component = %component.id, request_id, "request timed out");
+        return HostError::Deadline.answer(format!(
+            "component {} did not answer within {} ms",
+            component.id,
+            deadline.as_millis()
+        ));
+    };
+    let Some(result) = result else {
+        return HostError::Overloaded
+            .answer(format!("component {} is at its concurrency limit; retry shortly", component.id));
+    };
+    match result {
+        Ok(response) => response,
+        Err(e) => {
+            let name = &component.id;
+            let (error, message) = if e.is::<ExpirationError>() {
+                (HostError::Deadline, format!("component {name} did not answer in time"))
+            } else if e.is::<InstantiationError<RequestTicket>>() {
+                (HostError::InstantiationFailed, format!("component {name}: {e}"))
+            } else if e.is::<TrapOrPanicError>() {
+                // The instance's retirement reports why it trapped.
+                match tokio::time::timeout(TRAP_CAUSE_WAIT, trap_cause).await.ok().and_then(Result::ok) {
+                    Some(TrapCause::OutOfFuel) => (
+                        HostError::FuelExhausted,
+                        format!(
+                            "component {name} used up its fuel budget of {}",
+                            component.limits.fuel.unwrap_or(0)
                         ),
-                        Some(TrapCause::Trap(trap)) => {
-                            (HostError::ComponentFault, format!("component {name} failed to answer: {trap}"))
-                        }
-                        None => (HostError::ComponentFault, format!("component {name}: {e}")),
+                    ),
+                    Some(TrapCause::Trap(trap)) => {
+                        (HostError::ComponentFault, format!("component {name} failed to answer: {trap}"))
                     }
-                } else {
-                    // Errors the guest returned instead of a response.
-                    (HostError::ComponentFault, format!("component {name} failed to answer: {e}"))
-                };
-                let error_type = error.error_type();
-                tracing::warn!(component = %component.id, request_id, error_type, "component failed: {e:?}");
-                error.answer(message)
-            }
+                    None => (HostError::ComponentFault, format!("component {name}: {e}")),
+                }
+            } else {
+                // Errors the guest returned instead of a response.
+                (HostError::ComponentFault, format!("component {name} failed to answer: {e}"))
+            };
+            let error_type = error.error_type();
+            tracing::warn!(component = %component.id, request_id, error_type, "component failed: {e:?}");
+            error.answer(message)
         }
     }
 }
@@ -340,6 +445,7 @@ pub fn check_routes(
 }
 
 /// A request body as the log sees it.
+#[derive(Clone)]
 struct Input {
     /// First 16 hex digits of its sha256: equal inputs can be correlated, the text is not logged.
     hash: String,
@@ -348,7 +454,7 @@ struct Input {
 
 /// The `error_type` of an error answer, as its `x-error-type` header states it (the host's own
 /// answers and `components/text-handler`'s set it); the body is never read back for it.
-fn error_type_of(response: &Response<WasiBody>) -> Option<String> {
+fn error_type_of<B>(response: &Response<B>) -> Option<String> {
     if response.status().as_u16() < 400 {
         return None;
     }
@@ -442,3 +548,6 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod server_tests;

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::body::{Body, Frame, SizeHint};
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -37,7 +36,7 @@ pub struct Head {
     headers: HeaderMap,
 }
 
-pub fn copy_head(req: &Request<Incoming>) -> Head {
+pub fn copy_head<B>(req: &Request<B>) -> Head {
     Head { method: req.method().clone(), uri: req.uri().clone(), headers: req.headers().clone() }
 }
 

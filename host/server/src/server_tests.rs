@@ -1,0 +1,129 @@
+//! The server in process, without the built binary, components or model files: an app with no
+//! routes and a model that failed to load (its file is missing), requests handed straight to
+//! `Server::handle`. What the host answers itself is checked here; component traffic end to end.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use serde_json::Value;
+
+use super::*;
+use edgeinfer_config::manifest::Manifest;
+use edgeinfer_config::runtime_config::RuntimeConfig;
+use edgeinfer_engine::registry::GraphRegistry;
+use edgeinfer_runtime::app::App;
+use edgeinfer_runtime::compile::CompileCache;
+
+const TOKEN: &str = "a-test-token-0123456789";
+
+/// A server over an empty app whose one model, `broken`, failed to load; KServe on (with a
+/// token) or off.
+fn server(kserve_on: bool) -> Server {
+    let dir = std::env::temp_dir().join(format!("edgeinfer-server-test-{}", std::process::id()));
+    let manifest =
+        Manifest::parse("spin_manifest_version = 2\n[application]\nname = \"empty\"\n", dir.clone())
+            .expect("an app without components is a manifest");
+    let config = RuntimeConfig::parse(
+        "[model.broken]\npath = \"no/such/model.onnx\"\n[kserve]\nenabled = true\ntoken_env = \"T\"\nmodels = [\"broken\"]\n",
+    )
+    .expect("runtime config");
+    let registry = Arc::new(GraphRegistry::load(&config.model, &dir));
+    let engine = wasmtime::Engine::default();
+    let cache = CompileCache::new(dir.join("cache"));
+    let app = App::load(Arc::new(manifest), &BTreeMap::new(), registry, &engine, cache, false).expect("app");
+    let kserve = kserve_on.then(|| Kserve::new(config.kserve.clone(), Some(TOKEN.to_string())));
+    let router = routes(Arc::new(Shared { app: Arc::new(app), kserve, swagger_ui: None }));
+    Server { router, log_inputs: false, next_request_id: AtomicU64::new(0), boot: 7 }
+}
+
+struct Answered {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: Value,
+}
+
+async fn call(server: &Server, method: Method, path: &str, headers: &[(&str, &str)]) -> Answered {
+    let mut request = Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::new(Bytes::new())).unwrap();
+    let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let response = server.handle(request, peer).await;
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Answered { status: parts.status, headers: parts.headers, body }
+}
+
+/// A JSON error of `status` and `error_type`, the type in its header too.
+fn assert_error(answer: &Answered, status: u16, error_type: &str) {
+    assert_eq!(answer.status.as_u16(), status, "{}", answer.body);
+    assert_eq!(answer.body["error_type"], error_type, "{}", answer.body);
+    assert!(answer.body["error"].as_str().is_some_and(|e| !e.is_empty()), "{}", answer.body);
+    assert_eq!(answer.headers["x-error-type"], error_type);
+}
+
+#[tokio::test]
+async fn host_routes_answer_and_everything_else_is_a_json_error() {
+    let server = server(false);
+    let health = call(&server, Method::GET, "/health", &[]).await;
+    assert_eq!((health.status, health.body["status"].as_str()), (StatusCode::OK, Some("ok")));
+    assert_eq!(health.headers["x-request-id"], "7-0", "a generated request id");
+    let wrong_method = call(&server, Method::POST, "/health", &[("x-request-id", "client-1")]).await;
+    assert_error(&wrong_method, 405, "MethodNotAllowed");
+    assert_eq!(wrong_method.headers["x-request-id"], "client-1", "the client's request id echoed");
+    let unrouted = call(&server, Method::GET, "/nothing/here", &[]).await;
+    assert_error(&unrouted, 404, "NotFound");
+    assert_eq!(unrouted.body["error"], "no route for /nothing/here");
+    // Not ready while a model is unavailable, and the answer says which and why.
+    let ready = call(&server, Method::GET, "/ready", &[]).await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ready.body["models"][0]["name"], "broken");
+    assert!(ready.body["models"][0]["error"].as_str().unwrap().contains("does not exist"), "{}", ready.body);
+    assert_error(&call(&server, Method::GET, "/docs", &[]).await, 503, "DocsUnavailable");
+    let openapi = call(&server, Method::GET, "/openapi.json", &[]).await;
+    assert!(openapi.body["openapi"].is_string(), "{}", openapi.body);
+    assert!(openapi.body["paths"].get("/v2/models/{name}/infer").is_none(), "KServe off: not described");
+    let huge = "x".repeat(70 << 10);
+    assert_error(&call(&server, Method::GET, "/health", &[("x-big", &huge)]).await, 431, "HeadersTooLarge");
+    // KServe off: /v2 is nobody's route.
+    assert_error(&call(&server, Method::GET, "/v2/health/live", &[]).await, 404, "NotFound");
+}
+
+#[tokio::test]
+async fn kserve_needs_its_token_and_serves_only_its_models() {
+    let server = server(true);
+    let bearer = format!("Bearer {TOKEN}");
+    let auth = [("authorization", bearer.as_str())];
+    let refused = call(&server, Method::GET, "/v2/health/live", &[]).await;
+    assert_error(&refused, 401, "Unauthorized");
+    assert_eq!(refused.headers["www-authenticate"], "Bearer");
+    let wrong = call(&server, Method::GET, "/v2/health/live", &[("authorization", "Bearer nope")]).await;
+    assert_error(&wrong, 401, "Unauthorized");
+    assert_error(&call(&server, Method::GET, "/v2/no/such/route", &[]).await, 401, "Unauthorized");
+    let live = call(&server, Method::GET, "/v2/health/live", &auth).await;
+    assert_eq!((live.status, live.body["live"].as_bool()), (StatusCode::OK, Some(true)));
+    let ready = call(&server, Method::GET, "/v2/health/ready", &auth).await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE, "its model failed to load");
+    assert_error(&call(&server, Method::GET, "/v2/models/broken", &auth).await, 503, "ModelUnavailable");
+    assert_error(
+        &call(&server, Method::POST, "/v2/models/broken/infer", &auth).await,
+        503,
+        "ModelUnavailable",
+    );
+    assert_error(&call(&server, Method::GET, "/v2/models/other", &auth).await, 404, "ModelNotFound");
+    let wrong_method = call(&server, Method::GET, "/v2/models/broken/infer", &auth).await;
+    assert_error(&wrong_method, 405, "MethodNotAllowed");
+    assert_eq!(wrong_method.body["error"], "use POST");
+    let unknown = call(&server, Method::GET, "/v2/no/such/route", &auth).await;
+    assert_error(&unknown, 404, "NotFound");
+    assert_eq!(unknown.body["error"], "no route for /v2/no/such/route");
+    let about = call(&server, Method::GET, "/v2", &auth).await;
+    assert_eq!(about.body["name"], "edgeinfer");
+}
