@@ -106,20 +106,51 @@ pub struct ReloadRequest {
     pub sha256: Option<String>,
 }
 
+/// Makes the engines of a model from its file: ONNX Runtime sessions, or a fake in tests.
+pub trait EngineLoader: Send + Sync {
+    /// One engine for the model file at `path`; called once per worker.
+    fn load(&self, path: &Path, config: &ModelConfig) -> Result<Arc<dyn Engine>>;
+}
+
+/// ONNX Runtime sessions (`init_runtime` must have succeeded).
+pub struct OnnxLoader;
+
+impl EngineLoader for OnnxLoader {
+    fn load(&self, path: &Path, config: &ModelConfig) -> Result<Arc<dyn Engine>> {
+        Ok(Arc::new(OnnxEngine::load(path, config)?))
+    }
+}
+
 /// All models of the app, by name.
-#[derive(Default)]
 pub struct GraphRegistry {
     models: BTreeMap<String, Arc<ModelSlot>>,
     app_dir: PathBuf,
+    loader: Arc<dyn EngineLoader>,
+}
+
+impl Default for GraphRegistry {
+    fn default() -> GraphRegistry {
+        GraphRegistry { models: BTreeMap::new(), app_dir: PathBuf::new(), loader: Arc::new(OnnxLoader) }
+    }
 }
 
 impl GraphRegistry {
-    /// Loads every model of the runtime config; paths are relative to `app_dir`. A model that
-    /// fails is logged and recorded, not fatal.
+    /// Loads every model of the runtime config on ONNX Runtime; paths are relative to `app_dir`.
+    /// A model that fails is logged and recorded, not fatal.
     pub fn load(models: &BTreeMap<String, ModelConfig>, app_dir: &Path) -> GraphRegistry {
-        let mut registry = GraphRegistry { models: BTreeMap::new(), app_dir: app_dir.to_path_buf() };
+        GraphRegistry::load_with(models, app_dir, Arc::new(OnnxLoader))
+    }
+
+    /// As `load`, with engines made by `loader` (now and at reloads).
+    pub fn load_with(
+        models: &BTreeMap<String, ModelConfig>,
+        app_dir: &Path,
+        loader: Arc<dyn EngineLoader>,
+    ) -> GraphRegistry {
+        let mut registry =
+            GraphRegistry { models: BTreeMap::new(), app_dir: app_dir.to_path_buf(), loader: loader.clone() };
         for (name, config) in models {
-            let state = match load_graph(name, config, app_dir) {
+            let state = match load_graph(name, config, app_dir, loader.as_ref()) {
                 Ok(graph) => ModelState::Ready(Arc::new(graph)),
                 Err(e) => ModelState::Failed(Arc::new(failed(name, config, &e))),
             };
@@ -177,12 +208,13 @@ impl GraphRegistry {
         if let Some(sha256) = request.sha256 {
             config.sha256 = Some(sha256);
         }
-        let (app_dir, model) = (self.app_dir.clone(), name.to_string());
+        let (app_dir, model, loader) = (self.app_dir.clone(), name.to_string(), self.loader.clone());
         let load_config = config.clone();
-        let loaded = tokio::task::spawn_blocking(move || load_graph(&model, &load_config, &app_dir))
-            .await
-            .map_err(|e| ReloadError::Invalid(format!("the load panicked: {e}")))?
-            .map_err(|e| ReloadError::Invalid(format!("{e:#}")))?;
+        let loaded =
+            tokio::task::spawn_blocking(move || load_graph(&model, &load_config, &app_dir, loader.as_ref()))
+                .await
+                .map_err(|e| ReloadError::Invalid(format!("the load panicked: {e}")))?
+                .map_err(|e| ReloadError::Invalid(format!("{e:#}")))?;
         let current = slot.graph();
         if let Some(current) = &current {
             let differences = interface_differences(current, &loaded);
@@ -233,7 +265,12 @@ fn failed(name: &str, config: &ModelConfig, e: &anyhow::Error) -> FailedModel {
 }
 
 /// Checks and loads one model: its file, its checksum, one engine per worker, its batcher.
-fn load_graph(name: &str, config: &ModelConfig, app_dir: &Path) -> Result<LoadedGraph> {
+fn load_graph(
+    name: &str,
+    config: &ModelConfig,
+    app_dir: &Path,
+    loader: &dyn EngineLoader,
+) -> Result<LoadedGraph> {
     let path = app_dir.join(&config.path);
     let started = Instant::now();
     let device = config.device()?;
@@ -246,7 +283,7 @@ fn load_graph(name: &str, config: &ModelConfig, app_dir: &Path) -> Result<Loaded
     }
     let mut engines: Vec<Arc<dyn Engine>> = Vec::with_capacity(config.workers);
     for _ in 0..config.workers {
-        engines.push(Arc::new(OnnxEngine::load(&path, config)?));
+        engines.push(loader.load(&path, config)?);
     }
     let policy = BatchPolicy::from_config(config.batching.as_ref(), config.max_queue);
     metrics::gauge!("edgeinfer_model_load_seconds", "model" => name.to_string()).set(started.elapsed());
@@ -273,3 +310,6 @@ fn load_graph(name: &str, config: &ModelConfig, app_dir: &Path) -> Result<Loaded
         batcher: Batcher::spawn(name, engines, policy),
     })
 }
+
+#[cfg(test)]
+mod tests;
