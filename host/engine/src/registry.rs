@@ -1,5 +1,5 @@
 //! Which models exist: graphs named in the runtime config, loaded once at start and shared by
-//! every component instance, each behind its batcher. Must be built inside the tokio runtime.
+//! every component instance, each behind its batcher.
 //!
 //! A model that cannot load (file missing, corrupt, wrong checksum) does not stop the host: it is
 //! recorded as unavailable with its error, `/ready` answers 503 and names it, and `load-by-name`

@@ -81,15 +81,25 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the queue task for `engines`, each on its own thread (one run at a time per
-    /// engine). Must be called inside a tokio runtime. The threads end when the last handle is
-    /// dropped and the queue has drained.
+    /// Starts the model's queue on a thread of its own and `engines` each on theirs (one run at
+    /// a time per engine); no async runtime is needed to call it. The threads end when the last
+    /// handle is dropped and the queue has drained.
     pub fn spawn(model: &str, engines: Vec<Arc<dyn Engine>>, policy: BatchPolicy) -> Batcher {
         assert!(!engines.is_empty(), "a batcher needs at least one engine");
         let inputs = Arc::new(engines[0].inputs().to_vec());
         let max_queue = policy.max_queue;
         let (queue, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(BatchLoop::new(model.to_string(), engines, policy, receiver).run());
+        let batch_loop = BatchLoop::new(model.to_string(), engines, policy, receiver);
+        // The queue's own small runtime: forming batches never waits behind HTTP work, and
+        // loading a model (e.g. at start, on a blocking thread) needs no runtime around it.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("cannot build the batcher's runtime");
+        std::thread::Builder::new()
+            .name(format!("batcher-{model}"))
+            .spawn(move || runtime.block_on(batch_loop.run()))
+            .expect("cannot start a batcher thread");
         Batcher { queue, inputs, places: Arc::new(Semaphore::new(max_queue)), max_queue, model: model.into() }
     }
 
