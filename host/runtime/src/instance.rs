@@ -240,6 +240,10 @@ impl WorkerExpiration for Expiration {
     }
 }
 
+/// wasmtime-wasi-http's error for a worker whose task ended without finishing (a panic, or the
+/// runtime cancelling it at shutdown).
+const DROPPED_WORKER: &str = "worker panicked";
+
 /// Decides how many requests an instance takes.
 pub struct Worker {
     policy: ReusePolicy,
@@ -285,7 +289,15 @@ impl WorkerState for Worker {
     fn drop(&self, mut store: Store<InstanceState>, result: wasmtime::Result<()>) {
         metrics::gauge!("edgeinfer_live_instances", "component" => self.component_id.clone()).decrement(1.0);
         if let Err(error) = result {
-            let reports = std::mem::take(&mut store.data_mut().trap_reports);
+            // Only requests still waiting for an answer are told; ended ones closed their channel.
+            let mut reports = std::mem::take(&mut store.data_mut().trap_reports);
+            reports.retain(|(_, report)| !report.is_closed());
+            // wasmtime-wasi-http says this of a worker task dropped unfinished; with no request on
+            // it, that is the host stopping (its tasks cancelled), not a fault.
+            if reports.is_empty() && error.to_string() == DROPPED_WORKER {
+                tracing::debug!(component = %self.component_id, "idle instance dropped");
+                return;
+            }
             let requests: Vec<u64> = reports.iter().map(|(id, _)| *id).collect();
             tracing::warn!(
                 component = %self.component_id,
