@@ -86,7 +86,10 @@ async fn handle(
     let path = req.uri().path().to_string();
     let response = match authorize(&req, token) {
         Err(response) => Answer(*response).into_response(),
-        Ok(()) => router.oneshot(req.map(axum::body::Body::new)).await.unwrap_or_else(|never| match never {}),
+        Ok(()) => {
+            let routed = router.oneshot(req.map(axum::body::Body::new)).await;
+            crate::json_rejection(routed.unwrap_or_else(|never| match never {})).await
+        }
     };
     tracing::info!(%method, %path, status = response.status().as_u16(), %peer, "admin");
     response

@@ -46,15 +46,16 @@ enum Read {
     TimedOut,
 }
 
-/// Reads up to `limit` bytes. Past the limit the rest is read and discarded (at most 8 x the
-/// limit), so that a client still sending gets the 413 instead of a reset connection.
+/// Reads up to `limit` bytes. Past the limit the rest is read and discarded (up to 8 x the limit,
+/// and never more than 64 MiB past it), so that a client still sending gets the 413 instead of a
+/// reset connection.
 async fn read_limited<B>(mut body: B, limit: u64, timeout: Duration) -> Result<Read, B::Error>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
 {
     let mut kept = BytesMut::new();
     let mut total: u64 = 0;
-    let discard_cap = limit.saturating_mul(8);
+    let discard_cap = limit.saturating_mul(8).min(limit.saturating_add(64 << 20));
     let read = async {
         while let Some(frame) = body.frame().await {
             if let Some(data) = frame?.data_ref() {

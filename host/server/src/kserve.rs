@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{OriginalUri, Path, State};
+use axum::extract::{MatchedPath, OriginalUri, Path, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response as AxumResponse};
 use axum::routing::{get, post};
@@ -64,19 +64,41 @@ pub(crate) fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
         .layer(middleware::from_fn_with_state(shared, require_token))
 }
 
+/// A `/v2` path with empty segments (`/v2/`, `/v2//models/x`, `.../infer/`) as the same path
+/// without them, which is how the protocol's clients mean it; `None` when there are none.
+pub(crate) fn normalise(uri: &http::Uri) -> Option<http::Uri> {
+    let path = uri.path();
+    if !(path.starts_with("/v2/") && (path.ends_with('/') || path.contains("//"))) {
+        return None;
+    }
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let mut normalised = format!("/{}", segments.join("/"));
+    if let Some(query) = uri.query() {
+        normalised = format!("{normalised}?{query}");
+    }
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(normalised.parse().ok()?);
+    http::Uri::from_parts(parts).ok()
+}
+
 fn api(shared: &Shared) -> &Kserve {
     shared.kserve.as_ref().expect("the routes exist only when the API is enabled")
 }
 
 async fn require_token(
     State(shared): State<Arc<Shared>>,
+    matched: Option<MatchedPath>,
     req: axum::extract::Request,
     next: Next,
 ) -> AxumResponse {
     if let Some(token) = &api(&shared).token
         && !authorized(req.headers(), token)
     {
-        return Answer(HostError::Unauthorized.answer("a valid bearer token is required")).into_response();
+        let mut refused =
+            Answer(HostError::Unauthorized.answer("a valid bearer token is required")).into_response();
+        let route = matched.as_ref().map_or("/v2/unmatched", MatchedPath::as_str);
+        refused.extensions_mut().insert(Served::host(route));
+        return refused;
     }
     next.run(req).await
 }

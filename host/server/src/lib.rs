@@ -57,6 +57,8 @@ struct Shared {
 /// logged by.
 struct Server {
     router: Router,
+    /// Whether `/v2` is KServe's (its paths are normalised before routing).
+    kserve_on: bool,
     /// Whether request logs carry the request body itself (off: only its hash and size).
     log_inputs: bool,
     next_request_id: AtomicU64,
@@ -139,8 +141,9 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let boot = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let ServeOptions { kserve, log_inputs, swagger_ui } = options;
+    let kserve_on = kserve.is_some();
     let router = routes(Arc::new(Shared { app, kserve, swagger_ui }));
-    let server = Arc::new(Server { router, log_inputs, next_request_id: AtomicU64::new(0), boot });
+    let server = Arc::new(Server { router, kserve_on, log_inputs, next_request_id: AtomicU64::new(0), boot });
     let connections = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -202,12 +205,20 @@ impl Server {
             )
             .into_response()
         } else {
+            if self.kserve_on
+                && let Some(normalised) = kserve::normalise(req.uri())
+            {
+                *req.uri_mut() = normalised;
+            }
             req.extensions_mut().insert(RequestContext { number, peer, started });
             let routed = self.router.clone().oneshot(req.map(axum::body::Body::new)).await;
             routed.unwrap_or_else(|never| match never {})
         };
         let Served { route, component, version, input } =
             response.extensions_mut().remove::<Served>().unwrap_or_else(Served::unmatched);
+        if component == "host" || component == "none" {
+            response = json_rejection(response).await;
+        }
         let error_type = error_type_of(&response);
         let status = response.status().as_u16().to_string();
         // Per version, so that a canary's latency and errors can be compared with the stable's.
@@ -467,6 +478,19 @@ const VERSION_HEADER: &str = "x-edgeinfer-version";
 
 /// Response header in which a component reports the tokens it computed on.
 const TOKENS_HEADER: &str = "x-compute-tokens";
+
+/// The host's own 400s all JSON: an extractor's rejection (e.g. a path parameter that is not
+/// UTF-8 once decoded) becomes a `BadRequest` error with the rejection's text.
+pub(crate) async fn json_rejection(response: AxumResponse) -> AxumResponse {
+    if response.status() != StatusCode::BAD_REQUEST || response.headers().contains_key(ERROR_TYPE_HEADER) {
+        return response;
+    }
+    let text = match http_body_util::Limited::new(response.into_body(), 4096).collect().await {
+        Ok(collected) => String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
+        Err(_) => "the request is malformed".to_string(),
+    };
+    Answer(HostError::BadRequest.answer(text)).into_response()
+}
 
 /// A response of the host's body type, as axum answers it.
 pub struct Answer(pub Response<WasiBody>);

@@ -38,7 +38,7 @@ fn server(kserve_on: bool) -> Server {
     let app = App::load(Arc::new(manifest), &BTreeMap::new(), registry, &engine, cache, false).expect("app");
     let kserve = kserve_on.then(|| Kserve::new(config.kserve.clone(), Some(TOKEN.to_string())));
     let router = routes(Arc::new(Shared { app: Arc::new(app), kserve, swagger_ui: None }));
-    Server { router, log_inputs: false, next_request_id: AtomicU64::new(0), boot: 7 }
+    Server { router, kserve_on, log_inputs: false, next_request_id: AtomicU64::new(0), boot: 7 }
 }
 
 struct Answered {
@@ -126,4 +126,11 @@ async fn kserve_needs_its_token_and_serves_only_its_models() {
     assert_eq!(unknown.body["error"], "no route for /v2/no/such/route");
     let about = call(&server, Method::GET, "/v2", &auth).await;
     assert_eq!(about.body["name"], "edgeinfer");
+    // Trailing and doubled slashes are the same path, and need the token as well.
+    assert_error(&call(&server, Method::GET, "/v2/", &[]).await, 401, "Unauthorized");
+    assert_eq!(call(&server, Method::GET, "/v2/", &auth).await.body["name"], "edgeinfer");
+    let live = call(&server, Method::GET, "/v2//health/live/?x=1", &auth).await;
+    assert_eq!(live.body["live"], true);
+    // A path parameter axum cannot decode is a JSON error like any other.
+    assert_error(&call(&server, Method::GET, "/v2/models/%FF", &auth).await, 400, "BadRequest");
 }

@@ -11,7 +11,7 @@ use ort::ep;
 use ort::session::Session;
 use ort::session::SessionInputValue;
 use ort::session::builder::GraphOptimizationLevel;
-use ort::value::{DynValue, Tensor, TensorRef, ValueType};
+use ort::value::{DynValue, TensorRef, ValueType};
 use ort::value::{PrimitiveTensorElementType, TensorElementType};
 
 use super::{ElementType, Engine, EngineError, TensorData, TensorSpec, check_inputs};
@@ -93,14 +93,37 @@ impl Engine for OnnxEngine {
 
     fn run(&self, inputs: Vec<(String, TensorData)>) -> Result<Vec<(String, TensorData)>, EngineError> {
         check_inputs(&inputs, &self.inputs)?;
+        // Every input is a view over memory this call owns until it returns: the request's own
+        // bytes, or an aligned copy of them in the rare case they are not aligned.
+        let copies: Vec<Option<Vec<u64>>> = inputs.iter().map(|(_, t)| aligned_copy(&t.bytes)).collect();
+        let sources: Vec<&[u8]> = inputs
+            .iter()
+            .zip(&copies)
+            .map(|((_, t), copy)| match copy {
+                Some(words) => &bytemuck::cast_slice::<u64, u8>(words)[..t.bytes.len()],
+                None => &t.bytes[..],
+            })
+            .collect();
         let values: Vec<(&str, SessionInputValue<'_>)> = inputs
             .iter()
-            .map(|(name, tensor)| Ok((name.as_str(), to_ort(tensor)?)))
+            .zip(&sources)
+            .map(|((name, tensor), source)| Ok((name.as_str(), to_ort(tensor, source)?)))
             .collect::<Result<_, EngineError>>()?;
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
         let outputs = session.run(values).map_err(|e| EngineError::Runtime(e.to_string()))?;
-        outputs.into_iter().map(|(name, value)| Ok((name.to_string(), from_ort(value)?))).collect()
+        // Converted while the inputs still live: an output may be an input's own buffer.
+        outputs.into_iter().map(|(name, value)| Ok((name.to_string(), from_ort(value, &sources)?))).collect()
     }
+}
+
+/// A copy of `bytes` at an address aligned for every element type, when they are not already.
+fn aligned_copy(bytes: &[u8]) -> Option<Vec<u64>> {
+    if (bytes.as_ptr() as usize).is_multiple_of(8) {
+        return None;
+    }
+    let mut words = vec![0u64; bytes.len().div_ceil(8)];
+    bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
+    Some(words)
 }
 
 fn optimization_level(level: GraphOptimization) -> GraphOptimizationLevel {
@@ -137,16 +160,16 @@ fn element_type(ty: TensorElementType) -> Option<ElementType> {
     })
 }
 
-/// A session input over the tensor's own bytes: a view, not a copy, when they are aligned for
-/// their element type (allocations are, in practice).
-fn to_ort(tensor: &TensorData) -> Result<SessionInputValue<'_>, EngineError> {
+/// A session input viewing `source` (the tensor's bytes, aligned): no copy.
+fn to_ort<'a>(tensor: &TensorData, source: &'a [u8]) -> Result<SessionInputValue<'a>, EngineError> {
     let runtime = |e: ort::Error| EngineError::Runtime(e.to_string());
+    let shape: Vec<i64> = tensor.shape.iter().map(|&d| i64::from(d)).collect();
     match tensor.ty {
-        ElementType::F32 => view::<f32>(tensor).map_err(runtime),
-        ElementType::F64 => view::<f64>(tensor).map_err(runtime),
-        ElementType::I32 => view::<i32>(tensor).map_err(runtime),
-        ElementType::I64 => view::<i64>(tensor).map_err(runtime),
-        ElementType::U8 => view::<u8>(tensor).map_err(runtime),
+        ElementType::F32 => view::<f32>(shape, source).map_err(runtime),
+        ElementType::F64 => view::<f64>(shape, source).map_err(runtime),
+        ElementType::I32 => view::<i32>(shape, source).map_err(runtime),
+        ElementType::I64 => view::<i64>(shape, source).map_err(runtime),
+        ElementType::U8 => view::<u8>(shape, source).map_err(runtime),
         ElementType::F16 | ElementType::BF16 => {
             Err(EngineError::invalid(format!("{:?} tensors are not supported yet", tensor.ty)))
         }
@@ -154,17 +177,18 @@ fn to_ort(tensor: &TensorData) -> Result<SessionInputValue<'_>, EngineError> {
 }
 
 fn view<T: PrimitiveTensorElementType + bytemuck::Pod + fmt::Debug>(
-    tensor: &TensorData,
+    shape: Vec<i64>,
+    source: &[u8],
 ) -> ort::Result<SessionInputValue<'_>> {
-    let shape: Vec<i64> = tensor.shape.iter().map(|&d| i64::from(d)).collect();
-    Ok(match bytemuck::try_cast_slice::<u8, T>(&tensor.bytes) {
-        Ok(values) => TensorRef::from_array_view((shape, values))?.into(),
-        Err(_) => Tensor::from_array((shape, bytemuck::pod_collect_to_vec::<u8, T>(&tensor.bytes)))?.into(),
-    })
+    let values = bytemuck::try_cast_slice::<u8, T>(source)
+        .map_err(|e| ort::Error::new(format!("tensor bytes cannot be viewed as elements: {e}")))?;
+    Ok(TensorRef::from_array_view((shape, values))?.into())
 }
 
-/// An output tensor whose bytes stay in ONNX Runtime's value: handed on, not copied.
-fn from_ort(value: DynValue) -> Result<TensorData, EngineError> {
+/// An output tensor whose bytes stay in ONNX Runtime's value: handed on, not copied. An output
+/// that is one of the inputs' buffers (ONNX Runtime passes an input through that way) is copied:
+/// those bytes are not the value's to keep.
+fn from_ort(value: DynValue, inputs: &[&[u8]]) -> Result<TensorData, EngineError> {
     let ValueType::Tensor { ty, shape, .. } = value.dtype() else {
         return Err(EngineError::Runtime("model output is not a tensor".into()));
     };
@@ -175,21 +199,35 @@ fn from_ort(value: DynValue) -> Result<TensorData, EngineError> {
         .map_err(|_| EngineError::Runtime(format!("model output has shape {shape:?}")))?;
     let runtime = |e: ort::Error| EngineError::Runtime(e.to_string());
     let (ty, bytes) = match ty {
-        TensorElementType::Float32 => (ElementType::F32, output_bytes::<f32>(value).map_err(runtime)?),
-        TensorElementType::Float64 => (ElementType::F64, output_bytes::<f64>(value).map_err(runtime)?),
-        TensorElementType::Int32 => (ElementType::I32, output_bytes::<i32>(value).map_err(runtime)?),
-        TensorElementType::Int64 => (ElementType::I64, output_bytes::<i64>(value).map_err(runtime)?),
-        TensorElementType::Uint8 => (ElementType::U8, output_bytes::<u8>(value).map_err(runtime)?),
+        TensorElementType::Float32 => {
+            (ElementType::F32, output_bytes::<f32>(value, inputs).map_err(runtime)?)
+        }
+        TensorElementType::Float64 => {
+            (ElementType::F64, output_bytes::<f64>(value, inputs).map_err(runtime)?)
+        }
+        TensorElementType::Int32 => (ElementType::I32, output_bytes::<i32>(value, inputs).map_err(runtime)?),
+        TensorElementType::Int64 => (ElementType::I64, output_bytes::<i64>(value, inputs).map_err(runtime)?),
+        TensorElementType::Uint8 => (ElementType::U8, output_bytes::<u8>(value, inputs).map_err(runtime)?),
         other => return Err(EngineError::Runtime(format!("model output type {other:?} is not supported"))),
     };
     Ok(TensorData { shape, ty, bytes })
 }
 
-fn output_bytes<T: PrimitiveTensorElementType + bytemuck::Pod>(value: DynValue) -> ort::Result<Bytes> {
+fn output_bytes<T: PrimitiveTensorElementType + bytemuck::Pod>(
+    value: DynValue,
+    inputs: &[&[u8]],
+) -> ort::Result<Bytes> {
     let (_, data) = value.try_extract_tensor::<T>()?;
     let data: &[u8] = bytemuck::cast_slice(data);
     if data.is_empty() {
         return Ok(Bytes::new());
+    }
+    let range = data.as_ptr_range();
+    if inputs.iter().any(|input| {
+        let input = input.as_ptr_range();
+        range.start < input.end && input.start < range.end
+    }) {
+        return Ok(Bytes::copy_from_slice(data));
     }
     let (address, len) = (data.as_ptr() as usize, data.len());
     Ok(Bytes::from_owner(OutputBytes { _value: value, address, len }))
@@ -204,8 +242,9 @@ struct OutputBytes {
 
 impl AsRef<[u8]> for OutputBytes {
     fn as_ref(&self) -> &[u8] {
-        // SAFETY: `address..address + len` is the CPU data of `_value`, which this struct owns and
-        // nothing writes to after the run; a value's data does not move when the value does.
+        // SAFETY: `address..address + len` is the CPU data of `_value` (not an input's buffer:
+        // those are copied), which this struct owns and nothing writes to after the run; a
+        // value's data does not move when the value does.
         unsafe { std::slice::from_raw_parts(self.address as *const u8, self.len) }
     }
 }
