@@ -290,3 +290,98 @@ fn a_burst_past_max_queue_is_refused_with_retry_after_and_memory_stays_bounded()
     let response = client().post(&url).header("content-type", "application/json").body(body).send().unwrap();
     assert_eq!(response.status().as_u16(), 200);
 }
+
+/// ONNX bytes of a graph with no nodes whose output `x` is its input `x` (FP32 `[n, 3]`): ONNX
+/// Runtime hands the input's own buffer back as the output. Written field by field (protobuf
+/// wire format, ONNX's field numbers) to need no ONNX tooling.
+fn passthrough_model() -> Vec<u8> {
+    fn varint(mut value: u64, out: &mut Vec<u8>) {
+        loop {
+            let byte = (value & 0x7f) as u8;
+            value >>= 7;
+            if value == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    fn int(tag: u64, value: u64, out: &mut Vec<u8>) {
+        varint(tag << 3, out);
+        varint(value, out);
+    }
+    fn bytes(tag: u64, data: &[u8], out: &mut Vec<u8>) {
+        varint((tag << 3) | 2, out);
+        varint(data.len() as u64, out);
+        out.extend_from_slice(data);
+    }
+    let (mut rows, mut columns, mut shape, mut tensor, mut ty, mut value) = Default::default();
+    bytes(2, b"n", &mut rows); // Dimension.dim_param
+    int(1, 3, &mut columns); // Dimension.dim_value
+    bytes(1, &rows, &mut shape); // TensorShapeProto.dim
+    bytes(1, &columns, &mut shape);
+    int(1, 1, &mut tensor); // TypeProto.Tensor.elem_type = FLOAT
+    bytes(2, &shape, &mut tensor);
+    bytes(1, &tensor, &mut ty); // TypeProto.tensor_type
+    bytes(1, b"x", &mut value); // ValueInfoProto.name
+    bytes(2, &ty, &mut value);
+    let (mut graph, mut opset, mut model) = (Vec::new(), Vec::new(), Vec::new());
+    bytes(2, b"passthrough", &mut graph); // GraphProto.name
+    bytes(11, &value, &mut graph); // input
+    bytes(12, &value, &mut graph); // output
+    int(2, 17, &mut opset); // OperatorSetIdProto.version
+    int(1, 8, &mut model); // ModelProto.ir_version
+    bytes(7, &graph, &mut model);
+    bytes(8, &opset, &mut model);
+    model
+}
+
+#[test]
+fn an_output_that_is_an_input_comes_back_intact() {
+    let dir = std::env::temp_dir().join(format!("edgeinfer-passthrough-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("passthrough.onnx");
+    std::fs::write(&model, passthrough_model()).unwrap();
+    let config = dir.join("runtime.toml");
+    let text = format!(
+        "[model.passthrough]\npath = {:?}\n[kserve]\nenabled = true\npublic = true\nmodels = [\"passthrough\"]\n{}",
+        model.to_str().unwrap(),
+        common::onnxruntime_section()
+    );
+    std::fs::write(&config, text).unwrap();
+    let host =
+        Host::start(&repo_root().join("spin.toml"), &["--runtime-config-file", config.to_str().unwrap()]);
+    // Many at once, each with its own values: an answer read from memory freed with its request
+    // (or reused by another) would show here.
+    let url = host.url("/v2/models/passthrough/infer");
+    let answers: Vec<_> = (0..48)
+        .map(|i| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let data: Vec<f32> = (0..6 * 64).map(|j| (i * 1000 + j) as f32 + 0.5).collect();
+                let body =
+                    json!({"inputs": [{"name": "x", "shape": [128, 3], "datatype": "FP32", "data": data}]});
+                let response = client().post(&url).json(&body).send().unwrap();
+                (data, response.status().as_u16(), response.json::<Value>().unwrap())
+            })
+        })
+        .collect();
+    for answer in answers {
+        let (sent, status, body) = answer.join().unwrap();
+        assert_eq!(status, 200, "{body}");
+        let got: Vec<f32> = body["outputs"][0]["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let first_wrong = got.iter().zip(&sent).position(|(a, b)| a != b);
+        assert!(
+            got.len() == sent.len() && first_wrong.is_none(),
+            "the answer is not the request's own values: {} of {} values, first wrong at {first_wrong:?}",
+            got.len(),
+            sent.len()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
