@@ -115,8 +115,7 @@ fn router(app: Arc<App>) -> Router {
 
 /// 401 without a bearer token, 403 with a wrong one.
 fn authorize(req: &Request<Incoming>, token: &str) -> Result<(), Box<Response<WasiBody>>> {
-    let given = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    match given.and_then(|v| v.strip_prefix("Bearer ")) {
+    match crate::bearer_token(req.headers()) {
         None => Err(Box::new(HostError::Unauthorized.answer("an admin bearer token is required"))),
         Some(given) if constant_time_eq(given, token) => Ok(()),
         Some(_) => Err(Box::new(HostError::Forbidden.answer("the admin token is not valid"))),

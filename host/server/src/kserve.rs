@@ -166,11 +166,7 @@ async fn infer_route(
 }
 
 fn authorized(headers: &http::HeaderMap, token: &str) -> bool {
-    let Some(given) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let Some(given) = given.strip_prefix("Bearer ") else { return false };
-    super::constant_time_eq(given, token)
+    super::bearer_token(headers).is_some_and(|given| super::constant_time_eq(given, token))
 }
 
 /// 404 for a name the API does not serve; 503 for one of its models that failed to load.

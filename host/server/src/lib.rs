@@ -531,6 +531,11 @@ fn metrics_text() -> Response<WasiBody> {
         .expect("static response parts are valid")
 }
 
+/// The bearer token a request carries (`Authorization: Bearer <token>`), if any.
+pub(crate) fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+    headers.get(http::header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
+}
+
 /// Compares secrets without an early exit, so the time taken does not tell how much matched.
 pub(crate) fn constant_time_eq(given: &str, expected: &str) -> bool {
     given.len() == expected.len()
