@@ -15,11 +15,18 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the repo root").to_path_buf()
 }
 
-/// The host binary built by `cargo build -p edgeinfer` next to this test binary.
+/// The host binary built by `cargo build -p edgeinfer`: `$EDGEINFER_HOST_BINARY` (scripts/test sets
+/// it, since with a separate cargo build directory the test executables do not sit beside it), else
+/// the one next to this test binary.
 pub fn host_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
-    let binary = profile_dir.join("edgeinfer");
+    let binary = match std::env::var_os("EDGEINFER_HOST_BINARY") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let exe = std::env::current_exe().expect("test binary path");
+            let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+            profile_dir.join("edgeinfer")
+        }
+    };
     assert!(
         binary.is_file(),
         "{} is missing: build the host first (scripts/test does: cargo build -p edgeinfer)",
