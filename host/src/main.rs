@@ -135,6 +135,10 @@ struct UpArgs {
     /// Serve the admin API (deploy, rollback) on this address; off by default.
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
+    /// Serve the KServe v2 API over gRPC (`inference.GRPCInferenceService`) on this address too;
+    /// the runtime config must enable the API (`[kserve]`). Off by default.
+    #[arg(long)]
+    grpc_listen: Option<SocketAddr>,
     /// File holding the admin API's bearer token (else $EDGEINFER_ADMIN_TOKEN).
     #[arg(long)]
     admin_token_file: Option<PathBuf>,
@@ -234,6 +238,21 @@ async fn up(args: UpArgs) -> Result<()> {
         }
         None => None,
     };
+    let grpc_listener = match args.grpc_listen {
+        Some(_) if kserve.is_none() => {
+            anyhow::bail!(
+                "--grpc-listen serves the KServe v2 API: enable it in the runtime config ([kserve] enabled = true)"
+            )
+        }
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address} (gRPC)"))?;
+            eprintln!("KServe v2 gRPC API: {} (inference.GRPCInferenceService)", listener.local_addr()?);
+            Some(listener)
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -251,7 +270,7 @@ async fn up(args: UpArgs) -> Result<()> {
         );
     }
     eprintln!("API docs: http://{address}/docs (OpenAPI: http://{address}/openapi.json)");
-    let options = http::ServeOptions { kserve, log_inputs: args.log_inputs, swagger_ui };
+    let options = http::ServeOptions { kserve, grpc_listener, log_inputs: args.log_inputs, swagger_ui };
     http::serve(app, options, listener, shutdown_signal()).await?;
     if let Some(admin) = admin {
         admin.abort();

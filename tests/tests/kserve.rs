@@ -385,3 +385,115 @@ fn an_output_that_is_an_input_comes_back_intact() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// POSTs a body with binary tensors (`header` JSON, then `binary`) and returns the status, the
+/// response's `Inference-Header-Content-Length` and its body.
+fn infer_binary(
+    model: &str,
+    header: &Value,
+    binary: &[u8],
+    length: Option<&str>,
+) -> (u16, Option<usize>, Vec<u8>) {
+    let header = header.to_string();
+    let length = length.map_or_else(|| header.len().to_string(), str::to_string);
+    let mut body = header.into_bytes();
+    body.extend_from_slice(binary);
+    let url = host().url(&format!("/v2/models/{model}/infer"));
+    let response = client()
+        .post(url)
+        .bearer_auth(KSERVE_TOKEN)
+        .header("content-type", "application/octet-stream")
+        .header("inference-header-content-length", length)
+        .body(body)
+        .send()
+        .unwrap();
+    let status = response.status().as_u16();
+    let answer_length = response
+        .headers()
+        .get("inference-header-content-length")
+        .map(|v| v.to_str().unwrap().parse().unwrap());
+    (status, answer_length, response.bytes().unwrap().to_vec())
+}
+
+fn le_bytes(values: &Value) -> Vec<u8> {
+    values.as_array().unwrap().iter().flat_map(|v| v.as_i64().unwrap().to_le_bytes()).collect()
+}
+
+#[test]
+fn binary_tensors_give_the_json_answers_bit_for_bit() {
+    for case in reference("tokens.json").as_array().unwrap().iter().take(4) {
+        let n = case["ids"].as_array().unwrap().len();
+        let (status, json_answer) = infer("minilm", &json!({"inputs": bert_inputs(case)}));
+        assert_eq!(status, 200, "{json_answer}");
+        let expected: Vec<u8> = json_answer["outputs"][0]["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|v| (v.as_f64().unwrap() as f32).to_le_bytes())
+            .collect();
+        // Two inputs binary, one in JSON; outputs binary by the request's default.
+        let header = json!({
+            "id": "b-1",
+            "inputs": [
+                {"name": "input_ids", "shape": [1, n], "datatype": "INT64", "parameters": {"binary_data_size": n * 8}},
+                {"name": "attention_mask", "shape": [1, n], "datatype": "INT64", "data": case["attention_mask"]},
+                {"name": "token_type_ids", "shape": [1, n], "datatype": "INT64", "parameters": {"binary_data_size": n * 8}},
+            ],
+            "parameters": {"binary_data_output": true},
+        });
+        let binary = [le_bytes(&case["ids"]), le_bytes(&case["type_ids"])].concat();
+        let (status, length, body) = infer_binary("minilm", &header, &binary, None);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let length = length.expect("a binary answer says where its JSON ends");
+        let answer: Value = serde_json::from_slice(&body[..length]).unwrap();
+        assert_eq!(answer["id"], "b-1");
+        let output = &answer["outputs"][0];
+        assert_eq!(output["shape"], json!([1, n, 384]));
+        assert_eq!(output["parameters"]["binary_data_size"], n * 384 * 4);
+        assert!(output.get("data").is_none(), "{output}");
+        assert_eq!(
+            &body[length..],
+            expected.as_slice(),
+            "{}: binary output equals the JSON one",
+            case["text"]
+        );
+        // The output's own flag asks for JSON back from a binary request.
+        let mut json_back = header.clone();
+        json_back["outputs"] = json!([{"name": "last_hidden_state", "parameters": {"binary_data": false}}]);
+        let (status, length, body) = infer_binary("minilm", &json_back, &binary, None);
+        assert_eq!((status, length), (200, None));
+        let answer: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(answer["outputs"][0]["data"], json_answer["outputs"][0]["data"]);
+    }
+    let (_, server) = get("/v2");
+    assert_eq!(server["extensions"], json!(["binary_tensor_data"]));
+}
+
+#[test]
+fn malformed_binary_bodies_are_400_with_the_reason() {
+    let ids = le_bytes(&json!([101, 2023, 102]));
+    let input = |size: usize, datatype: &str| {
+        json!({"inputs": [
+            {"name": "input_ids", "shape": [1, 3], "datatype": datatype, "parameters": {"binary_data_size": size}},
+            {"name": "attention_mask", "shape": [1, 3], "datatype": "INT64", "data": [1, 1, 1]},
+            {"name": "token_type_ids", "shape": [1, 3], "datatype": "INT64", "data": [0, 0, 0]},
+        ]})
+    };
+    let cases: [(Value, Vec<u8>, Option<&str>, &str); 6] = [
+        (input(24, "INT64"), ids.clone(), Some("100000"), "Inference-Header-Content-Length is 100000"),
+        (input(24, "INT64"), ids.clone(), Some("lots"), "must be a byte count"),
+        (input(48, "INT64"), ids.clone(), None, "past the end of the body"),
+        (input(16, "INT64"), ids[..16].to_vec(), None, "needs 24 bytes, binary_data_size is 16"),
+        (input(24, "INT64"), [ids.clone(), vec![0; 5]].concat(), None, "5 bytes of binary data follow"),
+        (input(24, "BYTES8"), ids.clone(), None, "datatype \"BYTES8\" is not supported"),
+    ];
+    for (header, binary, length, expected) in cases {
+        let (status, _, body) = infer_binary("minilm", &header, &binary, length);
+        let answer: Value = serde_json::from_slice(&body).unwrap();
+        assert_error(status, &answer, 400, "Validation");
+        assert!(answer["error"].as_str().unwrap().contains(expected), "{expected}: {answer}");
+    }
+    // The host still serves after all of them.
+    let case = &reference("tokens.json")[0];
+    assert_eq!(infer("minilm", &json!({"inputs": bert_inputs(case)})).0, 200);
+}

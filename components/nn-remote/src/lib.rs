@@ -125,7 +125,7 @@ impl GuestGraphExecutionContext for Context {
         let path = format!("/v2/models/{}/infer", protocol::escape(&self.model));
         let (status, answer) = remote.send("POST", &path, Some(&body))?;
         protocol::check_status(status, &answer)?;
-        let outputs = protocol::infer_response(&answer)?;
+        let outputs = protocol::infer_response(answer)?;
         Ok(outputs.into_iter().map(|(name, t)| (name, tensor::Tensor::new(Tensor(t)))).collect())
     }
 }

@@ -40,8 +40,8 @@ pub fn infer_request(inputs: &[(&str, &TensorData)]) -> Result<Vec<u8>, errors::
 }
 
 /// The outputs of an inference answer, as tensors.
-pub fn infer_response(body: &[u8]) -> Result<Vec<(String, TensorData)>, errors::Error> {
-    kserve::decode_response(body)
+pub fn infer_response(body: Vec<u8>) -> Result<Vec<(String, TensorData)>, errors::Error> {
+    kserve::decode_response(&body.into(), None)
         .map_err(|m| Error::new(ErrorCode::RuntimeError, format!("unexpected answer from the server: {m}")))
 }
 

@@ -1,5 +1,5 @@
 //! The KServe v2 / Open Inference Protocol REST API over the models its config lists: health,
-//! model metadata and `infer` with JSON tensors. Off unless the runtime config turns it on; a
+//! model metadata and `infer` with JSON tensors and the binary tensor data extension. Off unless the runtime config turns it on; a
 //! bearer token unless it is public; admission control like a component's. Inference goes through
 //! each model's batcher, like wasi:nn calls from components, so remote clients (e.g. the
 //! `nn-remote` component) and local components share batches. Errors are `{"error",
@@ -27,6 +27,12 @@ use edgeinfer_tensor::kserve;
 /// Path prefix of the protocol.
 pub const PREFIX: &str = "/v2";
 
+/// The protocol extensions served (REST and gRPC metadata say so).
+pub(crate) const EXTENSIONS: [&str; 1] = ["binary_tensor_data"];
+
+/// The models' platform, as model metadata names it.
+pub(crate) const PLATFORM: &str = "onnxruntime_onnx";
+
 /// The API as served.
 pub struct Kserve {
     config: KserveConfig,
@@ -47,6 +53,21 @@ impl Kserve {
     /// Whether the API serves model `name` at all.
     fn serves(&self, name: &str) -> bool {
         self.config.models.iter().any(|m| m == name)
+    }
+
+    /// The bearer token clients must send; `None` when the API is public.
+    pub(crate) fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// The largest request body (or gRPC message) accepted.
+    pub(crate) fn max_request_body_bytes(&self) -> u64 {
+        self.config.max_request_body_bytes
+    }
+
+    /// Whether every model the API serves is loaded.
+    pub(crate) fn ready(&self, app: &App) -> bool {
+        self.config.models.iter().all(|name| app.registry.get(name).is_some())
     }
 }
 
@@ -111,7 +132,7 @@ async fn unknown_route(OriginalUri(uri): OriginalUri) -> AxumResponse {
 }
 
 async fn server_metadata() -> Answer {
-    let about = json!({"name": "edgeinfer", "version": env!("CARGO_PKG_VERSION"), "extensions": []});
+    let about = json!({"name": "edgeinfer", "version": env!("CARGO_PKG_VERSION"), "extensions": EXTENSIONS});
     Answer(json_response(StatusCode::OK, &about))
 }
 
@@ -120,18 +141,32 @@ async fn live() -> Answer {
 }
 
 async fn ready(State(shared): State<Arc<Shared>>) -> Answer {
-    let ready = api(&shared).config.models.iter().all(|name| shared.app.registry.get(name).is_some());
+    let ready = api(&shared).ready(&shared.app);
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     Answer(json_response(status, &json!({"ready": ready})))
 }
 
 /// A model the API serves and that is loaded; else the answer why not.
 fn model(shared: &Shared, name: &str) -> Result<Arc<LoadedGraph>, Box<Response<WasiBody>>> {
-    let kserve = api(shared);
-    match kserve.serves(name).then(|| shared.app.registry.get(name)).flatten() {
-        Some(graph) => Ok(graph),
-        None => Err(Box::new(unknown_model(&shared.app, kserve, name))),
+    served_model(&shared.app, api(shared), name).map_err(|(error, message)| Box::new(error.answer(message)))
+}
+
+/// A model `kserve` serves and that is loaded; else why not: 404 for a name it does not serve,
+/// 503 for one of its models that failed to load.
+pub(crate) fn served_model(
+    app: &App,
+    kserve: &Kserve,
+    name: &str,
+) -> Result<Arc<LoadedGraph>, (HostError, String)> {
+    if let Some(graph) = kserve.serves(name).then(|| app.registry.get(name)).flatten() {
+        return Ok(graph);
     }
+    Err(match app.registry.failure(name).filter(|_| kserve.serves(name)) {
+        Some(failed) => {
+            (HostError::ModelUnavailable, format!("model {name:?} failed to load: {}", failed.error))
+        }
+        None => (HostError::ModelNotFound, format!("no model named {name:?}")),
+    })
 }
 
 async fn model_metadata(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Answer {
@@ -152,31 +187,82 @@ async fn infer_route(
     Path(name): Path<String>,
     req: axum::extract::Request,
 ) -> Answer {
-    let graph = match model(&shared, &name) {
-        Ok(graph) => graph,
-        Err(answer) => return Answer(*answer),
+    let header_length = match header_length(req.headers()) {
+        Ok(length) => length,
+        Err(message) => return Answer(HostError::Validation.answer(message)),
     };
     let kserve = api(&shared);
-    let Some(_slot) = kserve.admission.admit().await else {
-        return Answer(
-            HostError::Overloaded.answer("the KServe API is at its concurrency limit; retry shortly"),
-        );
+    // The model is checked before the body is read: an unknown name costs no upload.
+    if let Err((error, message)) = served_model(&shared.app, kserve, &name) {
+        return Answer(error.answer(message));
+    }
+    let body =
+        match crate::body::read(req, kserve.config.max_request_body_bytes, crate::body::READ_TIMEOUT).await {
+            Ok((_, body)) => body,
+            Err(refused) => return Answer(refused),
+        };
+    let mut request = match kserve::decode_request(&body, header_length) {
+        Ok(request) => request,
+        Err(message) => return Answer(HostError::Validation.answer(message)),
     };
-    Answer(infer(graph, &kserve.config, req).await)
+    // The body's JSON is no longer needed while the model runs (binary inputs keep their part).
+    drop(body);
+    let inputs = std::mem::take(&mut request.inputs);
+    let requested: Option<Vec<&str>> =
+        request.outputs.as_ref().map(|o| o.iter().map(|o| o.name.as_str()).collect());
+    let (graph, outputs) = match infer(&shared.app, kserve, &name, inputs, requested.as_deref()).await {
+        Ok(answer) => answer,
+        Err((error, message)) => return Answer(error.answer(message)),
+    };
+    let outputs: Vec<(&str, &TensorData, bool)> =
+        outputs.iter().map(|(name, tensor)| (name.as_str(), tensor, request.binary_output(name))).collect();
+    let answer = kserve::encode_response(&graph.name, request.id.as_deref(), &outputs);
+    Answer(match answer.header_length {
+        None => json_bytes(StatusCode::OK, answer.body),
+        Some(length) => Response::builder()
+            .status(StatusCode::OK)
+            .header(http::header::CONTENT_TYPE, "application/octet-stream")
+            .header(kserve::HEADER_LENGTH, length)
+            .body(super::full_body(answer.body.into()))
+            .expect("static response parts are valid"),
+    })
+}
+
+/// One inference as the API runs it, whatever the transport (REST or gRPC): the model check,
+/// admission, the requested outputs' names, the model's batcher. `requested` names the outputs
+/// answered (`None`: all); the answer keeps the model's output order.
+pub(crate) async fn infer(
+    app: &App,
+    kserve: &Kserve,
+    name: &str,
+    inputs: Vec<(String, TensorData)>,
+    requested: Option<&[&str]>,
+) -> Result<(Arc<LoadedGraph>, Vec<(String, TensorData)>), (HostError, String)> {
+    let graph = served_model(app, kserve, name)?;
+    if let Some(unknown) =
+        requested.into_iter().flatten().find(|&&n| !graph.outputs.iter().any(|s| s.name == n))
+    {
+        return Err((HostError::Validation, format!("the model has no output {unknown:?}")));
+    }
+    let Some(_slot) = kserve.admission.admit().await else {
+        let message = "the KServe API is at its concurrency limit; retry shortly";
+        return Err((HostError::Overloaded, message.into()));
+    };
+    let outputs = match graph.batcher.compute(inputs).await {
+        Ok(outputs) => outputs,
+        Err(EngineError::InvalidArgument(message)) => return Err((HostError::Validation, message)),
+        Err(EngineError::Overloaded(message)) => return Err((HostError::Overloaded, message)),
+        Err(EngineError::Runtime(message)) => {
+            return Err((HostError::Backend, format!("inference failed: {message}")));
+        }
+    };
+    let wanted = |name: &str| requested.is_none_or(|names| names.contains(&name));
+    let outputs: Vec<(String, TensorData)> = outputs.into_iter().filter(|(name, _)| wanted(name)).collect();
+    Ok((graph, outputs))
 }
 
 fn authorized(headers: &http::HeaderMap, token: &str) -> bool {
     super::bearer_token(headers).is_some_and(|given| super::constant_time_eq(given, token))
-}
-
-/// 404 for a name the API does not serve; 503 for one of its models that failed to load.
-fn unknown_model(app: &App, kserve: &Kserve, name: &str) -> Response<WasiBody> {
-    match app.registry.failure(name).filter(|_| kserve.serves(name)) {
-        Some(failed) => {
-            HostError::ModelUnavailable.answer(format!("model {name:?} failed to load: {}", failed.error))
-        }
-        None => HostError::ModelNotFound.answer(format!("no model named {name:?}")),
-    }
 }
 
 fn metadata(graph: &LoadedGraph) -> Value {
@@ -186,46 +272,19 @@ fn metadata(graph: &LoadedGraph) -> Value {
     json!({
         "name": graph.name,
         "versions": [],
-        "platform": "onnxruntime_onnx",
+        "platform": PLATFORM,
         "inputs": specs(&graph.inputs),
         "outputs": specs(&graph.outputs),
     })
 }
 
-async fn infer(
-    graph: Arc<LoadedGraph>,
-    config: &KserveConfig,
-    req: axum::extract::Request,
-) -> Response<WasiBody> {
-    let body = match crate::body::read(req, config.max_request_body_bytes, crate::body::READ_TIMEOUT).await {
-        Ok((_, body)) => body,
-        Err(refused) => return refused,
+/// The `Inference-Header-Content-Length` of a request with binary tensors; `None` for JSON.
+fn header_length(headers: &http::HeaderMap) -> Result<Option<usize>, String> {
+    let Some(value) = headers.get(kserve::HEADER_LENGTH) else {
+        return Ok(None);
     };
-    let request = match kserve::decode_request(&body) {
-        Ok(request) => request,
-        Err(message) => return HostError::Validation.answer(message),
-    };
-    // The body's text is no longer needed while the model runs.
-    drop(body);
-    if let Some(names) = &request.outputs
-        && let Some(unknown) = names.iter().find(|n| !graph.outputs.iter().any(|s| &s.name == *n))
-    {
-        return HostError::Validation.answer(format!("the model has no output {unknown:?}"));
+    match value.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()) {
+        Some(length) => Ok(Some(length)),
+        None => Err(format!("Inference-Header-Content-Length must be a byte count, got {value:?}")),
     }
-    let tensors = request.inputs;
-    let outputs = match graph.batcher.compute(tensors).await {
-        Ok(outputs) => outputs,
-        Err(EngineError::InvalidArgument(message)) => return HostError::Validation.answer(message),
-        Err(EngineError::Overloaded(message)) => return HostError::Overloaded.answer(message),
-        Err(EngineError::Runtime(message)) => {
-            return HostError::Backend.answer(format!("inference failed: {message}"));
-        }
-    };
-    let outputs: Vec<(&str, &TensorData)> = outputs
-        .iter()
-        .filter(|(name, _)| request.outputs.as_ref().is_none_or(|names| names.contains(name)))
-        .map(|(name, tensor)| (name.as_str(), tensor))
-        .collect();
-    let answer = kserve::encode_response(&graph.name, request.id.as_deref(), &outputs);
-    json_bytes(StatusCode::OK, answer)
 }

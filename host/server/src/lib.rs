@@ -10,6 +10,7 @@ pub mod admin;
 mod body;
 mod docs;
 pub mod error;
+mod grpc;
 mod kserve;
 mod shadow;
 pub mod status;
@@ -48,7 +49,7 @@ use edgeinfer_runtime::instance::{RequestTicket, TrapCause};
 struct Shared {
     app: Arc<App>,
     /// The KServe v2 API, when enabled.
-    kserve: Option<Kserve>,
+    kserve: Option<Arc<Kserve>>,
     /// Swagger UI's files for `/docs`, if they could be fetched.
     swagger_ui: Option<SwaggerUi>,
 }
@@ -125,6 +126,8 @@ const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 pub struct ServeOptions {
     /// The KServe v2 API, when enabled.
     pub kserve: Option<Kserve>,
+    /// Where to serve the KServe API over gRPC too (it must be enabled).
+    pub grpc_listener: Option<TcpListener>,
     /// Put request bodies in the request log lines.
     pub log_inputs: bool,
     /// Swagger UI's files for `/docs`.
@@ -140,8 +143,19 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let boot = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let ServeOptions { kserve, log_inputs, swagger_ui } = options;
+    let ServeOptions { kserve, grpc_listener, log_inputs, swagger_ui } = options;
+    let kserve = kserve.map(Arc::new);
     let kserve_on = kserve.is_some();
+    let (stop_grpc, grpc_stopping) = tokio::sync::oneshot::channel::<()>();
+    let grpc = match (grpc_listener, &kserve) {
+        (Some(listener), Some(kserve)) => {
+            Some(tokio::spawn(grpc::serve(app.clone(), kserve.clone(), listener, async {
+                let _ = grpc_stopping.await;
+            })))
+        }
+        (Some(_), None) => anyhow::bail!("the gRPC listener serves the KServe API, which is not enabled"),
+        (None, _) => None,
+    };
     let router = routes(Arc::new(Shared { app, kserve, swagger_ui }));
     let server = Arc::new(Server { router, kserve_on, log_inputs, next_request_id: AtomicU64::new(0), boot });
     let connections = hyper_util::server::graceful::GracefulShutdown::new();
@@ -177,8 +191,19 @@ pub async fn serve(
         });
     }
     drop(listener);
+    let _ = stop_grpc.send(());
     tracing::info!(open_connections = connections.count(), "shutting down: draining in-flight requests");
-    if tokio::time::timeout(DRAIN_TIMEOUT, connections.shutdown()).await.is_err() {
+    let drained = async {
+        connections.shutdown().await;
+        if let Some(grpc) = grpc {
+            match grpc.await {
+                Ok(Err(e)) => tracing::warn!("gRPC server: {e:#}"),
+                Err(e) => tracing::warn!("gRPC server task: {e}"),
+                Ok(Ok(())) => {}
+            }
+        }
+    };
+    if tokio::time::timeout(DRAIN_TIMEOUT, drained).await.is_err() {
         tracing::warn!("drain timed out after {} s; closing what is left", DRAIN_TIMEOUT.as_secs());
     }
     Ok(())
@@ -220,17 +245,10 @@ impl Server {
             response = json_rejection(response).await;
         }
         let error_type = error_type_of(&response);
-        let status = response.status().as_u16().to_string();
-        // Per version, so that a canary's latency and errors can be compared with the stable's.
+        let status = response.status().as_u16();
+        count_request(&route, &component, &version, status, error_type.as_deref(), started.elapsed());
         let labels =
             [("route", route.clone()), ("component", component.clone()), ("version", version.clone())];
-        metrics::counter!("edgeinfer_requests_total", "route" => route.clone(), "component" => component.clone(), "version" => version.clone(), "status" => status)
-            .increment(1);
-        metrics::histogram!("edgeinfer_request_duration_seconds", &labels).record(started.elapsed());
-        if let Some(error_type) = &error_type {
-            metrics::counter!("edgeinfer_errors_total", "route" => route.clone(), "component" => component.clone(), "version" => version.clone(), "error_type" => error_type.clone())
-                .increment(1);
-        }
         let tokens = response.headers().get(TOKENS_HEADER).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if let Some(tokens) = tokens {
             metrics::counter!("edgeinfer_tokens_total", &labels).increment(tokens);
@@ -534,6 +552,30 @@ fn metrics_text() -> Response<WasiBody> {
 /// The bearer token a request carries (`Authorization: Bearer <token>`), if any.
 pub(crate) fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
     headers.get(http::header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
+}
+
+/// Counts one answered request (HTTP or gRPC) in the request metrics. Per version, so that a
+/// canary's latency and errors can be compared with the stable's.
+fn count_request(
+    route: &str,
+    component: &str,
+    version: &str,
+    status: u16,
+    error_type: Option<&str>,
+    elapsed: std::time::Duration,
+) {
+    let labels = [
+        ("route", route.to_string()),
+        ("component", component.to_string()),
+        ("version", version.to_string()),
+    ];
+    metrics::counter!("edgeinfer_requests_total", "route" => route.to_string(), "component" => component.to_string(), "version" => version.to_string(), "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!("edgeinfer_request_duration_seconds", &labels).record(elapsed);
+    if let Some(error_type) = error_type {
+        metrics::counter!("edgeinfer_errors_total", "route" => route.to_string(), "component" => component.to_string(), "version" => version.to_string(), "error_type" => error_type.to_string())
+            .increment(1);
+    }
 }
 
 /// Compares secrets without an early exit, so the time taken does not tell how much matched.

@@ -37,7 +37,8 @@ fn server(kserve_on: bool) -> Server {
     let cache = CompileCache::new(dir.join("cache"));
     let app = App::load(Arc::new(manifest), &BTreeMap::new(), registry, &engine, cache, false).expect("app");
     let kserve = kserve_on.then(|| Kserve::new(config.kserve.clone(), Some(TOKEN.to_string())));
-    let router = routes(Arc::new(Shared { app: Arc::new(app), kserve, swagger_ui: None }));
+    let router =
+        routes(Arc::new(Shared { app: Arc::new(app), kserve: kserve.map(Arc::new), swagger_ui: None }));
     Server { router, kserve_on, log_inputs: false, next_request_id: AtomicU64::new(0), boot: 7 }
 }
 

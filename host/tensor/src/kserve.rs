@@ -1,16 +1,22 @@
-//! The JSON codec of the Open Inference Protocol (KServe v2) `infer` call: requests and responses
-//! both ways. Tensor data goes straight between JSON text and little-endian bytes, with no JSON
-//! value tree in between; flat and nested (row-major) `data` are both accepted.
+//! The Open Inference Protocol (KServe v2) `infer` call: requests and responses both ways, in JSON
+//! and with the binary tensor data extension. JSON tensor data goes straight between text and
+//! little-endian bytes, with no JSON value tree in between; flat and nested (row-major) `data` are
+//! both accepted. Binary tensors follow the JSON header (whose length the
+//! `Inference-Header-Content-Length` HTTP header gives) in input order, each
+//! `parameters.binary_data_size` bytes long; a request's binary inputs are views of its body.
 
 use std::fmt;
 
+use bytes::Bytes;
 use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 
 use crate::{ElementType, TensorData};
+
+/// The HTTP header that gives the length of the JSON header of a body with binary tensors.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
 /// A decoded `POST /v2/models/{name}/infer` body.
 #[derive(Debug)]
@@ -20,7 +26,45 @@ pub struct InferRequest {
     /// Named input tensors, in request order.
     pub inputs: Vec<(String, TensorData)>,
     /// The outputs asked for by name; `None` asks for all.
-    pub outputs: Option<Vec<String>>,
+    pub outputs: Option<Vec<RequestedOutput>>,
+    /// The request's `binary_data_output`: outputs that do not say otherwise come back binary.
+    pub binary_data_output: bool,
+}
+
+/// An output asked for by name.
+#[derive(Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestedOutput {
+    pub name: String,
+    #[serde(default)]
+    pub parameters: OutputParameters,
+}
+
+/// The parameters of a requested output that the protocol defines.
+#[derive(Debug, Default, PartialEq, Deserialize)]
+pub struct OutputParameters {
+    /// Whether the output comes back in the binary section; the request's default when absent.
+    pub binary_data: Option<bool>,
+    /// Triton's classification extension (top-k labels): refused, the models here have no labels.
+    #[serde(default)]
+    pub classification: u64,
+}
+
+impl InferRequest {
+    /// Whether output `name` goes into the binary section of the response.
+    pub fn binary_output(&self, name: &str) -> bool {
+        self.outputs
+            .iter()
+            .flatten()
+            .find(|o| o.name == name)
+            .and_then(|o| o.parameters.binary_data)
+            .unwrap_or(self.binary_data_output)
+    }
+
+    /// Whether output `name` is in the response: asked for by name, or every one when none is.
+    pub fn wants(&self, name: &str) -> bool {
+        self.outputs.as_ref().is_none_or(|outputs| outputs.iter().any(|o| o.name == name))
+    }
 }
 
 /// Deepest nesting of `data` arrays accepted.
@@ -31,81 +75,168 @@ const MAX_DEPTH: usize = 16;
 struct RequestIn<'a> {
     #[serde(default)]
     id: Option<String>,
-    // Accepted as the protocol allows; none is acted on.
-    #[serde(default, rename = "parameters")]
-    _parameters: Option<Map<String, Value>>,
+    #[serde(default)]
+    parameters: RequestParameters,
     #[serde(borrow)]
-    inputs: Vec<TensorIn<'a>>,
+    inputs: Vec<StrictTensorIn<'a>>,
     #[serde(default)]
     outputs: Option<Vec<RequestedOutput>>,
 }
 
+/// Request parameters the protocol defines; others (`priority`, `timeout`, ...) are accepted.
+#[derive(Default, Deserialize)]
+struct RequestParameters {
+    #[serde(default)]
+    binary_data_output: bool,
+}
+
+/// A tensor as it arrives: JSON `data`, or `binary_data_size` bytes of the binary section.
+/// Responses are read by the same type (servers add fields of their own, which are skipped there).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct TensorIn<'a> {
     name: String,
     shape: Vec<u64>,
     datatype: String,
-    #[serde(default, rename = "parameters")]
-    _parameters: Option<Map<String, Value>>,
-    #[serde(borrow)]
-    data: &'a RawValue,
+    #[serde(default)]
+    parameters: TensorParameters,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
 }
 
+#[derive(Default, Deserialize)]
+struct TensorParameters {
+    binary_data_size: Option<u64>,
+}
+
+/// Inputs are read strictly: a misspelt field is an error, not an ignored tensor.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RequestedOutput {
+struct StrictTensorIn<'a> {
     name: String,
-    #[serde(default, rename = "parameters")]
-    _parameters: Option<Map<String, Value>>,
+    shape: Vec<u64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: TensorParameters,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+impl<'a> From<StrictTensorIn<'a>> for TensorIn<'a> {
+    fn from(t: StrictTensorIn<'a>) -> TensorIn<'a> {
+        TensorIn {
+            name: t.name,
+            shape: t.shape,
+            datatype: t.datatype,
+            parameters: t.parameters,
+            data: t.data,
+        }
+    }
 }
 
 /// A response's outputs, read leniently: servers add fields of their own.
 #[derive(Deserialize)]
 struct ResponseIn<'a> {
     #[serde(borrow)]
-    outputs: Vec<TensorOut<'a>>,
+    outputs: Vec<TensorIn<'a>>,
 }
 
-#[derive(Deserialize)]
-struct TensorOut<'a> {
-    name: String,
-    shape: Vec<u64>,
-    datatype: String,
-    #[serde(borrow)]
-    data: &'a RawValue,
+/// The JSON header of a body and what follows it; `header_length` is the
+/// `Inference-Header-Content-Length` header's value, absent for an all-JSON body.
+fn split(body: &Bytes, header_length: Option<usize>) -> Result<(&[u8], Binary), String> {
+    match header_length {
+        None => Ok((body, Binary { rest: Bytes::new(), expected: false })),
+        Some(length) if length > body.len() => Err(format!(
+            "Inference-Header-Content-Length is {length} but the body has only {} bytes",
+            body.len()
+        )),
+        Some(length) => Ok((&body[..length], Binary { rest: body.slice(length..), expected: true })),
+    }
 }
 
-/// Decodes an inference request; the error says which input is wrong and how.
-pub fn decode_request(body: &[u8]) -> Result<InferRequest, String> {
+/// The binary section not yet taken by a tensor.
+struct Binary {
+    rest: Bytes,
+    /// Whether the body has a binary section at all.
+    expected: bool,
+}
+
+impl Binary {
+    /// The next `size` bytes, for tensor `name`.
+    fn take(&mut self, role: &str, name: &str, size: u64) -> Result<Bytes, String> {
+        if !self.expected {
+            return Err(format!(
+                "{role} {name:?} has binary_data_size but the request has no Inference-Header-Content-Length header"
+            ));
+        }
+        let available = self.rest.len();
+        match usize::try_from(size).ok().filter(|&size| size <= available) {
+            Some(size) => Ok(self.rest.split_to(size)),
+            None => Err(format!(
+                "{role} {name:?}: binary_data_size {size} is past the end of the body ({available} bytes left)"
+            )),
+        }
+    }
+
+    /// Fails when bytes are left that no tensor claimed.
+    fn finish(self) -> Result<(), String> {
+        match self.rest.len() {
+            0 => Ok(()),
+            left => Err(format!("{left} bytes of binary data follow the last tensor's binary_data_size")),
+        }
+    }
+}
+
+/// Decodes an inference request, JSON or with binary tensors (`header_length` from the
+/// `Inference-Header-Content-Length` header); the error says which input is wrong and how.
+pub fn decode_request(body: &Bytes, header_length: Option<usize>) -> Result<InferRequest, String> {
+    let (json, mut binary) = split(body, header_length)?;
     let request: RequestIn =
-        serde_json::from_slice(body).map_err(|e| format!("invalid inference request: {e}"))?;
+        serde_json::from_slice(json).map_err(|e| format!("invalid inference request: {e}"))?;
     let inputs = request
         .inputs
         .into_iter()
         .map(|t| {
-            let tensor = decode_tensor("input", &t.name, &t.datatype, &t.shape, t.data)?;
+            let t = TensorIn::from(t);
+            let tensor = decode_tensor("input", &t, &mut binary)?;
             Ok((t.name, tensor))
         })
         .collect::<Result<_, String>>()?;
-    let outputs = request.outputs.map(|o| o.into_iter().map(|o| o.name).collect());
-    Ok(InferRequest { id: request.id, inputs, outputs })
+    binary.finish()?;
+    if let Some(output) = request.outputs.iter().flatten().find(|o| o.parameters.classification != 0) {
+        return Err(format!(
+            "output {:?}: the classification extension is not supported; ask for the tensor",
+            output.name
+        ));
+    }
+    Ok(InferRequest {
+        id: request.id,
+        inputs,
+        outputs: request.outputs,
+        binary_data_output: request.parameters.binary_data_output,
+    })
 }
 
-/// Decodes the outputs of an inference response.
-pub fn decode_response(body: &[u8]) -> Result<Vec<(String, TensorData)>, String> {
-    let response: ResponseIn = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    response
+/// Decodes the outputs of an inference response, JSON or with binary tensors.
+pub fn decode_response(
+    body: &Bytes,
+    header_length: Option<usize>,
+) -> Result<Vec<(String, TensorData)>, String> {
+    let (json, mut binary) = split(body, header_length)?;
+    let response: ResponseIn = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    let outputs = response
         .outputs
         .into_iter()
         .map(|t| {
-            let tensor = decode_tensor("output", &t.name, &t.datatype, &t.shape, t.data)?;
+            let tensor = decode_tensor("output", &t, &mut binary)?;
             Ok((t.name, tensor))
         })
-        .collect()
+        .collect::<Result<_, String>>()?;
+    binary.finish()?;
+    Ok(outputs)
 }
 
-/// Encodes an inference request over `inputs`; fails on a tensor whose bytes do not fit its shape.
+/// Encodes an inference request over `inputs` in JSON; fails on a tensor whose bytes do not fit
+/// its shape.
 pub fn encode_request(inputs: &[(&str, &TensorData)]) -> Result<Vec<u8>, String> {
     for (name, tensor) in inputs {
         tensor.validate().map_err(|e| format!("input {name:?}: {e}"))?;
@@ -114,12 +245,25 @@ pub fn encode_request(inputs: &[(&str, &TensorData)]) -> Result<Vec<u8>, String>
     struct RequestOut<'a> {
         inputs: Vec<TensorJson<'a>>,
     }
-    let inputs = inputs.iter().map(|(name, tensor)| TensorJson::new(name, tensor)).collect();
+    let inputs = inputs.iter().map(|(name, tensor)| TensorJson::new(name, tensor, false)).collect();
     Ok(serde_json::to_vec(&RequestOut { inputs }).expect("tensors serialise"))
 }
 
-/// Encodes an inference response of model `model_name` (tensors checked by whoever made them).
-pub fn encode_response(model_name: &str, id: Option<&str>, outputs: &[(&str, &TensorData)]) -> Vec<u8> {
+/// An encoded response body: the JSON header, then the binary outputs' bytes if any.
+#[derive(Debug)]
+pub struct EncodedResponse {
+    pub body: Vec<u8>,
+    /// The `Inference-Header-Content-Length` to send: `Some` when binary tensors follow the JSON.
+    pub header_length: Option<usize>,
+}
+
+/// Encodes an inference response of model `model_name` (tensors checked by whoever made them);
+/// outputs flagged `true` go into the binary section.
+pub fn encode_response(
+    model_name: &str,
+    id: Option<&str>,
+    outputs: &[(&str, &TensorData, bool)],
+) -> EncodedResponse {
     #[derive(Serialize)]
     struct ResponseOut<'a> {
         model_name: &'a str,
@@ -127,22 +271,46 @@ pub fn encode_response(model_name: &str, id: Option<&str>, outputs: &[(&str, &Te
         id: Option<&'a str>,
         outputs: Vec<TensorJson<'a>>,
     }
-    let outputs = outputs.iter().map(|(name, tensor)| TensorJson::new(name, tensor)).collect();
-    serde_json::to_vec(&ResponseOut { model_name, id, outputs }).expect("tensors serialise")
+    let json: Vec<TensorJson> =
+        outputs.iter().map(|&(name, tensor, binary)| TensorJson::new(name, tensor, binary)).collect();
+    let mut body =
+        serde_json::to_vec(&ResponseOut { model_name, id, outputs: json }).expect("tensors serialise");
+    let binary: Vec<&TensorData> = outputs.iter().filter(|o| o.2).map(|o| o.1).collect();
+    if binary.is_empty() {
+        return EncodedResponse { body, header_length: None };
+    }
+    let header_length = body.len();
+    body.reserve_exact(binary.iter().map(|t| t.bytes.len()).sum());
+    for tensor in binary {
+        body.extend_from_slice(&tensor.bytes);
+    }
+    EncodedResponse { body, header_length: Some(header_length) }
 }
 
-/// A tensor as the protocol writes it.
+/// A tensor as the protocol writes it: `data` in JSON, or its size when its bytes are binary.
 #[derive(Serialize)]
 struct TensorJson<'a> {
     name: &'a str,
     datatype: &'static str,
     shape: &'a [u32],
-    data: Elements<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinarySize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Elements<'a>>,
+}
+
+#[derive(Serialize)]
+struct BinarySize {
+    binary_data_size: usize,
 }
 
 impl<'a> TensorJson<'a> {
-    fn new(name: &'a str, tensor: &'a TensorData) -> TensorJson<'a> {
-        TensorJson { name, datatype: tensor.ty.datatype(), shape: &tensor.shape, data: Elements(tensor) }
+    fn new(name: &'a str, tensor: &'a TensorData, binary: bool) -> TensorJson<'a> {
+        let (parameters, data) = match binary {
+            true => (Some(BinarySize { binary_data_size: tensor.bytes.len() }), None),
+            false => (None, Some(Elements(tensor))),
+        };
+        TensorJson { name, datatype: tensor.ty.datatype(), shape: &tensor.shape, parameters, data }
     }
 }
 
@@ -177,25 +345,37 @@ impl Serialize for Elements<'_> {
     }
 }
 
-/// Turns one JSON tensor into bytes, checking its datatype, shape and values.
-fn decode_tensor(
-    role: &str,
-    name: &str,
-    datatype: &str,
-    shape: &[u64],
-    data: &RawValue,
-) -> Result<TensorData, String> {
+/// Turns one tensor into bytes: its JSON `data`, or its part of the binary section.
+fn decode_tensor(role: &str, tensor: &TensorIn, binary: &mut Binary) -> Result<TensorData, String> {
+    let name = &tensor.name;
+    let datatype = &tensor.datatype;
     let ty = ElementType::from_datatype(datatype).ok_or_else(|| {
         let known: Vec<&str> = ElementType::ALL.iter().map(|t| t.datatype()).collect();
         format!("{role} {name:?}: datatype {datatype:?} is not supported ({} are)", known.join(", "))
     })?;
-    let shape: Vec<u32> = shape
+    let shape: Vec<u32> = tensor
+        .shape
         .iter()
         .map(|&d| u32::try_from(d).map_err(|_| format!("{role} {name:?}: dimension {d} is too large")))
         .collect::<Result<_, _>>()?;
     let expected = TensorData::elements(&shape)
         .filter(|n| n.checked_mul(ty.size()).is_some())
         .ok_or_else(|| format!("{role} {name:?}: shape {shape:?} is too large"))?;
+    let data = match (tensor.data, tensor.parameters.binary_data_size) {
+        (Some(data), None) => data,
+        (None, Some(size)) => {
+            let bytes = binary.take(role, name, size)?;
+            if bytes.len() != expected * ty.size() {
+                return Err(format!(
+                    "{role} {name:?}: shape {shape:?} of {datatype} needs {} bytes, binary_data_size is {size}",
+                    expected * ty.size()
+                ));
+            }
+            return Ok(TensorData::new(shape, ty, bytes));
+        }
+        (Some(_), Some(_)) => return Err(format!("{role} {name:?} has both data and binary_data_size")),
+        (None, None) => return Err(format!("{role} {name:?} has neither data nor binary_data_size")),
+    };
     // A lying shape must not reserve memory: no more than the text can hold (≥ 2 bytes a value).
     let capacity = expected.min(data.get().len() / 2 + 1) * ty.size();
     let mut sink = Sink { ty, bytes: Vec::with_capacity(capacity), values: 0, expected };
@@ -355,7 +535,7 @@ mod tests {
         let body = format!(
             r#"{{"id": "7", "inputs": [{{"name": "x", "shape": {shape}, "datatype": "{datatype}", "data": {data}}}]}}"#
         );
-        decode_request(body.as_bytes())
+        decode_request(&Bytes::from(body), None)
     }
 
     fn values_i64(t: &TensorData) -> Vec<i64> {
@@ -392,7 +572,7 @@ mod tests {
             let e = request(datatype, shape, data).unwrap_err();
             assert!(e.starts_with("input \"x\": ") && e.contains(expected), "{datatype} {data}: {e}");
         }
-        let e = decode_request(br#"{"inputs": [], "extra": 1}"#).unwrap_err();
+        let e = decode_request(&Bytes::from_static(br#"{"inputs": [], "extra": 1}"#), None).unwrap_err();
         assert!(e.starts_with("invalid inference request: unknown field `extra`"), "{e}");
     }
 
@@ -438,15 +618,35 @@ mod tests {
             ),
         ];
         let named: Vec<(&str, &TensorData)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        let request = decode_request(&encode_request(&named).unwrap()).unwrap();
+        let request = decode_request(&encode_request(&named).unwrap().into(), None).unwrap();
         assert_eq!(request.inputs, tensors, "a request carries every type exactly");
-        let response = encode_response("m", Some("id-1"), &named);
-        let answer: Value = serde_json::from_slice(&response).unwrap();
+        let json: Vec<(&str, &TensorData, bool)> = named.iter().map(|&(n, t)| (n, t, false)).collect();
+        let response = encode_response("m", Some("id-1"), &json);
+        assert_eq!(response.header_length, None);
+        let response = Bytes::from(response.body);
+        let answer: serde_json::Value = serde_json::from_slice(&response).unwrap();
         assert_eq!(answer["model_name"], "m");
         assert_eq!(answer["id"], "id-1");
         assert_eq!(answer["outputs"][0]["datatype"], "FP32");
         assert_eq!(answer["outputs"][0]["data"][0], serde_json::json!(0.1), "f32 written shortest");
-        assert_eq!(decode_response(&response).unwrap(), tensors, "a response carries every type exactly");
+        assert_eq!(
+            decode_response(&response, None).unwrap(),
+            tensors,
+            "a response carries every type exactly"
+        );
+        // Binary: every other output in the binary section, read back exactly.
+        let mixed: Vec<(&str, &TensorData, bool)> =
+            named.iter().enumerate().map(|(i, &(n, t))| (n, t, i % 2 == 0)).collect();
+        let response = encode_response("m", None, &mixed);
+        let header_length = response.header_length.expect("binary outputs follow the JSON");
+        let header: serde_json::Value = serde_json::from_slice(&response.body[..header_length]).unwrap();
+        assert_eq!(header["outputs"][0]["parameters"]["binary_data_size"], 12);
+        assert!(header["outputs"][0].get("data").is_none());
+        assert_eq!(header["outputs"][1]["data"][0], serde_json::json!(0.1));
+        let binary_bytes: usize = mixed.iter().filter(|o| o.2).map(|o| o.1.bytes.len()).sum();
+        assert_eq!(response.body.len(), header_length + binary_bytes);
+        let decoded = decode_response(&Bytes::from(response.body), Some(header_length)).unwrap();
+        assert_eq!(decoded, tensors);
     }
 
     #[test]
@@ -460,7 +660,86 @@ mod tests {
     fn outputs_asked_for_by_name() {
         let body =
             br#"{"inputs": [], "outputs": [{"name": "logits"}, {"name": "pooled", "parameters": {}}]}"#;
-        let request = decode_request(body).unwrap();
-        assert_eq!(request.outputs, Some(vec!["logits".to_string(), "pooled".to_string()]));
+        let request = decode_request(&Bytes::from_static(body), None).unwrap();
+        let names: Vec<&str> = request.outputs.iter().flatten().map(|o| o.name.as_str()).collect();
+        assert_eq!(names, ["logits", "pooled"]);
+        assert!(request.wants("pooled") && !request.wants("other"));
+        assert!(!request.binary_output("logits"), "JSON unless asked");
+    }
+
+    /// A request as tritonclient writes it: JSON header, then each binary input's bytes.
+    fn binary_request(header: &str, binary: &[&[u8]]) -> (Bytes, usize) {
+        let mut body = header.as_bytes().to_vec();
+        for part in binary {
+            body.extend_from_slice(part);
+        }
+        (Bytes::from(body), header.len())
+    }
+
+    #[test]
+    fn binary_inputs_are_views_of_the_body() {
+        let ids = [101i64, 2023, 102].map(i64::to_le_bytes).concat();
+        let mask = [1i64, 1, 1].map(i64::to_le_bytes).concat();
+        let header = r#"{"inputs": [
+            {"name": "input_ids", "shape": [1, 3], "datatype": "INT64", "parameters": {"binary_data_size": 24}},
+            {"name": "token_type_ids", "shape": [1, 3], "datatype": "INT64", "data": [[0, 0, 0]]},
+            {"name": "attention_mask", "shape": [1, 3], "datatype": "INT64", "parameters": {"binary_data_size": 24}}],
+            "outputs": [{"name": "a", "parameters": {"binary_data": false}}, {"name": "b"}],
+            "parameters": {"binary_data_output": true, "priority": 1}}"#;
+        let (body, length) = binary_request(header, &[&ids, &mask]);
+        let request = decode_request(&body, Some(length)).unwrap();
+        let names: Vec<&str> = request.inputs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["input_ids", "token_type_ids", "attention_mask"]);
+        assert_eq!(values_i64(&request.inputs[0].1), [101, 2023, 102]);
+        assert_eq!(values_i64(&request.inputs[1].1), [0, 0, 0]);
+        assert_eq!(values_i64(&request.inputs[2].1), [1, 1, 1]);
+        let start = body.as_ptr() as usize;
+        let view = request.inputs[0].1.bytes.as_ptr() as usize;
+        assert_eq!(view, start + length, "the binary input is the body's own bytes, not a copy");
+        assert!(!request.binary_output("a"), "the output's own flag wins");
+        assert!(request.binary_output("b"), "the request's binary_data_output is the default");
+    }
+
+    #[test]
+    fn malformed_binary_requests_say_what_is_wrong() {
+        let eight = 7i64.to_le_bytes();
+        let input = |size: &str| {
+            format!(
+                r#"{{"inputs": [{{"name": "x", "shape": [1], "datatype": "INT64", "parameters": {{"binary_data_size": {size}}}}}]}}"#
+            )
+        };
+        // (JSON header, binary parts, Inference-Header-Content-Length if not the header's, error)
+        type Case<'a> = (String, Vec<&'a [u8]>, Option<usize>, &'a str);
+        let cases: Vec<Case> = vec![
+            (input("8"), vec![&eight], Some(10_000), "Inference-Header-Content-Length is 10000 but the body has only"),
+            (input("16"), vec![&eight], None, "past the end of the body (8 bytes left)"),
+            (input("4"), vec![&eight], None, "needs 8 bytes, binary_data_size is 4"),
+            (input("8"), vec![&eight, &eight], None, "8 bytes of binary data follow"),
+            (input("-1"), vec![&eight], None, "invalid inference request"),
+            (
+                r#"{"inputs": [{"name": "x", "shape": [1], "datatype": "INT64", "data": [1], "parameters": {"binary_data_size": 8}}]}"#.into(),
+                vec![&eight], None, "both data and binary_data_size",
+            ),
+            (
+                r#"{"inputs": [{"name": "x", "shape": [1], "datatype": "INT64"}]}"#.into(),
+                vec![], None, "neither data nor binary_data_size",
+            ),
+            (
+                r#"{"inputs": [{"name": "x", "shape": [1], "datatype": "STRING", "parameters": {"binary_data_size": 8}}]}"#.into(),
+                vec![&eight], None, "datatype \"STRING\" is not supported",
+            ),
+            (
+                r#"{"inputs": [], "outputs": [{"name": "y", "parameters": {"classification": 3}}]}"#.into(),
+                vec![], None, "classification extension is not supported",
+            ),
+        ];
+        for (header, binary, length, expected) in cases {
+            let (body, header_length) = binary_request(&header, &binary);
+            let e = decode_request(&body, Some(length.unwrap_or(header_length))).unwrap_err();
+            assert!(e.contains(expected), "{header}: {e}");
+        }
+        // binary_data_size in a body without the header: the bytes have nowhere to come from.
+        let e = decode_request(&Bytes::from(input("8")), None).unwrap_err();
+        assert!(e.contains("has no Inference-Header-Content-Length header"), "{e}");
     }
 }
