@@ -19,9 +19,16 @@ pub struct LoadArgs {
     /// JSON request body (POST); without it, GET.
     #[arg(long)]
     body: Option<String>,
+    #[command(flatten)]
+    shape: Shape,
+}
+
+/// How a load runs, whatever it sends.
+#[derive(clap::Args, Clone)]
+pub struct Shape {
     /// Concurrent clients (closed loop).
     #[arg(long, default_value_t = 1)]
-    concurrency: usize,
+    pub concurrency: usize,
     /// Requests per second (open loop) instead of a closed loop.
     #[arg(long)]
     rate: Option<f64>,
@@ -87,11 +94,8 @@ impl Tally {
 
 /// Runs the load and summarises it.
 pub async fn run(args: LoadArgs) -> Result<LoadResult> {
-    if args.concurrency == 0 || args.seconds <= 0.0 {
-        bail!("--concurrency and --seconds must be positive");
-    }
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.concurrency.max(64))
+        .pool_max_idle_per_host(args.shape.concurrency.max(64))
         .tcp_nodelay(true)
         .timeout(Duration::from_secs(60))
         .build()?;
@@ -103,10 +107,27 @@ pub async fn run(args: LoadArgs) -> Result<LoadResult> {
         None => None,
     };
     let body = Arc::new(body);
-    // One request first: a server that does not answer 200 is not worth loading.
-    let probe = send(&client, &args.url, &body).await;
-    if !probe {
-        bail!("{} did not answer 200 to the request", args.url);
+    let url = Arc::new(args.url);
+    let request = move || {
+        let (client, url, body) = (client.clone(), url.clone(), body.clone());
+        async move { send(&client, &url, &body).await }
+    };
+    drive(args.shape, request).await
+}
+
+/// Sends `request` under the load `shape` and summarises the answers; `request` resolves to
+/// whether it got a good answer.
+pub async fn drive<F, Fut>(args: Shape, request: F) -> Result<LoadResult>
+where
+    F: Fn() -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    if args.concurrency == 0 || args.seconds <= 0.0 {
+        bail!("--concurrency and --seconds must be positive");
+    }
+    // One request first: a server that does not answer well is not worth loading.
+    if !request().await {
+        bail!("the server did not answer the first request well");
     }
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(args.warmup);
@@ -117,13 +138,12 @@ pub async fn run(args: LoadArgs) -> Result<LoadResult> {
         None => {
             let mut clients = Vec::new();
             for _ in 0..args.concurrency {
-                let (client, url, body, total) =
-                    (client.clone(), args.url.clone(), body.clone(), total.clone());
+                let (request, total) = (request.clone(), total.clone());
                 clients.push(tokio::spawn(async move {
                     let mut tally = Tally::new();
                     while Instant::now() < end {
                         let started = Instant::now();
-                        let ok = send(&client, &url, &body).await;
+                        let ok = request().await;
                         if started >= measure_from && Instant::now() <= end {
                             tally.record(started, ok);
                         }
@@ -144,11 +164,10 @@ pub async fn run(args: LoadArgs) -> Result<LoadResult> {
             let mut scheduled = start;
             while scheduled < end {
                 tokio::time::sleep_until(scheduled.into()).await;
-                let (client, url, body, total) =
-                    (client.clone(), args.url.clone(), body.clone(), total.clone());
+                let (request, total) = (request.clone(), total.clone());
                 let at = scheduled;
                 requests.push(tokio::spawn(async move {
-                    let ok = send(&client, &url, &body).await;
+                    let ok = request().await;
                     if at >= measure_from {
                         total.lock().await.record(at, ok);
                     }

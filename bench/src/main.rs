@@ -3,6 +3,7 @@
 //! `bench/run` starts them next to edgeinfer and the seeds' Python stack and writes BENCHMARKS.md.
 
 mod ceiling;
+mod kserve;
 mod load;
 mod native;
 mod pipeline;
@@ -23,6 +24,8 @@ struct Cli {
 enum Command {
     /// Send requests at a fixed concurrency (closed loop) or rate (open loop); print a JSON result.
     Load(load::LoadArgs),
+    /// Load a model over the KServe v2 API in one wire format (REST JSON, REST binary, gRPC).
+    Kserve(kserve::KserveArgs),
     /// Serve POST /embed from a native Rust pipeline (tokenizers + ONNX Runtime, no Wasm).
     Native(native::NativeArgs),
     /// Measure the native pipeline in-process at concurrency 1 (no HTTP); print a JSON result.
@@ -41,6 +44,11 @@ fn main() -> Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let result = runtime.block_on(load::run(args))?;
             println!("{}", serde_json::to_string(&result)?);
+            Ok(())
+        }
+        Command::Kserve(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            println!("{}", serde_json::to_string(&runtime.block_on(kserve::run(args))?)?);
             Ok(())
         }
         Command::Native(args) => {

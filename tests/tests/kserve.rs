@@ -291,10 +291,14 @@ fn a_burst_past_max_queue_is_refused_with_retry_after_and_memory_stays_bounded()
     assert_eq!(response.status().as_u16(), 200);
 }
 
-/// ONNX bytes of a graph with no nodes whose output `x` is its input `x` (FP32 `[n, 3]`): ONNX
-/// Runtime hands the input's own buffer back as the output. Written field by field (protobuf
-/// wire format, ONNX's field numbers) to need no ONNX tooling.
-fn passthrough_model() -> Vec<u8> {
+/// ONNX models written field by field (protobuf wire format, ONNX's field numbers), to need no
+/// ONNX tooling.
+mod onnx_proto {
+    /// TensorProto.DataType values.
+    pub const FLOAT: u64 = 1;
+    pub const FLOAT16: u64 = 10;
+    pub const BFLOAT16: u64 = 16;
+
     fn varint(mut value: u64, out: &mut Vec<u8>) {
         loop {
             let byte = (value & 0x7f) as u8;
@@ -306,51 +310,160 @@ fn passthrough_model() -> Vec<u8> {
             out.push(byte | 0x80);
         }
     }
+
     fn int(tag: u64, value: u64, out: &mut Vec<u8>) {
         varint(tag << 3, out);
         varint(value, out);
     }
+
     fn bytes(tag: u64, data: &[u8], out: &mut Vec<u8>) {
         varint((tag << 3) | 2, out);
         varint(data.len() as u64, out);
         out.extend_from_slice(data);
     }
-    let (mut rows, mut columns, mut shape, mut tensor, mut ty, mut value) = Default::default();
-    bytes(2, b"n", &mut rows); // Dimension.dim_param
-    int(1, 3, &mut columns); // Dimension.dim_value
-    bytes(1, &rows, &mut shape); // TensorShapeProto.dim
-    bytes(1, &columns, &mut shape);
-    int(1, 1, &mut tensor); // TypeProto.Tensor.elem_type = FLOAT
-    bytes(2, &shape, &mut tensor);
-    bytes(1, &tensor, &mut ty); // TypeProto.tensor_type
-    bytes(1, b"x", &mut value); // ValueInfoProto.name
-    bytes(2, &ty, &mut value);
-    let (mut graph, mut opset, mut model) = (Vec::new(), Vec::new(), Vec::new());
-    bytes(2, b"passthrough", &mut graph); // GraphProto.name
-    bytes(11, &value, &mut graph); // input
-    bytes(12, &value, &mut graph); // output
-    int(2, 17, &mut opset); // OperatorSetIdProto.version
-    int(1, 8, &mut model); // ModelProto.ir_version
-    bytes(7, &graph, &mut model);
-    bytes(8, &opset, &mut model);
-    model
+
+    /// A ValueInfoProto: tensor `name` of `elem_type` and shape `[n, columns]`.
+    pub fn value(name: &str, elem_type: u64, columns: u64) -> Vec<u8> {
+        let (mut rows, mut cols, mut shape, mut tensor, mut ty, mut value) = Default::default();
+        bytes(2, b"n", &mut rows); // Dimension.dim_param
+        int(1, columns, &mut cols); // Dimension.dim_value
+        bytes(1, &rows, &mut shape); // TensorShapeProto.dim
+        bytes(1, &cols, &mut shape);
+        int(1, elem_type, &mut tensor); // TypeProto.Tensor.elem_type
+        bytes(2, &shape, &mut tensor);
+        bytes(1, &tensor, &mut ty); // TypeProto.tensor_type
+        bytes(1, name.as_bytes(), &mut value); // ValueInfoProto.name
+        bytes(2, &ty, &mut value);
+        value
+    }
+
+    /// A NodeProto: `op` from `input` to `output`, with the INT attribute `to` when given (Cast).
+    pub fn node(op: &str, input: &str, output: &str, to: Option<u64>) -> Vec<u8> {
+        let mut node = Vec::new();
+        bytes(1, input.as_bytes(), &mut node);
+        bytes(2, output.as_bytes(), &mut node);
+        bytes(4, op.as_bytes(), &mut node); // op_type
+        if let Some(to) = to {
+            let mut attribute = Vec::new();
+            bytes(1, b"to", &mut attribute);
+            int(3, to, &mut attribute); // AttributeProto.i
+            int(20, 2, &mut attribute); // AttributeProto.type = INT
+            bytes(5, &attribute, &mut node);
+        }
+        node
+    }
+
+    /// A ModelProto (IR 8, opset 17) of one graph.
+    pub fn model(name: &str, nodes: &[Vec<u8>], inputs: &[Vec<u8>], outputs: &[Vec<u8>]) -> Vec<u8> {
+        let (mut graph, mut opset, mut model) = (Vec::new(), Vec::new(), Vec::new());
+        for node in nodes {
+            bytes(1, node, &mut graph); // GraphProto.node
+        }
+        bytes(2, name.as_bytes(), &mut graph); // GraphProto.name
+        for input in inputs {
+            bytes(11, input, &mut graph);
+        }
+        for output in outputs {
+            bytes(12, output, &mut graph);
+        }
+        int(2, 17, &mut opset); // OperatorSetIdProto.version
+        int(1, 8, &mut model); // ModelProto.ir_version
+        bytes(7, &graph, &mut model);
+        bytes(8, &opset, &mut model);
+        model
+    }
 }
 
-#[test]
-fn an_output_that_is_an_input_comes_back_intact() {
-    let dir = std::env::temp_dir().join(format!("edgeinfer-passthrough-{}", std::process::id()));
+/// A graph with no nodes whose output `x` is its input `x` (FP32 `[n, 3]`): ONNX Runtime hands
+/// the input's own buffer back as the output.
+fn passthrough_model() -> Vec<u8> {
+    let x = onnx_proto::value("x", onnx_proto::FLOAT, 3);
+    onnx_proto::model("passthrough", &[], std::slice::from_ref(&x), std::slice::from_ref(&x))
+}
+
+/// Half-precision tensors in and out: `h` (FP16 `[n, 4]`) and `b` (BF16 `[n, 4]`) cast to FP32
+/// (`h32`, `b32`), and `h` passed on as FP16 (`h16`, an Identity node).
+fn half_precision_model() -> Vec<u8> {
+    use onnx_proto::{BFLOAT16, FLOAT, FLOAT16, node, value};
+    let nodes = [
+        node("Cast", "h", "h32", Some(FLOAT)),
+        node("Cast", "b", "b32", Some(FLOAT)),
+        node("Identity", "h", "h16", None),
+    ];
+    let inputs = [value("h", FLOAT16, 4), value("b", BFLOAT16, 4)];
+    let outputs = [value("h32", FLOAT, 4), value("b32", FLOAT, 4), value("h16", FLOAT16, 4)];
+    onnx_proto::model("half", &nodes, &inputs, &outputs)
+}
+
+/// A host serving `model` (ONNX bytes) as `name` over a public KServe API; the directory to
+/// remove afterwards.
+fn host_of_model(name: &str, model: &[u8]) -> (Host, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("edgeinfer-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let model = dir.join("passthrough.onnx");
-    std::fs::write(&model, passthrough_model()).unwrap();
+    let path = dir.join(format!("{name}.onnx"));
+    std::fs::write(&path, model).unwrap();
     let config = dir.join("runtime.toml");
     let text = format!(
-        "[model.passthrough]\npath = {:?}\n[kserve]\nenabled = true\npublic = true\nmodels = [\"passthrough\"]\n{}",
-        model.to_str().unwrap(),
+        "[model.{name}]\npath = {:?}\n[kserve]\nenabled = true\npublic = true\nmodels = [\"{name}\"]\n{}",
+        path.to_str().unwrap(),
         common::onnxruntime_section()
     );
     std::fs::write(&config, text).unwrap();
     let host =
         Host::start(&repo_root().join("spin.toml"), &["--runtime-config-file", config.to_str().unwrap()]);
+    (host, dir)
+}
+
+#[test]
+fn fp16_and_bf16_tensors_run_in_json_and_binary() {
+    let (host, dir) = host_of_model("half", &half_precision_model());
+    let url = host.url("/v2/models/half/infer");
+    // Values both half formats hold exactly.
+    let values = [0.5f32, -1.25, 3.0, 1024.0, -0.0078125, 7.5, 100.0, -2.0];
+    let f16: Vec<u8> = values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
+    let bf16: Vec<u8> = values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect();
+    let header = json!({"inputs": [
+        {"name": "h", "shape": [2, 4], "datatype": "FP16", "parameters": {"binary_data_size": 16}},
+        {"name": "b", "shape": [2, 4], "datatype": "BF16", "parameters": {"binary_data_size": 16}},
+    ], "parameters": {"binary_data_output": true}})
+    .to_string();
+    let body = [header.as_bytes(), &f16, &bf16].concat();
+    let response = client()
+        .post(&url)
+        .header("inference-header-content-length", header.len())
+        .body(body)
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let length: usize =
+        response.headers()["inference-header-content-length"].to_str().unwrap().parse().unwrap();
+    let body = response.bytes().unwrap();
+    let answer: Value = serde_json::from_slice(&body[..length]).unwrap();
+    let names: Vec<&str> =
+        answer["outputs"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["h32", "b32", "h16"]);
+    assert_eq!(answer["outputs"][2]["datatype"], "FP16");
+    let expected_f32: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let binary = &body[length..];
+    assert_eq!(&binary[..32], expected_f32.as_slice(), "FP16 cast to FP32");
+    assert_eq!(&binary[32..64], expected_f32.as_slice(), "BF16 cast to FP32");
+    assert_eq!(&binary[64..], f16.as_slice(), "FP16 out as it came in");
+    // The same in JSON: half values written as numbers both ways.
+    let json_request = json!({"inputs": [
+        {"name": "h", "shape": [2, 4], "datatype": "FP16", "data": values},
+        {"name": "b", "shape": [2, 4], "datatype": "BF16", "data": values},
+    ]});
+    let answer: Value = client().post(&url).json(&json_request).send().unwrap().json().unwrap();
+    for output in answer["outputs"].as_array().unwrap() {
+        let got: Vec<f32> = serde_json::from_value(output["data"].clone()).unwrap();
+        assert_eq!(got, values, "{output}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_output_that_is_an_input_comes_back_intact() {
+    let (host, dir) = host_of_model("passthrough", &passthrough_model());
     // Many at once, each with its own values: an answer read from memory freed with its request
     // (or reused by another) would show here.
     let url = host.url("/v2/models/passthrough/infer");

@@ -277,7 +277,7 @@ fn host_document(app: &str) -> Value {
     })
 }
 
-/// The KServe v2 REST API (JSON tensors).
+/// The KServe v2 REST API (JSON tensors and the binary tensor data extension).
 fn kserve_document() -> Value {
     let model = json!([{"name": "model", "in": "path", "required": true, "schema": {"type": "string"}}]);
     let get = |summary: &str| json!({"tags": ["kserve"], "summary": summary, "responses": {"200": {"description": "OK"}}});
@@ -291,10 +291,28 @@ fn kserve_document() -> Value {
             "/v2/models/{model}/ready": {"get": {"tags": ["kserve"], "summary": "Model readiness", "parameters": model,
                 "responses": {"200": {"description": "Ready"}, "404": error_response("No such model"), "503": error_response("The model failed to load")}}},
             "/v2/models/{model}/infer": {"post": {
-                "tags": ["kserve"], "summary": "Inference on JSON tensors, through the model's batcher", "parameters": model,
-                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}}}},
+                "tags": ["kserve"], "summary": "Inference on JSON or binary tensors, through the model's batcher",
+                "description": "Binary tensor data extension: the body is the JSON request followed by the binary inputs' bytes \
+                    (little-endian, row-major, in input order, each `parameters.binary_data_size` long), and the \
+                    `Inference-Header-Content-Length` header gives the JSON's length. Outputs asked for with \
+                    `binary_data` (or the request's `binary_data_output`) come back the same way: \
+                    `application/octet-stream`, the JSON's length in `Inference-Header-Content-Length`.",
+                "parameters": [model[0], {"name": "Inference-Header-Content-Length", "in": "header", "required": false,
+                    "description": "Length of the JSON request when binary tensors follow it", "schema": {"type": "integer", "minimum": 0}}],
+                "requestBody": {"required": true, "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}},
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary",
+                        "description": "InferRequest JSON, then the binary inputs' bytes"}},
+                }},
                 "responses": {
-                    "200": {"description": "Outputs", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferResponse"}}}},
+                    "200": {"description": "Outputs",
+                        "headers": {"Inference-Header-Content-Length": {"description": "Length of the JSON when binary outputs follow it",
+                            "schema": {"type": "integer"}}},
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/InferResponse"}},
+                            "application/octet-stream": {"schema": {"type": "string", "format": "binary",
+                                "description": "InferResponse JSON, then the binary outputs' bytes"}},
+                        }},
                     "400": error_response("Wrong names, types, shapes or data (`Validation`)"),
                     "401": error_response("A bearer token is required"),
                     "404": error_response("No such model"),
@@ -303,16 +321,25 @@ fn kserve_document() -> Value {
             }},
         },
         "components": {"schemas": {
-            "Tensor": {"type": "object", "required": ["name", "shape", "datatype", "data"], "properties": {
+            "Tensor": {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
                 "name": {"type": "string"},
                 "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-                "datatype": {"enum": ["FP32", "FP64", "INT64", "INT32", "UINT8"]},
-                "data": {"type": "array", "description": "Row-major values, flat or nested"},
+                "datatype": {"enum": ["FP32", "FP64", "INT64", "INT32", "UINT8", "FP16", "BF16"]},
+                "data": {"type": "array", "description": "Row-major values, flat or nested (absent for a binary tensor)"},
+                "parameters": {"type": "object", "properties": {
+                    "binary_data_size": {"type": "integer", "minimum": 0, "description": "Bytes of this tensor in the binary section"},
+                }},
             }},
             "InferRequest": {"type": "object", "required": ["inputs"], "properties": {
                 "id": {"type": "string"},
+                "parameters": {"type": "object", "properties": {
+                    "binary_data_output": {"type": "boolean", "description": "Outputs come back binary unless they say otherwise"},
+                }},
                 "inputs": {"type": "array", "items": {"$ref": "#/components/schemas/Tensor"}},
-                "outputs": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}}}},
+                "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
+                    "name": {"type": "string"},
+                    "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}},
+                }}},
             }},
             "InferResponse": {"type": "object", "properties": {
                 "model_name": {"type": "string"},

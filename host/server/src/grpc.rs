@@ -1,17 +1,19 @@
 //! The Open Inference Protocol over gRPC (`inference.GRPCInferenceService`, tonic), on its own
 //! listener: the KServe API's models, token, admission control, batcher and metrics, as REST
-//! (`kserve`) has them. Tensors arrive as `raw_input_contents` (views of the received message) or
+//! (`kserve`) has them; the token and admission are checked before a message is read. Tensors arrive as `raw_input_contents` (views of the received message) or
 //! typed `contents`, and always go back as `raw_output_contents` (views of the engine's output).
 //! Errors are gRPC statuses whose message is the REST error's, with its `x-error-type`.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::net::TcpListener;
-use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::body::Body;
+use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
 use crate::kserve::{self, Kserve};
@@ -30,8 +32,21 @@ use proto::model_infer_request::InferInputTensor;
 use proto::model_infer_response::InferOutputTensor;
 use proto::model_metadata_response::TensorMetadata;
 
-/// The service's full name, the route label of its calls (`/inference.GRPCInferenceService/...`).
+/// The service's full name; its methods' paths are the route labels of its calls.
 const SERVICE: &str = "inference.GRPCInferenceService";
+
+/// The methods served (anything else is answered `UNIMPLEMENTED` by tonic).
+const METHODS: [&str; 6] =
+    ["ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer"];
+
+/// Streams (calls) in flight on one connection.
+const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
+/// A whole call (message upload, queue, inference) must end within this; and a connection must
+/// answer HTTP/2 pings (every 30 s, within 10 s) to stay open.
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the API on `listener` until `shutdown` resolves, then lets calls in flight finish.
 pub(crate) async fn serve(
@@ -41,17 +56,124 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let max_message = usize::try_from(kserve.max_request_body_bytes()).unwrap_or(usize::MAX);
-    let service = GrpcInferenceServiceServer::new(Grpc { app, kserve })
+    // Compressed requests are accepted; answers are not compressed (tensors hardly shrink).
+    let service = GrpcInferenceServiceServer::new(Grpc { app, kserve: kserve.clone() })
         .max_decoding_message_size(max_message)
-        .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
-        .send_compressed(tonic::codec::CompressionEncoding::Gzip);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .timeout(CALL_TIMEOUT)
+        .layer(tower::layer::layer_fn(move |inner| Gate { inner, kserve: kserve.clone() }))
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
+}
+
+/// In front of the service, before a message is read: the token check, and for `ModelInfer` a
+/// slot of the API's admission control (shared with REST), held until the answer; then every
+/// call, whoever answered it (tonic included), is counted and logged like an HTTP request.
+#[derive(Clone)]
+struct Gate<S> {
+    inner: S,
+    kserve: Arc<Kserve>,
+}
+
+impl<S> tower::Service<http::Request<Body>> for Gate<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        // The service polled ready is the one called; its clone waits for the next call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let kserve = self.kserve.clone();
+        Box::pin(async move {
+            let started = Instant::now();
+            let method =
+                request.uri().path().strip_prefix(&format!("/{SERVICE}/")).unwrap_or_default().to_string();
+            let route = match METHODS.contains(&method.as_str()) {
+                true => format!("/{SERVICE}/{method}"),
+                false => format!("/{SERVICE}/unmatched"),
+            };
+            let peer = request
+                .extensions()
+                .get::<tonic::transport::server::TcpConnectInfo>()
+                .and_then(|i| i.remote_addr());
+            let result = match authorize(&kserve, request.headers()) {
+                Err(refused) => Ok(refused.into_http()),
+                Ok(()) if method == "ModelInfer" => match kserve.admission.admit().await {
+                    Some(_slot) => inner.call(request).await,
+                    None => Ok(status_of(HostError::Overloaded, kserve::OVERLOADED.into()).into_http()),
+                },
+                Ok(()) => inner.call(request).await,
+            };
+            let (status, error_type) = match &result {
+                Ok(response) => outcome(response.headers()),
+                Err(_) => (500, Some(HostError::Backend.error_type().to_string())),
+            };
+            crate::count_request(&route, "host", "-", status, error_type.as_deref(), started.elapsed());
+            tracing::info!(
+                route,
+                component = "host",
+                status,
+                us = started.elapsed().as_micros() as u64,
+                error_type,
+                peer = peer.as_ref().map(SocketAddr::to_string),
+                "grpc request"
+            );
+            result
+        })
+    }
+}
+
+/// Refuses a call without the API's bearer token (none needed when the API is public).
+fn authorize(kserve: &Kserve, headers: &http::HeaderMap) -> Result<(), Status> {
+    let Some(token) = kserve.token() else {
+        return Ok(());
+    };
+    match crate::bearer_token(headers).is_some_and(|given| crate::constant_time_eq(given, token)) {
+        true => Ok(()),
+        false => Err(status_of(HostError::Unauthorized, "a valid bearer token is required".into())),
+    }
+}
+
+/// A call's outcome as the request metrics label it: the HTTP status of its gRPC code and its
+/// error type. Errors of a unary call come "trailers-only", in the response's headers; a success
+/// has no `grpc-status` there.
+fn outcome(headers: &http::HeaderMap) -> (u16, Option<String>) {
+    let code = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok()?.parse::<i32>().ok())
+        .map_or(Code::Ok, Code::from_i32);
+    let error_type = headers.get(ERROR_TYPE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let status = match code {
+        Code::Ok => 200,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => 400,
+        Code::Unauthenticated => 401,
+        Code::PermissionDenied => 403,
+        Code::NotFound => 404,
+        Code::Cancelled => 499,
+        Code::ResourceExhausted => 413,
+        Code::Unimplemented => 501,
+        Code::Unavailable => 503,
+        Code::DeadlineExceeded => 504,
+        _ => 500,
+    };
+    let error_type = error_type.or_else(|| (code != Code::Ok).then(|| format!("{code:?}")));
+    (status, error_type)
 }
 
 struct Grpc {
@@ -63,58 +185,40 @@ struct Grpc {
 type Failure = (HostError, String);
 
 impl Grpc {
-    /// Runs one call: the token check, then `handle`; counted and logged like an HTTP request.
+    /// Runs one call's handler (the token and, for inference, admission were checked by `Gate`).
     async fn call<Req, Res, Fut>(
         &self,
-        rpc: &'static str,
         request: tonic::Request<Req>,
         handle: impl FnOnce(Req) -> Fut,
     ) -> Result<tonic::Response<Res>, Status>
     where
         Fut: Future<Output = Result<Res, Failure>>,
     {
-        let started = Instant::now();
-        let peer = request.remote_addr();
-        let result = match self.authorize(request.metadata()) {
-            Ok(()) => handle(request.into_inner()).await,
-            Err(refused) => Err(refused),
-        };
-        let route = format!("/{SERVICE}/{rpc}");
-        let (status, error_type) = match &result {
-            Ok(_) => (200, None),
-            Err((error, _)) => (error.status().as_u16(), Some(error.error_type())),
-        };
-        crate::count_request(&route, "host", "-", status, error_type, started.elapsed());
-        tracing::info!(
-            route,
-            component = "host",
-            status,
-            us = started.elapsed().as_micros() as u64,
-            error_type,
-            peer = peer.as_ref().map(SocketAddr::to_string),
-            "grpc request"
-        );
-        result.map(tonic::Response::new).map_err(|(error, message)| status_of(error, message))
-    }
-
-    fn authorize(&self, metadata: &MetadataMap) -> Result<(), Failure> {
-        let Some(token) = self.kserve.token() else {
-            return Ok(());
-        };
-        let given = metadata
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match given.is_some_and(|given| crate::constant_time_eq(given, token)) {
-            true => Ok(()),
-            false => Err((HostError::Unauthorized, "a valid bearer token is required".into())),
-        }
+        handle(request.into_inner())
+            .await
+            .map(tonic::Response::new)
+            .map_err(|(error, message)| status_of(error, message))
     }
 
     async fn infer(&self, request: proto::ModelInferRequest) -> Result<proto::ModelInferResponse, Failure> {
         check_version(&request.model_version)?;
         // The model first: an unknown name is 404 whatever the inputs.
         kserve::served_model(&self.app, &self.kserve, &request.model_name)?;
+        let unsupported = |parameters: &HashMap<String, proto::InferParameter>| {
+            parameters.keys().find(|k| k.starts_with("shared_memory") || *k == "classification").cloned()
+        };
+        let asked = request.inputs.iter().map(|i| (&i.name, &i.parameters));
+        let asked = asked.chain(request.outputs.iter().map(|o| (&o.name, &o.parameters)));
+        for (name, parameters) in asked {
+            if let Some(key) = unsupported(parameters) {
+                return Err((
+                    HostError::Validation,
+                    format!(
+                        "tensor {name:?}: parameter {key:?} is not supported (no shared memory or classification extensions)"
+                    ),
+                ));
+            }
+        }
         let inputs = decode_inputs(request.inputs, request.raw_input_contents)
             .map_err(|message| (HostError::Validation, message))?;
         let requested: Vec<&str> = request.outputs.iter().map(|o| o.name.as_str()).collect();
@@ -149,14 +253,14 @@ impl GrpcInferenceService for Grpc {
         &self,
         request: tonic::Request<proto::ServerLiveRequest>,
     ) -> Result<tonic::Response<proto::ServerLiveResponse>, Status> {
-        self.call("ServerLive", request, |_| async { Ok(proto::ServerLiveResponse { live: true }) }).await
+        self.call(request, |_| async { Ok(proto::ServerLiveResponse { live: true }) }).await
     }
 
     async fn server_ready(
         &self,
         request: tonic::Request<proto::ServerReadyRequest>,
     ) -> Result<tonic::Response<proto::ServerReadyResponse>, Status> {
-        self.call("ServerReady", request, |_| async {
+        self.call(request, |_| async {
             Ok(proto::ServerReadyResponse { ready: self.kserve.ready(&self.app) })
         })
         .await
@@ -166,7 +270,7 @@ impl GrpcInferenceService for Grpc {
         &self,
         request: tonic::Request<proto::ModelReadyRequest>,
     ) -> Result<tonic::Response<proto::ModelReadyResponse>, Status> {
-        self.call("ModelReady", request, |r| async move {
+        self.call(request, |r| async move {
             check_version(&r.version)?;
             // A model it serves that failed to load is not ready; a name it does not serve is 404.
             match kserve::served_model(&self.app, &self.kserve, &r.name) {
@@ -182,7 +286,7 @@ impl GrpcInferenceService for Grpc {
         &self,
         request: tonic::Request<proto::ServerMetadataRequest>,
     ) -> Result<tonic::Response<proto::ServerMetadataResponse>, Status> {
-        self.call("ServerMetadata", request, |_| async {
+        self.call(request, |_| async {
             Ok(proto::ServerMetadataResponse {
                 name: "edgeinfer".into(),
                 version: env!("CARGO_PKG_VERSION").into(),
@@ -196,7 +300,7 @@ impl GrpcInferenceService for Grpc {
         &self,
         request: tonic::Request<proto::ModelMetadataRequest>,
     ) -> Result<tonic::Response<proto::ModelMetadataResponse>, Status> {
-        self.call("ModelMetadata", request, |r| async move {
+        self.call(request, |r| async move {
             check_version(&r.version)?;
             let graph = kserve::served_model(&self.app, &self.kserve, &r.name)?;
             let specs = |specs: &[TensorSpec]| -> Vec<TensorMetadata> {
@@ -224,7 +328,7 @@ impl GrpcInferenceService for Grpc {
         &self,
         request: tonic::Request<proto::ModelInferRequest>,
     ) -> Result<tonic::Response<proto::ModelInferResponse>, Status> {
-        self.call("ModelInfer", request, |r| self.infer(r)).await
+        self.call(request, |r| self.infer(r)).await
     }
 }
 

@@ -38,8 +38,8 @@ pub struct Kserve {
     config: KserveConfig,
     /// The bearer token clients must send; `None` only when the config says `public = true`.
     token: Option<String>,
-    /// Inference requests at once and waiting, as for a component.
-    admission: Admission,
+    /// Inference requests at once and waiting, as for a component (REST and gRPC together).
+    pub(crate) admission: Admission,
 }
 
 impl Kserve {
@@ -192,10 +192,13 @@ async fn infer_route(
         Err(message) => return Answer(HostError::Validation.answer(message)),
     };
     let kserve = api(&shared);
-    // The model is checked before the body is read: an unknown name costs no upload.
+    // The model and a slot first: an unknown name or a full line costs no upload.
     if let Err((error, message)) = served_model(&shared.app, kserve, &name) {
         return Answer(error.answer(message));
     }
+    let Some(_slot) = kserve.admission.admit().await else {
+        return Answer(HostError::Overloaded.answer(OVERLOADED));
+    };
     let body =
         match crate::body::read(req, kserve.config.max_request_body_bytes, crate::body::READ_TIMEOUT).await {
             Ok((_, body)) => body,
@@ -228,8 +231,12 @@ async fn infer_route(
     })
 }
 
-/// One inference as the API runs it, whatever the transport (REST or gRPC): the model check,
-/// admission, the requested outputs' names, the model's batcher. `requested` names the outputs
+/// What a request refused by admission control is told.
+pub(crate) const OVERLOADED: &str = "the KServe API is at its concurrency limit; retry shortly";
+
+/// One inference as the API runs it, whatever the transport (REST or gRPC), once admitted (the
+/// caller holds a slot of `Kserve::admission`, taken before the request's body was read): the
+/// model check, the requested outputs' names, the model's batcher. `requested` names the outputs
 /// answered (`None`: all); the answer keeps the model's output order.
 pub(crate) async fn infer(
     app: &App,
@@ -244,10 +251,6 @@ pub(crate) async fn infer(
     {
         return Err((HostError::Validation, format!("the model has no output {unknown:?}")));
     }
-    let Some(_slot) = kserve.admission.admit().await else {
-        let message = "the KServe API is at its concurrency limit; retry shortly";
-        return Err((HostError::Overloaded, message.into()));
-    };
     let outputs = match graph.batcher.compute(inputs).await {
         Ok(outputs) => outputs,
         Err(EngineError::InvalidArgument(message)) => return Err((HostError::Validation, message)),

@@ -48,7 +48,11 @@ pub struct OutputParameters {
     /// Triton's classification extension (top-k labels): refused, the models here have no labels.
     #[serde(default)]
     pub classification: u64,
+    /// Triton's shared-memory extension: refused (the data travels in the body).
+    #[serde(default)]
+    shared_memory_region: Option<de::IgnoredAny>,
 }
+
 
 impl InferRequest {
     /// Whether output `name` goes into the binary section of the response.
@@ -106,6 +110,8 @@ struct TensorIn<'a> {
 #[derive(Default, Deserialize)]
 struct TensorParameters {
     binary_data_size: Option<u64>,
+    /// Triton's shared-memory extension: refused (the data travels in the body).
+    shared_memory_region: Option<de::IgnoredAny>,
 }
 
 /// Inputs are read strictly: a misspelt field is an error, not an ignored tensor.
@@ -205,6 +211,12 @@ pub fn decode_request(body: &Bytes, header_length: Option<usize>) -> Result<Infe
     if let Some(output) = request.outputs.iter().flatten().find(|o| o.parameters.classification != 0) {
         return Err(format!(
             "output {:?}: the classification extension is not supported; ask for the tensor",
+            output.name
+        ));
+    }
+    if let Some(output) = request.outputs.iter().flatten().find(|o| o.parameters.shared_memory_region.is_some()) {
+        return Err(format!(
+            "output {:?}: the shared memory extension is not supported; the answer carries the data",
             output.name
         ));
     }
@@ -361,6 +373,9 @@ fn decode_tensor(role: &str, tensor: &TensorIn, binary: &mut Binary) -> Result<T
     let expected = TensorData::elements(&shape)
         .filter(|n| n.checked_mul(ty.size()).is_some())
         .ok_or_else(|| format!("{role} {name:?}: shape {shape:?} is too large"))?;
+    if tensor.parameters.shared_memory_region.is_some() {
+        return Err(format!("{role} {name:?}: the shared memory extension is not supported; send the data"));
+    }
     let data = match (tensor.data, tensor.parameters.binary_data_size) {
         (Some(data), None) => data,
         (None, Some(size)) => {
@@ -731,6 +746,14 @@ mod tests {
             (
                 r#"{"inputs": [], "outputs": [{"name": "y", "parameters": {"classification": 3}}]}"#.into(),
                 vec![], None, "classification extension is not supported",
+            ),
+            (
+                r#"{"inputs": [{"name": "x", "shape": [1], "datatype": "INT64", "parameters": {"shared_memory_region": "r"}}]}"#.into(),
+                vec![], None, "shared memory extension is not supported",
+            ),
+            (
+                r#"{"inputs": [], "outputs": [{"name": "y", "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 8}}]}"#.into(),
+                vec![], None, "shared memory extension is not supported",
             ),
         ];
         for (header, binary, length, expected) in cases {

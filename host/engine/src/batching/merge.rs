@@ -140,8 +140,8 @@ fn pad_bytes(ty: ElementType, value: f64) -> Vec<u8> {
         ElementType::I32 => (value as i32).to_le_bytes().to_vec(),
         ElementType::I64 => (value as i64).to_le_bytes().to_vec(),
         ElementType::U8 => vec![value as u8],
-        // Half floats: 0.0 is all-zero bits in both formats; other pad values are rare.
-        ElementType::F16 | ElementType::BF16 => vec![0, 0],
+        ElementType::F16 => half::f16::from_f64(value).to_le_bytes().to_vec(),
+        ElementType::BF16 => half::bf16::from_f64(value).to_le_bytes().to_vec(),
     }
 }
 
@@ -157,6 +157,13 @@ mod tests {
 
     fn values(t: &TensorData) -> Vec<i64> {
         t.bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
+    }
+
+    #[test]
+    fn half_floats_pad_with_their_own_encoding_of_the_pad_value() {
+        assert_eq!(pad_bytes(ElementType::F16, 1.0), half::f16::ONE.to_le_bytes());
+        assert_eq!(pad_bytes(ElementType::BF16, -2.0), half::bf16::from_f32(-2.0).to_le_bytes());
+        assert_eq!(pad_bytes(ElementType::F16, 0.0), [0, 0]);
     }
 
     #[test]

@@ -170,9 +170,8 @@ fn to_ort<'a>(tensor: &TensorData, source: &'a [u8]) -> Result<SessionInputValue
         ElementType::I32 => view::<i32>(shape, source).map_err(runtime),
         ElementType::I64 => view::<i64>(shape, source).map_err(runtime),
         ElementType::U8 => view::<u8>(shape, source).map_err(runtime),
-        ElementType::F16 | ElementType::BF16 => {
-            Err(EngineError::invalid(format!("{:?} tensors are not supported yet", tensor.ty)))
-        }
+        ElementType::F16 => view::<half::f16>(shape, source).map_err(runtime),
+        ElementType::BF16 => view::<half::bf16>(shape, source).map_err(runtime),
     }
 }
 
@@ -208,6 +207,12 @@ fn from_ort(value: DynValue, inputs: &[&[u8]]) -> Result<TensorData, EngineError
         TensorElementType::Int32 => (ElementType::I32, output_bytes::<i32>(value, inputs).map_err(runtime)?),
         TensorElementType::Int64 => (ElementType::I64, output_bytes::<i64>(value, inputs).map_err(runtime)?),
         TensorElementType::Uint8 => (ElementType::U8, output_bytes::<u8>(value, inputs).map_err(runtime)?),
+        TensorElementType::Float16 => {
+            (ElementType::F16, output_bytes::<half::f16>(value, inputs).map_err(runtime)?)
+        }
+        TensorElementType::Bfloat16 => {
+            (ElementType::BF16, output_bytes::<half::bf16>(value, inputs).map_err(runtime)?)
+        }
         other => return Err(EngineError::Runtime(format!("model output type {other:?} is not supported"))),
     };
     Ok(TensorData { shape, ty, bytes })
