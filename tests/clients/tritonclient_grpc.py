@@ -103,6 +103,13 @@ def main():
         max_diff = max(max_diff, float(np.abs(values - reference).max()))
     assert max_diff < 1e-4, f"max |edgeinfer - onnxruntime| = {max_diff}"
 
+    # Compressed messages (the client's compression_algorithm), same answers.
+    tensors = arrays(cases[0])
+    plain = client.infer(MODEL, grpc_inputs(tensors), headers=headers).as_numpy(OUTPUT)
+    for algorithm in ("gzip", "deflate"):
+        packed = client.infer(MODEL, grpc_inputs(tensors), headers=headers, compression_algorithm=algorithm)
+        assert np.array_equal(packed.as_numpy(OUTPUT), plain), f"{algorithm} message answered differently"
+
     # 32 clients, each on its own channel, released together.
     tensors = arrays(cases[1])
     (expected,) = session.run([OUTPUT], tensors)

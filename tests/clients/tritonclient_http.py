@@ -90,6 +90,14 @@ def main():
         binary_bytes += binary.nbytes
     assert max_diff < 1e-4, f"max |edgeinfer - onnxruntime| = {max_diff}"
 
+    # Compressed requests (the client's request_compression_algorithm), same answers.
+    tensors = arrays(cases[0])
+    plain = client.infer(MODEL, infer_inputs(tensors, True), headers=headers()).as_numpy(OUTPUT)
+    for algorithm in ("gzip", "deflate"):
+        packed = client.infer(MODEL, infer_inputs(tensors, True), headers=headers(),
+                              request_compression_algorithm=algorithm, response_compression_algorithm=algorithm)
+        assert np.array_equal(packed.as_numpy(OUTPUT), plain), f"{algorithm} request answered differently"
+
     # 32 requests in flight at once through the client's own connection pool.
     tensors = arrays(cases[0])
     (expected,) = session.run([OUTPUT], tensors)

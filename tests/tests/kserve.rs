@@ -610,3 +610,44 @@ fn malformed_binary_bodies_are_400_with_the_reason() {
     let case = &reference("tokens.json")[0];
     assert_eq!(infer("minilm", &json!({"inputs": bert_inputs(case)})).0, 200);
 }
+
+#[test]
+fn compressed_bodies_are_decoded_and_bad_encodings_refused() {
+    let url = host().url("/v2/models/minilm/infer");
+    let case = &reference("tokens.json")[0];
+    let body = json!({"inputs": bert_inputs(case)}).to_string();
+    let (_, plain) = infer("minilm", &json!({"inputs": bert_inputs(case)}));
+    let send = |encoding: &str, bytes: Vec<u8>| {
+        let response = client()
+            .post(&url)
+            .bearer_auth(KSERVE_TOKEN)
+            .header("content-encoding", encoding)
+            .body(bytes)
+            .send()
+            .unwrap();
+        (response.status().as_u16(), response.json::<Value>().unwrap())
+    };
+    let data = body.as_bytes();
+    let compress = |mut encoder: Box<dyn std::io::Write>| encoder.write_all(data).unwrap();
+    let mut gzip = Vec::new();
+    let mut zlib = Vec::new();
+    {
+        use flate2::{Compression, write::GzEncoder, write::ZlibEncoder};
+        compress(Box::new(GzEncoder::new(&mut gzip, Compression::default())));
+        compress(Box::new(ZlibEncoder::new(&mut zlib, Compression::default())));
+    }
+    for (encoding, bytes) in [("gzip", gzip), ("deflate", zlib)] {
+        let (status, answer) = send(encoding, bytes);
+        assert_eq!(status, 200, "{encoding}: {answer}");
+        assert_eq!(answer["outputs"], plain["outputs"], "{encoding}");
+    }
+    let (status, answer) = send("br", data.to_vec());
+    assert_error(status, &answer, 400, "Validation");
+    assert!(
+        answer["error"].as_str().unwrap().contains("Content-Encoding \"br\" is not supported"),
+        "{answer}"
+    );
+    let (status, answer) = send("gzip", data.to_vec());
+    assert_error(status, &answer, 400, "Validation");
+    assert!(answer["error"].as_str().unwrap().contains("cannot decode the gzip body"), "{answer}");
+}

@@ -80,9 +80,9 @@ fn tritonclient_grpc_gets_the_rest_answers_and_32_clients_share_batches() {
     assert_eq!(report["errors"]["no token"]["code"], "UNAUTHENTICATED", "{report}");
     assert_eq!(report["errors"]["unknown model"]["error_type"], "ModelNotFound", "{report}");
 
-    // 6 cases over gRPC and REST, 32 clients, one request after the malformed ones.
+    // 6 cases over gRPC and REST, 3 compression cases, 32 clients, one after the malformed ones.
     let (rows, runs) = rows_and_runs(&host);
-    assert_eq!(rows, 6.0 * 2.0 + 32.0 + 1.0);
+    assert_eq!(rows, 6.0 * 2.0 + 3.0 + 32.0 + 1.0);
     assert!(runs < rows, "{rows} rows in {runs} runs: the concurrent clients were not batched");
     eprintln!("{rows} requests ran in {runs} engine runs");
     // gRPC calls are counted like HTTP requests, by method.
@@ -104,9 +104,9 @@ fn tritonclient_http_gets_the_onnxruntime_answers_with_binary_data_on_and_off() 
     assert_eq!(report["concurrent"], 32, "{report}");
     assert!(report["errors"]["unknown model"].as_str().unwrap().contains("no model named"), "{report}");
 
-    // 6 cases x 3 calls, then the burst of 32, all reached the engine; the burst shared runs.
+    // 6 cases x 3 calls, 3 compression cases, the burst of 32: all reached the engine once.
     let (rows, runs) = rows_and_runs(&host);
-    assert_eq!(rows, 6.0 * 3.0 + 32.0);
+    assert_eq!(rows, 6.0 * 3.0 + 3.0 + 32.0);
     assert!(runs < rows, "{rows} rows in {runs} runs: the concurrent requests were not batched");
     eprintln!("{rows} requests ran in {runs} engine runs");
 }

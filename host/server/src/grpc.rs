@@ -59,7 +59,8 @@ pub(crate) async fn serve(
     // Compressed requests are accepted; answers are not compressed (tensors hardly shrink).
     let service = GrpcInferenceServiceServer::new(Grpc { app, kserve: kserve.clone() })
         .max_decoding_message_size(max_message)
-        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .accept_compressed(tonic::codec::CompressionEncoding::Deflate);
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)

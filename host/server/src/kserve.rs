@@ -12,6 +12,7 @@ use axum::extract::{MatchedPath, OriginalUri, Path, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response as AxumResponse};
 use axum::routing::{get, post};
+use bytes::Bytes;
 use http::{Response, StatusCode};
 use serde_json::{Value, json};
 use wasmtime_wasi_http::WasiBody;
@@ -199,11 +200,15 @@ async fn infer_route(
     let Some(_slot) = kserve.admission.admit().await else {
         return Answer(HostError::Overloaded.answer(OVERLOADED));
     };
-    let body =
-        match crate::body::read(req, kserve.config.max_request_body_bytes, crate::body::READ_TIMEOUT).await {
-            Ok((_, body)) => body,
-            Err(refused) => return Answer(refused),
-        };
+    let limit = kserve.config.max_request_body_bytes;
+    let (head, body) = match crate::body::read(req, limit, crate::body::READ_TIMEOUT).await {
+        Ok(read) => read,
+        Err(refused) => return Answer(refused),
+    };
+    let body = match decode_content(&head.headers, body, limit) {
+        Ok(body) => body,
+        Err((error, message)) => return Answer(error.answer(message)),
+    };
     let mut request = match kserve::decode_request(&body, header_length) {
         Ok(request) => request,
         Err(message) => return Answer(HostError::Validation.answer(message)),
@@ -279,6 +284,40 @@ fn metadata(graph: &LoadedGraph) -> Value {
         "inputs": specs(&graph.inputs),
         "outputs": specs(&graph.outputs),
     })
+}
+
+/// The body as sent before its `Content-Encoding` (gzip and deflate, as tritonclient's
+/// `request_compression_algorithm` sends them), at most `limit` bytes decoded.
+fn decode_content(headers: &http::HeaderMap, body: Bytes, limit: u64) -> Result<Bytes, (HostError, String)> {
+    use std::io::Read;
+    let encoding = headers
+        .get(http::header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+    let mut decoded = Vec::new();
+    let read = match encoding.as_deref() {
+        None | Some("identity") => return Ok(body),
+        Some("gzip") => flate2::read::GzDecoder::new(&body[..]).take(limit + 1).read_to_end(&mut decoded),
+        // HTTP's "deflate" is the zlib format.
+        Some("deflate") => {
+            flate2::read::ZlibDecoder::new(&body[..]).take(limit + 1).read_to_end(&mut decoded)
+        }
+        Some(other) => {
+            return Err((
+                HostError::Validation,
+                format!("Content-Encoding {other:?} is not supported (gzip, deflate and identity are)"),
+            ));
+        }
+    };
+    match read {
+        Err(e) => Err((
+            HostError::Validation,
+            format!("cannot decode the {} body: {e}", encoding.unwrap_or_default()),
+        )),
+        Ok(_) if decoded.len() as u64 > limit => {
+            Err((HostError::PayloadTooLarge, format!("the decoded body is over the limit of {limit} bytes")))
+        }
+        Ok(_) => Ok(Bytes::from(decoded)),
+    }
 }
 
 /// The `Inference-Header-Content-Length` of a request with binary tensors; `None` for JSON.

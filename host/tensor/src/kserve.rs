@@ -53,7 +53,6 @@ pub struct OutputParameters {
     shared_memory_region: Option<de::IgnoredAny>,
 }
 
-
 impl InferRequest {
     /// Whether output `name` goes into the binary section of the response.
     pub fn binary_output(&self, name: &str) -> bool {
@@ -214,7 +213,9 @@ pub fn decode_request(body: &Bytes, header_length: Option<usize>) -> Result<Infe
             output.name
         ));
     }
-    if let Some(output) = request.outputs.iter().flatten().find(|o| o.parameters.shared_memory_region.is_some()) {
+    if let Some(output) =
+        request.outputs.iter().flatten().find(|o| o.parameters.shared_memory_region.is_some())
+    {
         return Err(format!(
             "output {:?}: the shared memory extension is not supported; the answer carries the data",
             output.name
