@@ -298,6 +298,7 @@ mod onnx_proto {
     pub const FLOAT: u64 = 1;
     pub const FLOAT16: u64 = 10;
     pub const BFLOAT16: u64 = 16;
+    pub const STRING: u64 = 8;
 
     fn varint(mut value: u64, out: &mut Vec<u8>) {
         loop {
@@ -412,6 +413,74 @@ fn host_of_model(name: &str, model: &[u8]) -> (Host, std::path::PathBuf) {
     let host =
         Host::start(&repo_root().join("spin.toml"), &["--runtime-config-file", config.to_str().unwrap()]);
     (host, dir)
+}
+
+/// Text in: `s` (STRING `[n, 3]`) parsed as numbers (`f`, FP32, a Cast node) and passed on
+/// (`echo`, STRING, an Identity node).
+fn text_model() -> Vec<u8> {
+    use onnx_proto::{FLOAT, STRING, node, value};
+    let nodes = [node("Cast", "s", "f", Some(FLOAT)), node("Identity", "s", "echo", None)];
+    let outputs = [value("f", FLOAT, 3), value("echo", STRING, 3)];
+    onnx_proto::model("text", &nodes, &[value("s", STRING, 3)], &outputs)
+}
+
+#[test]
+fn bytes_tensors_carry_text_in_json_and_binary() {
+    let (host, dir) = host_of_model("text", &text_model());
+    let url = host.url("/v2/models/text/infer");
+    let (_, metadata) = {
+        let response = client().get(host.url("/v2/models/text")).send().unwrap();
+        (response.status().as_u16(), response.json::<Value>().unwrap())
+    };
+    assert_eq!(metadata["inputs"][0]["datatype"], "BYTES", "{metadata}");
+    let strings = ["1.5", "-2", "1e3", "0.25", "7", "-0.5"];
+    let numbers = [1.5f32, -2.0, 1000.0, 0.25, 7.0, -0.5];
+    // JSON: strings in, strings and numbers out.
+    let request = json!({"inputs": [{"name": "s", "shape": [2, 3], "datatype": "BYTES", "data": [strings[..3], strings[3..]]}]});
+    let response = client().post(&url).json(&request).send().unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let answer: Value = response.json().unwrap();
+    assert_eq!(answer["outputs"][0]["data"], json!(numbers), "{answer}");
+    assert_eq!(answer["outputs"][1]["datatype"], "BYTES");
+    assert_eq!(answer["outputs"][1]["data"], json!(strings), "{answer}");
+    // Binary: the protocol's layout (4-byte length, then the bytes) both ways.
+    let layout: Vec<u8> =
+        strings.iter().flat_map(|s| [&(s.len() as u32).to_le_bytes()[..], s.as_bytes()].concat()).collect();
+    let header = json!({"inputs": [{"name": "s", "shape": [2, 3], "datatype": "BYTES", "parameters": {"binary_data_size": layout.len()}}],
+                        "outputs": [{"name": "echo", "parameters": {"binary_data": true}}]})
+    .to_string();
+    let response = client()
+        .post(&url)
+        .header("inference-header-content-length", header.len())
+        .body([header.as_bytes(), &layout].concat())
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let length: usize =
+        response.headers()["inference-header-content-length"].to_str().unwrap().parse().unwrap();
+    let body = response.bytes().unwrap();
+    assert_eq!(&body[length..], layout.as_slice(), "BYTES out as they came in");
+    // Text that is not a number is the model's error; bytes that are not UTF-8 are ours (400).
+    let bad =
+        json!({"inputs": [{"name": "s", "shape": [1, 3], "datatype": "BYTES", "data": ["1", "2", [0]]}]});
+    let response = client().post(&url).json(&bad).send().unwrap();
+    let answer: Value = response.json().unwrap();
+    assert!(answer["error"].as_str().unwrap().contains("0 is not a string"), "{answer}");
+    let not_utf8 =
+        [&3u32.to_le_bytes()[..], &[0xff, 0xfe, 0x00], &1u32.to_le_bytes(), b"1", &1u32.to_le_bytes(), b"2"]
+            .concat();
+    let header = json!({"inputs": [{"name": "s", "shape": [1, 3], "datatype": "BYTES", "parameters": {"binary_data_size": not_utf8.len()}}]}).to_string();
+    let response = client()
+        .post(&url)
+        .header("inference-header-content-length", header.len())
+        .body([header.as_bytes(), &not_utf8].concat())
+        .send()
+        .unwrap();
+    let status = response.status().as_u16();
+    let answer: Value = response.json().unwrap();
+    assert_error(status, &answer, 400, "Validation");
+    assert!(answer["error"].as_str().unwrap().contains("BYTES element 0 is not UTF-8"), "{answer}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

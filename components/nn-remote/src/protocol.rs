@@ -31,6 +31,7 @@ pub fn tensor_type(ty: ElementType) -> TensorType {
         ElementType::U8 => TensorType::U8,
         ElementType::I32 => TensorType::I32,
         ElementType::I64 => TensorType::I64,
+        ElementType::Bytes => unreachable!("infer_response refuses BYTES outputs"),
     }
 }
 
@@ -41,8 +42,16 @@ pub fn infer_request(inputs: &[(&str, &TensorData)]) -> Result<Vec<u8>, errors::
 
 /// The outputs of an inference answer, as tensors.
 pub fn infer_response(body: Vec<u8>) -> Result<Vec<(String, TensorData)>, errors::Error> {
-    kserve::decode_response(&body.into(), None)
-        .map_err(|m| Error::new(ErrorCode::RuntimeError, format!("unexpected answer from the server: {m}")))
+    let outputs = kserve::decode_response(&body.into(), None).map_err(|m| {
+        Error::new(ErrorCode::RuntimeError, format!("unexpected answer from the server: {m}"))
+    })?;
+    match outputs.iter().find(|(_, t)| t.ty == ElementType::Bytes) {
+        Some((name, _)) => Err(Error::new(
+            ErrorCode::InvalidArgument,
+            format!("output {name:?} is BYTES (strings), which wasi:nn tensors cannot carry"),
+        )),
+        None => Ok(outputs),
+    }
 }
 
 /// Maps a non-2xx answer to a wasi:nn error carrying the server's message.

@@ -324,8 +324,8 @@ fn kserve_document() -> Value {
             "Tensor": {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
                 "name": {"type": "string"},
                 "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-                "datatype": {"enum": ["FP32", "FP64", "INT64", "INT32", "UINT8", "FP16", "BF16"]},
-                "data": {"type": "array", "description": "Row-major values, flat or nested (absent for a binary tensor)"},
+                "datatype": {"enum": ["FP32", "FP64", "INT64", "INT32", "UINT8", "FP16", "BF16", "BYTES"]},
+                "data": {"type": "array", "description": "Row-major values (strings for BYTES), flat or nested (absent for a binary tensor)"},
                 "parameters": {"type": "object", "properties": {
                     "binary_data_size": {"type": "integer", "minimum": 0, "description": "Bytes of this tensor in the binary section"},
                 }},

@@ -394,7 +394,7 @@ fn decode_inputs(
                 })
                 .collect::<Result<_, _>>()?;
             let elements = TensorData::elements(&shape)
-                .filter(|n| n.checked_mul(ty.size()).is_some())
+                .filter(|n| n.checked_mul(ty.size().unwrap_or(4)).is_some())
                 .ok_or_else(|| format!("input {name:?}: shape {shape:?} is too large"))?;
             let bytes = match (raw.next(), input.contents) {
                 (Some(_), Some(_)) => {
@@ -449,6 +449,11 @@ fn typed_bytes(
             let v = &contents.fp64_contents;
             ("fp64_contents", v.len(), v.iter().flat_map(|x| x.to_le_bytes()).collect())
         }
+        ElementType::Bytes => {
+            let v = &contents.bytes_contents;
+            let bytes = edgeinfer_tensor::encode_byte_strings(v.iter().map(|b| &b[..]));
+            ("bytes_contents", v.len(), bytes)
+        }
         ElementType::F16 | ElementType::BF16 => {
             return Err(format!("input {name:?}: {} travels only as raw_input_contents", ty.datatype()));
         }
@@ -486,6 +491,15 @@ mod tests {
         let typed = proto::InferTensorContents { int64_contents: vec![7, -1], ..Default::default() };
         let from_typed = decode_inputs(vec![input("ids", "INT64", &[1, 2], Some(typed))], vec![]).unwrap();
         assert_eq!(from_typed, decoded);
+        // BYTES: raw contents in the protocol's layout, or one `bytes_contents` entry per element.
+        let layout = edgeinfer_tensor::encode_byte_strings([&b"one"[..], b"two!"]);
+        let raw =
+            decode_inputs(vec![input("s", "BYTES", &[2], None)], vec![Bytes::from(layout.clone())]).unwrap();
+        let strings = vec![Bytes::from_static(b"one"), Bytes::from_static(b"two!")];
+        let typed = proto::InferTensorContents { bytes_contents: strings, ..Default::default() };
+        let from_typed = decode_inputs(vec![input("s", "BYTES", &[2], Some(typed))], vec![]).unwrap();
+        assert_eq!(raw, from_typed);
+        assert_eq!(raw[0].1.bytes, layout);
     }
 
     #[test]

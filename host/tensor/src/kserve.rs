@@ -327,13 +327,22 @@ impl<'a> TensorJson<'a> {
     }
 }
 
-/// A tensor's elements as a flat JSON array of numbers (half floats widened to `f32`).
+/// A tensor's elements as a flat JSON array of numbers (half floats widened to `f32`), or of
+/// strings for BYTES (bytes that are not UTF-8 written with U+FFFD: binary data keeps them).
 struct Elements<'a>(&'a TensorData);
 
 impl Serialize for Elements<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let tensor = self.0;
-        let size = tensor.ty.size();
+        let Some(size) = tensor.ty.size() else {
+            // Well formed: whoever made the tensor validated it.
+            let elements = crate::byte_strings(&tensor.bytes).unwrap_or_default();
+            let mut seq = serializer.serialize_seq(Some(elements.len()))?;
+            for element in elements {
+                seq.serialize_element(&String::from_utf8_lossy(element))?;
+            }
+            return seq.end();
+        };
         let mut seq = serializer.serialize_seq(Some(tensor.bytes.len() / size))?;
         for c in tensor.bytes.chunks_exact(size) {
             match tensor.ty {
@@ -352,6 +361,7 @@ impl Serialize for Elements<'_> {
                 ElementType::BF16 => {
                     seq.serialize_element(&half::bf16::from_le_bytes([c[0], c[1]]).to_f32())?
                 }
+                ElementType::Bytes => unreachable!("BYTES has no fixed size"),
             }
         }
         seq.end()
@@ -372,7 +382,7 @@ fn decode_tensor(role: &str, tensor: &TensorIn, binary: &mut Binary) -> Result<T
         .map(|&d| u32::try_from(d).map_err(|_| format!("{role} {name:?}: dimension {d} is too large")))
         .collect::<Result<_, _>>()?;
     let expected = TensorData::elements(&shape)
-        .filter(|n| n.checked_mul(ty.size()).is_some())
+        .filter(|n| n.checked_mul(ty.size().unwrap_or(4)).is_some())
         .ok_or_else(|| format!("{role} {name:?}: shape {shape:?} is too large"))?;
     if tensor.parameters.shared_memory_region.is_some() {
         return Err(format!("{role} {name:?}: the shared memory extension is not supported; send the data"));
@@ -381,10 +391,15 @@ fn decode_tensor(role: &str, tensor: &TensorIn, binary: &mut Binary) -> Result<T
         (Some(data), None) => data,
         (None, Some(size)) => {
             let bytes = binary.take(role, name, size)?;
-            if bytes.len() != expected * ty.size() {
+            let Some(element) = ty.size() else {
+                let tensor = TensorData::new(shape, ty, bytes);
+                tensor.validate().map_err(|e| format!("{role} {name:?}: {e}"))?;
+                return Ok(tensor);
+            };
+            if bytes.len() != expected * element {
                 return Err(format!(
                     "{role} {name:?}: shape {shape:?} of {datatype} needs {} bytes, binary_data_size is {size}",
-                    expected * ty.size()
+                    expected * element
                 ));
             }
             return Ok(TensorData::new(shape, ty, bytes));
@@ -393,7 +408,11 @@ fn decode_tensor(role: &str, tensor: &TensorIn, binary: &mut Binary) -> Result<T
         (None, None) => return Err(format!("{role} {name:?} has neither data nor binary_data_size")),
     };
     // A lying shape must not reserve memory: no more than the text can hold (≥ 2 bytes a value).
-    let capacity = expected.min(data.get().len() / 2 + 1) * ty.size();
+    let capacity = match ty.size() {
+        Some(size) => expected.min(data.get().len() / 2 + 1) * size,
+        // Each string's text is at least as long as its bytes; 4 more for its length.
+        None => data.get().len() + 4 * expected.min(data.get().len() / 2 + 1),
+    };
     let mut sink = Sink { ty, bytes: Vec::with_capacity(capacity), values: 0, expected };
     let mut reader = serde_json::Deserializer::from_str(data.get());
     Flatten { sink: &mut sink, depth: 0 }
@@ -427,6 +446,9 @@ impl Sink {
 
     fn integer<E: de::Error>(&mut self, v: i128) -> Result<(), E> {
         self.count()?;
+        if self.ty == ElementType::Bytes {
+            return Err(self.refuse(v));
+        }
         let out_of_range =
             |min: i128, max: i128| E::custom(format!("{v} is not an integer in [{min}, {max}]"));
         match self.ty {
@@ -446,6 +468,9 @@ impl Sink {
 
     fn float<E: de::Error>(&mut self, v: f64) -> Result<(), E> {
         self.count()?;
+        if self.ty == ElementType::Bytes {
+            return Err(self.refuse(v));
+        }
         if self.integer_bounds().is_some() {
             return Err(self.refuse(v));
         }
@@ -466,9 +491,22 @@ impl Sink {
     /// Why `shown` cannot be an element of this tensor.
     fn refuse<E: de::Error>(&self, shown: impl fmt::Display) -> E {
         match self.integer_bounds() {
+            _ if self.ty == ElementType::Bytes => E::custom(format!("{shown} is not a string")),
             Some((min, max)) => E::custom(format!("{shown} is not an integer in [{min}, {max}]")),
             None => E::custom(format!("{shown} is not a number")),
         }
+    }
+
+    /// One BYTES element: the string's UTF-8 bytes after their length.
+    fn string<E: de::Error>(&mut self, v: &str) -> Result<(), E> {
+        self.count()?;
+        if self.ty != ElementType::Bytes {
+            return Err(self.refuse(format!("{v:?}")));
+        }
+        let length = u32::try_from(v.len()).map_err(|_| E::custom("a string over 4 GiB"))?;
+        self.bytes.extend_from_slice(&length.to_le_bytes());
+        self.bytes.extend_from_slice(v.as_bytes());
+        Ok(())
     }
 
     fn push_float(&mut self, v: f64) {
@@ -477,8 +515,8 @@ impl Sink {
             ElementType::F64 => self.bytes.extend(v.to_le_bytes()),
             ElementType::F16 => self.bytes.extend(half::f16::from_f64(v).to_le_bytes()),
             ElementType::BF16 => self.bytes.extend(half::bf16::from_f64(v).to_le_bytes()),
-            ElementType::I64 | ElementType::I32 | ElementType::U8 => {
-                unreachable!("integers are checked first")
+            ElementType::I64 | ElementType::I32 | ElementType::U8 | ElementType::Bytes => {
+                unreachable!("integers and strings are checked first")
             }
         }
     }
@@ -527,7 +565,7 @@ impl<'de> Visitor<'de> for Flatten<'_> {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        Err(self.sink.refuse(format!("{v:?}")))
+        self.sink.string(v)
     }
 
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
@@ -663,6 +701,42 @@ mod tests {
         assert_eq!(response.body.len(), header_length + binary_bytes);
         let decoded = decode_response(&Bytes::from(response.body), Some(header_length)).unwrap();
         assert_eq!(decoded, tensors);
+    }
+
+    #[test]
+    fn bytes_tensors_travel_as_strings_in_json_and_length_prefixed_in_binary() {
+        let request = request("BYTES", "[2, 1]", r#"[["héllo"], [""]]"#).unwrap();
+        let expected = crate::encode_byte_strings(["héllo".as_bytes(), b""]);
+        assert_eq!(request.inputs[0].1, TensorData::new(vec![2, 1], ElementType::Bytes, expected.clone()));
+        for (data, wrong) in [("[1, \"a\"]", "1 is not a string"), ("[\"a\"]", "needs 2 values, data has 1")]
+        {
+            let e = self::request("BYTES", "[2]", data).unwrap_err();
+            assert!(e.contains(wrong), "{data}: {e}");
+        }
+        let header = format!(
+            r#"{{"inputs": [{{"name": "s", "shape": [2], "datatype": "BYTES", "parameters": {{"binary_data_size": {}}}}}]}}"#,
+            expected.len()
+        );
+        let (body, length) = binary_request(&header, &[&expected]);
+        let decoded = decode_request(&body, Some(length)).unwrap();
+        assert_eq!(decoded.inputs[0].1.bytes, expected, "binary BYTES are the protocol's layout as is");
+        let (body, length) = binary_request(&header.replace("[2]", "[3]"), &[&expected]);
+        let e = decode_request(&body, Some(length)).unwrap_err();
+        assert!(e.contains("needs 3 byte strings, got 2"), "{e}");
+        let broken = [&expected[..expected.len() - 2], &[9, 9]].concat();
+        let (body, length) = binary_request(&header, &[&broken]);
+        let e = decode_request(&body, Some(length)).unwrap_err();
+        assert!(e.contains("too few for its length") || e.contains("past the end"), "{e}");
+        // Answers: strings in JSON, the layout in binary.
+        let tensor = TensorData::new(vec![2], ElementType::Bytes, expected.clone());
+        let json = encode_response("m", None, &[("s", &tensor, false)]);
+        let answer: serde_json::Value = serde_json::from_slice(&json.body).unwrap();
+        assert_eq!(answer["outputs"][0]["data"], serde_json::json!(["héllo", ""]));
+        assert_eq!(answer["outputs"][0]["datatype"], "BYTES");
+        let binary = encode_response("m", None, &[("s", &tensor, true)]);
+        let back = decode_response(&Bytes::from(binary.body), binary.header_length).unwrap();
+        assert_eq!(back[0].1, tensor);
+        assert_eq!(decode_response(&Bytes::from(json.body), None).unwrap()[0].1, tensor);
     }
 
     #[test]

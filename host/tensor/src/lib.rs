@@ -11,7 +11,7 @@ use bytes::Bytes;
 #[cfg(target_endian = "big")]
 compile_error!("edgeinfer tensors are little-endian; big-endian targets are not supported");
 
-/// Element types a tensor can carry: those of wasi:nn's `tensor-type`.
+/// Element types a tensor can carry: those of wasi:nn's `tensor-type`, and byte strings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ElementType {
     F16,
@@ -21,22 +21,28 @@ pub enum ElementType {
     U8,
     I32,
     I64,
+    /// Byte strings (text), of any length each: the tensor's bytes are its elements one after
+    /// another, each after its length as a 4-byte little-endian integer (the Open Inference
+    /// Protocol's layout of BYTES). wasi:nn cannot carry them; ONNX Runtime takes them as strings.
+    Bytes,
 }
 
-/// The one table of element types: size and the Open Inference Protocol's datatype name.
-const TABLE: [(ElementType, usize, &str); 7] = [
-    (ElementType::F16, 2, "FP16"),
-    (ElementType::F32, 4, "FP32"),
-    (ElementType::F64, 8, "FP64"),
-    (ElementType::BF16, 2, "BF16"),
-    (ElementType::U8, 1, "UINT8"),
-    (ElementType::I32, 4, "INT32"),
-    (ElementType::I64, 8, "INT64"),
+/// The one table of element types: size (`None`: each element says its own) and the Open
+/// Inference Protocol's datatype name.
+const TABLE: [(ElementType, Option<usize>, &str); 8] = [
+    (ElementType::F16, Some(2), "FP16"),
+    (ElementType::F32, Some(4), "FP32"),
+    (ElementType::F64, Some(8), "FP64"),
+    (ElementType::BF16, Some(2), "BF16"),
+    (ElementType::U8, Some(1), "UINT8"),
+    (ElementType::I32, Some(4), "INT32"),
+    (ElementType::I64, Some(8), "INT64"),
+    (ElementType::Bytes, None, "BYTES"),
 ];
 
 impl ElementType {
     /// Every element type.
-    pub const ALL: [ElementType; 7] = [
+    pub const ALL: [ElementType; 8] = [
         ElementType::F16,
         ElementType::F32,
         ElementType::F64,
@@ -44,14 +50,15 @@ impl ElementType {
         ElementType::U8,
         ElementType::I32,
         ElementType::I64,
+        ElementType::Bytes,
     ];
 
-    fn row(self) -> &'static (ElementType, usize, &'static str) {
+    fn row(self) -> &'static (ElementType, Option<usize>, &'static str) {
         TABLE.iter().find(|(ty, _, _)| *ty == self).expect("every type is in the table")
     }
 
-    /// Bytes per element.
-    pub fn size(self) -> usize {
+    /// Bytes per element; `None` for `Bytes`, whose elements each have their own length.
+    pub fn size(self) -> Option<usize> {
         self.row().1
     }
 
@@ -87,8 +94,17 @@ impl TensorData {
 
     /// Checks that `bytes` holds exactly `shape`'s elements of `ty`; the error says what is wrong.
     pub fn validate(&self) -> Result<(), String> {
+        let Some(size) = self.ty.size() else {
+            let elements = Self::elements(&self.shape)
+                .ok_or_else(|| format!("tensor shape {:?} is too large", self.shape))?;
+            let found = byte_strings(&self.bytes)?.len();
+            if found != elements {
+                return Err(format!("shape {:?} needs {elements} byte strings, got {found}", self.shape));
+            }
+            return Ok(());
+        };
         let expected = Self::elements(&self.shape)
-            .and_then(|n| n.checked_mul(self.ty.size()))
+            .and_then(|n| n.checked_mul(size))
             .ok_or_else(|| format!("tensor shape {:?} is too large", self.shape))?;
         if expected != self.bytes.len() {
             return Err(format!(
@@ -102,6 +118,45 @@ impl TensorData {
     }
 }
 
+/// The elements of a `Bytes` tensor's bytes (each after its 4-byte little-endian length); the error
+/// says where the layout breaks.
+pub fn byte_strings(bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
+    let mut elements = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let Some((length, tail)) = rest.split_first_chunk::<4>() else {
+            return Err(format!(
+                "BYTES element {}: {} bytes left, too few for its length",
+                elements.len(),
+                rest.len()
+            ));
+        };
+        let length = u32::from_le_bytes(*length) as usize;
+        if length > tail.len() {
+            return Err(format!(
+                "BYTES element {}: length {length} is past the end ({} bytes left)",
+                elements.len(),
+                tail.len()
+            ));
+        }
+        let (element, tail) = tail.split_at(length);
+        elements.push(element);
+        rest = tail;
+    }
+    Ok(elements)
+}
+
+/// The layout of a `Bytes` tensor over `elements`.
+pub fn encode_byte_strings<'a>(elements: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for element in elements {
+        let length = u32::try_from(element.len()).expect("a BYTES element under 4 GiB");
+        bytes.extend_from_slice(&length.to_le_bytes());
+        bytes.extend_from_slice(element);
+    }
+    bytes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,9 +166,25 @@ mod tests {
         for ty in ElementType::ALL {
             assert_eq!(ElementType::from_datatype(ty.datatype()), Some(ty));
         }
-        assert_eq!(ElementType::from_datatype("BYTES"), None);
-        assert_eq!(ElementType::I64.size(), 8);
-        assert_eq!(ElementType::BF16.size(), 2);
+        assert_eq!(ElementType::from_datatype("BYTES"), Some(ElementType::Bytes));
+        assert_eq!(ElementType::from_datatype("STRING"), None);
+        assert_eq!(ElementType::I64.size(), Some(8));
+        assert_eq!(ElementType::BF16.size(), Some(2));
+        assert_eq!(ElementType::Bytes.size(), None);
+    }
+
+    #[test]
+    fn byte_strings_round_trip_and_bad_layouts_are_refused() {
+        let bytes = encode_byte_strings([&b"hello"[..], b"", "wörld".as_bytes()]);
+        assert_eq!(&bytes[..9], b"\x05\0\0\0hello");
+        assert_eq!(byte_strings(&bytes).unwrap(), [&b"hello"[..], b"", "wörld".as_bytes()]);
+        assert!(TensorData::new(vec![3], ElementType::Bytes, bytes.clone()).validate().is_ok());
+        let e = TensorData::new(vec![2], ElementType::Bytes, bytes.clone()).validate().unwrap_err();
+        assert!(e.contains("needs 2 byte strings, got 3"), "{e}");
+        let e = byte_strings(&bytes[..bytes.len() - 1]).unwrap_err();
+        assert!(e.contains("BYTES element 2: length 6 is past the end (5 bytes left)"), "{e}");
+        let e = byte_strings(&[1, 0]).unwrap_err();
+        assert!(e.contains("too few for its length"), "{e}");
     }
 
     #[test]

@@ -193,6 +193,12 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
         }
         let model = self.table.get(&context)?.0.clone();
         match model.compute(tensors).await {
+            Ok(outputs) if outputs.iter().any(|(_, t)| t.ty == ElementType::Bytes) => {
+                let name = outputs.iter().find(|(_, t)| t.ty == ElementType::Bytes).map(|(n, _)| n.clone());
+                let message =
+                    format!("output {name:?} is BYTES (strings), which wasi:nn tensors cannot carry");
+                self.error(ErrorCode::InvalidArgument, message)
+            }
             Ok(outputs) => {
                 let mut handles = Vec::with_capacity(outputs.len());
                 for (name, tensor) in outputs {
@@ -279,6 +285,7 @@ fn tensor_type(ty: ElementType) -> tensor::TensorType {
         ElementType::U8 => tensor::TensorType::U8,
         ElementType::I32 => tensor::TensorType::I32,
         ElementType::I64 => tensor::TensorType::I64,
+        ElementType::Bytes => unreachable!("compute hands no BYTES tensor to the guest"),
     }
 }
 

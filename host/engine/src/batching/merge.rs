@@ -34,6 +34,8 @@ pub fn batch_shape(inputs: &Tensors) -> Option<Shape> {
     let mut rows_seq = None;
     let mut key = Vec::with_capacity(inputs.len());
     for (name, tensor) in inputs {
+        // Byte strings have no fixed size to pad to: such requests run alone.
+        tensor.ty.size()?;
         let [rows, seq, rest @ ..] = tensor.shape.as_slice() else { return None };
         match rows_seq {
             None => rows_seq = Some((*rows, *seq)),
@@ -68,7 +70,7 @@ pub fn merge(
     for (name, first) in requests[0].iter() {
         let ty = first.ty;
         let trailing: usize = first.shape[2..].iter().map(|&d| d as usize).product();
-        let element = ty.size();
+        let element = ty.size().ok_or_else(|| EngineError::invalid("BYTES inputs are not batched"))?;
         let pad = pad_bytes(ty, pad_values.get(name).copied().unwrap_or(0.0));
         let step = trailing * element;
         let mut bytes = Vec::with_capacity(total_rows as usize * max_seq as usize * step);
@@ -105,7 +107,11 @@ pub fn split(outputs: Tensors, slots: &[Slot], specs: &[TensorSpec]) -> Result<V
         let declared = specs.iter().find(|s| s.name == name).map(|s| s.shape.as_slice()).unwrap_or(&[]);
         let has_seq_axis =
             tensor.shape.len() >= 2 && declared.get(1) == Some(&-1) && tensor.shape[1] == max_seq;
-        let element = tensor.ty.size();
+        let Some(element) = tensor.ty.size() else {
+            return Err(EngineError::Runtime(format!(
+                "output {name:?} is BYTES, which a batch cannot be split into; disable batching for this model"
+            )));
+        };
         let row_elements: usize = tensor.shape[1..].iter().map(|&d| d as usize).product();
         let row_bytes = row_elements * element;
         for (slot, out) in slots.iter().zip(per_request.iter_mut()) {
@@ -142,6 +148,7 @@ fn pad_bytes(ty: ElementType, value: f64) -> Vec<u8> {
         ElementType::U8 => vec![value as u8],
         ElementType::F16 => half::f16::from_f64(value).to_le_bytes().to_vec(),
         ElementType::BF16 => half::bf16::from_f64(value).to_le_bytes().to_vec(),
+        ElementType::Bytes => unreachable!("BYTES inputs are not batched"),
     }
 }
 
@@ -157,6 +164,19 @@ mod tests {
 
     fn values(t: &TensorData) -> Vec<i64> {
         t.bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
+    }
+
+    #[test]
+    fn byte_strings_are_never_batched() {
+        let text = TensorData::new(
+            vec![1, 2],
+            ElementType::Bytes,
+            edgeinfer_tensor::encode_byte_strings([&b"a"[..], b"bc"]),
+        );
+        assert!(batch_shape(&vec![("s".into(), text.clone())]).is_none(), "BYTES inputs run alone");
+        let slots = [Slot { row: 0, rows: 1, seq: 2 }];
+        let e = split(vec![("s".into(), text)], &slots, &[]).unwrap_err();
+        assert!(e.to_string().contains("is BYTES"), "{e}");
     }
 
     #[test]

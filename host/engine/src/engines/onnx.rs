@@ -11,7 +11,7 @@ use ort::ep;
 use ort::session::Session;
 use ort::session::SessionInputValue;
 use ort::session::builder::GraphOptimizationLevel;
-use ort::value::{DynValue, TensorRef, ValueType};
+use ort::value::{DynValue, Tensor, TensorRef, ValueType};
 use ort::value::{PrimitiveTensorElementType, TensorElementType};
 
 use super::{ElementType, Engine, EngineError, TensorData, TensorSpec, check_inputs};
@@ -156,6 +156,7 @@ fn element_type(ty: TensorElementType) -> Option<ElementType> {
         TensorElementType::Uint8 => ElementType::U8,
         TensorElementType::Int32 => ElementType::I32,
         TensorElementType::Int64 => ElementType::I64,
+        TensorElementType::String => ElementType::Bytes,
         _ => return None,
     })
 }
@@ -172,6 +173,19 @@ fn to_ort<'a>(tensor: &TensorData, source: &'a [u8]) -> Result<SessionInputValue
         ElementType::U8 => view::<u8>(shape, source).map_err(runtime),
         ElementType::F16 => view::<half::f16>(shape, source).map_err(runtime),
         ElementType::BF16 => view::<half::bf16>(shape, source).map_err(runtime),
+        // ONNX Runtime keeps strings its own way: they are copied in, and must be UTF-8.
+        ElementType::Bytes => {
+            let elements = edgeinfer_tensor::byte_strings(source).map_err(EngineError::invalid)?;
+            let strings = elements
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    String::from_utf8(e.to_vec())
+                        .map_err(|_| EngineError::invalid(format!("BYTES element {i} is not UTF-8 text")))
+                })
+                .collect::<Result<Vec<String>, _>>()?;
+            Ok(Tensor::from_string_array((shape, &strings[..])).map_err(runtime)?.into())
+        }
     }
 }
 
@@ -212,6 +226,11 @@ fn from_ort(value: DynValue, inputs: &[&[u8]]) -> Result<TensorData, EngineError
         }
         TensorElementType::Bfloat16 => {
             (ElementType::BF16, output_bytes::<half::bf16>(value, inputs).map_err(runtime)?)
+        }
+        TensorElementType::String => {
+            let (_, strings) = value.try_extract_strings().map_err(runtime)?;
+            let bytes = edgeinfer_tensor::encode_byte_strings(strings.iter().map(|s| s.as_bytes()));
+            (ElementType::Bytes, Bytes::from(bytes))
         }
         other => return Err(EngineError::Runtime(format!("model output type {other:?} is not supported"))),
     };
