@@ -480,6 +480,12 @@ fn bytes_tensors_carry_text_in_json_and_binary() {
     let answer: Value = response.json().unwrap();
     assert_error(status, &answer, 400, "Validation");
     assert!(answer["error"].as_str().unwrap().contains("BYTES element 0 is not UTF-8"), "{answer}");
+    let nul = json!({"inputs": [{"name": "s", "shape": [1, 3], "datatype": "BYTES", "data": ["1", "2\u{0}", "3"]}]});
+    let response = client().post(&url).json(&nul).send().unwrap();
+    let status = response.status().as_u16();
+    let answer: Value = response.json().unwrap();
+    assert_error(status, &answer, 400, "Validation");
+    assert!(answer["error"].as_str().unwrap().contains("BYTES element 1 holds a NUL byte"), "{answer}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -710,6 +716,17 @@ fn compressed_bodies_are_decoded_and_bad_encodings_refused() {
         assert_eq!(status, 200, "{encoding}: {answer}");
         assert_eq!(answer["outputs"], plain["outputs"], "{encoding}");
     }
+    // A small body that inflates past the API's 16 MiB limit.
+    let mut bomb = Vec::new();
+    {
+        use flate2::{Compression, write::GzEncoder};
+        let mut encoder = GzEncoder::new(&mut bomb, Compression::best());
+        std::io::Write::write_all(&mut encoder, &vec![b' '; 17 << 20]).unwrap();
+    }
+    assert!(bomb.len() < 100_000, "{} bytes", bomb.len());
+    let (status, answer) = send("gzip", bomb);
+    assert_error(status, &answer, 413, "PayloadTooLarge");
+    assert!(answer["error"].as_str().unwrap().contains("decoded body is over the limit"), "{answer}");
     let (status, answer) = send("br", data.to_vec());
     assert_error(status, &answer, 400, "Validation");
     assert!(

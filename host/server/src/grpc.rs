@@ -102,7 +102,6 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let kserve = self.kserve.clone();
         Box::pin(async move {
-            let started = Instant::now();
             let method =
                 request.uri().path().strip_prefix(&format!("/{SERVICE}/")).unwrap_or_default().to_string();
             let route = match METHODS.contains(&method.as_str()) {
@@ -113,6 +112,10 @@ where
                 .extensions()
                 .get::<tonic::transport::server::TcpConnectInfo>()
                 .and_then(|i| i.remote_addr());
+            // Counted even when the call is dropped unfinished (its deadline, or the client left).
+            let mut record = Record { route, peer, started: Instant::now(), outcome: None };
+            // The message must arrive as fast as a REST body must.
+            let request = request.map(|body| Body::new(Deadline::new(body, crate::body::READ_TIMEOUT)));
             let result = match authorize(&kserve, request.headers()) {
                 Err(refused) => Ok(refused.into_http()),
                 Ok(()) if method == "ModelInfer" => match kserve.admission.admit().await {
@@ -121,22 +124,79 @@ where
                 },
                 Ok(()) => inner.call(request).await,
             };
-            let (status, error_type) = match &result {
+            record.outcome = Some(match &result {
                 Ok(response) => outcome(response.headers()),
                 Err(_) => (500, Some(HostError::Backend.error_type().to_string())),
-            };
-            crate::count_request(&route, "host", "-", status, error_type.as_deref(), started.elapsed());
-            tracing::info!(
-                route,
-                component = "host",
-                status,
-                us = started.elapsed().as_micros() as u64,
-                error_type,
-                peer = peer.as_ref().map(SocketAddr::to_string),
-                "grpc request"
-            );
+            });
             result
         })
+    }
+}
+
+/// One call's metrics and log line, written when it ends: with its outcome, or as cancelled
+/// (499) when it was dropped first.
+struct Record {
+    route: String,
+    peer: Option<SocketAddr>,
+    started: Instant,
+    outcome: Option<(u16, Option<String>)>,
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        let (status, error_type) = self.outcome.take().unwrap_or((499, Some("Cancelled".into())));
+        let route = &self.route;
+        crate::count_request(route, "host", "-", status, error_type.as_deref(), self.started.elapsed());
+        tracing::info!(
+            route,
+            component = "host",
+            status,
+            us = self.started.elapsed().as_micros() as u64,
+            error_type,
+            peer = self.peer.as_ref().map(SocketAddr::to_string),
+            "grpc request"
+        );
+    }
+}
+
+/// A request body that fails once `limit` has passed before its end.
+struct Deadline {
+    body: Body,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    limit: Duration,
+}
+
+impl Deadline {
+    fn new(body: Body, limit: Duration) -> Deadline {
+        Deadline { body, sleep: Box::pin(tokio::time::sleep(limit)), limit }
+    }
+}
+
+impl http_body::Body for Deadline {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        if let std::task::Poll::Ready(frame) = std::pin::Pin::new(&mut self.body).poll_frame(cx) {
+            return std::task::Poll::Ready(frame);
+        }
+        match self.sleep.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Some(Err(Status::deadline_exceeded(
+                format!("the request message did not arrive within {} s", self.limit.as_secs()),
+            )))),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -309,7 +369,7 @@ impl GrpcInferenceService for Grpc {
                     .iter()
                     .map(|s| TensorMetadata {
                         name: s.name.clone(),
-                        datatype: s.ty.map_or("BYTES", ElementType::datatype).into(),
+                        datatype: s.ty.map_or(kserve::UNSUPPORTED, ElementType::datatype).into(),
                         shape: s.shape.clone(),
                     })
                     .collect()

@@ -31,6 +31,9 @@ pub const PREFIX: &str = "/v2";
 /// The protocol extensions served (REST and gRPC metadata say so).
 pub(crate) const EXTENSIONS: [&str; 1] = ["binary_tensor_data"];
 
+/// The datatype model metadata gives a tensor of a type the engine does not carry (e.g. BOOL).
+pub(crate) const UNSUPPORTED: &str = "UNSUPPORTED";
+
 /// The models' platform, as model metadata names it.
 pub(crate) const PLATFORM: &str = "onnxruntime_onnx";
 
@@ -205,9 +208,16 @@ async fn infer_route(
         Ok(read) => read,
         Err(refused) => return Answer(refused),
     };
-    let body = match decode_content(&head.headers, body, limit) {
-        Ok(body) => body,
-        Err((error, message)) => return Answer(error.answer(message)),
+    let body = match head.headers.get(http::header::CONTENT_ENCODING) {
+        None => body,
+        // Inflating takes a while: off the async workers.
+        Some(_) => {
+            match tokio::task::spawn_blocking(move || decode_content(&head.headers, body, limit)).await {
+                Ok(Ok(body)) => body,
+                Ok(Err((error, message))) => return Answer(error.answer(message)),
+                Err(e) => return Answer(HostError::Backend.answer(format!("decoding the body failed: {e}"))),
+            }
+        }
     };
     let mut request = match kserve::decode_request(&body, header_length) {
         Ok(request) => request,
@@ -275,7 +285,7 @@ fn authorized(headers: &http::HeaderMap, token: &str) -> bool {
 
 fn metadata(graph: &LoadedGraph) -> Value {
     let specs = |specs: &[TensorSpec]| -> Vec<Value> {
-        specs.iter().map(|s| json!({"name": s.name, "datatype": s.ty.map_or("BYTES", ElementType::datatype), "shape": s.shape})).collect()
+        specs.iter().map(|s| json!({"name": s.name, "datatype": s.ty.map_or(UNSUPPORTED, ElementType::datatype), "shape": s.shape})).collect()
     };
     json!({
         "name": graph.name,
@@ -316,7 +326,11 @@ fn decode_content(headers: &http::HeaderMap, body: Bytes, limit: u64) -> Result<
         Ok(_) if decoded.len() as u64 > limit => {
             Err((HostError::PayloadTooLarge, format!("the decoded body is over the limit of {limit} bytes")))
         }
-        Ok(_) => Ok(Bytes::from(decoded)),
+        Ok(_) => {
+            // Binary inputs are views of the body while the model runs: no spare capacity kept.
+            decoded.shrink_to_fit();
+            Ok(Bytes::from(decoded))
+        }
     }
 }
 

@@ -97,7 +97,7 @@ impl TensorData {
         let Some(size) = self.ty.size() else {
             let elements = Self::elements(&self.shape)
                 .ok_or_else(|| format!("tensor shape {:?} is too large", self.shape))?;
-            let found = byte_strings(&self.bytes)?.len();
+            let found = count_byte_strings(&self.bytes)?;
             if found != elements {
                 return Err(format!("shape {:?} needs {elements} byte strings, got {found}", self.shape));
             }
@@ -122,28 +122,37 @@ impl TensorData {
 /// says where the layout breaks.
 pub fn byte_strings(bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
     let mut elements = Vec::new();
+    walk_byte_strings(bytes, |element| elements.push(element))?;
+    Ok(elements)
+}
+
+/// How many elements a `Bytes` tensor's bytes hold, checking their layout (nothing collected).
+pub fn count_byte_strings(bytes: &[u8]) -> Result<usize, String> {
+    let mut count = 0;
+    walk_byte_strings(bytes, |_| count += 1)?;
+    Ok(count)
+}
+
+fn walk_byte_strings<'a>(bytes: &'a [u8], mut each: impl FnMut(&'a [u8])) -> Result<(), String> {
+    let mut index = 0usize;
     let mut rest = bytes;
     while !rest.is_empty() {
         let Some((length, tail)) = rest.split_first_chunk::<4>() else {
-            return Err(format!(
-                "BYTES element {}: {} bytes left, too few for its length",
-                elements.len(),
-                rest.len()
-            ));
+            return Err(format!("BYTES element {index}: {} bytes left, too few for its length", rest.len()));
         };
         let length = u32::from_le_bytes(*length) as usize;
         if length > tail.len() {
             return Err(format!(
-                "BYTES element {}: length {length} is past the end ({} bytes left)",
-                elements.len(),
+                "BYTES element {index}: length {length} is past the end ({} bytes left)",
                 tail.len()
             ));
         }
         let (element, tail) = tail.split_at(length);
-        elements.push(element);
+        each(element);
+        index += 1;
         rest = tail;
     }
-    Ok(elements)
+    Ok(())
 }
 
 /// The layout of a `Bytes` tensor over `elements`.

@@ -108,9 +108,8 @@ pub fn split(outputs: Tensors, slots: &[Slot], specs: &[TensorSpec]) -> Result<V
         let has_seq_axis =
             tensor.shape.len() >= 2 && declared.get(1) == Some(&-1) && tensor.shape[1] == max_seq;
         let Some(element) = tensor.ty.size() else {
-            return Err(EngineError::Runtime(format!(
-                "output {name:?} is BYTES, which a batch cannot be split into; disable batching for this model"
-            )));
+            per_request_strings(&name, &tensor, slots, has_seq_axis, &mut per_request)?;
+            continue;
         };
         let row_elements: usize = tensor.shape[1..].iter().map(|&d| d as usize).product();
         let row_bytes = row_elements * element;
@@ -136,6 +135,52 @@ pub fn split(outputs: Tensors, slots: &[Slot], specs: &[TensorSpec]) -> Result<V
         }
     }
     Ok(per_request)
+}
+
+/// Splits a BYTES output by rows: each request's elements are one run of the batch's bytes
+/// (shared), unless padding is cut off its rows (copied).
+fn per_request_strings(
+    name: &str,
+    tensor: &TensorData,
+    slots: &[Slot],
+    has_seq_axis: bool,
+    per_request: &mut [Tensors],
+) -> Result<(), EngineError> {
+    let corrupt = |e: String| EngineError::Runtime(format!("output {name:?}: {e}"));
+    // Where each element starts, and the end.
+    let mut offsets = Vec::new();
+    let mut at = 0usize;
+    for element in edgeinfer_tensor::byte_strings(&tensor.bytes).map_err(corrupt)? {
+        offsets.push(at);
+        at += 4 + element.len();
+    }
+    offsets.push(at);
+    let row_elements: usize = tensor.shape[1..].iter().map(|&d| d as usize).product();
+    if offsets.len() - 1 != tensor.shape[0] as usize * row_elements {
+        return Err(corrupt(format!("{} elements for shape {:?}", offsets.len() - 1, tensor.shape)));
+    }
+    for (slot, out) in slots.iter().zip(per_request.iter_mut()) {
+        let mut shape = tensor.shape.clone();
+        shape[0] = slot.rows;
+        let first = slot.row as usize * row_elements;
+        let bytes = if has_seq_axis && slot.seq != tensor.shape[1] {
+            let step: usize = tensor.shape[2..].iter().map(|&d| d as usize).product();
+            shape[1] = slot.seq;
+            let mut bytes = Vec::new();
+            for r in 0..slot.rows as usize {
+                let start = first + r * row_elements;
+                bytes.extend_from_slice(
+                    &tensor.bytes[offsets[start]..offsets[start + slot.seq as usize * step]],
+                );
+            }
+            bytes.into()
+        } else {
+            let end = first + slot.rows as usize * row_elements;
+            tensor.bytes.slice(offsets[first]..offsets[end])
+        };
+        out.push((name.to_string(), TensorData { shape, ty: ElementType::Bytes, bytes }));
+    }
+    Ok(())
 }
 
 /// One element of `value` as little-endian bytes of `ty`.
@@ -167,16 +212,34 @@ mod tests {
     }
 
     #[test]
-    fn byte_strings_are_never_batched() {
-        let text = TensorData::new(
-            vec![1, 2],
-            ElementType::Bytes,
-            edgeinfer_tensor::encode_byte_strings([&b"a"[..], b"bc"]),
+    fn byte_string_inputs_run_alone_and_outputs_split_by_rows() {
+        let strings = |s: &[&str]| edgeinfer_tensor::encode_byte_strings(s.iter().map(|s| s.as_bytes()));
+        let text = TensorData::new(vec![1, 2], ElementType::Bytes, strings(&["a", "bc"]));
+        assert!(batch_shape(&vec![("s".into(), text)]).is_none(), "BYTES inputs run alone");
+        // A batch of 3 rows: request 0 has rows 0-1 at full length, request 1 row 2 of length 1.
+        let out = TensorData::new(vec![3, 2], ElementType::Bytes, strings(&["a", "b", "cc", "", "d", "pad"]));
+        let slots = [Slot { row: 0, rows: 2, seq: 2 }, Slot { row: 2, rows: 1, seq: 1 }];
+        let spec = TensorSpec {
+            name: "t".into(),
+            ty: Some(ElementType::Bytes),
+            shape: vec![-1, -1],
+            symbols: vec![],
+        };
+        let split = split(vec![("t".into(), out.clone())], &slots, &[spec]).unwrap();
+        assert_eq!(
+            split[0][0].1,
+            TensorData::new(vec![2, 2], ElementType::Bytes, strings(&["a", "b", "cc", ""]))
         );
-        assert!(batch_shape(&vec![("s".into(), text.clone())]).is_none(), "BYTES inputs run alone");
-        let slots = [Slot { row: 0, rows: 1, seq: 2 }];
-        let e = split(vec![("s".into(), text)], &slots, &[]).unwrap_err();
-        assert!(e.to_string().contains("is BYTES"), "{e}");
+        assert_eq!(
+            split[1][0].1,
+            TensorData::new(vec![1, 1], ElementType::Bytes, strings(&["d"])),
+            "padding cut"
+        );
+        assert_eq!(
+            split[0][0].1.bytes.as_ptr(),
+            out.bytes.as_ptr(),
+            "whole rows are a slice of the batch's bytes"
+        );
     }
 
     #[test]

@@ -180,8 +180,13 @@ fn to_ort<'a>(tensor: &TensorData, source: &'a [u8]) -> Result<SessionInputValue
                 .iter()
                 .enumerate()
                 .map(|(i, e)| {
-                    String::from_utf8(e.to_vec())
-                        .map_err(|_| EngineError::invalid(format!("BYTES element {i} is not UTF-8 text")))
+                    let text = String::from_utf8(e.to_vec())
+                        .map_err(|_| EngineError::invalid(format!("BYTES element {i} is not UTF-8 text")))?;
+                    // ONNX Runtime's strings are C strings.
+                    match text.contains('\0') {
+                        true => Err(EngineError::invalid(format!("BYTES element {i} holds a NUL byte"))),
+                        false => Ok(text),
+                    }
                 })
                 .collect::<Result<Vec<String>, _>>()?;
             Ok(Tensor::from_string_array((shape, &strings[..])).map_err(runtime)?.into())
