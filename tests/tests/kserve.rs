@@ -447,18 +447,10 @@ fn bytes_tensors_carry_text_in_json_and_binary() {
     let layout: Vec<u8> =
         strings.iter().flat_map(|s| [&(s.len() as u32).to_le_bytes()[..], s.as_bytes()].concat()).collect();
     let header = json!({"inputs": [{"name": "s", "shape": [2, 3], "datatype": "BYTES", "parameters": {"binary_data_size": layout.len()}}],
-                        "outputs": [{"name": "echo", "parameters": {"binary_data": true}}]})
-    .to_string();
-    let response = client()
-        .post(&url)
-        .header("inference-header-content-length", header.len())
-        .body([header.as_bytes(), &layout].concat())
-        .send()
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    let length: usize =
-        response.headers()["inference-header-content-length"].to_str().unwrap().parse().unwrap();
-    let body = response.bytes().unwrap();
+                        "outputs": [{"name": "echo", "parameters": {"binary_data": true}}]});
+    let (status, length, body) = post_binary(&url, None, &header, &layout, None);
+    assert_eq!(status, 200);
+    let length = length.expect("a binary answer says where its JSON ends");
     assert_eq!(&body[length..], layout.as_slice(), "BYTES out as they came in");
     // Text that is not a number is the model's error; bytes that are not UTF-8 are ours (400).
     let bad =
@@ -469,15 +461,9 @@ fn bytes_tensors_carry_text_in_json_and_binary() {
     let not_utf8 =
         [&3u32.to_le_bytes()[..], &[0xff, 0xfe, 0x00], &1u32.to_le_bytes(), b"1", &1u32.to_le_bytes(), b"2"]
             .concat();
-    let header = json!({"inputs": [{"name": "s", "shape": [1, 3], "datatype": "BYTES", "parameters": {"binary_data_size": not_utf8.len()}}]}).to_string();
-    let response = client()
-        .post(&url)
-        .header("inference-header-content-length", header.len())
-        .body([header.as_bytes(), &not_utf8].concat())
-        .send()
-        .unwrap();
-    let status = response.status().as_u16();
-    let answer: Value = response.json().unwrap();
+    let header = json!({"inputs": [{"name": "s", "shape": [1, 3], "datatype": "BYTES", "parameters": {"binary_data_size": not_utf8.len()}}]});
+    let (status, _, body) = post_binary(&url, None, &header, &not_utf8, None);
+    let answer: Value = serde_json::from_slice(&body).unwrap();
     assert_error(status, &answer, 400, "Validation");
     assert!(answer["error"].as_str().unwrap().contains("BYTES element 0 is not UTF-8"), "{answer}");
     let nul = json!({"inputs": [{"name": "s", "shape": [1, 3], "datatype": "BYTES", "data": ["1", "2\u{0}", "3"]}]});
@@ -500,19 +486,10 @@ fn fp16_and_bf16_tensors_run_in_json_and_binary() {
     let header = json!({"inputs": [
         {"name": "h", "shape": [2, 4], "datatype": "FP16", "parameters": {"binary_data_size": 16}},
         {"name": "b", "shape": [2, 4], "datatype": "BF16", "parameters": {"binary_data_size": 16}},
-    ], "parameters": {"binary_data_output": true}})
-    .to_string();
-    let body = [header.as_bytes(), &f16, &bf16].concat();
-    let response = client()
-        .post(&url)
-        .header("inference-header-content-length", header.len())
-        .body(body)
-        .send()
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    let length: usize =
-        response.headers()["inference-header-content-length"].to_str().unwrap().parse().unwrap();
-    let body = response.bytes().unwrap();
+    ], "parameters": {"binary_data_output": true}});
+    let (status, length, body) = post_binary(&url, None, &header, &[f16.as_slice(), &bf16].concat(), None);
+    assert_eq!(status, 200);
+    let length = length.expect("a binary answer says where its JSON ends");
     let answer: Value = serde_json::from_slice(&body[..length]).unwrap();
     let names: Vec<&str> =
         answer["outputs"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap()).collect();
@@ -574,10 +551,24 @@ fn an_output_that_is_an_input_comes_back_intact() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// POSTs a body with binary tensors (`header` JSON, then `binary`) and returns the status, the
-/// response's `Inference-Header-Content-Length` and its body.
+/// POSTs a body with binary tensors (`header` JSON, then `binary`) to the default host's `model`
+/// with its token; see `post_binary`.
 fn infer_binary(
     model: &str,
+    header: &Value,
+    binary: &[u8],
+    length: Option<&str>,
+) -> (u16, Option<usize>, Vec<u8>) {
+    let url = host().url(&format!("/v2/models/{model}/infer"));
+    post_binary(&url, Some(KSERVE_TOKEN), header, binary, length)
+}
+
+/// POSTs a body with binary tensors (`header` JSON, then `binary`; `length` overrides the
+/// `Inference-Header-Content-Length` sent) and returns the status, the response's
+/// `Inference-Header-Content-Length` and its body.
+fn post_binary(
+    url: &str,
+    token: Option<&str>,
     header: &Value,
     binary: &[u8],
     length: Option<&str>,
@@ -586,15 +577,15 @@ fn infer_binary(
     let length = length.map_or_else(|| header.len().to_string(), str::to_string);
     let mut body = header.into_bytes();
     body.extend_from_slice(binary);
-    let url = host().url(&format!("/v2/models/{model}/infer"));
-    let response = client()
+    let mut request = client()
         .post(url)
-        .bearer_auth(KSERVE_TOKEN)
         .header("content-type", "application/octet-stream")
         .header("inference-header-content-length", length)
-        .body(body)
-        .send()
-        .unwrap();
+        .body(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().unwrap();
     let status = response.status().as_u16();
     let answer_length = response
         .headers()

@@ -202,10 +202,7 @@ impl http_body::Body for Deadline {
 
 /// Refuses a call without the API's bearer token (none needed when the API is public).
 fn authorize(kserve: &Kserve, headers: &http::HeaderMap) -> Result<(), Status> {
-    let Some(token) = kserve.token() else {
-        return Ok(());
-    };
-    match crate::bearer_token(headers).is_some_and(|given| crate::constant_time_eq(given, token)) {
+    match kserve.authorized(headers) {
         true => Ok(()),
         false => Err(status_of(HostError::Unauthorized, "a valid bearer token is required".into())),
     }
@@ -438,24 +435,8 @@ fn decode_inputs(
         .into_iter()
         .map(|input| {
             let name = &input.name;
-            let ty = ElementType::from_datatype(&input.datatype).ok_or_else(|| {
-                let known: Vec<&str> = ElementType::ALL.iter().map(|t| t.datatype()).collect();
-                format!(
-                    "input {name:?}: datatype {:?} is not supported ({} are)",
-                    input.datatype,
-                    known.join(", ")
-                )
-            })?;
-            let shape: Vec<u32> = input
-                .shape
-                .iter()
-                .map(|&d| {
-                    u32::try_from(d).map_err(|_| format!("input {name:?}: dimension {d} is not a size"))
-                })
-                .collect::<Result<_, _>>()?;
-            let elements = TensorData::elements(&shape)
-                .filter(|n| n.checked_mul(ty.size().unwrap_or(4)).is_some())
-                .ok_or_else(|| format!("input {name:?}: shape {shape:?} is too large"))?;
+            let (ty, shape, elements) =
+                edgeinfer_tensor::kserve::tensor_header("input", name, &input.datatype, &input.shape)?;
             let bytes = match (raw.next(), input.contents) {
                 (Some(_), Some(_)) => {
                     return Err(format!(

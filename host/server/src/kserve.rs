@@ -59,9 +59,11 @@ impl Kserve {
         self.config.models.iter().any(|m| m == name)
     }
 
-    /// The bearer token clients must send; `None` when the API is public.
-    pub(crate) fn token(&self) -> Option<&str> {
-        self.token.as_deref()
+    /// Whether a request with `headers` may use the API: it is public, or they carry its token.
+    pub(crate) fn authorized(&self, headers: &http::HeaderMap) -> bool {
+        self.token.as_ref().is_none_or(|token| {
+            super::bearer_token(headers).is_some_and(|given| super::constant_time_eq(given, token))
+        })
     }
 
     /// The largest request body (or gRPC message) accepted.
@@ -116,9 +118,7 @@ async fn require_token(
     req: axum::extract::Request,
     next: Next,
 ) -> AxumResponse {
-    if let Some(token) = &api(&shared).token
-        && !authorized(req.headers(), token)
-    {
+    if !api(&shared).authorized(req.headers()) {
         let mut refused =
             Answer(HostError::Unauthorized.answer("a valid bearer token is required")).into_response();
         let route = matched.as_ref().map_or("/v2/unmatched", MatchedPath::as_str);
@@ -277,10 +277,6 @@ pub(crate) async fn infer(
     let wanted = |name: &str| requested.is_none_or(|names| names.contains(&name));
     let outputs: Vec<(String, TensorData)> = outputs.into_iter().filter(|(name, _)| wanted(name)).collect();
     Ok((graph, outputs))
-}
-
-fn authorized(headers: &http::HeaderMap, token: &str) -> bool {
-    super::bearer_token(headers).is_some_and(|given| super::constant_time_eq(given, token))
 }
 
 fn metadata(graph: &LoadedGraph) -> Value {

@@ -368,22 +368,38 @@ impl Serialize for Elements<'_> {
     }
 }
 
-/// Turns one tensor into bytes: its JSON `data`, or its part of the binary section.
-fn decode_tensor(role: &str, tensor: &TensorIn, binary: &mut Binary) -> Result<TensorData, String> {
-    let name = &tensor.name;
-    let datatype = &tensor.datatype;
+/// A tensor's datatype and shape as a request states them (JSON's unsigned dimensions, gRPC's
+/// signed ones), checked: its element type, its shape and its element count. The error names
+/// `role` and `name`.
+pub fn tensor_header<D: Copy + Into<i128> + fmt::Display>(
+    role: &str,
+    name: &str,
+    datatype: &str,
+    dims: &[D],
+) -> Result<(ElementType, Vec<u32>, usize), String> {
     let ty = ElementType::from_datatype(datatype).ok_or_else(|| {
         let known: Vec<&str> = ElementType::ALL.iter().map(|t| t.datatype()).collect();
         format!("{role} {name:?}: datatype {datatype:?} is not supported ({} are)", known.join(", "))
     })?;
-    let shape: Vec<u32> = tensor
-        .shape
+    let shape: Vec<u32> = dims
         .iter()
-        .map(|&d| u32::try_from(d).map_err(|_| format!("{role} {name:?}: dimension {d} is too large")))
+        .map(|&d| match u32::try_from(d.into()) {
+            Ok(size) => Ok(size),
+            Err(_) if d.into() < 0 => Err(format!("{role} {name:?}: dimension {d} is not a size")),
+            Err(_) => Err(format!("{role} {name:?}: dimension {d} is too large")),
+        })
         .collect::<Result<_, _>>()?;
-    let expected = TensorData::elements(&shape)
+    let elements = TensorData::elements(&shape)
         .filter(|n| n.checked_mul(ty.size().unwrap_or(4)).is_some())
         .ok_or_else(|| format!("{role} {name:?}: shape {shape:?} is too large"))?;
+    Ok((ty, shape, elements))
+}
+
+/// Turns one tensor into bytes: its JSON `data`, or its part of the binary section.
+fn decode_tensor(role: &str, tensor: &TensorIn, binary: &mut Binary) -> Result<TensorData, String> {
+    let name = &tensor.name;
+    let datatype = &tensor.datatype;
+    let (ty, shape, expected) = tensor_header(role, name, datatype, &tensor.shape)?;
     if tensor.parameters.shared_memory_region.is_some() {
         return Err(format!("{role} {name:?}: the shared memory extension is not supported; send the data"));
     }
