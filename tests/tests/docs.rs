@@ -29,7 +29,17 @@ fn openapi_describes_every_route_and_its_examples_work() {
     let host = kserve_host();
     let doc: Value = client().get(host.url("/openapi.json")).send().unwrap().json().unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
-    for path in ["/embed", "/predict", "/health", "/ready", "/metrics", "/v2/models/{model}/infer"] {
+    for path in [
+        "/embed",
+        "/predict",
+        "/v1/embeddings",
+        "/v1/models",
+        "/v1/models/{model}",
+        "/health",
+        "/ready",
+        "/metrics",
+        "/v2/models/{model}/infer",
+    ] {
         assert!(doc["paths"].get(path).is_some(), "{path} is described");
     }
     let mut targets = Vec::new();
@@ -58,6 +68,11 @@ fn openapi_describes_every_route_and_its_examples_work() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body.as_array().unwrap().len(), example("/predict")["top_k"].as_u64().unwrap() as usize);
     assert_eq!(body[0]["label"], "timer");
+    let (status, body) = post_json(&host.url("/v1/embeddings"), &example("/v1/embeddings"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"].as_array().unwrap().len(), example("/v1/embeddings")["input"].as_array().unwrap().len());
+    // A component's own security scheme comes with its paths.
+    assert_eq!(doc["components"]["securitySchemes"]["openaiApiKey"]["scheme"], "bearer");
 
     // Swagger UI, served here from the pinned registry package's files.
     let page = client().get(host.url("/docs")).send().unwrap();

@@ -101,7 +101,14 @@ fn validation_errors_are_422_json() {
     let cases = [
         json!({}),
         json!({"inputs": 5}),
-        json!({"inputs": [1, 2]}),
+        json!({"inputs": [1.5, 2]}),
+        json!({"inputs": [-1]}),
+        json!({"inputs": [99999]}),
+        json!({"inputs": [[101, 102], []]}),
+        json!({"inputs": ["text", [101, 102]]}),
+        json!({"inputs": "ok", "dimensions": 0}),
+        json!({"inputs": "ok", "dimensions": 385}),
+        json!({"inputs": "ok", "truncation_direction": "Middle"}),
         json!({"inputs": "ok", "normalize": "yes"}),
         json!({"inputs": "ok", "truncate": 1}),
         json!({"inputs": []}),
@@ -159,7 +166,7 @@ fn health_and_ready_describe_the_app() {
     }
     let components = ready["components"].as_array().unwrap();
     let ids: Vec<&str> = components.iter().map(|c| c["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["classify", "embed"], "{ready}");
+    assert_eq!(ids, ["classify", "embed", "openai"], "{ready}");
     for component in components {
         let version = component["version"].as_str().unwrap();
         assert_eq!(version.len(), 64, "sha256 of the composed component: {version}");
@@ -284,4 +291,64 @@ fn every_answer_carries_a_request_id() {
         client().post(host().url("/nope")).header("x-request-id", "client-chosen-42").send().unwrap();
     assert_eq!(echoed.status().as_u16(), 404);
     assert_eq!(echoed.headers()["x-request-id"], "client-chosen-42", "a client's id is kept");
+}
+
+#[test]
+fn token_ids_embed_like_their_text() {
+    let cases = reference("tokens.json");
+    let cases = &cases.as_array().unwrap()[..3];
+    let texts: Vec<&Value> = cases.iter().map(|c| &c["text"]).collect();
+    let ids: Vec<&Value> = cases.iter().map(|c| &c["ids"]).collect();
+    let (status, by_text) = embed(json!({"inputs": texts}));
+    assert_eq!(status, 200, "{by_text}");
+    let (status, by_ids) = embed(json!({"inputs": ids}));
+    assert_eq!(status, 200, "{by_ids}");
+    for (a, b) in vectors(&by_text).iter().zip(&vectors(&by_ids)) {
+        assert!(cosine(a, b) > 0.9999, "cosine {}", cosine(a, b));
+    }
+    // One list of ids is one input, answered as a list of one vector.
+    let (status, one) = embed(json!({"inputs": cases[0]["ids"]}));
+    assert_eq!(status, 200);
+    assert_eq!(vectors(&one).len(), 1);
+    assert!(cosine(&vectors(&one)[0], &vectors(&by_text)[0]) > 0.9999);
+}
+
+#[test]
+fn dimensions_keep_a_renormalised_prefix() {
+    let (status, full) = embed(json!({"inputs": "matryoshka dolls nest", "normalize": false}));
+    assert_eq!(status, 200);
+    let full = &vectors(&full)[0];
+    for n in [16usize, 128, 384] {
+        let (status, cut) = embed(json!({"inputs": "matryoshka dolls nest", "dimensions": n}));
+        assert_eq!(status, 200, "{cut}");
+        let cut = &vectors(&cut)[0];
+        assert_eq!(cut.len(), n);
+        let norm: f32 = full[..n].iter().map(|v| v * v).sum::<f32>().sqrt();
+        for (got, raw) in cut.iter().zip(&full[..n]) {
+            assert!((got - raw / norm).abs() < 1e-6, "dimensions={n}: {got} vs {}", raw / norm);
+        }
+    }
+    let (status, raw_cut) = embed(json!({"inputs": "matryoshka dolls nest", "dimensions": 8, "normalize": false}));
+    assert_eq!(status, 200);
+    assert_eq!(vectors(&raw_cut)[0], full[..8], "without normalize, the raw prefix");
+}
+
+#[test]
+fn truncation_direction_chooses_the_end_that_is_kept() {
+    let filler = "tokens that pad the text well past the limit ".repeat(40);
+    let texts = [format!("cats purr softly. {filler}"), format!("stock markets fell sharply. {filler}")];
+    let answer = |direction: &str| {
+        let (status, body) =
+            embed(json!({"inputs": texts, "truncate": true, "truncation_direction": direction}));
+        assert_eq!(status, 200, "{body}");
+        vectors(&body)
+    };
+    // Cut from the left, only the shared end is left: the two texts embed the same.
+    let left = answer("Left");
+    assert!(cosine(&left[0], &left[1]) > 0.9999, "left: {}", cosine(&left[0], &left[1]));
+    // Cut from the right (the default), their different beginnings remain.
+    let right = answer("Right");
+    assert!(cosine(&right[0], &right[1]) < 0.99, "right: {}", cosine(&right[0], &right[1]));
+    let (_, default) = embed(json!({"inputs": texts, "truncate": true}));
+    assert_eq!(vectors(&default), right);
 }

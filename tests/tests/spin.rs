@@ -257,6 +257,18 @@ fn spin_up_serves_the_default_app_like_the_reference_and_edgeinfer_up() {
             assert!((sa - sb).abs() < 1e-4, "/predict: {sa} (edgeinfer up) vs {sb} (spin up)");
         }
     }
+    // OpenAI's /v1/embeddings (the openai component) under Spin: the same vectors, same envelope.
+    let request = json!({"model": "all-minilm-l6-v2", "input": &texts[..8], "dimensions": 128});
+    let (status, ours) = post_json(&native.url("/v1/embeddings"), &request);
+    let (spin_status, spins) = post_json(&app.url("/v1/embeddings"), &request);
+    assert_eq!((status, spin_status), (200, 200), "{spins}");
+    assert_eq!(ours["usage"], spins["usage"]);
+    for (a, b) in ours["data"].as_array().unwrap().iter().zip(spins["data"].as_array().unwrap()) {
+        let a: Vec<f32> = serde_json::from_value(a["embedding"].clone()).unwrap();
+        let b: Vec<f32> = serde_json::from_value(b["embedding"].clone()).unwrap();
+        assert_eq!((a.len(), b.len()), (128, 128));
+        assert!(cosine(&a, &b) >= 0.999, "/v1/embeddings: edgeinfer up and spin up differ");
+    }
     for (route, body) in bad_requests() {
         let (status, spins) = post_raw(&app.url(route), &body);
         let (native_status, ours) = post_raw(&native.url(route), &body);
@@ -320,7 +332,7 @@ fn spin_build_runs_the_manifest_build_commands_as_edgeinfer_build_does() {
 
     // The default app: `spin build` runs the same cargo builds `edgeinfer build` ran before
     // the tests, so every component it writes is byte for byte what the other tests serve.
-    let built = ["embed", "classify", "tokenizer", "nn_local"]
+    let built = ["embed", "classify", "openai", "tokenizer", "nn_local"]
         .map(|name| repo_root().join(format!("target/wasm32-wasip2/release/{name}.wasm")));
     let before: Vec<String> = built.iter().map(|p| sha256_file(p)).collect();
     let output = Command::new(&spin)
@@ -331,7 +343,7 @@ fn spin_build_runs_the_manifest_build_commands_as_edgeinfer_build_does() {
     let said =
         format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "spin build of spin.toml failed:\n{said}");
-    for id in ["embed", "classify", "tokenizer", "nn-local"] {
+    for id in ["embed", "classify", "openai", "tokenizer", "nn-local"] {
         assert!(said.contains(&format!("Building component {id} with `rustup target add")), "{id}:\n{said}");
     }
     let after: Vec<String> = built.iter().map(|p| sha256_file(p)).collect();

@@ -15,7 +15,7 @@ wasmtime::component::bindgen!({
     world: "edgeinfer:text/tokenizer",
 });
 
-use exports::edgeinfer::text::tokenize::{EncodeOptions, Encoding, Error};
+use exports::edgeinfer::text::tokenize::{EncodeOptions, Encoding, Error, TruncationDirection};
 
 struct State {
     table: ResourceTable,
@@ -72,8 +72,17 @@ fn tokenizer_json() -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (run `edgeinfer fetch`)", path.display()))
 }
 
-const PLAIN: EncodeOptions =
-    EncodeOptions { add_special_tokens: true, max_length: None, pad_to_longest: false };
+const PLAIN: EncodeOptions = EncodeOptions {
+    add_special_tokens: true,
+    max_length: None,
+    truncation_direction: TruncationDirection::Right,
+    pad_to_longest: false,
+};
+
+/// Cut at `max` tokens from `direction`, padded to the longest.
+fn cut(max: u32, direction: TruncationDirection) -> EncodeOptions {
+    EncodeOptions { add_special_tokens: true, max_length: Some(max), truncation_direction: direction, pad_to_longest: true }
+}
 
 #[test]
 fn ids_match_python_tokenizers_exactly() {
@@ -106,8 +115,7 @@ fn truncation_and_padding_are_per_call() {
         "one two three four five six seven eight nine ten eleven twelve".to_string(),
         "short".to_string(),
     ];
-    let options = EncodeOptions { add_special_tokens: true, max_length: Some(8), pad_to_longest: true };
-    let e = h.encode(tokenizer, &texts, options);
+    let e = h.encode(tokenizer, &texts, cut(8, TruncationDirection::Right));
     assert_eq!(e[0].ids.len(), 8, "truncated to max-length");
     assert_eq!(e[0].ids[0], 101, "[CLS] kept");
     assert_eq!(e[0].ids[7], 102, "[SEP] kept at the end");
@@ -119,6 +127,40 @@ fn truncation_and_padding_are_per_call() {
     // The file's own fixed padding (128) is gone: a plain call pads nothing.
     let plain = h.encode(tokenizer, &texts[1..], PLAIN);
     assert_eq!(plain[0].ids.len(), 3);
+    // Cutting from the left keeps the end of the text, special tokens still at both ends.
+    let full = h.encode(tokenizer, &texts[..1], PLAIN);
+    let left = h.encode(tokenizer, &texts[..1], cut(8, TruncationDirection::Left));
+    assert_eq!(left[0].ids.len(), 8);
+    assert_eq!((left[0].ids[0], left[0].ids[7]), (101, 102));
+    assert_eq!(left[0].ids[1..7], full[0].ids[full[0].ids.len() - 7..full[0].ids.len() - 1]);
+    assert_eq!(left[0].length_before_truncation, 14);
+}
+
+#[test]
+fn tokens_carry_their_spelling_and_decode_inverts_ids() {
+    let mut h = Harness::new();
+    let tokenizer = h.from_json(&tokenizer_json()).unwrap();
+    let api = h.bindings.edgeinfer_text_tokenize().tokenizer();
+    let text = "Hello world, tokenizing!";
+    let tokens = api.call_tokens(&mut h.store, tokenizer, text, true).unwrap().unwrap();
+    let plain = h.encode(tokenizer, &[text.to_string()], PLAIN);
+    let api = h.bindings.edgeinfer_text_tokenize().tokenizer();
+    assert_eq!(tokens.iter().map(|t| t.id).collect::<Vec<_>>(), plain[0].ids, "the ids encode-batch gives");
+    assert_eq!(tokens.iter().map(|t| t.offsets).collect::<Vec<_>>(), plain[0].offsets);
+    let spelled: Vec<(&str, bool)> = tokens.iter().map(|t| (t.text.as_str(), t.special)).collect();
+    assert_eq!(
+        spelled,
+        [("[CLS]", true), ("hello", false), ("world", false), (",", false), ("token", false),
+         ("##izing", false), ("!", false), ("[SEP]", true)]
+    );
+    let ids = &plain[0].ids;
+    let decoded = api.call_decode(&mut h.store, tokenizer, ids, true).unwrap().unwrap();
+    assert_eq!(decoded, "hello world, tokenizing!");
+    let with_special = api.call_decode(&mut h.store, tokenizer, ids, false).unwrap().unwrap();
+    assert_eq!(with_special, "[CLS] hello world, tokenizing! [SEP]");
+    assert_eq!(api.call_vocab_size(&mut h.store, tokenizer).unwrap(), 30522);
+    let unknown = api.call_decode(&mut h.store, tokenizer, &[101, 30522], false).unwrap();
+    assert!(matches!(unknown, Err(Error::InvalidOptions(m)) if m.contains("30522")));
 }
 
 #[test]
@@ -127,7 +169,7 @@ fn bad_input_is_a_wit_error_not_a_trap() {
     assert!(matches!(h.from_json(b"{not json"), Err(Error::InvalidTokenizer(_))));
     let tokenizer = h.from_json(&tokenizer_json()).unwrap();
     let api = h.bindings.edgeinfer_text_tokenize().tokenizer();
-    let zero = EncodeOptions { add_special_tokens: true, max_length: Some(0), pad_to_longest: false };
+    let zero = cut(0, TruncationDirection::Right);
     let result = api.call_encode_batch(&mut h.store, tokenizer, &["x".to_string()], zero).unwrap();
     assert!(matches!(result, Err(Error::InvalidOptions(_))));
     let pad = api.call_pad_id(&mut h.store, tokenizer).unwrap();

@@ -7,21 +7,8 @@ mod common;
 
 use std::process::Command;
 
-use common::{Host, KSERVE_TOKEN, Variant, client, repo_root};
+use common::{Host, KSERVE_TOKEN, Variant, client, client_python, repo_root};
 use serde_json::Value;
-
-/// The interpreter that has the pinned client libraries (installed on first use).
-fn client_python() -> String {
-    let output = Command::new(repo_root().join("scripts/python-clients"))
-        .output()
-        .expect("run scripts/python-clients");
-    assert!(
-        output.status.success(),
-        "scripts/python-clients failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap().trim().to_string()
-}
 
 fn metric(text: &str, prefix: &str) -> f64 {
     text.lines()

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use spin_sdk::http::{IntoResponse, Request};
 use spin_sdk::http_service;
-use text_handler::{ApiError, Inputs, Reused, Settings, TextModel, json_ok_with_tokens};
+use text_handler::{ApiError, Inputs, Reused, Settings, TextModel, Truncation, json_ok_with_tokens};
 
 mod scores;
 
@@ -38,14 +38,14 @@ impl Classifier {
         if request.top_k == Some(0) {
             return Err(ApiError::validation("`top_k` must be at least 1".into()));
         }
-        let batch = request.inputs.is_batch();
-        let texts = request.inputs.validate(self.model.settings.max_batch_inputs)?;
-        let out = self.model.infer(&texts, request.truncate)?;
+        let as_list = request.inputs.is_batch();
+        let batch = request.inputs.validate(self.model.settings.max_batch_inputs)?;
+        let inputs = batch.len();
+        let out = self.model.infer(&batch, Truncation::right(request.truncate))?;
         let classes = self.labels.len();
-        if out.shape[..] != [texts.len() as u32, classes as u32] {
+        if out.shape[..] != [inputs as u32, classes as u32] {
             return Err(ApiError::backend(format!(
-                "expected logits of shape [{}, {classes}] ({classes} labels), got {:?}",
-                texts.len(),
+                "expected logits of shape [{inputs}, {classes}] ({classes} labels), got {:?}",
                 out.shape
             )));
         }
@@ -61,7 +61,7 @@ impl Classifier {
             })
             .collect();
         let predictions =
-            if batch { Predictions::Many(answers) } else { Predictions::One(answers.remove(0)) };
+            if as_list { Predictions::Many(answers) } else { Predictions::One(answers.remove(0)) };
         Ok((predictions, out.tokens()))
     }
 }

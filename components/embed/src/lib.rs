@@ -1,14 +1,21 @@
 //! `POST /embed` (TEI shape): validate JSON, tokenize through the composed tokenizer component,
 //! run the model through wasi:nn, mean-pool over the attention mask and L2-normalise.
 //!
+//! The same route also speaks Spin's default remote LLM API, so that a Spin app run by Spin with
+//! `[llm_compute] type = "remote_http"` gets its embeddings here: Spin posts `{model, input}` to
+//! `{url}/embed` (whatever path `url` has) and reads `{embeddings, usage: {promptTokenCount}}`.
+//! The two bodies cannot be confused: TEI's has `inputs`, Spin's `model` and `input`.
+//!
 //! Configuration comes from the component's `environment` in spin.toml (see README).
 
 use serde::Deserialize;
+use serde_json::{Value, json};
 use spin_sdk::http::{IntoResponse, Request};
 use spin_sdk::http_service;
-use text_handler::{ApiError, Inputs, Reused, Settings, TextModel, json_ok_with_tokens};
-
-mod pooling;
+use text_handler::{
+    ApiError, EmbedOptions, Embeddings, Inputs, Reused, Settings, TextModel, Truncation, TruncationDirection,
+    json_ok_with_tokens,
+};
 
 thread_local! {
     /// Built on the instance's first request, reused by every later one.
@@ -23,42 +30,107 @@ struct EmbedRequest {
     normalize: bool,
     #[serde(default)]
     truncate: bool,
+    #[serde(default)]
+    truncation_direction: Direction,
+    /// Matryoshka: keep the first `dimensions` values of each vector.
+    #[serde(default)]
+    dimensions: Option<u32>,
+}
+
+/// TEI's spelling of a truncation direction.
+#[derive(Deserialize, Default, Clone, Copy)]
+enum Direction {
+    #[default]
+    #[serde(alias = "right")]
+    Right,
+    #[serde(alias = "left")]
+    Left,
 }
 
 fn default_true() -> bool {
     true
 }
 
-/// The embeddings and the tokens computed.
-fn embed(model: &TextModel, request: EmbedRequest) -> Result<(Vec<Vec<f32>>, u64), ApiError> {
-    let texts = request.inputs.validate(model.settings.max_batch_inputs)?;
-    let out = model.infer(&texts, request.truncate)?;
-    let seq = out.masks.first().map_or(0, Vec::len) as u32;
-    let [_, s, width] = out.shape[..] else {
-        return Err(ApiError::backend(format!(
-            "expected a [batch, seq, hidden] output, got {:?}",
-            out.shape
-        )));
-    };
-    if s != seq {
-        return Err(ApiError::backend(format!("output shape {:?} does not match {seq} tokens", out.shape)));
+impl EmbedRequest {
+    fn options(&self) -> EmbedOptions {
+        let direction = match self.truncation_direction {
+            Direction::Right => TruncationDirection::Right,
+            Direction::Left => TruncationDirection::Left,
+        };
+        EmbedOptions {
+            truncation: Truncation { enabled: self.truncate, direction },
+            normalize: self.normalize,
+            dimensions: self.dimensions,
+        }
     }
-    let masks: Vec<&[u32]> = out.masks.iter().map(Vec::as_slice).collect();
-    Ok((pooling::mean_pool(&out.values, &masks, width as usize, request.normalize), out.tokens()))
+}
+
+/// The body of Spin's remote `generate-embeddings` call.
+#[derive(Deserialize)]
+struct SpinEmbedRequest {
+    model: String,
+    input: Vec<String>,
+}
+
+/// The embeddings and the tokens computed.
+fn embed(model: &TextModel, request: EmbedRequest) -> Result<Embeddings, ApiError> {
+    let options = request.options();
+    let batch = request.inputs.validate(model.settings.max_batch_inputs)?;
+    model.embed(&batch, options)
+}
+
+/// Spin's remote `generate-embeddings`: normalised mean-pooled vectors, as Spin's own engine
+/// computes them, for a model named in `MODEL_NAMES`.
+fn spin_embed(model: &TextModel, request: SpinEmbedRequest) -> Result<(Value, u64), ApiError> {
+    let names = text_handler::var("MODEL_NAMES", "all-minilm-l6-v2");
+    if !names.split(',').any(|name| name.trim() == request.model) {
+        return Err(ApiError::not_found(format!(
+            "no embedding model {:?}; this app serves {names}",
+            request.model
+        )));
+    }
+    let options = EmbedOptions { truncation: Truncation::REFUSE, normalize: true, dimensions: None };
+    let batch = Inputs::Many(request.input).validate(model.settings.max_batch_inputs)?;
+    let embedded = model.embed(&batch, options)?;
+    let body = json!({"embeddings": embedded.vectors, "usage": {"promptTokenCount": embedded.tokens}});
+    Ok((body, embedded.tokens))
+}
+
+/// Which API a body speaks.
+enum Call {
+    Tei(EmbedRequest),
+    Spin(SpinEmbedRequest),
+}
+
+fn parse(body: Value) -> Result<Call, ApiError> {
+    let invalid = |e: serde_json::Error| ApiError::validation(format!("invalid request: {e}"));
+    let spin_shaped = body.get("inputs").is_none() && body.get("model").is_some() && body.get("input").is_some();
+    if spin_shaped {
+        serde_json::from_value(body).map(Call::Spin).map_err(invalid)
+    } else {
+        serde_json::from_value(body).map(Call::Tei).map_err(invalid)
+    }
+}
+
+fn model() -> Result<std::rc::Rc<TextModel>, ApiError> {
+    MODEL.with(|model| model.get_or_try_init(|| TextModel::load(Settings::from_env("minilm", "last_hidden_state"))))
 }
 
 #[http_service]
 async fn handle(request: Request) -> impl IntoResponse {
-    let result = match text_handler::read_request::<EmbedRequest>(request).await {
-        Ok(request) => MODEL
-            .with(|model| {
-                model.get_or_try_init(|| TextModel::load(Settings::from_env("minilm", "last_hidden_state")))
-            })
-            .and_then(|model| embed(&model, request)),
-        Err(e) => Err(e),
-    };
-    match result {
-        Ok((vectors, tokens)) => json_ok_with_tokens(&vectors, tokens),
+    let call = text_handler::read_request::<Value>(request).await.and_then(parse);
+    let answer = call.and_then(|call| {
+        let model = model()?;
+        match call {
+            Call::Tei(request) => embed(&model, request)
+                .map(|embeddings| json_ok_with_tokens(&embeddings.vectors, embeddings.tokens)),
+            Call::Spin(request) => {
+                spin_embed(&model, request).map(|(body, tokens)| json_ok_with_tokens(&body, tokens))
+            }
+        }
+    });
+    match answer {
+        Ok(response) => response,
         Err(error) => error.into_response(),
     }
 }

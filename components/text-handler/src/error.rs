@@ -55,8 +55,39 @@ impl ApiError {
         )
     }
 
+    /// No such path or named thing (404).
+    pub fn not_found(error: String) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "NotFound", error)
+    }
+
+    /// Missing or wrong credentials (401).
+    pub fn unauthorized(error: String) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", error)
+    }
+
+    /// The HTTP status answered.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The `error_type` answered (`Validation`, `Backend`...).
+    pub fn error_type(&self) -> &'static str {
+        self.body.error_type
+    }
+
+    /// The human-readable message.
+    pub fn message(&self) -> &str {
+        &self.body.error
+    }
+
     pub fn into_response(self) -> Response<FullBody<Bytes>> {
-        let mut response = crate::json_response(self.status, &self.body);
+        let response = crate::json_response(self.status, &self.body);
+        self.with_headers(response)
+    }
+
+    /// Adds the headers every error answer carries (`x-error-type`, `retry-after` when
+    /// overloaded) to a response in whatever body shape an API needs.
+    pub fn with_headers(&self, mut response: Response<FullBody<Bytes>>) -> Response<FullBody<Bytes>> {
         let error_type = spin_sdk::http::HeaderValue::from_static(self.body.error_type);
         response.headers_mut().insert(ERROR_TYPE_HEADER, error_type);
         if self.body.error_type == "Overloaded" {

@@ -1,5 +1,6 @@
-//! Building blocks shared by the HTTP handler components (`embed`, `classify`): the JSON request
-//! and error contract, input validation, and text → tokenizer component → wasi:nn → output tensor.
+//! Building blocks shared by the HTTP handler components (`embed`, `classify`, `openai`): the JSON
+//! request and error contract, input validation, text → tokenizer component → wasi:nn → output
+//! tensor, and sentence embeddings from it.
 //!
 //! Settings come from the component's `environment` in spin.toml (see README).
 
@@ -7,7 +8,6 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use spin_sdk::http::body::IncomingBodyExt;
@@ -20,14 +20,18 @@ wit_bindgen::generate!({
 });
 
 use edgeinfer::text::tokenize::{EncodeOptions, Tokenizer};
+pub use edgeinfer::text::tokenize::{Token, TruncationDirection};
 use wasi::nn::errors::ErrorCode;
 use wasi::nn::graph::{self, Graph};
 use wasi::nn::inference::GraphExecutionContext;
 use wasi::nn::tensor::{Tensor, TensorType};
 
 mod error;
+mod inputs;
+pub mod pooling;
 
 pub use error::ApiError;
+pub use inputs::{Batch, Inputs, check_text};
 
 /// Settings every handler reads from its environment; `defaults` are the handler's own.
 pub struct Settings {
@@ -102,13 +106,23 @@ impl TextModel {
         Ok(TextModel { settings, tokenizer, _graph: graph, context })
     }
 
-    /// Tokenizes `texts` (padded to the longest; cut at the token limit only when `truncate`,
-    /// else an over-long text is a validation error), runs the model and returns its output.
-    pub fn infer(&self, texts: &[String], truncate: bool) -> Result<Inference, ApiError> {
+    /// Encodes `batch` (padded to the longest; cut at the token limit only when
+    /// `truncation.enabled`, else an over-long input is a validation error), runs the model and
+    /// returns its output.
+    pub fn infer(&self, batch: &Batch, truncation: Truncation) -> Result<Inference, ApiError> {
+        let encodings = match batch {
+            Batch::Texts(texts) => self.encode_texts(texts, truncation)?,
+            Batch::Ids(ids) => self.encode_ids(ids, truncation)?,
+        };
+        self.run(encodings)
+    }
+
+    fn encode_texts(&self, texts: &[String], truncation: Truncation) -> Result<Vec<Encoded>, ApiError> {
         let max_tokens = self.settings.max_input_tokens;
         let options = EncodeOptions {
             add_special_tokens: true,
-            max_length: truncate.then_some(max_tokens),
+            max_length: truncation.enabled.then_some(max_tokens),
+            truncation_direction: truncation.direction,
             pad_to_longest: true,
         };
         let encodings = self
@@ -116,14 +130,52 @@ impl TextModel {
             .encode_batch(texts, options)
             .map_err(|e| ApiError::validation(format!("tokenization failed: {e:?}")))?;
         for (i, e) in encodings.iter().enumerate() {
-            if !truncate && e.length_before_truncation > max_tokens {
-                return Err(ApiError::validation(format!(
-                    "input {i} is {} tokens long, more than the limit of {max_tokens}; \
-                     shorten it or send \"truncate\": true",
-                    e.length_before_truncation
-                )));
+            if !truncation.enabled && e.length_before_truncation > max_tokens {
+                return Err(too_long(i, e.length_before_truncation, max_tokens));
             }
         }
+        Ok(encodings
+            .into_iter()
+            .map(|e| Encoded { ids: e.ids, attention_mask: e.attention_mask, type_ids: e.type_ids })
+            .collect())
+    }
+
+    /// Token ids as the client sent them (no special tokens added), checked against the
+    /// vocabulary and the limit, cut and padded like texts.
+    fn encode_ids(&self, batch: &[Vec<u32>], truncation: Truncation) -> Result<Vec<Encoded>, ApiError> {
+        let max_tokens = self.settings.max_input_tokens as usize;
+        let vocabulary = self.tokenizer.vocab_size();
+        let mut encodings = Vec::with_capacity(batch.len());
+        for (i, ids) in batch.iter().enumerate() {
+            if let Some(id) = ids.iter().find(|&&id| id >= vocabulary) {
+                return Err(ApiError::validation(format!(
+                    "input {i} has token id {id}, outside the vocabulary of {vocabulary} tokens"
+                )));
+            }
+            let ids = match ids.len() {
+                n if n <= max_tokens => ids.clone(),
+                n if !truncation.enabled => return Err(too_long(i, n as u32, max_tokens as u32)),
+                n => match truncation.direction {
+                    TruncationDirection::Right => ids[..max_tokens].to_vec(),
+                    TruncationDirection::Left => ids[n - max_tokens..].to_vec(),
+                },
+            };
+            let n = ids.len();
+            encodings.push(Encoded { ids, attention_mask: vec![1; n], type_ids: vec![0; n] });
+        }
+        let longest = encodings.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+        let pad = self.tokenizer.pad_id();
+        for e in &mut encodings {
+            let missing = longest - e.ids.len();
+            e.ids.extend(std::iter::repeat_n(pad, missing));
+            e.attention_mask.extend(std::iter::repeat_n(0, missing));
+            e.type_ids.extend(std::iter::repeat_n(0, missing));
+        }
+        Ok(encodings)
+    }
+
+    /// Runs the model on encoded, equally long sequences.
+    fn run(&self, encodings: Vec<Encoded>) -> Result<Inference, ApiError> {
         let batch = encodings.len() as u32;
         let seq = encodings.first().map_or(0, |e| e.ids.len()) as u32;
         let dims = [batch, seq];
@@ -166,12 +218,115 @@ impl TextModel {
         let masks = encodings.into_iter().map(|e| e.attention_mask).collect();
         Ok(Inference { shape, values, masks })
     }
+
+    /// One text's tokens with their spelling (see the WIT `tokens`).
+    pub fn tokens(&self, text: &str, add_special_tokens: bool) -> Result<Vec<Token>, ApiError> {
+        self.tokenizer
+            .tokens(text, add_special_tokens)
+            .map_err(|e| ApiError::validation(format!("tokenization failed: {e:?}")))
+    }
+
+    /// Text back from token ids.
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, ApiError> {
+        use edgeinfer::text::tokenize::Error;
+        self.tokenizer.decode(ids, skip_special_tokens).map_err(|e| match e {
+            Error::InvalidOptions(message) => ApiError::validation(message),
+            other => ApiError::validation(format!("decoding failed: {other:?}")),
+        })
+    }
+
+    /// Sentence embeddings: the model's per-token output mean-pooled over each input's tokens,
+    /// cut to `dimensions` (Matryoshka) and L2-normalised when `normalize`.
+    pub fn embed(&self, batch: &Batch, options: EmbedOptions) -> Result<Embeddings, ApiError> {
+        let out = self.infer(batch, options.truncation)?;
+        let width = out.token_width()?;
+        if let Some(dimensions) = options.dimensions
+            && (dimensions == 0 || dimensions as usize > width)
+        {
+            return Err(ApiError::validation(format!(
+                "`dimensions` must be between 1 and the model's {width}, got {dimensions}"
+            )));
+        }
+        let masks: Vec<&[u32]> = out.masks.iter().map(Vec::as_slice).collect();
+        let keep = options.dimensions.map_or(width, |d| d as usize);
+        let vectors = pooling::mean_pool(&out.values, &masks, width, keep, options.normalize);
+        Ok(Embeddings { vectors, tokens: out.tokens(), tokens_per_input: out.tokens_per_input() })
+    }
+}
+
+/// The inputs' sentence vectors.
+pub struct Embeddings {
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens computed on, padding excluded.
+    pub tokens: u64,
+    pub tokens_per_input: Vec<u64>,
+}
+
+/// How `TextModel::embed` pools.
+#[derive(Clone, Copy)]
+pub struct EmbedOptions {
+    pub truncation: Truncation,
+    pub normalize: bool,
+    /// Keep only the first `dimensions` values of each vector (before normalising).
+    pub dimensions: Option<u32>,
+}
+
+/// What to do with inputs longer than the model's limit.
+#[derive(Clone, Copy)]
+pub struct Truncation {
+    /// Cut them (else they are refused).
+    pub enabled: bool,
+    pub direction: TruncationDirection,
+}
+
+impl Truncation {
+    /// Refuse over-long inputs.
+    pub const REFUSE: Truncation = Truncation { enabled: false, direction: TruncationDirection::Right };
+
+    /// Cut at the end when `enabled`.
+    pub fn right(enabled: bool) -> Truncation {
+        Truncation { enabled, direction: TruncationDirection::Right }
+    }
+}
+
+/// One sequence ready for the model.
+struct Encoded {
+    ids: Vec<u32>,
+    attention_mask: Vec<u32>,
+    type_ids: Vec<u32>,
+}
+
+fn too_long(input: usize, tokens: u32, limit: u32) -> ApiError {
+    ApiError::validation(format!(
+        "input {input} is {tokens} tokens long, more than the limit of {limit}; \
+         shorten it or send \"truncate\": true"
+    ))
 }
 
 impl Inference {
     /// Tokens the model computed on, padding excluded.
     pub fn tokens(&self) -> u64 {
-        self.masks.iter().flatten().map(|&m| u64::from(m)).sum()
+        self.tokens_per_input().iter().sum()
+    }
+
+    /// Each input's tokens, padding excluded.
+    pub fn tokens_per_input(&self) -> Vec<u64> {
+        self.masks.iter().map(|mask| mask.iter().map(|&m| u64::from(m)).sum()).collect()
+    }
+
+    /// The width of a `[batch, seq, width]` per-token output, checked against the masks.
+    pub fn token_width(&self) -> Result<usize, ApiError> {
+        let seq = self.masks.first().map_or(0, Vec::len) as u32;
+        let [_, s, width] = self.shape[..] else {
+            return Err(ApiError::backend(format!(
+                "expected a [batch, seq, hidden] output, got {:?}",
+                self.shape
+            )));
+        };
+        if s != seq {
+            return Err(ApiError::backend(format!("output shape {:?} does not match {seq} tokens", self.shape)));
+        }
+        Ok(width as usize)
     }
 }
 
@@ -209,51 +364,6 @@ fn int64_tensor<'a>(dims: &[u32], values: impl Iterator<Item = &'a u32>) -> Tens
 /// Little-endian f32 values (wasi:nn tensor data).
 pub fn f32_from_le_bytes(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-}
-
-/// One text or a batch of texts (`"inputs"` of TEI-style requests).
-#[derive(Deserialize)]
-#[serde(untagged)]
-pub enum Inputs {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl Inputs {
-    /// Whether the client sent a list (answers then come as a list too).
-    pub fn is_batch(&self) -> bool {
-        matches!(self, Inputs::Many(_))
-    }
-
-    /// The texts, checked: not empty, at most `max_inputs`, no blank text, no control characters
-    /// other than tab, newline and carriage return (rejected, not stripped).
-    pub fn validate(self, max_inputs: usize) -> Result<Vec<String>, ApiError> {
-        let texts = match self {
-            Inputs::One(text) => vec![text],
-            Inputs::Many(texts) => texts,
-        };
-        if texts.is_empty() {
-            return Err(ApiError::validation("`inputs` must not be empty".into()));
-        }
-        if texts.len() > max_inputs {
-            return Err(ApiError::validation(format!(
-                "{} inputs sent, at most {max_inputs} are allowed per request",
-                texts.len()
-            )));
-        }
-        for (i, text) in texts.iter().enumerate() {
-            if text.trim().is_empty() {
-                return Err(ApiError::validation(format!("input {i} is empty")));
-            }
-            if let Some(c) = text.chars().find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r')) {
-                return Err(ApiError::validation(format!(
-                    "input {i} contains the control character U+{:04X}",
-                    c as u32
-                )));
-            }
-        }
-        Ok(texts)
-    }
 }
 
 /// Checks method and content type, reads the body and parses it as a JSON object into `T`.

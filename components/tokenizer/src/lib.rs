@@ -11,7 +11,9 @@ wit_bindgen::generate!({
     path: "../../wit",
 });
 
-use exports::edgeinfer::text::tokenize::{EncodeOptions, Encoding, Error, Guest, GuestTokenizer, Tokenizer};
+use exports::edgeinfer::text::tokenize::{
+    EncodeOptions, Encoding, Error, Guest, GuestTokenizer, Token, Tokenizer, TruncationDirection as Direction,
+};
 
 /// Pad token used when `tokenizer.json` configures no padding (BERT's `[PAD]` is id 0).
 const DEFAULT_PAD_ID: u32 = 0;
@@ -57,9 +59,13 @@ impl GuestTokenizer for TextTokenizer {
             let encoding = match options.max_length {
                 // Truncation must happen before special tokens are added, so re-encode the
                 // (rare) over-long texts with truncation on rather than cutting `full`.
-                Some(max) if length_before_truncation > max => {
-                    encode_truncated(&mut tokenizer, text, max, options.add_special_tokens)?
-                }
+                Some(max) if length_before_truncation > max => encode_truncated(
+                    &mut tokenizer,
+                    text,
+                    max,
+                    options.truncation_direction,
+                    options.add_special_tokens,
+                )?,
                 _ => full,
             };
             encodings.push((encoding, length_before_truncation));
@@ -74,6 +80,41 @@ impl GuestTokenizer for TextTokenizer {
 
     fn pad_id(&self) -> u32 {
         self.pad_id
+    }
+
+    fn vocab_size(&self) -> u32 {
+        self.inner.borrow().get_vocab_size(true) as u32
+    }
+
+    fn tokens(&self, text: String, add_special_tokens: bool) -> Result<Vec<Token>, Error> {
+        let encoding = self
+            .inner
+            .borrow()
+            .encode(text.as_str(), add_special_tokens)
+            .map_err(|e| Error::EncodeFailed(e.to_string()))?;
+        let tokens = encoding
+            .get_ids()
+            .iter()
+            .zip(encoding.get_tokens())
+            .zip(encoding.get_special_tokens_mask())
+            .zip(encoding.get_offsets())
+            .map(|(((&id, text), &special), &(start, stop))| Token {
+                id,
+                text: text.clone(),
+                special: special != 0,
+                offsets: (start as u32, stop as u32),
+            })
+            .collect();
+        Ok(tokens)
+    }
+
+    fn decode(&self, ids: Vec<u32>, skip_special_tokens: bool) -> Result<String, Error> {
+        let tokenizer = self.inner.borrow();
+        // `tokenizers` skips ids it does not know; a client sending one has a bug worth naming.
+        if let Some((i, id)) = ids.iter().enumerate().find(|&(_, &id)| tokenizer.id_to_token(id).is_none()) {
+            return Err(Error::InvalidOptions(format!("id {id} at position {i} is not in the vocabulary")));
+        }
+        tokenizer.decode(&ids, skip_special_tokens).map_err(|e| Error::EncodeFailed(e.to_string()))
     }
 }
 
@@ -98,10 +139,14 @@ fn encode_truncated(
     tokenizer: &mut HfTokenizer,
     text: &str,
     max_length: u32,
+    direction: Direction,
     add_special_tokens: bool,
 ) -> Result<HfEncoding, Error> {
     let params = TruncationParams {
-        direction: TruncationDirection::Right,
+        direction: match direction {
+            Direction::Right => TruncationDirection::Right,
+            Direction::Left => TruncationDirection::Left,
+        },
         max_length: max_length as usize,
         strategy: TruncationStrategy::LongestFirst,
         stride: 0,

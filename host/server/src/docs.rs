@@ -110,33 +110,54 @@ pub fn document(app: &App, kserve: bool) -> Value {
         if !described.insert((route.pattern.to_string(), component.id.clone())) {
             continue;
         }
-        let base = match &route.pattern {
-            RoutePattern::Exact(p) | RoutePattern::Prefix(p) => p.clone(),
-        };
         let renamed = merge_schemas(
             &mut doc,
             fragment["components"]["schemas"].as_object().cloned().unwrap_or_default(),
         );
-        let mut paths = fragment["paths"].as_object().cloned().unwrap_or_default();
-        for (path, item) in paths.iter_mut() {
-            rename_refs(item, &renamed);
+        if let Some(schemes) = fragment["components"]["securitySchemes"].as_object() {
+            let ours = doc["components"]
+                .as_object_mut()
+                .expect("the host document has components")
+                .entry("securitySchemes")
+                .or_insert_with(|| json!({}));
+            for (name, scheme) in schemes {
+                ours[name.as_str()] = scheme.clone();
+            }
+        }
+        let paths = fragment["paths"].as_object().cloned().unwrap_or_default();
+        for (full, mut item) in mounted_paths(&route.pattern, paths) {
+            rename_refs(&mut item, &renamed);
             for operation in item.as_object_mut().into_iter().flat_map(|ops| ops.values_mut()) {
                 annotate_operation(operation, &component.id, &component.version);
             }
-            let full = match path.as_str() {
-                "/" | "" => {
-                    if base.is_empty() {
-                        "/".to_string()
-                    } else {
-                        base.clone()
-                    }
-                }
-                rest => format!("{base}{rest}"),
-            };
-            doc["paths"][full] = item.clone();
+            doc["paths"][full] = item;
         }
     }
     doc
+}
+
+/// A fragment's paths as served at `route`. Paths are relative to the route: `/` is the route
+/// itself, and under a prefix route `/x` is `PREFIX/x`. A component routed at several exact paths
+/// describes each by its full path: at an exact route only `/` or the route's own path applies.
+fn mounted_paths(route: &RoutePattern, paths: Map<String, Value>) -> Vec<(String, Value)> {
+    match route {
+        RoutePattern::Exact(exact) => {
+            let own = if exact.is_empty() { "/" } else { exact.as_str() };
+            let item = paths.get(own).or_else(|| paths.get("/")).or_else(|| paths.get(""));
+            item.map(|item| (own.to_string(), item.clone())).into_iter().collect()
+        }
+        RoutePattern::Prefix(prefix) => paths
+            .into_iter()
+            .map(|(path, item)| {
+                let full = match path.as_str() {
+                    "/" | "" if prefix.is_empty() => "/".to_string(),
+                    "/" | "" => prefix.clone(),
+                    rest => format!("{prefix}{rest}"),
+                };
+                (full, item)
+            })
+            .collect(),
+    }
 }
 
 /// Marks an operation as served by `component` and adds the errors the host itself may answer.

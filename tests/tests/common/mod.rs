@@ -287,6 +287,19 @@ pub fn wasm_variant(bytes: &[u8], tag: &str) -> Vec<u8> {
     out
 }
 
+/// The interpreter that has the pinned client libraries of tests/clients (installed on first use).
+pub fn client_python() -> String {
+    let output = std::process::Command::new(repo_root().join("scripts/python-clients"))
+        .output()
+        .expect("run scripts/python-clients");
+    assert!(
+        output.status.success(),
+        "scripts/python-clients failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
 /// A variant of a TOML file of the repo (a manifest or a runtime config), written in the repo root
 /// (where spin.toml's relative paths still hold) and removed on drop.
 pub struct Variant(pub PathBuf);
