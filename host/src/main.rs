@@ -333,6 +333,7 @@ fn start(
     let engine = compile::engine(config.component.values().any(|limits| limits.fuel.is_some()))?;
     let ticker = compile::EpochTicker::start(&engine);
     let cache = CompileCache::new(provision::cache_dir().join("compiled"));
+    let embeddings = Arc::new(edgeinfer_runtime::models::embedding_models(&config.llm, &manifest.dir)?);
     let manifest = Arc::new(manifest);
     let app = Arc::new(App::load(
         manifest.clone(),
@@ -341,6 +342,7 @@ fn start(
         &engine,
         cache,
         compose_nn_providers,
+        embeddings,
     )?);
     let swagger_ui = match provision::ensure_swagger_ui().and_then(|files| http::SwaggerUi::load(&files)) {
         Ok(ui) => Some(ui),

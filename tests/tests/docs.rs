@@ -70,7 +70,10 @@ fn openapi_describes_every_route_and_its_examples_work() {
     assert_eq!(body[0]["label"], "timer");
     let (status, body) = post_json(&host.url("/v1/embeddings"), &example("/v1/embeddings"));
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["data"].as_array().unwrap().len(), example("/v1/embeddings")["input"].as_array().unwrap().len());
+    assert_eq!(
+        body["data"].as_array().unwrap().len(),
+        example("/v1/embeddings")["input"].as_array().unwrap().len()
+    );
     // A component's own security scheme comes with its paths.
     assert_eq!(doc["components"]["securitySchemes"]["openaiApiKey"]["scheme"], "bearer");
 

@@ -328,7 +328,8 @@ fn dimensions_keep_a_renormalised_prefix() {
             assert!((got - raw / norm).abs() < 1e-6, "dimensions={n}: {got} vs {}", raw / norm);
         }
     }
-    let (status, raw_cut) = embed(json!({"inputs": "matryoshka dolls nest", "dimensions": 8, "normalize": false}));
+    let (status, raw_cut) =
+        embed(json!({"inputs": "matryoshka dolls nest", "dimensions": 8, "normalize": false}));
     assert_eq!(status, 200);
     assert_eq!(vectors(&raw_cut)[0], full[..8], "without normalize, the raw prefix");
 }

@@ -24,7 +24,11 @@ fn run_openai_client(host: &Host, api_key: &str) -> Value {
         .output()
         .expect("run the openai client script");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "openai client failed:\n{}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "openai client failed:\n{}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let report: Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
     eprintln!("openai client: {report}");
     report
@@ -37,7 +41,10 @@ fn the_openai_client_gets_reference_embeddings_in_float_and_base64() {
     assert!(report["float_cases"].as_u64().unwrap() >= 30, "{report}");
     assert!(report["float_min_cosine"].as_f64().unwrap() >= 0.999, "{report}");
     assert_eq!(report["base64_values"], 384, "{report}");
-    assert_eq!(report["errors"], json!({"unknown_model": 404, "empty_input": 400, "too_many_dimensions": 400}));
+    assert_eq!(
+        report["errors"],
+        json!({"unknown_model": 404, "empty_input": 400, "too_many_dimensions": 400})
+    );
 
     // What the client hides: the exact envelope, and that /embed agrees with /v1/embeddings.
     let (status, body) = post_json(
@@ -63,7 +70,8 @@ fn the_openai_client_gets_reference_embeddings_in_float_and_base64() {
     assert!(body["error"]["message"].as_str().unwrap().contains("`ada`"), "{body}");
 
     // A bad body is a 400 naming what is wrong; an unknown /v1 path a 404; GET on embeddings 405.
-    let (status, body) = post_json(&host.url("/v1/embeddings"), &json!({"model": "all-minilm-l6-v2", "input": ["a", 1]}));
+    let (status, body) =
+        post_json(&host.url("/v1/embeddings"), &json!({"model": "all-minilm-l6-v2", "input": ["a", 1]}));
     assert_eq!(status, 400, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("item 1"), "{body}");
     let response = client().get(host.url("/v1/chat/completions")).send().unwrap();
@@ -74,7 +82,8 @@ fn the_openai_client_gets_reference_embeddings_in_float_and_base64() {
 
     // More inputs than one model batch are computed in parts, in order.
     let texts: Vec<String> = (0..70).map(|i| format!("sentence number {i}")).collect();
-    let (status, body) = post_json(&host.url("/v1/embeddings"), &json!({"model": "all-minilm-l6-v2", "input": texts}));
+    let (status, body) =
+        post_json(&host.url("/v1/embeddings"), &json!({"model": "all-minilm-l6-v2", "input": texts}));
     assert_eq!(status, 200, "{body}");
     let data = body["data"].as_array().unwrap();
     assert_eq!(data.len(), 70);

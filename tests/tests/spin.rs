@@ -70,6 +70,11 @@ impl SpinUp {
     /// Runs `spin up -f MANIFEST` on a free port and waits until it serves. When Spin exits
     /// first, the error is everything it printed (its own error message).
     fn start(spin: &Path, manifest: &Path) -> Result<SpinUp, String> {
+        SpinUp::start_with(spin, manifest, &[])
+    }
+
+    /// `start` with more arguments to `spin up` (e.g. `--runtime-config-file`).
+    fn start_with(spin: &Path, manifest: &Path, extra: &[&str]) -> Result<SpinUp, String> {
         let port = free_port();
         let state_dir = std::env::temp_dir().join(format!("edgeinfer-spin-{}-{port}", std::process::id()));
         let mut child = Command::new(spin)
@@ -77,6 +82,7 @@ impl SpinUp {
             .arg("-f")
             .arg(manifest)
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
             .arg("--state-dir")
             .arg(&state_dir)
             .current_dir(repo_root())
@@ -372,4 +378,116 @@ fn manifests_spin_refuses_fail_with_spins_own_message() {
         panic!("spin up composed a wrong dependency")
     };
     assert!(said.contains("wasi:nn"), "{said}");
+}
+
+/// The Spin SDK app of tests/apps/llm (embeddings through `spin_sdk::llm`), served by `edgeinfer
+/// up` on the host's engines.
+fn llm_app_on_edgeinfer() -> Host {
+    let app = repo_root().join("tests/apps/llm");
+    Host::start(
+        &app.join("spin.toml"),
+        &["--runtime-config-file", app.join("runtime.toml").to_str().unwrap()],
+    )
+}
+
+/// POSTs `{"texts"}` to the llm app; its `{"embeddings", "prompt_token_count"}` or `{"error"}`.
+fn generate_embeddings(base: &str, model: &str, texts: &[&str]) -> (u16, Value) {
+    post_json(&format!("{base}/embeddings"), &json!({"model": model, "texts": texts}))
+}
+
+const LLM_TEXTS: [&str; 3] = ["Hello world", "The cat sits outside", "東京は日本の首都です。"];
+
+#[test]
+fn spin_sdk_llm_app_runs_on_edgeinfer_with_the_embed_answers() {
+    // edgeinfer up serves a Spin app written against spin_sdk::llm, unchanged: the same vectors
+    // as the default app's /embed (same model, same pooling), token counts without padding.
+    let native = llm_app_on_edgeinfer();
+    let default_app = Host::start(&repo_root().join("spin.toml"), &[]);
+    let (status, body) = generate_embeddings(&native.base, "all-minilm-l6-v2", &LLM_TEXTS);
+    assert_eq!(status, 200, "{body}");
+    let got: Vec<Vec<f32>> = serde_json::from_value(body["embeddings"].clone()).unwrap();
+    let (_, embed) = post_json(&default_app.url("/embed"), &json!({"inputs": LLM_TEXTS}));
+    for (a, b) in got.iter().zip(&vectors(&embed)) {
+        assert!(cosine(a, b) > 0.99999, "spin_sdk::llm vs /embed: cosine {}", cosine(a, b));
+    }
+    let tokens = |text: &str| {
+        let response =
+            common::client().post(default_app.url("/embed")).json(&json!({"inputs": text})).send().unwrap();
+        response.headers()["x-compute-tokens"].to_str().unwrap().parse::<u64>().unwrap()
+    };
+    let want: u64 = LLM_TEXTS.iter().map(|t| tokens(t)).sum();
+    assert_eq!(body["prompt_token_count"], want, "{body}");
+
+    // More texts than one model call takes are computed in parts, in order.
+    let many: Vec<String> = (0..40).map(|i| format!("text number {i}")).collect();
+    let many_refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    let (status, body) = generate_embeddings(&native.base, "all-minilm-l6-v2", &many_refs);
+    assert_eq!(status, 200, "{body}");
+    let got: Vec<Vec<f32>> = serde_json::from_value(body["embeddings"].clone()).unwrap();
+    assert_eq!(got.len(), 40);
+    let (_, last) = post_json(&default_app.url("/embed"), &json!({"inputs": many[39]}));
+    assert!(cosine(&got[39], &vectors(&last)[0]) > 0.99999);
+
+    // Errors as Spin's interface has them: a model outside ai_models, text generation, a text
+    // past the token limit.
+    let (status, body) = generate_embeddings(&native.base, "all-mpnet-base-v2", &["x"]);
+    assert_eq!((status, body["error"].as_str()), (500, Some("Error::ModelNotSupported")), "{body}");
+    let (status, body) = post_json(&native.url("/infer"), &json!({"model": "llama2-chat", "prompt": "hi"}));
+    assert_eq!(status, 500);
+    assert!(body["error"].as_str().unwrap().contains("not supported by edgeinfer"), "{body}");
+    let long = "word ".repeat(300);
+    let (status, body) = generate_embeddings(&native.base, "all-minilm-l6-v2", &["fine", &long]);
+    assert_eq!(status, 500);
+    let error = body["error"].as_str().unwrap();
+    assert!(error.starts_with("Error::InvalidInput") && error.contains("text 1 is 302 tokens"), "{body}");
+}
+
+#[test]
+fn spin_up_uses_edgeinfer_as_its_remote_llm_server() {
+    let Some(spin) = spin_cli("spin_up_uses_edgeinfer_as_its_remote_llm_server") else { return };
+    let server = Host::start(&repo_root().join("spin.toml"), &[]);
+    let native = llm_app_on_edgeinfer();
+    let (_, want) = generate_embeddings(&native.base, "all-minilm-l6-v2", &LLM_TEXTS);
+    let want: Vec<Vec<f32>> = serde_json::from_value(want["embeddings"].clone()).unwrap();
+    // Spin joins the endpoint's absolute path to `url`, replacing any path `url` has: a prefix
+    // would be lost, so edgeinfer answers both APIs at the root (`/embed`, `/v1/embeddings`).
+    for api_type in ["default", "open_ai"] {
+        let config =
+            std::env::temp_dir().join(format!("edgeinfer-spin-llm-{api_type}-{}.toml", std::process::id()));
+        std::fs::write(
+            &config,
+            format!(
+                "[llm_compute]\ntype = \"remote_http\"\nurl = \"{}/ignored/prefix\"\nauth_token = \"t0ken\"\napi_type = \"{api_type}\"\n",
+                server.base
+            ),
+        )
+        .unwrap();
+        let manifest = repo_root().join("tests/apps/llm/spin.toml");
+        let app = SpinUp::start_with(&spin, &manifest, &["--runtime-config-file", config.to_str().unwrap()])
+            .unwrap_or_else(|said| panic!("{said}"));
+        let (status, body) = generate_embeddings(&app.base, "all-minilm-l6-v2", &LLM_TEXTS);
+        assert_eq!(status, 200, "{api_type}: {body}");
+        let got: Vec<Vec<f32>> = serde_json::from_value(body["embeddings"].clone()).unwrap();
+        assert_eq!(got.len(), 3);
+        for (a, b) in got.iter().zip(&want) {
+            assert!(cosine(a, b) > 0.99999, "{api_type}: remote vs native cosine {}", cosine(a, b));
+        }
+        let tokens = body["prompt_token_count"].as_u64().unwrap();
+        terminal(&format!("spin up with remote_http api_type={api_type}: 3 embeddings, {tokens} tokens"));
+        assert!(tokens >= 3 * 3, "{api_type}: {body}");
+        let _ = std::fs::remove_file(&config);
+    }
+    // What Spin's default client sends, byte for byte: no content-type, a lowercase bearer.
+    let response = common::client()
+        .post(server.url("/embed"))
+        .header("authorization", "bearer t0ken")
+        .body(r#"{"model":"all-minilm-l6-v2","input":["Hello world"]}"#)
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().unwrap();
+    assert_eq!(body["usage"], json!({"promptTokenCount": 4}), "{body}");
+    assert_eq!(body["embeddings"].as_array().unwrap().len(), 1);
+    let (status, body) = post_json(&server.url("/embed"), &json!({"model": "gpt-4", "input": ["x"]}));
+    assert_eq!((status, body["error_type"].as_str()), (404, Some("NotFound")), "{body}");
 }

@@ -81,7 +81,12 @@ const PLAIN: EncodeOptions = EncodeOptions {
 
 /// Cut at `max` tokens from `direction`, padded to the longest.
 fn cut(max: u32, direction: TruncationDirection) -> EncodeOptions {
-    EncodeOptions { add_special_tokens: true, max_length: Some(max), truncation_direction: direction, pad_to_longest: true }
+    EncodeOptions {
+        add_special_tokens: true,
+        max_length: Some(max),
+        truncation_direction: direction,
+        pad_to_longest: true,
+    }
 }
 
 #[test]
@@ -150,8 +155,16 @@ fn tokens_carry_their_spelling_and_decode_inverts_ids() {
     let spelled: Vec<(&str, bool)> = tokens.iter().map(|t| (t.text.as_str(), t.special)).collect();
     assert_eq!(
         spelled,
-        [("[CLS]", true), ("hello", false), ("world", false), (",", false), ("token", false),
-         ("##izing", false), ("!", false), ("[SEP]", true)]
+        [
+            ("[CLS]", true),
+            ("hello", false),
+            ("world", false),
+            (",", false),
+            ("token", false),
+            ("##izing", false),
+            ("!", false),
+            ("[SEP]", true)
+        ]
     );
     let ids = &plain[0].ids;
     let decoded = api.call_decode(&mut h.store, tokenizer, ids, true).unwrap().unwrap();

@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 use spin_sdk::http::{IntoResponse, Request};
 use spin_sdk::http_service;
 use text_handler::{
-    ApiError, EmbedOptions, Embeddings, Inputs, Reused, Settings, TextModel, Truncation, TruncationDirection,
-    json_ok_with_tokens,
+    ApiError, ContentType, EmbedOptions, Embeddings, Inputs, Reused, Settings, TextModel, Truncation,
+    TruncationDirection, json_ok_with_tokens,
 };
 
 thread_local! {
@@ -102,23 +102,34 @@ enum Call {
     Spin(SpinEmbedRequest),
 }
 
-fn parse(body: Value) -> Result<Call, ApiError> {
+/// Parses a body by its shape. Spin's client sets no content-type: only its calls may omit it.
+fn parse(body: Value, content_type_declared: bool) -> Result<Call, ApiError> {
     let invalid = |e: serde_json::Error| ApiError::validation(format!("invalid request: {e}"));
-    let spin_shaped = body.get("inputs").is_none() && body.get("model").is_some() && body.get("input").is_some();
+    let spin_shaped =
+        body.get("inputs").is_none() && body.get("model").is_some() && body.get("input").is_some();
     if spin_shaped {
         serde_json::from_value(body).map(Call::Spin).map_err(invalid)
+    } else if !content_type_declared {
+        Err(ApiError::unsupported_media_type(""))
     } else {
         serde_json::from_value(body).map(Call::Tei).map_err(invalid)
     }
 }
 
 fn model() -> Result<std::rc::Rc<TextModel>, ApiError> {
-    MODEL.with(|model| model.get_or_try_init(|| TextModel::load(Settings::from_env("minilm", "last_hidden_state"))))
+    MODEL.with(|model| {
+        model.get_or_try_init(|| TextModel::load(Settings::from_env("minilm", "last_hidden_state")))
+    })
 }
 
 #[http_service]
 async fn handle(request: Request) -> impl IntoResponse {
-    let call = text_handler::read_request::<Value>(request).await.and_then(parse);
+    let declared = request.headers().contains_key("content-type");
+    let body = text_handler::read_json_object(request, ContentType::JsonIfAbsent).await.map_err(|e| {
+        // Without a content-type, only a JSON body of Spin's shape is taken.
+        if declared || e.error_type() != "Validation" { e } else { ApiError::unsupported_media_type("") }
+    });
+    let call = body.and_then(|body| parse(body, declared));
     let answer = call.and_then(|call| {
         let model = model()?;
         match call {

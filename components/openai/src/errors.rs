@@ -2,8 +2,8 @@
 //! parse into typed exceptions; the status and the `x-error-type` header are the ones every
 //! edgeinfer handler answers with.
 
-use serde::Serialize;
 use bytes::Bytes;
+use serde::Serialize;
 use spin_sdk::http::{FullBody, Response, StatusCode};
 use text_handler::ApiError;
 
@@ -49,7 +49,11 @@ impl OpenAiError {
     }
 
     pub fn invalid_api_key(message: &str) -> OpenAiError {
-        OpenAiError { error: ApiError::unauthorized(message.into()), param: None, code: Some("invalid_api_key") }
+        OpenAiError {
+            error: ApiError::unauthorized(message.into()),
+            param: None,
+            code: Some("invalid_api_key"),
+        }
     }
 
     pub fn into_response(self) -> Response<FullBody<Bytes>> {

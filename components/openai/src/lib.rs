@@ -87,7 +87,10 @@ fn model_names() -> Vec<String> {
         .collect()
 }
 
-fn embeddings(model: &TextModel, request: EmbeddingsRequest) -> Result<(EmbeddingsResponse, u64), OpenAiError> {
+fn embeddings(
+    model: &TextModel,
+    request: EmbeddingsRequest,
+) -> Result<(EmbeddingsResponse, u64), OpenAiError> {
     if !model_names().contains(&request.model) {
         return Err(OpenAiError::model_not_found(&request.model));
     }
@@ -144,7 +147,9 @@ fn model_object(name: &str) -> serde_json::Value {
 fn models(name: Option<&str>) -> Result<serde_json::Value, OpenAiError> {
     let names = model_names();
     match name {
-        None => Ok(json!({"object": "list", "data": names.iter().map(|n| model_object(n)).collect::<Vec<_>>()})),
+        None => {
+            Ok(json!({"object": "list", "data": names.iter().map(|n| model_object(n)).collect::<Vec<_>>()}))
+        }
         Some(name) if names.iter().any(|n| n == name) => Ok(model_object(name)),
         Some(name) => Err(OpenAiError::model_not_found(name)),
     }

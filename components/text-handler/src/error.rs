@@ -55,6 +55,15 @@ impl ApiError {
         )
     }
 
+    /// The body is not declared as JSON (415).
+    pub fn unsupported_media_type(content_type: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            format!("content-type must be application/json, got {content_type:?}"),
+        )
+    }
+
     /// No such path or named thing (404).
     pub fn not_found(error: String) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "NotFound", error)
@@ -108,10 +117,6 @@ pub fn require_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     if media_type.eq_ignore_ascii_case("application/json") {
         Ok(())
     } else {
-        Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UnsupportedMediaType",
-            format!("content-type must be application/json, got {content_type:?}"),
-        ))
+        Err(ApiError::unsupported_media_type(content_type))
     }
 }

@@ -132,7 +132,10 @@ pub fn check_text(text: &str, what: &str) -> Result<(), ApiError> {
         return Err(ApiError::validation(format!("{what} is empty")));
     }
     if let Some(c) = text.chars().find(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r')) {
-        return Err(ApiError::validation(format!("{what} contains the control character U+{:04X}", c as u32)));
+        return Err(ApiError::validation(format!(
+            "{what} contains the control character U+{:04X}",
+            c as u32
+        )));
     }
     Ok(())
 }

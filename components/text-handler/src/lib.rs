@@ -324,7 +324,10 @@ impl Inference {
             )));
         };
         if s != seq {
-            return Err(ApiError::backend(format!("output shape {:?} does not match {seq} tokens", self.shape)));
+            return Err(ApiError::backend(format!(
+                "output shape {:?} does not match {seq} tokens",
+                self.shape
+            )));
         }
         Ok(width as usize)
     }
@@ -368,10 +371,29 @@ pub fn f32_from_le_bytes(bytes: &[u8]) -> Vec<f32> {
 
 /// Checks method and content type, reads the body and parses it as a JSON object into `T`.
 pub async fn read_request<T: DeserializeOwned>(request: Request) -> Result<T, ApiError> {
+    let value = read_json_object(request, ContentType::Required).await?;
+    serde_json::from_value(value).map_err(|e| ApiError::validation(format!("invalid request: {e}")))
+}
+
+/// Whether a request must say its body is JSON.
+#[derive(Clone, Copy, PartialEq)]
+pub enum ContentType {
+    /// `content-type: application/json` (parameters allowed), else 415.
+    Required,
+    /// As `Required`, but a request with no content-type at all is read as JSON too (clients
+    /// that never set one, like Spin's remote LLM client).
+    JsonIfAbsent,
+}
+
+/// Checks method and content type, reads the body and parses it as a JSON object.
+pub async fn read_json_object(request: Request, content_type: ContentType) -> Result<Value, ApiError> {
     if request.method() != spin_sdk::http::Method::POST {
         return Err(ApiError::method_not_allowed(request.method().as_str()));
     }
-    error::require_json_content_type(request.headers())?;
+    let absent = !request.headers().contains_key("content-type");
+    if !(absent && content_type == ContentType::JsonIfAbsent) {
+        error::require_json_content_type(request.headers())?;
+    }
     let body = request
         .into_body()
         .bytes()
@@ -383,7 +405,7 @@ pub async fn read_request<T: DeserializeOwned>(request: Request) -> Result<T, Ap
     if !value.is_object() {
         return Err(ApiError::validation("the request body must be a JSON object".into()));
     }
-    serde_json::from_value(value).map_err(|e| ApiError::validation(format!("invalid request: {e}")))
+    Ok(value)
 }
 
 /// Response header with the number of tokens a request computed on (padding excluded); the

@@ -5,7 +5,13 @@
 /// sentence-transformers' Pooling + Normalize modules and `truncate_dim` do).
 ///
 /// `hidden` is `[batch, seq, width]` row-major; `masks[i]` has `seq` entries; `keep <= width`.
-pub fn mean_pool(hidden: &[f32], masks: &[&[u32]], width: usize, keep: usize, normalize: bool) -> Vec<Vec<f32>> {
+pub fn mean_pool(
+    hidden: &[f32],
+    masks: &[&[u32]],
+    width: usize,
+    keep: usize,
+    normalize: bool,
+) -> Vec<Vec<f32>> {
     masks
         .iter()
         .enumerate()

@@ -29,6 +29,43 @@ pub struct RuntimeConfig {
     /// Host-side limits per component (by spin.toml component id).
     #[serde(default)]
     pub component: BTreeMap<String, ComponentLimits>,
+    /// Spin's LLM interface (`fermyon:spin/llm`) over the models.
+    #[serde(default)]
+    pub llm: LlmConfig,
+}
+
+/// `[llm]`: the models Spin apps reach through `spin_sdk::llm`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmConfig {
+    /// `[llm.embeddings."NAME"]`: what `generate-embeddings` with model NAME runs.
+    #[serde(default)]
+    pub embeddings: BTreeMap<String, EmbeddingModelConfig>,
+}
+
+/// An embedding model as Spin apps name it (`all-minilm-l6-v2`): a sentence-transformers model
+/// with mean pooling, run by one of this config's models.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingModelConfig {
+    /// The `[model.NAME]` that computes it.
+    pub model: String,
+    /// Its Hugging Face `tokenizer.json`.
+    pub tokenizer: String,
+    /// The per-token output pooled (`[batch, seq, hidden]`).
+    #[serde(default = "default_embedding_output")]
+    pub output: String,
+    /// Longest text accepted, in tokens, special tokens included; longer texts are refused.
+    #[serde(default = "default_max_input_tokens")]
+    pub max_input_tokens: usize,
+}
+
+fn default_embedding_output() -> String {
+    "last_hidden_state".into()
+}
+
+fn default_max_input_tokens() -> usize {
+    256
 }
 
 /// Largest linear memory any component instance may have (the host's pooling allocator reserves
@@ -388,6 +425,17 @@ impl RuntimeConfig {
             }
         }
         config.check_kserve()?;
+        for (name, embedding) in &config.llm.embeddings {
+            if !config.model.contains_key(&embedding.model) {
+                bail!(
+                    "[llm.embeddings.{name:?}] model = {:?}, which is not a [model.NAME] of this config",
+                    embedding.model
+                );
+            }
+            if embedding.max_input_tokens == 0 {
+                bail!("[llm.embeddings.{name:?}] max_input_tokens must be at least 1");
+            }
+        }
         for asset in &config.asset {
             check_sha256(&asset.sha256).with_context(|| format!("asset {}", asset.path))?;
         }
@@ -438,6 +486,20 @@ pub fn default_path(app_dir: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn llm_embeddings_name_a_model_of_the_config() {
+        let model = "[model.minilm]\npath = \"m.onnx\"\n";
+        let entry = "[llm.embeddings.\"all-minilm-l6-v2\"]\nmodel = \"minilm\"\ntokenizer = \"t.json\"\n";
+        let config = RuntimeConfig::parse(&format!("{model}{entry}")).unwrap();
+        let embedding = &config.llm.embeddings["all-minilm-l6-v2"];
+        assert_eq!((embedding.output.as_str(), embedding.max_input_tokens), ("last_hidden_state", 256));
+        let error = RuntimeConfig::parse(entry).unwrap_err().to_string();
+        assert!(error.contains("not a [model.NAME]"), "{error}");
+        let zero = format!("{model}{entry}max_input_tokens = 0\n");
+        assert!(RuntimeConfig::parse(&zero).unwrap_err().to_string().contains("at least 1"));
+        assert!(RuntimeConfig::parse(&format!("{model}[llm]\nchat = 1\n")).is_err(), "unknown keys");
+    }
 
     #[test]
     fn parses_models_and_devices() {

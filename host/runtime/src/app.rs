@@ -16,6 +16,7 @@ use crate::routes::{Route, RoutePattern};
 use edgeinfer_config::manifest::Manifest;
 use edgeinfer_config::runtime_config::ComponentLimits;
 use edgeinfer_engine::registry::GraphRegistry;
+use edgeinfer_llm::EmbeddingModels;
 
 /// The running app.
 pub struct App {
@@ -52,6 +53,7 @@ impl App {
         engine: &Engine,
         cache: CompileCache,
         compose_nn_providers: bool,
+        embeddings: Arc<EmbeddingModels>,
     ) -> Result<App> {
         let mut linker = Linker::<InstanceState>::new(engine);
         // Handlers built for wasm32-wasip2 import WASI 0.2 (std) and 0.3 (http) side by side.
@@ -61,6 +63,8 @@ impl App {
         // Outgoing HTTP of WASI 0.2 components (e.g. the nn-remote wasi:nn provider).
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         edgeinfer_wasi_nn::add_to_linker(&mut linker)?;
+        // Spin's LLM interface, for apps written against spin_sdk::llm.
+        edgeinfer_llm::add_to_linker(&mut linker)?;
 
         if let Some(unknown) = limits.keys().find(|id| !manifest.components.contains_key(*id)) {
             bail!(
@@ -75,6 +79,7 @@ impl App {
             linker,
             cache,
             compose_nn_providers,
+            embeddings,
         };
         let mut components = BTreeMap::new();
         let routed: BTreeSet<&str> = manifest.http_triggers.iter().map(|t| t.component.as_str()).collect();

@@ -20,6 +20,7 @@ use crate::outbound::AllowedHost;
 use edgeinfer_config::manifest::{Component, Manifest};
 use edgeinfer_config::runtime_config::ComponentLimits;
 use edgeinfer_engine::registry::GraphRegistry;
+use edgeinfer_llm::EmbeddingModels;
 
 /// How long after its request timed out a guest still running is interrupted.
 const INTERRUPT_GRACE: Duration = Duration::from_millis(500);
@@ -48,6 +49,8 @@ pub struct ComponentBuilder {
     pub(crate) linker: Linker<InstanceState>,
     pub(crate) cache: CompileCache,
     pub(crate) compose_nn_providers: bool,
+    /// Spin's LLM interface's embedding models.
+    pub(crate) embeddings: Arc<EmbeddingModels>,
 }
 
 impl ComponentBuilder {
@@ -57,19 +60,7 @@ impl ComponentBuilder {
         let component =
             self.manifest.components.get(id).with_context(|| format!("spin.toml has no component {id:?}"))?;
         let limits = self.limits.get(id).copied().unwrap_or_default();
-        load_component(
-            &self.manifest,
-            id,
-            component,
-            main,
-            limits,
-            &self.registry,
-            &self.engine,
-            &self.linker,
-            &self.cache,
-            self.compose_nn_providers,
-        )
-        .with_context(|| format!("component {id}"))
+        load_component(self, id, component, main, limits).with_context(|| format!("component {id}"))
     }
 
     /// The app's manifest.
@@ -85,19 +76,17 @@ impl ComponentBuilder {
     }
 }
 
-#[allow(clippy::too_many_arguments)] // One call site; the arguments are the app's shared parts.
 fn load_component(
-    manifest: &Manifest,
+    builder: &ComponentBuilder,
     id: &str,
     component: &Component,
     main: Vec<u8>,
     limits: ComponentLimits,
-    registry: &Arc<GraphRegistry>,
-    engine: &Engine,
-    linker: &Linker<InstanceState>,
-    cache: &CompileCache,
-    compose_nn_providers: bool,
 ) -> Result<LoadedComponent> {
+    let ComponentBuilder {
+        manifest, registry, engine, linker, cache, compose_nn_providers, embeddings, ..
+    } = builder;
+    let compose_nn_providers = *compose_nn_providers;
     let composed = compose_component(manifest, id, component, main, compose_nn_providers)?;
     let version = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&composed));
     let openapi = api_description(&composed).unwrap_or_else(|e| {
@@ -123,7 +112,8 @@ fn load_component(
         mounts.push((host, destination));
     }
     for model in &component.ai_models {
-        if registry.get(model).is_none() && registry.failure(model).is_none() {
+        let known = registry.get(model).is_some() || registry.failure(model).is_some();
+        if !known && !embeddings.contains_key(model) {
             tracing::warn!(component = id, model = %model, "ai_models names a model the runtime config does not load");
         }
     }
@@ -139,6 +129,7 @@ fn load_component(
         mounts,
         allowed_models: Arc::new(component.ai_models.iter().cloned().collect()),
         models: Arc::new(crate::models::RegistryModels(registry.clone())),
+        embeddings: embeddings.clone(),
         allowed_outbound_hosts: Arc::new(allowed_outbound_hosts),
         max_memory_bytes: limits.max_memory_bytes as usize,
         interrupt_after: request_timeout + INTERRUPT_GRACE,

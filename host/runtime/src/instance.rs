@@ -19,6 +19,7 @@ use wasmtime_wasi_http::handler::{
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::outbound::{AllowedHost, OutboundPolicy};
+use edgeinfer_llm::{EmbeddingModels, LlmCtx, LlmStoreView};
 use edgeinfer_wasi_nn::{ModelProvider, NnCtx, NnStoreView, NnView};
 
 /// Everything a component instance's store holds.
@@ -27,6 +28,7 @@ pub struct InstanceState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     nn: NnCtx,
+    llm: LlmCtx,
     outbound: OutboundPolicy,
     limits: StoreLimits,
     /// Guest code still running after this is interrupted (the instance traps).
@@ -54,6 +56,12 @@ impl NnStoreView for InstanceState {
     }
 }
 
+impl LlmStoreView for InstanceState {
+    fn llm(&mut self) -> &mut LlmCtx {
+        &mut self.llm
+    }
+}
+
 /// How to build a store for one component: its manifest settings, resolved.
 pub struct InstanceSpec {
     pub component_id: String,
@@ -63,6 +71,8 @@ pub struct InstanceSpec {
     pub allowed_models: Arc<BTreeSet<String>>,
     /// The models its wasi:nn loads from.
     pub models: Arc<dyn ModelProvider>,
+    /// Spin's LLM interface's embedding models, by the names apps use.
+    pub embeddings: Arc<EmbeddingModels>,
     /// Where outbound HTTP may go.
     pub allowed_outbound_hosts: Arc<Vec<AllowedHost>>,
     /// Linear memory cap per instance.
@@ -88,6 +98,7 @@ impl InstanceSpec {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             nn: NnCtx::new(self.models.clone(), self.allowed_models.clone()),
+            llm: LlmCtx::new(self.models.clone(), self.embeddings.clone(), self.allowed_models.clone()),
             outbound: OutboundPolicy::new(self.allowed_outbound_hosts.clone()),
             limits: StoreLimitsBuilder::new().memory_size(self.max_memory_bytes).build(),
             // Instantiation runs guest code too: it gets a request's deadline.

@@ -2,7 +2,12 @@
 //! looked up at each compute (so a reloaded model serves handles taken before the reload), and
 //! every compute goes through the model's batcher.
 
+use std::path::Path;
 use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use edgeinfer_config::runtime_config::LlmConfig;
+use edgeinfer_llm::{EmbeddingModel, EmbeddingModels};
 
 use edgeinfer_engine::engines::EngineError;
 use edgeinfer_engine::registry::{GraphRegistry, ModelSlot};
@@ -39,4 +44,19 @@ impl Model for SlotModel {
             })
         })
     }
+}
+
+/// The embedding models of Spin's LLM interface (`[llm.embeddings]`), their tokenizers read;
+/// paths start at `app_dir`.
+pub fn embedding_models(config: &LlmConfig, app_dir: &Path) -> Result<EmbeddingModels> {
+    config
+        .embeddings
+        .iter()
+        .map(|(name, entry)| {
+            let tokenizer = app_dir.join(&entry.tokenizer);
+            let model = EmbeddingModel::load(&entry.model, &tokenizer, &entry.output, entry.max_input_tokens)
+                .with_context(|| format!("[llm.embeddings.{name:?}]"))?;
+            Ok((name.clone(), Arc::new(model)))
+        })
+        .collect()
 }

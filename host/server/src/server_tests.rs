@@ -35,7 +35,9 @@ fn server(kserve_on: bool) -> Server {
     let registry = Arc::new(GraphRegistry::load(&config.model, &dir));
     let engine = wasmtime::Engine::default();
     let cache = CompileCache::new(dir.join("cache"));
-    let app = App::load(Arc::new(manifest), &BTreeMap::new(), registry, &engine, cache, false).expect("app");
+    let app =
+        App::load(Arc::new(manifest), &BTreeMap::new(), registry, &engine, cache, false, Default::default())
+            .expect("app");
     let kserve = kserve_on.then(|| Kserve::new(config.kserve.clone(), Some(TOKEN.to_string())));
     let router =
         routes(Arc::new(Shared { app: Arc::new(app), kserve: kserve.map(Arc::new), swagger_ui: None }));
