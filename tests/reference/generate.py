@@ -68,7 +68,27 @@ def main():
             "embedding": [round(float(v), 7) for v in normalized],
         })
     (HERE / "embeddings.json").write_text(json.dumps(embeddings, ensure_ascii=False) + "\n")
-    print(f"wrote {len(token_cases)} token cases and {len(embeddings)} embeddings")
+
+    def embed(text):
+        enc = tokenizer.encode(text)
+        feeds = {
+            "input_ids": np.array([enc.ids], dtype=np.int64),
+            "attention_mask": np.array([enc.attention_mask], dtype=np.int64),
+            "token_type_ids": np.array([enc.type_ids], dtype=np.int64),
+        }
+        hidden = session.run(["last_hidden_state"], feeds)[0][0]
+        mean = hidden.mean(axis=0)  # one text, no padding
+        return mean / max(np.linalg.norm(mean), 1e-12)
+
+    # /rerank and /similarity: cosine of the query's embedding with each passage's (this app has
+    # no cross-encoder), on hand-written sets whose relevant passage is obvious.
+    rerank = []
+    for case in json.loads((HERE / "rerank_sets.json").read_text()):
+        query = embed(case["query"])
+        scores = [float(np.dot(query, embed(text))) for text in case["texts"]]
+        rerank.append({**case, "scores": [round(s, 7) for s in scores]})
+    (HERE / "rerank.json").write_text(json.dumps(rerank, ensure_ascii=False, indent=1) + "\n")
+    print(f"wrote {len(token_cases)} token cases, {len(embeddings)} embeddings, {len(rerank)} rerank sets")
 
 
 if __name__ == "__main__":

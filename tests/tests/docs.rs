@@ -31,6 +31,12 @@ fn openapi_describes_every_route_and_its_examples_work() {
     assert_eq!(doc["openapi"], "3.1.0");
     for path in [
         "/embed",
+        "/embed_all",
+        "/similarity",
+        "/rerank",
+        "/tokenize",
+        "/decode",
+        "/info",
         "/predict",
         "/v1/embeddings",
         "/v1/models",
@@ -68,6 +74,12 @@ fn openapi_describes_every_route_and_its_examples_work() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body.as_array().unwrap().len(), example("/predict")["top_k"].as_u64().unwrap() as usize);
     assert_eq!(body[0]["label"], "timer");
+    for path in ["/embed_all", "/similarity", "/rerank", "/tokenize", "/decode"] {
+        let (status, body) = post_json(&host.url(path), &example(path));
+        assert_eq!(status, 200, "{path}: {body}");
+        let component = &doc["paths"][path]["post"]["x-edgeinfer-component"]["id"];
+        assert_eq!(component, "embed", "{path} is the embed component's");
+    }
     let (status, body) = post_json(&host.url("/v1/embeddings"), &example("/v1/embeddings"));
     assert_eq!(status, 200, "{body}");
     assert_eq!(

@@ -248,6 +248,7 @@ fn spin_up_serves_the_default_app_like_the_reference_and_edgeinfer_up() {
     for chunk in texts.chunks(16) {
         let (_, ours) = post_json(&native.url("/embed"), &json!({"inputs": chunk}));
         let (_, spins) = post_json(&app.url("/embed"), &json!({"inputs": chunk}));
+        assert_eq!((vectors(&ours).len(), vectors(&spins).len()), (chunk.len(), chunk.len()));
         for (a, b) in vectors(&ours).iter().zip(&vectors(&spins)) {
             assert!(
                 cosine(a, b) >= 0.999,
@@ -269,6 +270,8 @@ fn spin_up_serves_the_default_app_like_the_reference_and_edgeinfer_up() {
     let (spin_status, spins) = post_json(&app.url("/v1/embeddings"), &request);
     assert_eq!((status, spin_status), (200, 200), "{spins}");
     assert_eq!(ours["usage"], spins["usage"]);
+    assert_eq!(ours["data"].as_array().unwrap().len(), 8);
+    assert_eq!(spins["data"].as_array().unwrap().len(), 8);
     for (a, b) in ours["data"].as_array().unwrap().iter().zip(spins["data"].as_array().unwrap()) {
         let a: Vec<f32> = serde_json::from_value(a["embedding"].clone()).unwrap();
         let b: Vec<f32> = serde_json::from_value(b["embedding"].clone()).unwrap();
@@ -406,6 +409,7 @@ fn spin_sdk_llm_app_runs_on_edgeinfer_with_the_embed_answers() {
     let (status, body) = generate_embeddings(&native.base, "all-minilm-l6-v2", &LLM_TEXTS);
     assert_eq!(status, 200, "{body}");
     let got: Vec<Vec<f32>> = serde_json::from_value(body["embeddings"].clone()).unwrap();
+    assert_eq!(got.len(), LLM_TEXTS.len());
     let (_, embed) = post_json(&default_app.url("/embed"), &json!({"inputs": LLM_TEXTS}));
     for (a, b) in got.iter().zip(&vectors(&embed)) {
         assert!(cosine(a, b) > 0.99999, "spin_sdk::llm vs /embed: cosine {}", cosine(a, b));
@@ -430,8 +434,15 @@ fn spin_sdk_llm_app_runs_on_edgeinfer_with_the_embed_answers() {
 
     // Errors as Spin's interface has them: a model outside ai_models, text generation, a text
     // past the token limit.
-    let (status, body) = generate_embeddings(&native.base, "all-mpnet-base-v2", &["x"]);
-    assert_eq!((status, body["error"].as_str()), (500, Some("Error::ModelNotSupported")), "{body}");
+    // Configured in the runtime config but not in the component's ai_models, and not configured.
+    for model in ["other-minilm", "all-mpnet-base-v2"] {
+        let (status, body) = generate_embeddings(&native.base, model, &["x"]);
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (500, Some("Error::ModelNotSupported")),
+            "{model}: {body}"
+        );
+    }
     let (status, body) = post_json(&native.url("/infer"), &json!({"model": "llama2-chat", "prompt": "hi"}));
     assert_eq!(status, 500);
     assert!(body["error"].as_str().unwrap().contains("not supported by edgeinfer"), "{body}");

@@ -5,7 +5,9 @@
 use serde::{Deserialize, Serialize};
 use spin_sdk::http::{IntoResponse, Request};
 use spin_sdk::http_service;
-use text_handler::{ApiError, Inputs, Reused, Settings, TextModel, Truncation, json_ok_with_tokens};
+use text_handler::{
+    ApiError, Batch, Inputs, Reused, Settings, TextModel, Timings, Truncation, json_ok_with_tokens,
+};
 
 mod scores;
 
@@ -34,14 +36,18 @@ impl Classifier {
     }
 
     /// The predictions and the tokens computed.
-    fn predict(&self, request: PredictRequest) -> Result<(Predictions, u64), ApiError> {
+    fn predict(
+        &self,
+        request: PredictRequest,
+        timings: &mut Timings,
+    ) -> Result<(Predictions, u64), ApiError> {
         if request.top_k == Some(0) {
             return Err(ApiError::validation("`top_k` must be at least 1".into()));
         }
         let as_list = request.inputs.is_batch();
-        let batch = request.inputs.validate(self.model.settings.max_batch_inputs)?;
+        let batch = Batch::Texts(request.inputs.validate_texts(self.model.settings.max_batch_inputs)?);
         let inputs = batch.len();
-        let out = self.model.infer(&batch, Truncation::right(request.truncate))?;
+        let out = self.model.infer(&batch, Truncation::right(request.truncate), timings)?;
         let classes = self.labels.len();
         if out.shape[..] != [inputs as u32, classes as u32] {
             return Err(ApiError::backend(format!(
@@ -97,15 +103,16 @@ enum Predictions {
 
 #[http_service]
 async fn handle(request: Request) -> impl IntoResponse {
+    let mut timings = Timings::start();
     let result = match text_handler::read_request::<PredictRequest>(request).await {
         Ok(request) => CLASSIFIER
             .with(|classifier| classifier.get_or_try_init(Classifier::load))
-            .and_then(|classifier| classifier.predict(request)),
+            .and_then(|classifier| classifier.predict(request, &mut timings)),
         Err(e) => Err(e),
     };
     match result {
-        Ok((predictions, tokens)) => json_ok_with_tokens(&predictions, tokens),
-        Err(error) => error.into_response(),
+        Ok((predictions, tokens)) => timings.add_headers(json_ok_with_tokens(&predictions, tokens)),
+        Err(error) => timings.add_headers(error.into_response()),
     }
 }
 

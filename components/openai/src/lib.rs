@@ -3,7 +3,7 @@
 //! API) work unchanged. Mounted at `/v1/...`; the same model and tokenizer as `/embed`.
 //!
 //! Configuration comes from the component's `environment` in spin.toml (see README):
-//! `MODEL_NAMES` (the names `model` may take, comma-separated; the first is the one listed),
+//! `MODEL_NAMES` (the names `model` may take, comma-separated; /v1/models lists them all),
 //! `API_KEY` (when set, requests must carry `Authorization: Bearer API_KEY`), `MAX_INPUTS`, and
 //! the model settings every handler reads.
 
@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use spin_sdk::http::{FullBody, IntoResponse, Method, Request, Response, StatusCode};
 use spin_sdk::http_service;
-use text_handler::{ApiError, Batch, EmbedOptions, Inputs, Reused, Settings, TextModel, Truncation};
+use text_handler::{
+    ApiError, EmbedOptions, Inputs, Prompts, Reused, Settings, TextModel, Timings, Truncation,
+};
 
 mod errors;
 
@@ -78,6 +80,11 @@ struct Usage {
     total_tokens: u64,
 }
 
+/// The model's sentence-transformers prompts (`PROMPTS_PATH`).
+fn prompts() -> Result<Prompts, ApiError> {
+    Prompts::load(&text_handler::var("PROMPTS_PATH", "/model/config_sentence_transformers.json"))
+}
+
 /// Names the configured model answers to.
 fn model_names() -> Vec<String> {
     text_handler::var("MODEL_NAMES", "all-minilm-l6-v2")
@@ -90,26 +97,24 @@ fn model_names() -> Vec<String> {
 fn embeddings(
     model: &TextModel,
     request: EmbeddingsRequest,
+    timings: &mut Timings,
 ) -> Result<(EmbeddingsResponse, u64), OpenAiError> {
     if !model_names().contains(&request.model) {
         return Err(OpenAiError::model_not_found(&request.model));
     }
     let max_inputs = text_handler::var("MAX_INPUTS", "").parse().unwrap_or(DEFAULT_MAX_INPUTS);
     let batch = request.input.validate(max_inputs).map_err(|e| OpenAiError::from(e).param("input"))?;
+    // The model's default prompt, as TEI applies it on every route (OpenAI's has no prompt_name).
+    let batch = prompts()?.apply(None, batch)?;
     let options =
         EmbedOptions { truncation: Truncation::REFUSE, normalize: true, dimensions: request.dimensions };
-    let chunk = model.settings.max_batch_inputs.max(1);
-    let mut vectors = Vec::with_capacity(batch.len());
-    let mut tokens = 0;
-    for part in split(batch, chunk) {
-        let embedded = model.embed(&part, options).map_err(|e| {
-            let param = if e.message().contains("dimensions") { "dimensions" } else { "input" };
-            OpenAiError::from(e).param(param)
-        })?;
-        vectors.extend(embedded.vectors);
-        tokens += embedded.tokens;
-    }
-    let data = vectors
+    let embedded = model.embed(&batch, options, timings).map_err(|e| {
+        let param = if e.message().contains("dimensions") { "dimensions" } else { "input" };
+        OpenAiError::from(e).param(param)
+    })?;
+    let tokens = embedded.tokens;
+    let data = embedded
+        .vectors
         .into_iter()
         .enumerate()
         .map(|(index, vector)| EmbeddingObject {
@@ -123,14 +128,6 @@ fn embeddings(
         .collect();
     let usage = Usage { prompt_tokens: tokens, total_tokens: tokens };
     Ok((EmbeddingsResponse { object: "list", data, model: request.model, usage }, tokens))
-}
-
-/// The batch in parts of at most `size` inputs, in order.
-fn split(batch: Batch, size: usize) -> Vec<Batch> {
-    match batch {
-        Batch::Texts(texts) => texts.chunks(size).map(|c| Batch::Texts(c.to_vec())).collect(),
-        Batch::Ids(ids) => ids.chunks(size).map(|c| Batch::Ids(c.to_vec())).collect(),
-    }
 }
 
 /// OpenAI's `base64` encoding: the float32 values' little-endian bytes.
@@ -155,9 +152,15 @@ fn models(name: Option<&str>) -> Result<serde_json::Value, OpenAiError> {
     }
 }
 
+/// Equal bytes, compared in time that does not depend on where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |differ, (x, y)| differ | (x ^ y)) == 0
+}
+
 /// The bearer token check, when `API_KEY` is set.
 fn authorize(request: &Request) -> Result<(), OpenAiError> {
     let key = text_handler::var("API_KEY", "");
+    let key = key.trim();
     if key.is_empty() {
         return Ok(());
     }
@@ -166,7 +169,7 @@ fn authorize(request: &Request) -> Result<(), OpenAiError> {
         scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
     });
     match sent {
-        Some(token) if token == key => Ok(()),
+        Some(token) if same_secret(token.as_bytes(), key.as_bytes()) => Ok(()),
         Some(_) => Err(OpenAiError::invalid_api_key("Incorrect API key provided.")),
         None => Err(OpenAiError::invalid_api_key(
             "You didn't provide an API key. Send it as `Authorization: Bearer KEY`.",
@@ -174,17 +177,20 @@ fn authorize(request: &Request) -> Result<(), OpenAiError> {
     }
 }
 
-async fn answer(request: Request) -> Result<Response<FullBody<bytes::Bytes>>, OpenAiError> {
+async fn answer(
+    request: Request,
+    timings: &mut Timings,
+) -> Result<Response<FullBody<bytes::Bytes>>, OpenAiError> {
     authorize(&request)?;
     let path = request.uri().path().trim_end_matches('/').to_string();
-    let rest = path.rsplit_once("/v1").map_or(path.as_str(), |(_, rest)| rest);
+    let rest = path.split_once("/v1").map_or(path.as_str(), |(_, rest)| rest);
     match rest {
         "/embeddings" => {
             let request = text_handler::read_request::<EmbeddingsRequest>(request).await?;
             let model = MODEL.with(|model| {
                 model.get_or_try_init(|| TextModel::load(Settings::from_env("minilm", "last_hidden_state")))
             })?;
-            let (response, tokens) = embeddings(&model, request)?;
+            let (response, tokens) = embeddings(&model, request, timings)?;
             Ok(text_handler::json_ok_with_tokens(&response, tokens))
         }
         _ if rest == "/models" || rest.starts_with("/models/") => {
@@ -203,9 +209,10 @@ async fn answer(request: Request) -> Result<Response<FullBody<bytes::Bytes>>, Op
 
 #[http_service]
 async fn handle(request: Request) -> impl IntoResponse {
-    match answer(request).await {
-        Ok(response) => response,
-        Err(error) => error.into_response(),
+    let mut timings = Timings::start();
+    match answer(request, &mut timings).await {
+        Ok(response) => timings.add_headers(response),
+        Err(error) => timings.add_headers(error.into_response()),
     }
 }
 
@@ -219,18 +226,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"sk-123", b"sk-123"));
+        assert!(!same_secret(b"sk-123", b"sk-124"));
+        assert!(!same_secret(b"sk-12", b"sk-123"));
+    }
+
+    #[test]
     fn base64_is_little_endian_float32() {
         // 1.0f32 = 0x3f800000, little-endian 00 00 80 3f.
         assert_eq!(base64_floats(&[1.0]), "AACAPw==");
         assert_eq!(base64_floats(&[]), "");
-    }
-
-    #[test]
-    fn batches_split_in_order() {
-        let parts = split(Batch::Texts((0..5).map(|i| i.to_string()).collect()), 2);
-        let sizes: Vec<usize> = parts.iter().map(Batch::len).collect();
-        assert_eq!(sizes, [2, 2, 1]);
-        let Batch::Texts(last) = &parts[2] else { panic!("texts stay texts") };
-        assert_eq!(last, &["4".to_string()]);
     }
 }

@@ -48,10 +48,15 @@ impl ApiError {
     }
 
     pub fn method_not_allowed(method: &str) -> ApiError {
+        ApiError::method_not_allowed_here(method, "POST")
+    }
+
+    /// The route takes another method (405).
+    pub fn method_not_allowed_here(method: &str, allowed: &str) -> ApiError {
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
-            format!("method {method} is not allowed; use POST"),
+            format!("method {method} is not allowed; use {allowed}"),
         )
     }
 

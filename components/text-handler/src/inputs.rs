@@ -34,6 +34,14 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The batch in parts of at most `size` inputs, in order.
+    pub fn parts(&self, size: usize) -> Vec<Batch> {
+        match self {
+            Batch::Texts(texts) => texts.chunks(size).map(|c| Batch::Texts(c.to_vec())).collect(),
+            Batch::Ids(ids) => ids.chunks(size).map(|c| Batch::Ids(c.to_vec())).collect(),
+        }
+    }
 }
 
 const SHAPES: &str = "a string, a list of strings, a list of token ids or a list of token-id lists";

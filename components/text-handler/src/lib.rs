@@ -29,9 +29,13 @@ use wasi::nn::tensor::{Tensor, TensorType};
 mod error;
 mod inputs;
 pub mod pooling;
+mod prompts;
+mod timings;
 
 pub use error::ApiError;
 pub use inputs::{Batch, Inputs, check_text};
+pub use prompts::Prompts;
+pub use timings::Timings;
 
 /// Settings every handler reads from its environment; `defaults` are the handler's own.
 pub struct Settings {
@@ -109,26 +113,51 @@ impl TextModel {
     /// Encodes `batch` (padded to the longest; cut at the token limit only when
     /// `truncation.enabled`, else an over-long input is a validation error), runs the model and
     /// returns its output.
-    pub fn infer(&self, batch: &Batch, truncation: Truncation) -> Result<Inference, ApiError> {
-        let encodings = match batch {
-            Batch::Texts(texts) => self.encode_texts(texts, truncation)?,
-            Batch::Ids(ids) => self.encode_ids(ids, truncation)?,
-        };
-        self.run(encodings)
+    pub fn infer(
+        &self,
+        batch: &Batch,
+        truncation: Truncation,
+        timings: &mut Timings,
+    ) -> Result<Inference, ApiError> {
+        let encodings = timings.tokenization(|| match batch {
+            Batch::Texts(texts) => self.encode_texts(texts, truncation),
+            Batch::Ids(ids) => self.encode_ids(ids, truncation),
+        })?;
+        timings.inference(|| self.run(encodings))
     }
 
     fn encode_texts(&self, texts: &[String], truncation: Truncation) -> Result<Vec<Encoded>, ApiError> {
-        let max_tokens = self.settings.max_input_tokens;
-        let options = EncodeOptions {
+        let encodings = self.tokenizer.encode_batch(texts, self.encode_options(truncation));
+        self.checked(encodings, truncation)
+    }
+
+    /// Text pairs (a query and a passage) as one sequence each, for a cross-encoder.
+    fn encode_pairs(
+        &self,
+        pairs: &[(String, String)],
+        truncation: Truncation,
+    ) -> Result<Vec<Encoded>, ApiError> {
+        let encodings = self.tokenizer.encode_pairs(pairs, self.encode_options(truncation));
+        self.checked(encodings, truncation)
+    }
+
+    fn encode_options(&self, truncation: Truncation) -> EncodeOptions {
+        EncodeOptions {
             add_special_tokens: true,
-            max_length: truncation.enabled.then_some(max_tokens),
+            max_length: truncation.enabled.then_some(self.settings.max_input_tokens),
             truncation_direction: truncation.direction,
             pad_to_longest: true,
-        };
-        let encodings = self
-            .tokenizer
-            .encode_batch(texts, options)
-            .map_err(|e| ApiError::validation(format!("tokenization failed: {e:?}")))?;
+        }
+    }
+
+    /// The tokenizer's encodings, refused when one is over the limit and truncation is off.
+    fn checked(
+        &self,
+        encodings: Result<Vec<edgeinfer::text::tokenize::Encoding>, edgeinfer::text::tokenize::Error>,
+        truncation: Truncation,
+    ) -> Result<Vec<Encoded>, ApiError> {
+        let max_tokens = self.settings.max_input_tokens;
+        let encodings = encodings.map_err(|e| ApiError::validation(format!("tokenization failed: {e:?}")))?;
         for (i, e) in encodings.iter().enumerate() {
             if !truncation.enabled && e.length_before_truncation > max_tokens {
                 return Err(too_long(i, e.length_before_truncation, max_tokens));
@@ -138,6 +167,17 @@ impl TextModel {
             .into_iter()
             .map(|e| Encoded { ids: e.ids, attention_mask: e.attention_mask, type_ids: e.type_ids })
             .collect())
+    }
+
+    /// Runs the model on text pairs (see `encode-pairs`): a cross-encoder's scores.
+    pub fn infer_pairs(
+        &self,
+        pairs: &[(String, String)],
+        truncation: Truncation,
+        timings: &mut Timings,
+    ) -> Result<Inference, ApiError> {
+        let encodings = timings.tokenization(|| self.encode_pairs(pairs, truncation))?;
+        timings.inference(|| self.run(encodings))
     }
 
     /// Token ids as the client sent them (no special tokens added), checked against the
@@ -236,23 +276,64 @@ impl TextModel {
     }
 
     /// Sentence embeddings: the model's per-token output mean-pooled over each input's tokens,
-    /// cut to `dimensions` (Matryoshka) and L2-normalised when `normalize`.
-    pub fn embed(&self, batch: &Batch, options: EmbedOptions) -> Result<Embeddings, ApiError> {
-        let out = self.infer(batch, options.truncation)?;
-        let width = out.token_width()?;
-        if let Some(dimensions) = options.dimensions
-            && (dimensions == 0 || dimensions as usize > width)
-        {
-            return Err(ApiError::validation(format!(
-                "`dimensions` must be between 1 and the model's {width}, got {dimensions}"
-            )));
+    /// cut to `dimensions` (Matryoshka) and L2-normalised when `normalize`. Batches larger than
+    /// `MAX_BATCH_INPUTS` are computed in parts of that size, in order.
+    pub fn embed(
+        &self,
+        batch: &Batch,
+        options: EmbedOptions,
+        timings: &mut Timings,
+    ) -> Result<Embeddings, ApiError> {
+        let mut all =
+            Embeddings { vectors: Vec::with_capacity(batch.len()), tokens: 0, tokens_per_input: Vec::new() };
+        for part in batch.parts(self.settings.max_batch_inputs.max(1)) {
+            let out = self.infer(&part, options.truncation, timings)?;
+            let width = out.token_width()?;
+            if let Some(dimensions) = options.dimensions
+                && (dimensions == 0 || dimensions as usize > width)
+            {
+                return Err(ApiError::validation(format!(
+                    "`dimensions` must be between 1 and the model's {width}, got {dimensions}"
+                )));
+            }
+            let masks: Vec<&[u32]> = out.masks.iter().map(Vec::as_slice).collect();
+            let keep = options.dimensions.map_or(width, |d| d as usize);
+            all.vectors.extend(pooling::mean_pool(&out.values, &masks, width, keep, options.normalize));
+            all.tokens += out.tokens();
+            all.tokens_per_input.extend(out.tokens_per_input());
         }
-        let masks: Vec<&[u32]> = out.masks.iter().map(Vec::as_slice).collect();
-        let keep = options.dimensions.map_or(width, |d| d as usize);
-        let vectors = pooling::mean_pool(&out.values, &masks, width, keep, options.normalize);
-        Ok(Embeddings { vectors, tokens: out.tokens(), tokens_per_input: out.tokens_per_input() })
+        Ok(all)
+    }
+
+    /// Every input's per-token output vectors (padding excluded, special tokens included), as
+    /// TEI's `/embed_all` answers them; and the tokens computed.
+    pub fn embed_all(
+        &self,
+        batch: &Batch,
+        truncation: Truncation,
+        timings: &mut Timings,
+    ) -> Result<(Vec<TokenVectors>, u64), ApiError> {
+        let mut all = Vec::with_capacity(batch.len());
+        let mut tokens = 0;
+        for part in batch.parts(self.settings.max_batch_inputs.max(1)) {
+            let out = self.infer(&part, truncation, timings)?;
+            let width = out.token_width()?;
+            tokens += out.tokens();
+            for (row, mask) in out.masks.iter().enumerate() {
+                let seq = mask.len();
+                let vectors = (0..seq)
+                    .filter(|&t| mask[t] != 0)
+                    .map(|t| out.values[(row * seq + t) * width..][..width].to_vec())
+                    .collect();
+                all.push(vectors);
+            }
+        }
+        Ok((all, tokens))
     }
 }
+
+/// One input's per-token vectors.
+pub type TokenVectors = Vec<Vec<f32>>;
 
 /// The inputs' sentence vectors.
 pub struct Embeddings {
@@ -415,6 +496,17 @@ pub const TOKENS_HEADER: &str = "x-compute-tokens";
 /// A 200 JSON response that reports the tokens computed.
 pub fn json_ok_with_tokens(value: &impl serde::Serialize, tokens: u64) -> Response<FullBody<Bytes>> {
     let mut response = json_response(StatusCode::OK, value);
+    response.headers_mut().insert(TOKENS_HEADER, tokens.into());
+    response
+}
+
+/// A 200 response of JSON text already written, reporting the tokens computed.
+pub fn json_body_ok_with_tokens(body: Vec<u8>, tokens: u64) -> Response<FullBody<Bytes>> {
+    let mut response = Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(FullBody::new(Bytes::from(body)))
+        .expect("static response parts are valid");
     response.headers_mut().insert(TOKENS_HEADER, tokens.into());
     response
 }

@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 
 use tokenizers::utils::truncation::{TruncationDirection, TruncationParams, TruncationStrategy};
-use tokenizers::{Encoding as HfEncoding, Tokenizer as HfTokenizer};
+use tokenizers::{EncodeInput, Encoding as HfEncoding, Tokenizer as HfTokenizer};
 
 wit_bindgen::generate!({
     world: "tokenizer",
@@ -49,33 +49,20 @@ impl GuestTokenizer for TextTokenizer {
         if options.max_length == Some(0) {
             return Err(Error::InvalidOptions("max-length must be at least 1".into()));
         }
-        let mut tokenizer = self.inner.borrow_mut();
-        let mut encodings = Vec::with_capacity(texts.len());
-        for text in &texts {
-            let full = tokenizer
-                .encode(text.as_str(), options.add_special_tokens)
-                .map_err(|e| Error::EncodeFailed(e.to_string()))?;
-            let length_before_truncation = full.len() as u32;
-            let encoding = match options.max_length {
-                // Truncation must happen before special tokens are added, so re-encode the
-                // (rare) over-long texts with truncation on rather than cutting `full`.
-                Some(max) if length_before_truncation > max => encode_truncated(
-                    &mut tokenizer,
-                    text,
-                    max,
-                    options.truncation_direction,
-                    options.add_special_tokens,
-                )?,
-                _ => full,
-            };
-            encodings.push((encoding, length_before_truncation));
+        let inputs = texts.iter().map(|text| EncodeInput::Single(text.as_str().into()));
+        self.encode_all(inputs, options)
+    }
+
+    fn encode_pairs(
+        &self,
+        pairs: Vec<(String, String)>,
+        options: EncodeOptions,
+    ) -> Result<Vec<Encoding>, Error> {
+        if options.max_length == Some(0) {
+            return Err(Error::InvalidOptions("max-length must be at least 1".into()));
         }
-        let target = if options.pad_to_longest {
-            encodings.iter().map(|(e, _)| e.len()).max().unwrap_or(0)
-        } else {
-            0
-        };
-        Ok(encodings.into_iter().map(|(e, before)| self.to_wit(e, before, target)).collect())
+        let inputs = pairs.iter().map(|(a, b)| EncodeInput::Dual(a.as_str().into(), b.as_str().into()));
+        self.encode_all(inputs, options)
     }
 
     fn pad_id(&self) -> u32 {
@@ -119,6 +106,41 @@ impl GuestTokenizer for TextTokenizer {
 }
 
 impl TextTokenizer {
+    /// Encodes each input, cutting over-long ones at `max-length` and padding to the longest.
+    fn encode_all<'s>(
+        &self,
+        inputs: impl Iterator<Item = EncodeInput<'s>>,
+        options: EncodeOptions,
+    ) -> Result<Vec<Encoding>, Error> {
+        let mut tokenizer = self.inner.borrow_mut();
+        let mut encodings = Vec::new();
+        for input in inputs {
+            let full = tokenizer
+                .encode(input.clone(), options.add_special_tokens)
+                .map_err(|e| Error::EncodeFailed(e.to_string()))?;
+            let length_before_truncation = full.len() as u32;
+            let encoding = match options.max_length {
+                // Truncation must happen before special tokens are added, so re-encode the
+                // (rare) over-long inputs with truncation on rather than cutting `full`.
+                Some(max) if length_before_truncation > max => encode_truncated(
+                    &mut tokenizer,
+                    input,
+                    max,
+                    options.truncation_direction,
+                    options.add_special_tokens,
+                )?,
+                _ => full,
+            };
+            encodings.push((encoding, length_before_truncation));
+        }
+        let target = if options.pad_to_longest {
+            encodings.iter().map(|(e, _)| e.len()).max().unwrap_or(0)
+        } else {
+            0
+        };
+        Ok(encodings.into_iter().map(|(e, before)| self.to_wit(e, before, target)).collect())
+    }
+
     /// Converts to the WIT record, right-padding to `target` tokens.
     fn to_wit(&self, e: HfEncoding, length_before_truncation: u32, target: usize) -> Encoding {
         let pad = target.saturating_sub(e.len());
@@ -137,7 +159,7 @@ impl TextTokenizer {
 
 fn encode_truncated(
     tokenizer: &mut HfTokenizer,
-    text: &str,
+    input: EncodeInput<'_>,
     max_length: u32,
     direction: Direction,
     add_special_tokens: bool,
@@ -152,7 +174,7 @@ fn encode_truncated(
         stride: 0,
     };
     tokenizer.with_truncation(Some(params)).map_err(|e| Error::InvalidOptions(e.to_string()))?;
-    let result = tokenizer.encode(text, add_special_tokens);
+    let result = tokenizer.encode(input, add_special_tokens);
     // Leave the shared tokenizer untruncated for the next text.
     let _ = tokenizer.with_truncation(None);
     result.map_err(|e| Error::EncodeFailed(e.to_string()))

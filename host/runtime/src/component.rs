@@ -130,6 +130,11 @@ fn load_component(
         allowed_models: Arc::new(component.ai_models.iter().cloned().collect()),
         models: Arc::new(crate::models::RegistryModels(registry.clone())),
         embeddings: embeddings.clone(),
+        host_info: crate::instance::HostInfo {
+            registry: registry.clone(),
+            component_id: id.to_string(),
+            limits,
+        },
         allowed_outbound_hosts: Arc::new(allowed_outbound_hosts),
         max_memory_bytes: limits.max_memory_bytes as usize,
         interrupt_after: request_timeout + INTERRUPT_GRACE,

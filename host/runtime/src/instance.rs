@@ -73,6 +73,8 @@ pub struct InstanceSpec {
     pub models: Arc<dyn ModelProvider>,
     /// Spin's LLM interface's embedding models, by the names apps use.
     pub embeddings: Arc<EmbeddingModels>,
+    /// What each instance is told about the host and its models (`EDGEINFER_HOST_INFO`).
+    pub host_info: HostInfo,
     /// Where outbound HTTP may go.
     pub allowed_outbound_hosts: Arc<Vec<AllowedHost>>,
     /// Linear memory cap per instance.
@@ -89,6 +91,7 @@ impl InstanceSpec {
     pub fn new_store(&self, engine: &Engine) -> anyhow::Result<Store<InstanceState>> {
         let mut wasi = WasiCtxBuilder::new();
         wasi.inherit_stdout().inherit_stderr().envs(&self.environment);
+        wasi.env(HOST_INFO_VARIABLE, self.host_info.render(&self.allowed_models));
         for (host, guest) in &self.mounts {
             wasi.preopened_dir(host, guest, FsPerms::ReadOnly)
                 .map_err(|e| anyhow::anyhow!("cannot mount {} at {guest}: {e}", host.display()))?;
@@ -122,6 +125,62 @@ impl InstanceSpec {
             }
         });
         Ok(store)
+    }
+}
+
+/// The environment variable in which each instance finds [`HostInfo`], as JSON.
+pub const HOST_INFO_VARIABLE: &str = "EDGEINFER_HOST_INFO";
+
+/// Facts a component may report about how it is served (TEI's `/info`): the host's version, the
+/// component's limits, and for each model of its `ai_models` the file's sha256, device, output
+/// types and batching limits. Read from the registry when an instance is created, so instances
+/// created after a model reload see the new model.
+pub struct HostInfo {
+    pub registry: Arc<edgeinfer_engine::registry::GraphRegistry>,
+    pub component_id: String,
+    pub limits: edgeinfer_config::runtime_config::ComponentLimits,
+}
+
+impl HostInfo {
+    /// The JSON for a component whose `ai_models` are `allowed`.
+    pub fn render(&self, allowed: &BTreeSet<String>) -> String {
+        let models: serde_json::Map<String, serde_json::Value> = allowed
+            .iter()
+            .filter_map(|name| self.registry.get(name))
+            .map(|graph| {
+                let limits = graph.batcher.limits();
+                let outputs: serde_json::Map<String, serde_json::Value> = graph
+                    .outputs
+                    .iter()
+                    .map(|o| (o.name.clone(), serde_json::json!(o.ty.map(|t| t.datatype()))))
+                    .collect();
+                let facts = serde_json::json!({
+                    "sha256": graph.sha256,
+                    "device": graph.device.to_string(),
+                    "outputs": outputs,
+                    "batching": {
+                        "max_batch_size": limits.max_batch_size,
+                        "max_batch_tokens": limits.max_batch_tokens,
+                        "max_queue_delay_us": limits.max_queue_delay.as_micros() as u64,
+                        "max_queue": limits.max_queue,
+                    },
+                });
+                (graph.name.clone(), facts)
+            })
+            .collect();
+        serde_json::json!({
+            "host": "edgeinfer",
+            "version": env!("CARGO_PKG_VERSION"),
+            "component": {
+                "id": self.component_id,
+                "max_concurrent_requests": self.limits.max_concurrent_requests,
+                "max_queued_requests": self.limits.max_queued_requests,
+                "request_timeout_ms": self.limits.request_timeout_ms,
+                "max_request_body_bytes": self.limits.max_request_body_bytes,
+            },
+            "models": models,
+        })
+        .to_string()
     }
 }
 

@@ -354,7 +354,9 @@ async fn to_app(
     let shadow = pick.shadow.map(|version| (version, shadow::copy_head(&req)));
     let component = pick.serving;
     let mut input = None;
-    let mut response = to_component(req, &component, context.number, &mut input).await;
+    let mut queued = std::time::Duration::ZERO;
+    let mut response = to_component(req, &component, context.number, &mut input, &mut queued).await;
+    add_timing_headers(response.headers_mut(), queued, context.started.elapsed());
     if let (Some((version, head)), Some(input)) = (shadow, &input) {
         response =
             shadow::mirror(response, version, head, input.bytes.clone(), context.number, context.started);
@@ -369,12 +371,28 @@ async fn to_app(
     response
 }
 
-/// Runs the component on `req`; `input` gets the request body's facts for the log.
+/// TEI's timing headers the host knows, in whole milliseconds: `x-queue-time` (waiting for the
+/// component's admission), `x-total-time` and `x-compute-time` (the whole request up to its
+/// response head). The component adds `x-tokenization-time` and `x-inference-time`.
+fn add_timing_headers(
+    headers: &mut http::HeaderMap,
+    queued: std::time::Duration,
+    total: std::time::Duration,
+) {
+    let millis = |d: std::time::Duration| http::HeaderValue::from(d.as_millis() as u64);
+    headers.insert("x-queue-time", millis(queued));
+    headers.insert("x-total-time", millis(total));
+    headers.insert("x-compute-time", millis(total));
+}
+
+/// Runs the component on `req`; `input` gets the request body's facts for the log, `queued` the
+/// time it waited for admission.
 async fn to_component(
     req: axum::extract::Request,
     component: &LoadedComponent,
     request_id: u64,
     input: &mut Option<Input>,
+    queued: &mut std::time::Duration,
 ) -> Response<WasiBody> {
     let limit = component.limits.max_request_body_bytes;
     let (parts, body) = match body::read(req, limit, body::READ_TIMEOUT).await {
@@ -388,11 +406,17 @@ async fn to_component(
     // handler's timeout may not fire; the epoch interrupt then stops the guest.
     let deadline = std::time::Duration::from_millis(component.limits.request_timeout_ms);
     let (ticket, trap_cause) = RequestTicket::new(request_id);
+    let waiting = std::time::Instant::now();
     let handled = async {
         let _slot = component.admission.admit().await?;
+        *queued = waiting.elapsed();
         Some(component.handler.handle(ticket, req).await)
     };
     let Ok(result) = tokio::time::timeout(deadline, handled).await else {
+        if queued.is_zero() {
+            // The deadline passed while waiting for admission.
+            *queued = waiting.elapsed();
+        }
         tracing::warn!(component = %component.id, request_id, "request timed out");
         return HostError::Deadline.answer(format!(
             "component {} did not answer within {} ms",

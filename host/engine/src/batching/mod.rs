@@ -78,6 +78,16 @@ pub struct Batcher {
     max_queue: usize,
     /// Metric label.
     model: Arc<str>,
+    limits: BatchLimits,
+}
+
+/// A batcher's limits, as clients may be told them (`/info`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchLimits {
+    pub max_batch_size: u32,
+    pub max_batch_tokens: u64,
+    pub max_queue_delay: Duration,
+    pub max_queue: usize,
 }
 
 impl Batcher {
@@ -88,6 +98,12 @@ impl Batcher {
         assert!(!engines.is_empty(), "a batcher needs at least one engine");
         let inputs = Arc::new(engines[0].inputs().to_vec());
         let max_queue = policy.max_queue;
+        let limits = BatchLimits {
+            max_batch_size: policy.max_batch_size,
+            max_batch_tokens: policy.max_batch_tokens,
+            max_queue_delay: policy.max_queue_delay,
+            max_queue,
+        };
         let (queue, receiver) = mpsc::unbounded_channel();
         let batch_loop = BatchLoop::new(model.to_string(), engines, policy, receiver);
         // The queue's own small runtime: forming batches never waits behind HTTP work, and
@@ -100,7 +116,19 @@ impl Batcher {
             .name(format!("batcher-{model}"))
             .spawn(move || runtime.block_on(batch_loop.run()))
             .expect("cannot start a batcher thread");
-        Batcher { queue, inputs, places: Arc::new(Semaphore::new(max_queue)), max_queue, model: model.into() }
+        Batcher {
+            queue,
+            inputs,
+            places: Arc::new(Semaphore::new(max_queue)),
+            max_queue,
+            model: model.into(),
+            limits,
+        }
+    }
+
+    /// Its batching limits.
+    pub fn limits(&self) -> BatchLimits {
+        self.limits
     }
 
     /// Queues one inference and waits for its share of the batch's outputs; refused at once when
