@@ -49,8 +49,9 @@ def main():
     options.intra_op_num_threads = 2
     session = ort.InferenceSession(str(MODEL_DIR / "model.onnx"), options, providers=["CPUExecutionProvider"])
     tokenizer.enable_truncation(MAX_TOKENS)
-    embeddings = []
-    for text, case in zip(sentences, token_cases):
+
+    def embed(text):
+        """One text, unpadded (cut at MAX_TOKENS): its hidden states' mean, L2-normalised."""
         enc = tokenizer.encode(text)
         feeds = {
             "input_ids": np.array([enc.ids], dtype=np.int64),
@@ -60,25 +61,17 @@ def main():
         hidden = session.run(["last_hidden_state"], feeds)[0][0]
         mask = np.array(enc.attention_mask, dtype=np.float32)[:, None]
         mean = (hidden * mask).sum(axis=0) / max(mask.sum(), 1e-9)
-        normalized = mean / max(np.linalg.norm(mean), 1e-12)
+        return mean / max(np.linalg.norm(mean), 1e-12)
+
+    embeddings = []
+    for text, case in zip(sentences, token_cases):
         embeddings.append({
             "text": text,
             # Longer inputs need "truncate": true; the reference embeds their first MAX_TOKENS.
             "needs_truncate": len(case["ids"]) > MAX_TOKENS,
-            "embedding": [round(float(v), 7) for v in normalized],
+            "embedding": [round(float(v), 7) for v in embed(text)],
         })
     (HERE / "embeddings.json").write_text(json.dumps(embeddings, ensure_ascii=False) + "\n")
-
-    def embed(text):
-        enc = tokenizer.encode(text)
-        feeds = {
-            "input_ids": np.array([enc.ids], dtype=np.int64),
-            "attention_mask": np.array([enc.attention_mask], dtype=np.int64),
-            "token_type_ids": np.array([enc.type_ids], dtype=np.int64),
-        }
-        hidden = session.run(["last_hidden_state"], feeds)[0][0]
-        mean = hidden.mean(axis=0)  # one text, no padding
-        return mean / max(np.linalg.norm(mean), 1e-12)
 
     # /rerank and /similarity: cosine of the query's embedding with each passage's (this app has
     # no cross-encoder), on hand-written sets whose relevant passage is obvious.

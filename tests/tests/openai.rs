@@ -5,9 +5,7 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{Host, Variant, client, client_python, post_json, repo_root};
+use common::{Host, Variant, client, post_json, repo_root, run_client_script};
 use serde_json::{Value, json};
 
 const API_KEY: &str = "sk-edgeinfer-test-0123456789";
@@ -15,23 +13,11 @@ const API_KEY: &str = "sk-edgeinfer-test-0123456789";
 /// Runs the client script against `host`; its report.
 fn run_openai_client(host: &Host, api_key: &str) -> Value {
     let root = repo_root();
-    let output = Command::new(client_python())
-        .arg(root.join("tests/clients/openai_embeddings.py"))
-        .arg(host.url("/v1"))
-        .arg(api_key)
-        .arg(root.join("tests/reference/embeddings.json"))
-        .arg(root.join("tests/reference/tokens.json"))
-        .output()
-        .expect("run the openai client script");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "openai client failed:\n{}\n{stdout}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
-    eprintln!("openai client: {report}");
-    report
+    let (embeddings, tokens) =
+        (root.join("tests/reference/embeddings.json"), root.join("tests/reference/tokens.json"));
+    let base = host.url("/v1");
+    let args = [base.as_ref(), api_key.as_ref(), embeddings.as_os_str(), tokens.as_os_str()];
+    run_client_script("openai_embeddings.py", &args)
 }
 
 #[test]

@@ -10,7 +10,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use common::{
-    Host, Variant, assert_error, client, client_python, cosine, post_json, reference, repo_root, vectors,
+    Host, Variant, assert_error, client, client_python, cosine, post_json, reference, repo_root,
+    run_client_script, vectors,
 };
 use serde_json::{Value, json};
 
@@ -25,21 +26,8 @@ fn post(path: &str, body: Value) -> (u16, Value) {
 
 #[test]
 fn every_route_answers_teis_documented_types_with_its_timing_headers() {
-    let root = repo_root();
-    let output = Command::new(client_python())
-        .arg(root.join("tests/clients/tei_routes.py"))
-        .arg(&host().base)
-        .arg(root.join("tests/clients/tei_types.json"))
-        .output()
-        .expect("run tei_routes.py");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "tei_routes.py failed:\n{}\n{stdout}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
-    eprintln!("tei_routes.py: {report}");
+    let types = repo_root().join("tests/clients/tei_types.json");
+    let report = run_client_script("tei_routes.py", &[host().base.as_ref(), types.as_os_str()]);
     for route in
         ["/embed", "/embed_all", "/similarity", "/rerank", "/tokenize", "/decode", "/info", "/predict"]
     {
@@ -232,8 +220,7 @@ fn a_cross_encoder_the_user_brings_reranks_like_the_python_reference() {
     // export it with `edgeinfer export`, and point RERANK_MODEL at it.
     let dir = repo_root().join(format!("target/test-cross-encoder-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let python = client_python();
-    let script = repo_root().join("tests/clients/cross_encoder.py");
+    let (python, script) = (client_python(), repo_root().join("tests/clients/cross_encoder.py"));
     let run = |args: &[&std::ffi::OsStr]| {
         let output = Command::new(&python).arg(&script).args(args).output().expect("run cross_encoder.py");
         assert!(output.status.success(), "cross_encoder.py: {}", String::from_utf8_lossy(&output.stderr));

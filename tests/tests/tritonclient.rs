@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Host, KSERVE_TOKEN, Variant, client, client_python, repo_root};
+use common::{Host, KSERVE_TOKEN, Variant, client, repo_root, run_client_script};
 use serde_json::Value;
 
 fn metric(text: &str, prefix: &str) -> f64 {
@@ -17,27 +17,14 @@ fn metric(text: &str, prefix: &str) -> f64 {
         .sum()
 }
 
-/// Runs `script` with `args` under the client interpreter; its last stdout line, as JSON.
+/// Runs `script` with `args`, then the token, the model and the token reference; its report.
 fn run_client(script: &str, args: &[String]) -> Value {
-    let python = client_python();
     let root = repo_root();
-    let output = Command::new(&python)
-        .arg(root.join("tests/clients").join(script))
-        .args(args)
-        .arg(KSERVE_TOKEN)
-        .arg(root.join("models/all-minilm-l6-v2/model.onnx"))
-        .arg(root.join("tests/reference/tokens.json"))
-        .output()
-        .expect("run the client script");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{script} failed:\n{}\n{stdout}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
-    eprintln!("{script}: {report}");
-    report
+    let (model, tokens) =
+        (root.join("models/all-minilm-l6-v2/model.onnx"), root.join("tests/reference/tokens.json"));
+    let mut all: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    all.extend([KSERVE_TOKEN.as_ref(), model.as_os_str(), tokens.as_os_str()]);
+    run_client_script(script, &all)
 }
 
 /// Rows the engine ran for minilm, and in how many runs.

@@ -300,6 +300,25 @@ pub fn client_python() -> String {
     String::from_utf8(output.stdout).unwrap().trim().to_string()
 }
 
+/// Runs tests/clients/SCRIPT with `args` under the client interpreter and returns its report:
+/// the last line it prints, as JSON. A failing script fails the test with everything it said.
+pub fn run_client_script(script: &str, args: &[&std::ffi::OsStr]) -> Value {
+    let output = Command::new(client_python())
+        .arg(repo_root().join("tests/clients").join(script))
+        .args(args)
+        .output()
+        .expect("run the client script");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{script} failed:\n{}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+    eprintln!("{script}: {report}");
+    report
+}
+
 /// A variant of a TOML file of the repo (a manifest or a runtime config), written in the repo root
 /// (where spin.toml's relative paths still hold) and removed on drop.
 pub struct Variant(pub PathBuf);
