@@ -97,14 +97,14 @@ struct FetchArgs {
     #[command(flatten)]
     manifest: ManifestArg,
     /// Models and how to run them; default: runtime-config/local.toml next to the manifest.
-    #[arg(long)]
+    #[arg(long, env = "EDGEINFER_RUNTIME_CONFIG")]
     runtime_config_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
 struct ManifestArg {
     /// The app's Spin manifest.
-    #[arg(short = 'f', long = "from", default_value = "spin.toml")]
+    #[arg(short = 'f', long = "from", default_value = "spin.toml", env = "EDGEINFER_MANIFEST")]
     manifest: PathBuf,
 }
 
@@ -113,10 +113,10 @@ struct UpArgs {
     #[command(flatten)]
     manifest: ManifestArg,
     /// Models and how to run them; default: runtime-config/local.toml next to the manifest.
-    #[arg(long)]
+    #[arg(long, env = "EDGEINFER_RUNTIME_CONFIG")]
     runtime_config_file: Option<PathBuf>,
     /// Address to serve on.
-    #[arg(long, default_value = "127.0.0.1:3000")]
+    #[arg(long, default_value = "127.0.0.1:3000", env = "EDGEINFER_LISTEN")]
     listen: SocketAddr,
     /// Build the components first.
     #[arg(long)]
@@ -133,14 +133,14 @@ struct UpArgs {
     #[arg(long, env = "EDGEINFER_LOG_INPUTS")]
     log_inputs: bool,
     /// Serve the admin API (deploy, rollback) on this address; off by default.
-    #[arg(long)]
+    #[arg(long, env = "EDGEINFER_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
     /// Serve the KServe v2 API over gRPC (`inference.GRPCInferenceService`) on this address too;
     /// the runtime config must enable the API (`[kserve]`). Off by default.
-    #[arg(long)]
+    #[arg(long, env = "EDGEINFER_GRPC_LISTEN")]
     grpc_listen: Option<SocketAddr>,
     /// File holding the admin API's bearer token (else $EDGEINFER_ADMIN_TOKEN).
-    #[arg(long)]
+    #[arg(long, env = "EDGEINFER_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
 }
 
