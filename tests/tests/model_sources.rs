@@ -1,7 +1,8 @@
-//! `[[asset]] url = ...`: files fetched over HTTP from a server the test runs on loopback, as
-//! `edgeinfer fetch` does on a first start. A good download lands verified; a cut transfer or a
-//! 503 is retried; a 404, a wrong sum or a server that is down fail with the URL and the sums
-//! named, and never leave a file that looks valid.
+//! `[[asset]] url = ...`: files fetched over HTTP from a server the test runs on loopback, and from
+//! S3 (moto's server, from PyPI), as `edgeinfer fetch` does on a first start. A good download
+//! lands verified; a cut transfer or a 503 is retried; a 404, a missing key, a wrong sum or a
+//! server that is down fail with the URL and the sums named, and never leave a file that looks
+//! valid.
 
 mod common;
 
@@ -204,7 +205,7 @@ fn an_asset_has_exactly_one_source() {
     assert!(!ok && said.contains("not both"), "{said}");
     std::fs::write(&config, text.replace("https://example.invalid/x", "ftp://example.invalid/x")).unwrap();
     let (ok, said) = app.fetch();
-    assert!(!ok && said.contains("https:// or http://"), "{said}");
+    assert!(!ok && said.contains("https://, http:// or s3://"), "{said}");
 }
 
 /// The ONNX Runtime library the other tests fetched into the user's cache (pinned in local.toml).
@@ -260,4 +261,81 @@ fn edgeinfer_up_fetches_url_assets_on_its_first_start() {
     assert_eq!(answered, 200);
     assert_eq!(std::fs::read(app.target()).unwrap(), bytes, "the asset is in place");
     assert_eq!(server.hits("/file"), 1);
+}
+
+/// moto's S3 server on a free loopback port, stopped on drop.
+struct S3Server {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl S3Server {
+    fn start() -> S3Server {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        // `moto_server`, run as a module: the venv's scripts name the path it was built at.
+        let child = Command::new(common::client_python())
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < std::time::Duration::from_secs(60), "moto_server did not start");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        S3Server { child, endpoint }
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn s3_assets_come_from_the_bucket_with_the_standard_aws_settings() {
+    let (bytes, sum) = content();
+    let s3 = S3Server::start();
+    let file = repo_root().join("models/all-minilm-l6-v2/tokenizer.json");
+    let put = Command::new(common::client_python())
+        .arg(repo_root().join("tests/clients/s3_put.py"))
+        .args([&s3.endpoint, "models", "minilm/tokenizer.json"])
+        .arg(&file)
+        .output()
+        .expect("run s3_put.py");
+    assert!(put.status.success(), "s3_put.py: {}", String::from_utf8_lossy(&put.stderr));
+    let fetch = |url: &str, sha256: &str, tag: &str| {
+        let app = App::new(tag, url, sha256);
+        let output = app
+            .command("fetch")
+            .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+            .env("AWS_ENDPOINT_URL", &s3.endpoint)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .output()
+            .expect("run edgeinfer fetch");
+        let said = String::from_utf8_lossy(&output.stderr).into_owned();
+        let landed = std::fs::read(app.target()).ok();
+        let partials =
+            app.cached_files().iter().filter(|f| f.to_string_lossy().ends_with(".partial")).count();
+        (output.status.success(), said, landed, partials)
+    };
+    let (ok, said, landed, _) = fetch("s3://models/minilm/tokenizer.json", &sum, "s3-good");
+    assert!(ok, "{said}");
+    assert_eq!(landed.as_deref(), Some(bytes.as_slice()), "the object, verified, in place");
+
+    let (ok, said, landed, partials) = fetch("s3://models/minilm/nope.json", &sum, "s3-missing");
+    assert!(!ok && said.contains("s3://models/minilm/nope.json"), "{said}");
+    assert!(!said.contains("retrying"), "a missing key is not retried: {said}");
+    assert_eq!((landed, partials), (None, 0));
+
+    let wrong = "1".repeat(64);
+    let (ok, said, landed, partials) = fetch("s3://models/minilm/tokenizer.json", &wrong, "s3-wrong");
+    assert!(!ok && said.contains(&sum) && said.contains(&wrong), "both sums named: {said}");
+    assert_eq!((landed, partials), (None, 0));
 }

