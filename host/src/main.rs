@@ -392,6 +392,11 @@ fn fetch(config: &RuntimeConfig, app_dir: &Path) -> Result<PathBuf> {
     for asset in &config.asset {
         provision::ensure_asset(app_dir, asset)?;
     }
+    for (name, model) in &config.model {
+        if let Some(asset) = model.asset() {
+            provision::ensure_asset(app_dir, &asset).with_context(|| format!("[model.{name}]"))?;
+        }
+    }
     for step in &config.export {
         provision::ensure_export(app_dir, step)?;
     }

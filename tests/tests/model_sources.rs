@@ -223,16 +223,22 @@ fn onnxruntime_library() -> PathBuf {
 }
 
 #[test]
-fn edgeinfer_up_fetches_url_assets_on_its_first_start() {
-    // The provisioning `up` does on a blocking thread of its runtime, with a model to serve.
+fn edgeinfer_up_fetches_url_assets_and_models_on_its_first_start() {
+    // The provisioning `up` does on a blocking thread of its runtime: an asset, and the model it
+    // then serves, each from its URL.
     let (bytes, sum) = content();
     let server = FileServer::start(bytes.clone());
+    let model = std::fs::read(repo_root().join("models/all-minilm-l6-v2/model.onnx")).unwrap();
+    let model_sum = hex::encode(Sha256::digest(&model));
+    let model_server = FileServer::start(model.clone());
     let app = App::new("up", &format!("{}/file", server.base), &sum);
     let config = app.dir.join("runtime-config/local.toml");
-    let model = repo_root().join("models/all-minilm-l6-v2/model.onnx");
     let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, format!("[model.minilm]\npath = {:?}\n\n{text}", model.display().to_string()))
-        .unwrap();
+    let section = format!(
+        "[model.minilm]\npath = \"models/minilm.onnx\"\nurl = \"{}/file\"\nsha256 = \"{model_sum}\"\n\n",
+        model_server.base
+    );
+    std::fs::write(&config, format!("{section}{text}")).unwrap();
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut child = app
         .command("up")
@@ -258,9 +264,20 @@ fn edgeinfer_up_fetches_url_assets_on_its_first_start() {
     };
     let _ = child.kill();
     let _ = child.wait();
-    assert_eq!(answered, 200);
+    assert_eq!(answered, 200, "the model fetched from its URL serves");
     assert_eq!(std::fs::read(app.target()).unwrap(), bytes, "the asset is in place");
-    assert_eq!(server.hits("/file"), 1);
+    assert_eq!(std::fs::read(app.dir.join("models/minilm.onnx")).unwrap(), model, "the model is in place");
+    assert_eq!((server.hits("/file"), model_server.hits("/file")), (1, 1));
+}
+
+#[test]
+fn a_model_url_must_be_pinned() {
+    let app = App::new("unpinned", "https://example.invalid/x", &"0".repeat(64));
+    let config = app.dir.join("runtime-config/local.toml");
+    std::fs::write(&config, "[model.m]\npath = \"m.onnx\"\nurl = \"https://example.invalid/m.onnx\"\n")
+        .unwrap();
+    let (ok, said) = app.fetch();
+    assert!(!ok && said.contains("[model.m] has a url but no sha256"), "{said}");
 }
 
 /// moto's S3 server on a free loopback port, stopped on drop.

@@ -140,6 +140,10 @@ pub struct ModelConfig {
     /// Expected sha256 of the file; checked before loading when given.
     #[serde(default)]
     pub sha256: Option<String>,
+    /// Where to fetch the file from when it is missing or corrupt (`https://`, `http://` or
+    /// `s3://`, as an `[[asset]]` url); needs `sha256`.
+    #[serde(default)]
+    pub url: Option<String>,
     /// `cpu` or `cuda:N`.
     #[serde(default = "default_device")]
     pub device: String,
@@ -266,6 +270,20 @@ pub struct Asset {
     /// Wheel platform tag to ask pip for (binary wheels), e.g. `manylinux_2_28_x86_64`.
     #[serde(default)]
     pub platform: Option<String>,
+}
+
+impl ModelConfig {
+    /// The model file as an asset to fetch, when it has a `url` (and its `sha256`).
+    pub fn asset(&self) -> Option<Asset> {
+        Some(Asset {
+            path: self.path.clone(),
+            sha256: self.sha256.clone()?,
+            pip: None,
+            member: None,
+            url: Some(self.url.clone()?),
+            platform: None,
+        })
+    }
 }
 
 /// Where an asset comes from.
@@ -457,6 +475,14 @@ impl RuntimeConfig {
             }
         }
         config.check_kserve()?;
+        for (name, model) in &config.model {
+            if let Some(asset) = model.asset() {
+                asset.source().with_context(|| format!("[model.{name}]"))?;
+                check_sha256(&asset.sha256).with_context(|| format!("[model.{name}]"))?;
+            } else if model.url.is_some() {
+                bail!("[model.{name}] has a url but no sha256: a fetched model must be pinned");
+            }
+        }
         for (name, embedding) in &config.llm.embeddings {
             if !config.model.contains_key(&embedding.model) {
                 bail!(
