@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow};
 use sha2::{Digest, Sha256};
 
-use crate::provision::{cache_dir, verify_sha256};
+use crate::provision::{Blob, cache_dir};
 
 /// Tries per download (the first and three retries, after 0.5, 1 and 2 s).
 const ATTEMPTS: u32 = 4;
@@ -39,15 +39,11 @@ pub fn fetch_url(url: &str, sha256: &str) -> Result<PathBuf> {
 
 fn fetch_url_here(url: &str, sha256: &str) -> Result<PathBuf> {
     let name = url.rsplit('/').next().filter(|n| !n.is_empty() && !n.contains('?')).unwrap_or("download");
-    let cached = cache_dir().join("blobs").join(sha256.to_ascii_lowercase()).join(name);
-    if cached.is_file() && verify_sha256(&cached, sha256).is_ok() {
+    let blob = Blob::new(sha256, name);
+    if let Some(cached) = blob.verified() {
         return Ok(cached);
     }
-    let parent = cached.parent().expect("cached path has a parent");
-    std::fs::create_dir_all(parent)
-        .with_context(|| format!("cannot create the cache directory {}", parent.display()))?;
-    // Unique per process: concurrent first starts must not write into each other's file.
-    let partial = parent.join(format!(".{name}.{}.partial", std::process::id()));
+    let partial = blob.partial()?;
     let client = reqwest::blocking::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(None)
@@ -65,9 +61,9 @@ fn fetch_url_here(url: &str, sha256: &str) -> Result<PathBuf> {
         }
         match result {
             Ok(()) => {
-                std::fs::rename(&partial, &cached)
-                    .with_context(|| format!("cannot move the download into {}", cached.display()))?;
-                return Ok(cached);
+                std::fs::rename(&partial, &blob.path)
+                    .with_context(|| format!("cannot move the download into {}", blob.path.display()))?;
+                return Ok(blob.path);
             }
             Err(Failure::Permanent(e)) => return Err(e),
             Err(Failure::Transient(e)) if attempt == ATTEMPTS => {

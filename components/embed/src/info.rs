@@ -21,8 +21,7 @@ pub fn info() -> Result<Value, ApiError> {
     let host: Option<Value> =
         std::env::var("EDGEINFER_HOST_INFO").ok().and_then(|text| serde_json::from_str(&text).ok());
     let model = host.as_ref().map(|h| &h["models"][&settings.model]).filter(|m| m.is_object());
-    let names = var("MODEL_NAMES", "all-minilm-l6-v2");
-    let served_name = names.split(',').next().unwrap_or("").trim().to_string();
+    let served_name = text_handler::model_names().into_iter().next().unwrap_or_default();
     let dtype = model
         .and_then(|m| m["outputs"][&settings.output].as_str())
         .map(|datatype| match datatype {

@@ -17,7 +17,7 @@ use serde_json::Value;
 use spin_sdk::http::{IntoResponse, Method, Request};
 use spin_sdk::http_service;
 use text_handler::{
-    ApiError, Batch, ContentType, EmbedOptions, Inputs, Prompts, Reused, Settings, TextModel, Timings,
+    ApiError, Batch, ContentType, EmbedOptions, Embedder, Inputs, Reused, Settings, TextModel, Timings,
     Truncation, TruncationDirection, json_body_ok_with_tokens, pooling,
 };
 
@@ -25,7 +25,7 @@ mod info;
 
 thread_local! {
     /// Built on the instance's first request, reused by every later one.
-    static MODEL: Reused<Served> = const { Reused::new() };
+    static MODEL: Reused<Embedder> = const { Reused::new() };
     /// The cross-encoder, when `RERANK_MODEL` names one; built on the first `/rerank`.
     static RERANKER: Reused<TextModel> = const { Reused::new() };
 }
@@ -51,23 +51,8 @@ fn reranker() -> Result<Option<Rc<TextModel>>, ApiError> {
     RERANKER.with(|reranker| reranker.get_or_try_init(|| TextModel::load(settings))).map(Some)
 }
 
-/// The model and the prompts of its sentence-transformers configuration.
-struct Served {
-    model: TextModel,
-    prompts: Prompts,
-}
-
-fn served() -> Result<Rc<Served>, ApiError> {
-    MODEL.with(|served| {
-        served.get_or_try_init(|| {
-            let model = TextModel::load(Settings::from_env("minilm", "last_hidden_state"))?;
-            let prompts = Prompts::load(&text_handler::var(
-                "PROMPTS_PATH",
-                "/model/config_sentence_transformers.json",
-            ))?;
-            Ok(Served { model, prompts })
-        })
-    })
+fn served() -> Result<Rc<Embedder>, ApiError> {
+    MODEL.with(|served| served.get_or_try_init(Embedder::load))
 }
 
 /// TEI's spelling of a truncation direction.
@@ -283,11 +268,12 @@ fn embed(body: Value, content_type_declared: bool, timings: &mut Timings) -> Res
 /// Spin's remote `generate-embeddings`: normalised mean-pooled vectors, as Spin's own engine
 /// computes them, for a model named in `MODEL_NAMES`.
 fn spin_embed(request: SpinEmbedRequest, timings: &mut Timings) -> Result<Answer, ApiError> {
-    let names = text_handler::var("MODEL_NAMES", "all-minilm-l6-v2");
-    if !names.split(',').any(|name| name.trim() == request.model) {
+    let names = text_handler::model_names();
+    if !names.contains(&request.model) {
         return Err(ApiError::not_found(format!(
-            "no embedding model {:?}; this app serves {names}",
-            request.model
+            "no embedding model {:?}; this app serves {}",
+            request.model,
+            names.join(",")
         )));
     }
     let served = served()?;
@@ -325,10 +311,7 @@ fn similarity(request: SimilarityRequest, timings: &mut Timings) -> Result<Answe
         return Err(ApiError::validation("`sentences` must not be empty".into()));
     }
     text_handler::check_text(&source_sentence, "`source_sentence`")?;
-    let Batch::Texts(sentences) = Inputs::Many(sentences).validate(served.model.settings.max_batch_inputs)?
-    else {
-        unreachable!("texts stay texts")
-    };
+    let sentences = Inputs::Many(sentences).validate_texts(served.model.settings.max_batch_inputs)?;
     let texts: Vec<String> = std::iter::once(source_sentence).chain(sentences).collect();
     let batch = served.prompts.apply(parameters.prompt_name.as_deref(), Batch::Texts(texts))?;
     let options =
@@ -349,9 +332,7 @@ fn rerank(request: RerankRequest, timings: &mut Timings) -> Result<Answer, ApiEr
     }
     text_handler::check_text(&request.query, "the query")?;
     let max = served.model.settings.max_batch_inputs;
-    let Batch::Texts(texts) = Inputs::Many(request.texts).validate(max)? else {
-        unreachable!("texts stay texts")
-    };
+    let texts = Inputs::Many(request.texts).validate_texts(max)?;
     let truncation = request.truncate.truncation();
     let (scores, tokens) = match reranker()? {
         Some(cross) => {
@@ -409,10 +390,8 @@ fn tokenize(request: TokenizeRequest, timings: &mut Timings) -> Result<Answer, A
         TextOrTexts::One(text) => vec![text],
         TextOrTexts::Many(texts) => texts,
     };
-    let batch = Inputs::Many(texts).validate(served.model.settings.max_batch_inputs)?;
-    let Batch::Texts(texts) = served.prompts.apply(request.prompt_name.as_deref(), batch)? else {
-        unreachable!("texts stay texts")
-    };
+    let texts = Inputs::Many(texts).validate_texts(served.model.settings.max_batch_inputs)?;
+    let texts = served.prompts.apply_to_texts(request.prompt_name.as_deref(), texts)?;
     let mut answers = Vec::with_capacity(texts.len());
     for text in &texts {
         let tokens = timings.tokenization(|| served.model.tokens(text, request.add_special_tokens))?;

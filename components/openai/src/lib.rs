@@ -12,9 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use spin_sdk::http::{FullBody, IntoResponse, Method, Request, Response, StatusCode};
 use spin_sdk::http_service;
-use text_handler::{
-    ApiError, EmbedOptions, Inputs, Prompts, Reused, Settings, TextModel, Timings, Truncation,
-};
+use text_handler::{ApiError, EmbedOptions, Embedder, Inputs, Reused, Timings, Truncation};
 
 mod errors;
 
@@ -22,7 +20,7 @@ use errors::OpenAiError;
 
 thread_local! {
     /// Built on the instance's first request, reused by every later one.
-    static MODEL: Reused<TextModel> = const { Reused::new() };
+    static MODEL: Reused<Embedder> = const { Reused::new() };
 }
 
 /// OpenAI's limit on inputs per request; they are computed `MAX_BATCH_INPUTS` at a time.
@@ -80,35 +78,21 @@ struct Usage {
     total_tokens: u64,
 }
 
-/// The model's sentence-transformers prompts (`PROMPTS_PATH`).
-fn prompts() -> Result<Prompts, ApiError> {
-    Prompts::load(&text_handler::var("PROMPTS_PATH", "/model/config_sentence_transformers.json"))
-}
-
-/// Names the configured model answers to.
-fn model_names() -> Vec<String> {
-    text_handler::var("MODEL_NAMES", "all-minilm-l6-v2")
-        .split(',')
-        .map(|name| name.trim().to_string())
-        .filter(|name| !name.is_empty())
-        .collect()
-}
-
 fn embeddings(
-    model: &TextModel,
+    embedder: &Embedder,
     request: EmbeddingsRequest,
     timings: &mut Timings,
 ) -> Result<(EmbeddingsResponse, u64), OpenAiError> {
-    if !model_names().contains(&request.model) {
+    if !text_handler::model_names().contains(&request.model) {
         return Err(OpenAiError::model_not_found(&request.model));
     }
     let max_inputs = text_handler::var("MAX_INPUTS", "").parse().unwrap_or(DEFAULT_MAX_INPUTS);
     let batch = request.input.validate(max_inputs).map_err(|e| OpenAiError::from(e).param("input"))?;
     // The model's default prompt, as TEI applies it on every route (OpenAI's has no prompt_name).
-    let batch = prompts()?.apply(None, batch)?;
+    let batch = embedder.prompts.apply(None, batch)?;
     let options =
         EmbedOptions { truncation: Truncation::REFUSE, normalize: true, dimensions: request.dimensions };
-    let embedded = model.embed(&batch, options, timings).map_err(|e| {
+    let embedded = embedder.model.embed(&batch, options, timings).map_err(|e| {
         let param = if e.message().contains("dimensions") { "dimensions" } else { "input" };
         OpenAiError::from(e).param(param)
     })?;
@@ -142,7 +126,7 @@ fn model_object(name: &str) -> serde_json::Value {
 
 /// `GET /v1/models` and `GET /v1/models/NAME`.
 fn models(name: Option<&str>) -> Result<serde_json::Value, OpenAiError> {
-    let names = model_names();
+    let names = text_handler::model_names();
     match name {
         None => {
             Ok(json!({"object": "list", "data": names.iter().map(|n| model_object(n)).collect::<Vec<_>>()}))
@@ -187,10 +171,8 @@ async fn answer(
     match rest {
         "/embeddings" => {
             let request = text_handler::read_request::<EmbeddingsRequest>(request).await?;
-            let model = MODEL.with(|model| {
-                model.get_or_try_init(|| TextModel::load(Settings::from_env("minilm", "last_hidden_state")))
-            })?;
-            let (response, tokens) = embeddings(&model, request, timings)?;
+            let embedder = MODEL.with(|model| model.get_or_try_init(Embedder::load))?;
+            let (response, tokens) = embeddings(&embedder, request, timings)?;
             Ok(text_handler::json_ok_with_tokens(&response, tokens))
         }
         _ if rest == "/models" || rest.starts_with("/models/") => {

@@ -64,6 +64,31 @@ impl Settings {
     }
 }
 
+/// The names the served model answers to (`MODEL_NAMES`, comma-separated; the first is its
+/// served name).
+pub fn model_names() -> Vec<String> {
+    var("MODEL_NAMES", "all-minilm-l6-v2")
+        .split(',')
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
+/// An embedding handler's model (`MODEL`, output `last_hidden_state` by default) and the prompts
+/// of its sentence-transformers configuration (`PROMPTS_PATH`), built once per instance.
+pub struct Embedder {
+    pub model: TextModel,
+    pub prompts: Prompts,
+}
+
+impl Embedder {
+    pub fn load() -> Result<Embedder, ApiError> {
+        let model = TextModel::load(Settings::from_env("minilm", "last_hidden_state"))?;
+        let prompts = Prompts::load(&var("PROMPTS_PATH", "/model/config_sentence_transformers.json"))?;
+        Ok(Embedder { model, prompts })
+    }
+}
+
 /// An environment variable, or its default.
 pub fn var(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())

@@ -34,19 +34,37 @@ impl Prompts {
     /// The texts with the named prompt (or the default one) put in front. Token ids are taken
     /// as they are: a prompt applies to text only.
     pub fn apply(&self, name: Option<&str>, batch: Batch) -> Result<Batch, ApiError> {
-        let Some(name) = name.or(self.default_prompt_name.as_deref()) else { return Ok(batch) };
-        let Some(prompt) = self.prompts.get(name) else {
-            let known: Vec<&str> = self.prompts.keys().map(String::as_str).collect();
-            return Err(ApiError::validation(if known.is_empty() {
-                format!("prompt {name:?} is not defined: the model's configuration has no prompts")
-            } else {
-                format!("prompt {name:?} is not defined; the model's prompts are {known:?}")
-            }));
-        };
-        Ok(match batch {
-            Batch::Texts(texts) => Batch::Texts(texts.into_iter().map(|t| format!("{prompt}{t}")).collect()),
-            ids => ids,
+        match batch {
+            Batch::Texts(texts) => self.apply_to_texts(name, texts).map(Batch::Texts),
+            ids => {
+                self.prompt(name)?;
+                Ok(ids)
+            }
+        }
+    }
+
+    /// `apply` for texts alone.
+    pub fn apply_to_texts(&self, name: Option<&str>, texts: Vec<String>) -> Result<Vec<String>, ApiError> {
+        Ok(match self.prompt(name)? {
+            Some(prompt) => texts.into_iter().map(|t| format!("{prompt}{t}")).collect(),
+            None => texts,
         })
+    }
+
+    /// The prompt `name` (or the default one) stands for; none when neither is set.
+    fn prompt(&self, name: Option<&str>) -> Result<Option<&str>, ApiError> {
+        let Some(name) = name.or(self.default_prompt_name.as_deref()) else { return Ok(None) };
+        match self.prompts.get(name) {
+            Some(prompt) => Ok(Some(prompt)),
+            None => {
+                let known: Vec<&str> = self.prompts.keys().map(String::as_str).collect();
+                Err(ApiError::validation(if known.is_empty() {
+                    format!("prompt {name:?} is not defined: the model's configuration has no prompts")
+                } else {
+                    format!("prompt {name:?} is not defined; the model's prompts are {known:?}")
+                }))
+            }
+        }
     }
 }
 
