@@ -85,7 +85,12 @@ async fn handle(
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let response = match authorize(&req, token) {
-        Err(response) => Answer(*response).into_response(),
+        Err(response) => {
+            // An upload sent without the token is still arriving: read it off so that the client
+            // gets the 401/403 instead of a broken pipe.
+            crate::body::drain(req.into_body(), MAX_UPLOAD_BYTES, UPLOAD_TIMEOUT).await;
+            Answer(*response).into_response()
+        }
         Ok(()) => {
             let routed = router.oneshot(req.map(axum::body::Body::new)).await;
             crate::json_rejection(routed.unwrap_or_else(|never| match never {})).await

@@ -56,19 +56,13 @@ where
     let mut kept = BytesMut::new();
     let mut total: u64 = 0;
     let discard_cap = limit.saturating_mul(8).min(limit.saturating_add(64 << 20));
-    let read = async {
-        while let Some(frame) = body.frame().await {
-            if let Some(data) = frame?.data_ref() {
-                total += data.len() as u64;
-                if total <= limit {
-                    kept.extend_from_slice(data);
-                } else if total > discard_cap {
-                    break;
-                }
-            }
+    let read = consume(&mut body, discard_cap, |data| {
+        total += data.len() as u64;
+        if total <= limit {
+            kept.extend_from_slice(data);
         }
-        Ok(())
-    };
+        total
+    });
     Ok(match tokio::time::timeout(timeout, read).await {
         Ok(result) => {
             result?;
@@ -77,4 +71,37 @@ where
         Err(_) if total > limit => Read::TooLarge,
         Err(_) => Read::TimedOut,
     })
+}
+
+/// Reads and drops a body that will not be used (a refused call), up to `cap` bytes and within
+/// `timeout`, so that a client still sending gets the error answer instead of a reset connection.
+pub async fn drain<B>(mut body: B, cap: u64, timeout: Duration)
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let mut total: u64 = 0;
+    let _ = tokio::time::timeout(
+        timeout,
+        consume(&mut body, cap, |data| {
+            total += data.len() as u64;
+            total
+        }),
+    )
+    .await;
+}
+
+/// Hands each data frame to `take` (which answers the bytes seen so far) until the body ends or
+/// more than `cap` bytes were seen.
+async fn consume<B>(body: &mut B, cap: u64, mut take: impl FnMut(&Bytes) -> u64) -> Result<(), B::Error>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame?.data_ref()
+            && take(data) > cap
+        {
+            break;
+        }
+    }
+    Ok(())
 }
