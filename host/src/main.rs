@@ -52,6 +52,78 @@ enum Command {
     Deploy(deploy::DeployAction),
     /// Export a Hugging Face BERT-family checkpoint (safetensors) to ONNX, without PyTorch.
     Export(ExportArgs),
+    /// Push the app to an OCI registry in Spin's format (`spin up -f REF` runs it too), or pull
+    /// one (ours or `spin registry push`'s) into the cache. `up -f REF` pulls and serves.
+    #[command(subcommand)]
+    Registry(RegistryAction),
+}
+
+#[derive(Subcommand)]
+enum RegistryAction {
+    /// Push the app: built components, their dependencies and files as layers, the runtime
+    /// config and the models it names as one more layer (fetched first where missing).
+    Push {
+        #[command(flatten)]
+        manifest: ManifestArg,
+        /// Default: runtime-config/local.toml next to the manifest, if there is one.
+        #[arg(long, env = "EDGEINFER_RUNTIME_CONFIG")]
+        runtime_config_file: Option<PathBuf>,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// Where to push: `host[:port]/repository:tag`.
+        reference: String,
+    },
+    /// Pull an app by tag or digest, verify every layer, and lay it out under the cache; prints
+    /// the digest and the laid-out spin.toml.
+    Pull {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// `host[:port]/repository:tag` or `host[:port]/repository@sha256:...`.
+        reference: String,
+    },
+}
+
+/// How to reach a registry (for `registry push`, `registry pull` and `up -f REF`).
+#[derive(clap::Args, Clone)]
+struct RegistryArgs {
+    /// Talk plain HTTP to the registry (a local one), as Spin's `--insecure`.
+    #[arg(short = 'k', long, env = "EDGEINFER_REGISTRY_INSECURE")]
+    insecure: bool,
+    /// Extra CA certificates (PEM) to trust for the registry's HTTPS.
+    #[arg(long, env = "EDGEINFER_REGISTRY_CA_FILE")]
+    registry_ca_file: Option<PathBuf>,
+    /// User name for the registry (with --registry-password); default: the Docker config's
+    /// credentials for the registry, else anonymous.
+    #[arg(long, env = "EDGEINFER_REGISTRY_USERNAME", requires = "registry_password")]
+    registry_username: Option<String>,
+    #[arg(long, env = "EDGEINFER_REGISTRY_PASSWORD", hide_env_values = true, requires = "registry_username")]
+    registry_password: Option<String>,
+    /// A bearer token for the registry, sent as it is.
+    #[arg(
+        long,
+        env = "EDGEINFER_REGISTRY_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "registry_username"
+    )]
+    registry_token: Option<String>,
+}
+
+impl RegistryArgs {
+    fn connection(&self) -> edgeinfer_registry::Connection {
+        use edgeinfer_registry::Credentials;
+        let credentials = match (&self.registry_username, &self.registry_password, &self.registry_token) {
+            (Some(username), Some(password), _) => {
+                Some(Credentials::Basic { username: username.clone(), password: password.clone() })
+            }
+            (_, _, Some(token)) => Some(Credentials::Bearer(token.clone())),
+            _ => None,
+        };
+        edgeinfer_registry::Connection {
+            insecure: self.insecure,
+            ca_file: self.registry_ca_file.clone(),
+            credentials,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -104,7 +176,7 @@ struct FetchArgs {
 
 #[derive(clap::Args)]
 struct ManifestArg {
-    /// The app's Spin manifest.
+    /// The app's Spin manifest (for `up`, also a registry reference: `host[:port]/repo:tag`).
     #[arg(short = 'f', long = "from", default_value = "spin.toml", env = "EDGEINFER_MANIFEST")]
     manifest: PathBuf,
 }
@@ -143,6 +215,8 @@ struct UpArgs {
     /// File holding the admin API's bearer token (else $EDGEINFER_ADMIN_TOKEN).
     #[arg(long, env = "EDGEINFER_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    registry: RegistryArgs,
 }
 
 fn main() -> Result<()> {
@@ -186,7 +260,63 @@ fn main() -> Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(up(args))
         }
+        Command::Registry(action) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(registry(action))
+        }
     }
+}
+
+async fn registry(action: RegistryAction) -> Result<()> {
+    match action {
+        RegistryAction::Push { manifest, runtime_config_file, registry, reference } => {
+            let loaded = Manifest::load(&manifest.manifest)?;
+            let runtime_config = runtime_config_file
+                .or_else(|| Some(runtime_config::default_path(&loaded.dir)).filter(|p| p.is_file()));
+            if let Some(path) = &runtime_config {
+                // What the runtime config names travels with the app: fetch what is missing.
+                let (config, dir) = (RuntimeConfig::load(path)?, loaded.dir.clone());
+                tokio::task::spawn_blocking(move || provision_assets(&config, &dir)).await??;
+            }
+            let pushed = edgeinfer_registry::push(
+                &manifest.manifest,
+                runtime_config.as_deref(),
+                &reference,
+                &registry.connection(),
+            )
+            .await?;
+            eprintln!(
+                "edgeinfer: pushed {reference}: {} layers ({} already there), {:.1} MB sent of {:.1} MB",
+                pushed.layers,
+                pushed.layers_present,
+                pushed.bytes_sent as f64 / 1e6,
+                pushed.bytes_total as f64 / 1e6
+            );
+            println!("Pushed with digest {}", pushed.digest);
+            Ok(())
+        }
+        RegistryAction::Pull { registry, reference } => {
+            let pulled = pull(&reference, &registry).await?;
+            println!("{}", pulled.digest);
+            println!("{}", pulled.manifest_path.display());
+            Ok(())
+        }
+    }
+}
+
+/// Pulls an app artifact into the cache (verified, laid out) and says what it fetched.
+async fn pull(reference: &str, registry: &RegistryArgs) -> Result<edgeinfer_registry::Pulled> {
+    let pulled = edgeinfer_registry::pull(reference, &registry.connection(), &provision::cache_dir()).await?;
+    eprintln!(
+        "edgeinfer: pulled {reference} ({}){}: {} layers, {} fetched ({:.1} MB) in {:.1} s",
+        pulled.digest,
+        if pulled.offline { " from the cache, the registry being unreachable" } else { "" },
+        pulled.layers,
+        pulled.layers_fetched,
+        pulled.bytes_fetched as f64 / 1e6,
+        pulled.seconds
+    );
+    Ok(pulled)
 }
 
 fn init_logging() {
@@ -216,8 +346,17 @@ async fn up(args: UpArgs) -> Result<()> {
     telemetry::init()?;
     // Builds, pip, ONNX Runtime sessions and Cranelift compiles block for seconds: they run on a
     // blocking thread, so the async workers that will serve are never tied up by them.
-    let (manifest_path, runtime_config_file) =
+    let (mut manifest_path, mut runtime_config_file) =
         (args.manifest.manifest.clone(), args.runtime_config_file.clone());
+    if let Some(reference) = manifest_path.to_str().filter(|p| edgeinfer_registry::looks_like_reference(p)) {
+        anyhow::ensure!(
+            !args.build && !args.watch,
+            "--build and --watch need the app's sources; {reference} is a registry artifact"
+        );
+        let pulled = pull(reference, &args.registry).await?;
+        manifest_path = pulled.manifest_path;
+        runtime_config_file = runtime_config_file.or(pulled.runtime_config);
+    }
     let (build, compose_nn_providers) = (args.build, args.compose_nn_providers);
     let Started { manifest, config, app, swagger_ui, kserve, _ticker } =
         tokio::task::spawn_blocking(move || {
@@ -389,6 +528,16 @@ fn compose_command(args: &ComposeArgs) -> Result<()> {
 
 /// Provisions the runtime config's assets and returns the ONNX Runtime library to load.
 fn fetch(config: &RuntimeConfig, app_dir: &Path) -> Result<PathBuf> {
+    provision_assets(config, app_dir)?;
+    // Swagger UI for /docs: not needed to serve, so only a warning if it cannot be fetched.
+    if let Err(e) = provision::ensure_swagger_ui() {
+        tracing::warn!("cannot fetch Swagger UI's files (/docs will be unavailable): {e:#}");
+    }
+    provision::ensure_onnxruntime(config.onnxruntime.as_ref())
+}
+
+/// Puts the runtime config's assets, model files and exported models in place.
+fn provision_assets(config: &RuntimeConfig, app_dir: &Path) -> Result<()> {
     for asset in &config.asset {
         provision::ensure_asset(app_dir, asset)?;
     }
@@ -400,11 +549,7 @@ fn fetch(config: &RuntimeConfig, app_dir: &Path) -> Result<PathBuf> {
     for step in &config.export {
         provision::ensure_export(app_dir, step)?;
     }
-    // Swagger UI for /docs: not needed to serve, so only a warning if it cannot be fetched.
-    if let Err(e) = provision::ensure_swagger_ui() {
-        tracing::warn!("cannot fetch Swagger UI's files (/docs will be unavailable): {e:#}");
-    }
-    provision::ensure_onnxruntime(config.onnxruntime.as_ref())
+    Ok(())
 }
 
 fn load_runtime_config(explicit: Option<&Path>, app_dir: &Path) -> Result<RuntimeConfig> {

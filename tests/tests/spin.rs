@@ -502,3 +502,78 @@ fn spin_up_uses_edgeinfer_as_its_remote_llm_server() {
     let (status, body) = post_json(&server.url("/embed"), &json!({"model": "gpt-4", "input": ["x"]}));
     assert_eq!((status, body["error_type"].as_str()), (404, Some("NotFound")), "{body}");
 }
+
+/// The `/embed` and `/predict` answers of two runtimes on the same texts: within tract's tolerance
+/// of ONNX Runtime (nn-local under one, native wasi:nn under the other), the same top labels.
+fn assert_same_answers(a: &str, b: &str, what: &str) {
+    let texts = json!(["A quick test of a registry app.", "set a timer for ten minutes", "héllo wörld"]);
+    let (status_a, embed_a) = post_json(&format!("{a}/embed"), &json!({"inputs": texts}));
+    let (status_b, embed_b) = post_json(&format!("{b}/embed"), &json!({"inputs": texts}));
+    assert_eq!((status_a, status_b), (200, 200), "{what}: {embed_a} {embed_b}");
+    assert_eq!((vectors(&embed_a).len(), vectors(&embed_b).len()), (3, 3));
+    for (x, y) in vectors(&embed_a).iter().zip(&vectors(&embed_b)) {
+        assert!(cosine(x, y) >= 0.9999, "{what}: /embed differs (cosine {})", cosine(x, y));
+    }
+    let (_, predict_a) = post_json(&format!("{a}/predict"), &json!({"inputs": texts, "top_k": 1}));
+    let (_, predict_b) = post_json(&format!("{b}/predict"), &json!({"inputs": texts, "top_k": 1}));
+    for (x, y) in predict_a.as_array().unwrap().iter().zip(predict_b.as_array().unwrap()) {
+        assert_eq!(x[0]["label"], y[0]["label"], "{what}: /predict");
+    }
+    assert_eq!(predict_a[1][0]["label"], "timer");
+}
+
+#[test]
+fn spin_up_runs_the_app_edgeinfer_pushed_to_a_registry() {
+    let Some(spin) = spin_cli("spin_up_runs_the_app_edgeinfer_pushed_to_a_registry") else { return };
+    let registry = common::OciRegistry::start();
+    let reference = format!("{}/edgeinfer/app:v1", registry.address);
+    let (ok, _, said) = common::edgeinfer(&["registry", "push", "--insecure", &reference], &[]);
+    assert!(ok, "{said}");
+    let native = std::thread::spawn(|| Host::start(&repo_root().join("spin.toml"), &[]));
+    // Spin pulls it, composes each handler's dependencies (nn-local, the tokenizer) and serves.
+    let cache = std::env::temp_dir().join(format!("edgeinfer-spin-cache-{}", std::process::id()));
+    let app = SpinUp::start_with(
+        &spin,
+        Path::new(&reference),
+        &["--insecure", "--cache-dir", cache.to_str().unwrap()],
+    )
+    .unwrap_or_else(|output| panic!("spin up -f {reference} failed: {output}"));
+    assert_same_answers(&app.base, &native.join().unwrap().base, "spin up -f REF vs edgeinfer up");
+    drop(app);
+    let _ = std::fs::remove_dir_all(&cache);
+}
+
+#[test]
+fn edgeinfer_serves_the_app_spin_registry_push_wrote() {
+    let Some(spin) = spin_cli("edgeinfer_serves_the_app_spin_registry_push_wrote") else { return };
+    let registry = common::OciRegistry::start();
+    let reference = format!("{}/edgeinfer/app:spin", registry.address);
+    let output = Command::new(&spin)
+        .args(["registry", "push", "--insecure", &reference])
+        .current_dir(repo_root())
+        .output()
+        .expect("run spin registry push");
+    assert!(output.status.success(), "spin registry push: {}", String::from_utf8_lossy(&output.stderr));
+    // Spin's layout: handlers composed before the push (nn-local inside, no dependencies left),
+    // the models as data layers.
+    let manifest = registry.manifest("edgeinfer/app", "spin");
+    let lock_layer = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["mediaType"] == "application/vnd.fermyon.spin.application.v1+config")
+        .expect("the lock layer");
+    let lock: Value =
+        serde_json::from_slice(&registry.blob("edgeinfer/app", lock_layer["digest"].as_str().unwrap()))
+            .unwrap();
+    let embed = lock["components"].as_array().unwrap().iter().find(|c| c["id"] == "embed").unwrap();
+    assert!(embed.get("dependencies").is_none(), "Spin composed the handler: {embed}");
+    let native = std::thread::spawn(|| Host::start(&repo_root().join("spin.toml"), &[]));
+    let cache = common::FreshCache::new("spin-pushed");
+    let served = Host::start_with_env(Path::new(&reference), &["--insecure"], &[cache.env()]);
+    assert_same_answers(
+        &served.base,
+        &native.join().unwrap().base,
+        "edgeinfer up -f (Spin's artifact) vs edgeinfer up",
+    );
+}

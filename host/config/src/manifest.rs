@@ -42,6 +42,8 @@ pub struct Application {
     pub name: String,
     #[serde(default)]
     pub version: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
 }
 
 /// One `[[trigger.http]]`: a route served by a component.
@@ -58,9 +60,9 @@ pub struct HttpTrigger {
 pub struct Component {
     /// Path of the component's .wasm, relative to spin.toml.
     pub source: String,
-    /// Spin's free-text description; accepted, not used.
-    #[serde(default, rename = "description")]
-    _description: Option<String>,
+    /// Spin's free-text description (carried into a pushed artifact's lock).
+    #[serde(default)]
+    pub description: Option<String>,
     /// Read-only mounts into the component's filesystem.
     #[serde(default)]
     pub files: Vec<FileMount>,
@@ -80,8 +82,8 @@ pub struct Component {
     pub dependencies: BTreeMap<String, Dependency>,
     /// Spin gives dependencies a deny-all WASI configuration unless this is true. Composed
     /// dependencies here share the handler's WASI context (as if true); ours read nothing from it.
-    #[serde(default, rename = "dependencies_inherit_configuration")]
-    _dependencies_inherit_configuration: bool,
+    #[serde(default)]
+    pub dependencies_inherit_configuration: bool,
 }
 
 /// An entry of `files`: a path relative to spin.toml mounted at the same path, or an explicit

@@ -375,3 +375,158 @@ impl Drop for Variant {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+/// The CNCF Distribution registry (Debian's `docker-registry`, which scripts/test installs) on a
+/// free loopback port, storing under a temporary directory; stopped and removed on drop.
+pub struct OciRegistry {
+    child: Child,
+    /// `127.0.0.1:PORT`, the registry part of references.
+    pub address: String,
+    /// Its storage (the filesystem driver's root).
+    pub storage: PathBuf,
+    dir: PathBuf,
+}
+
+impl OciRegistry {
+    /// An open registry.
+    pub fn start() -> OciRegistry {
+        OciRegistry::start_with_users(&[])
+    }
+
+    /// A registry that lets only these (user, password) pairs in, with HTTP basic auth (htpasswd
+    /// with bcrypt, written by the client venv's `bcrypt`).
+    pub fn start_with_users(users: &[(&str, &str)]) -> OciRegistry {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = std::env::temp_dir().join(format!("edgeinfer-registry-{}-{port}", std::process::id()));
+        let storage = dir.join("storage");
+        std::fs::create_dir_all(&storage).unwrap();
+        let mut auth = String::new();
+        if !users.is_empty() {
+            let htpasswd = dir.join("htpasswd");
+            let script = "import bcrypt, sys\nfor pair in sys.argv[1:]:\n    user, password = pair.split(':', 1)\n    print(user + ':' + bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode())";
+            let output = Command::new(client_python())
+                .args(["-c", script])
+                .args(users.iter().map(|(u, p)| format!("{u}:{p}")))
+                .output()
+                .expect("run bcrypt");
+            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+            std::fs::write(&htpasswd, &output.stdout).unwrap();
+            auth =
+                format!("auth:\n  htpasswd:\n    realm: edgeinfer-tests\n    path: {}\n", htpasswd.display());
+        }
+        let config = dir.join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+                storage.display()
+            ),
+        )
+        .unwrap();
+        let binary = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .map(|d| d.join("docker-registry"))
+            .find(|p| p.is_file())
+            .expect("docker-registry is not installed (scripts/test installs Debian's docker-registry)");
+        let child = Command::new(binary)
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry");
+        track(child.id());
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(30), "docker-registry did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        OciRegistry { child, address: format!("127.0.0.1:{port}"), storage, dir }
+    }
+
+    /// `GET /v2/NAME/manifests/REFERENCE` (as an OCI manifest).
+    pub fn manifest(&self, repository: &str, reference: &str) -> Value {
+        client()
+            .get(format!("http://{}/v2/{repository}/manifests/{reference}", self.address))
+            .header("accept", "application/vnd.oci.image.manifest.v1+json")
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    }
+
+    /// A blob's bytes.
+    pub fn blob(&self, repository: &str, digest: &str) -> Vec<u8> {
+        let response =
+            client().get(format!("http://{}/v2/{repository}/blobs/{digest}", self.address)).send().unwrap();
+        assert_eq!(response.status().as_u16(), 200, "blob {digest}");
+        response.bytes().unwrap().to_vec()
+    }
+
+    /// Where the registry keeps a blob's bytes (its filesystem driver's layout).
+    pub fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        self.storage.join(format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
+    }
+
+    /// Stops the registry (a registry that is down).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OciRegistry {
+    fn drop(&mut self) {
+        untrack(self.child.id());
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A cache directory for one test (`EDGEINFER_CACHE_DIR`): empty of registry data, sharing the
+/// user cache's ONNX Runtime, wheels and compiled components (links), so that it tests a first
+/// pull without fetching ONNX Runtime again. Removed on drop.
+pub struct FreshCache(pub PathBuf);
+
+impl FreshCache {
+    pub fn new(tag: &str) -> FreshCache {
+        let shared = std::env::var_os("EDGEINFER_CACHE_DIR")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("edgeinfer")))
+            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/edgeinfer"));
+        let dir = std::env::temp_dir().join(format!("edgeinfer-cache-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in ["blobs", "wheels", "compiled", "tools"] {
+            std::fs::create_dir_all(shared.join(name)).unwrap();
+            std::os::unix::fs::symlink(shared.join(name), dir.join(name)).unwrap();
+        }
+        FreshCache(dir)
+    }
+
+    pub fn env(&self) -> (&'static str, &str) {
+        ("EDGEINFER_CACHE_DIR", self.0.to_str().unwrap())
+    }
+}
+
+impl Drop for FreshCache {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `edgeinfer ARGS` in the repo root with `env`; (success, stdout, stderr).
+pub fn edgeinfer(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let output = Command::new(host_binary())
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(repo_root())
+        .output()
+        .expect("run edgeinfer");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    );
+    eprintln!("edgeinfer {}:\n{stderr}{stdout}", args.join(" "));
+    (output.status.success(), stdout, stderr)
+}

@@ -1,0 +1,461 @@
+//! `edgeinfer registry pull` / `up -f REF`: an app artifact (ours or `spin registry push`'s) by
+//! tag or digest into a verified, content-addressed cache, laid out as an app directory.
+//!
+//! Cache layout under `<cache>/oci/`: `blobs/sha256/<hex>` (each written to a `.partial` file,
+//! verified against its digest by the client, then renamed: nothing unverified has a final name),
+//! `apps/<manifest hex>/` (spin.toml, `wasm/`, `files/<component>/`, the runtime config and the
+//! files it names; built in a temporary directory and renamed when complete), and
+//! `refs/<registry>/<repository>/<tag>` (the digest a tag last resolved to, for starting with the
+//! registry down).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use futures::{StreamExt, TryStreamExt};
+use oci_client::Reference;
+use oci_client::manifest::{OciDescriptor, OciImageManifest};
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+
+use crate::locked::{ContentRef, LockedApp, LockedComponent};
+use crate::{
+    ARCHIVE_MEDIA_TYPE, Connection, HOST_CONFIG_MEDIA_TYPE, SPIN_APPLICATION_MEDIA_TYPE, digest_hex,
+    digest_of, safe_relative,
+};
+
+/// Layers fetched at once.
+const PARALLEL_FETCHES: usize = 4;
+
+/// What a pull did and where the app is.
+#[derive(Debug)]
+pub struct Pulled {
+    /// The manifest's digest.
+    pub digest: String,
+    /// The app's spin.toml, laid out under the cache.
+    pub manifest_path: PathBuf,
+    /// The app's runtime config (from our layer), when the artifact has one.
+    pub runtime_config: Option<PathBuf>,
+    /// Layers in the manifest, and how many were fetched (the others were cached).
+    pub layers: usize,
+    pub layers_fetched: usize,
+    /// Bytes fetched from the registry.
+    pub bytes_fetched: u64,
+    /// Whether the registry was unreachable and a cached resolution of the tag served instead.
+    pub offline: bool,
+    pub seconds: f64,
+}
+
+/// Pulls `reference` into `cache_root/oci` and lays out its app.
+pub async fn pull(reference: &str, connection: &Connection, cache_root: &Path) -> Result<Pulled> {
+    let started = Instant::now();
+    let reference = crate::parse_reference(reference)?;
+    let cache = Cache { root: cache_root.join("oci") };
+    let client = connection.client(&reference)?;
+    let auth = connection.auth(&reference)?;
+    let (manifest, digest, offline) = match client.pull_image_manifest(&reference, &auth).await {
+        Ok((manifest, digest)) => (manifest, digest, false),
+        Err(e) if is_unreachable(&e) => match cache.recall(&reference) {
+            Some((manifest, digest)) => {
+                tracing::warn!(
+                    "registry {} unreachable ({e}); serving {digest}, cached for {reference}",
+                    reference.registry()
+                );
+                (manifest, digest, true)
+            }
+            None => {
+                return Err(e)
+                    .with_context(|| format!("cannot reach the registry for {reference} (nothing cached)"));
+            }
+        },
+        Err(e) => return Err(e).with_context(|| format!("cannot pull {reference}")),
+    };
+    let locked_layer = manifest
+        .layers
+        .iter()
+        .find(|l| l.media_type == SPIN_APPLICATION_MEDIA_TYPE)
+        .or((manifest.config.media_type == SPIN_APPLICATION_MEDIA_TYPE).then_some(&manifest.config))
+        .with_context(|| {
+            format!("{reference} is not a Spin app: no layer of media type {SPIN_APPLICATION_MEDIA_TYPE}")
+        })?
+        .clone();
+    if let Some(archive) = manifest.layers.iter().find(|l| l.media_type == ARCHIVE_MEDIA_TYPE) {
+        bail!(
+            "{reference}: layer {} is a file archive ({ARCHIVE_MEDIA_TYPE}), which edgeinfer does not unpack",
+            archive.digest
+        );
+    }
+    let mut wanted: Vec<OciDescriptor> = manifest.layers.clone();
+    if !wanted.iter().any(|l| l.digest == locked_layer.digest) {
+        wanted.push(locked_layer.clone());
+    }
+    let missing: Vec<OciDescriptor> = wanted
+        .iter()
+        .filter(|l| cache.blob(&l.digest).map(|p| !p.is_file()).unwrap_or(true))
+        .cloned()
+        .collect();
+    if offline && !missing.is_empty() {
+        bail!(
+            "registry {} unreachable and {} layers of {digest} are not cached",
+            reference.registry(),
+            missing.len()
+        );
+    }
+    let bytes_fetched: u64 = missing.iter().map(|l| l.size.max(0) as u64).sum();
+    futures::stream::iter(missing.iter())
+        .map(|layer| cache.fetch(&client, &reference, layer))
+        .buffer_unordered(PARALLEL_FETCHES)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let locked_bytes = std::fs::read(cache.blob(&locked_layer.digest)?)?;
+    let locked: LockedApp = serde_json::from_slice(&locked_bytes)
+        .with_context(|| format!("{reference}: the locked app is not valid"))?;
+    let host_config = match manifest.layers.iter().find(|l| l.media_type == HOST_CONFIG_MEDIA_TYPE) {
+        Some(layer) => Some(
+            serde_json::from_slice::<Value>(&std::fs::read(cache.blob(&layer.digest)?)?)
+                .with_context(|| format!("{reference}: layer {} is not JSON", layer.digest))?,
+        ),
+        None => None,
+    };
+    let app_dir = cache.root.join("apps").join(digest_hex(&digest)?);
+    if !app_dir.join("spin.toml").is_file() {
+        lay_out(&cache, &locked, host_config.as_ref(), &app_dir)
+            .with_context(|| format!("cannot lay out {reference}"))?;
+    }
+    if !offline {
+        // Only a complete pull is remembered for starting with the registry down.
+        cache.remember(&reference, &digest, &manifest)?;
+    }
+    let runtime_config = app_dir.join("runtime-config/local.toml");
+    Ok(Pulled {
+        digest,
+        manifest_path: app_dir.join("spin.toml"),
+        runtime_config: runtime_config.is_file().then_some(runtime_config),
+        layers: manifest.layers.len(),
+        layers_fetched: missing.len(),
+        bytes_fetched,
+        offline,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Whether the registry could not be reached at all (as opposed to answering an error).
+fn is_unreachable(error: &oci_client::errors::OciDistributionError) -> bool {
+    use std::error::Error;
+    let mut source: Option<&dyn Error> = Some(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(io.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        if e.to_string().contains("Connection refused") || e.to_string().contains("dns error") {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// A file being written, removed unless renamed into place: also when its fetch fails or is
+/// dropped because another layer's failed.
+struct Partial(PathBuf);
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The cache of blobs, laid-out apps and tag resolutions.
+struct Cache {
+    root: PathBuf,
+}
+
+impl Cache {
+    fn blob(&self, digest: &str) -> Result<PathBuf> {
+        Ok(self.root.join("blobs/sha256").join(digest_hex(digest)?))
+    }
+
+    /// Fetches one layer; the client checks its digest as it streams, and only a verified file is
+    /// renamed into place.
+    async fn fetch(
+        &self,
+        client: &oci_client::Client,
+        reference: &Reference,
+        layer: &OciDescriptor,
+    ) -> Result<()> {
+        let target = self.blob(&layer.digest)?;
+        let dir = target.parent().expect("blobs/sha256 has a parent");
+        tokio::fs::create_dir_all(dir).await.with_context(|| format!("cannot create {}", dir.display()))?;
+        let partial =
+            Partial(dir.join(format!("{}.partial-{}", digest_hex(&layer.digest)?, std::process::id())));
+        let file = tokio::fs::File::create(&partial.0)
+            .await
+            .with_context(|| format!("cannot write {}", partial.0.display()))?;
+        let mut writer = tokio::io::BufWriter::new(file);
+        client
+            .pull_blob(reference, layer, &mut writer)
+            .await
+            .with_context(|| format!("layer {} of {reference}", layer.digest))?;
+        writer.flush().await?;
+        writer.into_inner().sync_all().await?;
+        tokio::fs::rename(&partial.0, &target)
+            .await
+            .with_context(|| format!("cannot write {}", target.display()))
+    }
+
+    fn ref_path(&self, reference: &Reference) -> Option<PathBuf> {
+        let tag = reference.tag()?;
+        let registry = reference.registry().replace(':', "_");
+        Some(self.root.join("refs").join(registry).join(reference.repository()).join(tag))
+    }
+
+    /// Keeps the manifest a tag resolved to.
+    fn remember(&self, reference: &Reference, digest: &str, manifest: &OciImageManifest) -> Result<()> {
+        let Some(path) = self.ref_path(reference) else { return Ok(()) };
+        std::fs::create_dir_all(path.parent().expect("a ref path has a parent"))?;
+        let record = serde_json::json!({"digest": digest, "manifest": manifest});
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, serde_json::to_vec(&record)?)?;
+        std::fs::rename(&partial, &path)?;
+        Ok(())
+    }
+
+    fn recall(&self, reference: &Reference) -> Option<(OciImageManifest, String)> {
+        let record: Value = serde_json::from_slice(&std::fs::read(self.ref_path(reference)?).ok()?).ok()?;
+        let manifest = serde_json::from_value(record.get("manifest")?.clone()).ok()?;
+        Some((manifest, record.get("digest")?.as_str()?.to_string()))
+    }
+}
+
+/// Writes the app directory: spin.toml from the lock, each component's Wasm and files, and our
+/// runtime config with the files it names. Built beside `app_dir` and renamed when complete.
+fn lay_out(cache: &Cache, locked: &LockedApp, host_config: Option<&Value>, app_dir: &Path) -> Result<()> {
+    check_supported(locked)?;
+    let parent = app_dir.parent().expect("apps/<hex> has a parent");
+    std::fs::create_dir_all(parent)?;
+    let building = parent.join(format!(
+        "{}.partial-{}",
+        app_dir.file_name().expect("named").to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&building);
+    let result = (|| {
+        let mut components = toml::Table::new();
+        for component in &locked.components {
+            components.insert(
+                component.id.clone(),
+                toml::Value::Table(lay_out_component(cache, component, &building)?),
+            );
+        }
+        if let Some(config) = host_config {
+            lay_out_host_config(cache, config, &building)?;
+        }
+        let manifest = manifest_toml(locked, components)?;
+        std::fs::write(building.join("spin.toml"), manifest)?;
+        std::fs::rename(&building, app_dir).or_else(|e| {
+            // Another pull laid it out meanwhile.
+            if app_dir.join("spin.toml").is_file() { Ok(()) } else { Err(e) }
+        })?;
+        anyhow::Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&building);
+    result
+}
+
+/// Refuses what would change the app's behaviour and that this host does not implement.
+fn check_supported(locked: &LockedApp) -> Result<()> {
+    if !locked.must_understand.is_empty() || !locked.host_requirements.is_empty() {
+        bail!(
+            "the app requires host features edgeinfer does not have: {:?} {:?}",
+            locked.must_understand,
+            locked.host_requirements.keys().collect::<Vec<_>>()
+        );
+    }
+    if !locked.variables.is_empty() {
+        bail!(
+            "the app declares variables ({}), which edgeinfer does not support",
+            locked.variables.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    for trigger in &locked.triggers {
+        if trigger.trigger_type != "http" {
+            bail!(
+                "trigger {} is of type {:?}; edgeinfer serves HTTP triggers only",
+                trigger.id,
+                trigger.trigger_type
+            );
+        }
+        if !trigger.trigger_dependencies.is_empty() {
+            bail!(
+                "trigger {} has trigger dependencies (middleware), which edgeinfer does not support",
+                trigger.id
+            );
+        }
+    }
+    for component in &locked.components {
+        if !component.config.is_empty()
+            || !component.host_requirements.is_empty()
+            || !component.trigger_dependencies.is_empty()
+        {
+            bail!(
+                "component {} uses variables, host requirements or trigger dependencies, which edgeinfer does not support",
+                component.id
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `[component.ID]` for a component whose Wasm and files are placed under `dir`.
+fn lay_out_component(cache: &Cache, component: &LockedComponent, dir: &Path) -> Result<toml::Table> {
+    let id = &component.id;
+    anyhow::ensure!(
+        !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+        "component id {id:?} is not a plain name"
+    );
+    let mut table = toml::Table::new();
+    table.insert(
+        "source".into(),
+        wasm(cache, &component.source.content, dir).with_context(|| format!("component {id}"))?.into(),
+    );
+    if !component.files.is_empty() {
+        let root = dir.join("files").join(id);
+        for file in &component.files {
+            let target = root.join(safe_relative(&file.path).with_context(|| format!("component {id}"))?);
+            place(cache, &file.content, &target)
+                .with_context(|| format!("component {id}: file {}", file.path))?;
+        }
+        let mut mount = toml::Table::new();
+        mount.insert("source".into(), format!("files/{id}").into());
+        mount.insert("destination".into(), "/".into());
+        table.insert("files".into(), toml::Value::Array(vec![mount.into()]));
+    }
+    if !component.env.is_empty() {
+        let env: toml::Table =
+            component.env.iter().map(|(k, v)| (k.clone(), toml::Value::from(v.as_str()))).collect();
+        table.insert("environment".into(), env.into());
+    }
+    for key in ["allowed_outbound_hosts", "ai_models"] {
+        let values = component.metadata_strings(key);
+        if !values.is_empty() {
+            table.insert(key.into(), toml::Value::Array(values.into_iter().map(toml::Value::from).collect()));
+        }
+    }
+    if !component.dependencies.is_empty() {
+        let mut dependencies = toml::Table::new();
+        let mut inherit = false;
+        for (name, dependency) in &component.dependencies {
+            let mut entry = toml::Table::new();
+            entry.insert(
+                "path".into(),
+                wasm(cache, &dependency.source.content, dir)
+                    .with_context(|| format!("component {id}: dependency {name}"))?
+                    .into(),
+            );
+            if let Some(export) = &dependency.export {
+                entry.insert("export".into(), export.clone().into());
+            }
+            inherit |= dependency.inherit.is_some();
+            dependencies.insert(name.clone(), entry.into());
+        }
+        table.insert("dependencies".into(), dependencies.into());
+        table.insert("dependencies_inherit_configuration".into(), inherit.into());
+    }
+    Ok(table)
+}
+
+/// Places a Wasm binary at `wasm/<hex>.wasm` under `dir`; answers that relative path.
+fn wasm(cache: &Cache, content: &ContentRef, dir: &Path) -> Result<String> {
+    let digest = content.digest.as_deref().context("a Wasm source without a digest")?;
+    let relative = format!("wasm/{}.wasm", digest_hex(digest)?);
+    let target = dir.join(&relative);
+    if !target.is_file() {
+        place(cache, content, &target)?;
+    }
+    Ok(relative)
+}
+
+/// Puts `content` at `target`: a hard link to the cached blob (a copy where links fail), or the
+/// inline bytes, checked against the digest when one is given.
+fn place(cache: &Cache, content: &ContentRef, target: &Path) -> Result<()> {
+    std::fs::create_dir_all(target.parent().expect("a file has a parent"))?;
+    if let Some(inline) = &content.inline {
+        let bytes = crate::locked::decode_inline(inline).context("inline content is not base64")?;
+        if let Some(digest) = &content.digest {
+            let actual = digest_of(&bytes);
+            anyhow::ensure!(&actual == digest, "inline content has digest {actual}, the lock says {digest}");
+        }
+        std::fs::write(target, bytes)?;
+        return Ok(());
+    }
+    let digest = content.digest.as_deref().context("content with neither bytes nor a digest")?;
+    let blob = cache.blob(digest)?;
+    anyhow::ensure!(blob.is_file(), "{digest} is not a layer of the artifact");
+    if std::fs::hard_link(&blob, target).is_err() {
+        std::fs::copy(&blob, target)
+            .with_context(|| format!("cannot copy {} to {}", blob.display(), target.display()))?;
+    }
+    Ok(())
+}
+
+/// Our layer: the runtime config at `runtime-config/local.toml` and the files it names at their
+/// app-relative paths.
+fn lay_out_host_config(cache: &Cache, config: &Value, dir: &Path) -> Result<()> {
+    let text = config
+        .get("runtime_config")
+        .and_then(Value::as_str)
+        .context("the host config has no runtime_config")?;
+    let path = dir.join("runtime-config/local.toml");
+    std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+    std::fs::write(&path, text)?;
+    if let Some(files) = config.get("files").and_then(Value::as_object) {
+        for (relative, content) in files {
+            let content: ContentRef = serde_json::from_value(content.clone())
+                .with_context(|| format!("the host config's entry for {relative}"))?;
+            place(cache, &content, &dir.join(safe_relative(relative)?))
+                .with_context(|| format!("runtime config file {relative}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// spin.toml for the laid-out app.
+fn manifest_toml(locked: &LockedApp, components: toml::Table) -> Result<String> {
+    let text = |key: &str| locked.metadata.get(key).and_then(Value::as_str).map(str::to_string);
+    let mut application = toml::Table::new();
+    application.insert("name".into(), text("name").unwrap_or_else(|| "app".into()).into());
+    for key in ["version", "description"] {
+        if let Some(value) = text(key) {
+            application.insert(key.into(), value.into());
+        }
+    }
+    let mut http = Vec::new();
+    for trigger in &locked.triggers {
+        let config = &trigger.trigger_config;
+        let (Some(route), Some(component)) =
+            (config.get("route").and_then(Value::as_str), config.get("component").and_then(Value::as_str))
+        else {
+            bail!(
+                "trigger {} has no route or component (it may use an inline component or private route)",
+                trigger.id
+            );
+        };
+        let mut entry = toml::Table::new();
+        entry.insert("route".into(), route.into());
+        entry.insert("component".into(), component.into());
+        http.push(toml::Value::Table(entry));
+    }
+    let mut trigger = toml::Table::new();
+    trigger.insert("http".into(), toml::Value::Array(http));
+    let mut root = toml::Table::new();
+    root.insert("spin_manifest_version".into(), 2.into());
+    root.insert("application".into(), application.into());
+    root.insert("trigger".into(), trigger.into());
+    root.insert("component".into(), components.into());
+    Ok(format!(
+        "# Laid out by `edgeinfer` from a registry artifact; regenerated on every pull.\n{}",
+        toml::to_string(&root)?
+    ))
+}

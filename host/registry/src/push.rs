@@ -1,0 +1,367 @@
+//! `edgeinfer registry push`: a spin.toml app (built components, mounted files) and its runtime
+//! config as an OCI artifact in Spin's layout.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use edgeinfer_config::manifest::{Component, Manifest};
+use edgeinfer_config::runtime_config::RuntimeConfig;
+use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciDescriptor, OciImageManifest};
+use oci_client::{Reference, RegistryOperation};
+use serde_json::{Map, Value, json};
+
+use crate::locked::{
+    ContentPath, ContentRef, LockedApp, LockedComponent, LockedDependency, LockedSource, LockedTrigger,
+};
+use crate::{
+    Connection, DATA_MEDIA_TYPE, HOST_CONFIG_MEDIA_TYPE, LOCKED_APP_DIGEST_LABEL,
+    SPIN_APPLICATION_MEDIA_TYPE, WASM_LAYER_MEDIA_TYPE, digest_of, digest_of_file,
+};
+
+/// Content of this size or less travels inline in the lock, without a layer (as Spin does: some
+/// registries refuse very small blobs).
+const INLINE_MAX_BYTES: u64 = 128;
+
+/// What a push did.
+#[derive(Debug)]
+pub struct Pushed {
+    /// The manifest's digest: `REPOSITORY@DIGEST` names exactly this version.
+    pub digest: String,
+    /// Layers in the manifest.
+    pub layers: usize,
+    /// Layers the registry already had (not sent again).
+    pub layers_present: usize,
+    /// Bytes of all layers.
+    pub bytes_total: u64,
+    /// Bytes sent.
+    pub bytes_sent: u64,
+}
+
+/// One layer to push: where its bytes are.
+struct Layer {
+    digest: String,
+    media_type: &'static str,
+    size: u64,
+    content: LayerContent,
+}
+
+enum LayerContent {
+    File(PathBuf),
+    Bytes(Vec<u8>),
+}
+
+/// The layers of an artifact, one per distinct digest, in the order first seen.
+#[derive(Default)]
+struct Layers {
+    list: Vec<Layer>,
+    seen: HashMap<String, usize>,
+}
+
+impl Layers {
+    /// Adds a file as a layer (once per digest) and returns how the lock refers to it.
+    fn file(&mut self, path: &Path, media_type: &'static str) -> Result<ContentRef> {
+        let size = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?.len();
+        let digest = digest_of_file(path)?;
+        if media_type == DATA_MEDIA_TYPE && size <= INLINE_MAX_BYTES {
+            let bytes = std::fs::read(path)?;
+            return Ok(ContentRef {
+                inline: Some(crate::locked::encode_inline(&bytes)),
+                ..ContentRef::digest(digest)
+            });
+        }
+        self.add(Layer {
+            digest: digest.clone(),
+            media_type,
+            size,
+            content: LayerContent::File(path.into()),
+        });
+        Ok(ContentRef::digest(digest))
+    }
+
+    fn bytes(&mut self, bytes: Vec<u8>, media_type: &'static str) -> String {
+        let digest = digest_of(&bytes);
+        let size = bytes.len() as u64;
+        self.add(Layer { digest: digest.clone(), media_type, size, content: LayerContent::Bytes(bytes) });
+        digest
+    }
+
+    fn add(&mut self, layer: Layer) {
+        if !self.seen.contains_key(&layer.digest) {
+            self.seen.insert(layer.digest.clone(), self.list.len());
+            self.list.push(layer);
+        }
+    }
+}
+
+/// Pushes the app of `manifest_path` (components as built, files as mounted) with the runtime
+/// config at `runtime_config` (if any) to `reference`.
+pub async fn push(
+    manifest_path: &Path,
+    runtime_config: Option<&Path>,
+    reference: &str,
+    connection: &Connection,
+) -> Result<Pushed> {
+    let reference = crate::parse_reference(reference)?;
+    let manifest = Manifest::load(manifest_path)?;
+    let mut layers = Layers::default();
+    let locked = lock(&manifest, &mut layers)?;
+    if let Some(path) = runtime_config {
+        let config = host_config(path, &manifest.dir, &mut layers)?;
+        layers.bytes(serde_json::to_vec(&config)?, HOST_CONFIG_MEDIA_TYPE);
+    }
+    let locked_json = serde_json::to_vec(&locked)?;
+    let locked_digest = layers.bytes(locked_json, SPIN_APPLICATION_MEDIA_TYPE);
+    let config = serde_json::to_vec(&json!({
+        "architecture": "wasm",
+        "os": "Wasip1",
+        "config": {"Labels": {LOCKED_APP_DIGEST_LABEL: locked_digest}},
+        "rootfs": {"type": "layers", "diff_ids": []},
+    }))?;
+    upload(&reference, connection, &manifest, layers, config).await
+}
+
+/// The locked app of `manifest`, adding each Wasm binary and file to `layers`.
+fn lock(manifest: &Manifest, layers: &mut Layers) -> Result<LockedApp> {
+    let mut metadata = Map::new();
+    let application = &manifest.application;
+    metadata.insert("name".into(), json!(application.name));
+    if let Some(version) = &application.version {
+        metadata.insert("version".into(), json!(version));
+    }
+    if let Some(description) = &application.description {
+        metadata.insert("description".into(), json!(description));
+    }
+    metadata.insert("trigger".into(), json!({"type": "http"}));
+    let triggers = manifest
+        .http_triggers
+        .iter()
+        .enumerate()
+        .map(|(index, trigger)| LockedTrigger {
+            id: format!("http-trigger{index}"),
+            trigger_type: "http".into(),
+            trigger_config: json!({"component": trigger.component, "route": trigger.route}),
+            trigger_dependencies: Map::new(),
+        })
+        .collect();
+    let components = manifest
+        .components
+        .iter()
+        .map(|(id, component)| {
+            lock_component(manifest, id, component, layers).with_context(|| format!("component {id}"))
+        })
+        .collect::<Result<_>>()?;
+    Ok(LockedApp {
+        spin_lock_version: 0,
+        must_understand: Vec::new(),
+        metadata,
+        host_requirements: Map::new(),
+        variables: Map::new(),
+        triggers,
+        components,
+    })
+}
+
+fn lock_component(
+    manifest: &Manifest,
+    id: &str,
+    component: &Component,
+    layers: &mut Layers,
+) -> Result<LockedComponent> {
+    let wasm = |path: &str, layers: &mut Layers| -> Result<LockedSource> {
+        let file = manifest.resolve(path);
+        anyhow::ensure!(
+            file.is_file(),
+            "{} does not exist: build the app first (edgeinfer build)",
+            file.display()
+        );
+        Ok(LockedSource {
+            content_type: "application/wasm".into(),
+            content: layers.file(&file, WASM_LAYER_MEDIA_TYPE)?,
+        })
+    };
+    let source = wasm(&component.source, layers)?;
+    let mut dependencies = BTreeMap::new();
+    for (name, dependency) in &component.dependencies {
+        dependencies.insert(
+            name.clone(),
+            LockedDependency {
+                source: wasm(&dependency.path, layers)?,
+                export: dependency.export.clone(),
+                inherit: component.dependencies_inherit_configuration.then(|| json!("All")),
+            },
+        );
+    }
+    let mut files = Vec::new();
+    for mount in &component.files {
+        let (source, destination) = mount.source_and_destination();
+        let host = manifest.resolve(source);
+        let guest = destination.trim_matches('/');
+        if host.is_file() {
+            files
+                .push(ContentPath { content: layers.file(&host, DATA_MEDIA_TYPE)?, path: guest.to_string() });
+            continue;
+        }
+        anyhow::ensure!(host.is_dir(), "file mount {} does not exist", host.display());
+        let mut entries: Vec<_> = walkdir::WalkDir::new(&host)
+            .follow_links(true)
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("cannot list {}", host.display()))?;
+        entries.sort_by(|a, b| a.path().cmp(b.path()));
+        for entry in entries.iter().filter(|e| e.file_type().is_file()) {
+            let relative = entry.path().strip_prefix(&host)?;
+            let relative: Vec<_> = relative.components().map(|c| c.as_os_str().to_string_lossy()).collect();
+            let path =
+                if guest.is_empty() { relative.join("/") } else { format!("{guest}/{}", relative.join("/")) };
+            files.push(ContentPath { content: layers.file(entry.path(), DATA_MEDIA_TYPE)?, path });
+        }
+    }
+    let mut metadata = Map::new();
+    if let Some(description) = &component.description {
+        metadata.insert("description".into(), json!(description));
+    }
+    for (key, values) in
+        [("allowed_outbound_hosts", &component.allowed_outbound_hosts), ("ai_models", &component.ai_models)]
+    {
+        if !values.is_empty() {
+            metadata.insert(key.into(), json!(values));
+        }
+    }
+    Ok(LockedComponent {
+        id: id.to_string(),
+        metadata,
+        source,
+        env: component.environment.clone(),
+        files,
+        config: BTreeMap::new(),
+        dependencies,
+        trigger_dependencies: Map::new(),
+        host_requirements: Map::new(),
+    })
+}
+
+/// Our layer: the runtime config's text and, by app-relative path, the digest of every file it
+/// names that exists (models, tokenizers, exported models and their labels), each also a layer.
+fn host_config(path: &Path, app_dir: &Path, layers: &mut Layers) -> Result<Value> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read runtime config {}", path.display()))?;
+    let config =
+        RuntimeConfig::parse(&text).with_context(|| format!("invalid runtime config {}", path.display()))?;
+    let mut named: Vec<(String, bool)> = Vec::new();
+    for model in config.model.values() {
+        // A model fetched from its own url need not travel; one without a source must.
+        named.push((model.path.clone(), model.url.is_none()));
+    }
+    for asset in &config.asset {
+        named.push((asset.path.clone(), false));
+    }
+    for step in &config.export {
+        named.push((step.output.clone(), true));
+        if let Some(parent) = Path::new(&step.output).parent() {
+            named.push((parent.join("labels.json").to_string_lossy().into_owned(), false));
+        }
+    }
+    for embedding in config.llm.embeddings.values() {
+        named.push((embedding.tokenizer.clone(), false));
+    }
+    let mut files = BTreeMap::new();
+    for (relative, required) in named {
+        crate::safe_relative(&relative).with_context(|| format!("runtime config {}", path.display()))?;
+        let file = app_dir.join(&relative);
+        if !file.is_file() {
+            if required {
+                bail!(
+                    "{} (named by {}) does not exist: run `edgeinfer fetch` first",
+                    file.display(),
+                    path.display()
+                );
+            }
+            continue;
+        }
+        let content = layers.file(&file, DATA_MEDIA_TYPE)?;
+        files.insert(relative, json!({"digest": content.digest, "inline": content.inline}));
+    }
+    Ok(json!({"runtime_config": text, "files": files}))
+}
+
+/// Sends the layers the registry lacks, the config and the manifest.
+async fn upload(
+    reference: &Reference,
+    connection: &Connection,
+    manifest: &Manifest,
+    layers: Layers,
+    config: Vec<u8>,
+) -> Result<Pushed> {
+    let client = connection.client(reference)?;
+    let auth = connection.auth(reference)?;
+    client
+        .auth(reference, &auth, RegistryOperation::Push)
+        .await
+        .with_context(|| format!("cannot authenticate to {} for pushing", reference.registry()))?;
+    let mut pushed =
+        Pushed { digest: String::new(), layers: 0, layers_present: 0, bytes_total: 0, bytes_sent: 0 };
+    let mut descriptors = Vec::new();
+    for layer in &layers.list {
+        pushed.layers += 1;
+        pushed.bytes_total += layer.size;
+        descriptors.push(OciDescriptor {
+            media_type: layer.media_type.to_string(),
+            digest: layer.digest.clone(),
+            size: layer.size as i64,
+            ..OciDescriptor::default()
+        });
+        if client.blob_exists(reference, &layer.digest).await.context("cannot reach the registry")? {
+            pushed.layers_present += 1;
+            continue;
+        }
+        let bytes = match &layer.content {
+            LayerContent::File(path) => {
+                tokio::fs::read(path).await.with_context(|| format!("cannot read {}", path.display()))?
+            }
+            LayerContent::Bytes(bytes) => bytes.clone(),
+        };
+        client
+            .push_blob(reference, bytes, &layer.digest)
+            .await
+            .with_context(|| format!("cannot push layer {}", layer.digest))?;
+        pushed.bytes_sent += layer.size;
+    }
+    let config_digest = digest_of(&config);
+    let config_size = config.len() as i64;
+    client.push_blob(reference, config, &config_digest).await.context("cannot push the image config")?;
+    let mut annotations = BTreeMap::new();
+    let application = &manifest.application;
+    annotations.insert("org.opencontainers.image.title".to_string(), application.name.clone());
+    if let Some(version) = &application.version {
+        annotations.insert("org.opencontainers.image.version".to_string(), version.clone());
+    }
+    if let Some(description) = &application.description {
+        annotations.insert("org.opencontainers.image.description".to_string(), description.clone());
+    }
+    if let Ok(now) = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339) {
+        annotations.insert("org.opencontainers.image.created".to_string(), now);
+    }
+    let image = OciImageManifest {
+        schema_version: 2,
+        media_type: Some(OCI_IMAGE_MEDIA_TYPE.to_string()),
+        config: OciDescriptor {
+            media_type: oci_client::manifest::IMAGE_CONFIG_MEDIA_TYPE.to_string(),
+            digest: config_digest,
+            size: config_size,
+            ..OciDescriptor::default()
+        },
+        layers: descriptors,
+        subject: None,
+        artifact_type: None,
+        annotations: Some(annotations),
+    };
+    // Sent as these exact bytes, so that their digest is the version's.
+    let body = serde_json::to_vec(&image)?;
+    pushed.digest = digest_of(&body);
+    client
+        .push_manifest_raw(reference, body, http::HeaderValue::from_static(OCI_IMAGE_MEDIA_TYPE))
+        .await
+        .with_context(|| format!("cannot push the manifest of {reference}"))?;
+    Ok(pushed)
+}
