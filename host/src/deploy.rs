@@ -1,6 +1,7 @@
 //! `edgeinfer deploy`: pushes components of a spin.toml app to the admin APIs of one or many
 //! hosts at once (as a new version or as a canary), or promotes, aborts or rolls back there; a
-//! progress bar per host and component, then a summary table.
+//! progress bar per host and component, then a summary table. With `--from REGISTRY-REFERENCE`,
+//! each host is sent the artifact's digest and pulls the component itself.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -54,9 +55,13 @@ pub enum DeployAction {
 /// Where, what, and with which token.
 #[derive(clap::Args)]
 pub struct Target {
-    /// The app's manifest.
+    /// The app's manifest, or an app artifact in a registry (`host[:port]/repo:tag`): then each
+    /// host pulls the version by digest itself.
     #[arg(short = 'f', long = "from", default_value = "spin.toml")]
     manifest: PathBuf,
+    /// How this command reaches the registry (with `--from REF`); the hosts use their own settings.
+    #[command(flatten)]
+    registry: crate::RegistryArgs,
     /// Admin API of a host (repeat for a fleet), e.g. http://10.0.0.7:3001.
     #[arg(long = "to", required = true)]
     hosts: Vec<String>,
@@ -82,25 +87,52 @@ pub fn run(action: DeployAction) -> Result<()> {
         DeployAction::Abort { target } => (target, "abort"),
         DeployAction::Rollback { target } => (target, "rollback"),
     };
-    let manifest = Manifest::load(&target.manifest)?;
     let token = edgeinfer_server::admin::read_token(target.token_file.as_deref())?;
+    let from = target.manifest.to_str().filter(|f| edgeinfer_registry::looks_like_reference(f));
+    // The app's components and their routes: from spin.toml, or from the artifact's lock (the
+    // tag resolved once here, so that every host gets the same digest).
+    let (manifest, pinned, components_in, routed) = match from {
+        Some(reference) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let (digest, lock) = runtime.block_on(edgeinfer_registry::locked_app(
+                reference,
+                &target.registry.connection(),
+                &crate::provision::cache_dir(),
+            ))?;
+            let parsed = edgeinfer_registry::parse_reference(reference)?;
+            let repository = format!("{}/{}", parsed.registry(), parsed.repository());
+            let routed: Vec<String> = lock
+                .triggers
+                .iter()
+                .filter_map(|t| t.trigger_config.get("component").and_then(Value::as_str).map(str::to_string))
+                .collect();
+            let ids: Vec<String> = lock.components.iter().map(|c| c.id.clone()).collect();
+            (None, Some(format!("{repository}@{digest}")), ids, routed)
+        }
+        None => {
+            let manifest = Manifest::load(&target.manifest)?;
+            let ids = manifest.components.keys().cloned().collect();
+            let routed = manifest.http_triggers.iter().map(|t| t.component.clone()).collect();
+            (Some(manifest), None, ids, routed)
+        }
+    };
     let components: Vec<String> = if target.components.is_empty() {
-        let mut routed: Vec<String> = manifest.http_triggers.iter().map(|t| t.component.clone()).collect();
+        let mut routed = routed;
         routed.dedup();
         routed
     } else {
         target.components.clone()
     };
     for id in &components {
-        if !manifest.components.contains_key(id) {
-            bail!("spin.toml has no component {id:?}");
+        if !components_in.contains(id) {
+            bail!("{} has no component {id:?}", target.manifest.display());
         }
     }
-    // What to send: (component, bytes, query) per component.
+    // What to send: (component, what, query) per component.
     let mut uploads = Vec::new();
     if let DeployAction::Push { canary, mode, sticky, wasm, .. } = &action {
-        if wasm.is_some() && components.len() != 1 {
-            bail!("--wasm replaces one component's source: name exactly one component");
+        if wasm.is_some() && (components.len() != 1 || pinned.is_some()) {
+            bail!("--wasm replaces one component's source of a spin.toml: name exactly one component");
         }
         let mut query = String::new();
         if let Some(percent) = canary {
@@ -110,13 +142,22 @@ pub fn run(action: DeployAction) -> Result<()> {
             }
         }
         for id in &components {
-            let bytes = match wasm {
-                Some(path) => {
-                    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+            let send = match (&pinned, &manifest, wasm) {
+                (Some(reference), _, _) => {
+                    Send::Pull(serde_json::json!({"reference": reference, "component": id}))
                 }
-                None => read_source(&manifest, &manifest.components[id])?,
+                (None, _, Some(path)) => Send::Upload(
+                    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+                ),
+                (None, Some(manifest), None) => {
+                    Send::Upload(read_source(manifest, &manifest.components[id])?)
+                }
+                (None, None, None) => unreachable!("a spin.toml when not from a registry"),
             };
-            uploads.push((id.clone(), bytes, query.clone()));
+            uploads.push((id.clone(), send, query.clone()));
+        }
+        if let Some(reference) = &pinned {
+            eprintln!("edgeinfer: each host pulls {reference}");
         }
     }
 
@@ -134,7 +175,10 @@ pub fn run(action: DeployAction) -> Result<()> {
                     if verb == "push" {
                         uploads
                             .iter()
-                            .map(|(id, bytes, query)| push(client, bars, base, token, id, bytes, query))
+                            .map(|(id, send, query)| match send {
+                                Send::Upload(bytes) => push(client, bars, base, token, id, bytes, query),
+                                Send::Pull(body) => pull(client, bars, base, token, id, body, query),
+                            })
                             .collect::<Vec<_>>()
                     } else {
                         components.iter().map(|id| act(client, bars, base, token, id, verb)).collect()
@@ -199,6 +243,51 @@ fn push(
         result,
         seconds: started.elapsed().as_secs_f64(),
     }
+}
+
+/// Asks one host to pull one component from the registry (by digest) and install it.
+fn pull(
+    client: &reqwest::blocking::Client,
+    bars: &MultiProgress,
+    host: &str,
+    token: &str,
+    id: &str,
+    body: &Value,
+    query: &str,
+) -> Outcome {
+    let started = Instant::now();
+    let spinner = bars.add(ProgressBar::new_spinner());
+    spinner.set_message(format!("{id} → {host}: pulling, validating and compiling on the host"));
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    let url = format!("{host}/admin/v1/components/{id}/pull?{}", query.trim_start_matches('&'));
+    let response = client.post(url).bearer_auth(token).json(body).send();
+    let result = answer(response).map(|body| {
+        let pulled = format!("pulled {:.1} MB", body["pulled_bytes"].as_f64().unwrap_or(0.0) / 1e6);
+        if body["canary"].is_string() {
+            format!(
+                "canary {} at {}% ({pulled})",
+                short(&body["canary"]),
+                body["percent"].as_f64().unwrap_or(f64::NAN)
+            )
+        } else if body["unchanged"] == true {
+            format!("unchanged {} ({pulled})", short(&body["version"]))
+        } else {
+            format!("serving {} in {} ms ({pulled})", short(&body["version"]), body["total_ms"])
+        }
+    });
+    spinner.finish_and_clear();
+    Outcome {
+        host: host.to_string(),
+        component: id.to_string(),
+        result,
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// What goes to a host for one component: its bytes, or the reference it pulls.
+enum Send {
+    Upload(Vec<u8>),
+    Pull(Value),
 }
 
 /// Promote, abort or rollback of one component on one host.

@@ -374,7 +374,19 @@ async fn up(args: UpArgs) -> Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {address} (admin API)"))?;
             eprintln!("Admin API: http://{}", listener.local_addr()?);
-            Some(tokio::spawn(admin::serve(app.clone(), token, listener)))
+            // Deploys by reference pull with this host's registry settings into its cache.
+            let (connection, cache) = (args.registry.connection(), provision::cache_dir());
+            let fetcher: admin::ComponentFetcher = Arc::new(move |reference, component| {
+                let (connection, cache) = (connection.clone(), cache.clone());
+                Box::pin(async move {
+                    let fetched =
+                        edgeinfer_registry::fetch_component(&reference, &component, &connection, &cache)
+                            .await?;
+                    tracing::info!(%reference, component, layer = %fetched.layer_digest, "component pulled");
+                    Ok(fetched.bytes)
+                })
+            });
+            Some(tokio::spawn(admin::serve(app.clone(), token, listener, Some(fetcher))))
         }
         None => None,
     };

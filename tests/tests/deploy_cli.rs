@@ -158,3 +158,129 @@ fn a_host_that_fails_is_named_and_the_others_go_on() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("no component \"nonesuch\""));
     let _ = std::fs::remove_file(file);
 }
+
+/// A faults host with the admin API that pulls from plain-HTTP registries (`--insecure`).
+fn faults_host_pulling() -> Host {
+    let root = repo_root();
+    let runtime = root.join("tests/apps/faults/runtime.toml");
+    Host::start_with_env(
+        &root.join(FAULTS),
+        &["--admin-listen", "127.0.0.1:0", "--runtime-config-file", runtime.to_str().unwrap(), "--insecure"],
+        &[("EDGEINFER_ADMIN_TOKEN", ADMIN_TOKEN)],
+    )
+}
+
+/// The faults app with `steady` built from other bytes, as a manifest beside the original (its
+/// relative paths hold), removed on drop.
+struct FaultsVariant {
+    manifest: std::path::PathBuf,
+    wasm: std::path::PathBuf,
+}
+
+impl FaultsVariant {
+    fn new(bytes: &[u8], tag: &str) -> FaultsVariant {
+        let dir = repo_root().join("tests/apps/faults");
+        let wasm = std::env::temp_dir().join(format!("edgeinfer-{tag}-{}.wasm", std::process::id()));
+        std::fs::write(&wasm, bytes).unwrap();
+        let text = std::fs::read_to_string(dir.join("spin.toml")).unwrap();
+        let steady = "[component.steady]\nsource = \"../../../target/wasm32-wasip2/release/faulty.wasm\"";
+        assert!(text.contains(steady));
+        let text =
+            text.replace(steady, &format!("[component.steady]\nsource = {:?}", wasm.display().to_string()));
+        let manifest = dir.join(format!(".test-{tag}-{}.toml", std::process::id()));
+        std::fs::write(&manifest, text).unwrap();
+        FaultsVariant { manifest, wasm }
+    }
+}
+
+impl Drop for FaultsVariant {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.manifest);
+        let _ = std::fs::remove_file(&self.wasm);
+    }
+}
+
+#[test]
+fn a_fleet_deploys_by_registry_reference_with_a_canary_and_a_rollback() {
+    let registry = common::OciRegistry::start();
+    let hosts = [faults_host_pulling(), faults_host_pulling()];
+    let original = serving(&hosts[0]);
+    let fleet: Vec<&str> = hosts.iter().flat_map(|h| ["--to", h.admin.as_deref().unwrap()]).collect();
+
+    let next = wasm_variant(&built_wasm("faulty"), "by-reference");
+    let next_version = hex::encode(sha2::Sha256::digest(&next))[..12].to_string();
+    let variant = FaultsVariant::new(&next, "by-reference");
+    let reference = format!("{}/faults:v2", registry.address);
+    let (ok, pushed, said) = common::edgeinfer(
+        &["registry", "push", "--insecure", "-f", variant.manifest.to_str().unwrap(), &reference],
+        &[],
+    );
+    assert!(ok, "{said}");
+    let digest = pushed.lines().find_map(|l| l.strip_prefix("Pushed with digest ")).unwrap().to_string();
+
+    // Each host is sent the digest (resolved once from the tag) and pulls `steady` itself.
+    let mut args = vec!["push", "-f", &reference, "--insecure", "steady", "--canary", "50"];
+    args.extend(&fleet);
+    let output = deploy(&args);
+    assert!(output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains(&format!("each host pulls {}/faults@{digest}", registry.address)), "{said}");
+    let out = stdout(&output);
+    for host in &hosts {
+        assert!(summary_line(&out, host).contains(&format!("ok: canary {next_version} at 50%")), "{out}");
+        let steady = described(host);
+        assert_eq!(steady["canary"]["version"].as_str().unwrap()[..12], next_version, "{steady}");
+        assert_eq!(steady["version"].as_str().unwrap()[..12], original, "stable is unchanged");
+    }
+    // What a host was sent, against what an upload sends.
+    let request = serde_json::json!({"reference": format!("{}/faults@{digest}", registry.address), "component": "steady"});
+    let sent = request.to_string().len();
+    eprintln!(
+        "deploy by reference: {sent} bytes of request body per host instead of {} bytes of Wasm",
+        next.len()
+    );
+    assert!(sent < 200 && next.len() > 1000 * sent);
+
+    let mut args = vec!["promote", "-f", &reference, "--insecure", "steady"];
+    args.extend(&fleet);
+    assert!(deploy(&args).status.success());
+    for host in &hosts {
+        assert_eq!(serving(host), next_version);
+    }
+    let mut args = vec!["rollback", "-f", &reference, "--insecure", "steady"];
+    args.extend(&fleet);
+    assert!(deploy(&args).status.success());
+    for host in &hosts {
+        assert_eq!(serving(host), original);
+    }
+
+    // The admin call itself: a tag (not one exact version), a digest the registry lacks, and a
+    // component the artifact lacks are refused with the registry's reason, the old version serving.
+    let admin = hosts[0].admin.as_deref().unwrap();
+    let call = |body: Value| {
+        let response = client()
+            .post(format!("{admin}/admin/v1/components/steady/pull"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .unwrap();
+        (response.status().as_u16(), response.json::<Value>().unwrap())
+    };
+    let missing = format!("{}/faults@sha256:{}", registry.address, "0".repeat(64));
+    for (body, says) in [
+        (serde_json::json!({"reference": reference}), "deploy by digest"),
+        (serde_json::json!({"reference": missing}), "cannot pull"),
+        (
+            serde_json::json!({"reference": format!("{}/faults@{digest}", registry.address), "component": "nope"}),
+            "has no component \"nope\"",
+        ),
+    ] {
+        let (status, answer) = call(body.clone());
+        assert_eq!((status, answer["error_type"].as_str()), (502, Some("Registry")), "{body}: {answer}");
+        assert!(answer["error"].as_str().unwrap().contains(says), "{body}: {answer}");
+        assert!(answer["error"].as_str().unwrap().contains(&format!("still serving {original}")), "{answer}");
+    }
+    let (status, answer) = call(serde_json::json!({"ref": "x"}));
+    assert_eq!((status, answer["error_type"].as_str()), (400, Some("Validation")), "{answer}");
+    assert_eq!(serving(&hosts[0]), original);
+}

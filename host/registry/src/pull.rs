@@ -70,15 +70,7 @@ pub async fn pull(reference: &str, connection: &Connection, cache_root: &Path) -
         },
         Err(e) => return Err(e).with_context(|| format!("cannot pull {reference}")),
     };
-    let locked_layer = manifest
-        .layers
-        .iter()
-        .find(|l| l.media_type == SPIN_APPLICATION_MEDIA_TYPE)
-        .or((manifest.config.media_type == SPIN_APPLICATION_MEDIA_TYPE).then_some(&manifest.config))
-        .with_context(|| {
-            format!("{reference} is not a Spin app: no layer of media type {SPIN_APPLICATION_MEDIA_TYPE}")
-        })?
-        .clone();
+    let locked_layer = lock_descriptor(&manifest, &reference)?;
     if let Some(archive) = manifest.layers.iter().find(|l| l.media_type == ARCHIVE_MEDIA_TYPE) {
         bail!(
             "{reference}: layer {} is a file archive ({ARCHIVE_MEDIA_TYPE}), which edgeinfer does not unpack",
@@ -139,6 +131,73 @@ pub async fn pull(reference: &str, connection: &Connection, cache_root: &Path) -
     })
 }
 
+/// The locked app's layer (or, in artifacts of older Spin versions, the config).
+fn lock_descriptor(manifest: &OciImageManifest, reference: &Reference) -> Result<OciDescriptor> {
+    Ok(manifest
+        .layers
+        .iter()
+        .find(|l| l.media_type == SPIN_APPLICATION_MEDIA_TYPE)
+        .or((manifest.config.media_type == SPIN_APPLICATION_MEDIA_TYPE).then_some(&manifest.config))
+        .with_context(|| {
+            format!("{reference} is not a Spin app: no layer of media type {SPIN_APPLICATION_MEDIA_TYPE}")
+        })?
+        .clone())
+}
+
+/// One component's Wasm from an app artifact named by digest.
+#[derive(Debug)]
+pub struct FetchedComponent {
+    /// The layer's digest (verified).
+    pub layer_digest: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Fetches component `id`'s Wasm (its `source`, as the lock names it) from the artifact
+/// `reference`, which must name a digest: what a fleet deploys must be one exact version. Only
+/// the lock and that layer are fetched (into the cache, verified).
+pub async fn fetch_component(
+    reference: &str,
+    id: &str,
+    connection: &Connection,
+    cache_root: &Path,
+) -> Result<FetchedComponent> {
+    let reference = crate::parse_reference(reference)?;
+    anyhow::ensure!(
+        reference.digest().is_some(),
+        "{reference} names a tag; deploy by digest (host/repository@sha256:...), so every host gets the same version"
+    );
+    let cache = Cache { root: cache_root.join("oci") };
+    let client = connection.client(&reference)?;
+    let (manifest, _, locked) = cache.lock(&client, &connection.auth(&reference)?, &reference).await?;
+    let component = locked.components.iter().find(|c| c.id == id).with_context(|| {
+        let ids: Vec<&str> = locked.components.iter().map(|c| c.id.as_str()).collect();
+        format!("{reference} has no component {id:?} (it has {})", ids.join(", "))
+    })?;
+    let layer_digest =
+        component.source.content.digest.clone().context("the component's source has no digest")?;
+    let layer = manifest
+        .layers
+        .iter()
+        .find(|l| l.digest == layer_digest)
+        .with_context(|| format!("{reference}: component {id}'s source {layer_digest} is not a layer"))?;
+    cache.ensure(&client, &reference, layer).await?;
+    let bytes = std::fs::read(cache.blob(&layer_digest)?)?;
+    Ok(FetchedComponent { layer_digest, bytes })
+}
+
+/// The locked app of `reference` and the digest it resolved to (only the lock is fetched).
+pub async fn locked_app(
+    reference: &str,
+    connection: &Connection,
+    cache_root: &Path,
+) -> Result<(String, LockedApp)> {
+    let reference = crate::parse_reference(reference)?;
+    let cache = Cache { root: cache_root.join("oci") };
+    let client = connection.client(&reference)?;
+    let (_, digest, locked) = cache.lock(&client, &connection.auth(&reference)?, &reference).await?;
+    Ok((digest, locked))
+}
+
 /// Whether the registry could not be reached at all (as opposed to answering an error).
 fn is_unreachable(error: &oci_client::errors::OciDistributionError) -> bool {
     use std::error::Error;
@@ -175,6 +234,35 @@ struct Cache {
 impl Cache {
     fn blob(&self, digest: &str) -> Result<PathBuf> {
         Ok(self.root.join("blobs/sha256").join(digest_hex(digest)?))
+    }
+
+    /// The manifest of `reference` (checked against its digest, if it names one), the digest, and
+    /// its locked app (fetched into the cache unless there).
+    async fn lock(
+        &self,
+        client: &oci_client::Client,
+        auth: &oci_client::secrets::RegistryAuth,
+        reference: &Reference,
+    ) -> Result<(OciImageManifest, String, LockedApp)> {
+        let (manifest, digest) = client
+            .pull_image_manifest(reference, auth)
+            .await
+            .with_context(|| format!("cannot pull {reference}"))?;
+        let lock_layer = lock_descriptor(&manifest, reference)?;
+        self.ensure(client, reference, &lock_layer).await?;
+        let locked = serde_json::from_slice(&std::fs::read(self.blob(&lock_layer.digest)?)?)
+            .with_context(|| format!("{reference}: the locked app is not valid"))?;
+        Ok((manifest, digest, locked))
+    }
+
+    /// Fetches a layer unless it is cached.
+    async fn ensure(
+        &self,
+        client: &oci_client::Client,
+        reference: &Reference,
+        layer: &OciDescriptor,
+    ) -> Result<()> {
+        if self.blob(&layer.digest)?.is_file() { Ok(()) } else { self.fetch(client, reference, layer).await }
     }
 
     /// Fetches one layer; the client checks its digest as it streams, and only a verified file is

@@ -47,9 +47,15 @@ pub fn read_token(file: Option<&std::path::Path>) -> anyhow::Result<String> {
     }
 }
 
-/// Serves the admin API on `listener` until the task is dropped.
-pub async fn serve(app: Arc<App>, token: String, listener: TcpListener) {
-    let (router, token): (Router, Arc<str>) = (router(app), token.into());
+/// Fetches a component's Wasm from a registry: (reference by digest, component id in the
+/// artifact) → its bytes, verified. The host binary's registry client; the server knows no OCI.
+pub type ComponentFetcher =
+    Arc<dyn Fn(String, String) -> futures::future::BoxFuture<'static, anyhow::Result<Vec<u8>>> + Send + Sync>;
+
+/// Serves the admin API on `listener` until the task is dropped. With `fetcher`, components can
+/// be deployed by registry reference (`POST /admin/v1/components/ID/pull`).
+pub async fn serve(app: Arc<App>, token: String, listener: TcpListener, fetcher: Option<ComponentFetcher>) {
+    let (router, token): (Router, Arc<str>) = (router(app, fetcher), token.into());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(pair) => pair,
@@ -101,13 +107,17 @@ async fn handle(
 }
 
 /// The admin routes; a known path with another method is 405, an unknown path 404 (JSON both).
-fn router(app: Arc<App>) -> Router {
+fn router(app: Arc<App>, fetcher: Option<ComponentFetcher>) -> Router {
     let refuse = |allowed: &'static str| {
         move || async move { Answer(HostError::MethodNotAllowed.answer(format!("use {allowed}"))) }
     };
     Router::new()
         .route("/admin/v1/app", get(describe).fallback(refuse("GET")))
         .route("/admin/v1/components/{id}", put(deploy).fallback(refuse("PUT")))
+        .route(
+            "/admin/v1/components/{id}/pull",
+            post(move |state, path, req| pull(state, path, fetcher.clone(), req)).fallback(refuse("POST")),
+        )
         .route("/admin/v1/components/{id}/rollback", post(roll_back).fallback(refuse("POST")))
         .route("/admin/v1/components/{id}/promote", post(promote).fallback(refuse("POST")))
         .route("/admin/v1/components/{id}/abort", post(abort).fallback(refuse("POST")))
@@ -195,14 +205,103 @@ async fn deploy_version(app: Arc<App>, id: &str, req: axum::extract::Request) ->
         return HostError::ChecksumMismatch.answer(&message);
     }
     let received_ms = started.elapsed().as_millis() as u64;
-    match app.prepare(id, bytes.to_vec()).await {
+    install(&app, &slot, id, bytes.to_vec(), canary, started, received_ms, json!({})).await
+}
+
+/// `POST /admin/v1/components/ID/pull` with `{"reference": "host/repo@sha256:...", "component":
+/// "ID in the artifact" (default: ID)}`: the host fetches the component's Wasm from the registry
+/// itself (verified by digest) and installs it as an upload, canary query included.
+async fn pull(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    fetcher: Option<ComponentFetcher>,
+    req: axum::extract::Request,
+) -> Answer {
+    Answer(pull_version(app, &id, fetcher, req).await)
+}
+
+async fn pull_version(
+    app: Arc<App>,
+    id: &str,
+    fetcher: Option<ComponentFetcher>,
+    req: axum::extract::Request,
+) -> Response<WasiBody> {
+    let Some(slot) = app.components.get(id).cloned() else {
+        return unknown_component(id);
+    };
+    let canary = match canary_request(req.uri().query()) {
+        Ok(canary) => canary,
+        Err(message) => return HostError::Validation.answer(&message),
+    };
+    let started = Instant::now();
+    let body = match crate::body::read(req, 64 << 10, crate::body::READ_TIMEOUT).await {
+        Ok((_, bytes)) => bytes,
+        Err(refused) => return refused,
+    };
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct PullRequest {
+        reference: String,
+        #[serde(default)]
+        component: Option<String>,
+    }
+    let request: PullRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return HostError::Validation.answer(format!(
+                "expected {{\"reference\": \"host/repo@sha256:...\", \"component\"?}}: {e}"
+            ));
+        }
+    };
+    let Some(fetcher) = fetcher else {
+        return HostError::NotFound.answer("this host pulls no components from registries");
+    };
+    let component = request.component.unwrap_or_else(|| id.to_string());
+    let bytes = match fetcher(request.reference.clone(), component.clone()).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            metrics::counter!("edgeinfer_deployments_total", "component" => id.to_string(), "outcome" => "refused").increment(1);
+            tracing::warn!(component = id, reference = %request.reference, "pull refused: {e:#}");
+            let message = format!(
+                "cannot pull {component} from {}; still serving {}: {e:#}",
+                request.reference,
+                &slot.current().version[..12]
+            );
+            return HostError::Registry.answer(&message);
+        }
+    };
+    let received_ms = started.elapsed().as_millis() as u64;
+    let pulled = json!({"reference": request.reference, "pulled_bytes": bytes.len()});
+    install(&app, &slot, id, bytes, canary, started, received_ms, pulled).await
+}
+
+/// Installs new bytes of component `id` (an upload or a pull): composed, compiled and
+/// instantiated on trial, then switched to, or set as a canary. `extra` joins the answer.
+#[allow(clippy::too_many_arguments)]
+async fn install(
+    app: &Arc<App>,
+    slot: &Arc<edgeinfer_runtime::rollout::ComponentSlot>,
+    id: &str,
+    bytes: Vec<u8>,
+    canary: Option<(f64, CanaryMode, Stickiness)>,
+    started: Instant,
+    received_ms: u64,
+    extra: serde_json::Value,
+) -> Response<WasiBody> {
+    let with = |mut answer: serde_json::Value| {
+        if let (Some(answer), Some(extra)) = (answer.as_object_mut(), extra.as_object()) {
+            answer.extend(extra.clone());
+        }
+        answer
+    };
+    match app.prepare(id, bytes).await {
         Ok(next) => {
             let validated_ms = started.elapsed().as_millis() as u64;
             let version = next.version.clone();
             if version == slot.current().version {
                 return json_response(
                     StatusCode::OK,
-                    &json!({"id": id, "version": version, "unchanged": true}),
+                    &with(json!({"id": id, "version": version, "unchanged": true})),
                 );
             }
             if let Some((percent, mode, sticky)) = canary {
@@ -211,10 +310,10 @@ async fn deploy_version(app: Arc<App>, id: &str, req: axum::extract::Request) ->
                 tracing::info!(component = id, version = %&version[..12], percent, ?mode, "canary set");
                 return json_response(
                     StatusCode::OK,
-                    &json!({
+                    &with(json!({
                         "id": id, "canary": version, "percent": percent, "stable": slot.current().version,
                         "received_ms": received_ms, "validated_ms": validated_ms,
-                    }),
+                    })),
                 );
             }
             let replaced = slot.swap(Arc::new(next));
@@ -223,10 +322,10 @@ async fn deploy_version(app: Arc<App>, id: &str, req: axum::extract::Request) ->
             tracing::info!(component = id, version = %&version[..12], replaced = %&replaced.version[..12], total_ms, "deployed");
             json_response(
                 StatusCode::OK,
-                &json!({
+                &with(json!({
                     "id": id, "version": version, "replaced": replaced.version,
                     "received_ms": received_ms, "validated_ms": validated_ms, "total_ms": total_ms,
-                }),
+                })),
             )
         }
         Err(e) => {

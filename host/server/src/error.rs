@@ -36,11 +36,12 @@ pub enum HostError {
     ModelUnavailable,
     DocsUnavailable,
     Deadline,
+    Registry,
 }
 
 impl HostError {
     /// Every error, for the OpenAPI document.
-    pub const ALL: [HostError; 26] = [
+    pub const ALL: [HostError; 27] = [
         HostError::Validation,
         HostError::BadRequest,
         HostError::ChecksumMismatch,
@@ -67,6 +68,7 @@ impl HostError {
         HostError::ModelUnavailable,
         HostError::DocsUnavailable,
         HostError::Deadline,
+        HostError::Registry,
     ];
 
     /// (status, `error_type`, meaning).
@@ -145,6 +147,11 @@ impl HostError {
                 (StatusCode::SERVICE_UNAVAILABLE, "DocsUnavailable", "Swagger UI's files are not available")
             }
             Deadline => (StatusCode::GATEWAY_TIMEOUT, "Timeout", "No answer within the deadline"),
+            Registry => (
+                StatusCode::BAD_GATEWAY,
+                "Registry",
+                "The registry could not be reached or refused the pull (the old version still serves)",
+            ),
         }
     }
 
