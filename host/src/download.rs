@@ -1,10 +1,11 @@
-//! Files from URLs (`[[asset]] url = ...`): `https://`, `http://`, or `s3://bucket/key` (endpoint,
-//! region and credentials from the standard `AWS_*` environment variables, path-style requests,
-//! through `object_store`). Streamed into a temporary file in the cache and hashed on the way,
+//! Files from URLs (`[[asset]] url = ...`): `https://`, `http://`, `s3://bucket/key` (endpoint,
+//! region and credentials from the standard `AWS_*` environment variables, else the AWS shared
+//! config and credentials files, path-style requests, through `object_store`), or `oci://host/repository:tag` (the layer of the pinned digest, with
+//! the registry settings of `set_registry`). Streamed into a temporary file in the cache and hashed on the way,
 //! verified against the pinned sha256, then renamed into place, so a failed, partial or wrong
 //! download never leaves a file that looks valid. Refused or cut connections and 5xx/408/429
-//! answers are retried with backoff; a 4xx (a missing key, missing credentials) or a wrong sum is
-//! not.
+//! answers are retried with backoff (a cut HTTP transfer resumes with a Range request where it
+//! stopped); a 4xx (a missing key, missing credentials) or a wrong sum is not.
 
 use std::fs::File;
 use std::io::{IsTerminal, Read, Write};
@@ -28,13 +29,45 @@ enum Failure {
     Permanent(anyhow::Error),
 }
 
+/// How `oci://` sources reach their registry (the command line's registry flags).
+static REGISTRY: std::sync::OnceLock<edgeinfer_registry::Connection> = std::sync::OnceLock::new();
+
+/// Sets the registry settings `oci://` sources use (once, at start).
+pub fn set_registry(connection: edgeinfer_registry::Connection) {
+    let _ = REGISTRY.set(connection);
+}
+
 /// The cached, verified copy of the file at `url`, downloaded on first use.
 pub fn fetch_url(url: &str, sha256: &str) -> Result<PathBuf> {
+    if let Some(reference) = url.strip_prefix("oci://") {
+        return fetch_oci(reference, sha256).with_context(|| format!("{url}: the layer sha256:{sha256}"));
+    }
     // On a thread of its own: reqwest's blocking client runs its own runtime, which must not be
     // created or dropped inside the caller's (`edgeinfer up` provisions from the async runtime's
     // blocking pool).
     std::thread::scope(|scope| scope.spawn(|| fetch_url_here(url, sha256)).join())
         .unwrap_or_else(|_| Err(anyhow!("{url}: the download thread panicked")))
+}
+
+/// The layer `sha256:<sha256>` of an OCI artifact, verified by the registry client as it streams
+/// into the OCI cache (the same content-addressed store `registry pull` uses).
+fn fetch_oci(reference: &str, sha256: &str) -> Result<PathBuf> {
+    let connection = REGISTRY.get().cloned().unwrap_or_default();
+    let digest = format!("sha256:{}", sha256.to_ascii_lowercase());
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                runtime.block_on(edgeinfer_registry::fetch_layer(
+                    reference,
+                    &digest,
+                    &connection,
+                    &cache_dir(),
+                ))
+            })
+            .join()
+    })
+    .unwrap_or_else(|_| Err(anyhow!("oci://{reference}: the download thread panicked")))
 }
 
 fn fetch_url_here(url: &str, sha256: &str) -> Result<PathBuf> {
@@ -50,13 +83,18 @@ fn fetch_url_here(url: &str, sha256: &str) -> Result<PathBuf> {
         .build()
         .context("cannot build an HTTP client")?;
     let mut backoff = FIRST_BACKOFF;
+    // Where a cut HTTP transfer stopped: the next try asks for the rest (a Range request).
+    let mut resume: Option<Resume> = None;
     for attempt in 1..=ATTEMPTS {
         let result = if url.starts_with("s3://") {
             attempt_s3(url, &partial, sha256)
         } else {
-            attempt_download(&client, url, &partial, sha256)
+            attempt_download(&client, url, &partial, sha256, &mut resume)
         };
-        if !matches!(result, Ok(())) {
+        let resumable =
+            matches!(result, Err(Failure::Transient(_))) && resume.is_some() && attempt < ATTEMPTS;
+        if !matches!(result, Ok(())) && !resumable {
+            resume = None;
             let _ = std::fs::remove_file(&partial);
         }
         match result {
@@ -79,30 +117,68 @@ fn fetch_url_here(url: &str, sha256: &str) -> Result<PathBuf> {
     unreachable!("the last attempt returns")
 }
 
-/// One GET of `url` into `partial`, checked against `sha256`.
+/// Bytes of a cut transfer already in the partial file, and their hash so far.
+struct Resume {
+    received: u64,
+    hasher: Sha256,
+}
+
+/// One GET of `url` into `partial`, checked against `sha256`; after a cut transfer (`resume`),
+/// only the rest is asked for, and appended when the server answers 206 from that offset.
 fn attempt_download(
     client: &reqwest::blocking::Client,
     url: &str,
     partial: &Path,
     sha256: &str,
+    resume: &mut Option<Resume>,
 ) -> Result<(), Failure> {
-    let mut response = client.get(url).send().map_err(|e| Failure::Transient(anyhow!("{url}: {e}")))?;
+    let mut request = client.get(url);
+    if let Some(from) = resume.as_ref() {
+        request = request.header(reqwest::header::RANGE, format!("bytes={}-", from.received));
+    }
+    let mut response = request.send().map_err(|e| Failure::Transient(anyhow!("{url}: {e}")))?;
     let status = response.status();
     if !status.is_success() {
         let error = anyhow!("{url}: HTTP {status}");
         let transient = status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429;
+        *resume = None;
         return Err(if transient { Failure::Transient(error) } else { Failure::Permanent(error) });
     }
-    let mut sink = Sink::create(url, partial, response.content_length())?;
+    // 206 from where the last try stopped: append. Anything else: the whole file again.
+    let continued = match resume.take() {
+        Some(from) if status.as_u16() == 206 && content_range_start(&response) == Some(from.received) => {
+            Some(from)
+        }
+        _ => None,
+    };
+    let mut sink = match continued {
+        Some(from) => {
+            let total = response.content_length().map(|rest| rest + from.received);
+            Sink::resume(url, partial, total, from)?
+        }
+        None => Sink::create(url, partial, response.content_length())?,
+    };
     let mut buffer = vec![0u8; 256 * 1024];
     loop {
         match response.read(&mut buffer) {
             Ok(0) => break,
             Ok(n) => sink.write(&buffer[..n])?,
-            Err(e) => return Err(sink.broken(e)),
+            Err(e) => {
+                *resume = sink.resume_point();
+                return Err(sink.broken(e));
+            }
         }
     }
+    if sink.length.is_some_and(|length| sink.received < length) {
+        *resume = sink.resume_point();
+    }
     sink.finish(sha256)
+}
+
+/// The first byte a 206 answer carries (`Content-Range: bytes FIRST-LAST/TOTAL`).
+fn content_range_start(response: &reqwest::blocking::Response) -> Option<u64> {
+    let range = response.headers().get(reqwest::header::CONTENT_RANGE)?.to_str().ok()?;
+    range.strip_prefix("bytes ")?.split('-').next()?.trim().parse().ok()
 }
 
 /// One GET of `s3://bucket/key` into `partial`, checked against `sha256`.
@@ -124,9 +200,23 @@ fn attempt_s3(url: &str, partial: &Path, sha256: &str) -> Result<(), Failure> {
         let retry = object_store::RetryConfig { max_retries: 0, ..Default::default() };
         let mut builder =
             object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry);
+        // What the environment leaves unset comes from the AWS shared files, as the AWS CLI has it.
+        let mut endpoint = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT")).ok();
+        for (key, value) in aws_profile_settings() {
+            builder = match key {
+                "aws_access_key_id" => builder.with_access_key_id(value),
+                "aws_secret_access_key" => builder.with_secret_access_key(value),
+                "aws_session_token" => builder.with_token(value),
+                "region" => builder.with_region(value),
+                "endpoint_url" => {
+                    endpoint = Some(value.clone());
+                    builder.with_endpoint(value)
+                }
+                _ => builder,
+            };
+        }
         // An endpoint the user gave as http:// (an S3-compatible server on a private network).
-        let endpoint = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT"));
-        if endpoint.is_ok_and(|e| e.starts_with("http://")) {
+        if endpoint.is_some_and(|e| e.starts_with("http://")) {
             builder = builder.with_allow_http(true);
         }
         let store = builder.build().map_err(|e| Failure::Permanent(anyhow!("{url}: {e}")))?;
@@ -151,6 +241,60 @@ fn attempt_s3(url: &str, partial: &Path, sha256: &str) -> Result<(), Failure> {
     })
 }
 
+/// The settings of the AWS profile (`$AWS_PROFILE`, else `default`) from the shared credentials
+/// file (`$AWS_SHARED_CREDENTIALS_FILE`, else `~/.aws/credentials`) and config file
+/// (`$AWS_CONFIG_FILE`, else `~/.aws/config`: `[default]` or `[profile NAME]`), for each key whose
+/// environment variable is unset (the environment wins, as with the AWS CLI).
+fn aws_profile_settings() -> Vec<(&'static str, String)> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let profile =
+        var("AWS_PROFILE").or_else(|| var("AWS_DEFAULT_PROFILE")).unwrap_or_else(|| "default".into());
+    let home = var("HOME").map(PathBuf::from).unwrap_or_default();
+    let read = |variable: &str, default: &str| {
+        let path = var(variable).map(PathBuf::from).unwrap_or_else(|| home.join(default));
+        std::fs::read_to_string(path).unwrap_or_default()
+    };
+    let credentials = ini_section(&read("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials"), &profile);
+    let config_section = if profile == "default" { profile.clone() } else { format!("profile {profile}") };
+    let config = ini_section(&read("AWS_CONFIG_FILE", ".aws/config"), &config_section);
+    let keys: [(&'static str, &[&str]); 5] = [
+        ("aws_access_key_id", &["AWS_ACCESS_KEY_ID"]),
+        ("aws_secret_access_key", &["AWS_SECRET_ACCESS_KEY"]),
+        ("aws_session_token", &["AWS_SESSION_TOKEN"]),
+        ("region", &["AWS_REGION", "AWS_DEFAULT_REGION"]),
+        ("endpoint_url", &["AWS_ENDPOINT_URL", "AWS_ENDPOINT"]),
+    ];
+    keys.into_iter()
+        .filter(|(_, variables)| variables.iter().all(|v| var(v).is_none()))
+        .filter_map(|(key, _)| {
+            let value = credentials.get(key).or_else(|| config.get(key))?;
+            Some((key, value.clone()))
+        })
+        .collect()
+}
+
+/// The top-level `key = value` pairs of `[section]` in an INI file (the AWS files' format;
+/// indented lines belong to a nested service block and are skipped).
+fn ini_section(text: &str, section: &str) -> std::collections::HashMap<String, String> {
+    let mut current = None::<&str>;
+    let mut pairs = std::collections::HashMap::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = trimmed.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+            current = Some(name.trim());
+        } else if current == Some(section)
+            && !line.starts_with([' ', '\t'])
+            && let Some((key, value)) = trimmed.split_once('=')
+        {
+            pairs.insert(key.trim().to_ascii_lowercase(), value.trim().to_string());
+        }
+    }
+    pairs
+}
+
 /// A download being written: the partial file, its hash and its progress.
 struct Sink<'a> {
     url: &'a str,
@@ -168,6 +312,29 @@ impl<'a> Sink<'a> {
             .map_err(|e| Failure::Permanent(anyhow!("cannot write {}: {e}", partial.display())))?;
         let progress = Progress::start(url, length);
         Ok(Sink { url, partial, file, hasher: Sha256::new(), received: 0, length, progress })
+    }
+
+    /// Goes on writing a cut transfer's partial file where it stopped.
+    fn resume(
+        url: &'a str,
+        partial: &'a Path,
+        length: Option<u64>,
+        from: Resume,
+    ) -> Result<Sink<'a>, Failure> {
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(partial)
+            .map_err(|e| Failure::Permanent(anyhow!("cannot write {}: {e}", partial.display())))?;
+        eprintln!("edgeinfer: {url}: resuming after {} bytes", from.received);
+        let progress = Progress::start(url, length);
+        progress.advance(from.received);
+        Ok(Sink { url, partial, file, hasher: from.hasher, received: from.received, length, progress })
+    }
+
+    /// Where a next try can go on from (what is written so far), if anything was.
+    fn resume_point(&mut self) -> Option<Resume> {
+        (self.received > 0 && self.file.flush().is_ok())
+            .then(|| Resume { received: self.received, hasher: self.hasher.clone() })
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<(), Failure> {
@@ -250,5 +417,21 @@ impl Progress {
                 self.started.elapsed().as_secs_f64()
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ini_section;
+
+    #[test]
+    fn aws_files_are_read_by_section_and_top_level_key() {
+        let config = "[default]\nregion = eu-west-1\n\n[profile edge]\nregion = us-east-1\nendpoint_url = http://10.0.0.5:9000\ns3 =\n  addressing_style = path\n# a comment\n";
+        let edge = ini_section(config, "profile edge");
+        assert_eq!(edge.get("region").map(String::as_str), Some("us-east-1"));
+        assert_eq!(edge.get("endpoint_url").map(String::as_str), Some("http://10.0.0.5:9000"));
+        assert!(!edge.contains_key("addressing_style"), "nested service settings are not top-level keys");
+        assert_eq!(ini_section(config, "default").get("region").map(String::as_str), Some("eu-west-1"));
+        assert!(ini_section(config, "profile other").is_empty());
     }
 }

@@ -169,6 +169,9 @@ struct ComposeArgs {
 struct FetchArgs {
     #[command(flatten)]
     manifest: ManifestArg,
+    /// How `oci://` sources reach their registry.
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// Models and how to run them; default: runtime-config/local.toml next to the manifest.
     #[arg(long, env = "EDGEINFER_RUNTIME_CONFIG")]
     runtime_config_file: Option<PathBuf>,
@@ -225,6 +228,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Build(args) => builder::build_all(&Manifest::load(&args.manifest)?),
         Command::Fetch(args) => {
+            download::set_registry(args.registry.connection());
             let manifest = Manifest::load(&args.manifest.manifest)?;
             let config = load_runtime_config(args.runtime_config_file.as_deref(), &manifest.dir)?;
             http::check_routes(&manifest, config.kserve.enabled)?;
@@ -270,6 +274,7 @@ fn main() -> Result<()> {
 async fn registry(action: RegistryAction) -> Result<()> {
     match action {
         RegistryAction::Push { manifest, runtime_config_file, registry, reference } => {
+            download::set_registry(registry.connection());
             let loaded = Manifest::load(&manifest.manifest)?;
             let runtime_config = runtime_config_file
                 .or_else(|| Some(runtime_config::default_path(&loaded.dir)).filter(|p| p.is_file()));
@@ -344,6 +349,7 @@ struct Started {
 
 async fn up(args: UpArgs) -> Result<()> {
     telemetry::init()?;
+    download::set_registry(args.registry.connection());
     // Builds, pip, ONNX Runtime sessions and Cranelift compiles block for seconds: they run on a
     // blocking thread, so the async workers that will serve are never tied up by them.
     let (mut manifest_path, mut runtime_config_file) =
@@ -386,7 +392,14 @@ async fn up(args: UpArgs) -> Result<()> {
                     Ok(fetched.bytes)
                 })
             });
-            Some(tokio::spawn(admin::serve(app.clone(), token, listener, Some(fetcher))))
+            // Model reloads by url fetch like a first start (verified, cached).
+            let file: admin::FileFetcher = Arc::new(|url, sha256| {
+                Box::pin(async move {
+                    tokio::task::spawn_blocking(move || download::fetch_url(&url, &sha256)).await?
+                })
+            });
+            let sources = admin::Sources { component: Some(fetcher), file: Some(file) };
+            Some(tokio::spawn(admin::serve(app.clone(), token, listener, sources)))
         }
         None => None,
     };

@@ -255,3 +255,86 @@ fn a_registry_with_accounts_takes_credentials_from_flags_or_the_docker_config() 
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(pulled, digest);
 }
+
+#[test]
+fn a_layer_of_an_artifact_is_a_model_source() {
+    let registry = OciRegistry::start();
+    push(&registry, "v1", &[], &[]).unwrap_or_else(|e| panic!("push failed: {e}"));
+    let reference = format!("oci://{}/{REPOSITORY}:v1", registry.address);
+    let model = std::fs::read(repo_root().join("models/all-minilm-l6-v2/model.onnx")).unwrap();
+    let tokenizer = std::fs::read(repo_root().join("models/all-minilm-l6-v2/tokenizer.json")).unwrap();
+    let hex_of = |bytes: &[u8]| sha256(bytes).trim_start_matches("sha256:").to_string();
+    let cache = FreshCache::without_files("oci-source");
+    let dir = cache.0.join("app");
+    std::fs::create_dir_all(dir.join("runtime-config")).unwrap();
+    std::fs::write(
+        dir.join("spin.toml"),
+        "spin_manifest_version = 2\n[application]\nname = \"oci-source\"\n",
+    )
+    .unwrap();
+    let write_config = |model_sum: &str| {
+        let config = format!(
+            "[model.minilm]\npath = \"models/minilm.onnx\"\nurl = \"{reference}\"\nsha256 = \"{model_sum}\"\n\n\
+             [[asset]]\npath = \"models/tokenizer.json\"\nurl = \"{reference}\"\nsha256 = \"{}\"\n",
+            hex_of(&tokenizer)
+        );
+        std::fs::write(dir.join("runtime-config/local.toml"), config).unwrap();
+    };
+    let fetch = || {
+        edgeinfer(
+            &["fetch", "-f", dir.join("spin.toml").to_str().unwrap(), "--insecure"],
+            &[cache.env(), ("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")],
+        )
+    };
+    write_config(&hex_of(&model));
+    let (ok, _, said) = fetch();
+    assert!(ok, "{said}");
+    assert_eq!(std::fs::read(dir.join("models/minilm.onnx")).unwrap(), model);
+    assert_eq!(std::fs::read(dir.join("models/tokenizer.json")).unwrap(), tokenizer);
+
+    let wrong = "1".repeat(64);
+    write_config(&wrong);
+    std::fs::remove_file(dir.join("models/minilm.onnx")).unwrap();
+    let (ok, _, said) = fetch();
+    assert!(
+        !ok && said.contains(&format!("has no layer sha256:{wrong}")) && said.contains(&reference),
+        "{said}"
+    );
+    assert!(!dir.join("models/minilm.onnx").exists());
+}
+
+#[test]
+fn a_full_disk_or_an_unwritable_cache_fails_the_pull_and_leaves_nothing_half_written() {
+    let registry = OciRegistry::start();
+    push(&registry, "v1", &[], &[]).unwrap_or_else(|e| panic!("push failed: {e}"));
+    let reference = format!("{}/{REPOSITORY}:v1", registry.address);
+
+    // A disk that fills up: files may not grow past 2 MiB (`ulimit -f`; SIGXFSZ ignored, so a
+    // write fails with EFBIG as it would with ENOSPC).
+    let cache = FreshCache::new("full-disk");
+    let output = std::process::Command::new("bash")
+        .args(["-c", "ulimit -f 2048; trap '' XFSZ; exec \"$0\" \"$@\""])
+        .arg(common::host_binary())
+        .args(["registry", "pull", "--insecure", &reference])
+        .env(cache.env().0, cache.env().1)
+        .output()
+        .expect("run edgeinfer under ulimit");
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && said.contains("File too large"), "{said}");
+    assert_eq!(partial_files(&cache.0), Vec::<String>::new(), "nothing half-written");
+    assert!(std::fs::read_dir(cache.0.join("oci/apps")).map(|d| d.count() == 0).unwrap_or(true));
+    for blob in std::fs::read_dir(cache.0.join("oci/blobs/sha256")).unwrap().flatten() {
+        let bytes = std::fs::read(blob.path()).unwrap();
+        assert_eq!(
+            sha256(&bytes).trim_start_matches("sha256:"),
+            blob.file_name().to_str().unwrap(),
+            "only verified blobs"
+        );
+    }
+
+    // A cache directory that cannot be created (a file stands in its way).
+    let blocked = FreshCache::new("blocked");
+    std::fs::write(blocked.0.join("oci"), "not a directory").unwrap();
+    let said = pull(&reference, &[blocked.env()]).unwrap_err();
+    assert!(said.contains("cannot create") && said.contains("oci"), "{said}");
+}

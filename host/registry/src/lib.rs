@@ -24,7 +24,7 @@ use oci_client::Reference;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 
-pub use pull::{FetchedComponent, Pulled, fetch_component, locked_app, pull};
+pub use pull::{FetchedComponent, Pulled, fetch_component, fetch_layer, locked_app, pull};
 pub use push::{Pushed, push};
 
 /// The locked app (spin.lock) layer.

@@ -185,6 +185,34 @@ pub async fn fetch_component(
     Ok(FetchedComponent { layer_digest, bytes })
 }
 
+/// The layer of digest `digest` of the artifact `reference` (any artifact: a model pushed with
+/// `oras push`, an app whose files are layers), fetched into the cache and verified; its path.
+pub async fn fetch_layer(
+    reference: &str,
+    digest: &str,
+    connection: &Connection,
+    cache_root: &Path,
+) -> Result<PathBuf> {
+    let reference = crate::parse_reference(reference)?;
+    let cache = Cache { root: cache_root.join("oci") };
+    let cached = cache.blob(digest)?;
+    if cached.is_file() {
+        return Ok(cached);
+    }
+    let client = connection.client(&reference)?;
+    let auth = connection.auth(&reference)?;
+    let (manifest, _) = client
+        .pull_image_manifest(&reference, &auth)
+        .await
+        .with_context(|| format!("cannot pull {reference}"))?;
+    let layer = manifest.layers.iter().find(|l| l.digest == digest).with_context(|| {
+        let layers: Vec<&str> = manifest.layers.iter().map(|l| l.digest.as_str()).collect();
+        format!("{reference} has no layer {digest} (its layers: {})", layers.join(", "))
+    })?;
+    cache.ensure(&client, &reference, layer).await?;
+    Ok(cached)
+}
+
 /// The locked app of `reference` and the digest it resolved to (only the lock is fetched).
 pub async fn locked_app(
     reference: &str,

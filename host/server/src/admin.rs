@@ -52,10 +52,26 @@ pub fn read_token(file: Option<&std::path::Path>) -> anyhow::Result<String> {
 pub type ComponentFetcher =
     Arc<dyn Fn(String, String) -> futures::future::BoxFuture<'static, anyhow::Result<Vec<u8>>> + Send + Sync>;
 
-/// Serves the admin API on `listener` until the task is dropped. With `fetcher`, components can
-/// be deployed by registry reference (`POST /admin/v1/components/ID/pull`).
-pub async fn serve(app: Arc<App>, token: String, listener: TcpListener, fetcher: Option<ComponentFetcher>) {
-    let (router, token): (Router, Arc<str>) = (router(app, fetcher), token.into());
+/// Fetches a file by URL (`https://`, `s3://`, `oci://`) and its pinned sha256 into the cache:
+/// its path, verified. The host binary's downloader.
+pub type FileFetcher = Arc<
+    dyn Fn(String, String) -> futures::future::BoxFuture<'static, anyhow::Result<std::path::PathBuf>>
+        + Send
+        + Sync,
+>;
+
+/// What the admin API may fetch from elsewhere; each call that needs a missing one is refused.
+#[derive(Clone, Default)]
+pub struct Sources {
+    /// Components by registry reference (`POST /admin/v1/components/ID/pull`).
+    pub component: Option<ComponentFetcher>,
+    /// Model files by URL (`POST /admin/v1/models/NAME/reload` with `url`).
+    pub file: Option<FileFetcher>,
+}
+
+/// Serves the admin API on `listener` until the task is dropped.
+pub async fn serve(app: Arc<App>, token: String, listener: TcpListener, sources: Sources) {
+    let (router, token): (Router, Arc<str>) = (router(app, sources), token.into());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(pair) => pair,
@@ -107,7 +123,8 @@ async fn handle(
 }
 
 /// The admin routes; a known path with another method is 405, an unknown path 404 (JSON both).
-fn router(app: Arc<App>, fetcher: Option<ComponentFetcher>) -> Router {
+fn router(app: Arc<App>, sources: Sources) -> Router {
+    let (fetcher, file_fetcher) = (sources.component, sources.file);
     let refuse = |allowed: &'static str| {
         move || async move { Answer(HostError::MethodNotAllowed.answer(format!("use {allowed}"))) }
     };
@@ -121,7 +138,11 @@ fn router(app: Arc<App>, fetcher: Option<ComponentFetcher>) -> Router {
         .route("/admin/v1/components/{id}/rollback", post(roll_back).fallback(refuse("POST")))
         .route("/admin/v1/components/{id}/promote", post(promote).fallback(refuse("POST")))
         .route("/admin/v1/components/{id}/abort", post(abort).fallback(refuse("POST")))
-        .route("/admin/v1/models/{name}/reload", post(reload_model).fallback(refuse("POST")))
+        .route(
+            "/admin/v1/models/{name}/reload",
+            post(move |state, path, req| reload_model(state, path, file_fetcher.clone(), req))
+                .fallback(refuse("POST")),
+        )
         .fallback(|uri: Uri| async move {
             Answer(HostError::NotFound.answer(format!("no admin route {}", uri.path())))
         })
@@ -374,33 +395,76 @@ async fn promote(State(app): State<Arc<App>>, Path(id): Path<String>) -> Answer 
     })
 }
 
-/// `POST /admin/v1/models/NAME/reload`, with an optional JSON body `{"path", "sha256"}`: loads
-/// the model beside the serving graph and switches when it is ready.
+/// `POST /admin/v1/models/NAME/reload`, with an optional JSON body `{"path", "sha256"}` or
+/// `{"url", "sha256"}`: loads the model (fetched first, for a url) beside the serving graph and
+/// switches when it is ready.
 async fn reload_model(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
+    fetcher: Option<FileFetcher>,
     req: axum::extract::Request,
 ) -> Answer {
-    Answer(reload(app, &name, req).await)
+    Answer(reload(app, &name, fetcher, req).await)
 }
 
-async fn reload(app: Arc<App>, name: &str, req: axum::extract::Request) -> Response<WasiBody> {
+/// The reload call's body.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReloadBody {
+    path: Option<String>,
+    url: Option<String>,
+    sha256: Option<String>,
+}
+
+async fn reload(
+    app: Arc<App>,
+    name: &str,
+    fetcher: Option<FileFetcher>,
+    req: axum::extract::Request,
+) -> Response<WasiBody> {
     let body = match crate::body::read(req, 64 << 10, crate::body::READ_TIMEOUT).await {
         Ok((_, bytes)) => bytes,
         Err(refused) => return refused,
     };
-    let request: ReloadRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        ReloadRequest::default()
+    let body: ReloadBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ReloadBody::default()
     } else {
         match serde_json::from_slice(&body) {
             Ok(request) => request,
             Err(e) => {
-                let message = format!("the body is not {{\"path\", \"sha256\"}}: {e}");
+                let message = format!("the body is not {{\"path\" or \"url\", \"sha256\"}}: {e}");
                 return HostError::Validation.answer(&message);
             }
         }
     };
     let started = Instant::now();
+    let request = match (body.path, body.url, body.sha256) {
+        (Some(_), Some(_), _) => return HostError::Validation.answer("give path or url, not both"),
+        (_, Some(_), None) => {
+            return HostError::Validation
+                .answer("a url needs its sha256: what is fetched is checked against it");
+        }
+        (None, Some(url), Some(sha256)) => {
+            let known = app.registry.graphs().iter().any(|g| g.name == name)
+                || app.registry.failures().iter().any(|f| f.name == name);
+            if !known {
+                return HostError::ModelNotFound.answer(format!("no model {name:?} here"));
+            }
+            let Some(fetcher) = fetcher else {
+                return HostError::NotFound.answer("this host fetches no model files by url");
+            };
+            tracing::info!(model = name, %url, "fetching the model to reload");
+            match fetcher(url.clone(), sha256.clone()).await {
+                Ok(path) => ReloadRequest { path: Some(path.display().to_string()), sha256: Some(sha256) },
+                Err(e) => {
+                    metrics::counter!("edgeinfer_model_reloads_total", "model" => name.to_string(), "outcome" => "refused").increment(1);
+                    return HostError::InvalidModel
+                        .answer(format!("cannot fetch {url}: {e:#}; the model serves as before"));
+                }
+            }
+        }
+        (path, None, sha256) => ReloadRequest { path, sha256 },
+    };
     tracing::info!(model = name, path = ?request.path, "reloading model");
     match app.registry.reload(name, request).await {
         Ok((loaded, replaced)) => {

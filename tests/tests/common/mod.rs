@@ -490,6 +490,16 @@ pub struct FreshCache(pub PathBuf);
 
 impl FreshCache {
     pub fn new(tag: &str) -> FreshCache {
+        FreshCache::sharing(tag, &["blobs", "wheels", "compiled", "tools"])
+    }
+
+    /// Sharing only pip's wheels, the compiled components and tools: every verified file (models,
+    /// ONNX Runtime) is fetched again (give ONNX Runtime by `ORT_DYLIB_PATH`).
+    pub fn without_files(tag: &str) -> FreshCache {
+        FreshCache::sharing(tag, &["wheels", "compiled", "tools"])
+    }
+
+    fn sharing(tag: &str, names: &[&str]) -> FreshCache {
         let shared = std::env::var_os("EDGEINFER_CACHE_DIR")
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("edgeinfer")))
@@ -497,7 +507,7 @@ impl FreshCache {
         let dir = std::env::temp_dir().join(format!("edgeinfer-cache-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        for name in ["blobs", "wheels", "compiled", "tools"] {
+        for name in names {
             std::fs::create_dir_all(shared.join(name)).unwrap();
             std::os::unix::fs::symlink(shared.join(name), dir.join(name)).unwrap();
         }
