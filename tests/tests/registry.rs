@@ -338,3 +338,51 @@ fn a_full_disk_or_an_unwritable_cache_fails_the_pull_and_leaves_nothing_half_wri
     let said = pull(&reference, &[blocked.env()]).unwrap_err();
     assert!(said.contains("cannot create") && said.contains("oci"), "{said}");
 }
+
+#[test]
+fn an_https_registry_is_trusted_through_a_ca_file_and_plain_http_needs_insecure() {
+    let registry = OciRegistry::start_tls();
+    let reference = format!("{}/{REPOSITORY}:v1", registry.address);
+    let certificate = registry.certificate();
+    let cache = FreshCache::new("tls");
+    // Its certificate is not one the system trusts: refused without the CA file.
+    let (ok, _, said) = edgeinfer(&["registry", "pull", &reference], &[cache.env()]);
+    assert!(!ok && said.contains("cannot pull"), "{said}");
+    // With it: push and pull over HTTPS.
+    let (ok, pushed, said) = edgeinfer(
+        &[
+            "registry",
+            "push",
+            "--registry-ca-file",
+            certificate.to_str().unwrap(),
+            "-f",
+            "tests/apps/faults/spin.toml",
+            &reference,
+        ],
+        &[],
+    );
+    assert!(ok, "{said}");
+    let digest = pushed.lines().find_map(|l| l.strip_prefix("Pushed with digest ")).unwrap().to_string();
+    let (ok, pulled, said) = edgeinfer(
+        &["registry", "pull", "--registry-ca-file", certificate.to_str().unwrap(), &reference],
+        &[cache.env()],
+    );
+    assert!(ok && pulled.starts_with(&digest), "{said}");
+
+    // An HTTP registry is reached only with --insecure.
+    let plain = OciRegistry::start();
+    let (ok, _, said) = edgeinfer(
+        &[
+            "registry",
+            "push",
+            "-f",
+            "tests/apps/faults/spin.toml",
+            &format!("{}/{REPOSITORY}:v1", plain.address),
+        ],
+        &[],
+    );
+    assert!(
+        !ok && said.contains(&format!("https://{}", plain.address)),
+        "HTTPS unless told otherwise: {said}"
+    );
+}

@@ -396,6 +396,21 @@ impl OciRegistry {
     /// A registry that lets only these (user, password) pairs in, with HTTP basic auth (htpasswd
     /// with bcrypt, written by the client venv's `bcrypt`).
     pub fn start_with_users(users: &[(&str, &str)]) -> OciRegistry {
+        OciRegistry::launch(users, false)
+    }
+
+    /// An open registry on HTTPS, with a certificate for 127.0.0.1 signed by a test CA (made with
+    /// the `openssl` CLI; `certificate` is the CA's).
+    pub fn start_tls() -> OciRegistry {
+        OciRegistry::launch(&[], true)
+    }
+
+    /// The PEM certificate of the CA that signed the certificate of a registry from `start_tls`.
+    pub fn certificate(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    fn launch(users: &[(&str, &str)], tls: bool) -> OciRegistry {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let dir = std::env::temp_dir().join(format!("edgeinfer-registry-{}-{port}", std::process::id()));
         let storage = dir.join("storage");
@@ -414,11 +429,28 @@ impl OciRegistry {
             auth =
                 format!("auth:\n  htpasswd:\n    realm: edgeinfer-tests\n    path: {}\n", htpasswd.display());
         }
+        let mut tls_section = String::new();
+        if tls {
+            // A test CA, and a server certificate for 127.0.0.1 it signs.
+            let script = "set -e\n\
+                openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=edgeinfer-test-ca -keyout ca.key -out ca.pem\n\
+                openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout key.pem -out server.csr\n\
+                printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > server.ext\n\
+                openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile server.ext -out cert.pem\n";
+            let output =
+                Command::new("bash").args(["-c", script]).current_dir(&dir).output().expect("run openssl");
+            assert!(output.status.success(), "openssl: {}", String::from_utf8_lossy(&output.stderr));
+            tls_section = format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                dir.join("cert.pem").display(),
+                dir.join("key.pem").display()
+            );
+        }
         let config = dir.join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{tls_section}{auth}",
                 storage.display()
             ),
         )
