@@ -85,6 +85,10 @@ impl SpinUp {
             .args(extra)
             .arg("--state-dir")
             .arg(&state_dir)
+            // Spin copies the mounted files (718 MB for the default app) to a temporary directory
+            // it removes only on a clean exit: put it where drop removes it.
+            .arg("--temp")
+            .arg(state_dir.join("temp"))
             .current_dir(repo_root())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

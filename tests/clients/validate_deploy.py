@@ -1,0 +1,98 @@
+"""Validates Kubernetes manifests and reports what they expect of the host.
+
+Usage: validate_deploy.py KUBERNETES_VERSION SPINAPP_SCHEMA FILE...
+
+Each FILE holds YAML documents (a rendered kustomize overlay, or a plain manifest). Built-in kinds
+are validated strictly against that Kubernetes version's schemas with `kubernetes-validate` (unknown
+fields are errors); SpinApp against spin-operator's spec (SPINAPP_SCHEMA, with `jsonschema`);
+the other custom resources (ServiceMonitor, ScaledObject, ClusterServingRuntime) by the fields the
+host depends on. Prints, as the last line, JSON: the documents checked and, for the test to check
+against a running host, every probe path, port, listen address and metric name they use.
+"""
+
+import json
+import re
+import sys
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+version, schema_path, files = sys.argv[1], sys.argv[2], sys.argv[3:]
+spinapp_schema = json.load(open(schema_path))
+report = {"documents": [], "probes": [], "ports": [], "listen": [], "metrics": [], "metrics_paths": []}
+failures = []
+
+
+def containers_of(doc):
+    kind = doc["kind"]
+    if kind == "Deployment":
+        return doc["spec"]["template"]["spec"]["containers"]
+    if kind == "ClusterServingRuntime":
+        return doc["spec"]["containers"]
+    return []
+
+
+def check_custom(doc):
+    kind, spec = doc["kind"], doc.get("spec", {})
+    if kind == "SpinApp":
+        jsonschema.validate(doc, spinapp_schema)
+        for probe in spec.get("checks", {}).values():
+            report["probes"].append({"path": probe["httpGet"]["path"], "runtime": "spin"})
+    elif kind == "ServiceMonitor":
+        assert doc["apiVersion"] == "monitoring.coreos.com/v1", doc["apiVersion"]
+        for endpoint in spec["endpoints"]:
+            report["metrics_paths"].append(endpoint["path"])
+    elif kind == "ScaledObject":
+        assert doc["apiVersion"] == "keda.sh/v1alpha1", doc["apiVersion"]
+        assert spec["scaleTargetRef"]["name"], spec
+        for trigger in spec["triggers"]:
+            if trigger["type"] == "prometheus":
+                report["metrics"] += re.findall(r"edgeinfer_[a-z_]+", trigger["metadata"]["query"])
+    elif kind == "ClusterServingRuntime":
+        assert doc["apiVersion"] == "serving.kserve.io/v1alpha1", doc["apiVersion"]
+        assert "v2" in spec["protocolVersions"], spec
+        assert any(f["name"] == "onnx" for f in spec["supportedModelFormats"]), spec
+    else:
+        raise AssertionError(f"no check for custom resource {kind}")
+
+
+for path in files:
+    with open(path) as f:
+        text = f.read()
+    documents = [d for d in yaml.safe_load_all(text) if d]
+    for doc in documents:
+        if "kind" not in doc:
+            # prometheus-adapter's Helm values: its rules' metric names.
+            for rule in doc.get("rules", {}).get("custom", []):
+                report["metrics"] += re.findall(r"edgeinfer_[a-z_]+", rule["seriesQuery"])
+            report["documents"].append({"file": path, "kind": "prometheus-adapter rules"})
+            continue
+        name = f'{doc["kind"]}/{doc["metadata"]["name"]}'
+        try:
+            if doc["kind"] in ("SpinApp", "ServiceMonitor", "ScaledObject", "ClusterServingRuntime"):
+                check_custom(doc)
+            else:
+                kubernetes_validate.validate(doc, version, strict=True)
+        except Exception as e:  # every failure is reported, not just the first
+            failures.append(f"{path}: {name}: {type(e).__name__}: {e}")
+            continue
+        report["documents"].append({"file": path, "kind": doc["kind"], "name": doc["metadata"]["name"]})
+        for container in containers_of(doc):
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                if probe in container:
+                    report["probes"].append({"path": container[probe]["httpGet"]["path"], "runtime": "edgeinfer"})
+            for port in container.get("ports", []):
+                report["ports"].append(port["containerPort"])
+            for env in container.get("env", []):
+                if env["name"] in ("EDGEINFER_LISTEN", "EDGEINFER_ADMIN_LISTEN"):
+                    report["listen"].append(env["value"])
+        if doc["kind"] == "HorizontalPodAutoscaler":
+            for metric in doc["spec"]["metrics"]:
+                if metric["type"] == "Pods":
+                    report["metrics"].append(metric["pods"]["metric"]["name"])
+
+if failures:
+    print("\n".join(failures), file=sys.stderr)
+    sys.exit(1)
+print(json.dumps(report))
