@@ -96,7 +96,7 @@ pub fn run(action: DeployAction) -> Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let (digest, lock) = runtime.block_on(edgeinfer_registry::locked_app(
                 reference,
-                &target.registry.connection(),
+                &target.registry.connection(Some(reference))?,
                 &crate::provision::cache_dir(),
             ))?;
             let parsed = edgeinfer_registry::parse_reference(reference)?;

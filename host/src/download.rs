@@ -39,6 +39,8 @@ pub fn set_registry(connection: edgeinfer_registry::Connection) {
 
 /// The cached, verified copy of the file at `url`, downloaded on first use.
 pub fn fetch_url(url: &str, sha256: &str) -> Result<PathBuf> {
+    // It names a cache path: 64 hex digits and nothing else.
+    edgeinfer_config::runtime_config::check_sha256(sha256)?;
     if let Some(reference) = url.strip_prefix("oci://") {
         return fetch_oci(reference, sha256).with_context(|| format!("{url}: the layer sha256:{sha256}"));
     }
@@ -117,10 +119,12 @@ fn fetch_url_here(url: &str, sha256: &str) -> Result<PathBuf> {
     unreachable!("the last attempt returns")
 }
 
-/// Bytes of a cut transfer already in the partial file, and their hash so far.
+/// Bytes of a cut transfer already in the partial file, their hash so far, and the version of
+/// the file they are of (its ETag or Last-Modified, sent back as If-Range).
 struct Resume {
     received: u64,
     hasher: Sha256,
+    validator: Option<String>,
 }
 
 /// One GET of `url` into `partial`, checked against `sha256`; after a cut transfer (`resume`),
@@ -135,29 +139,46 @@ fn attempt_download(
     let mut request = client.get(url);
     if let Some(from) = resume.as_ref() {
         request = request.header(reqwest::header::RANGE, format!("bytes={}-", from.received));
+        if let Some(validator) = &from.validator {
+            // A changed file answers 200 with all of it, never a rest to splice on the old part.
+            request = request.header(reqwest::header::IF_RANGE, validator);
+        }
     }
     let mut response = request.send().map_err(|e| Failure::Transient(anyhow!("{url}: {e}")))?;
     let status = response.status();
     if !status.is_success() {
         let error = anyhow!("{url}: HTTP {status}");
-        let transient = status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429;
+        // 416: the rest asked for is not there (the file changed or ended): start over.
+        let transient = status.is_server_error() || matches!(status.as_u16(), 408 | 416 | 429);
         *resume = None;
         return Err(if transient { Failure::Transient(error) } else { Failure::Permanent(error) });
     }
-    // 206 from where the last try stopped: append. Anything else: the whole file again.
-    let continued = match resume.take() {
-        Some(from) if status.as_u16() == 206 && content_range_start(&response) == Some(from.received) => {
-            Some(from)
-        }
-        _ => None,
+    // 206 with the rest from where the last try stopped: append. 200: the whole file again. Any
+    // other 206: start over on the next try.
+    let validator = ["etag", "last-modified"]
+        .iter()
+        .find_map(|name| response.headers().get(*name)?.to_str().ok().map(str::to_string));
+    let (continued, length) = match (resume.take(), status.as_u16()) {
+        (Some(from), 206) => match content_range(&response) {
+            Some((first, last, Some(total))) if first == from.received && last + 1 == total => {
+                (Some(from), Some(total))
+            }
+            _ => {
+                return Err(Failure::Transient(anyhow!(
+                    "{url}: the server answered another range than the rest; starting over"
+                )));
+            }
+        },
+        (None, 206) => return Err(Failure::Transient(anyhow!("{url}: a partial answer to a whole request"))),
+        _ => (None, response.content_length()),
     };
     let mut sink = match continued {
-        Some(from) => {
-            let total = response.content_length().map(|rest| rest + from.received);
-            Sink::resume(url, partial, total, from)?
-        }
-        None => Sink::create(url, partial, response.content_length())?,
+        Some(from) => Sink::resume(url, partial, length, from)?,
+        None => Sink::create(url, partial, length)?,
     };
+    if sink.validator.is_none() {
+        sink.validator = validator;
+    }
     let mut buffer = vec![0u8; 256 * 1024];
     loop {
         match response.read(&mut buffer) {
@@ -175,10 +196,12 @@ fn attempt_download(
     sink.finish(sha256)
 }
 
-/// The first byte a 206 answer carries (`Content-Range: bytes FIRST-LAST/TOTAL`).
-fn content_range_start(response: &reqwest::blocking::Response) -> Option<u64> {
+/// A 206 answer's `Content-Range: bytes FIRST-LAST/TOTAL` (TOTAL may be `*`).
+fn content_range(response: &reqwest::blocking::Response) -> Option<(u64, u64, Option<u64>)> {
     let range = response.headers().get(reqwest::header::CONTENT_RANGE)?.to_str().ok()?;
-    range.strip_prefix("bytes ")?.split('-').next()?.trim().parse().ok()
+    let (span, total) = range.strip_prefix("bytes ")?.split_once('/')?;
+    let (first, last) = span.split_once('-')?;
+    Some((first.trim().parse().ok()?, last.trim().parse().ok()?, total.trim().parse().ok()))
 }
 
 /// One GET of `s3://bucket/key` into `partial`, checked against `sha256`.
@@ -304,6 +327,8 @@ struct Sink<'a> {
     received: u64,
     length: Option<u64>,
     progress: Progress,
+    /// The version of the file being written (ETag or Last-Modified), for a resumed try.
+    validator: Option<String>,
 }
 
 impl<'a> Sink<'a> {
@@ -311,7 +336,7 @@ impl<'a> Sink<'a> {
         let file = File::create(partial)
             .map_err(|e| Failure::Permanent(anyhow!("cannot write {}: {e}", partial.display())))?;
         let progress = Progress::start(url, length);
-        Ok(Sink { url, partial, file, hasher: Sha256::new(), received: 0, length, progress })
+        Ok(Sink { url, partial, file, hasher: Sha256::new(), received: 0, length, progress, validator: None })
     }
 
     /// Goes on writing a cut transfer's partial file where it stopped.
@@ -328,13 +353,26 @@ impl<'a> Sink<'a> {
         eprintln!("edgeinfer: {url}: resuming after {} bytes", from.received);
         let progress = Progress::start(url, length);
         progress.advance(from.received);
-        Ok(Sink { url, partial, file, hasher: from.hasher, received: from.received, length, progress })
+        let validator = from.validator;
+        Ok(Sink {
+            url,
+            partial,
+            file,
+            hasher: from.hasher,
+            received: from.received,
+            length,
+            progress,
+            validator,
+        })
     }
 
     /// Where a next try can go on from (what is written so far), if anything was.
     fn resume_point(&mut self) -> Option<Resume> {
-        (self.received > 0 && self.file.flush().is_ok())
-            .then(|| Resume { received: self.received, hasher: self.hasher.clone() })
+        (self.received > 0 && self.file.flush().is_ok()).then(|| Resume {
+            received: self.received,
+            hasher: self.hasher.clone(),
+            validator: self.validator.clone(),
+        })
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<(), Failure> {

@@ -56,6 +56,15 @@ enum Command {
     /// one (ours or `spin registry push`'s) into the cache. `up -f REF` pulls and serves.
     #[command(subcommand)]
     Registry(RegistryAction),
+    /// Exit 0 if URL answers 200 within the timeout, else 1: a container HEALTHCHECK for images
+    /// with no curl.
+    Probe {
+        #[arg(default_value = "http://127.0.0.1:3000/health")]
+        url: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -109,7 +118,9 @@ struct RegistryArgs {
 }
 
 impl RegistryArgs {
-    fn connection(&self) -> edgeinfer_registry::Connection {
+    /// The connection these flags describe: for `reference`'s registry alone when given, else for
+    /// every registry (`oci://` sources of the user's own runtime config).
+    fn connection(&self, reference: Option<&str>) -> Result<edgeinfer_registry::Connection> {
         use edgeinfer_registry::Credentials;
         let credentials = match (&self.registry_username, &self.registry_password, &self.registry_token) {
             (Some(username), Some(password), _) => {
@@ -118,10 +129,15 @@ impl RegistryArgs {
             (_, _, Some(token)) => Some(Credentials::Bearer(token.clone())),
             _ => None,
         };
-        edgeinfer_registry::Connection {
+        let connection = edgeinfer_registry::Connection {
             insecure: self.insecure,
             ca_file: self.registry_ca_file.clone(),
             credentials,
+            scope: None,
+        };
+        match reference {
+            Some(reference) => connection.scoped_to(reference),
+            None => Ok(connection),
         }
     }
 }
@@ -228,7 +244,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Build(args) => builder::build_all(&Manifest::load(&args.manifest)?),
         Command::Fetch(args) => {
-            download::set_registry(args.registry.connection());
+            download::set_registry(args.registry.connection(None)?);
             let manifest = Manifest::load(&args.manifest.manifest)?;
             let config = load_runtime_config(args.runtime_config_file.as_deref(), &manifest.dir)?;
             http::check_routes(&manifest, config.kserve.enabled)?;
@@ -264,6 +280,22 @@ fn main() -> Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(up(args))
         }
+        Command::Probe { url, timeout } => {
+            let client = reqwest::blocking::Client::builder()
+                .timeout(std::time::Duration::from_secs(timeout))
+                .build()?;
+            match client.get(&url).send() {
+                Ok(response) if response.status().as_u16() == 200 => Ok(()),
+                Ok(response) => {
+                    eprintln!("edgeinfer probe: {url} answered {}", response.status());
+                    std::process::exit(1)
+                }
+                Err(e) => {
+                    eprintln!("edgeinfer probe: {url}: {e}");
+                    std::process::exit(1)
+                }
+            }
+        }
         Command::Registry(action) => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(registry(action))
@@ -274,7 +306,8 @@ fn main() -> Result<()> {
 async fn registry(action: RegistryAction) -> Result<()> {
     match action {
         RegistryAction::Push { manifest, runtime_config_file, registry, reference } => {
-            download::set_registry(registry.connection());
+            let connection = registry.connection(Some(&reference))?;
+            download::set_registry(connection.clone());
             let loaded = Manifest::load(&manifest.manifest)?;
             let runtime_config = runtime_config_file
                 .or_else(|| Some(runtime_config::default_path(&loaded.dir)).filter(|p| p.is_file()));
@@ -287,7 +320,7 @@ async fn registry(action: RegistryAction) -> Result<()> {
                 &manifest.manifest,
                 runtime_config.as_deref(),
                 &reference,
-                &registry.connection(),
+                &connection,
             )
             .await?;
             eprintln!(
@@ -301,7 +334,7 @@ async fn registry(action: RegistryAction) -> Result<()> {
             Ok(())
         }
         RegistryAction::Pull { registry, reference } => {
-            let pulled = pull(&reference, &registry).await?;
+            let pulled = pull(&reference, &registry.connection(Some(&reference))?).await?;
             println!("{}", pulled.digest);
             println!("{}", pulled.manifest_path.display());
             Ok(())
@@ -310,8 +343,11 @@ async fn registry(action: RegistryAction) -> Result<()> {
 }
 
 /// Pulls an app artifact into the cache (verified, laid out) and says what it fetched.
-async fn pull(reference: &str, registry: &RegistryArgs) -> Result<edgeinfer_registry::Pulled> {
-    let pulled = edgeinfer_registry::pull(reference, &registry.connection(), &provision::cache_dir()).await?;
+async fn pull(
+    reference: &str,
+    connection: &edgeinfer_registry::Connection,
+) -> Result<edgeinfer_registry::Pulled> {
+    let pulled = edgeinfer_registry::pull(reference, connection, &provision::cache_dir()).await?;
     eprintln!(
         "edgeinfer: pulled {reference} ({}){}: {} layers, {} fetched ({:.1} MB) in {:.1} s",
         pulled.digest,
@@ -349,17 +385,20 @@ struct Started {
 
 async fn up(args: UpArgs) -> Result<()> {
     telemetry::init()?;
-    download::set_registry(args.registry.connection());
+    // With -f REF, the registry flags are for REF's registry alone.
+    let from = args.manifest.manifest.to_str().filter(|p| edgeinfer_registry::looks_like_reference(p));
+    let connection = args.registry.connection(from)?;
+    download::set_registry(connection.clone());
     // Builds, pip, ONNX Runtime sessions and Cranelift compiles block for seconds: they run on a
     // blocking thread, so the async workers that will serve are never tied up by them.
     let (mut manifest_path, mut runtime_config_file) =
         (args.manifest.manifest.clone(), args.runtime_config_file.clone());
-    if let Some(reference) = manifest_path.to_str().filter(|p| edgeinfer_registry::looks_like_reference(p)) {
+    if let Some(reference) = from {
         anyhow::ensure!(
             !args.build && !args.watch,
             "--build and --watch need the app's sources; {reference} is a registry artifact"
         );
-        let pulled = pull(reference, &args.registry).await?;
+        let pulled = pull(reference, &connection).await?;
         manifest_path = pulled.manifest_path;
         runtime_config_file = runtime_config_file.or(pulled.runtime_config);
     }
@@ -381,15 +420,22 @@ async fn up(args: UpArgs) -> Result<()> {
                 .with_context(|| format!("cannot listen on {address} (admin API)"))?;
             eprintln!("Admin API: http://{}", listener.local_addr()?);
             // Deploys by reference pull with this host's registry settings into its cache.
-            let (connection, cache) = (args.registry.connection(), provision::cache_dir());
+            let (connection, cache) = (connection.clone(), provision::cache_dir());
             let fetcher: admin::ComponentFetcher = Arc::new(move |reference, component| {
                 let (connection, cache) = (connection.clone(), cache.clone());
                 Box::pin(async move {
-                    let fetched =
-                        edgeinfer_registry::fetch_component(&reference, &component, &connection, &cache)
-                            .await?;
-                    tracing::info!(%reference, component, layer = %fetched.layer_digest, "component pulled");
-                    Ok(fetched.bytes)
+                    match edgeinfer_registry::fetch_component(&reference, &component, &connection, &cache)
+                        .await
+                    {
+                        Ok(fetched) => {
+                            tracing::info!(%reference, component, layer = %fetched.layer_digest, "component pulled");
+                            Ok(fetched.bytes)
+                        }
+                        Err(e) => Err(match e.downcast_ref::<edgeinfer_registry::InvalidRequest>() {
+                            Some(invalid) => admin::FetchError::Invalid(invalid.to_string()),
+                            None => admin::FetchError::Registry(e),
+                        }),
+                    }
                 })
             });
             // Model reloads by url fetch like a first start (verified, cached).

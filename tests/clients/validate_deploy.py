@@ -20,7 +20,7 @@ import yaml
 
 version, schema_path, files = sys.argv[1], sys.argv[2], sys.argv[3:]
 spinapp_schema = json.load(open(schema_path))
-report = {"documents": [], "probes": [], "ports": [], "listen": [], "metrics": [], "metrics_paths": []}
+report = {"documents": [], "probes": [], "containers": [], "runtime_configs": [], "metrics": [], "metrics_paths": []}
 failures = []
 
 
@@ -82,11 +82,14 @@ for path in files:
             for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
                 if probe in container:
                     report["probes"].append({"path": container[probe]["httpGet"]["path"], "runtime": "edgeinfer"})
-            for port in container.get("ports", []):
-                report["ports"].append(port["containerPort"])
-            for env in container.get("env", []):
-                if env["name"] in ("EDGEINFER_LISTEN", "EDGEINFER_ADMIN_LISTEN"):
-                    report["listen"].append(env["value"])
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            report["containers"].append({
+                "name": name,
+                "ports": [p["containerPort"] for p in container.get("ports", [])],
+                "listen": [env[k] for k in ("EDGEINFER_LISTEN", "EDGEINFER_ADMIN_LISTEN") if k in env],
+            })
+            if "EDGEINFER_RUNTIME_CONFIG" in env:
+                report["runtime_configs"].append(env["EDGEINFER_RUNTIME_CONFIG"])
         if doc["kind"] == "HorizontalPodAutoscaler":
             for metric in doc["spec"]["metrics"]:
                 if metric["type"] == "Pods":

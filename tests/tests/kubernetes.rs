@@ -71,7 +71,8 @@ fn the_deploy_manifests_are_valid_and_match_what_the_host_serves() {
     ];
     let report = validate(&files).unwrap_or_else(|e| panic!("the manifests are not valid:\n{e}"));
     eprintln!("validated: {}", report["documents"]);
-    let kinds: Vec<&str> = report["documents"].as_array().unwrap().iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> =
+        report["documents"].as_array().unwrap().iter().map(|d| d["kind"].as_str().unwrap()).collect();
     for kind in [
         "Deployment",
         "Service",
@@ -91,7 +92,11 @@ fn the_deploy_manifests_are_valid_and_match_what_the_host_serves() {
 
     // The validation catches a mistake: a misspelt probe is an unknown field.
     let typo = dir.join("typo.yaml");
-    std::fs::write(&typo, std::fs::read_to_string(&files[0]).unwrap().replace("readinessProbe:", "readinesProbe:")).unwrap();
+    std::fs::write(
+        &typo,
+        std::fs::read_to_string(&files[0]).unwrap().replace("readinessProbe:", "readinesProbe:"),
+    )
+    .unwrap();
     let said = validate(&[typo]).unwrap_err();
     assert!(said.contains("readinesProbe") && said.contains("Deployment/edgeinfer"), "{said}");
 
@@ -112,10 +117,38 @@ fn the_deploy_manifests_are_valid_and_match_what_the_host_serves() {
     for path in report["metrics_paths"].as_array().unwrap() {
         assert_eq!(path, "/metrics");
     }
-    let ports: Vec<u64> = report["ports"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap()).collect();
-    for listen in report["listen"].as_array().unwrap() {
-        let port: u64 = listen.as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap();
-        assert!(ports.contains(&port), "{listen} is not a declared container port: {ports:?}");
+    // Each container listens where it declares its ports.
+    for container in report["containers"].as_array().unwrap() {
+        let ports: Vec<u64> =
+            container["ports"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap()).collect();
+        for listen in container["listen"].as_array().unwrap() {
+            let port: u64 = listen.as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap();
+            assert!(
+                ports.contains(&port),
+                "{}: {listen} is not one of its ports {ports:?}",
+                container["name"]
+            );
+        }
+    }
+    // Every runtime config they name exists (in the image: the repo's runtime-config/; the gpu
+    // overlay's from its ConfigMap) and is one the host accepts.
+    let configs = report["runtime_configs"].as_array().unwrap();
+    assert!(configs.len() >= 2, "{configs:?}");
+    for config in configs {
+        let config = config.as_str().unwrap();
+        let file = match config.strip_prefix("/app/") {
+            Some(relative) => repo_root().join(relative),
+            None if config.ends_with("/gpu/runtime-config.toml") => {
+                deploy.join("kubernetes/overlays/gpu/runtime-config.toml")
+            }
+            None => panic!("{config}: where does it come from?"),
+        };
+        assert!(file.is_file(), "{config} ({})", file.display());
+        let (ok, _, said) = common::edgeinfer(
+            &["fetch", "--runtime-config-file", file.to_str().unwrap()],
+            &[("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")],
+        );
+        assert!(ok, "{config}: {said}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -531,7 +531,8 @@ impl RuntimeConfig {
     }
 }
 
-fn check_sha256(hex_digest: &str) -> Result<()> {
+/// A sha256 written as 64 hex digits (what every pin and cache path uses), or why not.
+pub fn check_sha256(hex_digest: &str) -> Result<()> {
     if hex_digest.len() != 64 || !hex_digest.bytes().all(|b| b.is_ascii_hexdigit()) {
         bail!("sha256 must be 64 hex digits, got {hex_digest:?}");
     }

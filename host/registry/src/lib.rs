@@ -51,7 +51,24 @@ pub struct Connection {
     pub ca_file: Option<PathBuf>,
     /// Explicit credentials; else the Docker config's for the registry; else anonymous.
     pub credentials: Option<Credentials>,
+    /// The registry (`host[:port]`) `insecure` and `credentials` are for; others get HTTPS and the
+    /// Docker config's credentials, so that a reference inside an artifact (an `oci://` model of
+    /// its runtime config) never receives them. None: every registry.
+    pub scope: Option<String>,
 }
+
+/// A request that no registry could fulfil (a tag where a digest is needed, a component the
+/// artifact lacks, a malformed reference): the caller's mistake, not the registry's.
+#[derive(Debug)]
+pub struct InvalidRequest(pub String);
+
+impl std::fmt::Display for InvalidRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InvalidRequest {}
 
 /// Credentials given on the command line or in the environment.
 #[derive(Clone)]
@@ -74,8 +91,11 @@ impl std::fmt::Debug for Credentials {
 /// A parsed reference (`host[:port]/repository[:tag][@sha256:...]`).
 pub fn parse_reference(text: &str) -> Result<Reference> {
     let text = text.strip_prefix("oci://").unwrap_or(text);
-    text.parse::<Reference>()
-        .with_context(|| format!("{text:?} is not a registry reference (host/repository:tag or @sha256:...)"))
+    text.parse::<Reference>().map_err(|e| {
+        anyhow::Error::new(InvalidRequest(format!(
+            "{text:?} is not a registry reference (host/repository:tag or @sha256:...): {e}"
+        )))
+    })
 }
 
 /// Whether `text` names an artifact in a registry rather than a file: it is not an existing path,
@@ -84,7 +104,7 @@ pub fn looks_like_reference(text: &str) -> bool {
     if text.starts_with("oci://") {
         return true;
     }
-    if Path::new(text).exists() || text.ends_with(".toml") {
+    if Path::new(text).exists() || text.ends_with(".toml") || text.starts_with(['.', '/']) {
         return false;
     }
     match text.split_once('/') {
@@ -96,10 +116,21 @@ pub fn looks_like_reference(text: &str) -> bool {
 }
 
 impl Connection {
+    /// This connection scoped to the registry of `reference` (what `-f REF` names).
+    pub fn scoped_to(mut self, reference: &str) -> Result<Connection> {
+        self.scope = Some(parse_reference(reference)?.resolve_registry().to_string());
+        Ok(self)
+    }
+
+    /// Whether the explicit settings apply to `reference`'s registry.
+    fn applies_to(&self, reference: &Reference) -> bool {
+        self.scope.as_deref().is_none_or(|scope| scope == reference.resolve_registry())
+    }
+
     /// The OCI client for this connection.
     fn client(&self, reference: &Reference) -> Result<oci_client::Client> {
         let mut config = ClientConfig {
-            protocol: if self.insecure {
+            protocol: if self.insecure && self.applies_to(reference) {
                 ClientProtocol::HttpsExcept(vec![reference.resolve_registry().to_string()])
             } else {
                 ClientProtocol::Https
@@ -119,7 +150,8 @@ impl Connection {
     /// The credentials for `reference`'s registry: explicit ones, else the Docker config's
     /// (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`), else anonymous.
     fn auth(&self, reference: &Reference) -> Result<RegistryAuth> {
-        match &self.credentials {
+        let explicit = self.credentials.as_ref().filter(|_| self.applies_to(reference));
+        match explicit {
             Some(Credentials::Basic { username, password }) => {
                 Ok(RegistryAuth::Basic(username.clone(), password.clone()))
             }
@@ -159,10 +191,12 @@ fn docker_config_auth(registry: &str) -> Result<RegistryAuth> {
         return Ok(RegistryAuth::Bearer(token.to_string()));
     }
     let Some(encoded) = entry.get("auth").and_then(|a| a.as_str()) else {
-        bail!(
-            "{}: the entry for {registry} has no `auth` (credential helpers are not supported; pass --username/--password)",
+        tracing::warn!(
+            "{}: the entry for {registry} has no `auth` (credential helpers are not supported: pass \
+             --registry-username/--registry-password); pulling anonymously",
             path.display()
         );
+        return Ok(RegistryAuth::Anonymous);
     };
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded)
@@ -232,6 +266,8 @@ mod tests {
         assert!(!looks_like_reference("spin.toml"));
         assert!(!looks_like_reference("tests/apps/llm/spin.toml"));
         assert!(!looks_like_reference("app"));
+        assert!(!looks_like_reference("./app.v2/x"));
+        assert!(!looks_like_reference("../apps/x"));
         let reference = parse_reference("127.0.0.1:5000/edgeinfer/app:v1").unwrap();
         assert_eq!(reference.registry(), "127.0.0.1:5000");
         assert_eq!(reference.repository(), "edgeinfer/app");
@@ -249,6 +285,30 @@ mod tests {
         assert!(safe_relative("../x").is_err());
         assert!(safe_relative("/etc/passwd").is_err());
         assert!(safe_relative("a/../../x").is_err());
+    }
+
+    #[test]
+    fn inline_content_is_unpadded_base64_as_spin_writes_it() {
+        assert_eq!(locked::encode_inline(b"ab"), "YWI");
+        assert_eq!(locked::decode_inline("YWI").unwrap(), b"ab");
+        assert_eq!(locked::decode_inline("YWI=").unwrap(), b"ab", "padding accepted on reading");
+    }
+
+    #[test]
+    fn explicit_credentials_and_insecure_go_to_their_registry_only() {
+        let connection = Connection {
+            insecure: true,
+            credentials: Some(Credentials::Bearer("secret".into())),
+            ..Connection::default()
+        }
+        .scoped_to("127.0.0.1:5000/team/app:v1")
+        .unwrap();
+        let ours = parse_reference("127.0.0.1:5000/team/model:v1").unwrap();
+        let theirs = parse_reference("elsewhere.example/x/model:v1").unwrap();
+        assert!(connection.applies_to(&ours) && !connection.applies_to(&theirs));
+        assert!(matches!(connection.auth(&ours).unwrap(), RegistryAuth::Bearer(_)));
+        let elsewhere = connection.auth(&theirs).unwrap();
+        assert!(!matches!(elsewhere, RegistryAuth::Bearer(token) if token == "secret"));
     }
 
     #[test]

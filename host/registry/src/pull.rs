@@ -4,9 +4,9 @@
 //! Cache layout under `<cache>/oci/`: `blobs/sha256/<hex>` (each written to a `.partial` file,
 //! verified against its digest by the client, then renamed: nothing unverified has a final name),
 //! `apps/<manifest hex>/` (spin.toml, `wasm/`, `files/<component>/`, the runtime config and the
-//! files it names; built in a temporary directory and renamed when complete), and
-//! `refs/<registry>/<repository>/<tag>` (the digest a tag last resolved to, for starting with the
-//! registry down).
+//! files it names; built in a temporary directory and renamed when complete), and, for starting
+//! with the registry down, `manifests/<hex>.json` (each completely pulled manifest) and
+//! `refs/<registry>/<repository>/@tags/<tag>` (the digest a tag named then).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -81,11 +81,13 @@ pub async fn pull(reference: &str, connection: &Connection, cache_root: &Path) -
     if !wanted.iter().any(|l| l.digest == locked_layer.digest) {
         wanted.push(locked_layer.clone());
     }
-    let missing: Vec<OciDescriptor> = wanted
+    let mut missing: Vec<OciDescriptor> = wanted
         .iter()
         .filter(|l| cache.blob(&l.digest).map(|p| !p.is_file()).unwrap_or(true))
         .cloned()
         .collect();
+    missing.sort_by(|a, b| a.digest.cmp(&b.digest));
+    missing.dedup_by(|a, b| a.digest == b.digest);
     if offline && !missing.is_empty() {
         bail!(
             "registry {} unreachable and {} layers of {digest} are not cached",
@@ -116,7 +118,9 @@ pub async fn pull(reference: &str, connection: &Connection, cache_root: &Path) -
     }
     if !offline {
         // Only a complete pull is remembered for starting with the registry down.
-        cache.remember(&reference, &digest, &manifest)?;
+        if let Err(e) = cache.remember(&reference, &digest, &manifest) {
+            tracing::warn!("cannot remember {reference} for starting offline: {e:#}");
+        }
     }
     let runtime_config = app_dir.join("runtime-config/local.toml");
     Ok(Pulled {
@@ -162,17 +166,20 @@ pub async fn fetch_component(
     cache_root: &Path,
 ) -> Result<FetchedComponent> {
     let reference = crate::parse_reference(reference)?;
-    anyhow::ensure!(
-        reference.digest().is_some(),
-        "{reference} names a tag; deploy by digest (host/repository@sha256:...), so every host gets the same version"
-    );
+    if reference.digest().is_none() {
+        return Err(crate::InvalidRequest(format!(
+            "{reference} names a tag; deploy by digest (host/repository@sha256:...), so every host gets the same version"
+        ))
+        .into());
+    }
     let cache = Cache { root: cache_root.join("oci") };
     let client = connection.client(&reference)?;
     let (manifest, _, locked) = cache.lock(&client, &connection.auth(&reference)?, &reference).await?;
-    let component = locked.components.iter().find(|c| c.id == id).with_context(|| {
+    let Some(component) = locked.components.iter().find(|c| c.id == id) else {
         let ids: Vec<&str> = locked.components.iter().map(|c| c.id.as_str()).collect();
-        format!("{reference} has no component {id:?} (it has {})", ids.join(", "))
-    })?;
+        let message = format!("{reference} has no component {id:?} (it has {})", ids.join(", "));
+        return Err(crate::InvalidRequest(message).into());
+    };
     let layer_digest =
         component.source.content.digest.clone().context("the component's source has no digest")?;
     let layer = manifest
@@ -244,6 +251,58 @@ fn is_unreachable(error: &oci_client::errors::OciDistributionError) -> bool {
     false
 }
 
+/// Writes `bytes` to `path` through a file of a unique name, renamed into place.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::create_dir_all(path.parent().expect("a cache file has a parent"))?;
+    let partial = Partial(path.with_file_name(format!(".partial-{}", unique_suffix())));
+    std::fs::write(&partial.0, bytes).with_context(|| format!("cannot write {}", partial.0.display()))?;
+    std::fs::rename(&partial.0, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// `<pid>-<n>`: a name no other fetch, in this process or another, uses at the same time.
+fn unique_suffix() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
+/// A writer that fails past the layer's declared size, so a registry cannot fill the disk with a
+/// blob longer than its manifest says (the digest is only known wrong at the end).
+struct Bounded<W> {
+    inner: W,
+    left: u64,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Bounded<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if buf.len() as u64 > self.left {
+            return std::task::Poll::Ready(Err(std::io::Error::other(
+                "the blob is longer than its manifest says",
+            )));
+        }
+        let written = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_write(cx, buf))?;
+        self.left -= written as u64;
+        std::task::Poll::Ready(Ok(written))
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// A file being written, removed unless renamed into place: also when its fetch fails or is
 /// dropped because another layer's failed.
 struct Partial(PathBuf);
@@ -283,6 +342,38 @@ impl Cache {
         Ok((manifest, digest, locked))
     }
 
+    /// Where the digest a tag last resolved to is kept: `refs/<registry>/<repository>/@tags/<tag>`
+    /// (`@` cannot appear in a repository name, so no repository's files collide with it).
+    fn tag_path(&self, reference: &Reference) -> Option<PathBuf> {
+        let tag = reference.tag()?;
+        let registry = reference.registry().replace(':', "_");
+        Some(self.root.join("refs").join(registry).join(reference.repository()).join("@tags").join(tag))
+    }
+
+    fn manifest_path(&self, digest: &str) -> Result<PathBuf> {
+        Ok(self.root.join("manifests").join(format!("{}.json", digest_hex(digest)?)))
+    }
+
+    /// Keeps a completely pulled manifest by digest and, for a tag alone, what the tag named.
+    fn remember(&self, reference: &Reference, digest: &str, manifest: &OciImageManifest) -> Result<()> {
+        write_atomically(&self.manifest_path(digest)?, &serde_json::to_vec(manifest)?)?;
+        if let (Some(path), None) = (self.tag_path(reference), reference.digest()) {
+            write_atomically(&path, digest.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// The manifest a reference named at its last complete pull: its digest's, or its tag's.
+    fn recall(&self, reference: &Reference) -> Option<(OciImageManifest, String)> {
+        let digest = match reference.digest() {
+            Some(digest) => digest.to_string(),
+            None => std::fs::read_to_string(self.tag_path(reference)?).ok()?.trim().to_string(),
+        };
+        let manifest =
+            serde_json::from_slice(&std::fs::read(self.manifest_path(&digest).ok()?).ok()?).ok()?;
+        Some((manifest, digest))
+    }
+
     /// Fetches a layer unless it is cached.
     async fn ensure(
         &self,
@@ -305,43 +396,22 @@ impl Cache {
         let dir = target.parent().expect("blobs/sha256 has a parent");
         tokio::fs::create_dir_all(dir).await.with_context(|| format!("cannot create {}", dir.display()))?;
         let partial =
-            Partial(dir.join(format!("{}.partial-{}", digest_hex(&layer.digest)?, std::process::id())));
+            Partial(dir.join(format!("{}.partial-{}", digest_hex(&layer.digest)?, unique_suffix())));
         let file = tokio::fs::File::create(&partial.0)
             .await
             .with_context(|| format!("cannot write {}", partial.0.display()))?;
-        let mut writer = tokio::io::BufWriter::new(file);
+        let mut writer = Bounded { inner: tokio::io::BufWriter::new(file), left: layer.size.max(0) as u64 };
         client
             .pull_blob(reference, layer, &mut writer)
             .await
             .with_context(|| format!("layer {} of {reference}", layer.digest))?;
-        writer.flush().await?;
-        writer.into_inner().sync_all().await?;
+        writer.inner.flush().await?;
+        writer.inner.into_inner().sync_all().await?;
+        // Verified: read-only from now on (app directories hard-link it).
+        tokio::fs::set_permissions(&partial.0, std::os::unix::fs::PermissionsExt::from_mode(0o444)).await?;
         tokio::fs::rename(&partial.0, &target)
             .await
             .with_context(|| format!("cannot write {}", target.display()))
-    }
-
-    fn ref_path(&self, reference: &Reference) -> Option<PathBuf> {
-        let tag = reference.tag()?;
-        let registry = reference.registry().replace(':', "_");
-        Some(self.root.join("refs").join(registry).join(reference.repository()).join(tag))
-    }
-
-    /// Keeps the manifest a tag resolved to.
-    fn remember(&self, reference: &Reference, digest: &str, manifest: &OciImageManifest) -> Result<()> {
-        let Some(path) = self.ref_path(reference) else { return Ok(()) };
-        std::fs::create_dir_all(path.parent().expect("a ref path has a parent"))?;
-        let record = serde_json::json!({"digest": digest, "manifest": manifest});
-        let partial = path.with_extension("partial");
-        std::fs::write(&partial, serde_json::to_vec(&record)?)?;
-        std::fs::rename(&partial, &path)?;
-        Ok(())
-    }
-
-    fn recall(&self, reference: &Reference) -> Option<(OciImageManifest, String)> {
-        let record: Value = serde_json::from_slice(&std::fs::read(self.ref_path(reference)?).ok()?).ok()?;
-        let manifest = serde_json::from_value(record.get("manifest")?.clone()).ok()?;
-        Some((manifest, record.get("digest")?.as_str()?.to_string()))
     }
 }
 
@@ -461,7 +531,7 @@ fn lay_out_component(cache: &Cache, component: &LockedComponent, dir: &Path) -> 
     }
     if !component.dependencies.is_empty() {
         let mut dependencies = toml::Table::new();
-        let mut inherit = false;
+        let mut inherits = Vec::new();
         for (name, dependency) in &component.dependencies {
             let mut entry = toml::Table::new();
             entry.insert(
@@ -473,13 +543,35 @@ fn lay_out_component(cache: &Cache, component: &LockedComponent, dir: &Path) -> 
             if let Some(export) = &dependency.export {
                 entry.insert("export".into(), export.clone().into());
             }
-            inherit |= dependency.inherit.is_some();
+            let inherits_all = inherits_all(&dependency.inherit)
+                .with_context(|| format!("component {id}: dependency {name}"))?;
+            inherits.push(inherits_all);
             dependencies.insert(name.clone(), entry.into());
         }
+        // Our manifest has one switch per component (Spin's dependencies_inherit_configuration).
+        inherits.dedup();
+        let [inherit] = inherits[..] else {
+            bail!(
+                "component {id}: its dependencies inherit the configuration differently, which edgeinfer cannot honour"
+            );
+        };
         table.insert("dependencies".into(), dependencies.into());
         table.insert("dependencies_inherit_configuration".into(), inherit.into());
     }
     Ok(table)
+}
+
+/// A dependency's `inherit` as our one switch: `"All"` is true, none (absent, `{"Some": []}`) is
+/// false; some keys only is refused (edgeinfer cannot hand over part of the configuration).
+fn inherits_all(inherit: &Option<Value>) -> Result<bool> {
+    match inherit {
+        None => Ok(false),
+        Some(Value::String(all)) if all == "All" => Ok(true),
+        Some(some) => match some.get("Some").and_then(Value::as_array) {
+            Some(keys) if keys.is_empty() => Ok(false),
+            _ => bail!("it inherits part of the configuration ({some}), which edgeinfer does not support"),
+        },
+    }
 }
 
 /// Places a Wasm binary at `wasm/<hex>.wasm` under `dir`; answers that relative path.
@@ -497,6 +589,11 @@ fn wasm(cache: &Cache, content: &ContentRef, dir: &Path) -> Result<String> {
 /// inline bytes, checked against the digest when one is given.
 fn place(cache: &Cache, content: &ContentRef, target: &Path) -> Result<()> {
     std::fs::create_dir_all(target.parent().expect("a file has a parent"))?;
+    // A path laid out twice (overlapping mounts): replace it, never write through it, since it
+    // may be a hard link to a cached blob.
+    if target.symlink_metadata().is_ok() {
+        std::fs::remove_file(target).with_context(|| format!("cannot replace {}", target.display()))?;
+    }
     if let Some(inline) = &content.inline {
         let bytes = crate::locked::decode_inline(inline).context("inline content is not base64")?;
         if let Some(digest) = &content.digest {
@@ -528,6 +625,11 @@ fn lay_out_host_config(cache: &Cache, config: &Value, dir: &Path) -> Result<()> 
     std::fs::write(&path, text)?;
     if let Some(files) = config.get("files").and_then(Value::as_object) {
         for (relative, content) in files {
+            let first = relative.split('/').next().unwrap_or_default();
+            anyhow::ensure!(
+                !matches!(first, "spin.toml" | "wasm" | "files" | "runtime-config"),
+                "the host config names {relative}, inside what the layout writes itself"
+            );
             let content: ContentRef = serde_json::from_value(content.clone())
                 .with_context(|| format!("the host config's entry for {relative}"))?;
             place(cache, &content, &dir.join(safe_relative(relative)?))
@@ -571,7 +673,42 @@ fn manifest_toml(locked: &LockedApp, components: toml::Table) -> Result<String> 
     root.insert("trigger".into(), trigger.into());
     root.insert("component".into(), components.into());
     Ok(format!(
-        "# Laid out by `edgeinfer` from a registry artifact; regenerated on every pull.\n{}",
+        "# Laid out by `edgeinfer` from a registry artifact (once per digest).\n{}",
         toml::to_string(&root)?
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spins_inherit_values_map_to_one_switch_or_are_refused() {
+        assert!(!inherits_all(&None).unwrap());
+        assert!(inherits_all(&Some(serde_json::json!("All"))).unwrap());
+        assert!(!inherits_all(&Some(serde_json::json!({"Some": []}))).unwrap());
+        assert!(inherits_all(&Some(serde_json::json!({"Some": ["x"]}))).is_err());
+        assert!(inherits_all(&Some(serde_json::json!("Some"))).is_err());
+    }
+
+    #[test]
+    fn a_path_laid_out_twice_never_writes_through_into_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache { root: dir.path().join("oci") };
+        let bytes = b"a cached layer of more than 128 bytes".repeat(8);
+        let digest = digest_of(&bytes);
+        let blob = cache.blob(&digest).unwrap();
+        std::fs::create_dir_all(blob.parent().unwrap()).unwrap();
+        std::fs::write(&blob, &bytes).unwrap();
+        let target = dir.path().join("app/files/x/model/file");
+        place(&cache, &ContentRef::digest(digest.clone()), &target).unwrap();
+        // The same path again, now with inline content: the link is replaced, the blob untouched.
+        let inline =
+            ContentRef { inline: Some(crate::locked::encode_inline(b"small")), ..ContentRef::default() };
+        place(&cache, &inline, &target).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"small");
+        assert_eq!(std::fs::read(&blob).unwrap(), bytes);
+        place(&cache, &ContentRef::digest(digest), &target).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), bytes);
+    }
 }

@@ -33,6 +33,10 @@ const MAX_UPLOAD_BYTES: u64 = 256 << 20;
 /// An upload must arrive within this.
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// A refused call's body is read off up to this size and time, no more (see `handle`).
+const REFUSED_DRAIN_BYTES: u64 = 8 << 20;
+const REFUSED_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The admin token: the contents of `file` (trimmed) if given, else `$EDGEINFER_ADMIN_TOKEN`.
 pub fn read_token(file: Option<&std::path::Path>) -> anyhow::Result<String> {
     use anyhow::Context;
@@ -49,8 +53,18 @@ pub fn read_token(file: Option<&std::path::Path>) -> anyhow::Result<String> {
 
 /// Fetches a component's Wasm from a registry: (reference by digest, component id in the
 /// artifact) → its bytes, verified. The host binary's registry client; the server knows no OCI.
-pub type ComponentFetcher =
-    Arc<dyn Fn(String, String) -> futures::future::BoxFuture<'static, anyhow::Result<Vec<u8>>> + Send + Sync>;
+pub type ComponentFetcher = Arc<
+    dyn Fn(String, String) -> futures::future::BoxFuture<'static, Result<Vec<u8>, FetchError>> + Send + Sync,
+>;
+
+/// Why a component could not be fetched.
+#[derive(Debug)]
+pub enum FetchError {
+    /// The request names what cannot be served (a tag, a missing component): 400.
+    Invalid(String),
+    /// The registry refused or could not be reached: 502.
+    Registry(anyhow::Error),
+}
 
 /// Fetches a file by URL (`https://`, `s3://`, `oci://`) and its pinned sha256 into the cache:
 /// its path, verified. The host binary's downloader.
@@ -108,10 +122,22 @@ async fn handle(
     let path = req.uri().path().to_string();
     let response = match authorize(&req, token) {
         Err(response) => {
-            // An upload sent without the token is still arriving: read it off so that the client
-            // gets the 401/403 instead of a broken pipe.
-            crate::body::drain(req.into_body(), MAX_UPLOAD_BYTES, UPLOAD_TIMEOUT).await;
-            Answer(*response).into_response()
+            // A small upload sent without the token is still arriving: read it off (briefly) so
+            // that the client gets the 401/403 instead of a broken pipe. Never for a client
+            // waiting for `100 Continue` (it sends nothing more) or a large declared body; and
+            // the connection closes after the answer either way.
+            let expects_continue = req.headers().get(http::header::EXPECT).is_some();
+            let declared = req
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .unwrap_or(0);
+            if !expects_continue && declared <= REFUSED_DRAIN_BYTES {
+                crate::body::drain(req.into_body(), REFUSED_DRAIN_BYTES, REFUSED_DRAIN_TIMEOUT).await;
+            }
+            let mut response = Answer(*response).into_response();
+            response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            response
         }
         Ok(()) => {
             let routed = router.oneshot(req.map(axum::body::Body::new)).await;
@@ -282,13 +308,17 @@ async fn pull_version(
         Ok(bytes) => bytes,
         Err(e) => {
             metrics::counter!("edgeinfer_deployments_total", "component" => id.to_string(), "outcome" => "refused").increment(1);
-            tracing::warn!(component = id, reference = %request.reference, "pull refused: {e:#}");
+            let (error, reason) = match e {
+                FetchError::Invalid(reason) => (HostError::Validation, reason),
+                FetchError::Registry(e) => (HostError::Registry, format!("{e:#}")),
+            };
+            tracing::warn!(component = id, reference = %request.reference, "pull refused: {reason}");
             let message = format!(
-                "cannot pull {component} from {}; still serving {}: {e:#}",
+                "cannot pull {component} from {}; still serving {}: {reason}",
                 request.reference,
                 &slot.current().version[..12]
             );
-            return HostError::Registry.answer(&message);
+            return error.answer(&message);
         }
     };
     let received_ms = started.elapsed().as_millis() as u64;
@@ -445,6 +475,13 @@ async fn reload(
                 .answer("a url needs its sha256: what is fetched is checked against it");
         }
         (None, Some(url), Some(sha256)) => {
+            let sha256 = sha256.to_ascii_lowercase();
+            if let Err(e) = edgeinfer_config::runtime_config::check_sha256(&sha256) {
+                return HostError::Validation.answer(format!("{e:#}"));
+            }
+            if !["https://", "http://", "s3://", "oci://"].iter().any(|s| url.starts_with(s)) {
+                return HostError::Validation.answer("url must be https://, http://, s3:// or oci://");
+            }
             let known = app.registry.graphs().iter().any(|g| g.name == name)
                 || app.registry.failures().iter().any(|f| f.name == name);
             if !known {
@@ -453,13 +490,16 @@ async fn reload(
             let Some(fetcher) = fetcher else {
                 return HostError::NotFound.answer("this host fetches no model files by url");
             };
-            tracing::info!(model = name, %url, "fetching the model to reload");
+            // A presigned URL's query carries credentials: never logged or answered.
+            let shown = url.split('?').next().unwrap_or_default().to_string();
+            tracing::info!(model = name, url = %shown, "fetching the model to reload");
             match fetcher(url.clone(), sha256.clone()).await {
                 Ok(path) => ReloadRequest { path: Some(path.display().to_string()), sha256: Some(sha256) },
                 Err(e) => {
                     metrics::counter!("edgeinfer_model_reloads_total", "model" => name.to_string(), "outcome" => "refused").increment(1);
+                    let reason = format!("{e:#}").replace(url.as_str(), &shown);
                     return HostError::InvalidModel
-                        .answer(format!("cannot fetch {url}: {e:#}; the model serves as before"));
+                        .answer(format!("cannot fetch {shown}: {reason}; the model serves as before"));
                 }
             }
         }
