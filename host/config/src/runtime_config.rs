@@ -147,7 +147,8 @@ pub struct ModelConfig {
     /// `cpu` or `cuda:N`.
     #[serde(default = "default_device")]
     pub device: String,
-    /// Threads inside one operator (ONNX Runtime intra-op pool); default: ORT's choice.
+    /// Threads inside one operator (ONNX Runtime intra-op pool), at most the cores the process may
+    /// use (its affinity and CPU quota); default: ORT's choice.
     #[serde(default)]
     pub intra_threads: Option<usize>,
     /// Threads across independent operators; default: ORT's choice.

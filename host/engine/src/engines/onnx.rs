@@ -44,6 +44,18 @@ fn environment() -> Result<&'static Environment> {
     }
 }
 
+/// `wanted` intra-op threads, at most as many as the cores this process may run on (its affinity
+/// mask and cgroup quota, as `taskset` or a container's CPU limit set them): more threads than
+/// cores spin and time-slice against each other and against the request path (on one pinned core,
+/// 2 threads halved the throughput: BENCHMARKS.md, "A second load generator").
+fn usable_threads(wanted: usize) -> usize {
+    let usable = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(wanted);
+    if wanted > usable {
+        tracing::info!(wanted, usable, "intra_threads lowered to the cores this process may use");
+    }
+    wanted.min(usable)
+}
+
 /// One ONNX model in one session.
 pub struct OnnxEngine {
     /// `Session::run` takes `&mut`; concurrent calls queue here (the batcher will feed it).
@@ -61,7 +73,7 @@ impl OnnxEngine {
             .with_optimization_level(optimization_level(config.graph_optimization))
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         if let Some(n) = config.intra_threads {
-            builder = builder.with_intra_threads(n).map_err(|e| anyhow::anyhow!("{e}"))?;
+            builder = builder.with_intra_threads(usable_threads(n)).map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         if let Some(n) = config.inter_threads {
             builder = builder.with_inter_threads(n).map_err(|e| anyhow::anyhow!("{e}"))?;
