@@ -245,7 +245,12 @@ fn metrics_cover_requests_batches_models_and_instances() {
     assert!(value("edgeinfer_queue_seconds_count{", &model) >= 3.0, "{text}");
     assert!(value("edgeinfer_model_load_seconds{", &model) > 0.0, "{text}");
     assert!(value("edgeinfer_instances_created_total{", &["component=\"embed\""]) >= 1.0, "{text}");
-    assert!(value("edgeinfer_live_instances{", &["component=\"embed\""]) >= 1.0, "{text}");
+    let live = value("edgeinfer_live_instances{", &["component=\"embed\""]);
+    assert!(live >= 1.0, "{text}");
+    // Linear memory of the live instances: at least a tokenizer's worth each (its vocabulary
+    // alone is over a mebibyte), at most the 512 MiB cap each.
+    let memory = value("edgeinfer_instance_memory_bytes{", &["component=\"embed\""]);
+    assert!(memory >= live * (1 << 20) as f64 && memory <= live * (512 << 20) as f64, "{memory} for {live}: {text}");
 }
 
 #[test]

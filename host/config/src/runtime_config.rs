@@ -96,6 +96,13 @@ pub struct ComponentLimits {
     /// instruction); a request that uses it up is stopped with 500 `FuelExhausted`.
     #[serde(default)]
     pub fuel: Option<u64>,
+    /// Idle instances kept ready for the next requests (for a minute of idleness).
+    #[serde(default = "default_warm_instances")]
+    pub warm_instances: usize,
+    /// Instances beyond `warm_instances` (created for a burst: each request waiting on its model
+    /// holds one) are released after this long idle, giving their memory back.
+    #[serde(default = "default_surplus_idle_ms")]
+    pub surplus_idle_ms: u64,
 }
 
 impl Default for ComponentLimits {
@@ -107,6 +114,8 @@ impl Default for ComponentLimits {
             max_concurrent_requests: default_max_concurrent_requests(),
             max_queued_requests: default_max_queued_requests(),
             fuel: None,
+            warm_instances: default_warm_instances(),
+            surplus_idle_ms: default_surplus_idle_ms(),
         }
     }
 }
@@ -129,6 +138,14 @@ fn default_max_concurrent_requests() -> usize {
 
 fn default_max_queued_requests() -> usize {
     256
+}
+
+fn default_warm_instances() -> usize {
+    2
+}
+
+fn default_surplus_idle_ms() -> u64 {
+    2_000
 }
 
 /// `[model.NAME]`.

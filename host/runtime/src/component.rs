@@ -14,7 +14,7 @@ use wasmtime_wasi_http::handler::{ProxyHandler, ProxyPre};
 use crate::admission::Admission;
 use crate::compile::CompileCache;
 use crate::compose::{compose_component, read_source};
-use crate::instance::{ComponentHandler, InstanceSpec, InstanceState, ReusePolicy};
+use crate::instance::{ComponentHandler, InstanceSpec, InstanceState, ReusePolicy, WarmPool};
 use crate::openapi::api_description;
 use crate::outbound::AllowedHost;
 use edgeinfer_config::manifest::{Component, Manifest};
@@ -147,8 +147,14 @@ fn load_component(
         engine: engine.clone(),
         pre,
         spec: Arc::new(spec),
-        policy: ReusePolicy { request_timeout, max_concurrent, ..ReusePolicy::default() },
+        policy: ReusePolicy {
+            request_timeout,
+            max_concurrent,
+            surplus_idle: Duration::from_millis(limits.surplus_idle_ms),
+            ..ReusePolicy::default()
+        },
         instances_created: AtomicU64::new(0),
+        pool: Arc::new(WarmPool::new(limits.warm_instances)),
     });
     tracing::info!(component = id, version = %&version[..12], compile_cache = ?outcome, "component ready");
     let admission = Admission::new(id, limits.max_concurrent_requests, limits.max_queued_requests);

@@ -5,13 +5,13 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use wasmtime::component::{GuestTaskId, ResourceTable};
-use wasmtime::{Engine, Store, StoreContextMut, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{Engine, ResourceLimiter, Store, StoreContextMut, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::handler::{
     HandlerState, Instance, ProxyPre, ShouldAccept, WorkerExpiration, WorkerState, WorkerStatus,
@@ -30,7 +30,7 @@ pub struct InstanceState {
     nn: NnCtx,
     llm: LlmCtx,
     outbound: OutboundPolicy,
-    limits: StoreLimits,
+    limits: MemoryAccount,
     /// Guest code still running after this is interrupted (the instance traps).
     interrupt_at: Instant,
     /// Where to report a trap to each request running on this instance (a trap ends them all).
@@ -103,7 +103,10 @@ impl InstanceSpec {
             nn: NnCtx::new(self.models.clone(), self.allowed_models.clone()),
             llm: LlmCtx::new(self.models.clone(), self.embeddings.clone(), self.allowed_models.clone()),
             outbound: OutboundPolicy::new(self.allowed_outbound_hosts.clone()),
-            limits: StoreLimitsBuilder::new().memory_size(self.max_memory_bytes).build(),
+            limits: MemoryAccount::new(
+                StoreLimitsBuilder::new().memory_size(self.max_memory_bytes).build(),
+                &self.component_id,
+            ),
             // Instantiation runs guest code too: it gets a request's deadline.
             interrupt_at: Instant::now() + self.interrupt_after,
             trap_reports: Vec::new(),
@@ -125,6 +128,79 @@ impl InstanceSpec {
             }
         });
         Ok(store)
+    }
+}
+
+/// A store's limits, and the linear memory its instance has grown to, summed per component in
+/// `edgeinfer_instance_memory_bytes` (what guests hold: resident memory may be less, as untouched
+/// pages of a memory are never loaded). Given back when the store is dropped, however it ends.
+pub struct MemoryAccount {
+    limits: StoreLimits,
+    component: String,
+    /// Bytes of linear memory counted for this store.
+    bytes: usize,
+    /// The last growth counted, uncounted again if wasmtime then fails to grow.
+    pending: usize,
+}
+
+impl MemoryAccount {
+    fn new(limits: StoreLimits, component: &str) -> MemoryAccount {
+        MemoryAccount { limits, component: component.to_string(), bytes: 0, pending: 0 }
+    }
+
+    fn add(&mut self, bytes: f64) {
+        metrics::gauge!(INSTANCE_MEMORY_METRIC, "component" => self.component.clone()).increment(bytes);
+    }
+}
+
+/// The per-component gauge of instances' linear memory.
+pub const INSTANCE_MEMORY_METRIC: &str = "edgeinfer_instance_memory_bytes";
+
+impl ResourceLimiter for MemoryAccount {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        self.pending = 0;
+        if allowed && desired > current {
+            self.pending = desired - current;
+            self.bytes += self.pending;
+            self.add(self.pending as f64);
+        }
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        self.bytes -= pending;
+        self.add(-(pending as f64));
+        self.limits.memory_grow_failed(error)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
+}
+
+impl Drop for MemoryAccount {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.add(-(self.bytes as f64));
+        }
     }
 }
 
@@ -193,6 +269,8 @@ pub struct ReusePolicy {
     pub max_concurrent: usize,
     /// An idle instance is dropped after this long.
     pub idle_timeout: Duration,
+    /// Idle instances beyond the warm ones are dropped after this long.
+    pub surplus_idle: Duration,
     /// A request that has no response after this long fails.
     pub request_timeout: Duration,
 }
@@ -203,6 +281,7 @@ impl Default for ReusePolicy {
             max_requests: 1000,
             max_concurrent: 16,
             idle_timeout: Duration::from_secs(60),
+            surplus_idle: Duration::from_secs(2),
             request_timeout: Duration::from_secs(10),
         }
     }
@@ -249,6 +328,47 @@ pub struct ComponentHandler {
     pub policy: ReusePolicy,
     /// Instances created so far (observability and tests of reuse).
     pub instances_created: AtomicU64,
+    /// The component's live instances, and how many of them to keep when idle.
+    pub pool: Arc<WarmPool>,
+}
+
+/// Counts a component's live instances so that, once a burst is over, idle instances beyond
+/// `warm` are released quickly while `warm` of them stay ready.
+pub struct WarmPool {
+    warm: usize,
+    live: AtomicUsize,
+    /// Live instances already leaving (counted until they are dropped).
+    leaving: AtomicUsize,
+}
+
+impl WarmPool {
+    /// A pool keeping `warm` idle instances.
+    pub fn new(warm: usize) -> WarmPool {
+        WarmPool { warm, live: AtomicUsize::new(0), leaving: AtomicUsize::new(0) }
+    }
+
+    /// Takes one of the instances beyond `warm` out of the pool, if there is one: true when the
+    /// caller may leave. Racing idle instances never take the pool below `warm`.
+    fn leave_if_surplus(&self) -> bool {
+        let mut leaving = self.leaving.load(Ordering::Acquire);
+        loop {
+            let staying = self.live.load(Ordering::Acquire).saturating_sub(leaving);
+            if staying <= self.warm {
+                return false;
+            }
+            match self.leaving.compare_exchange(leaving, leaving + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
+                Err(now) => leaving = now,
+            }
+        }
+    }
+
+    fn dropped(&self, had_left: bool) {
+        if had_left {
+            self.leaving.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.live.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl HandlerState for ComponentHandler {
@@ -261,6 +381,8 @@ impl HandlerState for ComponentHandler {
         let mut store = self.spec.new_store(&self.engine).map_err(wasmtime::Error::from_anyhow)?;
         let proxy = self.pre.instantiate_async(&mut store).await?;
         let number = self.instances_created.fetch_add(1, Ordering::Relaxed) + 1;
+        self.pool.live.fetch_add(1, Ordering::AcqRel);
+        let left = Arc::new(AtomicBool::new(false));
         let component = self.spec.component_id.clone();
         metrics::counter!("edgeinfer_instances_created_total", "component" => component.clone()).increment(1);
         metrics::gauge!("edgeinfer_live_instances", "component" => component).increment(1.0);
@@ -277,36 +399,62 @@ impl HandlerState for ComponentHandler {
             expiration: Expiration {
                 policy: self.policy,
                 sleep: Box::pin(tokio::time::sleep(Duration::MAX)),
+                pool: self.pool.clone(),
+                left: left.clone(),
             },
             state: Worker {
                 policy: self.policy,
                 component_id: self.spec.component_id.clone(),
                 interrupt_after: self.spec.interrupt_after,
                 fuel: self.spec.fuel,
+                pool: self.pool.clone(),
+                left,
             },
         })
     }
 }
 
-/// Retires an instance that idled or overran a request.
+/// Retires an instance that idled or overran a request: an idle one after `surplus_idle` when
+/// the pool has more than its warm instances, else after `idle_timeout`.
 pub struct Expiration {
     policy: ReusePolicy,
     sleep: Pin<Box<tokio::time::Sleep>>,
+    pool: Arc<WarmPool>,
+    /// Set when this instance left the pool as a surplus one (its `Worker` tells the pool).
+    left: Arc<AtomicBool>,
 }
 
 impl WorkerExpiration for Expiration {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>, status: WorkerStatus, start: Instant) -> Poll<()> {
         let this = self.get_mut();
-        let timeout = match status {
-            WorkerStatus::Idle => this.policy.idle_timeout,
-            WorkerStatus::Requests | WorkerStatus::PostReturn => this.policy.request_timeout,
-        };
-        let Some(deadline) = start.checked_add(timeout) else { return Poll::Pending };
-        let deadline = tokio::time::Instant::from_std(deadline);
-        if this.sleep.deadline() != deadline {
-            this.sleep.as_mut().reset(deadline);
+        loop {
+            // (deadline, whether it is the surplus one: when it passes, decide again)
+            let (deadline, surplus) = match status {
+                WorkerStatus::Idle => {
+                    let surplus_at = start.checked_add(this.policy.surplus_idle);
+                    if surplus_at.is_some_and(|at| Instant::now() < at) {
+                        (surplus_at, true)
+                    } else if !this.left.load(Ordering::Acquire) && this.pool.leave_if_surplus() {
+                        this.left.store(true, Ordering::Release);
+                        return Poll::Ready(());
+                    } else {
+                        (start.checked_add(this.policy.idle_timeout), false)
+                    }
+                }
+                WorkerStatus::Requests | WorkerStatus::PostReturn => {
+                    (start.checked_add(this.policy.request_timeout), false)
+                }
+            };
+            let Some(deadline) = deadline else { return Poll::Pending };
+            let deadline = tokio::time::Instant::from_std(deadline);
+            if this.sleep.deadline() != deadline {
+                this.sleep.as_mut().reset(deadline);
+            }
+            match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) if surplus => continue,
+                other => return other,
+            }
         }
-        this.sleep.as_mut().poll(cx)
     }
 }
 
@@ -321,6 +469,8 @@ pub struct Worker {
     interrupt_after: Duration,
     /// Refilled at each request start (such instances take one request at a time).
     fuel: Option<u64>,
+    pool: Arc<WarmPool>,
+    left: Arc<AtomicBool>,
 }
 
 impl WorkerState for Worker {
@@ -358,6 +508,7 @@ impl WorkerState for Worker {
 
     fn drop(&self, mut store: Store<InstanceState>, result: wasmtime::Result<()>) {
         metrics::gauge!("edgeinfer_live_instances", "component" => self.component_id.clone()).decrement(1.0);
+        self.pool.dropped(self.left.load(Ordering::Acquire));
         if let Err(error) = result {
             // Only requests still waiting for an answer are told; ended ones closed their channel.
             let mut reports = std::mem::take(&mut store.data_mut().trap_reports);

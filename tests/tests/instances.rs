@@ -1,0 +1,88 @@
+//! Instances by need: a burst of concurrent requests creates instances (each request waiting on
+//! its model holds one), and once it is over the surplus ones are released after
+//! `surplus_idle_ms` while `warm_instances` stay ready; the next request reuses a warm one. The
+//! instances' linear memory in `/metrics` follows them down.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Host, client, repo_root};
+use serde_json::json;
+
+/// The default app with a 20 ms batching window (concurrent requests surely wait together) and
+/// a quick release of surplus instances.
+fn host() -> Host {
+    let config = std::fs::read_to_string(repo_root().join("runtime-config/local.toml")).unwrap();
+    assert!(config.contains("max_queue_delay_us = 0"), "the default config's batching changed: update this test");
+    let config = config.replace("max_queue_delay_us = 0", "max_queue_delay_us = 20000")
+        + "\n[component.embed]\nwarm_instances = 2\nsurplus_idle_ms = 500\n";
+    let path = repo_root().join(format!(".test-instances-{}.toml", std::process::id()));
+    std::fs::write(&path, config).unwrap();
+    let host = Host::start(&repo_root().join("spin.toml"), &["--runtime-config-file", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).unwrap();
+    host
+}
+
+/// (created, live, linear memory bytes) of the embed component.
+fn instances(host: &Host) -> (f64, f64, f64) {
+    let text = client().get(host.url("/metrics")).send().unwrap().text().unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains("component=\"embed\""))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    (
+        value("edgeinfer_instances_created_total"),
+        value("edgeinfer_live_instances"),
+        value("edgeinfer_instance_memory_bytes"),
+    )
+}
+
+fn embed(host: &Host, text: &str) {
+    let response = client().post(host.url("/embed")).json(&json!({"inputs": text})).send().unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+}
+
+#[test]
+fn a_burst_s_surplus_instances_are_released_and_warm_ones_stay() {
+    let host = host();
+    embed(&host, "warm up");
+    std::thread::scope(|scope| {
+        for client_number in 0..12 {
+            let host = &host;
+            scope.spawn(move || {
+                for round in 0..4 {
+                    embed(host, &format!("client {client_number} asks question {round} of the burst"));
+                }
+            });
+        }
+    });
+    let (created, live, memory) = instances(&host);
+    assert!(created >= 4.0 && live >= 3.0, "a burst of 12 clients needs several instances: {created} created, {live} live");
+    let per_instance = memory / live;
+    eprintln!("after the burst: {created} created, {live} live, {:.1} MiB of linear memory", memory / (1 << 20) as f64);
+    assert!(per_instance >= (1 << 20) as f64, "{memory} bytes for {live} instances");
+
+    // Idle for longer than surplus_idle_ms: down to the warm ones, their memory with them.
+    let started = Instant::now();
+    let (live, memory) = loop {
+        let (_, live, memory) = instances(&host);
+        if live <= 2.0 || started.elapsed() > Duration::from_secs(15) {
+            break (live, memory);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(live, 2.0, "warm_instances = 2 stay ready after {:?}", started.elapsed());
+    eprintln!("{:?} later: {live} live, {:.1} MiB", started.elapsed(), memory / (1 << 20) as f64);
+    assert!(memory <= 2.0 * per_instance * 1.5, "{memory} bytes for 2 instances ({per_instance} each before)");
+
+    // They serve the next requests: no instance is created for them.
+    let (created_before, _, _) = instances(&host);
+    embed(&host, "after the burst");
+    embed(&host, "and once more");
+    let (created_after, live_after, _) = instances(&host);
+    assert_eq!(created_after, created_before, "a warm instance answered");
+    assert_eq!(live_after, 2.0);
+}
