@@ -96,11 +96,12 @@ pub struct ComponentLimits {
     /// instruction); a request that uses it up is stopped with 500 `FuelExhausted`.
     #[serde(default)]
     pub fuel: Option<u64>,
-    /// Idle instances kept ready for the next requests (for a minute of idleness).
+    /// Live instances the pool is not shrunk below when idle (they stay ready for a minute of
+    /// idleness).
     #[serde(default = "default_warm_instances")]
     pub warm_instances: usize,
-    /// Instances beyond `warm_instances` (created for a burst: each request waiting on its model
-    /// holds one) are released after this long idle, giving their memory back.
+    /// Idle instances beyond `warm_instances` (created for a burst: each request waiting on its
+    /// model holds one) are released after this long, giving their memory back.
     #[serde(default = "default_surplus_idle_ms")]
     pub surplus_idle_ms: u64,
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -332,42 +332,53 @@ pub struct ComponentHandler {
     pub pool: Arc<WarmPool>,
 }
 
-/// Counts a component's live instances so that, once a burst is over, idle instances beyond
-/// `warm` are released quickly while `warm` of them stay ready.
+/// Counts a component's live instances so that, once a burst is over, idle instances are
+/// released quickly down to `warm` live ones, which stay for the idle timeout.
 pub struct WarmPool {
     warm: usize,
-    live: AtomicUsize,
-    /// Live instances already leaving (counted until they are dropped).
-    leaving: AtomicUsize,
+    counts: std::sync::Mutex<PoolCounts>,
+}
+
+/// Updated together, so that racing instances never see one without the other.
+#[derive(Default)]
+struct PoolCounts {
+    live: usize,
+    /// Live instances already leaving as surplus (counted until they are dropped).
+    leaving: usize,
 }
 
 impl WarmPool {
-    /// A pool keeping `warm` idle instances.
+    /// A pool not shrunk below `warm` live instances.
     pub fn new(warm: usize) -> WarmPool {
-        WarmPool { warm, live: AtomicUsize::new(0), leaving: AtomicUsize::new(0) }
+        WarmPool { warm, counts: Default::default() }
     }
 
-    /// Takes one of the instances beyond `warm` out of the pool, if there is one: true when the
-    /// caller may leave. Racing idle instances never take the pool below `warm`.
+    fn counts(&self) -> std::sync::MutexGuard<'_, PoolCounts> {
+        // The counts stay consistent even if a holder panicked: each update is one statement.
+        self.counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn created(&self) {
+        self.counts().live += 1;
+    }
+
+    /// Takes one instance beyond `warm` out of the pool, if there is one: true when the caller
+    /// may leave. Racing idle instances never take the pool below `warm`.
     fn leave_if_surplus(&self) -> bool {
-        let mut leaving = self.leaving.load(Ordering::Acquire);
-        loop {
-            let staying = self.live.load(Ordering::Acquire).saturating_sub(leaving);
-            if staying <= self.warm {
-                return false;
-            }
-            match self.leaving.compare_exchange(leaving, leaving + 1, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return true,
-                Err(now) => leaving = now,
-            }
+        let mut counts = self.counts();
+        let surplus = counts.live - counts.leaving > self.warm;
+        if surplus {
+            counts.leaving += 1;
         }
+        surplus
     }
 
     fn dropped(&self, had_left: bool) {
+        let mut counts = self.counts();
+        counts.live -= 1;
         if had_left {
-            self.leaving.fetch_sub(1, Ordering::AcqRel);
+            counts.leaving -= 1;
         }
-        self.live.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -381,7 +392,7 @@ impl HandlerState for ComponentHandler {
         let mut store = self.spec.new_store(&self.engine).map_err(wasmtime::Error::from_anyhow)?;
         let proxy = self.pre.instantiate_async(&mut store).await?;
         let number = self.instances_created.fetch_add(1, Ordering::Relaxed) + 1;
-        self.pool.live.fetch_add(1, Ordering::AcqRel);
+        self.pool.created();
         let left = Arc::new(AtomicBool::new(false));
         let component = self.spec.component_id.clone();
         metrics::counter!("edgeinfer_instances_created_total", "component" => component.clone()).increment(1);
@@ -415,7 +426,7 @@ impl HandlerState for ComponentHandler {
 }
 
 /// Retires an instance that idled or overran a request: an idle one after `surplus_idle` when
-/// the pool has more than its warm instances, else after `idle_timeout`.
+/// the pool has more than its warm live instances, else after `idle_timeout`.
 pub struct Expiration {
     policy: ReusePolicy,
     sleep: Pin<Box<tokio::time::Sleep>>,
@@ -438,7 +449,8 @@ impl WorkerExpiration for Expiration {
                         this.left.store(true, Ordering::Release);
                         return Poll::Ready(());
                     } else {
-                        (start.checked_add(this.policy.idle_timeout), false)
+                        // Warm: the idle timeout, never before the surplus deadline.
+                        (start.checked_add(this.policy.idle_timeout.max(this.policy.surplus_idle)), false)
                     }
                 }
                 WorkerStatus::Requests | WorkerStatus::PostReturn => {
