@@ -18,7 +18,15 @@ MAX_TOKENS = 256
 options = ort.SessionOptions()
 options.intra_op_num_threads = int(os.environ.get("INTRA_THREADS", "2"))
 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-session = ort.InferenceSession(os.path.join(MODEL_DIR, "model.onnx"), options, providers=["CPUExecutionProvider"])
+# DEVICE=cuda:N: ONNX Runtime's CUDA provider (onnxruntime-gpu), as a GPU deployment configures it.
+DEVICE = os.environ.get("DEVICE", "cpu")
+if DEVICE.startswith("cuda:"):
+    providers = [("CUDAExecutionProvider", {"device_id": int(DEVICE.split(":", 1)[1])})]
+else:
+    providers = ["CPUExecutionProvider"]
+session = ort.InferenceSession(os.path.join(MODEL_DIR, "model.onnx"), options, providers=providers)
+if DEVICE.startswith("cuda:") and "CUDAExecutionProvider" not in session.get_providers():
+    raise SystemExit(f"the CUDA execution provider did not register: {session.get_providers()}")
 tokenizer = Tokenizer.from_file(os.path.join(MODEL_DIR, "tokenizer.json"))
 tokenizer.enable_padding()
 tokenizer.enable_truncation(MAX_TOKENS)

@@ -25,6 +25,10 @@ pub struct ModelArgs {
     /// ONNX Runtime intra-op threads (the default app uses 2).
     #[arg(long, default_value_t = 2)]
     pub intra_threads: usize,
+    /// `cpu`, or `cuda:N` for ONNX Runtime's CUDA execution provider (the onnxruntime-gpu
+    /// library; no silent CPU fallback, as in the host).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 /// Loads ONNX Runtime and one session of the model.
@@ -35,8 +39,17 @@ pub fn session(args: &ModelArgs) -> Result<Session> {
         .build()
         .map_err(|e| anyhow!("{e}"))?;
     let environment: &'static Environment = Box::leak(Box::new(environment));
-    Session::builder(environment)
-        .map_err(|e| anyhow!("{e}"))?
+    let mut builder = Session::builder(environment).map_err(|e| anyhow!("{e}"))?;
+    if let Some(id) = args.device.strip_prefix("cuda:") {
+        let id: i32 = id.parse().map_err(|_| anyhow!("--device {}: expected cpu or cuda:N", args.device))?;
+        let cuda = ort::ep::CUDA::default().with_device_id(id).build().error_on_failure();
+        builder = builder
+            .with_execution_providers([cuda])
+            .map_err(|e| anyhow!("CUDA execution provider failed to register on cuda:{id}: {e}"))?;
+    } else if args.device != "cpu" {
+        return Err(anyhow!("--device {}: expected cpu or cuda:N", args.device));
+    }
+    builder
         .with_optimization_level(GraphOptimizationLevel::All)
         .map_err(|e| anyhow!("{e}"))?
         .with_intra_threads(args.intra_threads)
