@@ -162,7 +162,9 @@ class Payload:
 
 
 def environment(payload, device):
-    env = dict(os.environ, RUST_LOG="warn", ORT_DYLIB_PATH=str(payload.ort_library()))
+    # Errors without backtraces: the report keeps the last lines of a failing tool's output.
+    env = dict(os.environ, RUST_LOG="warn", RUST_BACKTRACE="0", RUST_LIB_BACKTRACE="0",
+               ORT_DYLIB_PATH=str(payload.ort_library()))
     if device.startswith("cuda"):
         dirs, _ = cuda_library_dirs()
         paths = dirs + [str(payload.ort_dir)] + os.environ.get("LD_LIBRARY_PATH", "").split(":")
@@ -311,20 +313,26 @@ def report(results):
     lines = [f"GPU run ({results['device']}): {results['probe'].get('gpus')}, Python {results['probe']['python']}", ""]
     if "error" in results:
         return "\n".join(lines + [f"Not measured: {results['error']}", ""])
-    ceiling = results.get("ceiling", {})
-    if "error" in ceiling:
-        lines.append(f"- raw ONNX Runtime ceiling: failed: {ceiling['error']}")
-    elif ceiling:
-        lines.append(f"- raw ONNX Runtime ceiling: {ceiling['best_sequences_per_s']:.0f} sequences/s at batch "
-                     f"{ceiling['best_batch_size']}")
-    parity_ = results.get("parity", {})
-    if "error" in parity_:
-        lines.append(f"- parity with the CPU provider: failed: {parity_['error']}")
-    elif parity_:
-        lines.append(f"- parity with the CPU provider ({parity_['sentences']} sentences): min cosine "
-                     f"{parity_['min_cosine']:.6f}, largest difference {parity_['max_abs_diff']:.2e}")
+
+    def summary(title, result, describe):
+        if result and "error" in result:
+            lines.append(f"- {title}: failed: {result['error']}")
+        elif result:
+            lines.append(f"- {title}: {describe(result)}")
+
+    summary("raw ONNX Runtime ceiling", results.get("ceiling"),
+            lambda r: f"{r['best_sequences_per_s']:.0f} sequences/s at batch {r['best_batch_size']}")
+    summary("native pipeline in-process, one sentence at a time", results.get("inproc"),
+            lambda r: f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms")
+    summary("parity with the CPU provider", results.get("parity"),
+            lambda r: f"{r['sentences']} sentences, min cosine {r['min_cosine']:.6f}, largest difference "
+                      f"{r['max_abs_diff']:.2e}")
+    load = results.get("load")
+    if isinstance(load, dict):
+        summary("load", load, str)
+        load = []
     lines += ["", "| system | concurrency | req/s | p50 ms | p99 ms | errors |", "|---|---:|---:|---:|---:|---:|"]
-    for row in results.get("load", []) if isinstance(results.get("load"), list) else []:
+    for row in load or []:
         if "error" in row:
             lines.append(f"| {row['system']} | | | | | {row['error'][:200]} |")
         else:
