@@ -92,7 +92,7 @@ component = "embed"
 source = "out/embed.wasm"
 [component.embed.dependencies]
 "edgeinfer:text/tokenize@0.1.0" = { path = "out/tokenizer.wasm" }
-"wasi:nn@0.2.0-rc-2024-10-28" = { path = "out/nn_local.wasm" }
+"edgeinfer:nn/infer@0.1.0" = { path = "out/nn_local.wasm" }
 [component.tokenizer]
 source = "out/tokenizer.wasm"
 [component.nn-local]

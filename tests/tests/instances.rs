@@ -1,25 +1,38 @@
-//! Instances by need: a burst of concurrent requests creates instances (each request waiting on
-//! its model holds one), and once it is over the surplus ones are released after
-//! `surplus_idle_ms` while `warm_instances` stay ready; the next request reuses a warm one. The
-//! instances' linear memory in `/metrics` follows them down.
+//! Instances by need: one instance serves many requests at once (a request waiting on its model,
+//! through `edgeinfer:nn/infer`'s async `compute`, leaves the instance to the others), so
+//! requests that wait together need no instance each. Once a burst is over, the surplus
+//! instances are released after `surplus_idle_ms` while `warm_instances` stay ready; the next
+//! request reuses a warm one. The instances' linear memory in `/metrics` follows them down.
 
 mod common;
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{Host, client, repo_root};
 use serde_json::json;
 
-/// The default app with a 50 ms batching window (concurrent requests surely wait together), and
-/// the pool's settings spelled out.
-fn host() -> Host {
+/// One test at a time: instance counts depend on how busy the cores are.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// The default app with a batching window of `window_ms` (concurrent requests surely wait
+/// together), and the pool's settings spelled out: `instance_concurrency` requests per instance.
+fn host(window_ms: u64, instance_concurrency: usize) -> Host {
     let config = std::fs::read_to_string(repo_root().join("runtime-config/local.toml")).unwrap();
-    assert!(config.contains("max_queue_delay_us = 0"), "the default config's batching changed: update this test");
-    let config = config.replace("max_queue_delay_us = 0", "max_queue_delay_us = 50000")
-        + "\n[component.embed]\nwarm_instances = 2\nsurplus_idle_ms = 2000\n";
-    let path = repo_root().join(format!(".test-instances-{}.toml", std::process::id()));
+    assert!(
+        config.contains("max_queue_delay_us = 0"),
+        "the default config's batching changed: update this test"
+    );
+    let config = config
+        .replace("max_queue_delay_us = 0", &format!("max_queue_delay_us = {}", window_ms * 1000))
+        + &format!(
+            "\n[component.embed]\nwarm_instances = 2\nsurplus_idle_ms = 2000\ninstance_concurrency = {instance_concurrency}\n"
+        );
+    let path =
+        repo_root().join(format!(".test-instances-{}-{instance_concurrency}.toml", std::process::id()));
     std::fs::write(&path, config).unwrap();
-    let host = Host::start(&repo_root().join("spin.toml"), &["--runtime-config-file", path.to_str().unwrap()]);
+    let host =
+        Host::start(&repo_root().join("spin.toml"), &["--runtime-config-file", path.to_str().unwrap()]);
     std::fs::remove_file(&path).unwrap();
     host
 }
@@ -45,13 +58,10 @@ fn embed(host: &Host, text: &str) {
     assert_eq!(response.status().as_u16(), 200);
 }
 
-#[test]
-fn a_burst_s_surplus_instances_are_released_and_warm_ones_stay() {
-    let host = host();
-    embed(&host, "warm up");
+/// 16 clients asking 6 questions each, at once.
+fn burst(host: &Host) {
     std::thread::scope(|scope| {
         for client_number in 0..16 {
-            let host = &host;
             scope.spawn(move || {
                 for round in 0..6 {
                     embed(host, &format!("client {client_number} asks question {round} of the burst"));
@@ -59,10 +69,58 @@ fn a_burst_s_surplus_instances_are_released_and_warm_ones_stay() {
             });
         }
     });
+}
+
+#[test]
+fn requests_waiting_on_the_model_share_an_instance() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // A 1 s batching window: 8 requests sent 25 ms apart all wait for the same batch, and each
+    // arrives when the instances have finished its predecessors' guest code.
+    let host = host(1000, 16);
+    embed(&host, "warm up");
+    embed(&host, "warm up again");
+    let (created_before, _, _) = instances(&host);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for number in 0..8 {
+            let host = &host;
+            std::thread::sleep(Duration::from_millis(25));
+            scope.spawn(move || embed(host, &format!("request {number}, waiting with the others")));
+        }
+    });
+    let waited = started.elapsed();
+    let (created, live, _) = instances(&host);
+    eprintln!(
+        "8 requests waiting together for {waited:?}: {} instances created for them, {live} live",
+        created - created_before
+    );
+    assert!(waited >= Duration::from_millis(900), "they waited for the batch window together: {waited:?}");
+    // With wasi:nn's synchronous compute each waiting request held an instance: 8 would be live.
+    assert!(
+        created - created_before <= 1.0,
+        "{} instances created for 8 waiting requests",
+        created - created_before
+    );
+    assert!(live <= 3.0, "{live} live instances");
+}
+
+#[test]
+fn a_burst_s_surplus_instances_are_released_and_warm_ones_stay() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // Two requests per instance: 16 clients surely need several.
+    let host = host(50, 2);
+    embed(&host, "warm up");
+    burst(&host);
     let (created, live, memory) = instances(&host);
-    assert!(created >= 4.0 && live >= 3.0, "a burst of 16 clients needs several instances: {created} created, {live} live");
+    assert!(
+        created >= 4.0 && live >= 3.0,
+        "a burst of 16 clients needs several instances: {created} created, {live} live"
+    );
     let per_instance = memory / live;
-    eprintln!("after the burst: {created} created, {live} live, {:.1} MiB of linear memory", memory / (1 << 20) as f64);
+    eprintln!(
+        "after the burst: {created} created, {live} live, {:.1} MiB of linear memory",
+        memory / (1 << 20) as f64
+    );
     assert!(per_instance >= (1 << 20) as f64, "{memory} bytes for {live} instances");
 
     // Idle for longer than surplus_idle_ms: down to the warm ones, their memory with them.
@@ -76,7 +134,10 @@ fn a_burst_s_surplus_instances_are_released_and_warm_ones_stay() {
     };
     assert_eq!(live, 2.0, "warm_instances = 2 stay ready after {:?}", started.elapsed());
     eprintln!("{:?} later: {live} live, {:.1} MiB", started.elapsed(), memory / (1 << 20) as f64);
-    assert!(memory <= 2.0 * per_instance * 1.5, "{memory} bytes for 2 instances ({per_instance} each before)");
+    assert!(
+        memory <= 2.0 * per_instance * 1.5,
+        "{memory} bytes for 2 instances ({per_instance} each before)"
+    );
 
     // They serve the next requests: no instance is created for them.
     let (created_before, _, _) = instances(&host);

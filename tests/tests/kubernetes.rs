@@ -10,7 +10,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{admin_host, client, post_json, repo_root, run_client_script};
+use common::{admin_host, client, post_json, repo_root};
 use serde_json::{Value, json};
 
 /// The Kubernetes version the manifests are validated for.

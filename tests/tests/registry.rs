@@ -139,7 +139,7 @@ fn the_default_app_pushed_then_pulled_on_an_empty_cache_serves_like_the_checkout
             .any(|f| f["path"] == "model/tokenizer.json" && f["digest"] == sha256(&tokenizer)),
         "{embed}"
     );
-    let dependency = &embed["dependencies"]["wasi:nn@0.2.0-rc-2024-10-28"];
+    let dependency = &embed["dependencies"]["edgeinfer:nn/infer@0.1.0"];
     assert_eq!(dependency["source"]["digest"], components["nn-local"]["source"]["digest"]);
     assert_eq!(dependency["inherit"], "All");
 

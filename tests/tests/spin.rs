@@ -373,18 +373,18 @@ fn manifests_spin_refuses_fail_with_spins_own_message() {
     let Err(said) = SpinUp::start(&spin, &unknown_key.0) else { panic!("spin up accepted an unknown key") };
     assert!(said.contains("unknown field `max_memory_bytes`"), "{said}");
 
-    // A wasi:nn dependency that does not export wasi:nn: Spin cannot compose it.
+    // A model provider dependency that does not export the interface: Spin cannot compose it.
     let bad_dependency = Variant::new("spin.toml", "spin-bad-dependency", |text| {
         text.replacen(
-            "\"wasi:nn@0.2.0-rc-2024-10-28\" = { path = \"target/wasm32-wasip2/release/nn_local.wasm\" }",
-            "\"wasi:nn@0.2.0-rc-2024-10-28\" = { path = \"target/wasm32-wasip2/release/tokenizer.wasm\" }",
+            "\"edgeinfer:nn/infer@0.1.0\" = { path = \"target/wasm32-wasip2/release/nn_local.wasm\" }",
+            "\"edgeinfer:nn/infer@0.1.0\" = { path = \"target/wasm32-wasip2/release/tokenizer.wasm\" }",
             1,
         )
     });
     let Err(said) = SpinUp::start(&spin, &bad_dependency.0) else {
         panic!("spin up composed a wrong dependency")
     };
-    assert!(said.contains("wasi:nn"), "{said}");
+    assert!(said.contains("edgeinfer:nn/infer"), "{said}");
 }
 
 /// The Spin SDK app of tests/apps/llm (embeddings through `spin_sdk::llm`), served by `edgeinfer

@@ -36,7 +36,7 @@ impl Classifier {
     }
 
     /// The predictions and the tokens computed.
-    fn predict(
+    async fn predict(
         &self,
         request: PredictRequest,
         timings: &mut Timings,
@@ -47,7 +47,7 @@ impl Classifier {
         let as_list = request.inputs.is_batch();
         let batch = Batch::Texts(request.inputs.validate_texts(self.model.settings.max_batch_inputs)?);
         let inputs = batch.len();
-        let out = self.model.infer(&batch, Truncation::right(request.truncate), timings)?;
+        let out = self.model.infer(&batch, Truncation::right(request.truncate), timings).await?;
         let classes = self.labels.len();
         if out.shape[..] != [inputs as u32, classes as u32] {
             return Err(ApiError::backend(format!(
@@ -105,9 +105,10 @@ enum Predictions {
 async fn handle(request: Request) -> impl IntoResponse {
     let mut timings = Timings::start();
     let result = match text_handler::read_request::<PredictRequest>(request).await {
-        Ok(request) => CLASSIFIER
-            .with(|classifier| classifier.get_or_try_init(Classifier::load))
-            .and_then(|classifier| classifier.predict(request, &mut timings)),
+        Ok(request) => match CLASSIFIER.with(|classifier| classifier.get_or_try_init(Classifier::load)) {
+            Ok(classifier) => classifier.predict(request, &mut timings).await,
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     match result {

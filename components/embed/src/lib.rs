@@ -243,11 +243,11 @@ fn parse<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, ApiError> {
 }
 
 /// `/embed`, TEI's body or Spin's (Spin's client sets no content-type: only its calls may omit it).
-fn embed(body: Value, content_type_declared: bool, timings: &mut Timings) -> Result<Answer, ApiError> {
+async fn embed(body: Value, content_type_declared: bool, timings: &mut Timings) -> Result<Answer, ApiError> {
     let spin_shaped =
         body.get("inputs").is_none() && body.get("model").is_some() && body.get("input").is_some();
     if spin_shaped {
-        return spin_embed(parse(body)?, timings);
+        return spin_embed(parse(body)?, timings).await;
     }
     if !content_type_declared {
         return Err(ApiError::unsupported_media_type(""));
@@ -261,13 +261,13 @@ fn embed(body: Value, content_type_declared: bool, timings: &mut Timings) -> Res
         normalize: request.normalize,
         dimensions: request.dimensions,
     };
-    let embedded = served.model.embed(&batch, options, timings)?;
+    let embedded = served.model.embed(&batch, options, timings).await?;
     Ok(Answer::new(&embedded.vectors, embedded.tokens))
 }
 
 /// Spin's remote `generate-embeddings`: normalised mean-pooled vectors, as Spin's own engine
 /// computes them, for a model named in `MODEL_NAMES`.
-fn spin_embed(request: SpinEmbedRequest, timings: &mut Timings) -> Result<Answer, ApiError> {
+async fn spin_embed(request: SpinEmbedRequest, timings: &mut Timings) -> Result<Answer, ApiError> {
     let names = text_handler::model_names();
     if !names.contains(&request.model) {
         return Err(ApiError::not_found(format!(
@@ -287,23 +287,23 @@ fn spin_embed(request: SpinEmbedRequest, timings: &mut Timings) -> Result<Answer
         )));
     }
     let batch = served.prompts.apply(None, Batch::Texts(request.input))?;
-    let embedded = served.model.embed(&batch, options, timings)?;
+    let embedded = served.model.embed(&batch, options, timings).await?;
     let tokens = embedded.tokens;
     let body =
         SpinEmbeddings { embeddings: embedded.vectors, usage: SpinUsage { prompt_token_count: tokens } };
     Ok(Answer::new(&body, tokens))
 }
 
-fn embed_all(request: EmbedAllRequest, timings: &mut Timings) -> Result<Answer, ApiError> {
+async fn embed_all(request: EmbedAllRequest, timings: &mut Timings) -> Result<Answer, ApiError> {
     let served = served()?;
     let batch = request.inputs.validate(served.model.settings.max_batch_inputs)?;
     let batch = served.prompts.apply(request.prompt_name.as_deref(), batch)?;
-    let (vectors, tokens) = served.model.embed_all(&batch, request.truncate.truncation(), timings)?;
+    let (vectors, tokens) = served.model.embed_all(&batch, request.truncate.truncation(), timings).await?;
     Ok(Answer::new(&vectors, tokens))
 }
 
 /// Cosine similarity of the source sentence with each sentence.
-fn similarity(request: SimilarityRequest, timings: &mut Timings) -> Result<Answer, ApiError> {
+async fn similarity(request: SimilarityRequest, timings: &mut Timings) -> Result<Answer, ApiError> {
     let served = served()?;
     let parameters = request.parameters.unwrap_or_default();
     let SimilarityInputs { source_sentence, sentences } = request.inputs;
@@ -316,7 +316,7 @@ fn similarity(request: SimilarityRequest, timings: &mut Timings) -> Result<Answe
     let batch = served.prompts.apply(parameters.prompt_name.as_deref(), Batch::Texts(texts))?;
     let options =
         EmbedOptions { truncation: parameters.truncate.truncation(), normalize: true, dimensions: None };
-    let embedded = served.model.embed(&batch, options, timings)?;
+    let embedded = served.model.embed(&batch, options, timings).await?;
     let (source, others) = embedded.vectors.split_first().expect("the source sentence is embedded");
     let scores: Vec<f32> = others.iter().map(|v| pooling::cosine(source, v)).collect();
     Ok(Answer::new(&scores, embedded.tokens))
@@ -325,7 +325,7 @@ fn similarity(request: SimilarityRequest, timings: &mut Timings) -> Result<Answe
 /// Ranks `texts` by relevance to `query`, best first: by the cross-encoder `RERANK_MODEL` names
 /// (the sigmoid of its logit; the logit with `raw_scores`), else by the embedding model's cosine
 /// similarity (the same either way: there is no logit).
-fn rerank(request: RerankRequest, timings: &mut Timings) -> Result<Answer, ApiError> {
+async fn rerank(request: RerankRequest, timings: &mut Timings) -> Result<Answer, ApiError> {
     let served = served()?;
     if request.texts.is_empty() {
         return Err(ApiError::validation("`texts` must not be empty".into()));
@@ -336,13 +336,14 @@ fn rerank(request: RerankRequest, timings: &mut Timings) -> Result<Answer, ApiEr
     let truncation = request.truncate.truncation();
     let (scores, tokens) = match reranker()? {
         Some(cross) => {
-            cross_encoder_scores(&cross, &request.query, &texts, truncation, request.raw_scores, timings)?
+            cross_encoder_scores(&cross, &request.query, &texts, truncation, request.raw_scores, timings)
+                .await?
         }
         None => {
             let batch = Batch::Texts(std::iter::once(request.query).chain(texts.iter().cloned()).collect());
             let batch = served.prompts.apply(None, batch)?;
             let options = EmbedOptions { truncation, normalize: true, dimensions: None };
-            let embedded = served.model.embed(&batch, options, timings)?;
+            let embedded = served.model.embed(&batch, options, timings).await?;
             let (query, passages) = embedded.vectors.split_first().expect("the query is embedded");
             (passages.iter().map(|p| pooling::cosine(query, p)).collect(), embedded.tokens)
         }
@@ -357,7 +358,7 @@ fn rerank(request: RerankRequest, timings: &mut Timings) -> Result<Answer, ApiEr
 }
 
 /// The cross-encoder's score of each (query, text) pair, and the tokens computed.
-fn cross_encoder_scores(
+async fn cross_encoder_scores(
     cross: &TextModel,
     query: &str,
     texts: &[String],
@@ -369,7 +370,7 @@ fn cross_encoder_scores(
     let mut scores = Vec::with_capacity(pairs.len());
     let mut tokens = 0;
     for part in pairs.chunks(cross.settings.max_batch_inputs.max(1)) {
-        let out = cross.infer_pairs(part, truncation, timings)?;
+        let out = cross.infer_pairs(part, truncation, timings).await?;
         if out.shape[..] != [part.len() as u32, 1] {
             return Err(ApiError::backend(format!(
                 "the reranker's {:?} output has shape {:?}; a cross-encoder gives one logit per pair",
@@ -457,13 +458,13 @@ async fn answer(request: Request, timings: &mut Timings) -> Result<Answer, ApiEr
         return Err(ApiError::unsupported_media_type(""));
     }
     match route.as_str() {
-        "embed_all" => embed_all(parse(body)?, timings),
-        "similarity" => similarity(parse(body)?, timings),
-        "rerank" => rerank(parse(body)?, timings),
+        "embed_all" => embed_all(parse(body)?, timings).await,
+        "similarity" => similarity(parse(body)?, timings).await,
+        "rerank" => rerank(parse(body)?, timings).await,
         "tokenize" => tokenize(parse(body)?, timings),
         "decode" => decode(parse(body)?, timings),
         // `/embed`, and any other route the manifest gives this component.
-        _ => embed(body, declared, timings),
+        _ => embed(body, declared, timings).await,
     }
 }
 

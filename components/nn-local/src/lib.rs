@@ -1,9 +1,11 @@
-//! `nn-local`: exports wasi:nn and runs ONNX models inside the component with tract, a pure-Rust
-//! inference engine: no native library, CPU only, slower than the edgeinfer host's ONNX Runtime,
-//! fully self-contained. Plugged into a handler as a spin.toml dependency
-//! (`"wasi:nn@0.2.0-rc-2024-10-28"`), it lets a runtime without wasi:nn (`spin up`) serve the app.
+//! `nn-local`: exports `edgeinfer:nn/infer` and wasi:nn and runs ONNX models inside the
+//! component with tract, a pure-Rust inference engine: no native library, CPU only, slower than
+//! the edgeinfer host's ONNX Runtime, fully self-contained. Plugged into a handler as a spin.toml
+//! dependency (`"edgeinfer:nn/infer@0.1.0"`), it lets a runtime without models of its own
+//! (`spin up`) serve the app.
 //!
-//! Naming convention: `load-by-name(NAME)` loads `$NN_LOCAL_DIR/NAME/model.onnx` (default
+//! Naming convention: model NAME (`compute(NAME, ..)`, `load-by-name(NAME)`) is
+//! `$NN_LOCAL_DIR/NAME/model.onnx` (default
 //! directory `/nn`), so a `files` mount `{ source = "models/x", destination = "/nn/NAME" }` makes a
 //! graph NAME. Graphs are loaded once per instance and kept.
 
@@ -19,6 +21,7 @@ use std::rc::Rc;
 
 use tract_onnx::prelude::*;
 
+use exports::edgeinfer::nn::infer;
 use exports::wasi::nn::errors::{self, ErrorCode, GuestError};
 use exports::wasi::nn::graph::{self, ExecutionTarget, GraphBuilder, GraphEncoding, GuestGraph};
 use exports::wasi::nn::inference::{self, GuestGraphExecutionContext, NamedTensor};
@@ -53,8 +56,21 @@ pub struct Error {
     message: String,
 }
 
-fn error(code: ErrorCode, message: impl Into<String>) -> errors::Error {
-    errors::Error::new(Error { code, message: message.into() })
+fn error(code: ErrorCode, message: impl Into<String>) -> Error {
+    Error { code, message: message.into() }
+}
+
+/// The same failure as `infer`'s error.
+fn infer_error(e: Error) -> infer::Error {
+    match e.code {
+        ErrorCode::NotFound => infer::Error::NotFound(e.message),
+        ErrorCode::InvalidArgument | ErrorCode::UnsupportedOperation => {
+            infer::Error::InvalidArgument(e.message)
+        }
+        // A model file tract cannot load will not serve until it is replaced.
+        ErrorCode::InvalidEncoding => infer::Error::Unavailable(e.message),
+        _ => infer::Error::Runtime(e.message),
+    }
 }
 
 /// A loaded graph.
@@ -99,7 +115,7 @@ impl GuestError for Error {
     }
 }
 
-fn load(name: &str) -> Result<Rc<Loaded>, errors::Error> {
+fn load(name: &str) -> Result<Rc<Loaded>, Error> {
     if let Some(loaded) = LOADED.with(|l| l.borrow().get(name).cloned()) {
         return Ok(loaded);
     }
@@ -136,11 +152,14 @@ impl graph::Guest for Provider {
         _encoding: GraphEncoding,
         _target: ExecutionTarget,
     ) -> Result<graph::Graph, errors::Error> {
-        Err(error(ErrorCode::UnsupportedOperation, "nn-local loads graphs by name from mounted files"))
+        Err(errors::Error::new(error(
+            ErrorCode::UnsupportedOperation,
+            "nn-local loads graphs by name from mounted files",
+        )))
     }
 
     fn load_by_name(name: String) -> Result<graph::Graph, errors::Error> {
-        Ok(graph::Graph::new(Graph { loaded: load(&name)? }))
+        Ok(graph::Graph::new(Graph { loaded: load(&name).map_err(errors::Error::new)? }))
     }
 }
 
@@ -155,7 +174,7 @@ impl inference::Guest for Provider {
 }
 
 /// A wasi:nn tensor as a tract tensor.
-fn to_tract(name: &str, t: &Tensor) -> Result<tract_onnx::prelude::Tensor, errors::Error> {
+fn to_tract(name: &str, t: &Tensor) -> Result<tract_onnx::prelude::Tensor, Error> {
     let shape: Vec<usize> = t.dimensions.iter().map(|&d| d as usize).collect();
     let invalid = |e: TractError| error(ErrorCode::InvalidArgument, format!("input {name:?}: {e}"));
     let tensor = match t.ty {
@@ -172,7 +191,7 @@ fn to_tract(name: &str, t: &Tensor) -> Result<tract_onnx::prelude::Tensor, error
 }
 
 /// A tract output as a wasi:nn tensor.
-fn from_tract(name: &str, value: &tract_onnx::prelude::Tensor) -> Result<Tensor, errors::Error> {
+fn from_tract(name: &str, value: &tract_onnx::prelude::Tensor) -> Result<Tensor, Error> {
     let ty = match value.datum_type() {
         DatumType::F32 => TensorType::Fp32,
         DatumType::F64 => TensorType::Fp64,
@@ -185,28 +204,88 @@ fn from_tract(name: &str, value: &tract_onnx::prelude::Tensor) -> Result<Tensor,
     Ok(Tensor { dimensions: value.shape().iter().map(|&d| d as u32).collect(), ty, data })
 }
 
+/// Runs `model` on named inputs; every output, by name, in the model's order.
+fn run(model: &Loaded, inputs: &[(String, &Tensor)]) -> Result<Vec<(String, Tensor)>, Error> {
+    let mut ordered = TVec::new();
+    for name in &model.inputs {
+        let (_, tensor) = inputs
+            .iter()
+            .find(|(n, _)| n == name)
+            .ok_or_else(|| error(ErrorCode::InvalidArgument, format!("missing model input {name:?}")))?;
+        ordered.push(to_tract(name, tensor)?.into_tvalue());
+    }
+    if let Some((unknown, _)) = inputs.iter().find(|(n, _)| !model.inputs.contains(n)) {
+        return Err(error(ErrorCode::InvalidArgument, format!("the model has no input {unknown:?}")));
+    }
+    let outputs = model.plan.run(ordered).map_err(|e| error(ErrorCode::RuntimeError, format!("{e:#}")))?;
+    model
+        .outputs
+        .iter()
+        .zip(outputs.iter())
+        .map(|(name, value)| Ok((name.clone(), from_tract(name, value)?)))
+        .collect()
+}
+
 impl GuestGraphExecutionContext for Context {
     fn compute(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, errors::Error> {
-        let model = &self.loaded;
-        let mut ordered = TVec::new();
-        for name in &model.inputs {
-            let (_, tensor) = inputs
-                .iter()
-                .find(|(n, _)| n == name)
-                .ok_or_else(|| error(ErrorCode::InvalidArgument, format!("missing model input {name:?}")))?;
-            ordered.push(to_tract(name, tensor.get::<Tensor>())?.into_tvalue());
+        let inputs: Vec<(String, &Tensor)> =
+            inputs.iter().map(|(n, t)| (n.clone(), t.get::<Tensor>())).collect();
+        let outputs = run(&self.loaded, &inputs).map_err(errors::Error::new)?;
+        Ok(outputs.into_iter().map(|(name, tensor)| (name, tensor::Tensor::new(tensor))).collect())
+    }
+}
+
+impl infer::Guest for Provider {
+    /// tract runs to the end once called: the provider answers when the model has, and the
+    /// handler's other requests go on meanwhile.
+    async fn compute(
+        model: String,
+        inputs: Vec<(String, infer::Tensor)>,
+        outputs: Vec<String>,
+    ) -> Result<Vec<(String, infer::Tensor)>, infer::Error> {
+        let loaded = load(&model).map_err(infer_error)?;
+        let inputs: Vec<(String, Tensor)> = inputs
+            .into_iter()
+            .map(|(name, t)| {
+                (name, Tensor { dimensions: t.dimensions, ty: wasi_nn_type(t.ty), data: t.data })
+            })
+            .collect();
+        let borrowed: Vec<(String, &Tensor)> = inputs.iter().map(|(n, t)| (n.clone(), t)).collect();
+        let computed = run(&loaded, &borrowed).map_err(infer_error)?;
+        if let Some(missing) = outputs.iter().find(|name| !loaded.outputs.contains(name)) {
+            return Err(infer::Error::InvalidArgument(format!("model {model:?} has no output {missing:?}")));
         }
-        if let Some((unknown, _)) = inputs.iter().find(|(n, _)| !model.inputs.contains(n)) {
-            return Err(error(ErrorCode::InvalidArgument, format!("the model has no input {unknown:?}")));
-        }
-        let outputs =
-            model.plan.run(ordered).map_err(|e| error(ErrorCode::RuntimeError, format!("{e:#}")))?;
-        model
-            .outputs
-            .iter()
-            .zip(outputs.iter())
-            .map(|(name, value)| Ok((name.clone(), tensor::Tensor::new(from_tract(name, value)?))))
-            .collect()
+        Ok(computed
+            .into_iter()
+            .filter(|(name, _)| outputs.is_empty() || outputs.contains(name))
+            .map(|(name, t)| {
+                (name, infer::Tensor { dimensions: t.dimensions, ty: infer_type(t.ty), data: t.data })
+            })
+            .collect())
+    }
+}
+
+fn wasi_nn_type(ty: infer::TensorType) -> TensorType {
+    match ty {
+        infer::TensorType::Fp16 => TensorType::Fp16,
+        infer::TensorType::Fp32 => TensorType::Fp32,
+        infer::TensorType::Fp64 => TensorType::Fp64,
+        infer::TensorType::Bf16 => TensorType::Bf16,
+        infer::TensorType::U8 => TensorType::U8,
+        infer::TensorType::I32 => TensorType::I32,
+        infer::TensorType::I64 => TensorType::I64,
+    }
+}
+
+fn infer_type(ty: TensorType) -> infer::TensorType {
+    match ty {
+        TensorType::Fp16 => infer::TensorType::Fp16,
+        TensorType::Fp32 => infer::TensorType::Fp32,
+        TensorType::Fp64 => infer::TensorType::Fp64,
+        TensorType::Bf16 => infer::TensorType::Bf16,
+        TensorType::U8 => infer::TensorType::U8,
+        TensorType::I32 => infer::TensorType::I32,
+        TensorType::I64 => infer::TensorType::I64,
     }
 }
 

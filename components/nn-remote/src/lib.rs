@@ -1,7 +1,8 @@
-//! `nn-remote`: exports wasi:nn and runs every `compute` on a remote server speaking the KServe
-//! v2 / Open Inference Protocol REST API (`POST /v2/models/{name}/infer`, JSON tensors) — an
-//! edgeinfer host or any other server implementing it. Plugged into a handler as a spin.toml
-//! dependency (`"wasi:nn@0.2.0-rc-2024-10-28"`), it lets a runtime without wasi:nn (`spin up`) use
+//! `nn-remote`: exports `edgeinfer:nn/infer` and wasi:nn and runs every `compute` on a remote
+//! server speaking the KServe v2 / Open Inference Protocol REST API
+//! (`POST /v2/models/{name}/infer`, JSON tensors) — an edgeinfer host or any other server
+//! implementing it. Plugged into a handler as a spin.toml dependency
+//! (`"edgeinfer:nn/infer@0.1.0"`), it lets a runtime without models of its own (`spin up`) use
 //! models served elsewhere, e.g. on a GPU host.
 //!
 //! Settings (the handler's `environment`, shared with its dependencies):
@@ -18,6 +19,7 @@ mod http;
 mod protocol;
 
 use edgeinfer_tensor::TensorData;
+use exports::edgeinfer::nn::infer;
 use exports::wasi::nn::errors::{self, ErrorCode, GuestError};
 use exports::wasi::nn::graph::{self, ExecutionTarget, GraphBuilder, GraphEncoding, GuestGraph};
 use exports::wasi::nn::inference::{self, GuestGraphExecutionContext, NamedTensor};
@@ -116,17 +118,97 @@ impl inference::Guest for Provider {
     type GraphExecutionContext = Context;
 }
 
+/// One inference request to the server: the model's outputs by name.
+fn infer_remotely(
+    model: &str,
+    inputs: &[(&str, &TensorData)],
+) -> Result<Vec<(String, TensorData)>, errors::Error> {
+    let remote = http::Remote::from_env()?;
+    let body = protocol::infer_request(inputs)?;
+    let path = format!("/v2/models/{}/infer", protocol::escape(model));
+    let (status, answer) = remote.send("POST", &path, Some(&body))?;
+    protocol::check_status(status, &answer)?;
+    protocol::infer_response(answer)
+}
+
 impl GuestGraphExecutionContext for Context {
     fn compute(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, errors::Error> {
-        let remote = http::Remote::from_env()?;
         let tensors: Vec<(&str, &TensorData)> =
             inputs.iter().map(|(name, t)| (name.as_str(), &t.get::<Tensor>().0)).collect();
-        let body = protocol::infer_request(&tensors)?;
-        let path = format!("/v2/models/{}/infer", protocol::escape(&self.model));
-        let (status, answer) = remote.send("POST", &path, Some(&body))?;
-        protocol::check_status(status, &answer)?;
-        let outputs = protocol::infer_response(answer)?;
+        let outputs = infer_remotely(&self.model, &tensors)?;
         Ok(outputs.into_iter().map(|(name, t)| (name, tensor::Tensor::new(Tensor(t)))).collect())
+    }
+}
+
+impl infer::Guest for Provider {
+    /// The request goes out through WASI 0.2's blocking HTTP: calls from one handler instance
+    /// reach the server one at a time.
+    async fn compute(
+        model: String,
+        inputs: Vec<(String, infer::Tensor)>,
+        outputs: Vec<String>,
+    ) -> Result<Vec<(String, infer::Tensor)>, infer::Error> {
+        let inputs: Vec<(String, TensorData)> = inputs
+            .into_iter()
+            .map(|(name, t)| {
+                (name, TensorData::new(t.dimensions, protocol::element_type(wasi_nn_type(t.ty)), t.data))
+            })
+            .collect();
+        let tensors: Vec<(&str, &TensorData)> = inputs.iter().map(|(name, t)| (name.as_str(), t)).collect();
+        let computed = infer_remotely(&model, &tensors).map_err(|e| infer_error(e.get::<Error>()))?;
+        if let Some(missing) = outputs.iter().find(|name| !computed.iter().any(|(n, _)| n == *name)) {
+            return Err(infer::Error::InvalidArgument(format!("model {model:?} has no output {missing:?}")));
+        }
+        Ok(computed
+            .into_iter()
+            .filter(|(name, _)| outputs.is_empty() || outputs.contains(name))
+            .map(|(name, t)| {
+                let ty = infer_type(protocol::tensor_type(t.ty));
+                (name, infer::Tensor { dimensions: t.shape, ty, data: t.bytes.to_vec() })
+            })
+            .collect())
+    }
+}
+
+/// A failure as `infer` says it: the server's full queue is `overloaded`, its other 503s
+/// `unavailable` (see `protocol::check_status`).
+fn infer_error(e: &Error) -> infer::Error {
+    let message = e.message.clone();
+    if e.message.starts_with("overloaded:") {
+        return infer::Error::Overloaded(message);
+    }
+    if e.message.starts_with("remote server answered 503") {
+        return infer::Error::Unavailable(message);
+    }
+    match e.code {
+        ErrorCode::NotFound => infer::Error::NotFound(message),
+        ErrorCode::InvalidArgument => infer::Error::InvalidArgument(message),
+        ErrorCode::Security => infer::Error::Security(message),
+        _ => infer::Error::Runtime(message),
+    }
+}
+
+fn wasi_nn_type(ty: infer::TensorType) -> TensorType {
+    match ty {
+        infer::TensorType::Fp16 => TensorType::Fp16,
+        infer::TensorType::Fp32 => TensorType::Fp32,
+        infer::TensorType::Fp64 => TensorType::Fp64,
+        infer::TensorType::Bf16 => TensorType::Bf16,
+        infer::TensorType::U8 => TensorType::U8,
+        infer::TensorType::I32 => TensorType::I32,
+        infer::TensorType::I64 => TensorType::I64,
+    }
+}
+
+fn infer_type(ty: TensorType) -> infer::TensorType {
+    match ty {
+        TensorType::Fp16 => infer::TensorType::Fp16,
+        TensorType::Fp32 => infer::TensorType::Fp32,
+        TensorType::Fp64 => infer::TensorType::Fp64,
+        TensorType::Bf16 => infer::TensorType::Bf16,
+        TensorType::U8 => infer::TensorType::U8,
+        TensorType::I32 => infer::TensorType::I32,
+        TensorType::I64 => infer::TensorType::I64,
     }
 }
 

@@ -78,7 +78,7 @@ struct Usage {
     total_tokens: u64,
 }
 
-fn embeddings(
+async fn embeddings(
     embedder: &Embedder,
     request: EmbeddingsRequest,
     timings: &mut Timings,
@@ -92,7 +92,7 @@ fn embeddings(
     let batch = embedder.prompts.apply(None, batch)?;
     let options =
         EmbedOptions { truncation: Truncation::REFUSE, normalize: true, dimensions: request.dimensions };
-    let embedded = embedder.model.embed(&batch, options, timings).map_err(|e| {
+    let embedded = embedder.model.embed(&batch, options, timings).await.map_err(|e| {
         let param = if e.message().contains("dimensions") { "dimensions" } else { "input" };
         OpenAiError::from(e).param(param)
     })?;
@@ -172,7 +172,7 @@ async fn answer(
         "/embeddings" => {
             let request = text_handler::read_request::<EmbeddingsRequest>(request).await?;
             let embedder = MODEL.with(|model| model.get_or_try_init(Embedder::load))?;
-            let (response, tokens) = embeddings(&embedder, request, timings)?;
+            let (response, tokens) = embeddings(&embedder, request, timings).await?;
             Ok(text_handler::json_ok_with_tokens(&response, tokens))
         }
         _ if rest == "/models" || rest.starts_with("/models/") => {

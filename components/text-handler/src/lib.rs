@@ -1,6 +1,6 @@
 //! Building blocks shared by the HTTP handler components (`embed`, `classify`, `openai`): the JSON
-//! request and error contract, input validation, text → tokenizer component → wasi:nn → output
-//! tensor, and sentence embeddings from it.
+//! request and error contract, input validation, text → tokenizer component → the model
+//! (`edgeinfer:nn/infer`) → output tensor, and sentence embeddings from it.
 //!
 //! Settings come from the component's `environment` in spin.toml (see README).
 
@@ -19,12 +19,9 @@ wit_bindgen::generate!({
     generate_all,
 });
 
+use edgeinfer::nn::infer::{self, Tensor, TensorType};
 use edgeinfer::text::tokenize::{EncodeOptions, Tokenizer};
 pub use edgeinfer::text::tokenize::{Token, TruncationDirection};
-use wasi::nn::errors::ErrorCode;
-use wasi::nn::graph::{self, Graph};
-use wasi::nn::inference::GraphExecutionContext;
-use wasi::nn::tensor::{Tensor, TensorType};
 
 mod error;
 mod inputs;
@@ -41,7 +38,7 @@ pub use timings::Timings;
 pub struct Settings {
     /// Where the `files` mount puts tokenizer.json (`TOKENIZER_PATH`).
     pub tokenizer_path: String,
-    /// wasi:nn graph name, listed in the component's `ai_models` (`MODEL`).
+    /// The model's name, listed in the component's `ai_models` (`MODEL`).
     pub model: String,
     /// The model output the handler reads (`MODEL_OUTPUT`).
     pub output: String,
@@ -94,13 +91,10 @@ pub fn var(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
 
-/// The tokenizer and the model's execution context, built once per instance.
+/// The tokenizer, built once per instance, and the model it feeds.
 pub struct TextModel {
     pub settings: Settings,
     tokenizer: Tokenizer,
-    /// Kept alive for the execution context below.
-    _graph: Graph,
-    context: GraphExecutionContext,
 }
 
 /// One model output for a batch of texts.
@@ -114,31 +108,21 @@ pub struct Inference {
 }
 
 impl TextModel {
-    /// Reads the tokenizer file and loads the named graph.
+    /// Reads and parses the tokenizer file. The model is the host's (or the provider's): a
+    /// missing or unavailable one is reported by each request's computation.
     pub fn load(settings: Settings) -> Result<TextModel, ApiError> {
         let json = std::fs::read(&settings.tokenizer_path).map_err(|e| {
             ApiError::internal(format!("cannot read tokenizer {}: {e}", settings.tokenizer_path))
         })?;
         let tokenizer = Tokenizer::from_json(&json)
             .map_err(|e| ApiError::internal(format!("cannot parse tokenizer: {e:?}")))?;
-        let graph = graph::load_by_name(&settings.model).map_err(|e| {
-            let message = format!("wasi:nn load-by-name({}): {:?}: {}", settings.model, e.code(), e.data());
-            // The host loads models; a runtime error means this one is not available (yet).
-            match e.code() {
-                ErrorCode::RuntimeError => ApiError::unavailable(message),
-                _ => ApiError::backend(message),
-            }
-        })?;
-        let context = graph
-            .init_execution_context()
-            .map_err(|e| ApiError::backend(format!("wasi:nn init-execution-context: {}", e.data())))?;
-        Ok(TextModel { settings, tokenizer, _graph: graph, context })
+        Ok(TextModel { settings, tokenizer })
     }
 
     /// Encodes `batch` (padded to the longest; cut at the token limit only when
     /// `truncation.enabled`, else an over-long input is a validation error), runs the model and
     /// returns its output.
-    pub fn infer(
+    pub async fn infer(
         &self,
         batch: &Batch,
         truncation: Truncation,
@@ -148,7 +132,7 @@ impl TextModel {
             Batch::Texts(texts) => self.encode_texts(texts, truncation),
             Batch::Ids(ids) => self.encode_ids(ids, truncation),
         })?;
-        timings.inference(|| self.run(encodings))
+        timings.inference(self.run(encodings)).await
     }
 
     fn encode_texts(&self, texts: &[String], truncation: Truncation) -> Result<Vec<Encoded>, ApiError> {
@@ -195,14 +179,14 @@ impl TextModel {
     }
 
     /// Runs the model on text pairs (see `encode-pairs`): a cross-encoder's scores.
-    pub fn infer_pairs(
+    pub async fn infer_pairs(
         &self,
         pairs: &[(String, String)],
         truncation: Truncation,
         timings: &mut Timings,
     ) -> Result<Inference, ApiError> {
         let encodings = timings.tokenization(|| self.encode_pairs(pairs, truncation))?;
-        timings.inference(|| self.run(encodings))
+        timings.inference(self.run(encodings)).await
     }
 
     /// Token ids as the client sent them (no special tokens added), checked against the
@@ -239,8 +223,9 @@ impl TextModel {
         Ok(encodings)
     }
 
-    /// Runs the model on encoded, equally long sequences.
-    fn run(&self, encodings: Vec<Encoded>) -> Result<Inference, ApiError> {
+    /// Runs the model on encoded, equally long sequences. The wait for the model (its batch
+    /// queue included) leaves this instance free to serve other requests.
+    async fn run(&self, encodings: Vec<Encoded>) -> Result<Inference, ApiError> {
         let batch = encodings.len() as u32;
         let seq = encodings.first().map_or(0, |e| e.ids.len()) as u32;
         let dims = [batch, seq];
@@ -252,31 +237,30 @@ impl TextModel {
             ("attention_mask".to_string(), mask),
             ("token_type_ids".to_string(), types),
         ];
-        let outputs = self.context.compute(inputs).map_err(|e| {
-            let data = e.data();
-            // The host (and nn-remote) say a model's queue is full with this prefix: wasi:nn
-            // has no "busy" error code.
-            if e.code() == ErrorCode::RuntimeError && data.starts_with("overloaded:") {
-                ApiError::overloaded(format!("wasi:nn compute: {data}"))
-            } else {
-                ApiError::backend(format!("wasi:nn compute: {:?}: {data}", e.code()))
+        let model = &self.settings.model;
+        let output = &self.settings.output;
+        let outputs = infer::compute(model.clone(), inputs, vec![output.clone()]).await.map_err(|e| {
+            let message = format!("computing on model {model:?}: {e:?}");
+            match e {
+                infer::Error::Overloaded(_) => ApiError::overloaded(message),
+                infer::Error::Unavailable(_) => ApiError::unavailable(message),
+                _ => ApiError::backend(message),
             }
         })?;
-        let output = &self.settings.output;
         let (_, tensor) = outputs
             .into_iter()
             .find(|(name, _)| name == output)
             .ok_or_else(|| ApiError::backend(format!("model has no output {output:?}")))?;
-        if tensor.ty() != TensorType::Fp32 {
+        if tensor.ty != TensorType::Fp32 {
             return Err(ApiError::backend(format!("model output {output:?} is not FP32")));
         }
-        let shape = tensor.dimensions();
+        let shape = tensor.dimensions;
         if shape.first() != Some(&batch) {
             return Err(ApiError::backend(format!(
                 "output shape {shape:?} does not match a batch of {batch}"
             )));
         }
-        let values = f32_from_le_bytes(&tensor.data());
+        let values = f32_from_le_bytes(&tensor.data);
         if values.len() != shape.iter().map(|&d| d as usize).product::<usize>() {
             return Err(ApiError::backend(format!("output data does not match its shape {shape:?}")));
         }
@@ -303,7 +287,7 @@ impl TextModel {
     /// Sentence embeddings: the model's per-token output mean-pooled over each input's tokens,
     /// cut to `dimensions` (Matryoshka) and L2-normalised when `normalize`. Batches larger than
     /// `MAX_BATCH_INPUTS` are computed in parts of that size, in order.
-    pub fn embed(
+    pub async fn embed(
         &self,
         batch: &Batch,
         options: EmbedOptions,
@@ -312,7 +296,7 @@ impl TextModel {
         let mut all =
             Embeddings { vectors: Vec::with_capacity(batch.len()), tokens: 0, tokens_per_input: Vec::new() };
         for part in batch.parts(self.settings.max_batch_inputs.max(1)) {
-            let out = self.infer(&part, options.truncation, timings)?;
+            let out = self.infer(&part, options.truncation, timings).await?;
             let width = out.token_width()?;
             if let Some(dimensions) = options.dimensions
                 && (dimensions == 0 || dimensions as usize > width)
@@ -332,7 +316,7 @@ impl TextModel {
 
     /// Every input's per-token output vectors (padding excluded, special tokens included), as
     /// TEI's `/embed_all` answers them; and the tokens computed.
-    pub fn embed_all(
+    pub async fn embed_all(
         &self,
         batch: &Batch,
         truncation: Truncation,
@@ -341,7 +325,7 @@ impl TextModel {
         let mut all = Vec::with_capacity(batch.len());
         let mut tokens = 0;
         for part in batch.parts(self.settings.max_batch_inputs.max(1)) {
-            let out = self.infer(&part, truncation, timings)?;
+            let out = self.infer(&part, truncation, timings).await?;
             let width = out.token_width()?;
             tokens += out.tokens();
             for (row, mask) in out.masks.iter().enumerate() {
@@ -467,10 +451,10 @@ impl<T> Default for Reused<T> {
 
 fn int64_tensor<'a>(dims: &[u32], values: impl Iterator<Item = &'a u32>) -> Tensor {
     let data: Vec<u8> = values.flat_map(|&v| i64::from(v).to_le_bytes()).collect();
-    Tensor::new(dims, TensorType::I64, &data)
+    Tensor { dimensions: dims.to_vec(), ty: TensorType::I64, data }
 }
 
-/// Little-endian f32 values (wasi:nn tensor data).
+/// Little-endian f32 values (tensor data).
 pub fn f32_from_le_bytes(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }

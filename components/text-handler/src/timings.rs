@@ -1,5 +1,5 @@
 //! Where a request's time went, reported in TEI's headers: `x-tokenization-time` and
-//! `x-inference-time` (the wasi:nn compute calls, the wait in the model's batch queue included),
+//! `x-inference-time` (the model's computations, the wait in the model's batch queue included),
 //! in whole milliseconds. The host adds `x-queue-time`, `x-total-time` and `x-compute-time`.
 
 use std::time::{Duration, Instant};
@@ -27,10 +27,10 @@ impl Timings {
         result
     }
 
-    /// Runs `work`, counting its time as inference.
-    pub fn inference<T>(&mut self, work: impl FnOnce() -> T) -> T {
+    /// Awaits `work`, counting its time as inference.
+    pub async fn inference<T>(&mut self, work: impl Future<Output = T>) -> T {
         let started = Instant::now();
-        let result = work();
+        let result = work.await;
         self.inference += started.elapsed();
         result
     }

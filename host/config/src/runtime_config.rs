@@ -100,10 +100,15 @@ pub struct ComponentLimits {
     /// idleness).
     #[serde(default = "default_warm_instances")]
     pub warm_instances: usize,
-    /// Idle instances beyond `warm_instances` (created for a burst: each request waiting on its
-    /// model holds one) are released after this long, giving their memory back.
+    /// Idle instances beyond `warm_instances` (created for a burst) are released after this
+    /// long, giving their memory back.
     #[serde(default = "default_surplus_idle_ms")]
     pub surplus_idle_ms: u64,
+    /// Requests one instance serves at once (WASI 0.3 handlers are concurrent: a request waiting
+    /// on its model leaves the instance to the others). Another instance is created only when
+    /// every live one is busy running guest code or full. A `fuel` budget makes it 1.
+    #[serde(default = "default_instance_concurrency")]
+    pub instance_concurrency: usize,
 }
 
 impl Default for ComponentLimits {
@@ -117,6 +122,7 @@ impl Default for ComponentLimits {
             fuel: None,
             warm_instances: default_warm_instances(),
             surplus_idle_ms: default_surplus_idle_ms(),
+            instance_concurrency: default_instance_concurrency(),
         }
     }
 }
@@ -147,6 +153,10 @@ fn default_warm_instances() -> usize {
 
 fn default_surplus_idle_ms() -> u64 {
     2_000
+}
+
+fn default_instance_concurrency() -> usize {
+    16
 }
 
 /// `[model.NAME]`.
@@ -481,9 +491,10 @@ impl RuntimeConfig {
             if limits.max_request_body_bytes == 0
                 || limits.request_timeout_ms == 0
                 || limits.max_concurrent_requests == 0
+                || limits.instance_concurrency == 0
             {
                 bail!(
-                    "component {name}: max_request_body_bytes, request_timeout_ms and max_concurrent_requests must be at least 1"
+                    "component {name}: max_request_body_bytes, request_timeout_ms, max_concurrent_requests and instance_concurrency must be at least 1"
                 );
             }
             if limits.max_memory_bytes > MAX_MEMORY_BYTES {

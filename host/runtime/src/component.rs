@@ -142,7 +142,7 @@ fn load_component(
     };
     // A fuel budget is per request: an instance then serves one request at a time, so that no
     // request spends another's fuel (or refills a runaway one).
-    let max_concurrent = if limits.fuel.is_some() { 1 } else { ReusePolicy::default().max_concurrent };
+    let max_concurrent = if limits.fuel.is_some() { 1 } else { limits.instance_concurrency };
     let handler = ProxyHandler::new(ComponentHandler {
         engine: engine.clone(),
         pre,

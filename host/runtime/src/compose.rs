@@ -20,9 +20,12 @@ pub struct DependencyBytes {
     pub export: Option<String>,
 }
 
-/// Whether a dependency key plugs wasi:nn (the whole package or one of its interfaces).
+/// Whether a dependency key plugs a model provider, which the host provides natively:
+/// `edgeinfer:nn` or `wasi:nn`, the whole package or one of its interfaces.
 pub fn is_nn_provider(key: &str) -> bool {
-    key == "wasi:nn" || key.starts_with("wasi:nn@") || key.starts_with("wasi:nn/")
+    ["edgeinfer:nn", "wasi:nn"].iter().any(|package| {
+        key == *package || key.starts_with(&format!("{package}@")) || key.starts_with(&format!("{package}/"))
+    })
 }
 
 /// The bytes of a component's `source`.
@@ -37,8 +40,8 @@ pub fn read_source(manifest: &Manifest, component: &Component) -> Result<Vec<u8>
 }
 
 /// Composes `main`, a version of component `id` of `manifest`, with its
-/// `[component.id.dependencies]`. wasi:nn providers are left out (the import stays, for a host
-/// that implements wasi:nn) unless `compose_nn_providers`.
+/// `[component.id.dependencies]`. Model providers are left out (the import stays, for a host
+/// that implements it) unless `compose_nn_providers`.
 pub fn compose_component(
     manifest: &Manifest,
     id: &str,
@@ -52,7 +55,7 @@ pub fn compose_component(
             tracing::info!(
                 component = id,
                 dependency = %key,
-                "wasi:nn is provided natively: not composing the provider (--compose-nn-providers composes it)"
+                "models are provided natively: not composing the provider (--compose-nn-providers composes it)"
             );
             continue;
         }
@@ -190,7 +193,16 @@ fn package_name(component: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::import_matches;
+    use super::{import_matches, is_nn_provider};
+
+    #[test]
+    fn model_providers_are_infer_and_wasi_nn() {
+        assert!(is_nn_provider("edgeinfer:nn/infer@0.1.0"));
+        assert!(is_nn_provider("edgeinfer:nn/infer"));
+        assert!(is_nn_provider("wasi:nn@0.2.0-rc-2024-10-28"));
+        assert!(is_nn_provider("wasi:nn/inference@0.2.0-rc-2024-10-28"));
+        assert!(!is_nn_provider("edgeinfer:text/tokenize@0.1.0"));
+    }
 
     #[test]
     fn keys_match_interfaces_or_whole_packages() {

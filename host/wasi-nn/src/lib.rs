@@ -3,7 +3,9 @@
 //! Which models exist and how they run is a [`ModelProvider`]'s business (the host's model
 //! registry and batchers, or a fake in tests); this crate holds the guest-facing rules:
 //! `load` from bytes is refused, `load-by-name` is limited to the component's models, owned
-//! inputs are taken without a copy, and each failure has its wasi:nn error code.
+//! inputs are taken without a copy, and each failure has its wasi:nn error code. The same models
+//! and rules are offered as `edgeinfer:nn/infer` ([`infer`]), whose `compute` is an
+//! `async func` that lets the caller's instance serve other requests while it waits.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -111,9 +113,10 @@ impl HasData for WasiNn {
     type Data<'a> = NnView<'a>;
 }
 
-/// Adds wasi:nn to the linker.
+/// Adds wasi:nn and `edgeinfer:nn/infer` to the linker.
 pub fn add_to_linker<T: NnStoreView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-    bindings::Ml::add_to_linker::<T, WasiNn>(linker, T::nn)
+    bindings::Ml::add_to_linker::<T, WasiNn>(linker, T::nn)?;
+    infer::add_to_linker(linker)
 }
 
 type NnResult<T> = wasmtime::Result<Result<T, Resource<NnError>>>;
@@ -288,6 +291,8 @@ fn tensor_type(ty: ElementType) -> tensor::TensorType {
         ElementType::Bytes => unreachable!("compute hands no BYTES tensor to the guest"),
     }
 }
+
+mod infer;
 
 #[cfg(test)]
 mod tests;
