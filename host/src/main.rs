@@ -175,10 +175,10 @@ struct ComposeArgs {
     /// The composed component to write.
     #[arg(short, long)]
     output: PathBuf,
-    /// Leave wasi:nn imported (for a runtime that implements it) instead of composing the
-    /// manifest's wasi:nn provider.
-    #[arg(long)]
-    keep_wasi_nn: bool,
+    /// Leave the model interfaces (`edgeinfer:nn`, wasi:nn) imported, for a runtime that
+    /// implements them (edgeinfer), instead of composing the manifest's model provider.
+    #[arg(long, alias = "keep-wasi-nn")]
+    keep_nn_imports: bool,
 }
 
 #[derive(clap::Args)]
@@ -581,7 +581,7 @@ fn compose_command(args: &ComposeArgs) -> Result<()> {
     };
     let main = compose::read_source(&manifest, component)?;
     let composed =
-        compose::compose_component(&manifest, &args.component, component, main, !args.keep_wasi_nn)?;
+        compose::compose_component(&manifest, &args.component, component, main, !args.keep_nn_imports)?;
     std::fs::write(&args.output, &composed)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
     let imports = compose::imports_of(&composed)?;
@@ -591,6 +591,13 @@ fn compose_command(args: &ComposeArgs) -> Result<()> {
         composed.len() as f64 / 1e6,
         imports.join(", ")
     );
+    if args.keep_nn_imports {
+        // Stock `wasmtime serve` has no edgeinfer:nn: only `edgeinfer up` can run this one.
+        eprintln!(
+            "edgeinfer: it imports the model interfaces: serve it with `edgeinfer up`, not `wasmtime serve`"
+        );
+        return Ok(());
+    }
     let output = std::path::absolute(&args.output)?;
     let command = compose::wasmtime_serve_command(&manifest, component, &output)?;
     eprintln!("edgeinfer: run it with");

@@ -1,4 +1,4 @@
-//! A component gets only the wasi:nn graphs its `ai_models` names: the same embed component is
+//! A component computes only on the models its `ai_models` names: the same embed component is
 //! served twice from one host, once declaring the model and once not.
 
 mod common;
@@ -48,7 +48,7 @@ component = "undeclared"
 }
 
 #[test]
-fn load_by_name_is_limited_to_ai_models() {
+fn a_component_computes_only_on_its_ai_models() {
     let dir = write_app();
     let runtime = dir.join("runtime.toml");
     let host = Host::start(&dir.join("spin.toml"), &["--runtime-config-file", runtime.to_str().unwrap()]);
@@ -60,7 +60,7 @@ fn load_by_name_is_limited_to_ai_models() {
     assert_eq!(status, 500, "{body}");
     assert_eq!(body["error_type"], "Backend", "{body}");
     let error = body["error"].as_str().unwrap();
-    assert!(error.contains("Security") && error.contains("ai_models"), "a wasi:nn security error: {error}");
+    assert!(error.contains("Security") && error.contains("ai_models"), "a security refusal: {error}");
 
     // The host is unaffected: the declaring route still answers.
     let (status, _) = post_json(&host.url("/declared"), &json!({"inputs": "still fine"}));

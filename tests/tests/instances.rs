@@ -71,37 +71,48 @@ fn burst(host: &Host) {
     });
 }
 
+/// Sends 8 requests 25 ms apart into a 1 s batching window, so that all wait for the same
+/// batch and each arrives after its predecessors' guest code is done; returns the instances
+/// created for them and each one's latency.
+fn eight_waiting_together(host: &Host) -> (f64, Vec<Duration>) {
+    embed(host, "warm up");
+    embed(host, "warm up again");
+    let (created_before, _, _) = instances(host);
+    let latencies = std::thread::scope(|scope| {
+        let mut requests = Vec::new();
+        for number in 0..8 {
+            std::thread::sleep(Duration::from_millis(25));
+            requests.push(scope.spawn(move || {
+                let started = Instant::now();
+                embed(host, &format!("request {number}, waiting with the others"));
+                started.elapsed()
+            }));
+        }
+        requests.into_iter().map(|r| r.join().unwrap()).collect::<Vec<_>>()
+    });
+    let (created, _, _) = instances(host);
+    (created - created_before, latencies)
+}
+
 #[test]
 fn requests_waiting_on_the_model_share_an_instance() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    // A 1 s batching window: 8 requests sent 25 ms apart all wait for the same batch, and each
-    // arrives when the instances have finished its predecessors' guest code.
-    let host = host(1000, 16);
-    embed(&host, "warm up");
-    embed(&host, "warm up again");
-    let (created_before, _, _) = instances(&host);
-    let started = Instant::now();
-    std::thread::scope(|scope| {
-        for number in 0..8 {
-            let host = &host;
-            std::thread::sleep(Duration::from_millis(25));
-            scope.spawn(move || embed(host, &format!("request {number}, waiting with the others")));
-        }
-    });
-    let waited = started.elapsed();
-    let (created, live, _) = instances(&host);
+    let (shared, latencies) = eight_waiting_together(&host(1000, 16));
+    // One batch: every request waited for the window (not one batch after another).
+    let longest = latencies.iter().max().unwrap();
+    assert!(latencies.iter().all(|l| *l >= Duration::from_millis(700)), "{latencies:?}");
+    assert!(*longest < Duration::from_millis(1800), "one batch, not several: {latencies:?}");
+
+    // The control: one request per instance, as wasi:nn's synchronous compute allowed.
+    let (one_each, _) = eight_waiting_together(&host(1000, 1));
     eprintln!(
-        "8 requests waiting together for {waited:?}: {} instances created for them, {live} live",
-        created - created_before
+        "8 requests waiting together: {shared} instances created for them; {one_each} at one request per instance"
     );
-    assert!(waited >= Duration::from_millis(900), "they waited for the batch window together: {waited:?}");
-    // With wasi:nn's synchronous compute each waiting request held an instance: 8 would be live.
     assert!(
-        created - created_before <= 1.0,
-        "{} instances created for 8 waiting requests",
-        created - created_before
+        one_each >= 6.0,
+        "with instance_concurrency = 1 each waiting request needs an instance: {one_each}"
     );
-    assert!(live <= 3.0, "{live} live instances");
+    assert!(shared <= 2.0, "{shared} instances created for 8 requests waiting on the model");
 }
 
 #[test]

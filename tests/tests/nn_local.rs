@@ -1,4 +1,4 @@
-//! The nn-local wasi:nn provider (tract inside wasm): the default spin.toml served with
+//! The nn-local model provider (tract inside wasm): the default spin.toml served with
 //! `--compose-nn-providers` and no native models, compared with the native host (ONNX Runtime) on
 //! the same sentences.
 

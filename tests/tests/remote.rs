@@ -1,4 +1,4 @@
-//! The nn-remote wasi:nn provider: the default app's handlers composed with nn-remote
+//! The nn-remote model provider: the default app's handlers composed with nn-remote
 //! (spin.remote.toml, `--compose-nn-providers`) on a host with no models, forwarding every
 //! inference to a second, real edgeinfer host over its KServe v2 API on loopback.
 

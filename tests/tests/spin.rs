@@ -1,5 +1,5 @@
 //! The real Spin CLI runs our apps: `spin up` serves the default spin.toml (nn-local provides
-//! wasi:nn inside wasm) and spin.remote.toml against an `edgeinfer up` host's KServe v2 API
+//! the model inside wasm) and spin.remote.toml against an `edgeinfer up` host's KServe v2 API
 //! (nn-remote); `spin build` runs the manifest's build commands as `edgeinfer build` does; a
 //! manifest Spin refuses fails here with Spin's own message.
 //!
@@ -508,7 +508,7 @@ fn spin_up_uses_edgeinfer_as_its_remote_llm_server() {
 }
 
 /// The `/embed` and `/predict` answers of two runtimes on the same texts: within tract's tolerance
-/// of ONNX Runtime (nn-local under one, native wasi:nn under the other), the same top labels.
+/// of ONNX Runtime (nn-local under one, native inference under the other), the same top labels.
 fn assert_same_answers(a: &str, b: &str, what: &str) {
     let texts = json!(["A quick test of a registry app.", "set a timer for ten minutes", "héllo wörld"]);
     let (status_a, embed_a) = post_json(&format!("{a}/embed"), &json!({"inputs": texts}));

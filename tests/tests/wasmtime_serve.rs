@@ -1,5 +1,5 @@
 //! The default app's /embed, composed by `edgeinfer compose` with the tokenizer and the nn-local
-//! wasi:nn provider into one standalone component, served by stock `wasmtime serve` (wasmtime-cli
+//! model provider into one standalone component, served by stock `wasmtime serve` (wasmtime-cli
 //! 48, no edgeinfer host involved) and compared with Python's ONNX Runtime reference.
 
 mod common;
@@ -54,7 +54,8 @@ fn composed_embed_runs_under_stock_wasmtime_serve() {
     assert!(compose.status.success(), "edgeinfer compose failed: {log}");
     let imports =
         log.lines().find_map(|l| l.split_once("it imports ")).map(|(_, i)| i).expect("imports line");
-    assert!(!imports.contains("wasi:nn"), "wasi:nn must be provided inside the composition: {imports}");
+    assert!(!imports.contains("edgeinfer:nn"), "the model provider must be composed in: {imports}");
+    assert!(!imports.contains("wasi:nn"), "nothing may import wasi:nn: {imports}");
     assert!(!imports.contains("edgeinfer:text"), "the tokenizer must be composed in: {imports}");
 
     // The printed command, on a free port and with this machine's wasmtime.

@@ -1,7 +1,7 @@
 //! TEI's API on the embedding model: `POST /embed`, `/embed_all` (per-token vectors),
 //! `/similarity`, `/rerank`, `/tokenize`, `/decode` and `GET /info`, one route each in spin.toml,
 //! all served by this component: validate JSON, tokenize through the composed tokenizer component,
-//! run the model through wasi:nn, mean-pool over the attention mask and L2-normalise.
+//! run the model through edgeinfer:nn/infer, mean-pool over the attention mask and L2-normalise.
 //!
 //! `/embed` also speaks Spin's default remote LLM API, so that a Spin app run by Spin with
 //! `[llm_compute] type = "remote_http"` gets its embeddings here: Spin posts `{model, input}` to
@@ -30,7 +30,7 @@ thread_local! {
     static RERANKER: Reused<TextModel> = const { Reused::new() };
 }
 
-/// The cross-encoder `/rerank` uses: `RERANK_MODEL` (a wasi:nn graph of `ai_models` whose
+/// The cross-encoder `/rerank` uses: `RERANK_MODEL` (a model of `ai_models` whose
 /// `RERANK_OUTPUT`, default `logits`, is `[pairs, 1]`), with `RERANK_TOKENIZER_PATH` (default: the
 /// embedding model's tokenizer) and `RERANK_MAX_INPUT_TOKENS` (default `MAX_INPUT_TOKENS`).
 fn reranker() -> Result<Option<Rc<TextModel>>, ApiError> {

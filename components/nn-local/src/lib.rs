@@ -204,8 +204,17 @@ fn from_tract(name: &str, value: &tract_onnx::prelude::Tensor) -> Result<Tensor,
     Ok(Tensor { dimensions: value.shape().iter().map(|&d| d as u32).collect(), ty, data })
 }
 
-/// Runs `model` on named inputs; every output, by name, in the model's order.
-fn run(model: &Loaded, inputs: &[(String, &Tensor)]) -> Result<Vec<(String, Tensor)>, Error> {
+/// Runs `model` on named inputs; the `wanted` outputs (every output when none is named), by
+/// name, in the model's order.
+fn run(
+    model: &Loaded,
+    inputs: &[(String, &Tensor)],
+    wanted: &[String],
+) -> Result<Vec<(String, Tensor)>, Error> {
+    // Checked before the run, which is slow here.
+    if let Some(missing) = wanted.iter().find(|name| !model.outputs.contains(name)) {
+        return Err(error(ErrorCode::InvalidArgument, format!("the model has no output {missing:?}")));
+    }
     let mut ordered = TVec::new();
     for name in &model.inputs {
         let (_, tensor) = inputs
@@ -222,6 +231,7 @@ fn run(model: &Loaded, inputs: &[(String, &Tensor)]) -> Result<Vec<(String, Tens
         .outputs
         .iter()
         .zip(outputs.iter())
+        .filter(|(name, _)| wanted.is_empty() || wanted.contains(name))
         .map(|(name, value)| Ok((name.clone(), from_tract(name, value)?)))
         .collect()
 }
@@ -230,14 +240,14 @@ impl GuestGraphExecutionContext for Context {
     fn compute(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, errors::Error> {
         let inputs: Vec<(String, &Tensor)> =
             inputs.iter().map(|(n, t)| (n.clone(), t.get::<Tensor>())).collect();
-        let outputs = run(&self.loaded, &inputs).map_err(errors::Error::new)?;
+        let outputs = run(&self.loaded, &inputs, &[]).map_err(errors::Error::new)?;
         Ok(outputs.into_iter().map(|(name, tensor)| (name, tensor::Tensor::new(tensor))).collect())
     }
 }
 
 impl infer::Guest for Provider {
-    /// tract runs to the end once called: the provider answers when the model has, and the
-    /// handler's other requests go on meanwhile.
+    /// tract runs to the end once called, on the caller's thread: unlike the edgeinfer host's
+    /// native `compute`, the handler's other requests wait for it.
     async fn compute(
         model: String,
         inputs: Vec<(String, infer::Tensor)>,
@@ -251,13 +261,9 @@ impl infer::Guest for Provider {
             })
             .collect();
         let borrowed: Vec<(String, &Tensor)> = inputs.iter().map(|(n, t)| (n.clone(), t)).collect();
-        let computed = run(&loaded, &borrowed).map_err(infer_error)?;
-        if let Some(missing) = outputs.iter().find(|name| !loaded.outputs.contains(name)) {
-            return Err(infer::Error::InvalidArgument(format!("model {model:?} has no output {missing:?}")));
-        }
+        let computed = run(&loaded, &borrowed, &outputs).map_err(infer_error)?;
         Ok(computed
             .into_iter()
-            .filter(|(name, _)| outputs.is_empty() || outputs.contains(name))
             .map(|(name, t)| {
                 (name, infer::Tensor { dimensions: t.dimensions, ty: infer_type(t.ty), data: t.data })
             })

@@ -122,27 +122,28 @@ impl inference::Guest for Provider {
 fn infer_remotely(
     model: &str,
     inputs: &[(&str, &TensorData)],
+    outputs: &[String],
 ) -> Result<Vec<(String, TensorData)>, errors::Error> {
     let remote = http::Remote::from_env()?;
-    let body = protocol::infer_request(inputs)?;
+    let body = protocol::infer_request(inputs, outputs)?;
     let path = format!("/v2/models/{}/infer", protocol::escape(model));
     let (status, answer) = remote.send("POST", &path, Some(&body))?;
     protocol::check_status(status, &answer)?;
-    protocol::infer_response(answer)
+    protocol::infer_response(answer, outputs)
 }
 
 impl GuestGraphExecutionContext for Context {
     fn compute(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, errors::Error> {
         let tensors: Vec<(&str, &TensorData)> =
             inputs.iter().map(|(name, t)| (name.as_str(), &t.get::<Tensor>().0)).collect();
-        let outputs = infer_remotely(&self.model, &tensors)?;
+        let outputs = infer_remotely(&self.model, &tensors, &[])?;
         Ok(outputs.into_iter().map(|(name, t)| (name, tensor::Tensor::new(Tensor(t)))).collect())
     }
 }
 
 impl infer::Guest for Provider {
-    /// The request goes out through WASI 0.2's blocking HTTP: calls from one handler instance
-    /// reach the server one at a time.
+    /// The request goes out through WASI 0.2's blocking HTTP: unlike the edgeinfer host's native
+    /// `compute`, the handler's other requests wait for the answer.
     async fn compute(
         model: String,
         inputs: Vec<(String, infer::Tensor)>,
@@ -155,16 +156,14 @@ impl infer::Guest for Provider {
             })
             .collect();
         let tensors: Vec<(&str, &TensorData)> = inputs.iter().map(|(name, t)| (name.as_str(), t)).collect();
-        let computed = infer_remotely(&model, &tensors).map_err(|e| infer_error(e.get::<Error>()))?;
-        if let Some(missing) = outputs.iter().find(|name| !computed.iter().any(|(n, _)| n == *name)) {
-            return Err(infer::Error::InvalidArgument(format!("model {model:?} has no output {missing:?}")));
-        }
+        let computed =
+            infer_remotely(&model, &tensors, &outputs).map_err(|e| infer_error(e.get::<Error>()))?;
         Ok(computed
             .into_iter()
-            .filter(|(name, _)| outputs.is_empty() || outputs.contains(name))
             .map(|(name, t)| {
                 let ty = infer_type(protocol::tensor_type(t.ty));
-                (name, infer::Tensor { dimensions: t.shape, ty, data: t.bytes.to_vec() })
+                // Decoded from JSON into bytes of their own: handed on without a copy.
+                (name, infer::Tensor { dimensions: t.shape, ty, data: Vec::from(t.bytes) })
             })
             .collect())
     }

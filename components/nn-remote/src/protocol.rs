@@ -1,5 +1,5 @@
 //! The Open Inference Protocol as this provider speaks it: the host's own JSON codec
-//! (`edgeinfer-tensor`) for tensors, and the server's error answers as wasi:nn errors.
+//! (`edgeinfer-tensor`) for tensors, and the server's error answers as wasi:nn errors (turned into infer's in lib.rs).
 
 use edgeinfer_tensor::{ElementType, TensorData, kserve};
 use serde_json::Value;
@@ -35,20 +35,24 @@ pub fn tensor_type(ty: ElementType) -> TensorType {
     }
 }
 
-/// The body of `POST /v2/models/{name}/infer`.
-pub fn infer_request(inputs: &[(&str, &TensorData)]) -> Result<Vec<u8>, errors::Error> {
-    kserve::encode_request(inputs).map_err(|m| Error::new(ErrorCode::InvalidArgument, m))
+/// The body of `POST /v2/models/{name}/infer`, asking for the `outputs` named (every output when
+/// none is).
+pub fn infer_request(inputs: &[(&str, &TensorData)], outputs: &[String]) -> Result<Vec<u8>, errors::Error> {
+    kserve::encode_request(inputs, outputs).map_err(|m| Error::new(ErrorCode::InvalidArgument, m))
 }
 
-/// The outputs of an inference answer, as tensors.
-pub fn infer_response(body: Vec<u8>) -> Result<Vec<(String, TensorData)>, errors::Error> {
+/// The `wanted` outputs of an inference answer (every output when none is named), as tensors.
+pub fn infer_response(body: Vec<u8>, wanted: &[String]) -> Result<Vec<(String, TensorData)>, errors::Error> {
     let outputs = kserve::decode_response(&body.into(), None).map_err(|m| {
         Error::new(ErrorCode::RuntimeError, format!("unexpected answer from the server: {m}"))
     })?;
+    // A server may answer more than it was asked for.
+    let outputs = edgeinfer_tensor::select_outputs(outputs, wanted)
+        .map_err(|m| Error::new(ErrorCode::InvalidArgument, m))?;
     match outputs.iter().find(|(_, t)| t.ty == ElementType::Bytes) {
         Some((name, _)) => Err(Error::new(
             ErrorCode::InvalidArgument,
-            format!("output {name:?} is BYTES (strings), which wasi:nn tensors cannot carry"),
+            format!("output {name:?} is BYTES (strings), which wasi:nn and infer tensors cannot carry"),
         )),
         None => Ok(outputs),
     }
@@ -64,8 +68,8 @@ pub fn check_status(status: u16, body: &[u8]) -> Result<(), errors::Error> {
         .as_ref()
         .and_then(|v| v["error"].as_str().map(String::from))
         .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect());
-    // A full queue on the server: said as the host's own wasi:nn says it, so that the handler
-    // answers 503 Overloaded too.
+    // A full queue on the server: said with the `overloaded:` prefix, which lib.rs turns into
+    // infer's `overloaded`, so that the handler answers 503 Overloaded too.
     if status == 503 && answer.as_ref().is_some_and(|v| v["error_type"] == "Overloaded") {
         return Err(Error::new(
             ErrorCode::RuntimeError,

@@ -27,7 +27,7 @@ impl ApiError {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Validation", error)
     }
 
-    /// The inference backend (wasi:nn) failed (500).
+    /// The model (edgeinfer:nn/infer) refused or failed (500).
     pub fn backend(error: String) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Backend", error)
     }

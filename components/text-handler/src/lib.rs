@@ -424,7 +424,8 @@ impl Inference {
 }
 
 /// Something an instance builds once and reuses across requests (a model, a classifier). Only
-/// success is kept: after a failure (say, the model was unavailable) the next request tries again.
+/// success is kept: after a failure (say, a file missing) the next request tries again. `init` is
+/// synchronous, so concurrent requests of one instance never build it twice.
 pub struct Reused<T>(RefCell<Option<Rc<T>>>);
 
 impl<T> Reused<T> {

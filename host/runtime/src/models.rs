@@ -1,4 +1,4 @@
-//! wasi:nn's models are the registry's: a guest's graph is a model slot, whose serving graph is
+//! The models of wasi:nn and edgeinfer:nn are the registry's: a guest's graph is a model slot, whose serving graph is
 //! looked up at each compute (so a reloaded model serves handles taken before the reload), and
 //! every compute goes through the model's batcher.
 
@@ -13,7 +13,7 @@ use edgeinfer_engine::engines::EngineError;
 use edgeinfer_engine::registry::{GraphRegistry, ModelSlot};
 use edgeinfer_wasi_nn::{ComputeFuture, Model, ModelError, ModelProvider, Tensors};
 
-/// The registry as wasi:nn's model provider.
+/// The registry as the model provider of wasi:nn and edgeinfer:nn.
 pub struct RegistryModels(pub Arc<GraphRegistry>);
 
 impl ModelProvider for RegistryModels {

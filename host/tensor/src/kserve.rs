@@ -248,18 +248,25 @@ pub fn decode_response(
     Ok(outputs)
 }
 
-/// Encodes an inference request over `inputs` in JSON; fails on a tensor whose bytes do not fit
-/// its shape.
-pub fn encode_request(inputs: &[(&str, &TensorData)]) -> Result<Vec<u8>, String> {
+/// Encodes an inference request over `inputs` in JSON, asking for the `outputs` named (every
+/// output when none is); fails on a tensor whose bytes do not fit its shape.
+pub fn encode_request(inputs: &[(&str, &TensorData)], outputs: &[String]) -> Result<Vec<u8>, String> {
     for (name, tensor) in inputs {
         tensor.validate().map_err(|e| format!("input {name:?}: {e}"))?;
     }
     #[derive(Serialize)]
+    struct OutputOut<'a> {
+        name: &'a str,
+    }
+    #[derive(Serialize)]
     struct RequestOut<'a> {
         inputs: Vec<TensorJson<'a>>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        outputs: Vec<OutputOut<'a>>,
     }
     let inputs = inputs.iter().map(|(name, tensor)| TensorJson::new(name, tensor, false)).collect();
-    Ok(serde_json::to_vec(&RequestOut { inputs }).expect("tensors serialise"))
+    let outputs = outputs.iter().map(|name| OutputOut { name }).collect();
+    Ok(serde_json::to_vec(&RequestOut { inputs, outputs }).expect("tensors serialise"))
 }
 
 /// An encoded response body: the JSON header, then the binary outputs' bytes if any.
@@ -688,8 +695,12 @@ mod tests {
             ),
         ];
         let named: Vec<(&str, &TensorData)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        let request = decode_request(&encode_request(&named).unwrap().into(), None).unwrap();
+        let request = decode_request(&encode_request(&named, &[]).unwrap().into(), None).unwrap();
         assert_eq!(request.inputs, tensors, "a request carries every type exactly");
+        assert_eq!(request.outputs, None, "no outputs named: every output");
+        let asked = decode_request(&encode_request(&named, &["bf16".into()]).unwrap().into(), None).unwrap();
+        let names: Vec<String> = asked.outputs.unwrap().into_iter().map(|o| o.name).collect();
+        assert_eq!(names, ["bf16"]);
         let json: Vec<(&str, &TensorData, bool)> = named.iter().map(|&(n, t)| (n, t, false)).collect();
         let response = encode_response("m", Some("id-1"), &json);
         assert_eq!(response.header_length, None);
@@ -758,7 +769,7 @@ mod tests {
     #[test]
     fn a_tensor_whose_bytes_do_not_fit_is_not_sent() {
         let bad = TensorData::new(vec![2], ElementType::I64, vec![0; 9]);
-        let e = encode_request(&[("ids", &bad)]).unwrap_err();
+        let e = encode_request(&[("ids", &bad)], &[]).unwrap_err();
         assert!(e.contains("input \"ids\"") && e.contains("needs 16 bytes, got 9"), "{e}");
     }
 

@@ -118,6 +118,15 @@ impl TensorData {
     }
 }
 
+/// The outputs a caller asked for, by name, in the model's order (every output when it named
+/// none); the error names an output the model does not have.
+pub fn select_outputs<T>(computed: Vec<(String, T)>, wanted: &[String]) -> Result<Vec<(String, T)>, String> {
+    if let Some(missing) = wanted.iter().find(|name| !computed.iter().any(|(n, _)| n == *name)) {
+        return Err(format!("the model has no output {missing:?}"));
+    }
+    Ok(computed.into_iter().filter(|(name, _)| wanted.is_empty() || wanted.contains(name)).collect())
+}
+
 /// The elements of a `Bytes` tensor's bytes (each after its 4-byte little-endian length); the error
 /// says where the layout breaks.
 pub fn byte_strings(bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
@@ -168,6 +177,16 @@ pub fn encode_byte_strings<'a>(elements: impl IntoIterator<Item = &'a [u8]>) -> 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn outputs_are_selected_by_name_in_the_model_s_order() {
+        let computed = || vec![("a".to_string(), 1), ("b".to_string(), 2), ("c".to_string(), 3)];
+        assert_eq!(super::select_outputs(computed(), &[]).unwrap().len(), 3);
+        let picked = super::select_outputs(computed(), &["c".into(), "a".into()]).unwrap();
+        assert_eq!(picked, [("a".to_string(), 1), ("c".to_string(), 3)]);
+        let error = super::select_outputs(computed(), &["d".into()]).unwrap_err();
+        assert!(error.contains("no output \"d\""), "{error}");
+    }
+
     use super::*;
 
     #[test]

@@ -1,11 +1,11 @@
-//! `edgeinfer:nn/infer` (wit/text.wit): the same models and rules as wasi:nn, behind one
+//! `edgeinfer:nn/infer` (wit/deps/edgeinfer-nn/nn.wit): the same models and rules as wasi:nn, behind one
 //! `async func`. A guest's call is lowered asynchronously, so the calling task waits for the
 //! model while its instance takes other requests: one instance serves every request waiting on a
 //! model instead of one instance each.
 
 use wasmtime::component::{Accessor, Linker};
 
-use crate::{ElementType, ModelError, NnStoreView, NnView, TensorData, WasiNn};
+use crate::{Denied, ElementType, ModelError, NnCtx, NnStoreView, NnView, TensorData, WasiNn};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -31,43 +31,40 @@ impl<U> infer::HostWithStore<U> for WasiNn {
         inputs: Vec<(String, Tensor)>,
         outputs: Vec<String>,
     ) -> wasmtime::Result<Result<Vec<(String, Tensor)>, Error>> {
-        let found = store.with(|mut access| {
-            let view = access.get();
-            if !view.ctx.allowed_models.contains(&model) {
-                return Err(Error::Security(format!("model {model:?} is not in this component's ai_models")));
-            }
-            view.ctx.models.model(&model).map_err(error)
-        });
-        let found = match found {
-            Ok(found) => found,
-            Err(e) => return Ok(Err(e)),
-        };
-        // The inputs were lifted into host memory once; the engine takes them without a copy.
-        let inputs = inputs
-            .into_iter()
-            .map(|(name, t)| (name, TensorData::new(t.dimensions, element_type(t.ty), t.data)));
-        let computed = match found.compute(inputs.collect()).await {
-            Ok(computed) => computed,
-            Err(e) => return Ok(Err(error(e))),
-        };
-        if let Some(missing) = outputs.iter().find(|name| !computed.iter().any(|(n, _)| n == *name)) {
-            return Ok(Err(Error::InvalidArgument(format!("model {model:?} has no output {missing:?}"))));
-        }
-        let mut answered =
-            Vec::with_capacity(if outputs.is_empty() { computed.len() } else { outputs.len() });
-        for (name, tensor) in computed {
-            if !outputs.is_empty() && !outputs.contains(&name) {
-                continue;
-            }
-            let Some(ty) = tensor_type(tensor.ty) else {
-                let message = format!("output {name:?} is BYTES (strings), which infer tensors cannot carry");
-                return Ok(Err(Error::InvalidArgument(message)));
-            };
-            // The one copy of an output on its way to the guest.
-            answered.push((name, Tensor { dimensions: tensor.shape, ty, data: tensor.bytes.to_vec() }));
-        }
-        Ok(Ok(answered))
+        // The instance's state is copied out (two `Arc`s): the wait below holds no store access.
+        let ctx = store.with(|mut access| access.get().ctx.clone());
+        Ok(compute(&ctx, &model, inputs, outputs).await)
     }
+}
+
+/// One `compute` call of a component with state `ctx`.
+async fn compute(
+    ctx: &NnCtx,
+    model: &str,
+    inputs: Vec<(String, Tensor)>,
+    outputs: Vec<String>,
+) -> Result<Vec<(String, Tensor)>, Error> {
+    let found = ctx.model(model).map_err(|denied| match denied {
+        Denied::NotInAiModels(message) => Error::Security(message),
+        Denied::Model(e) => error(e),
+    });
+    let found = found.inspect_err(|e| tracing::debug!(?e, "infer error"))?;
+    // The inputs were lifted into host memory once; the engine takes them without a copy.
+    let inputs =
+        inputs.into_iter().map(|(name, t)| (name, TensorData::new(t.dimensions, element_type(t.ty), t.data)));
+    let computed = found.compute(inputs.collect()).await.map_err(error)?;
+    let selected = edgeinfer_tensor::select_outputs(computed, &outputs)
+        .map_err(|m| Error::InvalidArgument(format!("model {model:?}: {m}")))?;
+    selected
+        .into_iter()
+        .map(|(name, tensor)| match tensor_type(tensor.ty) {
+            // The one copy of an output on its way to the guest.
+            Some(ty) => Ok((name, Tensor { dimensions: tensor.shape, ty, data: tensor.bytes.to_vec() })),
+            None => Err(Error::InvalidArgument(format!(
+                "output {name:?} is BYTES (strings), which infer tensors cannot carry"
+            ))),
+        })
+        .collect()
 }
 
 fn error(error: ModelError) -> Error {
@@ -103,4 +100,47 @@ fn tensor_type(ty: ElementType) -> Option<TensorType> {
         ElementType::I64 => TensorType::I64,
         ElementType::Bytes => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use crate::tests::provider;
+
+    fn tensor(bytes: Vec<u8>) -> Tensor {
+        Tensor { dimensions: vec![1, bytes.len() as u32], ty: TensorType::U8, data: bytes }
+    }
+
+    #[tokio::test]
+    async fn compute_runs_a_listed_model_and_answers_the_outputs_asked_for() {
+        let ctx = NnCtx::new(provider(), Arc::new(["echo".to_string()].into()));
+        let inputs = || vec![("a".to_string(), tensor(vec![1, 2])), ("b".to_string(), tensor(vec![3]))];
+        let all = compute(&ctx, "echo", inputs(), vec![]).await.unwrap();
+        let names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a-out", "b-out"]);
+        assert_eq!((all[0].1.dimensions.clone(), all[0].1.data.clone()), (vec![2], vec![1, 2]));
+        let one = compute(&ctx, "echo", inputs(), vec!["b-out".into()]).await.unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!((one[0].0.as_str(), one[0].1.data.clone()), ("b-out", vec![3]));
+        let missing = compute(&ctx, "echo", inputs(), vec!["c-out".into()]).await.unwrap_err();
+        assert!(
+            matches!(&missing, Error::InvalidArgument(m) if m.contains("no output \"c-out\"")),
+            "{missing:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn each_refusal_has_its_case() {
+        let allowed = ["busy", "picky", "broken", "gone"].map(String::from);
+        let ctx = NnCtx::new(provider(), Arc::new(allowed.into()));
+        let call =
+            |model: &'static str| compute(&ctx, model, vec![("x".to_string(), tensor(vec![0]))], vec![]);
+        assert!(matches!(call("echo").await, Err(Error::Security(m)) if m.contains("ai_models")));
+        assert!(matches!(call("busy").await, Err(Error::Overloaded(m)) if m == "queue full"));
+        assert!(matches!(call("picky").await, Err(Error::InvalidArgument(_))));
+        assert!(matches!(call("broken").await, Err(Error::Unavailable(m)) if m.contains("failed to load")));
+        assert!(matches!(call("gone").await, Err(Error::NotFound(_))));
+    }
 }

@@ -83,6 +83,7 @@ pub struct NnError {
 }
 
 /// Per-instance wasi:nn state: the models and which of them this component may load.
+#[derive(Clone)]
 pub struct NnCtx {
     models: Arc<dyn ModelProvider>,
     allowed_models: Arc<BTreeSet<String>>,
@@ -93,6 +94,24 @@ impl NnCtx {
     pub fn new(models: Arc<dyn ModelProvider>, allowed_models: Arc<BTreeSet<String>>) -> NnCtx {
         NnCtx { models, allowed_models }
     }
+
+    /// The model `name`, when the component's `ai_models` lists it.
+    fn model(&self, name: &str) -> Result<Arc<dyn Model>, Denied> {
+        if !self.allowed_models.contains(name) {
+            return Err(Denied::NotInAiModels(format!(
+                "model {name:?} is not in this component's ai_models"
+            )));
+        }
+        self.models.model(name).map_err(Denied::Model)
+    }
+}
+
+/// Why a component cannot have a model.
+enum Denied {
+    /// The component's `ai_models` does not list it.
+    NotInAiModels(String),
+    /// The provider has no such model, or it cannot serve.
+    Model(ModelError),
 }
 
 /// What the wasi:nn host functions see of the store.
@@ -152,13 +171,10 @@ impl graph::Host for NnView<'_> {
     }
 
     fn load_by_name(&mut self, name: String) -> NnResult<Resource<GraphHandle>> {
-        if !self.ctx.allowed_models.contains(&name) {
-            return self
-                .error(ErrorCode::Security, format!("model {name:?} is not in this component's ai_models"));
-        }
-        match self.ctx.models.model(&name) {
+        match self.ctx.model(&name) {
             Ok(model) => Ok(Ok(self.table.push(GraphHandle(model))?)),
-            Err(e) => self.model_error(e),
+            Err(Denied::NotInAiModels(message)) => self.error(ErrorCode::Security, message),
+            Err(Denied::Model(e)) => self.model_error(e),
         }
     }
 }

@@ -38,6 +38,11 @@ impl Model for FakeModel {
 
 struct Provider(Arc<FakeModels>);
 
+/// The fake models as a provider.
+pub(crate) fn provider() -> Arc<dyn ModelProvider> {
+    Arc::new(Provider(Arc::new(FakeModels::default())))
+}
+
 impl ModelProvider for Provider {
     fn model(&self, name: &str) -> Result<Arc<dyn Model>, ModelError> {
         let name = match name {

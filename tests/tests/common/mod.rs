@@ -203,7 +203,7 @@ pub fn max_difference(a: &Value, b: &Value) -> f32 {
     a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
-/// An app whose handlers get wasi:nn from nn-remote (at `via`, a base URL) answers `/embed`,
+/// An app whose handlers get their model from nn-remote (at `via`, a base URL) answers `/embed`,
 /// `/predict` and the 422 contract as the model host it forwards to (`direct`) does.
 pub fn assert_answers_like_the_model_host(via: &str, direct: &Host) {
     let texts = serde_json::json!([
