@@ -18,6 +18,11 @@ static SERIAL: Mutex<()> = Mutex::new(());
 /// The default app with a batching window of `window_ms` (concurrent requests surely wait
 /// together), and the pool's settings spelled out: `instance_concurrency` requests per instance.
 fn host(window_ms: u64, instance_concurrency: usize) -> Host {
+    host_with(window_ms, instance_concurrency, "")
+}
+
+/// As `host`, with more `[component.embed]` settings.
+fn host_with(window_ms: u64, instance_concurrency: usize, settings: &str) -> Host {
     let config = std::fs::read_to_string(repo_root().join("runtime-config/local.toml")).unwrap();
     assert!(
         config.contains("max_queue_delay_us = 0"),
@@ -26,10 +31,10 @@ fn host(window_ms: u64, instance_concurrency: usize) -> Host {
     let config = config
         .replace("max_queue_delay_us = 0", &format!("max_queue_delay_us = {}", window_ms * 1000))
         + &format!(
-            "\n[component.embed]\nwarm_instances = 2\nsurplus_idle_ms = 2000\ninstance_concurrency = {instance_concurrency}\n"
+            "\n[component.embed]\nwarm_instances = 2\nsurplus_idle_ms = 2000\ninstance_concurrency = {instance_concurrency}\n{settings}\n"
         );
     let path =
-        repo_root().join(format!(".test-instances-{}-{instance_concurrency}.toml", std::process::id()));
+        repo_root().join(format!(".test-instances-{}-{window_ms}-{instance_concurrency}.toml", std::process::id()));
     std::fs::write(&path, config).unwrap();
     let host =
         Host::start(&repo_root().join("spin.toml"), &["--runtime-config-file", path.to_str().unwrap()]);
@@ -157,4 +162,24 @@ fn a_burst_s_surplus_instances_are_released_and_warm_ones_stay() {
     let (created_after, live_after, _) = instances(&host);
     assert_eq!(created_after, created_before, "a warm instance answered");
     assert_eq!(live_after, 2.0);
+}
+
+#[test]
+fn at_max_instances_requests_wait_for_a_busy_instance() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // Two requests per instance and at most three instances: 16 clients need more, and wait.
+    let host = host_with(50, 2, "max_instances = 3");
+    embed(&host, "warm up");
+    burst(&host);
+    let (created, live, _) = instances(&host);
+    let text = client().get(host.url("/metrics")).send().unwrap().text().unwrap();
+    let waits: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("edgeinfer_instance_waits_total{") && l.contains("component=\"embed\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    eprintln!("16 clients, max_instances 3: {created} created, {live} live, {waits} waits for an instance");
+    // `burst` asserts every answer is 200: no request was lost or refused while waiting.
+    assert!(created <= 3.0 && live <= 3.0, "{created} created, {live} live");
+    assert!(waits >= 1.0, "the burst needed more than 3 instances: some requests waited ({waits})");
 }

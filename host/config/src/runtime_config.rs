@@ -109,6 +109,11 @@ pub struct ComponentLimits {
     /// every live one is busy running guest code or full. A `fuel` budget makes it 1.
     #[serde(default = "default_instance_concurrency")]
     pub instance_concurrency: usize,
+    /// Most live instances. When all are busy a request waits for one rather than creating
+    /// another. Default: `max_concurrent_requests / instance_concurrency` (rounded up) plus one
+    /// per core.
+    #[serde(default)]
+    pub max_instances: Option<usize>,
 }
 
 impl Default for ComponentLimits {
@@ -123,6 +128,7 @@ impl Default for ComponentLimits {
             warm_instances: default_warm_instances(),
             surplus_idle_ms: default_surplus_idle_ms(),
             instance_concurrency: default_instance_concurrency(),
+            max_instances: None,
         }
     }
 }
@@ -492,9 +498,10 @@ impl RuntimeConfig {
                 || limits.request_timeout_ms == 0
                 || limits.max_concurrent_requests == 0
                 || limits.instance_concurrency == 0
+                || limits.max_instances == Some(0)
             {
                 bail!(
-                    "component {name}: max_request_body_bytes, request_timeout_ms, max_concurrent_requests and instance_concurrency must be at least 1"
+                    "component {name}: max_request_body_bytes, request_timeout_ms, max_concurrent_requests, instance_concurrency and max_instances must be at least 1"
                 );
             }
             if limits.max_memory_bytes > MAX_MEMORY_BYTES {

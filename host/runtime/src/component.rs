@@ -9,12 +9,12 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result, bail};
 use wasmtime::Engine;
 use wasmtime::component::Linker;
-use wasmtime_wasi_http::handler::{ProxyHandler, ProxyPre};
+use wasmtime_wasi_http::handler::{InstantiationError, ProxyHandler, ProxyPre};
 
 use crate::admission::Admission;
 use crate::compile::CompileCache;
 use crate::compose::{compose_component, read_source};
-use crate::instance::{ComponentHandler, InstanceSpec, InstanceState, ReusePolicy, WarmPool};
+use crate::instance::{ComponentHandler, InstanceSpec, InstanceState, PoolFull, RequestTicket, ReusePolicy, WarmPool};
 use crate::openapi::api_description;
 use crate::outbound::AllowedHost;
 use edgeinfer_config::manifest::{Component, Manifest};
@@ -37,6 +37,41 @@ pub struct LoadedComponent {
     /// The component's own part of the OpenAPI document (its `edgeinfer:openapi` custom
     /// section): paths relative to its route, and the schemas they use.
     pub openapi: Option<serde_json::Value>,
+}
+
+impl LoadedComponent {
+    /// Runs the component on `request`. While the pool is at `max_instances` and every instance is
+    /// busy, the request waits for one to take it instead of failing.
+    pub async fn handle(
+        &self,
+        mut ticket: RequestTicket,
+        mut request: wasmtime_wasi_http::handler::Request,
+    ) -> wasmtime::Result<wasmtime_wasi_http::handler::Response> {
+        let mut pause = Duration::from_micros(250);
+        loop {
+            let error = match self.handler.handle(ticket, request).await {
+                Err(error) if error.is::<InstantiationError<RequestTicket>>() => error,
+                answered => return answered,
+            };
+            let refused = error.downcast::<InstantiationError<RequestTicket>>().expect("checked above");
+            if !refused.error.is::<PoolFull>() {
+                return Err(wasmtime::Error::new(refused));
+            }
+            ticket = refused.request_data;
+            request = refused.request.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
+            // An instance turns available again as soon as its requests wait on I/O or the model.
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(4));
+        }
+    }
+}
+
+/// The most live instances of a component: `max_instances`, by default enough instances for
+/// `max_concurrent_requests` at `per_instance` each, plus one per core (instances busy running
+/// guest code take no more requests).
+fn max_instances(limits: &ComponentLimits, per_instance: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    limits.max_instances.unwrap_or(limits.max_concurrent_requests.div_ceil(per_instance) + cores)
 }
 
 /// What building a version of a component needs, kept so that versions can be built while the
@@ -154,7 +189,7 @@ fn load_component(
             ..ReusePolicy::default()
         },
         instances_created: AtomicU64::new(0),
-        pool: Arc::new(WarmPool::new(limits.warm_instances)),
+        pool: Arc::new(WarmPool::new(limits.warm_instances, max_instances(&limits, max_concurrent))),
     });
     tracing::info!(component = id, version = %&version[..12], compile_cache = ?outcome, "component ready");
     let admission = Admission::new(id, limits.max_concurrent_requests, limits.max_queued_requests);

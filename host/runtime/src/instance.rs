@@ -336,8 +336,23 @@ pub struct ComponentHandler {
 /// released quickly down to `warm` live ones, which stay for the idle timeout.
 pub struct WarmPool {
     warm: usize,
+    /// Most live instances.
+    max: usize,
     counts: std::sync::Mutex<PoolCounts>,
 }
+
+/// Why no instance was created: the pool holds its most live instances, all of them busy. The
+/// request waits for one of them (`LoadedComponent::handle`).
+#[derive(Debug)]
+pub struct PoolFull;
+
+impl std::fmt::Display for PoolFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the component has its most live instances (max_instances), all busy")
+    }
+}
+
+impl std::error::Error for PoolFull {}
 
 /// Updated together, so that racing instances never see one without the other.
 #[derive(Default)]
@@ -348,9 +363,9 @@ struct PoolCounts {
 }
 
 impl WarmPool {
-    /// A pool not shrunk below `warm` live instances.
-    pub fn new(warm: usize) -> WarmPool {
-        WarmPool { warm, counts: Default::default() }
+    /// A pool not shrunk below `warm` live instances, nor grown past `max`.
+    pub fn new(warm: usize, max: usize) -> WarmPool {
+        WarmPool { warm, max, counts: Default::default() }
     }
 
     fn counts(&self) -> std::sync::MutexGuard<'_, PoolCounts> {
@@ -358,8 +373,14 @@ impl WarmPool {
         self.counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn created(&self) {
-        self.counts().live += 1;
+    /// Counts an instance about to be created, unless the pool is at `max`.
+    fn reserve(&self) -> bool {
+        let mut counts = self.counts();
+        let room = counts.live < self.max;
+        if room {
+            counts.live += 1;
+        }
+        room
     }
 
     /// Takes one instance beyond `warm` out of the pool, if there is one: true when the caller
@@ -389,10 +410,18 @@ impl HandlerState for ComponentHandler {
 
     async fn instantiate(&self) -> wasmtime::Result<Instance<InstanceState, Expiration, Worker>> {
         let started = Instant::now();
-        let mut store = self.spec.new_store(&self.engine).map_err(wasmtime::Error::from_anyhow)?;
-        let proxy = self.pre.instantiate_async(&mut store).await?;
+        if !self.pool.reserve() {
+            metrics::counter!("edgeinfer_instance_waits_total", "component" => self.spec.component_id.clone())
+                .increment(1);
+            return Err(wasmtime::Error::new(PoolFull));
+        }
+        let instance = async {
+            let mut store = self.spec.new_store(&self.engine).map_err(wasmtime::Error::from_anyhow)?;
+            let proxy = self.pre.instantiate_async(&mut store).await?;
+            Ok::<_, wasmtime::Error>((store, proxy))
+        };
+        let (store, proxy) = instance.await.inspect_err(|_: &wasmtime::Error| self.pool.dropped(false))?;
         let number = self.instances_created.fetch_add(1, Ordering::Relaxed) + 1;
-        self.pool.created();
         let left = Arc::new(AtomicBool::new(false));
         let component = self.spec.component_id.clone();
         metrics::counter!("edgeinfer_instances_created_total", "component" => component.clone()).increment(1);

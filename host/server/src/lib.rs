@@ -410,7 +410,7 @@ async fn to_component(
     let handled = async {
         let _slot = component.admission.admit().await?;
         *queued = waiting.elapsed();
-        Some(component.handler.handle(ticket, req).await)
+        Some(component.handle(ticket, req).await)
     };
     let Ok(result) = tokio::time::timeout(deadline, handled).await else {
         if queued.is_zero() {

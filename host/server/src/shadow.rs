@@ -146,7 +146,7 @@ async fn run(
         let _slot = shadow.admission.admit().await?;
         // A shadow's trap cause is not reported: its outcome is counted as failed.
         let (ticket, _) = edgeinfer_runtime::instance::RequestTicket::new(number | SHADOW_REQUEST);
-        shadow.handler.handle(ticket, request).await.ok()
+        shadow.handle(ticket, request).await.ok()
     })
     .await;
     let Ok(Some(response)) = answered else {
