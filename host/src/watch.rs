@@ -103,12 +103,14 @@ fn watched(app: &App) -> Result<Vec<Watched>> {
 pub fn start(app: Arc<App>) -> Result<Vec<String>> {
     let watched = watched(&app)?;
     let names = watched.iter().map(|w| w.component.clone()).collect();
-    tokio::spawn(poll(app, watched));
+    // The baseline is taken here, before the host says it is watching, not when the task first
+    // runs: on a busy machine that can be after a change, which would then never be seen.
+    let seen = watched.iter().map(Watched::snapshot).collect();
+    tokio::spawn(poll(app, watched, seen));
     Ok(names)
 }
 
-async fn poll(app: Arc<App>, watched: Vec<Watched>) {
-    let mut seen: Vec<Snapshot> = watched.iter().map(Watched::snapshot).collect();
+async fn poll(app: Arc<App>, watched: Vec<Watched>, mut seen: Vec<Snapshot>) {
     // A change waiting for its files to settle: the snapshot it was seen with.
     let mut pending: BTreeMap<usize, Snapshot> = BTreeMap::new();
     loop {
