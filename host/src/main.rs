@@ -50,7 +50,7 @@ enum Command {
     /// promote, abort, roll back.
     #[command(subcommand)]
     Deploy(deploy::DeployAction),
-    /// Export a Hugging Face BERT-family checkpoint (safetensors) to ONNX, without PyTorch.
+    /// Export a Hugging Face BERT-family or MPNet checkpoint (safetensors) to ONNX, without PyTorch.
     Export(ExportArgs),
     /// Push the app to an OCI registry in Spin's format (`spin up -f REF` runs it too), or pull
     /// one (ours or `spin registry push`'s) into the cache. `up -f REF` pulls and serves.

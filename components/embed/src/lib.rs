@@ -32,7 +32,8 @@ thread_local! {
 
 /// The cross-encoder `/rerank` uses: `RERANK_MODEL` (a model of `ai_models` whose
 /// `RERANK_OUTPUT`, default `logits`, is `[pairs, 1]`), with `RERANK_TOKENIZER_PATH` (default: the
-/// embedding model's tokenizer) and `RERANK_MAX_INPUT_TOKENS` (default `MAX_INPUT_TOKENS`).
+/// embedding model's tokenizer), `RERANK_MAX_INPUT_TOKENS` (default `MAX_INPUT_TOKENS`) and
+/// `RERANK_TOKEN_TYPES` (default true: whether it takes `token_type_ids`).
 fn reranker() -> Result<Option<Rc<TextModel>>, ApiError> {
     let model = text_handler::var("RERANK_MODEL", "");
     if model.is_empty() {
@@ -47,6 +48,7 @@ fn reranker() -> Result<Option<Rc<TextModel>>, ApiError> {
             .parse()
             .unwrap_or(embedding.max_input_tokens),
         max_batch_inputs: embedding.max_batch_inputs,
+        token_types: text_handler::var("RERANK_TOKEN_TYPES", "true") != "false",
     };
     RERANKER.with(|reranker| reranker.get_or_try_init(|| TextModel::load(settings))).map(Some)
 }

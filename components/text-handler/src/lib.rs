@@ -46,6 +46,9 @@ pub struct Settings {
     pub max_input_tokens: u32,
     /// Most inputs accepted in one request (`MAX_BATCH_INPUTS`).
     pub max_batch_inputs: usize,
+    /// Whether the model takes `token_type_ids` (`MODEL_TOKEN_TYPES`, default true): BERT-family
+    /// models do, MPNet and RoBERTa-family models do not.
+    pub token_types: bool,
 }
 
 impl Settings {
@@ -57,6 +60,7 @@ impl Settings {
             output: var("MODEL_OUTPUT", default_output),
             max_input_tokens: var("MAX_INPUT_TOKENS", "256").parse().unwrap_or(256),
             max_batch_inputs: var("MAX_BATCH_INPUTS", "32").parse().unwrap_or(32),
+            token_types: var("MODEL_TOKEN_TYPES", "true") != "false",
         }
     }
 }
@@ -231,12 +235,11 @@ impl TextModel {
         let dims = [batch, seq];
         let ids = int64_tensor(&dims, encodings.iter().flat_map(|e| e.ids.iter()));
         let mask = int64_tensor(&dims, encodings.iter().flat_map(|e| e.attention_mask.iter()));
-        let types = int64_tensor(&dims, encodings.iter().flat_map(|e| e.type_ids.iter()));
-        let inputs = vec![
-            ("input_ids".to_string(), ids),
-            ("attention_mask".to_string(), mask),
-            ("token_type_ids".to_string(), types),
-        ];
+        let mut inputs = vec![("input_ids".to_string(), ids), ("attention_mask".to_string(), mask)];
+        if self.settings.token_types {
+            let types = int64_tensor(&dims, encodings.iter().flat_map(|e| e.type_ids.iter()));
+            inputs.push(("token_type_ids".to_string(), types));
+        }
         let model = &self.settings.model;
         let output = &self.settings.output;
         let outputs = infer::compute(model.clone(), inputs, vec![output.clone()]).await.map_err(|e| {

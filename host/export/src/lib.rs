@@ -1,10 +1,11 @@
-//! `edgeinfer export`: a Hugging Face BERT-family checkpoint (config.json + model.safetensors) to
-//! ONNX (opset 17, standard operators), with no PyTorch. Optionally adds sentence pooling and a
+//! `edgeinfer export`: a Hugging Face BERT-family or MPNet checkpoint (config.json +
+//! model.safetensors) to ONNX (opset 17, standard operators), with no PyTorch. Optionally adds sentence pooling and a
 //! classification head: the checkpoint's own (`BertForSequenceClassification`) or a scikit-learn
 //! linear classifier saved with joblib over the pooled sentence embedding.
 
 mod bert;
 pub mod joblib;
+mod mpnet;
 mod proto;
 
 use std::path::{Path, PathBuf};
@@ -72,19 +73,24 @@ pub fn export(options: &ExportOptions) -> Result<ExportReport> {
     let normalize = options.normalize.unwrap_or(st_normalize);
 
     let mut g = GraphBuilder::default();
-    let hidden_states = bert::encoder(&mut g, &config, &weights)?;
+    // MPNet has no token types: its graph takes input_ids and attention_mask only (handlers are
+    // told with MODEL_TOKEN_TYPES = "false").
+    let (hidden_states, input_names) = if config.model_type == "mpnet" {
+        (mpnet::encoder(&mut g, &config, &weights)?, &["input_ids", "attention_mask"][..])
+    } else {
+        (bert::encoder(&mut g, &config, &weights)?, &["input_ids", "attention_mask", "token_type_ids"][..])
+    };
     let hidden = config.hidden_size;
     let batch_seq = [Dim::Named("batch"), Dim::Named("sequence")];
-    let inputs = ["input_ids", "attention_mask", "token_type_ids"]
-        .iter()
-        .map(|name| value_info(name, INT64, &batch_seq))
-        .collect();
+    let inputs = input_names.iter().map(|name| value_info(name, INT64, &batch_seq)).collect();
     let mut metadata = vec![
         ("edgeinfer.pooling".to_string(), format!("{pooling:?}").to_lowercase()),
         ("edgeinfer.normalize".to_string(), normalize.to_string()),
     ];
 
     let head_kind = match &options.head {
+        // MPNet's own classification head (dense, tanh, out_proj) is not BERT's; not exported.
+        Head::Auto if config.model_type == "mpnet" => HeadKind::None,
         Head::Auto if weights.has("classifier.weight", true) => HeadKind::Checkpoint,
         Head::Auto | Head::None => HeadKind::None,
         Head::Sklearn(path) => HeadKind::Sklearn(path.clone()),
