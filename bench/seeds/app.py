@@ -2,6 +2,9 @@
 serving the same POST /embed contract on the same model file as edgeinfer's default app.
 
     MODEL_DIR=models/all-minilm-l6-v2 uvicorn app:app --app-dir bench/seeds --port 3200
+
+MAX_TOKENS (default 256) is where inputs are cut; token_type_ids are fed only to a model that takes
+them (all-mpnet-base-v2 does not).
 """
 import os
 
@@ -13,7 +16,7 @@ from pydantic import BaseModel
 from tokenizers import Tokenizer
 
 MODEL_DIR = os.environ.get("MODEL_DIR", "models/all-minilm-l6-v2")
-MAX_TOKENS = 256
+MAX_TOKENS = int(os.environ.get("MAX_TOKENS", "256"))
 
 options = ort.SessionOptions()
 options.intra_op_num_threads = int(os.environ.get("INTRA_THREADS", "2"))
@@ -27,8 +30,11 @@ else:
 session = ort.InferenceSession(os.path.join(MODEL_DIR, "model.onnx"), options, providers=providers)
 if DEVICE.startswith("cuda:") and "CUDAExecutionProvider" not in session.get_providers():
     raise SystemExit(f"the CUDA execution provider did not register: {session.get_providers()}")
+TOKEN_TYPES = any(i.name == "token_type_ids" for i in session.get_inputs())
 tokenizer = Tokenizer.from_file(os.path.join(MODEL_DIR, "tokenizer.json"))
-tokenizer.enable_padding()
+# Pad to the longest text with the file's own padding token ([PAD] 0 for BERT, <pad> 1 for MPNet).
+padding = tokenizer.padding or {}
+tokenizer.enable_padding(pad_id=padding.get("pad_id", 0), pad_token=padding.get("pad_token", "[PAD]"))
 tokenizer.enable_truncation(MAX_TOKENS)
 
 app = FastAPI(title="seeds /embed")
@@ -47,8 +53,10 @@ def embed(request: EmbedRequest):
     encodings = tokenizer.encode_batch(texts)
     ids = np.array([e.ids for e in encodings], dtype=np.int64)
     mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-    types = np.array([e.type_ids for e in encodings], dtype=np.int64)
-    (hidden,) = session.run(["last_hidden_state"], {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    if TOKEN_TYPES:
+        feeds["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
+    (hidden,) = session.run(["last_hidden_state"], feeds)
     weights = mask[:, :, None].astype(np.float32)
     pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
     if request.normalize:

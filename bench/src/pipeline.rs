@@ -13,7 +13,7 @@ use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
 /// Where the model and ONNX Runtime are (as `edgeinfer fetch` put them).
 #[derive(clap::Args, Clone)]
 pub struct ModelArgs {
-    /// ONNX model with inputs input_ids, attention_mask, token_type_ids.
+    /// ONNX model with inputs input_ids, attention_mask and, where it has them, token_type_ids.
     #[arg(long, default_value = "models/all-minilm-l6-v2/model.onnx")]
     pub model: PathBuf,
     /// Hugging Face tokenizer.json of the model.
@@ -58,10 +58,16 @@ pub fn session(args: &ModelArgs) -> Result<Session> {
         .map_err(|e| anyhow!("cannot load {}: {e}", args.model.display()))
 }
 
-/// The tokenizer padding to the longest text of a batch, truncating at `max_tokens`.
+/// The tokenizer padding to the longest text of a batch (with the file's padding token: `[PAD]`
+/// 0 for BERT, `<pad>` 1 for MPNet), truncating at `max_tokens`.
 pub fn tokenizer(path: &Path, max_tokens: usize) -> Result<Tokenizer> {
     let mut tokenizer = Tokenizer::from_file(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
-    tokenizer.with_padding(Some(PaddingParams::default()));
+    let padding = tokenizer.get_padding().cloned().unwrap_or_default();
+    tokenizer.with_padding(Some(PaddingParams {
+        strategy: tokenizers::PaddingStrategy::BatchLongest,
+        pad_to_multiple_of: None,
+        ..padding
+    }));
     tokenizer
         .with_truncation(Some(TruncationParams { max_length: max_tokens, ..Default::default() }))
         .map_err(|e| anyhow!("{e}"))?;
@@ -93,15 +99,19 @@ pub fn encode(tokenizer: &Tokenizer, texts: &[String]) -> Result<Batch> {
     })
 }
 
-/// Runs the model on `batch`; returns last_hidden_state flattened and its hidden size.
+/// Runs the model on `batch`; returns its first output (last_hidden_state) flattened and its
+/// hidden size. token_type_ids go in only where the model takes them (MPNet does not).
 pub fn run(session: &mut Session, batch: &Batch) -> Result<(Vec<f32>, usize)> {
     let shape = vec![batch.rows as i64, batch.width as i64];
     let input = |v: &Vec<i64>| Tensor::from_array((shape.clone(), v.clone())).map_err(|e| anyhow!("{e}"));
-    let inputs = ort::inputs![
+    let token_types = session.inputs().iter().any(|i| i.name() == "token_type_ids");
+    let mut inputs = ort::inputs![
         "input_ids" => input(&batch.ids)?,
         "attention_mask" => input(&batch.mask)?,
-        "token_type_ids" => input(&batch.type_ids)?,
     ];
+    if token_types {
+        inputs.extend(ort::inputs!["token_type_ids" => input(&batch.type_ids)?]);
+    }
     let outputs = session.run(inputs).map_err(|e| anyhow!("{e}"))?;
     let (shape, data) = outputs[0].try_extract_tensor::<f32>().map_err(|e| anyhow!("{e}"))?;
     let hidden = *shape.last().context("output has no dimensions")? as usize;
