@@ -4,8 +4,7 @@ use wasip2::http::outgoing_handler;
 use wasip2::http::types::{Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
 use wasip2::io::streams::StreamError;
 
-use crate::Error;
-use crate::exports::wasi::nn::errors::{self, ErrorCode};
+use crate::{Failure, RemoteError};
 
 /// The server, from the environment.
 pub struct Remote {
@@ -17,12 +16,16 @@ pub struct Remote {
 
 impl Remote {
     /// Reads `NN_REMOTE_URL` and `NN_REMOTE_TOKEN`.
-    pub fn from_env() -> Result<Remote, errors::Error> {
+    pub fn from_env() -> Result<Remote, RemoteError> {
         let url = std::env::var("NN_REMOTE_URL").map_err(|_| {
-            Error::new(ErrorCode::InvalidArgument, "NN_REMOTE_URL is not set (the server to run models on)")
+            RemoteError::new(
+                Failure::InvalidArgument,
+                "NN_REMOTE_URL is not set (the server to run models on)",
+            )
         })?;
-        let invalid =
-            || Error::new(ErrorCode::InvalidArgument, format!("NN_REMOTE_URL {url:?} is not an http(s) URL"));
+        let invalid = || {
+            RemoteError::new(Failure::InvalidArgument, format!("NN_REMOTE_URL {url:?} is not an http(s) URL"))
+        };
         let (scheme, rest) = match url.split_once("://") {
             Some(("http", rest)) => (Scheme::Http, rest),
             Some(("https", rest)) => (Scheme::Https, rest),
@@ -39,13 +42,8 @@ impl Remote {
     }
 
     /// Sends one request and returns the status and the whole body.
-    pub fn send(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&[u8]>,
-    ) -> Result<(u16, Vec<u8>), errors::Error> {
-        let failed = |what: &str, e: String| Error::new(ErrorCode::RuntimeError, format!("{what}: {e}"));
+    pub fn send(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<(u16, Vec<u8>), RemoteError> {
+        let failed = |what: &str, e: String| RemoteError::new(Failure::Runtime, format!("{what}: {e}"));
         let mut headers: Vec<(String, Vec<u8>)> = vec![("accept".into(), b"application/json".to_vec())];
         if body.is_some() {
             headers.push(("content-type".into(), b"application/json".to_vec()));
@@ -62,7 +60,7 @@ impl Remote {
         let _ = request.set_path_with_query(Some(&format!("{}{path}", self.prefix)));
         let outgoing = request.body().map_err(|_| failed("request body", "unavailable".into()))?;
         let pending = outgoing_handler::handle(request, None).map_err(|e| {
-            Error::new(ErrorCode::Security, format!("request to {} refused: {e:?}", self.authority))
+            RemoteError::new(Failure::Security, format!("request to {} refused: {e:?}", self.authority))
         })?;
         {
             let stream = outgoing.write().map_err(|_| failed("request body", "no stream".into()))?;

@@ -30,15 +30,70 @@ struct Provider;
 /// A tensor held in the component until it is sent.
 pub struct Tensor(TensorData);
 
-/// A wasi:nn error: its code and a message.
+/// A wasi:nn error resource: its code and a message.
 pub struct Error {
     code: ErrorCode,
     message: String,
 }
 
-impl Error {
-    fn new(code: ErrorCode, message: impl Into<String>) -> errors::Error {
-        errors::Error::new(Error { code, message: message.into() })
+/// What went wrong with a remote compute, kept typed until it is said as a wasi:nn error (a code
+/// and a message) or as an infer error (a case of its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    NotFound,
+    InvalidArgument,
+    Security,
+    Timeout,
+    Unsupported,
+    /// The server's queue is full (503 Overloaded): retry shortly.
+    Overloaded,
+    /// The server cannot serve now (another 503).
+    Unavailable,
+    Runtime,
+}
+
+/// A remote compute's failure and its message.
+#[derive(Debug)]
+pub struct RemoteError {
+    pub failure: Failure,
+    pub message: String,
+}
+
+impl RemoteError {
+    pub fn new(failure: Failure, message: impl Into<String>) -> RemoteError {
+        RemoteError { failure, message: message.into() }
+    }
+}
+
+/// As wasi:nn says it: wasi:nn has no overloaded code, so that one keeps the `overloaded:` prefix
+/// the edgeinfer host also uses, which handlers answer as 503 Overloaded.
+impl From<RemoteError> for errors::Error {
+    fn from(e: RemoteError) -> errors::Error {
+        let (code, message) = match e.failure {
+            Failure::NotFound => (ErrorCode::NotFound, e.message),
+            Failure::InvalidArgument => (ErrorCode::InvalidArgument, e.message),
+            Failure::Security => (ErrorCode::Security, e.message),
+            Failure::Timeout => (ErrorCode::Timeout, e.message),
+            Failure::Unsupported => (ErrorCode::UnsupportedOperation, e.message),
+            Failure::Overloaded => (ErrorCode::RuntimeError, format!("overloaded: {}", e.message)),
+            Failure::Unavailable | Failure::Runtime => (ErrorCode::RuntimeError, e.message),
+        };
+        errors::Error::new(Error { code, message })
+    }
+}
+
+/// As infer says it: each failure its case (a timeout is the runtime's).
+impl From<RemoteError> for infer::Error {
+    fn from(e: RemoteError) -> infer::Error {
+        let message = e.message;
+        match e.failure {
+            Failure::NotFound => infer::Error::NotFound(message),
+            Failure::InvalidArgument => infer::Error::InvalidArgument(message),
+            Failure::Security => infer::Error::Security(message),
+            Failure::Overloaded => infer::Error::Overloaded(message),
+            Failure::Unavailable => infer::Error::Unavailable(message),
+            Failure::Timeout | Failure::Unsupported | Failure::Runtime => infer::Error::Runtime(message),
+        }
     }
 }
 
@@ -92,10 +147,11 @@ impl graph::Guest for Provider {
         _encoding: GraphEncoding,
         _target: ExecutionTarget,
     ) -> Result<graph::Graph, errors::Error> {
-        Err(Error::new(
-            ErrorCode::UnsupportedOperation,
+        Err(RemoteError::new(
+            Failure::Unsupported,
             "nn-remote runs models the remote server has loaded: use load-by-name",
-        ))
+        )
+        .into())
     }
 
     fn load_by_name(name: String) -> Result<graph::Graph, errors::Error> {
@@ -123,7 +179,7 @@ fn infer_remotely(
     model: &str,
     inputs: &[(&str, &TensorData)],
     outputs: &[String],
-) -> Result<Vec<(String, TensorData)>, errors::Error> {
+) -> Result<Vec<(String, TensorData)>, RemoteError> {
     let remote = http::Remote::from_env()?;
     let body = protocol::infer_request(inputs, outputs)?;
     let path = format!("/v2/models/{}/infer", protocol::escape(model));
@@ -156,8 +212,7 @@ impl infer::Guest for Provider {
             })
             .collect();
         let tensors: Vec<(&str, &TensorData)> = inputs.iter().map(|(name, t)| (name.as_str(), t)).collect();
-        let computed =
-            infer_remotely(&model, &tensors, &outputs).map_err(|e| infer_error(e.get::<Error>()))?;
+        let computed = infer_remotely(&model, &tensors, &outputs)?;
         Ok(computed
             .into_iter()
             .map(|(name, t)| {
@@ -166,24 +221,6 @@ impl infer::Guest for Provider {
                 (name, infer::Tensor { dimensions: t.shape, ty, data: Vec::from(t.bytes) })
             })
             .collect())
-    }
-}
-
-/// A failure as `infer` says it: the server's full queue is `overloaded`, its other 503s
-/// `unavailable` (see `protocol::check_status`).
-fn infer_error(e: &Error) -> infer::Error {
-    let message = e.message.clone();
-    if e.message.starts_with("overloaded:") {
-        return infer::Error::Overloaded(message);
-    }
-    if e.message.starts_with("remote server answered 503") {
-        return infer::Error::Unavailable(message);
-    }
-    match e.code {
-        ErrorCode::NotFound => infer::Error::NotFound(message),
-        ErrorCode::InvalidArgument => infer::Error::InvalidArgument(message),
-        ErrorCode::Security => infer::Error::Security(message),
-        _ => infer::Error::Runtime(message),
     }
 }
 

@@ -1,12 +1,12 @@
 //! The Open Inference Protocol as this provider speaks it: the host's own JSON codec
-//! (`edgeinfer-tensor`) for tensors, and the server's error answers as wasi:nn errors (turned into infer's in lib.rs).
+//! (`edgeinfer-tensor`) for tensors, and the server's error answers as typed failures (said as
+//! wasi:nn or infer errors in lib.rs).
 
 use edgeinfer_tensor::{ElementType, TensorData, kserve};
 use serde_json::Value;
 
-use crate::Error;
-use crate::exports::wasi::nn::errors::{self, ErrorCode};
 use crate::exports::wasi::nn::tensor::TensorType;
+use crate::{Failure, RemoteError};
 
 /// The element type of a wasi:nn tensor type.
 pub fn element_type(ty: TensorType) -> ElementType {
@@ -37,29 +37,28 @@ pub fn tensor_type(ty: ElementType) -> TensorType {
 
 /// The body of `POST /v2/models/{name}/infer`, asking for the `outputs` named (every output when
 /// none is).
-pub fn infer_request(inputs: &[(&str, &TensorData)], outputs: &[String]) -> Result<Vec<u8>, errors::Error> {
-    kserve::encode_request(inputs, outputs).map_err(|m| Error::new(ErrorCode::InvalidArgument, m))
+pub fn infer_request(inputs: &[(&str, &TensorData)], outputs: &[String]) -> Result<Vec<u8>, RemoteError> {
+    kserve::encode_request(inputs, outputs).map_err(|m| RemoteError::new(Failure::InvalidArgument, m))
 }
 
 /// The `wanted` outputs of an inference answer (every output when none is named), as tensors.
-pub fn infer_response(body: Vec<u8>, wanted: &[String]) -> Result<Vec<(String, TensorData)>, errors::Error> {
-    let outputs = kserve::decode_response(&body.into(), None).map_err(|m| {
-        Error::new(ErrorCode::RuntimeError, format!("unexpected answer from the server: {m}"))
-    })?;
+pub fn infer_response(body: Vec<u8>, wanted: &[String]) -> Result<Vec<(String, TensorData)>, RemoteError> {
+    let outputs = kserve::decode_response(&body.into(), None)
+        .map_err(|m| RemoteError::new(Failure::Runtime, format!("unexpected answer from the server: {m}")))?;
     // A server may answer more than it was asked for.
     let outputs = edgeinfer_tensor::select_outputs(outputs, wanted)
-        .map_err(|m| Error::new(ErrorCode::InvalidArgument, m))?;
+        .map_err(|m| RemoteError::new(Failure::InvalidArgument, m))?;
     match outputs.iter().find(|(_, t)| t.ty == ElementType::Bytes) {
-        Some((name, _)) => Err(Error::new(
-            ErrorCode::InvalidArgument,
+        Some((name, _)) => Err(RemoteError::new(
+            Failure::InvalidArgument,
             format!("output {name:?} is BYTES (strings), which wasi:nn and infer tensors cannot carry"),
         )),
         None => Ok(outputs),
     }
 }
 
-/// Maps a non-2xx answer to a wasi:nn error carrying the server's message.
-pub fn check_status(status: u16, body: &[u8]) -> Result<(), errors::Error> {
+/// Maps a non-2xx answer to a failure carrying the server's message.
+pub fn check_status(status: u16, body: &[u8]) -> Result<(), RemoteError> {
     if (200..300).contains(&status) {
         return Ok(());
     }
@@ -68,22 +67,19 @@ pub fn check_status(status: u16, body: &[u8]) -> Result<(), errors::Error> {
         .as_ref()
         .and_then(|v| v["error"].as_str().map(String::from))
         .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(200).collect());
-    // A full queue on the server: said with the `overloaded:` prefix, which lib.rs turns into
-    // infer's `overloaded`, so that the handler answers 503 Overloaded too.
-    if status == 503 && answer.as_ref().is_some_and(|v| v["error_type"] == "Overloaded") {
-        return Err(Error::new(
-            ErrorCode::RuntimeError,
-            format!("overloaded: remote server answered 503: {message}"),
-        ));
-    }
-    let code = match status {
-        400 | 413 | 422 => ErrorCode::InvalidArgument,
-        401 | 403 => ErrorCode::Security,
-        404 => ErrorCode::NotFound,
-        408 | 504 => ErrorCode::Timeout,
-        _ => ErrorCode::RuntimeError,
+    // A full queue on the server is its own failure, so that the handler answers 503 Overloaded
+    // too; the server's other 503s are `unavailable`.
+    let overloaded = answer.as_ref().is_some_and(|v| v["error_type"] == "Overloaded");
+    let failure = match status {
+        400 | 413 | 422 => Failure::InvalidArgument,
+        401 | 403 => Failure::Security,
+        404 => Failure::NotFound,
+        408 | 504 => Failure::Timeout,
+        503 if overloaded => Failure::Overloaded,
+        503 => Failure::Unavailable,
+        _ => Failure::Runtime,
     };
-    Err(Error::new(code, format!("remote server answered {status}: {message}")))
+    Err(RemoteError::new(failure, format!("remote server answered {status}: {message}")))
 }
 
 /// Percent-escapes a model name for a URL path segment.
@@ -94,4 +90,43 @@ pub fn escape(name: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_status;
+    use crate::exports::edgeinfer::nn::infer;
+    use crate::{Failure, RemoteError};
+
+    #[test]
+    fn server_answers_become_typed_failures() {
+        assert!(check_status(200, b"{}").is_ok());
+        let failure = |status, body: &[u8]| check_status(status, body).unwrap_err();
+        let full = failure(503, br#"{"error": "queue full", "error_type": "Overloaded"}"#);
+        assert_eq!(full.failure, Failure::Overloaded);
+        assert_eq!(full.message, "remote server answered 503: queue full");
+        let loading = failure(503, br#"{"error": "model loading", "error_type": "Unavailable"}"#);
+        assert_eq!(loading.failure, Failure::Unavailable);
+        assert_eq!(failure(404, b"{}").failure, Failure::NotFound);
+        assert_eq!(failure(401, b"{}").failure, Failure::Security);
+        assert_eq!(failure(422, b"{}").failure, Failure::InvalidArgument);
+        assert_eq!(failure(504, b"{}").failure, Failure::Timeout);
+        // Not JSON: the start of the body is the message.
+        let proxy = failure(502, b"<html>bad gateway</html>");
+        assert_eq!(
+            (proxy.failure, proxy.message.as_str()),
+            (Failure::Runtime, "remote server answered 502: <html>bad gateway</html>")
+        );
+    }
+
+    #[test]
+    fn infer_gets_a_case_per_failure_and_no_message_prefix() {
+        let said = |failure| infer::Error::from(RemoteError::new(failure, "m"));
+        assert!(matches!(said(Failure::Overloaded), infer::Error::Overloaded(m) if m == "m"));
+        assert!(matches!(said(Failure::Unavailable), infer::Error::Unavailable(_)));
+        assert!(matches!(said(Failure::NotFound), infer::Error::NotFound(_)));
+        assert!(matches!(said(Failure::Security), infer::Error::Security(_)));
+        assert!(matches!(said(Failure::InvalidArgument), infer::Error::InvalidArgument(_)));
+        assert!(matches!(said(Failure::Timeout), infer::Error::Runtime(_)));
+    }
 }
