@@ -220,6 +220,14 @@ pub struct BatchingConfig {
     /// How long a request may wait for batch-mates once an engine is free, in microseconds.
     #[serde(default = "default_max_queue_delay_us")]
     pub max_queue_delay_us: u64,
+    /// Past `max_queue_delay_us`, how much longer a batch may wait for requests known to be on
+    /// their way to the model: requests in flight in components that list it in `ai_models`
+    /// and not yet queued (tokenizing, say). It leaves as soon as none is left, so a lone request
+    /// never waits. In microseconds; 0 (the default) turns it off: on 2 CPU cores it made batches
+    /// fuller but gained no throughput and lengthened the tail (bench/notes.md); it is for engines
+    /// whose throughput grows with the batch (a GPU).
+    #[serde(default)]
+    pub max_arrival_wait_us: u64,
     /// Value padding each input's sequence axis; inputs not listed pad with 0.
     #[serde(default)]
     pub pad_values: BTreeMap<String, f64>,

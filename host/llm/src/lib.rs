@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use edgeinfer_tensor::{ElementType, TensorData};
-use edgeinfer_wasi_nn::{ModelError, ModelProvider};
+use edgeinfer_wasi_nn::{Caller, ModelError, ModelProvider};
 use wasmtime::component::{HasData, Linker};
 
 mod bindings {
@@ -138,7 +138,9 @@ impl llm::Host for &mut LlmCtx {
         };
         for (part, texts) in text.chunks(ROWS_PER_CALL).enumerate() {
             let batch = encode(&embedding, texts, part * ROWS_PER_CALL)?;
-            let outputs = compute.compute(batch.inputs()).await.map_err(model_error)?;
+            // Spin's LLM interface is synchronous: the calling instance waits with it.
+            let outputs =
+                compute.compute(batch.inputs(), Caller::BlocksItsInstance).await.map_err(model_error)?;
             let (_, hidden) =
                 outputs.into_iter().find(|(name, _)| *name == embedding.output).ok_or_else(|| {
                     Error::RuntimeError(format!(

@@ -14,7 +14,9 @@ use wasmtime_wasi_http::handler::{InstantiationError, ProxyHandler, ProxyPre};
 use crate::admission::Admission;
 use crate::compile::CompileCache;
 use crate::compose::{compose_component, read_source};
-use crate::instance::{ComponentHandler, InstanceSpec, InstanceState, PoolFull, RequestTicket, ReusePolicy, WarmPool};
+use crate::instance::{
+    ComponentHandler, InstanceSpec, InstanceState, PoolFull, RequestTicket, ReusePolicy, WarmPool,
+};
 use crate::openapi::api_description;
 use crate::outbound::AllowedHost;
 use edgeinfer_config::manifest::{Component, Manifest};
@@ -37,6 +39,9 @@ pub struct LoadedComponent {
     /// The component's own part of the OpenAPI document (its `edgeinfer:openapi` custom
     /// section): paths relative to its route, and the schemas they use.
     pub openapi: Option<serde_json::Value>,
+    /// The models of its `ai_models`, whose batchers are told of each request on its way.
+    models: Vec<String>,
+    registry: Arc<GraphRegistry>,
 }
 
 impl LoadedComponent {
@@ -47,6 +52,14 @@ impl LoadedComponent {
         mut ticket: RequestTicket,
         mut request: wasmtime_wasi_http::handler::Request,
     ) -> wasmtime::Result<wasmtime_wasi_http::handler::Response> {
+        // Until it has answered, the request may still compute on the models it may use: a batch
+        // forming on one of them may wait for it (`max_arrival_wait`).
+        let _expected: Vec<_> = self
+            .models
+            .iter()
+            .filter_map(|m| self.registry.get(m))
+            .map(|g| g.batcher.expect_caller())
+            .collect();
         let mut pause = Duration::from_micros(250);
         loop {
             let error = match self.handler.handle(ticket, request).await {
@@ -201,5 +214,7 @@ fn load_component(
         admission,
         handler,
         openapi,
+        models: component.ai_models.clone(),
+        registry: registry.clone(),
     })
 }

@@ -238,6 +238,7 @@ impl HostInfo {
                         "max_batch_size": limits.max_batch_size,
                         "max_batch_tokens": limits.max_batch_tokens,
                         "max_queue_delay_us": limits.max_queue_delay.as_micros() as u64,
+                        "max_arrival_wait_us": limits.max_arrival_wait.as_micros() as u64,
                         "max_queue": limits.max_queue,
                     },
                 });

@@ -9,9 +9,10 @@ use anyhow::{Context, Result};
 use edgeinfer_config::runtime_config::LlmConfig;
 use edgeinfer_llm::{EmbeddingModel, EmbeddingModels};
 
+use edgeinfer_engine::batching;
 use edgeinfer_engine::engines::EngineError;
 use edgeinfer_engine::registry::{GraphRegistry, ModelSlot};
-use edgeinfer_wasi_nn::{ComputeFuture, Model, ModelError, ModelProvider, Tensors};
+use edgeinfer_wasi_nn::{Caller, ComputeFuture, Model, ModelError, ModelProvider, Tensors};
 
 /// The registry as the model provider of wasi:nn and edgeinfer:nn.
 pub struct RegistryModels(pub Arc<GraphRegistry>);
@@ -32,12 +33,16 @@ impl ModelProvider for RegistryModels {
 struct SlotModel(Arc<ModelSlot>);
 
 impl Model for SlotModel {
-    fn compute(&self, inputs: Tensors) -> ComputeFuture<'_> {
+    fn compute(&self, inputs: Tensors, caller: Caller) -> ComputeFuture<'_> {
         Box::pin(async move {
             let Some(graph) = self.0.graph() else {
                 return Err(ModelError::Unavailable(format!("model {:?} is unavailable", self.0.name)));
             };
-            graph.batcher.compute(inputs).await.map_err(|e| match e {
+            let caller = match caller {
+                Caller::Waits => batching::Caller::Waits,
+                Caller::BlocksItsInstance => batching::Caller::BlocksItsInstance,
+            };
+            graph.batcher.compute_for(inputs, caller).await.map_err(|e| match e {
                 EngineError::InvalidArgument(m) => ModelError::InvalidArgument(m),
                 EngineError::Runtime(m) => ModelError::Runtime(m),
                 EngineError::Overloaded(m) => ModelError::Overloaded(m),

@@ -5,7 +5,7 @@
 
 use wasmtime::component::{Accessor, Linker};
 
-use crate::{Denied, ElementType, ModelError, NnCtx, NnStoreView, NnView, TensorData, WasiNn};
+use crate::{Caller, Denied, ElementType, ModelError, NnCtx, NnStoreView, NnView, TensorData, WasiNn};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -52,7 +52,8 @@ async fn compute(
     // The inputs were lifted into host memory once; the engine takes them without a copy.
     let inputs =
         inputs.into_iter().map(|(name, t)| (name, TensorData::new(t.dimensions, element_type(t.ty), t.data)));
-    let computed = found.compute(inputs.collect()).await.map_err(error)?;
+    // An async call: the instance serves its other requests while this one waits.
+    let computed = found.compute(inputs.collect(), Caller::Waits).await.map_err(error)?;
     let selected = edgeinfer_tensor::select_outputs(computed, &outputs)
         .map_err(|m| Error::InvalidArgument(format!("model {model:?}: {m}")))?;
     selected

@@ -57,10 +57,22 @@ pub enum ModelError {
 /// The future of one compute call.
 pub type ComputeFuture<'a> = Pin<Box<dyn Future<Output = Result<Tensors, ModelError>> + Send + 'a>>;
 
+/// How the guest waits for a compute call: the model's batcher may wait for more requests only
+/// when the caller's instance can still let them through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// An async call (edgeinfer:nn/infer): the instance serves its other requests meanwhile.
+    Waits,
+    /// A synchronous call (wasi:nn, Spin's LLM interface): the instance does nothing else until
+    /// it is answered.
+    BlocksItsInstance,
+}
+
 /// A model a guest holds a graph of.
 pub trait Model: Send + Sync {
-    /// Runs one inference on named inputs, returning every output by name.
-    fn compute(&self, inputs: Tensors) -> ComputeFuture<'_>;
+    /// Runs one inference on named inputs, returning every output by name. `caller` says whether
+    /// the calling instance can serve other requests meanwhile (see `Caller`).
+    fn compute(&self, inputs: Tensors, caller: Caller) -> ComputeFuture<'_>;
 }
 
 /// Where models come from.
@@ -211,7 +223,7 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             tensors.push((name, self.table.delete(tensor)?));
         }
         let model = self.table.get(&context)?.0.clone();
-        match model.compute(tensors).await {
+        match model.compute(tensors, Caller::BlocksItsInstance).await {
             Ok(outputs) if outputs.iter().any(|(_, t)| t.ty == ElementType::Bytes) => {
                 let name = outputs.iter().find(|(_, t)| t.ty == ElementType::Bytes).map(|(n, _)| n.clone());
                 let message =

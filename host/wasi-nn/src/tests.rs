@@ -19,7 +19,7 @@ struct FakeModel {
 }
 
 impl Model for FakeModel {
-    fn compute(&self, inputs: Tensors) -> ComputeFuture<'_> {
+    fn compute(&self, inputs: Tensors, _caller: Caller) -> ComputeFuture<'_> {
         Box::pin(async move {
             match self.name {
                 "echo" => {

@@ -3,11 +3,19 @@
 //! caller waiting for its result holds no OS thread. Requests whose caller went away are dropped
 //! before compute. The queue is bounded: past `max_queue` requests queued or running, a request is
 //! refused at once (`EngineError::Overloaded`).
+//!
+//! An idle engine does not wait for company by default (`max_queue_delay`), except for requests
+//! known to be on their way: callers announce themselves when their HTTP request starts
+//! (`Batcher::expect_caller`), and while more have announced themselves than have queued, a
+//! batch waits for them up to `max_arrival_wait`. Without that, a closed loop of N clients splits
+//! into alternating batches (the first arrival leaves alone, the rest queue behind it) that cost
+//! throughput and double the tail.
 
 mod merge;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -27,6 +35,8 @@ pub struct BatchPolicy {
     pub max_batch_tokens: u64,
     /// How long a request may wait for batch-mates once an engine is free.
     pub max_queue_delay: Duration,
+    /// How much longer a batch may wait for callers known to be on their way.
+    pub max_arrival_wait: Duration,
     /// Value that pads each input's sequence axis (default 0).
     pub pad_values: BTreeMap<String, f64>,
     /// Requests queued or running at most; more are refused at once.
@@ -41,6 +51,7 @@ impl BatchPolicy {
                 max_batch_size: 1,
                 max_batch_tokens: u64::MAX,
                 max_queue_delay: Duration::ZERO,
+                max_arrival_wait: Duration::ZERO,
                 pad_values: BTreeMap::new(),
                 max_queue,
             },
@@ -48,6 +59,7 @@ impl BatchPolicy {
                 max_batch_size: c.max_batch_size,
                 max_batch_tokens: c.max_batch_tokens,
                 max_queue_delay: Duration::from_micros(c.max_queue_delay_us),
+                max_arrival_wait: Duration::from_micros(c.max_arrival_wait_us),
                 pad_values: c.pad_values.clone(),
                 max_queue,
             },
@@ -55,9 +67,21 @@ impl BatchPolicy {
     }
 }
 
+/// Who waits for a compute call, and so whether the batch it joins may wait for others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// An async caller (edgeinfer:nn/infer, KServe): its instance serves other requests meanwhile.
+    Waits,
+    /// A synchronous guest call (wasi:nn, Spin's LLM interface): its instance can do nothing until
+    /// answered, so requests on their way through that instance cannot arrive, and a batch holding
+    /// such a call does not wait for arrivals.
+    BlocksItsInstance,
+}
+
 /// One queued compute call.
 struct Job {
     inputs: Tensors,
+    caller: Caller,
     /// `None` when the request cannot share a batch (it runs alone).
     shape: Option<Shape>,
     enqueued: Instant,
@@ -76,6 +100,8 @@ pub struct Batcher {
     /// Places for requests queued or running (`max_queue`).
     places: Arc<Semaphore>,
     max_queue: usize,
+    /// Callers that announced themselves and have not finished (see `expect_caller`).
+    callers: Arc<AtomicUsize>,
     /// Metric label.
     model: Arc<str>,
     limits: BatchLimits,
@@ -87,6 +113,7 @@ pub struct BatchLimits {
     pub max_batch_size: u32,
     pub max_batch_tokens: u64,
     pub max_queue_delay: Duration,
+    pub max_arrival_wait: Duration,
     pub max_queue: usize,
 }
 
@@ -102,10 +129,14 @@ impl Batcher {
             max_batch_size: policy.max_batch_size,
             max_batch_tokens: policy.max_batch_tokens,
             max_queue_delay: policy.max_queue_delay,
+            max_arrival_wait: policy.max_arrival_wait,
             max_queue,
         };
         let (queue, receiver) = mpsc::unbounded_channel();
-        let batch_loop = BatchLoop::new(model.to_string(), engines, policy, receiver);
+        let places = Arc::new(Semaphore::new(max_queue));
+        let callers = Arc::new(AtomicUsize::new(0));
+        let arrivals = Arrivals { callers: callers.clone(), places: places.clone(), max_queue };
+        let batch_loop = BatchLoop::new(model.to_string(), engines, policy, receiver, arrivals);
         // The queue's own small runtime: forming batches never waits behind HTTP work, and
         // loading a model (e.g. at start, on a blocking thread) needs no runtime around it.
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -116,14 +147,15 @@ impl Batcher {
             .name(format!("batcher-{model}"))
             .spawn(move || runtime.block_on(batch_loop.run()))
             .expect("cannot start a batcher thread");
-        Batcher {
-            queue,
-            inputs,
-            places: Arc::new(Semaphore::new(max_queue)),
-            max_queue,
-            model: model.into(),
-            limits,
-        }
+        Batcher { queue, inputs, places, max_queue, callers, model: model.into(), limits }
+    }
+
+    /// Announces a caller that will compute on this model soon (an HTTP request entering a
+    /// component that may use it), until the guard is dropped (its answer is out): while such
+    /// callers have not queued yet, a forming batch may wait for them.
+    pub fn expect_caller(&self) -> ExpectedCaller {
+        self.callers.fetch_add(1, Ordering::Relaxed);
+        ExpectedCaller(self.callers.clone())
     }
 
     /// Its batching limits.
@@ -132,8 +164,13 @@ impl Batcher {
     }
 
     /// Queues one inference and waits for its share of the batch's outputs; refused at once when
-    /// `max_queue` requests are already queued or running.
+    /// `max_queue` requests are already queued or running. For an async caller.
     pub async fn compute(&self, inputs: Tensors) -> Result<Tensors, EngineError> {
+        self.compute_for(inputs, Caller::Waits).await
+    }
+
+    /// `compute`, for a caller of the given kind.
+    pub async fn compute_for(&self, inputs: Tensors, caller: Caller) -> Result<Tensors, EngineError> {
         check_inputs(&inputs, &self.inputs)?;
         let Ok(place) = self.places.clone().try_acquire_owned() else {
             metrics::counter!("edgeinfer_requests_refused_total", "model" => self.model.to_string())
@@ -145,11 +182,36 @@ impl Batcher {
         };
         let shape = batch_shape(&inputs);
         let (reply, result) = oneshot::channel();
-        let job = Job { inputs, shape, enqueued: Instant::now(), reply, _place: place };
+        let job = Job { inputs, caller, shape, enqueued: Instant::now(), reply, _place: place };
         self.queue.send(job).map_err(|_| EngineError::Runtime("the model's batcher has stopped".into()))?;
         result
             .await
             .unwrap_or_else(|_| Err(EngineError::Runtime("the model's batcher dropped the request".into())))
+    }
+}
+
+/// A caller announced by `Batcher::expect_caller`, for as long as it lives.
+pub struct ExpectedCaller(Arc<AtomicUsize>);
+
+impl Drop for ExpectedCaller {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How many announced callers have not queued: those in flight minus the requests queued or
+/// running (which hold places). Requests that queue without announcing themselves (KServe, Spin's
+/// LLM interface) only lower it.
+struct Arrivals {
+    callers: Arc<AtomicUsize>,
+    places: Arc<Semaphore>,
+    max_queue: usize,
+}
+
+impl Arrivals {
+    fn on_their_way(&self) -> usize {
+        let at_model = self.max_queue - self.places.available_permits();
+        self.callers.load(Ordering::Relaxed).saturating_sub(at_model)
     }
 }
 
@@ -165,6 +227,7 @@ struct BatchLoop {
     workers: Vec<std::sync::mpsc::Sender<Vec<Job>>>,
     /// Indices of the engine threads not running a batch right now.
     idle: mpsc::Receiver<usize>,
+    arrivals: Arrivals,
 }
 
 impl BatchLoop {
@@ -173,6 +236,7 @@ impl BatchLoop {
         engines: Vec<Arc<dyn Engine>>,
         policy: BatchPolicy,
         receiver: mpsc::UnboundedReceiver<Job>,
+        arrivals: Arrivals,
     ) -> BatchLoop {
         let (done, idle) = mpsc::channel(engines.len());
         let workers = engines
@@ -183,7 +247,7 @@ impl BatchLoop {
                 start_engine_thread(&model, index, engine, policy.pad_values.clone(), done.clone())
             })
             .collect();
-        BatchLoop { model, policy, receiver, held: VecDeque::new(), workers, idle }
+        BatchLoop { model, policy, receiver, held: VecDeque::new(), workers, idle, arrivals }
     }
 
     async fn run(mut self) {
@@ -224,7 +288,9 @@ impl BatchLoop {
     }
 
     /// The next batch of live jobs: the oldest job, then compatible ones that are queued or arrive
-    /// before the oldest has waited `max_queue_delay`. `None` when the queue is closed.
+    /// before the oldest has waited `max_queue_delay`, or, while callers are known to be on their
+    /// way, before `max_arrival_wait` has passed since the engine took the oldest. `None` when the
+    /// queue is closed.
     async fn next_batch(&mut self) -> Option<Vec<Job>> {
         loop {
             let first = match self.held.pop_front() {
@@ -240,6 +306,7 @@ impl BatchLoop {
                 return Some(batch.jobs);
             }
             let deadline = batch.jobs[0].enqueued + self.policy.max_queue_delay;
+            let arrival_deadline = Instant::now() + self.policy.max_arrival_wait;
             // Held jobs get the first chance to join; those that do not fit stay held, in order.
             self.held =
                 std::mem::take(&mut self.held).into_iter().filter_map(|job| batch.offer(job)).collect();
@@ -247,11 +314,22 @@ impl BatchLoop {
                 let next = match self.receiver.try_recv() {
                     Ok(job) => job,
                     Err(mpsc::error::TryRecvError::Disconnected) => break,
-                    // A timer whose deadline has passed still waits for the timer wheel's next
-                    // millisecond tick: with no time left, leave at once.
-                    Err(mpsc::error::TryRecvError::Empty) if Instant::now() >= deadline => break,
                     Err(mpsc::error::TryRecvError::Empty) => {
-                        match tokio::time::timeout_at(deadline, self.receiver.recv()).await {
+                        let now = Instant::now();
+                        let until = if now < deadline {
+                            deadline
+                        } else if now < arrival_deadline
+                            && self.arrivals.on_their_way() > 0
+                            && batch.jobs.iter().all(|j| j.caller == Caller::Waits)
+                        {
+                            // Woken by the next arrival at the latest: then counted again.
+                            arrival_deadline
+                        } else {
+                            // A timer whose deadline has passed still waits for the timer wheel's
+                            // next millisecond tick: with no time left, leave at once.
+                            break;
+                        };
+                        match tokio::time::timeout_at(until, self.receiver.recv()).await {
                             Ok(Some(job)) => job,
                             Ok(None) | Err(_) => break,
                         }

@@ -109,6 +109,7 @@ fn policy(max_batch_size: u32, max_batch_tokens: u64, delay_ms: u64) -> BatchPol
         max_batch_size,
         max_batch_tokens,
         max_queue_delay: Duration::from_millis(delay_ms),
+        max_arrival_wait: Duration::ZERO,
         pad_values: BTreeMap::new(),
         max_queue: 1024,
     }
@@ -186,6 +187,76 @@ async fn a_request_waits_for_batch_mates_up_to_the_delay_only() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     batcher.compute(request(&[&[3]])).await.unwrap();
     assert_eq!(engine.runs().len(), 2, "{:?}", engine.runs());
+}
+
+/// Announced callers that arrive 30 ms apart, each holding its announcement until answered (as an
+/// HTTP request does); returns the batcher's engine runs and how long the last one took.
+async fn staggered_callers(announce: bool, window: Duration) -> (Vec<(u32, u32, Vec<i64>)>, Duration) {
+    let engine = FakeEngine::new(Duration::from_millis(5));
+    let batcher = Batcher::spawn(
+        "fake",
+        vec![engine.clone()],
+        BatchPolicy { max_arrival_wait: window, ..policy(8, 4096, 0) },
+    );
+    let started = std::time::Instant::now();
+    let callers: Vec<_> = (0..4i64)
+        .map(|i| {
+            let b = batcher.clone();
+            let expected = announce.then(|| b.expect_caller());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(30 * i as u64)).await;
+                let answer = b.compute(request(&[&[i + 1]])).await;
+                drop(expected);
+                answer
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.await.unwrap().unwrap();
+    }
+    (engine.runs(), started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_waits_for_callers_known_to_be_on_their_way() {
+    // Announced: the first arrival waits for the other three, and they leave together as soon as
+    // the last has queued (~90 ms), long before the 2 s window.
+    let (runs, took) = staggered_callers(true, Duration::from_secs(2)).await;
+    assert_eq!(runs.len(), 1, "one run of four rows: {runs:?}");
+    assert_eq!(runs[0].0, 4);
+    assert!(took < Duration::from_secs(1), "left when everyone had arrived, not at the window: {took:?}");
+    // Not announced (or the window off): each arrival finds the engine idle and runs alone.
+    let (runs, _) = staggered_callers(false, Duration::from_secs(2)).await;
+    assert_eq!(runs.len(), 4, "{runs:?}");
+    let (runs, _) = staggered_callers(true, Duration::ZERO).await;
+    assert_eq!(runs.len(), 4, "{runs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_caller_never_waits_and_a_missing_one_only_up_to_the_window() {
+    let engine = FakeEngine::new(Duration::ZERO);
+    let window = Duration::from_millis(400);
+    let batcher = Batcher::spawn(
+        "fake",
+        vec![engine.clone()],
+        BatchPolicy { max_arrival_wait: window, ..policy(8, 4096, 0) },
+    );
+    let alone = batcher.expect_caller();
+    let started = std::time::Instant::now();
+    batcher.compute(request(&[&[1]])).await.unwrap();
+    assert!(started.elapsed() < window / 2, "nobody else was on the way: {:?}", started.elapsed());
+    drop(alone);
+
+    // A caller announced that never computes (it failed before, say): the batch leaves at the
+    // window, not later.
+    let mine = batcher.expect_caller();
+    let _silent = batcher.expect_caller();
+    let started = std::time::Instant::now();
+    batcher.compute(request(&[&[2]])).await.unwrap();
+    let took = started.elapsed();
+    assert!(took >= window - Duration::from_millis(5) && took < window * 3, "{took:?}");
+    drop(mine);
+    assert_eq!(engine.runs().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,8 @@
 //! `/nn-rank` a rank-1 tensor, `/nn-type` FP32 ids, `/nn-data` fewer bytes than the shape says,
 //! `/nn-missing` no `token_type_ids`, `/nn-extra` an input the model does not have. Each answers
 //! 200 with the code and message wasi:nn gave (or `ok`), so the test sees exactly what came back.
+//! Through edgeinfer:nn/infer (async): `/infer-ok` a valid call, `/nn-late` the same after 300 ms
+//! of waiting (a slow step before the model).
 
 use spin_sdk::http::{IntoResponse, Request, StatusCode};
 use spin_sdk::http_service;
@@ -22,6 +24,15 @@ wit_bindgen::generate!({
     world: "ml",
 });
 
+/// edgeinfer's async model interface, for `/nn-late`.
+mod nn {
+    wit_bindgen::generate!({
+        inline: "package faulty:late; world late { import edgeinfer:nn/infer@0.1.0; }",
+        path: "../../../wit/deps/edgeinfer-nn",
+        generate_all,
+    });
+}
+
 use wasi::nn::graph;
 use wasi::nn::tensor::{Tensor, TensorType};
 
@@ -34,6 +45,12 @@ async fn handle(request: Request) -> Answer {
     }
     if let Some(seconds) = fault.strip_prefix("trickle-").and_then(|n| n.parse::<u64>().ok()) {
         return trickle(seconds);
+    }
+    if fault == "nn-late" || fault == "infer-ok" {
+        if fault == "nn-late" {
+            spin_sdk::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+        return (StatusCode::OK, infer_ok().await).into_response();
     }
     misbehave(fault).into_response()
 }
@@ -118,6 +135,32 @@ fn filled(shape: &[u32], value: i64) -> Tensor {
 
 fn ids(shape: &[u32]) -> Tensor {
     filled(shape, 1000)
+}
+
+/// One valid call of edgeinfer:nn/infer (async: the instance serves other requests meanwhile).
+async fn infer_ok() -> String {
+    use nn::edgeinfer::nn::infer;
+    let tensor = |value: i64| infer::Tensor {
+        dimensions: vec![1, 4],
+        ty: infer::TensorType::I64,
+        data: (0..4).flat_map(|_| value.to_le_bytes()).collect(),
+    };
+    let inputs = vec![
+        ("input_ids".to_string(), tensor(1000)),
+        ("attention_mask".to_string(), tensor(1)),
+        ("token_type_ids".to_string(), tensor(0)),
+    ];
+    match infer::compute("minilm".to_string(), inputs, vec!["last_hidden_state".to_string()]).await {
+        Ok(outputs) => format!(
+            "ok: {}",
+            outputs
+                .iter()
+                .map(|(name, t)| format!("{name} {:?}", t.dimensions))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Err(e) => format!("infer: {e:?}"),
+    }
 }
 
 /// Runs one wasi:nn call shaped by `case`; the outcome as text.
