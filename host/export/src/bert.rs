@@ -267,7 +267,7 @@ pub fn encoder(g: &mut GraphBuilder, config: &BertConfig, weights: &Weights) -> 
             output: format!("{p}.output.dense"),
             output_norm: format!("{p}.output.LayerNorm"),
         };
-        x = transformer_layer(g, config, weights, &x, &bias, &names)?;
+        x = transformer_layer(g, config, weights, &x, &[&bias], &names)?;
     }
     Ok(x)
 }
@@ -297,14 +297,15 @@ pub(crate) struct LayerNames {
     pub output_norm: String,
 }
 
-/// One post-LayerNorm encoder layer: self-attention with the additive `bias` ([batch or 1,
-/// heads or 1, seq, seq]-broadcastable), then the feed-forward block, each with its residual.
+/// One post-LayerNorm encoder layer: self-attention with the additive `biases` (each
+/// [batch or 1, heads or 1, seq or 1, seq], added in order), then the feed-forward block, each
+/// with its residual.
 pub(crate) fn transformer_layer(
     g: &mut GraphBuilder,
     config: &BertConfig,
     weights: &Weights,
     x: &str,
-    bias: &str,
+    biases: &[&str],
     names: &LayerNames,
 ) -> Result<String> {
     let hidden = config.hidden_size;
@@ -325,7 +326,10 @@ pub(crate) fn transformer_layer(
     let v = g.op("Transpose", "v", &[&v], vec![Attr::ints("perm", &[0, 2, 1, 3])]);
     let scores = g.op("MatMul", "scores", &[&q, &k], vec![]);
     let scores = g.op("Div", "scores", &[&scores, &scale], vec![]);
-    let scores = g.op("Add", "scores", &[&scores, bias], vec![]);
+    let mut scores = scores;
+    for bias in biases {
+        scores = g.op("Add", "scores", &[&scores, bias], vec![]);
+    }
     let probs = g.op("Softmax", "attention", &[&scores], vec![Attr::int("axis", -1)]);
     let context = g.op("MatMul", "context", &[&probs, &v], vec![]);
     let context = g.op("Transpose", "context", &[&context], vec![Attr::ints("perm", &[0, 2, 1, 3])]);

@@ -89,7 +89,14 @@ pub fn export(options: &ExportOptions) -> Result<ExportReport> {
     ];
 
     let head_kind = match &options.head {
-        // MPNet's own classification head (dense, tanh, out_proj) is not BERT's; not exported.
+        // MPNet's own classification head (dense, tanh, out_proj) is not BERT's: not exported, and
+        // not silently left out either.
+        Head::Auto if config.model_type == "mpnet" && weights.has("classifier.out_proj.weight", true) => {
+            bail!(
+                "the checkpoint has an MPNet classification head, which the exporter does not \
+                 support: export the encoder with --head none (or put a scikit-learn head on it)"
+            )
+        }
         Head::Auto if config.model_type == "mpnet" => HeadKind::None,
         Head::Auto if weights.has("classifier.weight", true) => HeadKind::Checkpoint,
         Head::Auto | Head::None => HeadKind::None,

@@ -66,6 +66,10 @@ pub fn encoder(g: &mut GraphBuilder, config: &BertConfig, weights: &Weights) -> 
     // distance (key - query, offset by max_tokens - 1), gathered into [1, heads, seq, seq].
     let (shape, bucket_bias) = weights.get("encoder.relative_attention_bias.weight", false)?;
     let buckets = config.relative_attention_num_buckets;
+    ensure!(
+        buckets >= 4 && buckets % 2 == 0,
+        "relative_attention_num_buckets {buckets} must be even and at least 4"
+    );
     ensure!(shape == [buckets, heads], "relative_attention_bias is {shape:?}, expected [{buckets}, {heads}]");
     let distances = 2 * max_tokens as usize - 1;
     let mut by_distance = Vec::with_capacity(distances * heads);
@@ -91,8 +95,9 @@ pub fn encoder(g: &mut GraphBuilder, config: &BertConfig, weights: &Weights) -> 
     let position_bias =
         g.op("Transpose", "position_bias", &[&position_bias], vec![Attr::ints("perm", &[2, 0, 1])]);
     let position_bias = g.op("Unsqueeze", "position_bias", &[&position_bias, &row], vec![]);
+    // Added to the scores one after the other, as MPNet does: summed once here they would make a
+    // [batch, heads, seq, seq] tensor that lives through every layer.
     let mask_bias = bert::attention_mask_bias(g);
-    let bias = g.op("Add", "attention_bias", &[&position_bias, &mask_bias], vec![]);
 
     for layer in 0..config.num_hidden_layers {
         let p = format!("encoder.layer.{layer}");
@@ -106,7 +111,7 @@ pub fn encoder(g: &mut GraphBuilder, config: &BertConfig, weights: &Weights) -> 
             output: format!("{p}.output.dense"),
             output_norm: format!("{p}.output.LayerNorm"),
         };
-        x = bert::transformer_layer(g, config, weights, &x, &bias, &names)?;
+        x = bert::transformer_layer(g, config, weights, &x, &[&position_bias, &mask_bias], &names)?;
     }
     Ok(x)
 }

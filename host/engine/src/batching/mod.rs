@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::engines::{Engine, EngineError, TensorSpec, check_inputs};
@@ -101,7 +101,7 @@ pub struct Batcher {
     places: Arc<Semaphore>,
     max_queue: usize,
     /// Callers that announced themselves and have not finished (see `expect_caller`).
-    callers: Arc<AtomicUsize>,
+    callers: Arc<Callers>,
     /// Metric label.
     model: Arc<str>,
     limits: BatchLimits,
@@ -134,7 +134,7 @@ impl Batcher {
         };
         let (queue, receiver) = mpsc::unbounded_channel();
         let places = Arc::new(Semaphore::new(max_queue));
-        let callers = Arc::new(AtomicUsize::new(0));
+        let callers = Arc::new(Callers::default());
         let arrivals = Arrivals { callers: callers.clone(), places: places.clone(), max_queue };
         let batch_loop = BatchLoop::new(model.to_string(), engines, policy, receiver, arrivals);
         // The queue's own small runtime: forming batches never waits behind HTTP work, and
@@ -154,7 +154,7 @@ impl Batcher {
     /// component that may use it), until the guard is dropped (its answer is out): while such
     /// callers have not queued yet, a forming batch may wait for them.
     pub fn expect_caller(&self) -> ExpectedCaller {
-        self.callers.fetch_add(1, Ordering::Relaxed);
+        self.callers.count.fetch_add(1, Ordering::Relaxed);
         ExpectedCaller(self.callers.clone())
     }
 
@@ -190,20 +190,30 @@ impl Batcher {
     }
 }
 
+/// The announced callers of a model, and a signal for each that leaves.
+#[derive(Default)]
+struct Callers {
+    count: AtomicUsize,
+    /// A batch waiting for arrivals counts again when one leaves: it may have been the last.
+    left: Notify,
+}
+
 /// A caller announced by `Batcher::expect_caller`, for as long as it lives.
-pub struct ExpectedCaller(Arc<AtomicUsize>);
+pub struct ExpectedCaller(Arc<Callers>);
 
 impl Drop for ExpectedCaller {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.count.fetch_sub(1, Ordering::Relaxed);
+        self.0.left.notify_one();
     }
 }
 
 /// How many announced callers have not queued: those in flight minus the requests queued or
 /// running (which hold places). Requests that queue without announcing themselves (KServe, Spin's
-/// LLM interface) only lower it.
+/// LLM interface) only lower it; a request that has computed and is still answering raises it
+/// until it has answered.
 struct Arrivals {
-    callers: Arc<AtomicUsize>,
+    callers: Arc<Callers>,
     places: Arc<Semaphore>,
     max_queue: usize,
 }
@@ -211,7 +221,7 @@ struct Arrivals {
 impl Arrivals {
     fn on_their_way(&self) -> usize {
         let at_model = self.max_queue - self.places.available_permits();
-        self.callers.load(Ordering::Relaxed).saturating_sub(at_model)
+        self.callers.count.load(Ordering::Relaxed).saturating_sub(at_model)
     }
 }
 
@@ -306,7 +316,7 @@ impl BatchLoop {
                 return Some(batch.jobs);
             }
             let deadline = batch.jobs[0].enqueued + self.policy.max_queue_delay;
-            let arrival_deadline = Instant::now() + self.policy.max_arrival_wait;
+            let arrival_deadline = deadline.max(Instant::now()) + self.policy.max_arrival_wait;
             // Held jobs get the first chance to join; those that do not fit stay held, in order.
             self.held =
                 std::mem::take(&mut self.held).into_iter().filter_map(|job| batch.offer(job)).collect();
@@ -316,22 +326,29 @@ impl BatchLoop {
                     Err(mpsc::error::TryRecvError::Disconnected) => break,
                     Err(mpsc::error::TryRecvError::Empty) => {
                         let now = Instant::now();
-                        let until = if now < deadline {
-                            deadline
+                        if now < deadline {
+                            match tokio::time::timeout_at(deadline, self.receiver.recv()).await {
+                                Ok(Some(job)) => job,
+                                Ok(None) => break,
+                                Err(_) => continue,
+                            }
                         } else if now < arrival_deadline
                             && self.arrivals.on_their_way() > 0
                             && batch.jobs.iter().all(|j| j.caller == Caller::Waits)
                         {
-                            // Woken by the next arrival at the latest: then counted again.
-                            arrival_deadline
+                            // Counted again at the next arrival or departure.
+                            tokio::select! {
+                                job = self.receiver.recv() => match job {
+                                    Some(job) => job,
+                                    None => break,
+                                },
+                                _ = self.arrivals.callers.left.notified() => continue,
+                                _ = tokio::time::sleep_until(arrival_deadline) => break,
+                            }
                         } else {
                             // A timer whose deadline has passed still waits for the timer wheel's
                             // next millisecond tick: with no time left, leave at once.
                             break;
-                        };
-                        match tokio::time::timeout_at(until, self.receiver.recv()).await {
-                            Ok(Some(job)) => job,
-                            Ok(None) | Err(_) => break,
                         }
                     }
                 };

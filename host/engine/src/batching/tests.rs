@@ -250,13 +250,26 @@ async fn a_lone_caller_never_waits_and_a_missing_one_only_up_to_the_window() {
     // A caller announced that never computes (it failed before, say): the batch leaves at the
     // window, not later.
     let mine = batcher.expect_caller();
-    let _silent = batcher.expect_caller();
+    let silent = batcher.expect_caller();
     let started = std::time::Instant::now();
     batcher.compute(request(&[&[2]])).await.unwrap();
     let took = started.elapsed();
     assert!(took >= window - Duration::from_millis(5) && took < window * 3, "{took:?}");
+    drop((mine, silent));
+
+    // One that leaves without computing (it failed validation, say): the batch leaves then.
+    let mine = batcher.expect_caller();
+    let leaving = batcher.expect_caller();
+    let started = std::time::Instant::now();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(leaving);
+    });
+    batcher.compute(request(&[&[3]])).await.unwrap();
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(90) && took < Duration::from_millis(300), "{took:?}");
     drop(mine);
-    assert_eq!(engine.runs().len(), 2);
+    assert_eq!(engine.runs().len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
