@@ -54,12 +54,8 @@ impl LoadedComponent {
     ) -> wasmtime::Result<wasmtime_wasi_http::handler::Response> {
         // Until it has answered, the request may still compute on the models it may use: a batch
         // forming on one of them may wait for it (`max_arrival_wait`).
-        let _expected: Vec<_> = self
-            .models
-            .iter()
-            .filter_map(|m| self.registry.get(m))
-            .map(|g| g.batcher.expect_caller())
-            .collect();
+        let _expected: Vec<_> =
+            self.models.iter().filter_map(|m| self.registry.get(m)?.batcher.expect_caller()).collect();
         let mut pause = Duration::from_micros(250);
         loop {
             let error = match self.handler.handle(ticket, request).await {

@@ -152,10 +152,14 @@ impl Batcher {
 
     /// Announces a caller that will compute on this model soon (an HTTP request entering a
     /// component that may use it), until the guard is dropped (its answer is out): while such
-    /// callers have not queued yet, a forming batch may wait for them.
-    pub fn expect_caller(&self) -> ExpectedCaller {
+    /// callers have not queued yet, a forming batch may wait for them. `None`, and no work per
+    /// request, when `max_arrival_wait` is off: then nobody counts them.
+    pub fn expect_caller(&self) -> Option<ExpectedCaller> {
+        if self.limits.max_arrival_wait.is_zero() {
+            return None;
+        }
         self.callers.count.fetch_add(1, Ordering::Relaxed);
-        ExpectedCaller(self.callers.clone())
+        Some(ExpectedCaller(self.callers.clone()))
     }
 
     /// Its batching limits.
