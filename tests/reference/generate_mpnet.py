@@ -22,21 +22,13 @@ import numpy as np
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
+from generate_intents import gelu, layer_norm  # the same float64 building blocks as the BERT reference
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 HERE = pathlib.Path(__file__).resolve().parent
 CHECKPOINT = ROOT / "models" / "all-mpnet-base-v2-checkpoint"
 TOKENIZER = ROOT / "models" / "all-mpnet-base-v2" / "tokenizer.json"
 MAX_TOKENS = 384  # sentence-transformers' max_seq_length for all-mpnet-base-v2
-
-
-def layer_norm(x, w, b, eps):
-    mean = x.mean(-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + eps) * w + b
-
-
-def gelu(x):
-    return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
 
 
 def bucket(relative_position, num_buckets=32, max_distance=128):
