@@ -62,9 +62,13 @@ pub struct Target {
     /// How this command reaches the registry (with `--from REF`); the hosts use their own settings.
     #[command(flatten)]
     registry: crate::RegistryArgs,
-    /// Admin API of a host (repeat for a fleet), e.g. http://10.0.0.7:3001.
+    /// Admin API of a host (repeat for a fleet), e.g. https://10.0.0.7:3001. Plain http:// to
+    /// a host that is not on loopback is refused unless --insecure is given.
     #[arg(long = "to", required = true)]
     hosts: Vec<String>,
+    /// How this command trusts the hosts' HTTPS and proves itself to them (mTLS).
+    #[command(flatten)]
+    tls: crate::client::ClientTls,
     /// File holding the admin token (else $EDGEINFER_ADMIN_TOKEN).
     #[arg(long)]
     token_file: Option<PathBuf>,
@@ -87,6 +91,14 @@ pub fn run(action: DeployAction) -> Result<()> {
         DeployAction::Abort { target } => (target, "abort"),
         DeployAction::Rollback { target } => (target, "rollback"),
     };
+    // The token and the component bytes must not cross a network in clear text unless asked.
+    for host in &target.hosts {
+        if crate::client::plain_http_off_machine(host)? && !target.registry.insecure {
+            bail!(
+                "refusing plain http:// to {host}: the admin token and the components would cross the network readable and rewritable; use https:// (with --ca-file for a private CA) or pass --insecure"
+            );
+        }
+    }
     let token = edgeinfer_server::admin::read_token(target.token_file.as_deref())?;
     let from = target.manifest.to_str().filter(|f| edgeinfer_registry::looks_like_reference(f));
     // The app's components and their routes: from spin.toml, or from the artifact's lock (the
@@ -162,7 +174,7 @@ pub fn run(action: DeployAction) -> Result<()> {
     }
 
     let bars = MultiProgress::new();
-    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(600)).build()?;
+    let client = target.tls.client(Duration::from_secs(600))?;
     let outcomes: Vec<Outcome> = std::thread::scope(|scope| {
         let tasks: Vec<_> = target
             .hosts
@@ -224,7 +236,7 @@ fn push(
         .bearer_auth(token)
         .body(reqwest::blocking::Body::sized(reader, bytes.len() as u64))
         .send();
-    let result = answer(response).map(|body| {
+    let result = answer(response).map_err(|e| diagnose(client, host, token).unwrap_or(e)).map(|body| {
         if body["canary"].is_string() {
             format!("canary {} at {}%", short(&body["canary"]), body["percent"].as_f64().unwrap_or(f64::NAN))
         } else if body["unchanged"] == true {
@@ -314,6 +326,15 @@ fn act(
     }
 }
 
+/// Why a host cannot be reached, told by a small call: a failed upload reports only that its
+/// body could not be sent, not the TLS or connection failure behind it.
+fn diagnose(client: &reqwest::blocking::Client, host: &str, token: &str) -> Option<String> {
+    match client.get(format!("{host}/admin/v1/app")).bearer_auth(token).send() {
+        Err(e) => Some(format!("cannot reach the host: {}", crate::client::with_causes(&e))),
+        Ok(_) => None,
+    }
+}
+
 /// A version hash cut to the 12 hex digits people read.
 fn short(version: &Value) -> String {
     version.as_str().unwrap_or("?").chars().take(12).collect()
@@ -321,7 +342,8 @@ fn short(version: &Value) -> String {
 
 /// The JSON of a 200, or the host's error.
 fn answer(response: reqwest::Result<reqwest::blocking::Response>) -> Result<Value, String> {
-    let response = response.map_err(|e| format!("cannot reach the host: {e}"))?;
+    let response =
+        response.map_err(|e| format!("cannot reach the host: {}", crate::client::with_causes(&e)))?;
     let status = response.status();
     let body: Value = response.json().map_err(|e| format!("{status}: not a JSON answer: {e}"))?;
     if status.is_success() {

@@ -2,6 +2,7 @@
 //! (spin.toml) with wasmtime, and implements wasi:nn on ONNX Runtime for them.
 
 mod builder;
+mod client;
 mod deploy;
 mod download;
 mod provision;
@@ -64,6 +65,9 @@ enum Command {
         /// Seconds to wait for the answer.
         #[arg(long, default_value_t = 3)]
         timeout: u64,
+        /// How to trust an https:// URL (and a client certificate, when it asks for one).
+        #[command(flatten)]
+        tls: client::ClientTls,
     },
 }
 
@@ -235,11 +239,90 @@ struct UpArgs {
     #[arg(long, env = "EDGEINFER_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
     #[command(flatten)]
+    tls: TlsArgs,
+    /// The key every inference route needs as `Authorization: Bearer KEY` (TEI's flag and
+    /// variable): component routes, /v1/..., KServe REST and gRPC. At least 16 characters.
+    #[arg(long, env = "API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// The API key guards the host's own routes too (/health, /ready, /metrics, /docs,
+    /// /openapi.json), which otherwise stay open for probes and scrapers.
+    #[arg(long, env = "EDGEINFER_API_KEY_HOST_ROUTES", requires = "api_key")]
+    api_key_host_routes: bool,
+    #[command(flatten)]
     registry: RegistryArgs,
+}
+
+/// TLS of the listeners (rustls: TLS 1.2 and 1.3; files re-read when they change).
+#[derive(clap::Args)]
+struct TlsArgs {
+    /// PEM certificate chain to serve HTTPS with (Spin's flag), HTTP/2 and HTTP/1.1 by ALPN;
+    /// also the admin and gRPC listeners' unless they have their own.
+    #[arg(long, env = "EDGEINFER_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "EDGEINFER_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The admin listener's own certificate chain (default: --tls-cert).
+    #[arg(long, env = "EDGEINFER_ADMIN_TLS_CERT", requires = "admin_tls_key")]
+    admin_tls_cert: Option<PathBuf>,
+    #[arg(long, env = "EDGEINFER_ADMIN_TLS_KEY", requires = "admin_tls_cert")]
+    admin_tls_key: Option<PathBuf>,
+    /// Admin clients must present a certificate chained to this PEM CA (mTLS), checked in the
+    /// handshake; the bearer token is still required.
+    #[arg(long, env = "EDGEINFER_ADMIN_CLIENT_CA")]
+    admin_client_ca: Option<PathBuf>,
+    /// The gRPC listener's own certificate chain (default: --tls-cert).
+    #[arg(long, env = "EDGEINFER_GRPC_TLS_CERT", requires = "grpc_tls_key")]
+    grpc_tls_cert: Option<PathBuf>,
+    #[arg(long, env = "EDGEINFER_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
+    grpc_tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The TLS of one listener: its own pair, else the public one; `None` for plain HTTP.
+    fn files(
+        &self,
+        own: (&Option<PathBuf>, &Option<PathBuf>),
+        client_ca: Option<&PathBuf>,
+    ) -> Option<http::tls::TlsFiles> {
+        let (cert, key) = match own {
+            (Some(cert), Some(key)) => (cert, key),
+            _ => (self.tls_cert.as_ref()?, self.tls_key.as_ref()?),
+        };
+        Some(http::tls::TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: client_ca.cloned() })
+    }
+
+    /// The public listener's TLS.
+    fn public(&self) -> Result<Option<http::tls::Tls>> {
+        let files = self.files((&None, &None), None);
+        files
+            .map(|f| http::tls::Tls::load(f, &http::tls::ALPN_HTTP, "public"))
+            .transpose()
+            .map_err(Into::into)
+    }
+
+    /// The admin listener's TLS, with mTLS when --admin-client-ca is given.
+    fn admin(&self) -> Result<Option<http::tls::Tls>> {
+        let files = self.files((&self.admin_tls_cert, &self.admin_tls_key), self.admin_client_ca.as_ref());
+        anyhow::ensure!(
+            files.is_some() || self.admin_client_ca.is_none(),
+            "--admin-client-ca needs TLS on the admin listener: give --tls-cert and --tls-key (or --admin-tls-cert and --admin-tls-key)"
+        );
+        files.map(|f| http::tls::Tls::load(f, &http::tls::ALPN_HTTP, "admin")).transpose().map_err(Into::into)
+    }
+
+    /// The gRPC listener's TLS (HTTP/2 only).
+    fn grpc(&self) -> Result<Option<http::tls::Tls>> {
+        let files = self.files((&self.grpc_tls_cert, &self.grpc_tls_key), None);
+        files.map(|f| http::tls::Tls::load(f, &http::tls::ALPN_GRPC, "grpc")).transpose().map_err(Into::into)
+    }
 }
 
 fn main() -> Result<()> {
     init_logging();
+    // Two TLS providers are compiled into rustls in this tree (ring and aws-lc-rs): clients that
+    // take the process default (reqwest for downloads) get aws-lc-rs, like the listeners.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Build(args) => builder::build_all(&Manifest::load(&args.manifest)?),
@@ -280,10 +363,8 @@ fn main() -> Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(up(args))
         }
-        Command::Probe { url, timeout } => {
-            let client = reqwest::blocking::Client::builder()
-                .timeout(std::time::Duration::from_secs(timeout))
-                .build()?;
+        Command::Probe { url, timeout, tls } => {
+            let client = tls.client(std::time::Duration::from_secs(timeout))?;
             match client.get(&url).send() {
                 Ok(response) if response.status().as_u16() == 200 => Ok(()),
                 Ok(response) => {
@@ -291,7 +372,7 @@ fn main() -> Result<()> {
                     std::process::exit(1)
                 }
                 Err(e) => {
-                    eprintln!("edgeinfer probe: {url}: {e}");
+                    eprintln!("edgeinfer probe: {url}: {}", client::with_causes(&e));
                     std::process::exit(1)
                 }
             }
@@ -385,6 +466,22 @@ struct Started {
 
 async fn up(args: UpArgs) -> Result<()> {
     telemetry::init()?;
+    // Credentials and certificates are checked before anything slow, so a bad one fails at once.
+    let api_key = args
+        .api_key
+        .clone()
+        .map(|key| http::auth::ApiKey::new(key, args.api_key_host_routes))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--api-key: {e}"))?;
+    let public_tls = args.tls.public()?;
+    let admin_tls = match args.admin_listen {
+        Some(_) => args.tls.admin()?,
+        None => None,
+    };
+    let grpc_tls = match args.grpc_listen {
+        Some(_) => args.tls.grpc()?,
+        None => None,
+    };
     // With -f REF, the registry flags are for REF's registry alone.
     let from = args.manifest.manifest.to_str().filter(|p| edgeinfer_registry::looks_like_reference(p));
     let connection = args.registry.connection(from)?;
@@ -412,13 +509,27 @@ async fn up(args: UpArgs) -> Result<()> {
         let watched = watch::start(app.clone())?;
         eprintln!("Watching the build inputs of: {}", watched.join(", "));
     }
+    // Every listener stops accepting at the same signal, and drains.
+    let (stopping, stop) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut stop = stop.clone();
+        async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        }
+    };
     let admin = match args.admin_listen {
         Some(address) => {
             let token = admin_token(args.admin_token_file.as_deref())?;
             let listener = tokio::net::TcpListener::bind(address)
                 .await
                 .with_context(|| format!("cannot listen on {address} (admin API)"))?;
-            eprintln!("Admin API: http://{}", listener.local_addr()?);
+            if admin_tls.is_none() && !address.ip().is_loopback() {
+                tracing::warn!(
+                    "the admin API on {address} is plain HTTP: its token and uploads cross the network readable; give --tls-cert/--tls-key (and --admin-client-ca)"
+                );
+            }
+            let listener = http::listener::Listener::new(listener, admin_tls);
+            eprintln!("Admin API: {}://{}", listener.scheme(), listener.local_addr()?);
             // Deploys by reference pull with this host's registry settings into its cache.
             let (connection, cache) = (connection.clone(), provision::cache_dir());
             let fetcher: admin::ComponentFetcher = Arc::new(move |reference, component| {
@@ -445,7 +556,7 @@ async fn up(args: UpArgs) -> Result<()> {
                 })
             });
             let sources = admin::Sources { component: Some(fetcher), file: Some(file) };
-            Some(tokio::spawn(admin::serve(app.clone(), token, listener, sources)))
+            Some(tokio::spawn(admin::serve(app.clone(), token, listener, sources, stopped())))
         }
         None => None,
     };
@@ -459,33 +570,50 @@ async fn up(args: UpArgs) -> Result<()> {
             let listener = tokio::net::TcpListener::bind(address)
                 .await
                 .with_context(|| format!("cannot listen on {address} (gRPC)"))?;
-            eprintln!("KServe v2 gRPC API: {} (inference.GRPCInferenceService)", listener.local_addr()?);
-            Some(listener)
+            let tls = if grpc_tls.is_some() { " over TLS" } else { "" };
+            eprintln!("KServe v2 gRPC API: {}{tls} (inference.GRPCInferenceService)", listener.local_addr()?);
+            Some(http::listener::Listener::new(listener, grpc_tls))
         }
         None => None,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let address = listener.local_addr()?;
+    let listener = http::listener::Listener::new(listener, public_tls);
+    let (address, scheme) = (listener.local_addr()?, listener.scheme());
     release_freed_heap();
-    eprintln!("Serving http://{address}");
+    eprintln!("Serving {scheme}://{address}");
     eprintln!("Available Routes:");
     for trigger in &manifest.http_triggers {
-        eprintln!("  {}: http://{address}{}", trigger.component, trigger.route);
+        eprintln!("  {}: {scheme}://{address}{}", trigger.component, trigger.route);
     }
     if config.kserve.enabled {
+        let guard = match (&api_key, config.kserve.public) {
+            (None, true) => "public",
+            (None, false) => "bearer token required",
+            (Some(_), _) => "bearer token or API key required",
+        };
         eprintln!(
-            "KServe v2 API: http://{address}/v2/models/{{name}}/infer for {} ({})",
+            "KServe v2 API: {scheme}://{address}/v2/models/{{name}}/infer for {} ({guard})",
             config.kserve.models.join(", "),
-            if config.kserve.public { "public" } else { "bearer token required" }
         );
     }
-    eprintln!("API docs: http://{address}/docs (OpenAPI: http://{address}/openapi.json)");
-    let options = http::ServeOptions { kserve, grpc_listener, log_inputs: args.log_inputs, swagger_ui };
-    http::serve(app, options, listener, shutdown_signal()).await?;
-    if let Some(admin) = admin {
-        admin.abort();
+    if api_key.is_some() {
+        eprintln!("Inference routes need the API key (Authorization: Bearer ...)");
+    }
+    eprintln!("API docs: {scheme}://{address}/docs (OpenAPI: {scheme}://{address}/openapi.json)");
+    let kserve = kserve.map(|kserve| kserve.with_api_key(api_key.as_ref()));
+    let options =
+        http::ServeOptions { kserve, grpc_listener, api_key, log_inputs: args.log_inputs, swagger_ui };
+    let shutdown = async move {
+        shutdown_signal().await;
+        let _ = stopping.send(true);
+    };
+    http::serve(app, options, listener, shutdown).await?;
+    if let Some(admin) = admin
+        && let Err(e) = admin.await
+    {
+        tracing::warn!("admin API task: {e}");
     }
     eprintln!("edgeinfer: stopped");
     Ok(())

@@ -2,8 +2,11 @@
 //! version of a component (upload → checksum → compose and precompile → trial instantiation →
 //! atomic switch, while in-flight requests finish on the old version, or a canary on a share of
 //! the traffic), promote, abort, and rollback; a model reloaded from its file (or another) and
-//! switched to when loaded, while inference goes on. Every call needs `Authorization: Bearer <token>`:
-//! 401 without one, 403 with a wrong one.
+//! switched to when loaded, while inference goes on. Every call needs `Authorization: Bearer <token>`
+//! (`auth`'s rule: 401 without one, 403 with a wrong one); with `--admin-client-ca`, a client
+//! certificate chained to that CA as well, checked in the TLS handshake. Every action is audited:
+//! one `audit` log line (who, what, digest, outcome) and a count in
+//! `edgeinfer_admin_actions_total`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,15 +17,14 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response as AxumResponse};
 use axum::routing::{get, post, put};
 use http::{Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
 use serde_json::json;
-use tokio::net::TcpListener;
 use tower::ServiceExt;
 use wasmtime_wasi_http::WasiBody;
 
-use crate::{Answer, HostError, constant_time_eq, json as json_response};
+use crate::listener::{Http1Options, Listener};
+use crate::{Answer, HostError, json as json_response};
 use edgeinfer_engine::registry::{ReloadError, ReloadRequest};
 use edgeinfer_runtime::app::App;
 use edgeinfer_runtime::rollout::{Canary, CanaryMode, Stickiness};
@@ -83,45 +85,58 @@ pub struct Sources {
     pub file: Option<FileFetcher>,
 }
 
-/// Serves the admin API on `listener` until the task is dropped.
-pub async fn serve(app: Arc<App>, token: String, listener: TcpListener, sources: Sources) {
+/// How long a drain of the admin listener waits for calls in flight (an upload being installed).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves the admin API on `listener` until `shutdown` resolves, then lets calls in flight finish.
+pub async fn serve(
+    app: Arc<App>,
+    token: String,
+    listener: Listener,
+    sources: Sources,
+    shutdown: impl Future<Output = ()>,
+) {
     let (router, token): (Router, Arc<str>) = (router(app, sources), token.into());
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::warn!("admin accept failed: {e}");
-                continue;
-            }
-        };
+    let http1 = Http1Options { header_read_timeout: Duration::from_secs(10), max_buf_size: None };
+    crate::listener::run(listener, "admin", shutdown, DRAIN_TIMEOUT, move |connection, watcher| {
         let (router, token) = (router.clone(), token.clone());
+        let who = Caller {
+            peer: connection.peer,
+            certificate: connection.client_certificate().map(|c| subject(&c)),
+        };
+        let who = Arc::new(who);
         let service = hyper::service::service_fn(move |req| {
-            let (router, token) = (router.clone(), token.clone());
-            async move { Ok::<_, Infallible>(handle(router, &token, req, peer).await) }
+            let (router, token, who) = (router.clone(), token.clone(), who.clone());
+            async move { Ok::<_, Infallible>(handle(router, &token, req, &who).await) }
         });
-        tokio::spawn(async move {
-            let connection = http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = connection.await {
-                tracing::debug!("admin connection from {peer} ended: {e}");
-            }
-        });
+        crate::listener::serve_http(connection, watcher, http1, service)
+    })
+    .await;
+}
+
+/// Who is calling: the connection's peer and, over mTLS, its certificate's subject.
+struct Caller {
+    peer: std::net::SocketAddr,
+    certificate: Option<String>,
+}
+
+/// A client certificate's subject (`CN=..., O=...`), or its sha256 when it cannot be read.
+fn subject(certificate: &rustls::pki_types::CertificateDer<'_>) -> String {
+    match x509_parser::parse_x509_certificate(certificate) {
+        Ok((_, parsed)) => parsed.subject().to_string(),
+        Err(_) => format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(certificate))),
     }
 }
 
-/// Every call is authorized first (whatever its path), routed, and logged.
-async fn handle(
-    router: Router,
-    token: &str,
-    req: Request<Incoming>,
-    peer: std::net::SocketAddr,
-) -> AxumResponse {
+/// Every call is authorized first (whatever its path), routed, and logged; calls that change
+/// something are audited.
+async fn handle(router: Router, token: &str, req: Request<Incoming>, who: &Caller) -> AxumResponse {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let response = match authorize(&req, token) {
-        Err(response) => {
+    let sent_sha256 = query_value(req.uri().query(), "sha256");
+    let authorized = crate::auth::check(req.headers(), &[token]);
+    let response = match authorized {
+        Err(refusal) => {
             // A small upload sent without the token is still arriving: read it off (briefly) so
             // that the client gets the 401/403 instead of a broken pipe. Never for a client
             // waiting for `100 Continue` (it sends nothing more) or a large declared body; and
@@ -135,7 +150,7 @@ async fn handle(
             if !expects_continue && declared <= REFUSED_DRAIN_BYTES {
                 crate::body::drain(req.into_body(), REFUSED_DRAIN_BYTES, REFUSED_DRAIN_TIMEOUT).await;
             }
-            let mut response = Answer(*response).into_response();
+            let mut response = Answer(refusal.answer("the admin token")).into_response();
             response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
             response
         }
@@ -144,8 +159,77 @@ async fn handle(
             crate::json_rejection(routed.unwrap_or_else(|never| match never {})).await
         }
     };
-    tracing::info!(%method, %path, status = response.status().as_u16(), %peer, "admin");
-    response
+    let status = response.status().as_u16();
+    tracing::info!(%method, %path, status, peer = %who.peer, "admin");
+    if method == http::Method::GET {
+        return response;
+    }
+    audit(response, &path, authorized.is_ok(), sent_sha256, who).await
+}
+
+/// The action a call's path names, for the audit (`push`, `pull`, `promote`, `model-reload`...).
+fn action_of(path: &str) -> (&'static str, Option<&str>) {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["admin", "v1", "components", id] => ("push", Some(id)),
+        ["admin", "v1", "components", id, "pull"] => ("pull", Some(id)),
+        ["admin", "v1", "components", id, "rollback"] => ("rollback", Some(id)),
+        ["admin", "v1", "components", id, "promote"] => ("promote", Some(id)),
+        ["admin", "v1", "components", id, "abort"] => ("abort", Some(id)),
+        ["admin", "v1", "models", name, "reload"] => ("model-reload", Some(name)),
+        _ => ("unknown", None),
+    }
+}
+
+/// Admin answers are small JSON; an audit reads at most this much of one.
+const AUDITED_BODY_BYTES: usize = 64 << 10;
+
+/// One `audit` log line and one count per action: who (certificate subject, or the token when
+/// there is no certificate), what, on which component or model, the digest involved (what the
+/// host now serves, else what was sent) and the outcome.
+async fn audit(
+    response: AxumResponse,
+    path: &str,
+    authorized: bool,
+    sent_sha256: Option<String>,
+    who: &Caller,
+) -> AxumResponse {
+    let (parts, body) = response.into_parts();
+    let bytes = match http_body_util::Limited::new(body, AUDITED_BODY_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => bytes::Bytes::new(),
+    };
+    let answer: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let digest = ["version", "sha256"]
+        .iter()
+        .find_map(|field| answer[*field].as_str().map(str::to_string))
+        .or(sent_sha256);
+    let (action, target) = action_of(path);
+    let status = parts.status.as_u16();
+    let outcome = match (authorized, status) {
+        (false, _) => "refused",
+        (true, 200..=299) => "ok",
+        (true, _) => "failed",
+    };
+    let caller = match (&who.certificate, authorized) {
+        (Some(subject), _) => subject.clone(),
+        (None, true) => "admin-token".to_string(),
+        (None, false) => "unauthenticated".to_string(),
+    };
+    tracing::info!(
+        target: "edgeinfer::audit",
+        who = caller,
+        peer = %who.peer,
+        action,
+        on = target.unwrap_or("-"),
+        digest = digest.as_deref().unwrap_or("-"),
+        status,
+        outcome,
+        error_type = answer["error_type"].as_str(),
+        "audit"
+    );
+    metrics::counter!("edgeinfer_admin_actions_total", "action" => action, "outcome" => outcome).increment(1);
+    AxumResponse::from_parts(parts, axum::body::Body::from(bytes))
 }
 
 /// The admin routes; a known path with another method is 405, an unknown path 404 (JSON both).
@@ -173,15 +257,6 @@ fn router(app: Arc<App>, sources: Sources) -> Router {
             Answer(HostError::NotFound.answer(format!("no admin route {}", uri.path())))
         })
         .with_state(app)
-}
-
-/// 401 without a bearer token, 403 with a wrong one.
-fn authorize(req: &Request<Incoming>, token: &str) -> Result<(), Box<Response<WasiBody>>> {
-    match crate::bearer_token(req.headers()) {
-        None => Err(Box::new(HostError::Unauthorized.answer("an admin bearer token is required"))),
-        Some(given) if constant_time_eq(given, token) => Ok(()),
-        Some(_) => Err(Box::new(HostError::Forbidden.answer("the admin token is not valid"))),
-    }
 }
 
 /// `GET /admin/v1/app`: components (serving version, replaced versions kept, routes) and models.

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::net::TcpListener;
 use tonic::body::Body;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
@@ -52,7 +51,7 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) async fn serve(
     app: Arc<App>,
     kserve: Arc<Kserve>,
-    listener: TcpListener,
+    listener: crate::listener::Listener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let max_message = usize::try_from(kserve.max_request_body_bytes()).unwrap_or(usize::MAX);
@@ -61,7 +60,7 @@ pub(crate) async fn serve(
         .max_decoding_message_size(max_message)
         .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
         .accept_compressed(tonic::codec::CompressionEncoding::Deflate);
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = crate::listener::incoming(listener);
     tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
@@ -202,10 +201,9 @@ impl http_body::Body for Deadline {
 
 /// Refuses a call without the API's bearer token (none needed when the API is public).
 fn authorize(kserve: &Kserve, headers: &http::HeaderMap) -> Result<(), Status> {
-    match kserve.authorized(headers) {
-        true => Ok(()),
-        false => Err(status_of(HostError::Unauthorized, "a valid bearer token is required".into())),
-    }
+    kserve
+        .authorized(headers)
+        .map_err(|refusal| status_of(refusal.error(), refusal.message(crate::kserve::TOKEN_NAME)))
 }
 
 /// A call's outcome as the request metrics label it: the HTTP status of its gRPC code and its

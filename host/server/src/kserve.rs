@@ -25,6 +25,9 @@ use edgeinfer_runtime::admission::Admission;
 use edgeinfer_runtime::app::App;
 use edgeinfer_tensor::kserve;
 
+/// What the API's credential is called in its refusals.
+pub(crate) const TOKEN_NAME: &str = "the KServe API's token";
+
 /// Path prefix of the protocol.
 pub const PREFIX: &str = "/v2";
 
@@ -40,8 +43,9 @@ pub(crate) const PLATFORM: &str = "onnxruntime_onnx";
 /// The API as served.
 pub struct Kserve {
     config: KserveConfig,
-    /// The bearer token clients must send; `None` only when the config says `public = true`.
-    token: Option<String>,
+    /// The bearer tokens accepted: the API's own (`token_env`) and the host's API key; none only
+    /// when the config says `public = true` and the host has no API key.
+    tokens: Vec<String>,
     /// Inference requests at once and waiting, as for a component (REST and gRPC together).
     pub(crate) admission: Admission,
 }
@@ -51,7 +55,13 @@ impl Kserve {
     pub fn new(config: KserveConfig, token: Option<String>) -> Kserve {
         debug_assert!(config.public || token.is_some(), "checked with the runtime config");
         let admission = Admission::new("kserve", config.max_concurrent_requests, config.max_queued_requests);
-        Kserve { config, token, admission }
+        Kserve { config, tokens: token.into_iter().collect(), admission }
+    }
+
+    /// The API accepting the host's API key too: with a key, even a public API needs a token.
+    pub fn with_api_key(mut self, key: Option<&crate::auth::ApiKey>) -> Kserve {
+        self.tokens.extend(key.map(|k| k.key().to_string()));
+        self
     }
 
     /// Whether the API serves model `name` at all.
@@ -59,11 +69,14 @@ impl Kserve {
         self.config.models.iter().any(|m| m == name)
     }
 
-    /// Whether a request with `headers` may use the API: it is public, or they carry its token.
-    pub(crate) fn authorized(&self, headers: &http::HeaderMap) -> bool {
-        self.token.as_ref().is_none_or(|token| {
-            super::bearer_token(headers).is_some_and(|given| super::constant_time_eq(given, token))
-        })
+    /// Whether a request with `headers` may use the API (`auth`'s rule): it is open, or they
+    /// carry one of its tokens.
+    pub(crate) fn authorized(&self, headers: &http::HeaderMap) -> Result<(), crate::auth::Refusal> {
+        if self.tokens.is_empty() {
+            return Ok(());
+        }
+        let tokens: Vec<&str> = self.tokens.iter().map(String::as_str).collect();
+        crate::auth::check(headers, &tokens)
     }
 
     /// The largest request body (or gRPC message) accepted.
@@ -118,9 +131,10 @@ async fn require_token(
     req: axum::extract::Request,
     next: Next,
 ) -> AxumResponse {
-    if !api(&shared).authorized(req.headers()) {
-        let mut refused =
-            Answer(HostError::Unauthorized.answer("a valid bearer token is required")).into_response();
+    if let Err(refusal) = api(&shared).authorized(req.headers()) {
+        // As the API key's refusal: a small body is read off so HTTP/2 clients get the answer.
+        crate::body::drain(req.into_body(), 64 << 10, std::time::Duration::from_secs(1)).await;
+        let mut refused = Answer(refusal.answer(TOKEN_NAME)).into_response();
         let route = matched.as_ref().map_or("/v2/unmatched", MatchedPath::as_str);
         refused.extensions_mut().insert(Served::host(route));
         return refused;

@@ -4,17 +4,21 @@
 //! `ProxyHandler` (canary pick, shadow copy, limits). Whatever answered labels the response
 //! (`Served`), by which every request is counted and logged once. Host-side failures are JSON
 //! errors of one type (`HostError`). The admin API has its own listener (`admin`); `telemetry`
-//! is the process's metrics recorder.
+//! is the process's metrics recorder. Every listener, plain or TLS (`tls`), runs the same accept
+//! loop (`listener`); every credential is checked by one rule (`auth`).
 
 pub mod admin;
+pub mod auth;
 mod body;
 mod docs;
 pub mod error;
 mod grpc;
 mod kserve;
+pub mod listener;
 mod shadow;
 pub mod status;
 pub mod telemetry;
+pub mod tls;
 
 pub use docs::SwaggerUi;
 use error::ERROR_TYPE_HEADER;
@@ -34,9 +38,6 @@ use axum::routing::get;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
 use tower::ServiceExt;
 use wasmtime_wasi_http::WasiBody;
 use wasmtime_wasi_http::handler::{ExpirationError, InstantiationError, TrapOrPanicError};
@@ -44,6 +45,9 @@ use wasmtime_wasi_http::handler::{ExpirationError, InstantiationError, TrapOrPan
 use edgeinfer_runtime::app::App;
 use edgeinfer_runtime::component::LoadedComponent;
 use edgeinfer_runtime::instance::{RequestTicket, TrapCause};
+
+use auth::ApiKey;
+use listener::{Http1Options, Listener};
 
 /// What the handlers share.
 struct Shared {
@@ -62,6 +66,8 @@ struct Server {
     kserve_on: bool,
     /// Whether request logs carry the request body itself (off: only its hash and size).
     log_inputs: bool,
+    /// The key inference routes need, when one is set.
+    api_key: Option<ApiKey>,
     next_request_id: AtomicU64,
     /// Distinguishes generated request ids across restarts.
     boot: u64,
@@ -119,6 +125,10 @@ const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// as it retires, right after the request learns of the trap; this only bounds a host bug.
 const TRAP_CAUSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// A refused request's body is read off up to this size and time, no more.
+const REFUSED_DRAIN_BYTES: u64 = 64 << 10;
+const REFUSED_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How long a drain waits for in-flight requests before giving up on them.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -127,7 +137,10 @@ pub struct ServeOptions {
     /// The KServe v2 API, when enabled.
     pub kserve: Option<Kserve>,
     /// Where to serve the KServe API over gRPC too (it must be enabled).
-    pub grpc_listener: Option<TcpListener>,
+    pub grpc_listener: Option<Listener>,
+    /// The key every inference route needs (`up --api-key`); KServe accepts it besides its own
+    /// token.
+    pub api_key: Option<ApiKey>,
     /// Put request bodies in the request log lines.
     pub log_inputs: bool,
     /// Swagger UI's files for `/docs`.
@@ -135,15 +148,16 @@ pub struct ServeOptions {
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then drains: no new connections, idle
-/// keep-alive connections closed, in-flight requests finished (up to 30 s).
+/// keep-alive connections closed, in-flight requests finished (up to 30 s). HTTP/1.1, and HTTP/2
+/// where a TLS client asks for it.
 pub async fn serve(
     app: Arc<App>,
     options: ServeOptions,
-    listener: TcpListener,
+    listener: Listener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let boot = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let ServeOptions { kserve, grpc_listener, log_inputs, swagger_ui } = options;
+    let ServeOptions { kserve, grpc_listener, api_key, log_inputs, swagger_ui } = options;
     let kserve = kserve.map(Arc::new);
     let kserve_on = kserve.is_some();
     let (stop_grpc, grpc_stopping) = tokio::sync::oneshot::channel::<()>();
@@ -157,54 +171,31 @@ pub async fn serve(
         (None, _) => None,
     };
     let router = routes(Arc::new(Shared { app, kserve, swagger_ui }));
-    let server = Arc::new(Server { router, kserve_on, log_inputs, next_request_id: AtomicU64::new(0), boot });
-    let connections = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let server = server.clone();
+    let server =
+        Arc::new(Server { router, kserve_on, log_inputs, api_key, next_request_id: AtomicU64::new(0), boot });
+    let http1 =
+        Http1Options { header_read_timeout: HEADER_READ_TIMEOUT, max_buf_size: Some(MAX_HEADER_BYTES) };
+    // The gRPC listener starts its drain with this one's.
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_grpc.send(());
+    };
+    listener::run(listener, "public", shutdown, DRAIN_TIMEOUT, move |connection, watcher| {
+        let (server, peer) = (server.clone(), connection.peer);
         let service = hyper::service::service_fn(move |req| {
             let server = server.clone();
             async move { Ok::<_, Infallible>(server.handle(req, peer).await) }
         });
-        let connection = http1::Builder::new()
-            .keep_alive(true)
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .max_buf_size(MAX_HEADER_BYTES)
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = connections.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!("connection from {peer} ended: {e}");
-            }
-        });
-    }
-    drop(listener);
-    let _ = stop_grpc.send(());
-    tracing::info!(open_connections = connections.count(), "shutting down: draining in-flight requests");
-    let drained = async {
-        connections.shutdown().await;
-        if let Some(grpc) = grpc {
-            match grpc.await {
-                Ok(Err(e)) => tracing::warn!("gRPC server: {e:#}"),
-                Err(e) => tracing::warn!("gRPC server task: {e}"),
-                Ok(Ok(())) => {}
-            }
+        listener::serve_http(connection, watcher, http1, service)
+    })
+    .await;
+    if let Some(grpc) = grpc {
+        match tokio::time::timeout(DRAIN_TIMEOUT, grpc).await {
+            Ok(Ok(Err(e))) => tracing::warn!("gRPC server: {e:#}"),
+            Ok(Err(e)) => tracing::warn!("gRPC server task: {e}"),
+            Err(_) => tracing::warn!("gRPC drain timed out after {} s", DRAIN_TIMEOUT.as_secs()),
+            Ok(Ok(Ok(()))) => {}
         }
-    };
-    if tokio::time::timeout(DRAIN_TIMEOUT, drained).await.is_err() {
-        tracing::warn!("drain timed out after {} s; closing what is left", DRAIN_TIMEOUT.as_secs());
     }
     Ok(())
 }
@@ -229,6 +220,11 @@ impl Server {
                     .answer(format!("request headers are over the limit of {MAX_HEADER_BYTES} bytes")),
             )
             .into_response()
+        } else if let Some(refusal) = self.refused_without_key(&req) {
+            // Read off a small body first: an HTTP/2 client still sending it when the answer
+            // comes would see its stream reset instead of the 401/403.
+            body::drain(Box::pin(req.into_body()), REFUSED_DRAIN_BYTES, REFUSED_DRAIN_TIMEOUT).await;
+            Answer(refusal.answer("the API key")).into_response()
         } else {
             if self.kserve_on
                 && let Some(normalised) = kserve::normalise(req.uri())
@@ -276,6 +272,20 @@ impl Server {
         );
         response.headers_mut().insert(REQUEST_ID, request_id_header);
         response
+    }
+}
+
+impl Server {
+    /// Why a request that needs the API key is refused, if it is: every route but the host's own
+    /// (unless the key covers them) and KServe's (which accepts the key besides its own token).
+    fn refused_without_key<B>(&self, req: &Request<B>) -> Option<auth::Refusal> {
+        let key = self.api_key.as_ref()?;
+        let path = req.uri().path();
+        let exempt = (is_host_path(path) && !key.host_routes) || (self.kserve_on && is_kserve_path(path));
+        if exempt {
+            return None;
+        }
+        auth::check(req.headers(), &[key.key()]).err()
     }
 }
 
@@ -573,11 +583,6 @@ fn metrics_text() -> Response<WasiBody> {
         .expect("static response parts are valid")
 }
 
-/// The bearer token a request carries (`Authorization: Bearer <token>`), if any.
-pub(crate) fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
-    headers.get(http::header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
-}
-
 /// Counts one answered request (HTTP or gRPC) in the request metrics. Per version, so that a
 /// canary's latency and errors can be compared with the stable's.
 fn count_request(
@@ -600,12 +605,6 @@ fn count_request(
         metrics::counter!("edgeinfer_errors_total", "route" => route.to_string(), "component" => component.to_string(), "version" => version.to_string(), "error_type" => error_type.to_string())
             .increment(1);
     }
-}
-
-/// Compares secrets without an early exit, so the time taken does not tell how much matched.
-pub(crate) fn constant_time_eq(given: &str, expected: &str) -> bool {
-    given.len() == expected.len()
-        && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 #[cfg(test)]

@@ -24,6 +24,11 @@ const TOKEN: &str = "a-test-token-0123456789";
 /// A server over an empty app whose one model, `broken`, failed to load; KServe on (with a
 /// token) or off.
 fn server(kserve_on: bool) -> Server {
+    server_with_key(kserve_on, None)
+}
+
+/// `server`, with an API key for the inference routes.
+fn server_with_key(kserve_on: bool, api_key: Option<ApiKey>) -> Server {
     let dir = std::env::temp_dir().join(format!("edgeinfer-server-test-{}", std::process::id()));
     let manifest =
         Manifest::parse("spin_manifest_version = 2\n[application]\nname = \"empty\"\n", dir.clone())
@@ -38,10 +43,11 @@ fn server(kserve_on: bool) -> Server {
     let app =
         App::load(Arc::new(manifest), &BTreeMap::new(), registry, &engine, cache, false, Default::default())
             .expect("app");
-    let kserve = kserve_on.then(|| Kserve::new(config.kserve.clone(), Some(TOKEN.to_string())));
+    let kserve = kserve_on
+        .then(|| Kserve::new(config.kserve.clone(), Some(TOKEN.to_string())).with_api_key(api_key.as_ref()));
     let router =
         routes(Arc::new(Shared { app: Arc::new(app), kserve: kserve.map(Arc::new), swagger_ui: None }));
-    Server { router, kserve_on, log_inputs: false, next_request_id: AtomicU64::new(0), boot: 7 }
+    Server { router, kserve_on, log_inputs: false, api_key, next_request_id: AtomicU64::new(0), boot: 7 }
 }
 
 struct Answered {
@@ -108,7 +114,10 @@ async fn kserve_needs_its_token_and_serves_only_its_models() {
     assert_error(&refused, 401, "Unauthorized");
     assert_eq!(refused.headers["www-authenticate"], "Bearer");
     let wrong = call(&server, Method::GET, "/v2/health/live", &[("authorization", "Bearer nope")]).await;
-    assert_error(&wrong, 401, "Unauthorized");
+    assert_error(&wrong, 403, "Forbidden");
+    assert!(wrong.headers.get("www-authenticate").is_none(), "a 403 asks for nothing");
+    let malformed = call(&server, Method::GET, "/v2/health/live", &[("authorization", TOKEN)]).await;
+    assert_error(&malformed, 401, "Unauthorized");
     assert_error(&call(&server, Method::GET, "/v2/no/such/route", &[]).await, 401, "Unauthorized");
     let live = call(&server, Method::GET, "/v2/health/live", &auth).await;
     assert_eq!((live.status, live.body["live"].as_bool()), (StatusCode::OK, Some(true)));
@@ -136,4 +145,43 @@ async fn kserve_needs_its_token_and_serves_only_its_models() {
     assert_eq!(live.body["live"], true);
     // A path parameter axum cannot decode is a JSON error like any other.
     assert_error(&call(&server, Method::GET, "/v2/models/%FF", &auth).await, 400, "BadRequest");
+}
+
+#[tokio::test]
+async fn the_api_key_guards_every_inference_route_by_one_rule() {
+    const KEY: &str = "an-api-key-0123456789";
+    let key = ApiKey::new(KEY.to_string(), false).unwrap();
+    let server = server_with_key(true, Some(key));
+    let with_key = format!("Bearer {KEY}");
+    let key_header = [("authorization", with_key.as_str())];
+    // Component routes (and paths nobody serves) need the key: 401 without, 403 with another.
+    let missing = call(&server, Method::POST, "/embed", &[]).await;
+    assert_error(&missing, 401, "Unauthorized");
+    assert_eq!(missing.headers["www-authenticate"], "Bearer");
+    assert!(missing.body["error"].as_str().unwrap().contains("the API key is required"), "{}", missing.body);
+    let wrong =
+        call(&server, Method::POST, "/embed", &[("authorization", "Bearer not-the-key-000000")]).await;
+    assert_error(&wrong, 403, "Forbidden");
+    assert_error(&call(&server, Method::POST, "/embed", &key_header).await, 404, "NotFound");
+    assert_error(&call(&server, Method::POST, "/v1/embeddings", &[]).await, 401, "Unauthorized");
+    // The host's own routes stay open for probes and scrapers.
+    assert_eq!(call(&server, Method::GET, "/health", &[]).await.status, StatusCode::OK);
+    assert_eq!(call(&server, Method::GET, "/metrics", &[]).await.status, StatusCode::OK);
+    // KServe takes the key besides its own token, by the same rule.
+    let bearer = format!("Bearer {TOKEN}");
+    let live = |headers: Vec<(&'static str, String)>| {
+        let server = &server;
+        async move {
+            let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            call(server, Method::GET, "/v2/health/live", &headers).await
+        }
+    };
+    assert_eq!(live(vec![("authorization", with_key.clone())]).await.status, StatusCode::OK);
+    assert_eq!(live(vec![("authorization", bearer)]).await.status, StatusCode::OK);
+    assert_error(&live(vec![]).await, 401, "Unauthorized");
+    assert_error(&live(vec![("authorization", "Bearer neither-0000000000".into())]).await, 403, "Forbidden");
+    // With the key over the host's routes too, those need it as well.
+    let covering = server_with_key(false, Some(ApiKey::new(KEY.to_string(), true).unwrap()));
+    assert_error(&call(&covering, Method::GET, "/metrics", &[]).await, 401, "Unauthorized");
+    assert_eq!(call(&covering, Method::GET, "/health", &key_header).await.status, StatusCode::OK);
 }
