@@ -244,9 +244,13 @@ struct UpArgs {
     /// variable): component routes, /v1/..., KServe REST and gRPC. At least 16 characters.
     #[arg(long, env = "API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// File holding the API key (trimmed), instead of --api-key: a systemd credential, a mounted
+    /// Secret.
+    #[arg(long, env = "EDGEINFER_API_KEY_FILE", conflicts_with = "api_key")]
+    api_key_file: Option<PathBuf>,
     /// The API key guards the host's own routes too (/health, /ready, /metrics, /docs,
     /// /openapi.json), which otherwise stay open for probes and scrapers.
-    #[arg(long, env = "EDGEINFER_API_KEY_HOST_ROUTES", requires = "api_key")]
+    #[arg(long, env = "EDGEINFER_API_KEY_HOST_ROUTES")]
     api_key_host_routes: bool,
     #[command(flatten)]
     registry: RegistryArgs,
@@ -467,9 +471,21 @@ struct Started {
 async fn up(args: UpArgs) -> Result<()> {
     telemetry::init()?;
     // Credentials and certificates are checked before anything slow, so a bad one fails at once.
-    let api_key = args
-        .api_key
-        .clone()
+    let api_key = match (&args.api_key, &args.api_key_file) {
+        (Some(key), _) => Some(key.clone()),
+        (None, Some(file)) => Some(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the API key file {}", file.display()))?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
+    anyhow::ensure!(
+        api_key.is_some() || !args.api_key_host_routes,
+        "--api-key-host-routes puts the host's routes behind the API key: give --api-key or --api-key-file"
+    );
+    let api_key = api_key
         .map(|key| http::auth::ApiKey::new(key, args.api_key_host_routes))
         .transpose()
         .map_err(|e| anyhow::anyhow!("--api-key: {e}"))?;

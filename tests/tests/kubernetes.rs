@@ -64,6 +64,7 @@ fn the_deploy_manifests_are_valid_and_match_what_the_host_serves() {
     let files = vec![
         render("cpu", &dir),
         render("gpu", &dir),
+        render("tls", &dir),
         deploy.join("kubernetes/keda/scaledobject.yaml"),
         deploy.join("kubernetes/prometheus-adapter/rules.yaml"),
         deploy.join("kubernetes/kserve/clusterservingruntime.yaml"),
@@ -83,6 +84,7 @@ fn the_deploy_manifests_are_valid_and_match_what_the_host_serves() {
         "ClusterServingRuntime",
         "SpinApp",
         "Secret",
+        "Certificate",
         "prometheus-adapter rules",
     ] {
         assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
@@ -99,6 +101,32 @@ fn the_deploy_manifests_are_valid_and_match_what_the_host_serves() {
     .unwrap();
     let said = validate(&[typo]).unwrap_err();
     assert!(said.contains("readinesProbe") && said.contains("Deployment/edgeinfer"), "{said}");
+
+    // With TLS on (the tls overlay), the probes speak HTTPS and the certificate files come from
+    // the Secret cert-manager writes; without it, plain HTTP.
+    let certificates: Vec<&str> =
+        report["certificates"].as_array().unwrap().iter().map(|c| c["secret"].as_str().unwrap()).collect();
+    let mut tls_containers = 0;
+    for container in report["containers"].as_array().unwrap() {
+        let files: Vec<&str> =
+            container["tls_files"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+        let schemes = &container["probe_schemes"];
+        if files.is_empty() {
+            assert!(schemes.as_array().unwrap().iter().all(|s| s == "HTTP"), "{container}");
+            continue;
+        }
+        tls_containers += 1;
+        assert_eq!(schemes, &json!(["HTTPS", "HTTPS", "HTTPS"]), "{container}");
+        for file in files {
+            let (directory, _) = file.rsplit_once('/').unwrap();
+            let secret = container["secret_mounts"][directory].as_str();
+            assert!(
+                secret.is_some_and(|s| certificates.contains(&s)),
+                "{file} is not from a Certificate's Secret: {container}"
+            );
+        }
+    }
+    assert_eq!(tls_containers, 1, "the tls overlay's Deployment");
 
     // What they expect of the host, against a running one.
     let host = admin_host("spin.toml", None);

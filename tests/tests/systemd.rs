@@ -48,6 +48,33 @@ fn systemd_analyze_verifies_the_unit_and_rates_its_sandbox_ok() {
 }
 
 #[test]
+fn the_tls_drop_in_is_verified_and_names_only_real_variables() {
+    let unit = unit_under_test();
+    let drop_ins = unit.with_extension("service.d");
+    std::fs::create_dir_all(&drop_ins).unwrap();
+    let text = std::fs::read_to_string(repo_root().join("deploy/systemd/tls.conf")).unwrap();
+    std::fs::write(drop_ins.join("tls.conf"), &text).unwrap();
+    let output =
+        Command::new("systemd-analyze").arg("verify").arg(&unit).output().expect("run systemd-analyze");
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    std::fs::remove_dir_all(&drop_ins).unwrap();
+    assert!(
+        output.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify with tls.conf:\n{said}"
+    );
+    // Every variable it sets is one `edgeinfer up` reads.
+    let help = Command::new(host_binary()).args(["up", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    let variables: Vec<&str> =
+        text.lines().filter_map(|l| l.strip_prefix("Environment=")?.split('=').next()).collect();
+    assert!(variables.len() >= 5, "{variables:?}");
+    for variable in variables {
+        assert!(help.contains(&format!("[env: {variable}")), "{variable} is not a flag's variable:\n{help}");
+    }
+}
+
+#[test]
 fn the_host_runs_from_the_environment_alone_and_drains_on_sigterm() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
