@@ -34,6 +34,10 @@ pub enum DeployAction {
         /// Upload this file instead of the component's `source` (one component only).
         #[arg(long)]
         wasm: Option<PathBuf>,
+        /// Sign each upload with this PEM private key (a detached signature the host checks
+        /// against its --trusted-key). By reference, the artifact's own signature counts.
+        #[arg(long, env = "EDGEINFER_SIGN_KEY")]
+        sign_key: Option<PathBuf>,
     },
     /// Make the canary the stable version.
     Promote {
@@ -142,7 +146,8 @@ pub fn run(action: DeployAction) -> Result<()> {
     }
     // What to send: (component, what, query) per component.
     let mut uploads = Vec::new();
-    if let DeployAction::Push { canary, mode, sticky, wasm, .. } = &action {
+    if let DeployAction::Push { canary, mode, sticky, wasm, sign_key, .. } = &action {
+        let sign_key = sign_key.as_deref().map(edgeinfer_trust::SigningKey::load).transpose()?;
         if wasm.is_some() && (components.len() != 1 || pinned.is_some()) {
             bail!("--wasm replaces one component's source of a spin.toml: name exactly one component");
         }
@@ -158,11 +163,16 @@ pub fn run(action: DeployAction) -> Result<()> {
                 (Some(reference), _, _) => {
                     Send::Pull(serde_json::json!({"reference": reference, "component": id}))
                 }
-                (None, _, Some(path)) => Send::Upload(
-                    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
-                ),
+                (None, _, Some(path)) => {
+                    let bytes =
+                        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+                    let signature = sign_key.as_ref().map(|key| key.sign(&bytes));
+                    Send::Upload(bytes, signature)
+                }
                 (None, Some(manifest), None) => {
-                    Send::Upload(read_source(manifest, &manifest.components[id])?)
+                    let bytes = read_source(manifest, &manifest.components[id])?;
+                    let signature = sign_key.as_ref().map(|key| key.sign(&bytes));
+                    Send::Upload(bytes, signature)
                 }
                 (None, None, None) => unreachable!("a spin.toml when not from a registry"),
             };
@@ -188,7 +198,9 @@ pub fn run(action: DeployAction) -> Result<()> {
                         uploads
                             .iter()
                             .map(|(id, send, query)| match send {
-                                Send::Upload(bytes) => push(client, bars, base, token, id, bytes, query),
+                                Send::Upload(bytes, signature) => {
+                                    push(client, bars, base, token, id, (bytes, signature.as_deref()), query)
+                                }
                                 Send::Pull(body) => pull(client, bars, base, token, id, body, query),
                             })
                             .collect::<Vec<_>>()
@@ -216,7 +228,7 @@ fn push(
     host: &str,
     token: &str,
     id: &str,
-    bytes: &[u8],
+    (bytes, signature): (&[u8], Option<&str>),
     query: &str,
 ) -> Outcome {
     let started = Instant::now();
@@ -231,11 +243,11 @@ fn push(
     bar.set_message("uploading");
     let reader = Upload { data: bytes.to_vec(), at: 0, bar: bar.clone() };
     let url = format!("{host}/admin/v1/components/{id}?sha256={sha}{query}");
-    let response = client
-        .put(url)
-        .bearer_auth(token)
-        .body(reqwest::blocking::Body::sized(reader, bytes.len() as u64))
-        .send();
+    let mut request = client.put(url).bearer_auth(token);
+    if let Some(signature) = signature {
+        request = request.header(edgeinfer_server::admin::SIGNATURE_HEADER, signature);
+    }
+    let response = request.body(reqwest::blocking::Body::sized(reader, bytes.len() as u64)).send();
     let result = answer(response).map_err(|e| diagnose(client, host, token).unwrap_or(e)).map(|body| {
         if body["canary"].is_string() {
             format!("canary {} at {}%", short(&body["canary"]), body["percent"].as_f64().unwrap_or(f64::NAN))
@@ -296,9 +308,10 @@ fn pull(
     }
 }
 
-/// What goes to a host for one component: its bytes, or the reference it pulls.
+/// What goes to a host for one component: its bytes (and their signature), or the reference it
+/// pulls.
 enum Send {
-    Upload(Vec<u8>),
+    Upload(Vec<u8>, Option<String>),
     Pull(Value),
 }
 

@@ -57,6 +57,20 @@ enum Command {
     /// one (ours or `spin registry push`'s) into the cache. `up -f REF` pulls and serves.
     #[command(subcommand)]
     Registry(RegistryAction),
+    /// Sign components (detached signatures, as `cosign sign-blob`: FILE.sig beside each) or
+    /// registry artifacts (the signature pushed beside them, as `cosign sign --key`), for hosts
+    /// started with --trusted-key.
+    Sign {
+        /// PEM private key, ECDSA P-256 (PKCS#8 or SEC1).
+        #[arg(long, env = "EDGEINFER_SIGN_KEY")]
+        key: PathBuf,
+        /// How to reach the registry of a reference.
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// Files (`.wasm`) or registry references (`host[:port]/repository:tag|@sha256:...`).
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
     /// Exit 0 if URL answers 200 within the timeout, else 1: a container HEALTHCHECK for images
     /// with no curl.
     Probe {
@@ -85,6 +99,10 @@ enum RegistryAction {
         registry: RegistryArgs,
         /// Where to push: `host[:port]/repository:tag`.
         reference: String,
+        /// Sign the pushed artifact with this PEM private key (cosign's format, beside it), for
+        /// hosts started with --trusted-key.
+        #[arg(long, env = "EDGEINFER_SIGN_KEY")]
+        sign_key: Option<PathBuf>,
     },
     /// Pull an app by tag or digest, verify every layer, and lay it out under the cache; prints
     /// the digest and the laid-out spin.toml.
@@ -138,6 +156,7 @@ impl RegistryArgs {
             ca_file: self.registry_ca_file.clone(),
             credentials,
             scope: None,
+            trusted: None,
         };
         match reference {
             Some(reference) => connection.scoped_to(reference),
@@ -240,6 +259,12 @@ struct UpArgs {
     admin_token_file: Option<PathBuf>,
     #[command(flatten)]
     tls: TlsArgs,
+    /// Run only components and apps signed by this PEM public key (ECDSA P-256; repeat for
+    /// several, e.g. cosign.pub): admin uploads carry a detached signature, pulls by reference
+    /// and `-f REF` are checked against the signature beside the artifact, before anything is
+    /// compiled.
+    #[arg(long = "trusted-key", env = "EDGEINFER_TRUSTED_KEYS", value_delimiter = ',')]
+    trusted_keys: Vec<PathBuf>,
     /// The key every inference route needs as `Authorization: Bearer KEY` (TEI's flag and
     /// variable): component routes, /v1/..., KServe REST and gRPC. At least 16 characters.
     #[arg(long, env = "API_KEY", hide_env_values = true)]
@@ -381,6 +406,7 @@ fn main() -> Result<()> {
                 }
             }
         }
+        Command::Sign { key, registry, targets } => sign(&key, &registry, &targets),
         Command::Registry(action) => {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(registry(action))
@@ -390,7 +416,8 @@ fn main() -> Result<()> {
 
 async fn registry(action: RegistryAction) -> Result<()> {
     match action {
-        RegistryAction::Push { manifest, runtime_config_file, registry, reference } => {
+        RegistryAction::Push { manifest, runtime_config_file, registry, reference, sign_key } => {
+            let sign_key = sign_key.as_deref().map(edgeinfer_trust::SigningKey::load).transpose()?;
             let connection = registry.connection(Some(&reference))?;
             download::set_registry(connection.clone());
             let loaded = Manifest::load(&manifest.manifest)?;
@@ -406,6 +433,7 @@ async fn registry(action: RegistryAction) -> Result<()> {
                 runtime_config.as_deref(),
                 &reference,
                 &connection,
+                sign_key.as_ref(),
             )
             .await?;
             eprintln!(
@@ -416,6 +444,12 @@ async fn registry(action: RegistryAction) -> Result<()> {
                 pushed.bytes_total as f64 / 1e6
             );
             println!("Pushed with digest {}", pushed.digest);
+            if let Some(signature) = &pushed.signature {
+                eprintln!(
+                    "edgeinfer: signed; the signature is {signature}, tagged {}",
+                    edgeinfer_registry::signature::signature_tag(&pushed.digest)
+                );
+            }
             Ok(())
         }
         RegistryAction::Pull { registry, reference } => {
@@ -500,7 +534,16 @@ async fn up(args: UpArgs) -> Result<()> {
     };
     // With -f REF, the registry flags are for REF's registry alone.
     let from = args.manifest.manifest.to_str().filter(|p| edgeinfer_registry::looks_like_reference(p));
-    let connection = args.registry.connection(from)?;
+    let mut connection = args.registry.connection(from)?;
+    let trusted = match args.trusted_keys.is_empty() {
+        true => None,
+        false => {
+            let keys = edgeinfer_trust::TrustedKeys::load(&args.trusted_keys)?;
+            eprintln!("Running only what these keys signed: {}", keys.names());
+            Some(Arc::new(keys))
+        }
+    };
+    connection.trusted = trusted.clone();
     download::set_registry(connection.clone());
     // Builds, pip, ONNX Runtime sessions and Cranelift compiles block for seconds: they run on a
     // blocking thread, so the async workers that will serve are never tied up by them.
@@ -558,10 +601,16 @@ async fn up(args: UpArgs) -> Result<()> {
                             tracing::info!(%reference, component, layer = %fetched.layer_digest, "component pulled");
                             Ok(fetched.bytes)
                         }
-                        Err(e) => Err(match e.downcast_ref::<edgeinfer_registry::InvalidRequest>() {
-                            Some(invalid) => admin::FetchError::Invalid(invalid.to_string()),
-                            None => admin::FetchError::Registry(e),
-                        }),
+                        Err(e) => Err(
+                            if let Some(invalid) = e.downcast_ref::<edgeinfer_registry::InvalidRequest>() {
+                                admin::FetchError::Invalid(invalid.to_string())
+                            } else if let Some(untrusted) = e.downcast_ref::<edgeinfer_registry::Untrusted>()
+                            {
+                                admin::FetchError::Untrusted(untrusted.to_string())
+                            } else {
+                                admin::FetchError::Registry(e)
+                            },
+                        ),
                     }
                 })
             });
@@ -571,7 +620,8 @@ async fn up(args: UpArgs) -> Result<()> {
                     tokio::task::spawn_blocking(move || download::fetch_url(&url, &sha256)).await?
                 })
             });
-            let sources = admin::Sources { component: Some(fetcher), file: Some(file) };
+            let sources =
+                admin::Sources { component: Some(fetcher), file: Some(file), trusted: trusted.clone() };
             Some(tokio::spawn(admin::serve(app.clone(), token, listener, sources, stopped())))
         }
         None => None,
@@ -708,6 +758,28 @@ fn start(
         }
     };
     Ok(Started { manifest, config, app, swagger_ui, kserve, _ticker: ticker })
+}
+
+/// `edgeinfer sign`: a detached signature beside each file, a signature beside each artifact.
+fn sign(key: &Path, registry: &RegistryArgs, targets: &[String]) -> Result<()> {
+    let key = edgeinfer_trust::SigningKey::load(key)?;
+    for target in targets {
+        if Path::new(target).is_file() || !edgeinfer_registry::looks_like_reference(target) {
+            let bytes = std::fs::read(target).with_context(|| format!("cannot read {target}"))?;
+            let signature = key.sign(&bytes);
+            let path = format!("{target}.sig");
+            std::fs::write(&path, format!("{signature}\n"))
+                .with_context(|| format!("cannot write {path}"))?;
+            eprintln!("edgeinfer: signed {target} -> {path}");
+        } else {
+            let connection = registry.connection(Some(target))?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let (digest, signature) =
+                runtime.block_on(edgeinfer_registry::sign(target, &connection, &key))?;
+            eprintln!("edgeinfer: signed {target} ({digest}); signature {signature}");
+        }
+    }
+    Ok(())
 }
 
 /// The admin API's bearer token for serving: at least 16 characters.

@@ -16,6 +16,7 @@
 pub mod locked;
 mod pull;
 mod push;
+pub mod signature;
 
 use std::path::{Path, PathBuf};
 
@@ -25,7 +26,8 @@ use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientP
 use oci_client::secrets::RegistryAuth;
 
 pub use pull::{FetchedComponent, Pulled, fetch_component, fetch_layer, locked_app, pull};
-pub use push::{Pushed, push};
+pub use push::{Pushed, push, sign};
+pub use signature::Untrusted;
 
 /// The locked app (spin.lock) layer.
 pub const SPIN_APPLICATION_MEDIA_TYPE: &str = "application/vnd.fermyon.spin.application.v1+config";
@@ -55,6 +57,9 @@ pub struct Connection {
     /// Docker config's credentials, so that a reference inside an artifact (an `oci://` model of
     /// its runtime config) never receives them. None: every registry.
     pub scope: Option<String>,
+    /// The keys an artifact must be signed by to be pulled (cosign's signatures beside it, see
+    /// `signature`); `None`: none is checked.
+    pub trusted: Option<std::sync::Arc<edgeinfer_trust::TrustedKeys>>,
 }
 
 /// A request that no registry could fulfil (a tag where a digest is needed, a component the

@@ -70,6 +70,22 @@ pub async fn pull(reference: &str, connection: &Connection, cache_root: &Path) -
         },
         Err(e) => return Err(e).with_context(|| format!("cannot pull {reference}")),
     };
+    if let Some(trusted) = &connection.trusted {
+        // Before a layer is fetched. Offline, only a digest this cache verified before.
+        let marker = cache.root.join("verified").join(digest_hex(&digest)?);
+        if offline {
+            if !marker.is_file() {
+                return Err(crate::Untrusted(format!(
+                    "the registry is unreachable and the signature of {digest} was never verified here"
+                ))
+                .into());
+            }
+        } else {
+            let key = crate::signature::verify(&client, &auth, &reference, &digest, trusted).await?;
+            tracing::info!(%reference, %digest, key, "signature verified");
+            write_atomically(&marker, key.as_bytes())?;
+        }
+    }
     let locked_layer = lock_descriptor(&manifest, &reference)?;
     if let Some(archive) = manifest.layers.iter().find(|l| l.media_type == ARCHIVE_MEDIA_TYPE) {
         bail!(
@@ -174,7 +190,12 @@ pub async fn fetch_component(
     }
     let cache = Cache { root: cache_root.join("oci") };
     let client = connection.client(&reference)?;
-    let (manifest, _, locked) = cache.lock(&client, &connection.auth(&reference)?, &reference).await?;
+    let auth = connection.auth(&reference)?;
+    if let (Some(trusted), Some(digest)) = (&connection.trusted, reference.digest()) {
+        let key = crate::signature::verify(&client, &auth, &reference, digest, trusted).await?;
+        tracing::info!(%reference, key, "signature verified");
+    }
+    let (manifest, _, locked) = cache.lock(&client, &auth, &reference).await?;
     let Some(component) = locked.components.iter().find(|c| c.id == id) else {
         let ids: Vec<&str> = locked.components.iter().map(|c| c.id.as_str()).collect();
         let message = format!("{reference} has no component {id:?} (it has {})", ids.join(", "));

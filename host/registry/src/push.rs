@@ -36,6 +36,8 @@ pub struct Pushed {
     pub bytes_total: u64,
     /// Bytes sent.
     pub bytes_sent: u64,
+    /// The digest of the signature pushed beside it (`push` with a key).
+    pub signature: Option<String>,
 }
 
 /// One layer to push: where its bytes are.
@@ -101,6 +103,7 @@ pub async fn push(
     runtime_config: Option<&Path>,
     reference: &str,
     connection: &Connection,
+    sign_key: Option<&edgeinfer_trust::SigningKey>,
 ) -> Result<Pushed> {
     let reference = crate::parse_reference(reference)?;
     let manifest = Manifest::load(manifest_path)?;
@@ -118,7 +121,36 @@ pub async fn push(
         "config": {"Labels": {LOCKED_APP_DIGEST_LABEL: locked_digest}},
         "rootfs": {"type": "layers", "diff_ids": []},
     }))?;
-    upload(&reference, connection, &manifest, layers, config).await
+    let mut pushed = upload(&reference, connection, &manifest, layers, config).await?;
+    if let Some(key) = sign_key {
+        let client = connection.client(&reference)?;
+        pushed.signature =
+            Some(crate::signature::push_signature(&client, &reference, &pushed.digest, key).await?);
+    }
+    Ok(pushed)
+}
+
+/// Signs the artifact `reference` names (its digest resolved once) and pushes the signature
+/// beside it, as `cosign sign --key` does: for apps pushed by Spin or another tool. The
+/// artifact's digest and the signature manifest's.
+pub async fn sign(
+    reference: &str,
+    connection: &Connection,
+    key: &edgeinfer_trust::SigningKey,
+) -> Result<(String, String)> {
+    let reference = crate::parse_reference(reference)?;
+    let client = connection.client(&reference)?;
+    let auth = connection.auth(&reference)?;
+    client
+        .auth(&reference, &auth, RegistryOperation::Push)
+        .await
+        .with_context(|| format!("cannot authenticate to {} for pushing", reference.registry()))?;
+    let digest = client
+        .fetch_manifest_digest(&reference, &auth)
+        .await
+        .with_context(|| format!("cannot resolve {reference}"))?;
+    let signature = crate::signature::push_signature(&client, &reference, &digest, key).await?;
+    Ok((digest, signature))
 }
 
 /// The locked app of `manifest`, adding each Wasm binary and file to `layers`.
@@ -299,8 +331,14 @@ async fn upload(
         .auth(reference, &auth, RegistryOperation::Push)
         .await
         .with_context(|| format!("cannot authenticate to {} for pushing", reference.registry()))?;
-    let mut pushed =
-        Pushed { digest: String::new(), layers: 0, layers_present: 0, bytes_total: 0, bytes_sent: 0 };
+    let mut pushed = Pushed {
+        digest: String::new(),
+        layers: 0,
+        layers_present: 0,
+        bytes_total: 0,
+        bytes_sent: 0,
+        signature: None,
+    };
     let mut descriptors = Vec::new();
     for layer in &layers.list {
         pushed.layers += 1;

@@ -64,6 +64,8 @@ pub type ComponentFetcher = Arc<
 pub enum FetchError {
     /// The request names what cannot be served (a tag, a missing component): 400.
     Invalid(String),
+    /// No trusted key signed the artifact: 400 `SignatureRejected`.
+    Untrusted(String),
     /// The registry refused or could not be reached: 502.
     Registry(anyhow::Error),
 }
@@ -83,7 +85,14 @@ pub struct Sources {
     pub component: Option<ComponentFetcher>,
     /// Model files by URL (`POST /admin/v1/models/NAME/reload` with `url`).
     pub file: Option<FileFetcher>,
+    /// The keys an uploaded component's detached signature (`x-edgeinfer-signature`) must verify
+    /// with; pulls by reference are checked by the component fetcher. `None`: nothing checked.
+    pub trusted: Option<Arc<edgeinfer_trust::TrustedKeys>>,
 }
+
+/// The request header carrying an upload's detached signature: base64 of the DER ECDSA P-256
+/// signature over the component's bytes, as `cosign sign-blob` and `edgeinfer sign` write it.
+pub const SIGNATURE_HEADER: &str = "x-edgeinfer-signature";
 
 /// How long a drain of the admin listener waits for calls in flight (an upload being installed).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -234,13 +243,16 @@ async fn audit(
 
 /// The admin routes; a known path with another method is 405, an unknown path 404 (JSON both).
 fn router(app: Arc<App>, sources: Sources) -> Router {
-    let (fetcher, file_fetcher) = (sources.component, sources.file);
+    let (fetcher, file_fetcher, trusted) = (sources.component, sources.file, sources.trusted);
     let refuse = |allowed: &'static str| {
         move || async move { Answer(HostError::MethodNotAllowed.answer(format!("use {allowed}"))) }
     };
     Router::new()
         .route("/admin/v1/app", get(describe).fallback(refuse("GET")))
-        .route("/admin/v1/components/{id}", put(deploy).fallback(refuse("PUT")))
+        .route(
+            "/admin/v1/components/{id}",
+            put(move |state, path, req| deploy(state, path, trusted.clone(), req)).fallback(refuse("PUT")),
+        )
         .route(
             "/admin/v1/components/{id}/pull",
             post(move |state, path, req| pull(state, path, fetcher.clone(), req)).fallback(refuse("POST")),
@@ -298,11 +310,21 @@ async fn describe(State(app): State<Arc<App>>) -> Answer {
 }
 
 /// `PUT /admin/v1/components/ID?sha256=HEX` with the component's bytes as the body.
-async fn deploy(State(app): State<Arc<App>>, Path(id): Path<String>, req: axum::extract::Request) -> Answer {
-    Answer(deploy_version(app, &id, req).await)
+async fn deploy(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    trusted: Option<Arc<edgeinfer_trust::TrustedKeys>>,
+    req: axum::extract::Request,
+) -> Answer {
+    Answer(deploy_version(app, &id, trusted.as_deref(), req).await)
 }
 
-async fn deploy_version(app: Arc<App>, id: &str, req: axum::extract::Request) -> Response<WasiBody> {
+async fn deploy_version(
+    app: Arc<App>,
+    id: &str,
+    trusted: Option<&edgeinfer_trust::TrustedKeys>,
+    req: axum::extract::Request,
+) -> Response<WasiBody> {
     let Some(slot) = app.components.get(id).cloned() else {
         return unknown_component(id);
     };
@@ -314,6 +336,7 @@ async fn deploy_version(app: Arc<App>, id: &str, req: axum::extract::Request) ->
         return HostError::Validation
             .answer("give the upload's sha256 as ?sha256=HEX, so that a damaged upload is refused");
     };
+    let signature = req.headers().get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
     let started = Instant::now();
     let bytes = match crate::body::read(req, MAX_UPLOAD_BYTES, UPLOAD_TIMEOUT).await {
         Ok((_, bytes)) => bytes,
@@ -325,6 +348,17 @@ async fn deploy_version(app: Arc<App>, id: &str, req: axum::extract::Request) ->
             "the upload's sha256 is {actual}, not {expected}: it was damaged or is not the file meant"
         );
         return HostError::ChecksumMismatch.answer(&message);
+    }
+    // Before anything is compiled: a host with trusted keys runs only what they signed.
+    if let Some(trusted) = trusted {
+        match trusted.verify(&bytes, signature.as_deref()) {
+            Ok(key) => tracing::info!(component = id, sha256 = %actual, key, "upload signature verified"),
+            Err(e) => {
+                return HostError::SignatureRejected.answer(format!(
+                    "component {id}, upload sha256:{actual}: {e}; the old version still serves"
+                ));
+            }
+        }
     }
     let received_ms = started.elapsed().as_millis() as u64;
     install(&app, &slot, id, bytes.to_vec(), canary, started, received_ms, json!({})).await
@@ -385,6 +419,7 @@ async fn pull_version(
             metrics::counter!("edgeinfer_deployments_total", "component" => id.to_string(), "outcome" => "refused").increment(1);
             let (error, reason) = match e {
                 FetchError::Invalid(reason) => (HostError::Validation, reason),
+                FetchError::Untrusted(reason) => (HostError::SignatureRejected, reason),
                 FetchError::Registry(e) => (HostError::Registry, format!("{e:#}")),
             };
             tracing::warn!(component = id, reference = %request.reference, "pull refused: {reason}");

@@ -16,6 +16,7 @@ pub enum HostError {
     InvalidComponent,
     InvalidModel,
     IncompatibleModel,
+    SignatureRejected,
     Unauthorized,
     Forbidden,
     NotFound,
@@ -41,13 +42,14 @@ pub enum HostError {
 
 impl HostError {
     /// Every error, for the OpenAPI document.
-    pub const ALL: [HostError; 27] = [
+    pub const ALL: [HostError; 28] = [
         HostError::Validation,
         HostError::BadRequest,
         HostError::ChecksumMismatch,
         HostError::InvalidComponent,
         HostError::InvalidModel,
         HostError::IncompatibleModel,
+        HostError::SignatureRejected,
         HostError::Unauthorized,
         HostError::Forbidden,
         HostError::NotFound,
@@ -94,6 +96,11 @@ impl HostError {
                 StatusCode::BAD_REQUEST,
                 "IncompatibleModel",
                 "The model's inputs or outputs differ (the old one still serves)",
+            ),
+            SignatureRejected => (
+                StatusCode::BAD_REQUEST,
+                "SignatureRejected",
+                "No key this host trusts signed the component (the old version still serves)",
             ),
             Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized", "A bearer token is required"),
             Forbidden => (StatusCode::FORBIDDEN, "Forbidden", "The token is not valid"),
