@@ -97,13 +97,14 @@ for path in files:
                     report["probes"].append({"path": container[probe]["httpGet"]["path"], "runtime": "edgeinfer"})
                     schemes.append(container[probe]["httpGet"].get("scheme", "HTTP"))
             env = {e["name"]: e.get("value") for e in container.get("env", [])}
-            tls_variables = ("EDGEINFER_TLS_CERT", "EDGEINFER_TLS_KEY", "EDGEINFER_ADMIN_CLIENT_CA")
+            tls_variables = ("EDGEINFER_TLS_CERT", "EDGEINFER_TLS_KEY")
             report["containers"].append({
                 "name": name,
                 "ports": [p["containerPort"] for p in container.get("ports", [])],
                 "listen": [env[k] for k in ("EDGEINFER_LISTEN", "EDGEINFER_ADMIN_LISTEN") if k in env],
                 "probe_schemes": schemes,
                 "tls_files": [env[k] for k in tls_variables if k in env],
+                "client_ca": env.get("EDGEINFER_ADMIN_CLIENT_CA"),
                 # Where each mounted Secret appears in the container.
                 "secret_mounts": {m["mountPath"]: secrets[m["name"]] for m in container.get("volumeMounts", [])
                                   if m["name"] in secrets},

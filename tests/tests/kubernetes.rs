@@ -117,6 +117,12 @@ fn the_deploy_manifests_are_valid_and_match_what_the_host_serves() {
         }
         tls_containers += 1;
         assert_eq!(schemes, &json!(["HTTPS", "HTTPS", "HTTPS"]), "{container}");
+        assert_eq!(files.len(), 2, "certificate and key: {container}");
+        // The admin clients' CA comes from a Secret of its own, not the serving issuer's.
+        let client_ca = container["client_ca"].as_str().expect("admin mTLS on");
+        let (directory, _) = client_ca.rsplit_once('/').unwrap();
+        let secret = container["secret_mounts"][directory].as_str();
+        assert!(secret.is_some_and(|s| !certificates.contains(&s)), "{client_ca}: {container}");
         for file in files {
             let (directory, _) = file.rsplit_once('/').unwrap();
             let secret = container["secret_mounts"][directory].as_str();

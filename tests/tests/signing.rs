@@ -211,7 +211,7 @@ fn push(registry: &OciRegistry, tag: &str, extra: &[&str]) -> String {
 #[test]
 fn artifacts_are_checked_by_the_cosign_signature_beside_them_before_anything_is_compiled() {
     let keys = keys();
-    let registry = OciRegistry::start();
+    let mut registry = OciRegistry::start();
     let repository = format!("{}/signing/faults", registry.address);
     // Two versions: one unsigned (no runtime config layer), one signed by the trusted key.
     let unsigned = push(&registry, "unsigned", &[]);
@@ -296,19 +296,22 @@ fn artifacts_are_checked_by_the_cosign_signature_beside_them_before_anything_is_
     let (answered, failed) = load.finish();
     assert_eq!(failed, 0, "{failed} of {} requests failed during the refused pulls", answered + failed);
 
-    // `up -f REF` the same: refused before anything is fetched or compiled, or served.
+    // `up -f REF` the same: refused before anything is fetched or compiled, or served. (A third
+    // version, which nobody signed.)
+    std::fs::write(&runtime, "[component.steady]\nrequest_timeout_ms = 50000\n").unwrap();
+    let never_signed = push(&registry, "never-signed", &["--runtime-config-file", runtime.to_str().unwrap()]);
     // (Under `timeout`: were the check missing, this host would serve instead of exiting.)
     let output = Command::new("timeout")
         .arg("120")
         .arg(common::host_binary())
-        .args(["up", "-f", &format!("{repository}@{unsigned}"), "--insecure", "--listen", "127.0.0.1:0"])
+        .args(["up", "-f", &format!("{repository}@{never_signed}"), "--insecure", "--listen", "127.0.0.1:0"])
         .args(["--trusted-key", &path(&keys, "trusted.pub")])
         .env(cache.env().0, cache.env().1)
         .current_dir(repo_root())
         .output()
         .unwrap();
     let (ok, said) = (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned());
-    assert!(!ok && said.contains("no signature") && said.contains(&unsigned), "{said}");
+    assert!(!ok && said.contains("is not signed") && said.contains(&never_signed), "{said}");
     let signed_host = Host::start_with_env(
         std::path::Path::new(&format!("{repository}@{signed}")),
         &["--insecure", "--trusted-key", &path(&keys, "trusted.pub")],
@@ -316,4 +319,31 @@ fn artifacts_are_checked_by_the_cosign_signature_beside_them_before_anything_is_
     );
     assert_eq!(client().get(signed_host.url("/steady/ok")).send().unwrap().status(), 200);
     assert!(signed_host.log().iter().any(|l| l.contains("signature verified")), "the check is logged");
+    drop(signed_host);
+
+    // Offline, a digest starts only if this cache verified it with a key trusted now.
+    registry.stop();
+    let offline = |key: &str| {
+        Command::new("timeout")
+            .arg("120")
+            .arg(common::host_binary())
+            .args(["up", "-f", &format!("{repository}@{signed}"), "--insecure", "--listen", "127.0.0.1:0"])
+            .args(["--trusted-key", &path(&keys, key)])
+            .env(cache.env().0, cache.env().1)
+            .current_dir(repo_root())
+            .output()
+            .unwrap()
+    };
+    let refused = offline("other.pub");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("never verified here with a key trusted now"),
+        "{said}"
+    );
+    let offline_host = Host::start_with_env(
+        std::path::Path::new(&format!("{repository}@{signed}")),
+        &["--insecure", "--trusted-key", &path(&keys, "trusted.pub")],
+        &[cache.env()],
+    );
+    assert_eq!(client().get(offline_host.url("/steady/ok")).send().unwrap().status(), 200);
 }

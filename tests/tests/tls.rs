@@ -445,7 +445,7 @@ fn certificates_rotate_under_load_without_a_failed_request() {
     let serial = |stem: &str| certs.serials[stem].as_str().unwrap().trim_start_matches('0').to_string();
     assert_eq!(served_serial(&address), serial("server"));
     let url = host.url("/steady/ok");
-    let stop_at = Instant::now() + Duration::from_secs(10);
+    let stop_at = Instant::now() + Duration::from_secs(14);
     // 6 clients; each curl sends 10 requests on one kept-alive connection, then a new one.
     let clients: Vec<_> = (0..6)
         .map(|_| {
@@ -471,11 +471,16 @@ fn certificates_rotate_under_load_without_a_failed_request() {
             })
         })
         .collect();
-    // Mid-load: the key first, then the certificate, as a careless rotation would; the host
-    // keeps the old pair until the new one loads together.
+    // Mid-load: the key first, then (after more than a reload check) the certificate, as a
+    // careless rotation would; the host keeps the old pair until the new one loads together.
     std::thread::sleep(Duration::from_secs(3));
     std::fs::copy(certs.dir.join("server-rotated.key"), certs.dir.join("live-server.key")).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let mismatched = Instant::now() + Duration::from_secs(6);
+    while !host.log().iter().any(|l| l.contains("TLS files changed but cannot serve")) {
+        assert!(Instant::now() < mismatched, "the half-rotated pair was not noticed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(served_serial(&address), serial("server"), "the old pair serves on");
     std::fs::copy(certs.dir.join("server-rotated.pem"), certs.dir.join("live-server.pem")).unwrap();
     let rotated = serial("server-rotated");
     let deadline = Instant::now() + Duration::from_secs(6);

@@ -71,19 +71,23 @@ pub async fn pull(reference: &str, connection: &Connection, cache_root: &Path) -
         Err(e) => return Err(e).with_context(|| format!("cannot pull {reference}")),
     };
     if let Some(trusted) = &connection.trusted {
-        // Before a layer is fetched. Offline, only a digest this cache verified before.
+        // Before a layer is fetched. Offline, only a digest this cache verified before with a
+        // key still trusted (the marker holds that key's fingerprint).
         let marker = cache.root.join("verified").join(digest_hex(&digest)?);
         if offline {
-            if !marker.is_file() {
+            let verified_by = std::fs::read_to_string(&marker).unwrap_or_default();
+            if !trusted.trusts(verified_by.trim()) {
                 return Err(crate::Untrusted(format!(
-                    "the registry is unreachable and the signature of {digest} was never verified here"
+                    "the registry is unreachable and the signature of {digest} was never verified here with a key trusted now ({})",
+                    trusted.names()
                 ))
                 .into());
             }
         } else {
             let key = crate::signature::verify(&client, &auth, &reference, &digest, trusted).await?;
             tracing::info!(%reference, %digest, key, "signature verified");
-            write_atomically(&marker, key.as_bytes())?;
+            let fingerprint = trusted.fingerprint(&key).unwrap_or_default();
+            write_atomically(&marker, fingerprint.as_bytes())?;
         }
     }
     let locked_layer = lock_descriptor(&manifest, &reference)?;
@@ -288,9 +292,9 @@ fn unique_suffix() -> String {
 
 /// A writer that fails past the layer's declared size, so a registry cannot fill the disk with a
 /// blob longer than its manifest says (the digest is only known wrong at the end).
-struct Bounded<W> {
-    inner: W,
-    left: u64,
+pub(crate) struct Bounded<W> {
+    pub(crate) inner: W,
+    pub(crate) left: u64,
 }
 
 impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Bounded<W> {

@@ -145,10 +145,22 @@ pub async fn sign(
         .auth(&reference, &auth, RegistryOperation::Push)
         .await
         .with_context(|| format!("cannot authenticate to {} for pushing", reference.registry()))?;
-    let digest = client
-        .fetch_manifest_digest(&reference, &auth)
+    // The digest of the manifest's bytes as fetched, not the registry's word for it: what is
+    // signed must be what was seen.
+    let (manifest, _) = client
+        .pull_manifest_raw(
+            &reference,
+            &auth,
+            &[OCI_IMAGE_MEDIA_TYPE, oci_client::manifest::IMAGE_MANIFEST_MEDIA_TYPE],
+        )
         .await
-        .with_context(|| format!("cannot resolve {reference}"))?;
+        .with_context(|| format!("cannot fetch the manifest of {reference}"))?;
+    let digest = digest_of(&manifest);
+    if let Some(named) = reference.digest()
+        && named != digest
+    {
+        anyhow::bail!("{reference}: the registry sent a manifest whose digest is {digest}");
+    }
     let signature = crate::signature::push_signature(&client, &reference, &digest, key).await?;
     Ok((digest, signature))
 }

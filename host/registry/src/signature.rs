@@ -139,8 +139,10 @@ pub(crate) async fn verify(
             continue;
         }
         let mut payload = Vec::new();
+        // No more than the declared size is taken in, whatever the registry sends.
+        let mut writer = crate::pull::Bounded { inner: &mut payload, left: layer.size.max(0) as u64 };
         client
-            .pull_blob(&target, layer, &mut payload)
+            .pull_blob(&target, layer, &mut writer)
             .await
             .with_context(|| format!("cannot fetch the signed payload {}", layer.digest))?;
         match trusted.verify_payload(&payload, signature, digest) {

@@ -147,18 +147,9 @@ async fn handle(router: Router, token: &str, req: Request<Incoming>, who: &Calle
     let response = match authorized {
         Err(refusal) => {
             // A small upload sent without the token is still arriving: read it off (briefly) so
-            // that the client gets the 401/403 instead of a broken pipe. Never for a client
-            // waiting for `100 Continue` (it sends nothing more) or a large declared body; and
-            // the connection closes after the answer either way.
-            let expects_continue = req.headers().get(http::header::EXPECT).is_some();
-            let declared = req
-                .headers()
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-                .unwrap_or(0);
-            if !expects_continue && declared <= REFUSED_DRAIN_BYTES {
-                crate::body::drain(req.into_body(), REFUSED_DRAIN_BYTES, REFUSED_DRAIN_TIMEOUT).await;
-            }
+            // that the client gets the 401/403 instead of a broken pipe; the connection closes
+            // after the answer either way.
+            crate::body::drain_refused(req, REFUSED_DRAIN_BYTES, REFUSED_DRAIN_TIMEOUT).await;
             let mut response = Answer(refusal.answer("the admin token")).into_response();
             response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
             response
@@ -204,11 +195,20 @@ async fn audit(
     who: &Caller,
 ) -> AxumResponse {
     let (parts, body) = response.into_parts();
-    let bytes = match http_body_util::Limited::new(body, AUDITED_BODY_BYTES).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => bytes::Bytes::new(),
+    // Only a small body of known length is read for the digest; any other passes untouched.
+    let small = http_body::Body::size_hint(&body).exact().is_some_and(|n| n <= AUDITED_BODY_BYTES as u64);
+    let (body, answer) = if small {
+        match body.collect().await {
+            Ok(collected) => {
+                let bytes = collected.to_bytes();
+                let answer = serde_json::from_slice(&bytes).unwrap_or_default();
+                (axum::body::Body::from(bytes), answer)
+            }
+            Err(_) => (axum::body::Body::empty(), serde_json::Value::Null),
+        }
+    } else {
+        (body, serde_json::Value::Null)
     };
-    let answer: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
     let digest = ["version", "sha256"]
         .iter()
         .find_map(|field| answer[*field].as_str().map(str::to_string))
@@ -238,7 +238,7 @@ async fn audit(
         "audit"
     );
     metrics::counter!("edgeinfer_admin_actions_total", "action" => action, "outcome" => outcome).increment(1);
-    AxumResponse::from_parts(parts, axum::body::Body::from(bytes))
+    AxumResponse::from_parts(parts, body)
 }
 
 /// The admin routes; a known path with another method is 405, an unknown path 404 (JSON both).

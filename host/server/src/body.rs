@@ -73,6 +73,25 @@ where
     })
 }
 
+/// Reads off the body of a request refused before it was read (401/403), so that a client still
+/// sending it (an HTTP/2 stream, a small upload) gets the refusal instead of a reset; never for a
+/// client waiting for `100 Continue` (it sends nothing until told to, and must not be told) or a
+/// body declared larger than `cap`, whose connection is closed after the answer instead.
+pub async fn drain_refused<B>(request: Request<B>, cap: u64, timeout: Duration)
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+{
+    let headers = request.headers();
+    let expects_continue = headers.get(http::header::EXPECT).is_some();
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    if !expects_continue && declared <= cap {
+        drain(Box::pin(request.into_body()), cap, timeout).await;
+    }
+}
+
 /// Reads and drops a body that will not be used (a refused call), up to `cap` bytes and within
 /// `timeout`, so that a client still sending gets the error answer instead of a reset connection.
 pub async fn drain<B>(mut body: B, cap: u64, timeout: Duration)

@@ -133,7 +133,7 @@ async fn require_token(
 ) -> AxumResponse {
     if let Err(refusal) = api(&shared).authorized(req.headers()) {
         // As the API key's refusal: a small body is read off so HTTP/2 clients get the answer.
-        crate::body::drain(req.into_body(), 64 << 10, std::time::Duration::from_secs(1)).await;
+        crate::body::drain_refused(req, 64 << 10, std::time::Duration::from_secs(1)).await;
         let mut refused = Answer(refusal.answer(TOKEN_NAME)).into_response();
         let route = matched.as_ref().map_or("/v2/unmatched", MatchedPath::as_str);
         refused.extensions_mut().insert(Served::host(route));

@@ -175,10 +175,15 @@ pub async fn serve(
         Arc::new(Server { router, kserve_on, log_inputs, api_key, next_request_id: AtomicU64::new(0), boot });
     let http1 =
         Http1Options { header_read_timeout: HEADER_READ_TIMEOUT, max_buf_size: Some(MAX_HEADER_BYTES) };
-    // The gRPC listener starts its drain with this one's.
-    let shutdown = async move {
-        shutdown.await;
-        let _ = stop_grpc.send(());
+    // The gRPC listener starts its drain with this one's, and both end by one deadline.
+    let stopped_at = Arc::new(std::sync::OnceLock::new());
+    let shutdown = {
+        let stopped_at = stopped_at.clone();
+        async move {
+            shutdown.await;
+            let _ = stopped_at.set(tokio::time::Instant::now());
+            let _ = stop_grpc.send(());
+        }
     };
     listener::run(listener, "public", shutdown, DRAIN_TIMEOUT, move |connection, watcher| {
         let (server, peer) = (server.clone(), connection.peer);
@@ -190,7 +195,8 @@ pub async fn serve(
     })
     .await;
     if let Some(grpc) = grpc {
-        match tokio::time::timeout(DRAIN_TIMEOUT, grpc).await {
+        let deadline = stopped_at.get().copied().unwrap_or_else(tokio::time::Instant::now) + DRAIN_TIMEOUT;
+        match tokio::time::timeout_at(deadline, grpc).await {
             Ok(Ok(Err(e))) => tracing::warn!("gRPC server: {e:#}"),
             Ok(Err(e)) => tracing::warn!("gRPC server task: {e}"),
             Err(_) => tracing::warn!("gRPC drain timed out after {} s", DRAIN_TIMEOUT.as_secs()),
@@ -223,7 +229,7 @@ impl Server {
         } else if let Some(refusal) = self.refused_without_key(&req) {
             // Read off a small body first: an HTTP/2 client still sending it when the answer
             // comes would see its stream reset instead of the 401/403.
-            body::drain(Box::pin(req.into_body()), REFUSED_DRAIN_BYTES, REFUSED_DRAIN_TIMEOUT).await;
+            body::drain_refused(req, REFUSED_DRAIN_BYTES, REFUSED_DRAIN_TIMEOUT).await;
             Answer(refusal.answer("the API key")).into_response()
         } else {
             if self.kserve_on

@@ -232,6 +232,12 @@ pub async fn run<F, Fut>(
     }
 }
 
+/// Streams (requests) in flight on one HTTP/2 connection.
+const HTTP2_MAX_STREAMS: u32 = 256;
+/// An HTTP/2 connection is pinged this often and dropped when a ping is not answered in time.
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How an HTTP/1.1 connection is served.
 #[derive(Clone, Copy)]
 pub struct Http1Options {
@@ -257,9 +263,13 @@ where
     let peer = connection.peer;
     let result = if connection.is_h2() {
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        // A peer that stops answering pings is dropped (HTTP/2 has no header-read timeout).
         builder
             .timer(TokioTimer::new())
-            .max_header_list_size(options.max_buf_size.unwrap_or(16 << 10) as u32);
+            .max_header_list_size(options.max_buf_size.unwrap_or(16 << 10) as u32)
+            .max_concurrent_streams(HTTP2_MAX_STREAMS)
+            .keep_alive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+            .keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT);
         watcher.watch(builder.serve_connection(TokioIo::new(connection), service)).await
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();

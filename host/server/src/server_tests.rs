@@ -164,6 +164,18 @@ async fn the_api_key_guards_every_inference_route_by_one_rule() {
     assert_error(&wrong, 403, "Forbidden");
     assert_error(&call(&server, Method::POST, "/embed", &key_header).await, 404, "NotFound");
     assert_error(&call(&server, Method::POST, "/v1/embeddings", &[]).await, 401, "Unauthorized");
+    // Paths that only look like the host's need the key like any other.
+    for tricky in ["/health/../embed", "//embed", "/HEALTH", "/health/", "/docs/../embed", "/v2/x"] {
+        let refused = call(
+            &server_with_key(false, Some(ApiKey::new(KEY.to_string(), false).unwrap())),
+            Method::GET,
+            tricky,
+            &[],
+        )
+        .await;
+        let expected = if tricky.starts_with("/docs/") { 503 } else { 401 };
+        assert_eq!(refused.status.as_u16(), expected, "{tricky}: {}", refused.body);
+    }
     // The host's own routes stay open for probes and scrapers.
     assert_eq!(call(&server, Method::GET, "/health", &[]).await.status, StatusCode::OK);
     assert_eq!(call(&server, Method::GET, "/metrics", &[]).await.status, StatusCode::OK);

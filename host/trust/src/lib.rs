@@ -86,6 +86,18 @@ impl TrustedKeys {
         self.keys.is_empty()
     }
 
+    /// The fingerprint of the trusted key named `name`: sha256 of its uncompressed public point,
+    /// in hex (what a cache may record to stand for a verification made with it).
+    pub fn fingerprint(&self, name: &str) -> Option<String> {
+        let (_, key) = self.keys.iter().find(|(n, _)| n == name)?;
+        Some(fingerprint(key))
+    }
+
+    /// Whether a key of this fingerprint is trusted now.
+    pub fn trusts(&self, fingerprint_hex: &str) -> bool {
+        self.keys.iter().any(|(_, key)| fingerprint(key) == fingerprint_hex)
+    }
+
     /// The trusted keys' names, for messages.
     pub fn names(&self) -> String {
         self.keys.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join(", ")
@@ -143,6 +155,12 @@ pub fn simple_signing_payload(repository: &str, digest: &str) -> Vec<u8> {
     .expect("a JSON value serialises")
 }
 
+fn fingerprint(key: &VerifyingKey) -> String {
+    use sha2::Digest;
+    let point = key.to_encoded_point(false);
+    sha2::Sha256::digest(point.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn read(path: &Path) -> Result<String, TrustError> {
     std::fs::read_to_string(path).map_err(|source| TrustError::Read { path: path.to_path_buf(), source })
 }
@@ -196,5 +214,8 @@ mod tests {
             Err(TrustError::Payload { .. })
         ));
         assert!(matches!(TrustedKeys::load(&[write("bad.pub", "nope")]), Err(TrustError::Key { .. })));
+        // A fingerprint stands for its key alone.
+        let fingerprint = trusted.fingerprint("key.pub").unwrap();
+        assert!(trusted.trusts(&fingerprint) && !others.trusts(&fingerprint));
     }
 }
