@@ -91,12 +91,13 @@ fn file_response(content_type: &str, bytes: Bytes) -> Response<WasiBody> {
 }
 
 /// `GET /openapi.json`.
-pub fn openapi(app: &App, kserve: bool) -> Response<WasiBody> {
-    json_response(StatusCode::OK, &document(app, kserve))
+pub fn openapi(app: &App, kserve: bool, api_key: bool) -> Response<WasiBody> {
+    json_response(StatusCode::OK, &document(app, kserve, api_key))
 }
 
-/// The whole document.
-pub fn document(app: &App, kserve: bool) -> Value {
+/// The whole document; with `api_key`, every component and KServe operation requires the
+/// host's API key (a bearer token) and may answer its 401 and 403.
+pub fn document(app: &App, kserve: bool, api_key: bool) -> Value {
     let mut doc = host_document(&app.name);
     if kserve {
         let kserve = kserve_document();
@@ -133,7 +134,34 @@ pub fn document(app: &App, kserve: bool) -> Value {
             doc["paths"][full] = item;
         }
     }
+    if api_key {
+        require_api_key(&mut doc);
+    }
     doc
+}
+
+/// Marks every operation but the host's own (`host` tag) as needing the API key.
+fn require_api_key(doc: &mut Value) {
+    doc["components"]["securitySchemes"]["apiKey"] = json!({
+        "type": "http", "scheme": "bearer",
+        "description": "The host's API key (`up --api-key`), on every inference route",
+    });
+    let Some(paths) = doc["paths"].as_object_mut() else { return };
+    for operation in paths.values_mut().filter_map(Value::as_object_mut).flat_map(|item| item.values_mut()) {
+        let Some(operation) = operation.as_object_mut() else { continue };
+        if operation.get("tags").is_some_and(|tags| tags == &json!(["host"])) {
+            continue;
+        }
+        operation.insert("security".into(), json!([{"apiKey": []}]));
+        let responses = operation.entry("responses").or_insert_with(|| json!({}));
+        for error in [HostError::Unauthorized, HostError::Forbidden] {
+            if let Some(responses) = responses.as_object_mut() {
+                responses
+                    .entry(error.status().as_str())
+                    .or_insert_with(|| json!({"$ref": format!("#/components/responses/{error:?}")}));
+            }
+        }
+    }
 }
 
 /// A fragment's paths as served at `route`. Paths are relative to the route: `/` is the route

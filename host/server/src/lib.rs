@@ -56,6 +56,8 @@ struct Shared {
     kserve: Option<Arc<Kserve>>,
     /// Swagger UI's files for `/docs`, if they could be fetched.
     swagger_ui: Option<SwaggerUi>,
+    /// Whether the inference routes need the API key (the OpenAPI document says so).
+    api_key: bool,
 }
 
 /// Shared by all connections: request ids, the router, and what every request is measured and
@@ -170,7 +172,7 @@ pub async fn serve(
         (Some(_), None) => anyhow::bail!("the gRPC listener serves the KServe API, which is not enabled"),
         (None, _) => None,
     };
-    let router = routes(Arc::new(Shared { app, kserve, swagger_ui }));
+    let router = routes(Arc::new(Shared { app, kserve, swagger_ui, api_key: api_key.is_some() }));
     let server =
         Arc::new(Server { router, kserve_on, log_inputs, api_key, next_request_id: AtomicU64::new(0), boot });
     let http1 =
@@ -342,7 +344,7 @@ async fn metrics_page() -> Answer {
 }
 
 async fn openapi(State(shared): State<Arc<Shared>>) -> Answer {
-    Answer(docs::openapi(&shared.app, shared.kserve.is_some()))
+    Answer(docs::openapi(&shared.app, shared.kserve.is_some(), shared.api_key))
 }
 
 async fn docs_page(State(shared): State<Arc<Shared>>) -> Answer {

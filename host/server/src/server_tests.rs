@@ -45,8 +45,12 @@ fn server_with_key(kserve_on: bool, api_key: Option<ApiKey>) -> Server {
             .expect("app");
     let kserve = kserve_on
         .then(|| Kserve::new(config.kserve.clone(), Some(TOKEN.to_string())).with_api_key(api_key.as_ref()));
-    let router =
-        routes(Arc::new(Shared { app: Arc::new(app), kserve: kserve.map(Arc::new), swagger_ui: None }));
+    let router = routes(Arc::new(Shared {
+        app: Arc::new(app),
+        kserve: kserve.map(Arc::new),
+        swagger_ui: None,
+        api_key: api_key.is_some(),
+    }));
     Server { router, kserve_on, log_inputs: false, api_key, next_request_id: AtomicU64::new(0), boot: 7 }
 }
 
@@ -192,6 +196,14 @@ async fn the_api_key_guards_every_inference_route_by_one_rule() {
     assert_eq!(live(vec![("authorization", bearer)]).await.status, StatusCode::OK);
     assert_error(&live(vec![]).await, 401, "Unauthorized");
     assert_error(&live(vec![("authorization", "Bearer neither-0000000000".into())]).await, 403, "Forbidden");
+    // The OpenAPI document says which operations need the key, and what they then answer.
+    let openapi = call(&server, Method::GET, "/openapi.json", &[]).await.body;
+    assert_eq!(openapi["components"]["securitySchemes"]["apiKey"]["scheme"], "bearer");
+    let infer = &openapi["paths"]["/v2/models/{model}/infer"]["post"];
+    assert_eq!(infer["security"], serde_json::json!([{"apiKey": []}]));
+    assert!(infer["responses"]["403"].is_object(), "{infer}");
+    let health = &openapi["paths"]["/health"]["get"];
+    assert!(health.get("security").is_none(), "the host's own routes stay open: {health}");
     // With the key over the host's routes too, those need it as well.
     let covering = server_with_key(false, Some(ApiKey::new(KEY.to_string(), true).unwrap()));
     assert_error(&call(&covering, Method::GET, "/metrics", &[]).await, 401, "Unauthorized");
