@@ -250,7 +250,10 @@ fn metrics_cover_requests_batches_models_and_instances() {
     // Linear memory of the live instances: at least a tokenizer's worth each (its vocabulary
     // alone is over a mebibyte), at most the 512 MiB cap each.
     let memory = value("edgeinfer_instance_memory_bytes{", &["component=\"embed\""]);
-    assert!(memory >= live * (1 << 20) as f64 && memory <= live * (512 << 20) as f64, "{memory} for {live}: {text}");
+    assert!(
+        memory >= live * (1 << 20) as f64 && memory <= live * (512 << 20) as f64,
+        "{memory} for {live}: {text}"
+    );
 }
 
 #[test]

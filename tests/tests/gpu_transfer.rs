@@ -144,10 +144,12 @@ fn parts_carried_call_by_call_rebuild_the_payload_exactly() {
     let (core, cuda) = payload(&dir);
     let packed = pack(&out, &core, &cuda, "0.5");
     assert!(packed.status.success(), "{}", stderr(&packed));
-    let plan: Value = serde_json::from_slice(&std::fs::read(repo_root().join(&out).join("plan.json")).unwrap()).unwrap();
+    let plan: Value =
+        serde_json::from_slice(&std::fs::read(repo_root().join(&out).join("plan.json")).unwrap()).unwrap();
 
     // Parts of at most 0.5 MiB; every call carries the plan first and at most 8 paths.
-    let parts: Vec<&Value> = plan["bundles"].as_array().unwrap().iter().flat_map(|b| b["parts"].as_array().unwrap()).collect();
+    let parts: Vec<&Value> =
+        plan["bundles"].as_array().unwrap().iter().flat_map(|b| b["parts"].as_array().unwrap()).collect();
     assert!(parts.len() >= 9, "{plan}");
     assert!(parts.iter().all(|p| p["bytes"].as_u64().unwrap() <= 512 * 1024));
     let calls = plan["calls"].as_array().unwrap();
@@ -212,7 +214,8 @@ fn a_damaged_or_missing_part_is_named_and_nothing_is_unpacked() {
     let (core, cuda) = payload(&dir);
     let packed = pack(&out, &core, &cuda, "1");
     assert!(packed.status.success(), "{}", stderr(&packed));
-    let plan: Value = serde_json::from_slice(&std::fs::read(repo_root().join(&out).join("plan.json")).unwrap()).unwrap();
+    let plan: Value =
+        serde_json::from_slice(&std::fs::read(repo_root().join(&out).join("plan.json")).unwrap()).unwrap();
     let device = Device::new(&dir, &out);
     for call in plan["calls"].as_array().unwrap() {
         device.carry(call["carry"].as_array().unwrap());
@@ -231,7 +234,12 @@ fn a_damaged_or_missing_part_is_named_and_nothing_is_unpacked() {
     let refused = device.run(&["assemble", "cuda"]);
     assert!(!refused.status.success());
     let message = stderr(&refused);
-    assert!(message.contains(name) && message.contains("sha256") && message.contains(cuda_part["sha256"].as_str().unwrap()), "{message}");
+    assert!(
+        message.contains(name)
+            && message.contains("sha256")
+            && message.contains(cuda_part["sha256"].as_str().unwrap()),
+        "{message}"
+    );
     assert!(!device.bundle("cuda").exists(), "nothing unpacked from a damaged archive");
     device.assert_no_leftovers();
 

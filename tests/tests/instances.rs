@@ -33,8 +33,8 @@ fn host_with(window_ms: u64, instance_concurrency: usize, settings: &str) -> Hos
         + &format!(
             "\n[component.embed]\nwarm_instances = 2\nsurplus_idle_ms = 2000\ninstance_concurrency = {instance_concurrency}\n{settings}\n"
         );
-    let path =
-        repo_root().join(format!(".test-instances-{}-{window_ms}-{instance_concurrency}.toml", std::process::id()));
+    let path = repo_root()
+        .join(format!(".test-instances-{}-{window_ms}-{instance_concurrency}.toml", std::process::id()));
     std::fs::write(&path, config).unwrap();
     let host =
         Host::start(&repo_root().join("spin.toml"), &["--runtime-config-file", path.to_str().unwrap()]);
