@@ -44,7 +44,7 @@ impl Harness {
         Harness { store, bindings }
     }
 
-    fn from_json(&mut self, json: &[u8]) -> Result<ResourceAny, Error> {
+    fn tokenizer(&mut self, json: &[u8]) -> Result<ResourceAny, Error> {
         let api = self.bindings.edgeinfer_text_tokenize().tokenizer();
         api.call_from_json(&mut self.store, json).unwrap()
     }
@@ -92,7 +92,7 @@ fn cut(max: u32, direction: TruncationDirection) -> EncodeOptions {
 #[test]
 fn ids_match_python_tokenizers_exactly() {
     let mut h = Harness::new();
-    let tokenizer = h.from_json(&tokenizer_json()).unwrap();
+    let tokenizer = h.tokenizer(&tokenizer_json()).unwrap();
     let cases = reference("tokens.json");
     let cases = cases.as_array().unwrap();
     let texts: Vec<String> = cases.iter().map(|c| c["text"].as_str().unwrap().to_string()).collect();
@@ -115,7 +115,7 @@ fn ids_match_python_tokenizers_exactly() {
 #[test]
 fn truncation_and_padding_are_per_call() {
     let mut h = Harness::new();
-    let tokenizer = h.from_json(&tokenizer_json()).unwrap();
+    let tokenizer = h.tokenizer(&tokenizer_json()).unwrap();
     let texts = vec![
         "one two three four five six seven eight nine ten eleven twelve".to_string(),
         "short".to_string(),
@@ -144,7 +144,7 @@ fn truncation_and_padding_are_per_call() {
 #[test]
 fn tokens_carry_their_spelling_and_decode_inverts_ids() {
     let mut h = Harness::new();
-    let tokenizer = h.from_json(&tokenizer_json()).unwrap();
+    let tokenizer = h.tokenizer(&tokenizer_json()).unwrap();
     let api = h.bindings.edgeinfer_text_tokenize().tokenizer();
     let text = "Hello world, tokenizing!";
     let tokens = api.call_tokens(&mut h.store, tokenizer, text, true).unwrap().unwrap();
@@ -179,8 +179,8 @@ fn tokens_carry_their_spelling_and_decode_inverts_ids() {
 #[test]
 fn bad_input_is_a_wit_error_not_a_trap() {
     let mut h = Harness::new();
-    assert!(matches!(h.from_json(b"{not json"), Err(Error::InvalidTokenizer(_))));
-    let tokenizer = h.from_json(&tokenizer_json()).unwrap();
+    assert!(matches!(h.tokenizer(b"{not json"), Err(Error::InvalidTokenizer(_))));
+    let tokenizer = h.tokenizer(&tokenizer_json()).unwrap();
     let api = h.bindings.edgeinfer_text_tokenize().tokenizer();
     let zero = cut(0, TruncationDirection::Right);
     let result = api.call_encode_batch(&mut h.store, tokenizer, &["x".to_string()], zero).unwrap();

@@ -67,7 +67,7 @@ pub fn encoder(g: &mut GraphBuilder, config: &BertConfig, weights: &Weights) -> 
     let (shape, bucket_bias) = weights.get("encoder.relative_attention_bias.weight", false)?;
     let buckets = config.relative_attention_num_buckets;
     ensure!(
-        buckets >= 4 && buckets % 2 == 0,
+        buckets >= 4 && buckets.is_multiple_of(2),
         "relative_attention_num_buckets {buckets} must be even and at least 4"
     );
     ensure!(shape == [buckets, heads], "relative_attention_bias is {shape:?}, expected [{buckets}, {heads}]");
