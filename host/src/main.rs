@@ -309,41 +309,46 @@ struct TlsArgs {
 
 impl TlsArgs {
     /// The TLS of one listener: its own pair, else the public one; `None` for plain HTTP.
-    fn files(
+    fn load(
         &self,
         own: (&Option<PathBuf>, &Option<PathBuf>),
         client_ca: Option<&PathBuf>,
-    ) -> Option<http::tls::TlsFiles> {
-        let (cert, key) = match own {
-            (Some(cert), Some(key)) => (cert, key),
-            _ => (self.tls_cert.as_ref()?, self.tls_key.as_ref()?),
+        alpn: &[&[u8]],
+        listener: &'static str,
+    ) -> Result<Option<http::tls::Tls>> {
+        let (cert, key) = match (own, &self.tls_cert, &self.tls_key) {
+            ((Some(cert), Some(key)), _, _) | (_, Some(cert), Some(key)) => (cert, key),
+            _ => return Ok(None),
         };
-        Some(http::tls::TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: client_ca.cloned() })
+        let files =
+            http::tls::TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: client_ca.cloned() };
+        Ok(Some(http::tls::Tls::load(files, alpn, listener)?))
     }
 
     /// The public listener's TLS.
     fn public(&self) -> Result<Option<http::tls::Tls>> {
-        let files = self.files((&None, &None), None);
-        files
-            .map(|f| http::tls::Tls::load(f, &http::tls::ALPN_HTTP, "public"))
-            .transpose()
-            .map_err(Into::into)
+        self.load((&None, &None), None, &http::tls::ALPN_HTTP, "public")
     }
 
     /// The admin listener's TLS, with mTLS when --admin-client-ca is given.
     fn admin(&self) -> Result<Option<http::tls::Tls>> {
-        let files = self.files((&self.admin_tls_cert, &self.admin_tls_key), self.admin_client_ca.as_ref());
+        let client_ca = self.admin_client_ca.as_ref();
+        let tls = self.load(
+            (&self.admin_tls_cert, &self.admin_tls_key),
+            client_ca,
+            &http::tls::ALPN_HTTP,
+            "admin",
+        )?;
         anyhow::ensure!(
-            files.is_some() || self.admin_client_ca.is_none(),
+            tls.is_some() || client_ca.is_none(),
             "--admin-client-ca needs TLS on the admin listener: give --tls-cert and --tls-key (or --admin-tls-cert and --admin-tls-key)"
         );
-        files.map(|f| http::tls::Tls::load(f, &http::tls::ALPN_HTTP, "admin")).transpose().map_err(Into::into)
+        Ok(tls)
     }
 
     /// The gRPC listener's TLS (HTTP/2 only).
     fn grpc(&self) -> Result<Option<http::tls::Tls>> {
-        let files = self.files((&self.grpc_tls_cert, &self.grpc_tls_key), None);
-        files.map(|f| http::tls::Tls::load(f, &http::tls::ALPN_GRPC, "grpc")).transpose().map_err(Into::into)
+        self.load((&self.grpc_tls_cert, &self.grpc_tls_key), None, &http::tls::ALPN_GRPC, "grpc")
     }
 }
 
@@ -587,7 +592,7 @@ async fn up(args: UpArgs) -> Result<()> {
                     "the admin API on {address} is plain HTTP: its token and uploads cross the network readable; give --tls-cert/--tls-key (and --admin-client-ca)"
                 );
             }
-            let listener = http::listener::Listener::new(listener, admin_tls);
+            let listener = http::listener::Listener::new(listener, admin_tls, "admin");
             eprintln!("Admin API: {}://{}", listener.scheme(), listener.local_addr()?);
             // Deploys by reference pull with this host's registry settings into its cache.
             let (connection, cache) = (connection.clone(), provision::cache_dir());
@@ -638,14 +643,14 @@ async fn up(args: UpArgs) -> Result<()> {
                 .with_context(|| format!("cannot listen on {address} (gRPC)"))?;
             let tls = if grpc_tls.is_some() { " over TLS" } else { "" };
             eprintln!("KServe v2 gRPC API: {}{tls} (inference.GRPCInferenceService)", listener.local_addr()?);
-            Some(http::listener::Listener::new(listener, grpc_tls))
+            Some(http::listener::Listener::new(listener, grpc_tls, "grpc"))
         }
         None => None,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let listener = http::listener::Listener::new(listener, public_tls);
+    let listener = http::listener::Listener::new(listener, public_tls, "public");
     let (address, scheme) = (listener.local_addr()?, listener.scheme());
     release_freed_heap();
     eprintln!("Serving {scheme}://{address}");
@@ -668,7 +673,6 @@ async fn up(args: UpArgs) -> Result<()> {
         eprintln!("Inference routes need the API key (Authorization: Bearer ...)");
     }
     eprintln!("API docs: {scheme}://{address}/docs (OpenAPI: {scheme}://{address}/openapi.json)");
-    let kserve = kserve.map(|kserve| kserve.with_api_key(api_key.as_ref()));
     let options =
         http::ServeOptions { kserve, grpc_listener, api_key, log_inputs: args.log_inputs, swagger_ui };
     let shutdown = async move {

@@ -107,7 +107,7 @@ pub async fn serve(
 ) {
     let (router, token): (Router, Arc<str>) = (router(app, sources), token.into());
     let http1 = Http1Options { header_read_timeout: Duration::from_secs(10), max_buf_size: None };
-    crate::listener::run(listener, "admin", shutdown, DRAIN_TIMEOUT, move |connection, watcher| {
+    crate::listener::run(listener, shutdown, DRAIN_TIMEOUT, move |connection, watcher| {
         let (router, token) = (router.clone(), token.clone());
         let who = Caller {
             peer: connection.peer,
@@ -143,7 +143,7 @@ async fn handle(router: Router, token: &str, req: Request<Incoming>, who: &Calle
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let sent_sha256 = query_value(req.uri().query(), "sha256");
-    let authorized = crate::auth::check(req.headers(), &[token]);
+    let authorized = crate::auth::check(req.headers(), [token]);
     let response = match authorized {
         Err(refusal) => {
             // A small upload sent without the token is still arriving: read it off (briefly) so

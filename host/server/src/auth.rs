@@ -61,11 +61,11 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Refusal> {
 }
 
 /// Checks `headers` against the `accepted` tokens by the table above.
-pub fn check(headers: &HeaderMap, accepted: &[&str]) -> Result<(), Refusal> {
+pub fn check<'a>(headers: &HeaderMap, accepted: impl IntoIterator<Item = &'a str>) -> Result<(), Refusal> {
     let token = bearer(headers)?.ok_or(Refusal::Missing)?;
     // Every accepted token is compared, so the time taken does not tell which one matched.
     let matched =
-        accepted.iter().fold(false, |matched, expected| matched | constant_time_eq(token, expected));
+        accepted.into_iter().fold(false, |matched, expected| matched | constant_time_eq(token, expected));
     if matched { Ok(()) } else { Err(Refusal::NotAccepted) }
 }
 
@@ -120,24 +120,18 @@ mod tests {
     #[test]
     fn missing_or_malformed_is_401_and_wrong_is_403() {
         let accepted = ["a-key-of-some-length", "another-key-0123456"];
-        assert_eq!(check(&headers(None), &accepted), Err(Refusal::Missing));
+        assert_eq!(check(&headers(None), accepted), Err(Refusal::Missing));
         for malformed in
             [&b"a-key-of-some-length"[..], b"Basic dXNlcjpwYXNz", b"Bearer ", b"Bearer", b"Bearer \xff"]
         {
-            assert_eq!(check(&headers(Some(malformed)), &accepted), Err(Refusal::Missing), "{malformed:?}");
+            assert_eq!(check(&headers(Some(malformed)), accepted), Err(Refusal::Missing), "{malformed:?}");
         }
-        assert_eq!(
-            check(&headers(Some(b"Bearer wrong-key-000000000")), &accepted),
-            Err(Refusal::NotAccepted)
-        );
-        assert_eq!(
-            check(&headers(Some(b"Bearer a-key-of-some-lengt")), &accepted),
-            Err(Refusal::NotAccepted)
-        );
-        assert_eq!(check(&headers(Some(b"Bearer a-key-of-some-length")), &accepted), Ok(()));
-        assert_eq!(check(&headers(Some(b"bearer another-key-0123456")), &accepted), Ok(()));
+        assert_eq!(check(&headers(Some(b"Bearer wrong-key-000000000")), accepted), Err(Refusal::NotAccepted));
+        assert_eq!(check(&headers(Some(b"Bearer a-key-of-some-lengt")), accepted), Err(Refusal::NotAccepted));
+        assert_eq!(check(&headers(Some(b"Bearer a-key-of-some-length")), accepted), Ok(()));
+        assert_eq!(check(&headers(Some(b"bearer another-key-0123456")), accepted), Ok(()));
         // Nothing accepted: every token is refused as not allowed, none is let through.
-        assert_eq!(check(&headers(Some(b"Bearer a-key-of-some-length")), &[]), Err(Refusal::NotAccepted));
+        assert_eq!(check(&headers(Some(b"Bearer a-key-of-some-length")), []), Err(Refusal::NotAccepted));
         assert_eq!(Refusal::Missing.error().status().as_u16(), 401);
         assert_eq!(Refusal::NotAccepted.error().status().as_u16(), 403);
     }

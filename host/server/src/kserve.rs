@@ -75,8 +75,7 @@ impl Kserve {
         if self.tokens.is_empty() {
             return Ok(());
         }
-        let tokens: Vec<&str> = self.tokens.iter().map(String::as_str).collect();
-        crate::auth::check(headers, &tokens)
+        crate::auth::check(headers, self.tokens.iter().map(String::as_str))
     }
 
     /// The largest request body (or gRPC message) accepted.
@@ -133,7 +132,7 @@ async fn require_token(
 ) -> AxumResponse {
     if let Err(refusal) = api(&shared).authorized(req.headers()) {
         // As the API key's refusal: a small body is read off so HTTP/2 clients get the answer.
-        crate::body::drain_refused(req, 64 << 10, std::time::Duration::from_secs(1)).await;
+        crate::body::drain_refused(req, super::REFUSED_DRAIN_BYTES, super::REFUSED_DRAIN_TIMEOUT).await;
         let mut refused = Answer(refusal.answer(TOKEN_NAME)).into_response();
         let route = matched.as_ref().map_or("/v2/unmatched", MatchedPath::as_str);
         refused.extensions_mut().insert(Served::host(route));

@@ -160,7 +160,8 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let boot = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let ServeOptions { kserve, grpc_listener, api_key, log_inputs, swagger_ui } = options;
-    let kserve = kserve.map(Arc::new);
+    // KServe takes the host's API key besides its own token.
+    let kserve = kserve.map(|kserve| Arc::new(kserve.with_api_key(api_key.as_ref())));
     let kserve_on = kserve.is_some();
     let (stop_grpc, grpc_stopping) = tokio::sync::oneshot::channel::<()>();
     let grpc = match (grpc_listener, &kserve) {
@@ -187,7 +188,7 @@ pub async fn serve(
             let _ = stop_grpc.send(());
         }
     };
-    listener::run(listener, "public", shutdown, DRAIN_TIMEOUT, move |connection, watcher| {
+    listener::run(listener, shutdown, DRAIN_TIMEOUT, move |connection, watcher| {
         let (server, peer) = (server.clone(), connection.peer);
         let service = hyper::service::service_fn(move |req| {
             let server = server.clone();
@@ -293,7 +294,7 @@ impl Server {
         if exempt {
             return None;
         }
-        auth::check(req.headers(), &[key.key()]).err()
+        auth::check(req.headers(), [key.key()]).err()
     }
 }
 

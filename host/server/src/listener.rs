@@ -25,15 +25,17 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Listener {
     tcp: TcpListener,
     tls: Option<Tls>,
+    /// Its name in logs (`public`, `admin`, `grpc`).
+    name: &'static str,
 }
 
 impl Listener {
     /// Serves on `tcp`, with TLS when `tls` is given (its files are watched for changes).
-    pub fn new(tcp: TcpListener, tls: Option<Tls>) -> Listener {
+    pub fn new(tcp: TcpListener, tls: Option<Tls>, name: &'static str) -> Listener {
         if let Some(tls) = &tls {
             tls.watch(crate::tls::RELOAD_INTERVAL);
         }
-        Listener { tcp, tls }
+        Listener { tcp, tls, name }
     }
 
     /// The bound address.
@@ -47,11 +49,21 @@ impl Listener {
     }
 
     /// The next connection, TCP-accepted only (the handshake is `Accepted::open`'s, in the
-    /// connection's own task).
-    async fn accept(&self) -> std::io::Result<Accepted> {
-        let (stream, peer) = self.tcp.accept().await?;
-        let _ = stream.set_nodelay(true);
-        Ok(Accepted { stream, peer, tls: self.tls.clone() })
+    /// connection's own task). A failed accept (out of file descriptors, most likely) is logged
+    /// and tried again shortly, never spun on.
+    async fn accept(&self) -> Accepted {
+        loop {
+            match self.tcp.accept().await {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Accepted { stream, peer, tls: self.tls.clone() };
+                }
+                Err(e) => {
+                    tracing::warn!(listener = self.name, "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
     }
 }
 
@@ -190,13 +202,8 @@ impl tonic::transport::server::Connected for Connection {
 
 /// Accepts on `listener` until `shutdown` resolves, handing each open connection to `serve`
 /// with the watcher its HTTP connection must be wrapped in; then drains (up to `drain`).
-pub async fn run<F, Fut>(
-    listener: Listener,
-    name: &'static str,
-    shutdown: impl Future<Output = ()>,
-    drain: Duration,
-    serve: F,
-) where
+pub async fn run<F, Fut>(listener: Listener, shutdown: impl Future<Output = ()>, drain: Duration, serve: F)
+where
     F: Fn(Connection, Watcher) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -206,15 +213,7 @@ pub async fn run<F, Fut>(
     loop {
         let accepted = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors, most likely: do not spin on it.
-                    tracing::warn!(listener = name, "accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
+            accepted = listener.accept() => accepted,
         };
         // Taken before the handshake, so that a drain also waits for connections still in it.
         let watcher = connections.watcher();
@@ -225,6 +224,7 @@ pub async fn run<F, Fut>(
             }
         });
     }
+    let name = listener.name;
     drop(listener);
     tracing::info!(listener = name, open_connections = connections.count(), "draining");
     if tokio::time::timeout(drain, connections.shutdown()).await.is_err() {
@@ -296,20 +296,12 @@ pub fn incoming(
                 _ = sender.closed() => break,
                 accepted = listener.accept() => accepted,
             };
-            match accepted {
-                Ok(accepted) => {
-                    let sender = sender.clone();
-                    tokio::spawn(async move {
-                        if let Some(connection) = accepted.open().await {
-                            let _ = sender.send(Ok(connection)).await;
-                        }
-                    });
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                if let Some(connection) = accepted.open().await {
+                    let _ = sender.send(Ok(connection)).await;
                 }
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
+            });
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(receiver)
