@@ -30,7 +30,88 @@ pub fn init() -> anyhow::Result<()> {
         .set_buckets_for_metric(Matcher::Full("edgeinfer_batch_tokens".into()), BATCH_TOKENS)?
         .install_recorder()?;
     let _ = HANDLE.set(handle);
+    describe();
     Ok(())
+}
+
+/// Every family's `# HELP` line (Prometheus's linter, `promtool check metrics`, asks for one).
+/// A family emitted without a line here is caught by the promtool test.
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    // Serving (every listener).
+    describe_counter!(
+        "edgeinfer_requests_total",
+        "Requests answered, by route, component, version and status."
+    );
+    describe_histogram!(
+        "edgeinfer_request_duration_seconds",
+        Unit::Seconds,
+        "Time from a request's arrival to its response head, by route, component and version."
+    );
+    describe_counter!(
+        "edgeinfer_errors_total",
+        "Error answers (the host's and the components'), by route, component, version and error_type."
+    );
+    describe_counter!(
+        "edgeinfer_tokens_total",
+        "Tokens the components computed on (their x-compute-tokens)."
+    );
+    // Models, batcher and engines.
+    describe_gauge!("edgeinfer_model_ready", "1 when the model is loaded, 0 when it failed to load.");
+    describe_gauge!("edgeinfer_model_load_seconds", Unit::Seconds, "How long the model took to load.");
+    describe_counter!("edgeinfer_model_reloads_total", "Admin model reloads, by outcome.");
+    describe_histogram!(
+        "edgeinfer_queue_seconds",
+        Unit::Seconds,
+        "Time a compute call waited in the batcher."
+    );
+    describe_histogram!("edgeinfer_compute_seconds", Unit::Seconds, "Engine run time per batch.");
+    describe_histogram!("edgeinfer_batch_rows", "Rows per engine run.");
+    describe_histogram!("edgeinfer_batch_tokens", "Padded tokens per engine run.");
+    describe_histogram!("edgeinfer_batch_requests", "Compute calls merged into one engine run.");
+    describe_gauge!("edgeinfer_queue_depth", "Compute calls waiting when the last batch left.");
+    describe_counter!("edgeinfer_requests_dropped_total", "Compute calls whose caller left before compute.");
+    describe_counter!(
+        "edgeinfer_requests_refused_total",
+        "Compute calls refused because the model's queue (max_queue) was full."
+    );
+    describe_gauge!(
+        "edgeinfer_gpu_memory_used_bytes",
+        Unit::Bytes,
+        "GPU memory in use (NVML), per CUDA device."
+    );
+    describe_gauge!(
+        "edgeinfer_gpu_memory_total_bytes",
+        Unit::Bytes,
+        "GPU memory in all (NVML), per CUDA device."
+    );
+    // Components.
+    describe_counter!("edgeinfer_instances_created_total", "Component instances created.");
+    describe_gauge!("edgeinfer_live_instances", "Component instances alive.");
+    describe_gauge!(
+        "edgeinfer_instance_memory_bytes",
+        Unit::Bytes,
+        "Linear memory the component's live instances have grown to."
+    );
+    describe_counter!(
+        "edgeinfer_instance_waits_total",
+        "Times a request found every instance busy at max_instances and waited for one."
+    );
+    describe_gauge!("edgeinfer_admission_waiting", "Requests waiting for a slot of the component.");
+    // Deployments and the admin API.
+    describe_counter!(
+        "edgeinfer_deployments_total",
+        "Deploys, canaries, promotions and rollbacks, by outcome."
+    );
+    describe_counter!("edgeinfer_admin_actions_total", "Admin API calls, by action and outcome.");
+    describe_counter!("edgeinfer_shadow_requests_total", "Shadow runs of a canary, by outcome.");
+    describe_histogram!(
+        "edgeinfer_shadow_max_abs_diff",
+        "Largest absolute difference between the numbers of the stable and the shadow answer."
+    );
+    // TLS.
+    describe_counter!("edgeinfer_tls_handshakes_total", "TLS handshakes, by listener and outcome.");
+    describe_counter!("edgeinfer_tls_reloads_total", "Certificate reloads, by listener and outcome.");
 }
 
 /// The Prometheus text exposition of every metric so far (GPU memory read now).
