@@ -503,6 +503,8 @@ struct Started {
     swagger_ui: Option<http::SwaggerUi>,
     /// The KServe API, when the runtime config turns it on.
     kserve: Option<http::Kserve>,
+    /// The route `POST /` and `POST /invocations` answer as.
+    default_route: Option<String>,
     /// Advances the engine's epoch while the host serves.
     _ticker: compile::EpochTicker,
 }
@@ -564,7 +566,7 @@ async fn up(args: UpArgs) -> Result<()> {
         runtime_config_file = runtime_config_file.or(pulled.runtime_config);
     }
     let (build, compose_nn_providers) = (args.build, args.compose_nn_providers);
-    let Started { manifest, config, app, swagger_ui, kserve, _ticker } =
+    let Started { manifest, config, app, swagger_ui, kserve, default_route, _ticker } =
         tokio::task::spawn_blocking(move || {
             start(&manifest_path, runtime_config_file.as_deref(), build, compose_nn_providers)
         })
@@ -673,8 +675,14 @@ async fn up(args: UpArgs) -> Result<()> {
         eprintln!("Inference routes need the API key (Authorization: Bearer ...)");
     }
     eprintln!("API docs: {scheme}://{address}/docs (OpenAPI: {scheme}://{address}/openapi.json)");
-    let options =
-        http::ServeOptions { kserve, grpc_listener, api_key, log_inputs: args.log_inputs, swagger_ui };
+    let options = http::ServeOptions {
+        kserve,
+        grpc_listener,
+        api_key,
+        log_inputs: args.log_inputs,
+        swagger_ui,
+        default_route,
+    };
     let shutdown = async move {
         shutdown_signal().await;
         let _ = stopping.send(true);
@@ -708,6 +716,10 @@ fn start(
     }
     let config = load_runtime_config(runtime_config_file, &manifest.dir)?;
     http::check_routes(&manifest, config.kserve.enabled)?;
+    let default_route = http::default_task::resolve(&manifest, config.http.default_route.as_deref())?;
+    if let Some(route) = &default_route {
+        tracing::info!("POST / and POST /invocations answer as {route}");
+    }
     // Its token is checked before anything slow, so a missing one fails the start at once.
     let kserve = if config.kserve.enabled {
         let token = match &config.kserve.token_env {
@@ -761,7 +773,7 @@ fn start(
             None
         }
     };
-    Ok(Started { manifest, config, app, swagger_ui, kserve, _ticker: ticker })
+    Ok(Started { manifest, config, app, swagger_ui, kserve, default_route, _ticker: ticker })
 }
 
 /// `edgeinfer sign`: a detached signature beside each file, a signature beside each artifact.

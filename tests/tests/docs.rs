@@ -45,9 +45,18 @@ fn openapi_describes_every_route_and_its_examples_work() {
         "/ready",
         "/metrics",
         "/v2/models/{model}/infer",
+        "/ping",
+        "/invocations",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} is described");
     }
+    // TEI's root routes: readiness, and the default task as /embed describes it.
+    assert_eq!(doc["paths"]["/"]["get"]["responses"], doc["paths"]["/ready"]["get"]["responses"]);
+    assert_eq!(
+        doc["paths"]["/invocations"]["post"]["requestBody"],
+        doc["paths"]["/embed"]["post"]["requestBody"]
+    );
+    assert_eq!(doc["paths"]["/"]["post"]["operationId"], "embedRoot");
     let mut targets = Vec::new();
     refs(&doc, &mut targets);
     assert!(targets.len() > 10);

@@ -2,7 +2,9 @@
 //! request whose answer is checked against TEI's documented types (tests/clients/tei_routes.py,
 //! `jsonschema`), and what each answer means: per-token vectors that pool to /embed's, similarity
 //! and rerank scores equal to the Python reference's cosines (tests/reference/rerank.json), tokens
-//! as Python `tokenizers` gives them, decode inverting tokenize, prompts, /info's facts.
+//! as Python `tokenizers` gives them, decode inverting tokenize, prompts, /info's facts; TEI's and
+//! SageMaker's root routes (`POST /`, `POST /invocations`, `GET /`, `GET /ping`) as Hugging Face's
+//! own `InferenceClient` calls them.
 
 mod common;
 
@@ -286,4 +288,85 @@ fn a_cross_encoder_the_user_brings_reranks_like_the_python_reference() {
     );
     drop(host);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs tests/clients/hf_inference_client.py against `base` (the root task: `embed` or `similarity`).
+fn hf_inference_client(base: &str, root_task: &str) -> Value {
+    let file = |name: &str| repo_root().join("tests/reference").join(name).into_os_string();
+    let args = [
+        std::ffi::OsString::from(base),
+        file("embeddings.json"),
+        file("rerank.json"),
+        file("intents.json"),
+        root_task.into(),
+    ];
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    run_client_script("hf_inference_client.py", &args)
+}
+
+#[test]
+fn huggingface_inference_client_works_at_the_root_url_as_with_tei() {
+    let report = hf_inference_client(&host().base, "embed");
+    assert_eq!(report["feature_extraction_cases"], 33, "{report}");
+    assert!(report["feature_extraction_min_cosine"].as_f64().unwrap() >= 0.999, "{report}");
+    assert_eq!(report["similarity_path"], "/similarity");
+    assert_eq!(report["classification_cases"], 40, "{report}");
+}
+
+#[test]
+fn sagemaker_routes_answer_as_tei_does() {
+    let texts = json!({"inputs": ["What is Deep Learning?", "Hi"]});
+    let (status, embedded) = post("/embed", texts.clone());
+    assert_eq!(status, 200, "{embedded}");
+    for path in ["/", "/invocations"] {
+        let response = client().post(host().url(path)).json(&texts).send().unwrap();
+        assert_eq!(response.status(), 200, "POST {path}");
+        assert!(response.headers().contains_key("x-edgeinfer-version"), "a component answered {path}");
+        let body: Value = response.json().unwrap();
+        assert_eq!(body, embedded, "POST {path} answers as /embed");
+    }
+    // Errors are the default route's own.
+    let (status, body) = post("/invocations", json!({"inputs": 5}));
+    assert_error(status, &body, 422, "Validation");
+    for path in ["/", "/ping"] {
+        let (status, body) = common::get(host(), path);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        let ready: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(ready["status"], "ok", "GET {path} is readiness: {ready}");
+    }
+    for (method, path) in [("GET", "/invocations"), ("POST", "/ping"), ("DELETE", "/")] {
+        let response = client().request(method.parse().unwrap(), host().url(path)).send().unwrap();
+        let status = response.status().as_u16();
+        assert_error(status, &response.json().unwrap(), 405, "MethodNotAllowed");
+    }
+    // Counted by the path the client used.
+    let metrics = common::get(host(), "/metrics").1;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("edgeinfer_requests_total{")
+            && l.contains("route=\"/invocations\"")
+            && l.contains("component=\"embed\"")),
+        "{metrics}"
+    );
+}
+
+/// `[http] default_route` picks the root task, as TEI's `TASK=sentence-similarity` does.
+#[test]
+fn the_root_task_is_configurable_per_app() {
+    let config = Variant::new("runtime-config/local.toml", "similarity-root", |text| {
+        format!("{text}\n[http]\ndefault_route = \"/similarity\"\n")
+    });
+    let host =
+        Host::start(&repo_root().join("spin.toml"), &["--runtime-config-file", config.0.to_str().unwrap()]);
+    let report = hf_inference_client(&host.base, "similarity");
+    assert_eq!(report["similarity_path"], "/", "{report}");
+    assert!(report["similarity_max_diff"].as_f64().unwrap() < 1e-3, "{report}");
+
+    let wrong = Variant::new("runtime-config/local.toml", "wrong-root", |text| {
+        format!("{text}\n[http]\ndefault_route = \"/nowhere\"\n")
+    });
+    let (ok, _, stderr) = common::edgeinfer(
+        &["up", "--listen", "127.0.0.1:0", "--runtime-config-file", wrong.0.to_str().unwrap()],
+        &[],
+    );
+    assert!(!ok && stderr.contains("default_route") && stderr.contains("/nowhere"), "{stderr}");
 }

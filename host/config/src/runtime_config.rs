@@ -32,6 +32,20 @@ pub struct RuntimeConfig {
     /// Spin's LLM interface (`fermyon:spin/llm`) over the models.
     #[serde(default)]
     pub llm: LlmConfig,
+    /// How the host serves the app's HTTP routes.
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+/// `[http]`: serving choices of the app that spin.toml has no words for.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// The route of spin.toml that answers `POST /` and `POST /invocations` (TEI's and
+    /// SageMaker's default task), e.g. `/embed`, `/predict`, `/rerank` or `/similarity`. Unset:
+    /// the first of `/embed`, `/predict`, `/rerank` the app routes.
+    #[serde(default)]
+    pub default_route: Option<String>,
 }
 
 /// `[llm]`: the models Spin apps reach through `spin_sdk::llm`.

@@ -91,13 +91,13 @@ fn file_response(content_type: &str, bytes: Bytes) -> Response<WasiBody> {
 }
 
 /// `GET /openapi.json`.
-pub fn openapi(app: &App, kserve: bool, api_key: bool) -> Response<WasiBody> {
-    json_response(StatusCode::OK, &document(app, kserve, api_key))
+pub fn openapi(app: &App, kserve: bool, api_key: bool, default_route: Option<&str>) -> Response<WasiBody> {
+    json_response(StatusCode::OK, &document(app, kserve, api_key, default_route))
 }
 
 /// The whole document; with `api_key`, every component and KServe operation requires the
 /// host's API key (a bearer token) and may answer its 401 and 403.
-pub fn document(app: &App, kserve: bool, api_key: bool) -> Value {
+pub fn document(app: &App, kserve: bool, api_key: bool, default_route: Option<&str>) -> Value {
     let mut doc = host_document(&app.name);
     if kserve {
         let kserve = kserve_document();
@@ -134,10 +134,42 @@ pub fn document(app: &App, kserve: bool, api_key: bool) -> Value {
             doc["paths"][full] = item;
         }
     }
+    describe_default_task(&mut doc, app, default_route);
     if api_key {
         require_api_key(&mut doc);
     }
     doc
+}
+
+/// TEI's and SageMaker's root paths (`default_task`), where the app does not route them: `GET /`
+/// and `GET /ping` as `/ready`, `POST /` and `POST /invocations` as the default route's `POST`.
+fn describe_default_task(doc: &mut Value, app: &App, default_route: Option<&str>) {
+    let ready = doc["paths"]["/ready"]["get"].clone();
+    let task = default_route.and_then(|route| doc["paths"][route].get("post").cloned());
+    for path in super::default_task::PATHS {
+        if app.route_of(path).is_some() {
+            continue;
+        }
+        let mut item = Map::new();
+        if path != "/invocations" {
+            let mut get = ready.clone();
+            get["summary"] = json!("Readiness, as /ready (TEI's and SageMaker's health route)");
+            item.insert("get".into(), get);
+        }
+        if let (Some(task), true) = (&task, path != "/ping") {
+            let mut post = task.clone();
+            let route = default_route.unwrap_or_default();
+            post["summary"] = json!(format!("The default task: answers as POST {route}"));
+            if let Some(id) = post.get("operationId").and_then(Value::as_str) {
+                let suffix = if path == "/" { "Root" } else { "Invocations" };
+                post["operationId"] = json!(format!("{id}{suffix}"));
+            }
+            item.insert("post".into(), post);
+        }
+        if !item.is_empty() {
+            doc["paths"][path] = Value::Object(item);
+        }
+    }
 }
 
 /// Marks every operation but the host's own (`host` tag) as needing the API key.

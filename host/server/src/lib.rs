@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod auth;
 mod body;
+pub mod default_task;
 mod docs;
 pub mod error;
 mod grpc;
@@ -58,6 +59,8 @@ struct Shared {
     swagger_ui: Option<SwaggerUi>,
     /// Whether the inference routes need the API key (the OpenAPI document says so).
     api_key: bool,
+    /// The route `POST /` and `POST /invocations` answer as (`default_task`).
+    default_route: Option<String>,
 }
 
 /// Shared by all connections: request ids, the router, and what every request is measured and
@@ -70,6 +73,8 @@ struct Server {
     log_inputs: bool,
     /// The key inference routes need, when one is set.
     api_key: Option<ApiKey>,
+    /// `GET /` and `GET /ping` where the app does not route them: health, open without the key.
+    open_health_paths: Vec<&'static str>,
     next_request_id: AtomicU64,
     /// Distinguishes generated request ids across restarts.
     boot: u64,
@@ -147,6 +152,8 @@ pub struct ServeOptions {
     pub log_inputs: bool,
     /// Swagger UI's files for `/docs`.
     pub swagger_ui: Option<SwaggerUi>,
+    /// The route that answers `POST /` and `POST /invocations` (`default_task::resolve`).
+    pub default_route: Option<String>,
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then drains: no new connections, idle
@@ -159,7 +166,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let boot = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let ServeOptions { kserve, grpc_listener, api_key, log_inputs, swagger_ui } = options;
+    let ServeOptions { kserve, grpc_listener, api_key, log_inputs, swagger_ui, default_route } = options;
     // KServe takes the host's API key besides its own token.
     let kserve = kserve.map(|kserve| Arc::new(kserve.with_api_key(api_key.as_ref())));
     let kserve_on = kserve.is_some();
@@ -173,9 +180,18 @@ pub async fn serve(
         (Some(_), None) => anyhow::bail!("the gRPC listener serves the KServe API, which is not enabled"),
         (None, _) => None,
     };
-    let router = routes(Arc::new(Shared { app, kserve, swagger_ui, api_key: api_key.is_some() }));
-    let server =
-        Arc::new(Server { router, kserve_on, log_inputs, api_key, next_request_id: AtomicU64::new(0), boot });
+    let open_health_paths = ["/", "/ping"].into_iter().filter(|path| app.route_of(path).is_none()).collect();
+    let router =
+        routes(Arc::new(Shared { app, kserve, swagger_ui, api_key: api_key.is_some(), default_route }));
+    let server = Arc::new(Server {
+        router,
+        kserve_on,
+        log_inputs,
+        api_key,
+        open_health_paths,
+        next_request_id: AtomicU64::new(0),
+        boot,
+    });
     let http1 =
         Http1Options { header_read_timeout: HEADER_READ_TIMEOUT, max_buf_size: Some(MAX_HEADER_BYTES) };
     // The gRPC listener starts its drain with this one's, and both end by one deadline.
@@ -290,7 +306,9 @@ impl Server {
     fn refused_without_key<B>(&self, req: &Request<B>) -> Option<auth::Refusal> {
         let key = self.api_key.as_ref()?;
         let path = req.uri().path();
-        let exempt = (is_host_path(path) && !key.host_routes) || (self.kserve_on && is_kserve_path(path));
+        let open_health = req.method() == http::Method::GET && self.open_health_paths.contains(&path);
+        let exempt = ((is_host_path(path) || open_health) && !key.host_routes)
+            || (self.kserve_on && is_kserve_path(path));
         if exempt {
             return None;
         }
@@ -345,7 +363,12 @@ async fn metrics_page() -> Answer {
 }
 
 async fn openapi(State(shared): State<Arc<Shared>>) -> Answer {
-    Answer(docs::openapi(&shared.app, shared.kserve.is_some(), shared.api_key))
+    Answer(docs::openapi(
+        &shared.app,
+        shared.kserve.is_some(),
+        shared.api_key,
+        shared.default_route.as_deref(),
+    ))
 }
 
 async fn docs_page(State(shared): State<Arc<Shared>>) -> Answer {
@@ -361,13 +384,33 @@ async fn docs_asset(State(shared): State<Arc<Shared>>, Path(file): Path<String>)
 async fn to_app(
     State(shared): State<Arc<Shared>>,
     Extension(context): Extension<RequestContext>,
-    req: axum::extract::Request,
+    mut req: axum::extract::Request,
 ) -> AxumResponse {
     let path = req.uri().path().to_string();
-    let Some(route) = shared.app.route_of(&path) else {
-        let mut response = Answer(HostError::NotFound.answer(format!("no route for {path}"))).into_response();
-        response.extensions_mut().insert(Served::unmatched());
-        return response;
+    let route = match shared.app.route_of(&path) {
+        Some(route) => route,
+        None => match default_task::answer(req.method(), req.uri(), shared.default_route.as_deref()) {
+            Some(default_task::Answer::Route(uri)) => {
+                *req.uri_mut() = uri;
+                shared.app.route_of(req.uri().path()).expect("the default route is a route of the app")
+            }
+            Some(default_task::Answer::Ready) => {
+                let mut response = Answer(status::ready(&shared.app)).into_response();
+                response.extensions_mut().insert(Served::host(&path));
+                return response;
+            }
+            Some(default_task::Answer::Refused(error, message)) => {
+                let mut response = Answer(error.answer(message)).into_response();
+                response.extensions_mut().insert(Served::host(&path));
+                return response;
+            }
+            None => {
+                let mut response =
+                    Answer(HostError::NotFound.answer(format!("no route for {path}"))).into_response();
+                response.extensions_mut().insert(Served::unmatched());
+                return response;
+            }
+        },
     };
     let pick = route.component.pick(req.headers(), context.peer.ip());
     let shadow = pick.shadow.map(|version| (version, shadow::copy_head(&req)));
@@ -384,8 +427,9 @@ async fn to_app(
     let header = http::HeaderValue::from_str(&version).expect("hex digits");
     response.headers_mut().insert(VERSION_HEADER, header);
     let mut response = Answer(response).into_response();
-    let served =
-        Served { route: route.pattern.to_string(), component: route.component.id.clone(), version, input };
+    // Labelled by the path the client used when that was a default-task path (`/invocations`).
+    let route_label = if route.pattern.matches(&path) { route.pattern.to_string() } else { path };
+    let served = Served { route: route_label, component: route.component.id.clone(), version, input };
     response.extensions_mut().insert(served);
     response
 }

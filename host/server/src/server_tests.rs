@@ -50,8 +50,17 @@ fn server_with_key(kserve_on: bool, api_key: Option<ApiKey>) -> Server {
         kserve: kserve.map(Arc::new),
         swagger_ui: None,
         api_key: api_key.is_some(),
+        default_route: None,
     }));
-    Server { router, kserve_on, log_inputs: false, api_key, next_request_id: AtomicU64::new(0), boot: 7 }
+    Server {
+        router,
+        kserve_on,
+        log_inputs: false,
+        api_key,
+        open_health_paths: vec!["/", "/ping"],
+        next_request_id: AtomicU64::new(0),
+        boot: 7,
+    }
 }
 
 struct Answered {
@@ -180,8 +189,17 @@ async fn the_api_key_guards_every_inference_route_by_one_rule() {
         let expected = if tricky.starts_with("/docs/") { 503 } else { 401 };
         assert_eq!(refused.status.as_u16(), expected, "{tricky}: {}", refused.body);
     }
-    // The host's own routes stay open for probes and scrapers.
+    // The host's own routes stay open for probes and scrapers, TEI's and SageMaker's health
+    // routes too (`GET /`, `GET /ping`: this app does not route them); their default task does not.
     assert_eq!(call(&server, Method::GET, "/health", &[]).await.status, StatusCode::OK);
+    for health in ["/", "/ping"] {
+        let ready = call(&server, Method::GET, health, &[]).await;
+        assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE, "{health} is readiness: {}", ready.body);
+        assert_eq!(ready.body["models"][0]["name"], "broken");
+    }
+    assert_error(&call(&server, Method::POST, "/", &[]).await, 401, "Unauthorized");
+    assert_error(&call(&server, Method::POST, "/invocations", &[]).await, 401, "Unauthorized");
+    assert_error(&call(&server, Method::POST, "/invocations", &key_header).await, 404, "NotFound");
     assert_eq!(call(&server, Method::GET, "/metrics", &[]).await.status, StatusCode::OK);
     // KServe takes the key besides its own token, by the same rule.
     let bearer = format!("Bearer {TOKEN}");
