@@ -363,7 +363,7 @@ fn main() -> Result<()> {
         Command::Fetch(args) => {
             download::set_registry(args.registry.connection(None)?);
             let manifest = Manifest::load(&args.manifest.manifest)?;
-            let config = load_runtime_config(args.runtime_config_file.as_deref(), &manifest.dir)?;
+            let config = load_runtime_config(args.runtime_config_file.as_deref(), &manifest)?;
             http::check_routes(&manifest, config.kserve.enabled)?;
             let library = fetch(&config, &manifest.dir)?;
             eprintln!("edgeinfer: everything is in place (ONNX Runtime: {})", library.display());
@@ -714,7 +714,7 @@ fn start(
     if build {
         builder::build_served(&manifest, compose_nn_providers)?;
     }
-    let config = load_runtime_config(runtime_config_file, &manifest.dir)?;
+    let config = load_runtime_config(runtime_config_file, &manifest)?;
     http::check_routes(&manifest, config.kserve.enabled)?;
     let default_route = http::default_task::resolve(&manifest, config.http.default_route.as_deref())?;
     if let Some(route) = &default_route {
@@ -863,14 +863,19 @@ fn provision_assets(config: &RuntimeConfig, app_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn load_runtime_config(explicit: Option<&Path>, app_dir: &Path) -> Result<RuntimeConfig> {
-    match explicit {
-        Some(path) => RuntimeConfig::load(path),
+/// The runtime config named, else the app's `runtime-config/local.toml`, else none; either way with
+/// Spin's well-known models the app's `ai_models` name and it does not map (a Spin app needs no
+/// runtime config of ours).
+fn load_runtime_config(explicit: Option<&Path>, manifest: &Manifest) -> Result<RuntimeConfig> {
+    let mut config = match explicit {
+        Some(path) => RuntimeConfig::load(path)?,
         None => {
-            let default = runtime_config::default_path(app_dir);
-            if default.is_file() { RuntimeConfig::load(&default) } else { Ok(RuntimeConfig::default()) }
+            let default = runtime_config::default_path(&manifest.dir);
+            if default.is_file() { RuntimeConfig::load(&default)? } else { RuntimeConfig::default() }
         }
-    }
+    };
+    provision::provide_spin_models(&mut config, manifest)?;
+    Ok(config)
 }
 
 async fn shutdown_signal() {

@@ -10,7 +10,9 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use edgeinfer_config::runtime_config::{Asset, AssetSource, ExportStep, OnnxRuntimeConfig};
+use edgeinfer_config::manifest::Manifest;
+use edgeinfer_config::runtime_config::{Asset, AssetSource, ExportStep, OnnxRuntimeConfig, RuntimeConfig};
+use edgeinfer_config::spin_models::{self, SpinModelSource};
 pub use edgeinfer_engine::sha256_file;
 use edgeinfer_export::{ExportOptions, Head, export};
 
@@ -55,15 +57,17 @@ pub fn ensure_export(app_dir: &Path, step: &ExportStep) -> Result<PathBuf> {
         other => other,
     };
     let labels_in_place = !matches!(head, Head::Sklearn(_)) || output.with_file_name("labels.json").is_file();
-    if let Some(expected) = &step.sha256
-        && labels_in_place
-        && output.is_file()
-        && verify_sha256(&output, expected).is_ok()
-    {
+    let model_dir = app_dir.join(&step.model_dir);
+    let in_place = match &step.sha256 {
+        Some(expected) => output.is_file() && verify_sha256(&output, expected).is_ok(),
+        // Unpinned (a checkpoint of the user's): reused while newer than what it was made from.
+        None => newer_than(&output, &[model_dir.join("config.json"), model_dir.join("model.safetensors")]),
+    };
+    if labels_in_place && in_place {
         return Ok(output);
     }
     let options = ExportOptions {
-        model_dir: app_dir.join(&step.model_dir),
+        model_dir,
         output: output.clone(),
         pooling: step.pooling,
         normalize: step.normalize,
@@ -80,6 +84,81 @@ pub fn ensure_export(app_dir: &Path, step: &ExportStep) -> Result<PathBuf> {
         )?;
     }
     Ok(output)
+}
+
+/// Whether `output` exists and was written after every one of `inputs` (links followed).
+fn newer_than(output: &Path, inputs: &[PathBuf]) -> bool {
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let Some(written) = modified(output) else { return false };
+    inputs.iter().all(|input| modified(input).is_some_and(|input| input <= written))
+}
+
+/// Adds to `config` Spin's well-known models that the manifest's components name in `ai_models`
+/// and `config` does not provide (`spin_models`): from the app's `.spin/ai-models/<name>/`
+/// (exported to ONNX into the cache), else the built-in default (the default app's pinned model,
+/// fetched into the cache).
+pub fn provide_spin_models(config: &mut RuntimeConfig, manifest: &Manifest) -> Result<()> {
+    for (id, component) in &manifest.components {
+        for name in &component.ai_models {
+            if config.provides(name) {
+                continue;
+            }
+            match spin_models::source_of(&manifest.dir, name) {
+                Some(SpinModelSource::BuiltIn) => {
+                    config.add_builtin_embedding_model(name, &cache_dir().join("builtin"))?;
+                    tracing::info!(
+                        component = %id,
+                        "serving Spin's {name} from the built-in default (the default app's pinned model): \
+                         no runtime config maps it and there is no .spin/ai-models/{name}/"
+                    );
+                }
+                Some(SpinModelSource::SpinFolder(folder)) => {
+                    let checkpoint = stage_spin_checkpoint(&folder)
+                        .with_context(|| format!("cannot use Spin's model folder {}", folder.display()))?;
+                    let output = checkpoint.join("model.onnx");
+                    config.add_exported_embedding_model(
+                        name,
+                        &checkpoint,
+                        &folder.join("tokenizer.json"),
+                        &output,
+                    )?;
+                    tracing::info!(component = %id, "serving Spin's {name} from {} (exported to ONNX)", folder.display());
+                }
+                // Not one of Spin's: the component fails to load if it needs it (`component`).
+                None => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A checkpoint folder the exporter can read for Spin's model folder `folder` (which holds
+/// `model.safetensors` and `tokenizer.json`, and usually no `config.json`), in the cache: its
+/// `config.json` (the folder's own, else all-MiniLM-L6-v2's) and a link to its weights.
+fn stage_spin_checkpoint(folder: &Path) -> Result<PathBuf> {
+    let folder = folder.canonicalize()?;
+    let key =
+        hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(folder.as_os_str().as_encoded_bytes())[..8]);
+    let staged = cache_dir().join("spin-ai-models").join(key);
+    std::fs::create_dir_all(&staged)?;
+    let config = match std::fs::read(folder.join("config.json")) {
+        Ok(own) => own,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            spin_models::ALL_MINILM_L6_V2_CONFIG.as_bytes().to_vec()
+        }
+        Err(e) => return Err(e).context("cannot read its config.json"),
+    };
+    // Rewritten only when it changed: its time tells whether the export is current.
+    if std::fs::read(staged.join("config.json")).ok().as_deref() != Some(&config[..]) {
+        std::fs::write(staged.join("config.json"), &config)?;
+    }
+    let weights = staged.join("model.safetensors");
+    let target = folder.join("model.safetensors");
+    if std::fs::read_link(&weights).ok().as_deref() != Some(&target) {
+        let _ = std::fs::remove_file(&weights);
+        std::os::unix::fs::symlink(&target, &weights)?;
+    }
+    Ok(staged)
 }
 
 /// The ONNX Runtime library to load: `$ORT_DYLIB_PATH` when set, else the pinned one, fetched on

@@ -4,6 +4,7 @@
 
 pub mod manifest;
 pub mod runtime_config;
+pub mod spin_models;
 
 #[cfg(test)]
 mod fuzz_tests;

@@ -155,11 +155,24 @@ fn load_component(
         }
         mounts.push((host, destination));
     }
+    // A Spin app's model that nothing serves fails the start, not each of its requests. (A model
+    // of wasi:nn may still come from a provider composed into the component, so only a warning.)
+    let uses_spin_llm =
+        compiled.component_type().imports(engine).any(|(name, _)| name.starts_with("fermyon:spin/llm"));
     for model in &component.ai_models {
         let known = registry.get(model).is_some() || registry.failure(model).is_some();
-        if !known && !embeddings.contains_key(model) {
-            tracing::warn!(component = id, model = %model, "ai_models names a model the runtime config does not load");
+        if known || embeddings.contains_key(model) {
+            continue;
         }
+        if uses_spin_llm {
+            bail!(
+                "ai_models names {model:?}, which nothing here serves: the runtime config maps no \
+                 [model.{model:?}] or [llm.embeddings.{model:?}], and it is not one of Spin's embedding \
+                 models edgeinfer serves itself ({}; text generation is not served)",
+                edgeinfer_config::spin_models::SPIN_EMBEDDING_MODELS.join(", ")
+            );
+        }
+        tracing::warn!(component = id, model = %model, "ai_models names a model the runtime config does not load");
     }
     let allowed_outbound_hosts = component
         .allowed_outbound_hosts

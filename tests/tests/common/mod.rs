@@ -79,16 +79,26 @@ impl Host {
 
     /// Like `start`, with extra environment variables.
     pub fn start_with_env(manifest: &Path, extra: &[&str], env: &[(&str, &str)]) -> Host {
+        let mut args = vec!["-f", manifest.to_str().expect("a UTF-8 path")];
+        args.extend_from_slice(extra);
+        Host::spawn(&repo_root(), &args, env)
+    }
+
+    /// Runs `edgeinfer up --listen 127.0.0.1:0 [extra...]` in `dir`, as a user starts the app of
+    /// the directory they are in (its spin.toml, and its runtime config if it has one).
+    pub fn start_in(dir: &Path, extra: &[&str]) -> Host {
+        Host::spawn(dir, extra, &[])
+    }
+
+    fn spawn(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Host {
         // TEI's API_KEY variable turns the host's key on: only a test that asks for it gets it.
         let mut child = Command::new(host_binary())
             .env_remove("API_KEY")
             .envs(env.iter().copied())
             .arg("up")
-            .arg("-f")
-            .arg(manifest)
             .args(["--listen", "127.0.0.1:0"])
-            .args(extra)
-            .current_dir(repo_root())
+            .args(args)
+            .current_dir(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
