@@ -119,3 +119,49 @@ fn openapi_describes_every_route_and_its_examples_work() {
     let missing = client().get(host.url("/docs/nothing.js")).send().unwrap();
     assert_eq!(missing.status().as_u16(), 404);
 }
+
+/// Runs schemathesis (from the client venv, scripts/python-clients) against the host's
+/// own OpenAPI document, with every check but `positive_data_acceptance`: documented statuses,
+/// content types, response schemas and headers, `Allow` on 405, schema-violating requests
+/// refused, no server errors. (Positive data acceptance is left out: some schema-valid inputs are
+/// refused for reasons a schema cannot state, such as a prompt name the model's configuration
+/// lacks, or control characters in a text.)
+fn schemathesis(host: &common::Host, bearer: &str) {
+    let workdir =
+        std::env::temp_dir().join(format!("edgeinfer-schemathesis-{}-{bearer}", std::process::id()));
+    std::fs::create_dir_all(&workdir).unwrap();
+    // As a module: the venv's scripts name the folder it was installed in (scripts/python-clients).
+    let output = std::process::Command::new(common::client_python())
+        .args(["-m", "schemathesis.cli", "run", &host.url("/openapi.json"), "--checks", "all"])
+        .args(["--exclude-checks", "positive_data_acceptance"])
+        .args(["--max-examples", "25", "--generation-deterministic"])
+        .args(["--header", &format!("Authorization: Bearer {bearer}")])
+        .env("NO_COLOR", "1")
+        .current_dir(&workdir)
+        .output()
+        .expect("run schemathesis");
+    let said =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let _ = std::fs::remove_dir_all(&workdir);
+    assert!(output.status.success(), "schemathesis found problems:\n{said}");
+    let summary = said.lines().rev().find(|l| l.contains("generated")).unwrap_or_default();
+    eprintln!("schemathesis: {summary}");
+    assert!(summary.contains("passed") && !summary.contains("fail"), "{said}");
+}
+
+#[test]
+fn schemathesis_finds_nothing_undocumented() {
+    schemathesis(&kserve_host(), common::KSERVE_TOKEN);
+}
+
+#[test]
+fn schemathesis_finds_nothing_undocumented_behind_the_api_key() {
+    const KEY: &str = "a-docs-test-api-key-0123456789";
+    let config = common::Variant::kserve_config();
+    let host = common::Host::start_with_env(
+        &common::repo_root().join("spin.toml"),
+        &["--runtime-config-file", config.0.to_str().unwrap(), "--api-key", KEY],
+        &[("EDGEINFER_TEST_KSERVE_TOKEN", common::KSERVE_TOKEN)],
+    );
+    schemathesis(&host, KEY);
+}

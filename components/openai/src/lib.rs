@@ -177,7 +177,7 @@ async fn answer(
         }
         _ if rest == "/models" || rest.starts_with("/models/") => {
             if request.method() != Method::GET {
-                return Err(ApiError::method_not_allowed(request.method().as_str()).into());
+                return Err(ApiError::method_not_allowed_here(request.method().as_str(), "GET").into());
             }
             let name = rest.strip_prefix("/models/");
             Ok(text_handler::json_response(StatusCode::OK, &models(name)?))

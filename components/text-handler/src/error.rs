@@ -9,6 +9,8 @@ use spin_sdk::http::{FullBody, HeaderMap, Response, StatusCode};
 pub struct ApiError {
     status: StatusCode,
     body: ErrorBody,
+    /// The methods the route takes, for a 405's `Allow` header.
+    allow: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -19,7 +21,7 @@ struct ErrorBody {
 
 impl ApiError {
     fn new(status: StatusCode, error_type: &'static str, error: String) -> ApiError {
-        ApiError { status, body: ErrorBody { error, error_type } }
+        ApiError { status, body: ErrorBody { error, error_type }, allow: None }
     }
 
     /// The request is well-formed HTTP but its content is not acceptable (422).
@@ -51,13 +53,15 @@ impl ApiError {
         ApiError::method_not_allowed_here(method, "POST")
     }
 
-    /// The route takes another method (405).
+    /// The route takes another method (405); `Allow` lists the one it takes.
     pub fn method_not_allowed_here(method: &str, allowed: &str) -> ApiError {
-        ApiError::new(
+        let mut error = ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
             format!("method {method} is not allowed; use {allowed}"),
-        )
+        );
+        error.allow = Some(allowed.to_string());
+        error
     }
 
     /// The body is not declared as JSON (415).
@@ -106,6 +110,10 @@ impl ApiError {
         response.headers_mut().insert(ERROR_TYPE_HEADER, error_type);
         if self.body.error_type == "Overloaded" {
             response.headers_mut().insert("retry-after", spin_sdk::http::HeaderValue::from_static("1"));
+        }
+        if let Some(allow) = self.allow.as_deref().and_then(|a| spin_sdk::http::HeaderValue::from_str(a).ok())
+        {
+            response.headers_mut().insert("allow", allow);
         }
         response
     }

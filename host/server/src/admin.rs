@@ -244,9 +244,8 @@ async fn audit(
 /// The admin routes; a known path with another method is 405, an unknown path 404 (JSON both).
 fn router(app: Arc<App>, sources: Sources) -> Router {
     let (fetcher, file_fetcher, trusted) = (sources.component, sources.file, sources.trusted);
-    let refuse = |allowed: &'static str| {
-        move || async move { Answer(HostError::MethodNotAllowed.answer(format!("use {allowed}"))) }
-    };
+    let refuse =
+        |allowed: &'static str| move || async move { Answer(crate::error::method_not_allowed(allowed)) };
     Router::new()
         .route("/admin/v1/app", get(describe).fallback(refuse("GET")))
         .route(

@@ -10,8 +10,6 @@ use http::{Method, Uri};
 use edgeinfer_config::manifest::Manifest;
 use edgeinfer_runtime::routes::RoutePattern;
 
-use crate::HostError;
-
 /// What TEI serves at the root when its model is an embedder, a classifier or a reranker, in
 /// that order of preference for an app that routes several.
 const TEI_TASKS: [&str; 3] = ["/embed", "/predict", "/rerank"];
@@ -58,8 +56,10 @@ pub(crate) enum Answer {
     Ready,
     /// The default route's component, the request's path rewritten to it.
     Route(Uri),
-    /// The path is not answered here (`/invocations` on an app without a default task).
-    Refused(HostError, String),
+    /// `POST` where the app has no default task.
+    NoDefaultTask,
+    /// A method the path does not take; these it does.
+    WrongMethod(&'static str),
 }
 
 /// How a request at `path` (not routed by the app) is answered, if it is one of `PATHS`.
@@ -79,20 +79,12 @@ pub(crate) fn answer(method: &Method, uri: &Uri, default_route: Option<&str>) ->
             }
             Answer::Route(target.parse().expect("a route of spin.toml with the request's own query is a URI"))
         }
-        (&Method::POST, None) if inference => Answer::Refused(
-            HostError::NotFound,
-            format!(
-                "no default task for POST {path}: spin.toml routes none of /embed, /predict, /rerank; set [http] default_route in the runtime config"
-            ),
-        ),
-        _ => {
-            let allowed = match path {
-                "/" => "use GET (readiness) or POST (the default task)",
-                "/ping" => "use GET",
-                _ => "use POST",
-            };
-            Answer::Refused(HostError::MethodNotAllowed, allowed.to_string())
-        }
+        (&Method::POST, None) if inference => Answer::NoDefaultTask,
+        _ => Answer::WrongMethod(match path {
+            "/" => "GET, HEAD, POST",
+            "/ping" => "GET, HEAD",
+            _ => "POST",
+        }),
     })
 }
 
@@ -131,16 +123,10 @@ mod tests {
             Some(Answer::Route(to)) => assert_eq!(to, "/embed?x=1"),
             _ => panic!("POST /invocations goes to the default route"),
         }
-        assert!(matches!(
-            answer(&Method::POST, &uri("/"), None),
-            Some(Answer::Refused(HostError::NotFound, _))
-        ));
+        assert!(matches!(answer(&Method::POST, &uri("/"), None), Some(Answer::NoDefaultTask)));
         for (method, path) in [(Method::POST, "/ping"), (Method::GET, "/invocations"), (Method::PUT, "/")] {
             assert!(
-                matches!(
-                    answer(&method, &uri(path), Some("/embed")),
-                    Some(Answer::Refused(HostError::MethodNotAllowed, _))
-                ),
+                matches!(answer(&method, &uri(path), Some("/embed")), Some(Answer::WrongMethod(_))),
                 "{method} {path}"
             );
         }

@@ -135,6 +135,7 @@ pub fn document(app: &App, kserve: bool, api_key: bool, default_route: Option<&s
         }
     }
     describe_default_task(&mut doc, app, default_route);
+    add_header_limit(&mut doc);
     if api_key {
         require_api_key(&mut doc);
     }
@@ -187,12 +188,25 @@ fn require_api_key(doc: &mut Value) {
         operation.insert("security".into(), json!([{"apiKey": []}]));
         let responses = operation.entry("responses").or_insert_with(|| json!({}));
         for error in [HostError::Unauthorized, HostError::Forbidden] {
-            if let Some(responses) = responses.as_object_mut() {
-                responses
-                    .entry(error.status().as_str())
-                    .or_insert_with(|| json!({"$ref": format!("#/components/responses/{error:?}")}));
-            }
+            also_host_error(responses, error);
         }
+    }
+}
+
+/// Documents `error` among an operation's `responses`: by reference to the host's response, or,
+/// where the component documents that status with a body of its own (OpenAI's 401), as either
+/// body: the host refuses before the component runs, in the host's shape.
+fn also_host_error(responses: &mut Value, error: HostError) {
+    let status = error.status();
+    let host_schema = json!({"$ref": "#/components/schemas/Error"});
+    let own =
+        responses.get_mut(status.as_str()).and_then(|r| r.pointer_mut("/content/application~1json/schema"));
+    match own {
+        Some(schema) if *schema != host_schema => {
+            let theirs = schema.take();
+            *schema = json!({"oneOf": [theirs, host_schema]});
+        }
+        _ => add_error_responses(responses, &[error]),
     }
 }
 
@@ -226,13 +240,35 @@ fn annotate_operation(operation: &mut Value, component: &str, version: &str) {
     operation.entry("tags").or_insert_with(|| json!([component]));
     operation.insert("x-edgeinfer-component".into(), json!({"id": component, "version": version}));
     let responses = operation.entry("responses").or_insert_with(|| json!({}));
-    let host_errors =
-        [HostError::PayloadTooLarge, HostError::Overloaded, HostError::Deadline, HostError::ComponentFault];
-    for error in host_errors {
-        if let Some(responses) = responses.as_object_mut() {
-            responses
-                .entry(error.status().as_str())
-                .or_insert_with(|| json!({"$ref": format!("#/components/responses/{error:?}")}));
+    let host_errors = [
+        HostError::BodyTimeout,
+        HostError::PayloadTooLarge,
+        HostError::Overloaded,
+        HostError::Deadline,
+        HostError::ComponentFault,
+    ];
+    add_error_responses(responses, &host_errors);
+}
+
+/// Adds `errors` to an operation's `responses` (by reference to the host's), where the status is
+/// not documented yet.
+fn add_error_responses(responses: &mut Value, errors: &[HostError]) {
+    let Some(responses) = responses.as_object_mut() else { return };
+    for error in errors {
+        responses
+            .entry(error.status().as_str())
+            .or_insert_with(|| json!({"$ref": format!("#/components/responses/{error:?}")}));
+    }
+}
+
+/// Every operation may be refused for headers over the limit, before anything routes it.
+fn add_header_limit(doc: &mut Value) {
+    let Some(paths) = doc["paths"].as_object_mut() else { return };
+    for operation in paths.values_mut().filter_map(Value::as_object_mut).flat_map(|item| item.values_mut()) {
+        let responses =
+            operation.as_object_mut().map(|op| op.entry("responses").or_insert_with(|| json!({})));
+        if let Some(responses) = responses {
+            add_error_responses(responses, &[HostError::HeadersTooLarge]);
         }
     }
 }

@@ -199,6 +199,14 @@ impl HostError {
     }
 }
 
+/// 405 for a route that takes only the methods `allowed` (`GET`, `GET, POST`...), which the
+/// `Allow` header lists (RFC 9110 asks for it).
+pub fn method_not_allowed(allowed: &'static str) -> Response<WasiBody> {
+    let mut response = HostError::MethodNotAllowed.answer(format!("use {allowed}"));
+    response.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static(allowed));
+    response
+}
+
 /// Response header with an error answer's `error_type`, the host's or a component's
 /// (`components/text-handler` sets it): errors are counted and logged by it, bodies never read.
 pub const ERROR_TYPE_HEADER: &str = "x-error-type";

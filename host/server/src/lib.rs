@@ -343,11 +343,11 @@ async fn label_host_route(matched: MatchedPath, req: axum::extract::Request, nex
 }
 
 async fn use_get() -> Answer {
-    Answer(HostError::MethodNotAllowed.answer("use GET"))
+    Answer(error::method_not_allowed("GET"))
 }
 
 async fn use_post() -> Answer {
-    Answer(HostError::MethodNotAllowed.answer("use POST"))
+    Answer(error::method_not_allowed("POST"))
 }
 
 async fn health() -> Answer {
@@ -399,8 +399,17 @@ async fn to_app(
                 response.extensions_mut().insert(Served::host(&path));
                 return response;
             }
-            Some(default_task::Answer::Refused(error, message)) => {
-                let mut response = Answer(error.answer(message)).into_response();
+            Some(default_task::Answer::WrongMethod(allowed)) => {
+                let mut response = Answer(error::method_not_allowed(allowed)).into_response();
+                response.extensions_mut().insert(Served::host(&path));
+                return response;
+            }
+            Some(default_task::Answer::NoDefaultTask) => {
+                let message = format!(
+                    "no default task for POST {path}: spin.toml routes none of /embed, /predict, /rerank; \
+                     set [http] default_route in the runtime config"
+                );
+                let mut response = Answer(HostError::NotFound.answer(message)).into_response();
                 response.extensions_mut().insert(Served::host(&path));
                 return response;
             }

@@ -99,7 +99,11 @@ async fn host_routes_answer_and_everything_else_is_a_json_error() {
     assert_eq!(health.headers["x-request-id"], "7-0", "a generated request id");
     let wrong_method = call(&server, Method::POST, "/health", &[("x-request-id", "client-1")]).await;
     assert_error(&wrong_method, 405, "MethodNotAllowed");
+    assert_eq!(wrong_method.headers["allow"], "GET", "a 405 says which methods the route takes");
     assert_eq!(wrong_method.headers["x-request-id"], "client-1", "the client's request id echoed");
+    let wrong_method = call(&server, Method::DELETE, "/ping", &[]).await;
+    assert_error(&wrong_method, 405, "MethodNotAllowed");
+    assert_eq!(wrong_method.headers["allow"], "GET, HEAD");
     let unrouted = call(&server, Method::GET, "/nothing/here", &[]).await;
     assert_error(&unrouted, 404, "NotFound");
     assert_eq!(unrouted.body["error"], "no route for /nothing/here");

@@ -338,8 +338,12 @@ pub struct Variant(pub PathBuf);
 impl Variant {
     /// `file` (relative to the repo root) with `edit` applied to its text.
     pub fn new(file: &str, tag: &str, edit: impl FnOnce(String) -> String) -> Variant {
+        // One file per variant: tests of one binary run at once, and one's variant must not be
+        // removed under another's start.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let number = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let text = std::fs::read_to_string(repo_root().join(file)).unwrap();
-        let path = repo_root().join(format!(".test-{tag}-{}.toml", std::process::id()));
+        let path = repo_root().join(format!(".test-{tag}-{}-{number}.toml", std::process::id()));
         std::fs::write(&path, edit(text)).unwrap();
         Variant(path)
     }
