@@ -247,6 +247,8 @@ struct UpArgs {
     /// Put each request's body in its log line (off by default: only its hash and size).
     #[arg(long, env = "EDGEINFER_LOG_INPUTS")]
     log_inputs: bool,
+    #[command(flatten)]
+    traces: TraceArgs,
     /// Serve the admin API (deploy, rollback) on this address; off by default.
     #[arg(long, env = "EDGEINFER_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
@@ -352,12 +354,53 @@ impl TlsArgs {
     }
 }
 
+/// OpenTelemetry traces (TEI's flag names and variables).
+#[derive(clap::Args)]
+struct TraceArgs {
+    /// Export traces over OTLP to this collector, e.g. `http://127.0.0.1:4317` (off by default).
+    #[arg(long, env = "OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// `grpc` or `http/protobuf` (then `/v1/traces` is added to an endpoint without a path).
+    #[arg(long, env = "OTLP_PROTOCOL", default_value = "grpc")]
+    otlp_protocol: http::traces::Protocol,
+    /// The `service.name` of the spans.
+    #[arg(long, env = "OTLP_SERVICE_NAME", default_value = "edgeinfer")]
+    otlp_service_name: String,
+    /// Share of new traces recorded, 0 to 1 (requests with a `traceparent` follow their caller's
+    /// choice).
+    #[arg(long, env = "OTLP_SAMPLE_RATIO", default_value_t = 1.0)]
+    otlp_sample_ratio: f64,
+}
+
+impl TraceArgs {
+    fn export(&self) -> Option<http::traces::TraceExport> {
+        Some(http::traces::TraceExport {
+            endpoint: self.otlp_endpoint.clone()?,
+            protocol: self.otlp_protocol,
+            service_name: self.otlp_service_name.clone(),
+            sample_ratio: self.otlp_sample_ratio,
+        })
+    }
+}
+
 fn main() -> Result<()> {
-    init_logging();
     // Two TLS providers are compiled into rustls in this tree (ring and aws-lc-rs): clients that
     // take the process default (reqwest for downloads) get aws-lc-rs, like the listeners.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
+    if let Command::Up(args) = cli.command {
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        // The gRPC exporter's connection lives on this runtime.
+        let traces = {
+            let _in_runtime = runtime.enter();
+            init_logging(args.traces.export().as_ref())?
+        };
+        let served = runtime.block_on(up(args));
+        // The last spans are sent before the runtime goes.
+        drop(traces);
+        return served;
+    }
+    init_logging(None)?;
     match cli.command {
         Command::Build(args) => builder::build_all(&Manifest::load(&args.manifest)?),
         Command::Fetch(args) => {
@@ -393,10 +436,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Up(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(up(args))
-        }
+        Command::Up(_) => unreachable!("served above"),
         Command::Probe { url, timeout, tls } => {
             let client = tls.client(std::time::Duration::from_secs(timeout))?;
             match client.get(&url).send() {
@@ -484,15 +524,32 @@ async fn pull(
     Ok(pulled)
 }
 
-fn init_logging() {
+/// Logs to stderr (`RUST_LOG`, `EDGEINFER_LOG_FORMAT=json`), and with `traces`, spans to an OTLP
+/// collector; the returned handle sends the last spans when dropped.
+fn init_logging(traces: Option<&http::traces::TraceExport>) -> Result<Option<http::traces::Traces>> {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("edgeinfer=info,warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if std::env::var("EDGEINFER_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().init();
+    // Log lines are events only: the spans are the traces' (and the request line names its ids).
+    let events_only = tracing_subscriber::filter::filter_fn(|meta| !meta.is_span());
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = if std::env::var("EDGEINFER_LOG_FORMAT").as_deref() == Ok("json") {
+        logs.json().with_filter(filter).with_filter(events_only).boxed()
     } else {
-        builder.init();
+        logs.with_filter(filter).with_filter(events_only).boxed()
+    };
+    let (spans, handle) = match traces {
+        Some(export) => {
+            let (layer, handle) = http::traces::layer(export)?;
+            (Some(layer), Some(handle))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry().with(logs).with(spans).init();
+    if let Some(export) = traces {
+        tracing::info!(endpoint = %export.endpoint, protocol = ?export.protocol, "exporting traces over OTLP");
     }
+    Ok(handle)
 }
 
 /// What start-up made: the app, ready to serve.

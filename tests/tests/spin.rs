@@ -75,6 +75,16 @@ impl SpinUp {
 
     /// `start` with more arguments to `spin up` (e.g. `--runtime-config-file`).
     fn start_with(spin: &Path, manifest: &Path, extra: &[&str]) -> Result<SpinUp, String> {
+        SpinUp::start_with_env(spin, manifest, extra, &[])
+    }
+
+    /// `start_with`, with extra environment variables (e.g. Spin's OpenTelemetry settings).
+    fn start_with_env(
+        spin: &Path,
+        manifest: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<SpinUp, String> {
         let port = free_port();
         let state_dir = std::env::temp_dir().join(format!("edgeinfer-spin-{}-{port}", std::process::id()));
         let mut child = Command::new(spin)
@@ -89,6 +99,7 @@ impl SpinUp {
             // it removes only on a clean exit: put it where drop removes it.
             .arg("--temp")
             .arg(state_dir.join("temp"))
+            .envs(env.iter().copied())
             .current_dir(repo_root())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -301,6 +312,48 @@ fn spin_up_serves_the_remote_app_against_edgeinfer_kserve() {
         .unwrap_or_else(|output| panic!("Spin refused spin.remote.toml: {output}"));
 
     common::assert_answers_like_the_model_host(&app.base, &backend);
+}
+
+/// Spin (spin.remote.toml: its handlers call the model host through nn-remote) and the edgeinfer
+/// model host export to one OTLP receiver: Spin's outbound call carries its trace context
+/// (`traceparent`), so the model host's request span is the child of Spin's outbound span, in
+/// Spin's trace.
+#[test]
+fn spin_and_edgeinfer_appear_in_one_trace_through_nn_remote() {
+    let Some(spin) = spin_cli("spin_and_edgeinfer_appear_in_one_trace_through_nn_remote") else { return };
+    let receiver = common::OtlpReceiver::start();
+    let config = Variant::kserve_config();
+    let backend = Host::start_with_env(
+        &repo_root().join("spin.toml"),
+        &["--runtime-config-file", config.0.to_str().unwrap(), "--otlp-endpoint", &receiver.grpc],
+        &[("EDGEINFER_TEST_KSERVE_TOKEN", common::KSERVE_TOKEN)],
+    );
+    let manifest = Variant::remote_pointing_at(backend.base.trim_start_matches("http://"));
+    let otel = [("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.http.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "200")];
+    let app = SpinUp::start_with_env(&spin, &manifest.0, &[], &otel)
+        .unwrap_or_else(|output| panic!("Spin refused spin.remote.toml: {output}"));
+    let (status, body) = post_json(&format!("{}/embed", app.base), &json!({"inputs": "traced through Spin"}));
+    assert_eq!(status, 200, "{body}");
+    // The model host sends its spans as it stops; Spin sends its own every 200 ms meanwhile.
+    let mut backend = backend;
+    backend.signal(libc::SIGTERM);
+    assert!(backend.wait_exit(Duration::from_secs(40)).is_some());
+    let joined = |spans: &[Value]| {
+        spans
+            .iter()
+            .find(|s| s["service"] == "edgeinfer" && s["name"] == "POST /v2/models/{name}/infer")
+            .and_then(|served| {
+                spans.iter().find(|s| {
+                    s["service"] != "edgeinfer"
+                        && s["span_id"] == served["parent_span_id"]
+                        && s["trace_id"] == served["trace_id"]
+                })
+            })
+            .is_some()
+    };
+    let spans = receiver.spans_when(Duration::from_secs(15), joined);
+    drop(app);
+    assert!(joined(&spans), "the model host's span continues Spin's trace: {spans:#?}");
 }
 
 /// Runs `PROGRAM build -f MANIFEST` with `$BUILD_TRACE` set; returns the lines the build

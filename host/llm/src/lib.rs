@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use edgeinfer_tensor::{ElementType, TensorData};
-use edgeinfer_wasi_nn::{Caller, ModelError, ModelProvider};
+use edgeinfer_wasi_nn::{Caller, ModelError, ModelProvider, RequestTraces, TracedCall};
+use tracing::Instrument;
 use wasmtime::component::{HasData, Linker};
 
 mod bindings {
@@ -76,6 +77,8 @@ pub struct LlmCtx {
     models: Arc<dyn ModelProvider>,
     embeddings: Arc<EmbeddingModels>,
     allowed_models: Arc<BTreeSet<String>>,
+    /// The traces of the requests the instance runs, when it has them.
+    traces: Option<Arc<dyn RequestTraces>>,
 }
 
 impl LlmCtx {
@@ -85,7 +88,21 @@ impl LlmCtx {
         embeddings: Arc<EmbeddingModels>,
         allowed_models: Arc<BTreeSet<String>>,
     ) -> LlmCtx {
-        LlmCtx { models, embeddings, allowed_models }
+        LlmCtx { models, embeddings, allowed_models, traces: None }
+    }
+
+    /// The same, with tokenization and compute traced under their requests.
+    pub fn with_traces(self, traces: Arc<dyn RequestTraces>) -> LlmCtx {
+        LlmCtx { traces: Some(traces), ..self }
+    }
+
+    /// A span for `call`: the binding is synchronous and does not say which guest task called,
+    /// so it goes under the instance's only running request, when it has one.
+    fn span(&self, call: TracedCall, model: &str) -> tracing::Span {
+        match &self.traces {
+            Some(traces) if tracing::span_enabled!(tracing::Level::INFO) => traces.span(None, call, model),
+            _ => tracing::Span::none(),
+        }
     }
 }
 
@@ -137,10 +154,15 @@ impl llm::Host for &mut LlmCtx {
             usage: EmbeddingsUsage { prompt_token_count: 0 },
         };
         for (part, texts) in text.chunks(ROWS_PER_CALL).enumerate() {
-            let batch = encode(&embedding, texts, part * ROWS_PER_CALL)?;
+            let batch = self
+                .span(TracedCall::Tokenize, &model)
+                .in_scope(|| encode(&embedding, texts, part * ROWS_PER_CALL))?;
             // Spin's LLM interface is synchronous: the calling instance waits with it.
-            let outputs =
-                compute.compute(batch.inputs(), Caller::BlocksItsInstance).await.map_err(model_error)?;
+            let outputs = compute
+                .compute(batch.inputs(), Caller::BlocksItsInstance)
+                .instrument(self.span(TracedCall::Compute, &model))
+                .await
+                .map_err(model_error)?;
             let (_, hidden) =
                 outputs.into_iter().find(|(name, _)| *name == embedding.output).ok_or_else(|| {
                     Error::RuntimeError(format!(

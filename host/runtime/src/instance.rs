@@ -21,8 +21,9 @@ use wasmtime_wasi_http::handler::{
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::outbound::{AllowedHost, OutboundPolicy};
+use crate::trace::Context as TraceContext;
 use edgeinfer_llm::{EmbeddingModels, LlmCtx, LlmStoreView};
-use edgeinfer_wasi_nn::{ModelProvider, NnCtx, NnStoreView, NnView};
+use edgeinfer_wasi_nn::{ModelProvider, NnCtx, NnStoreView, NnView, RequestTraces, TracedCall};
 
 /// Everything a component instance's store holds.
 pub struct InstanceState {
@@ -35,9 +36,9 @@ pub struct InstanceState {
     limits: MemoryAccount,
     /// Guest code still running after this is interrupted (the instance traps).
     interrupt_at: Instant,
-    /// Where to report a trap to each request running on this instance (a trap ends them all).
-    /// (request id, report channel).
-    trap_reports: Vec<(u64, oneshot::Sender<TrapCause>)>,
+    /// The requests running on this instance (a trap ends them all), shared with the host calls
+    /// that trace under them.
+    running: RunningRequests,
 }
 
 impl WasiView for InstanceState {
@@ -98,20 +99,23 @@ impl InstanceSpec {
             wasi.preopened_dir(host, guest, FsPerms::ReadOnly)
                 .map_err(|e| anyhow::anyhow!("cannot mount {} at {guest}: {e}", host.display()))?;
         }
+        let running = RunningRequests::default();
+        let traces: Arc<dyn RequestTraces> = Arc::new(running.clone());
         let state = InstanceState {
             table: ResourceTable::new(),
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
-            nn: NnCtx::new(self.models.clone(), self.allowed_models.clone()),
-            llm: LlmCtx::new(self.models.clone(), self.embeddings.clone(), self.allowed_models.clone()),
-            outbound: OutboundPolicy::new(self.allowed_outbound_hosts.clone()),
+            nn: NnCtx::new(self.models.clone(), self.allowed_models.clone()).with_traces(traces.clone()),
+            llm: LlmCtx::new(self.models.clone(), self.embeddings.clone(), self.allowed_models.clone())
+                .with_traces(traces),
+            outbound: OutboundPolicy::new(self.allowed_outbound_hosts.clone(), running.clone()),
             limits: MemoryAccount::new(
                 StoreLimitsBuilder::new().memory_size(self.max_memory_bytes).build(),
                 &self.component_id,
             ),
             // Instantiation runs guest code too: it gets a request's deadline.
             interrupt_at: Instant::now() + self.interrupt_after,
-            trap_reports: Vec::new(),
+            running,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
@@ -309,19 +313,81 @@ pub enum TrapCause {
     Trap(String),
 }
 
-/// What a request brings to the instance that runs it: its id, and where the instance reports
-/// why it trapped, if it does while the request runs (the request's own `handle` call only learns
-/// "trapped or panicked").
+/// What a request brings to the instance that runs it: its id, its trace context, and where the
+/// instance reports why it trapped, if it does while the request runs (the request's own `handle`
+/// call only learns "trapped or panicked"). The request is running until that report's receiver
+/// is dropped.
 pub struct RequestTicket {
     pub id: u64,
     pub trap: oneshot::Sender<TrapCause>,
+    /// The span host calls for this request go under (none when it is not traced).
+    pub trace: Option<TraceContext>,
 }
 
 impl RequestTicket {
     /// A ticket for request `id`, and the receiver of its trap cause.
-    pub fn new(id: u64) -> (RequestTicket, oneshot::Receiver<TrapCause>) {
+    pub fn new(id: u64, trace: Option<TraceContext>) -> (RequestTicket, oneshot::Receiver<TrapCause>) {
         let (trap, cause) = oneshot::channel();
-        (RequestTicket { id, trap }, cause)
+        (RequestTicket { id, trap, trace }, cause)
+    }
+}
+
+/// The requests an instance is running, each with the guest task that serves it: where a trap
+/// is reported to, and under which trace a host call goes. Shared by the instance's store data
+/// and its host calls (wasi:nn, Spin's LLM interface, outbound HTTP).
+#[derive(Clone, Default)]
+pub struct RunningRequests(Arc<std::sync::Mutex<Vec<Running>>>);
+
+struct Running {
+    id: u64,
+    task: GuestTaskId,
+    trace: Option<TraceContext>,
+    trap: oneshot::Sender<TrapCause>,
+}
+
+impl RunningRequests {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Running>> {
+        // Each update is one statement: the list stays consistent even if a holder panicked.
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Adds a request starting on guest task `task`; requests that have ended are let go.
+    fn start(&self, ticket: RequestTicket, task: GuestTaskId) {
+        let mut running = self.lock();
+        running.retain(|r| !r.trap.is_closed());
+        running.push(Running { id: ticket.id, task, trace: ticket.trace, trap: ticket.trap });
+    }
+
+    /// The requests still waiting for their answer, taken out (the instance is gone).
+    fn take_waiting(&self) -> Vec<Running> {
+        let mut running = std::mem::take(&mut *self.lock());
+        running.retain(|r| !r.trap.is_closed());
+        running
+    }
+
+    /// The trace context of the request guest task `root` serves, or, when `root` is unknown or
+    /// not found, of the only request running (none when several are).
+    pub fn trace_of(&self, root: Option<GuestTaskId>) -> Option<TraceContext> {
+        let running = self.lock();
+        let live = || running.iter().filter(|r| !r.trap.is_closed());
+        if let Some(found) = root.and_then(|task| live().find(|r| r.task == task)) {
+            return found.trace.clone();
+        }
+        let mut live = live();
+        let only = live.next()?;
+        live.next().is_none().then(|| only.trace.clone()).flatten()
+    }
+}
+
+impl RequestTraces for RunningRequests {
+    fn span(&self, root: Option<GuestTaskId>, call: TracedCall, model: &str) -> tracing::Span {
+        let Some(parent) = self.trace_of(root) else { return tracing::Span::none() };
+        let span = match call {
+            TracedCall::Compute => tracing::info_span!("compute", model),
+            TracedCall::Tokenize => tracing::info_span!("tokenize", model),
+        };
+        crate::trace::set_parent(&span, parent);
+        span
     }
 }
 
@@ -545,12 +611,9 @@ impl WorkerState for Worker {
         &self,
         mut store: StoreContextMut<InstanceState>,
         ticket: RequestTicket,
-        _task: GuestTaskId,
+        task: GuestTaskId,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync + 'static>> {
-        // Requests that have ended closed their receivers: only running ones are kept.
-        let reports = &mut store.data_mut().trap_reports;
-        reports.retain(|(_, report)| !report.is_closed());
-        reports.push((ticket.id, ticket.trap));
+        store.data().running.start(ticket, task);
         // Concurrent requests on one instance share its deadline: the newest sets it.
         store.data_mut().interrupt_at = Instant::now() + self.interrupt_after;
         if let Some(fuel) = self.fuel {
@@ -560,28 +623,27 @@ impl WorkerState for Worker {
         Box::pin(tokio::time::sleep(self.policy.request_timeout))
     }
 
-    fn drop(&self, mut store: Store<InstanceState>, result: wasmtime::Result<()>) {
+    fn drop(&self, store: Store<InstanceState>, result: wasmtime::Result<()>) {
         metrics::gauge!("edgeinfer_live_instances", "component" => self.component_id.clone()).decrement(1.0);
         self.pool.dropped(self.left.load(Ordering::Acquire));
         if let Err(error) = result {
             // Only requests still waiting for an answer are told; ended ones closed their channel.
-            let mut reports = std::mem::take(&mut store.data_mut().trap_reports);
-            reports.retain(|(_, report)| !report.is_closed());
+            let reports = store.data().running.take_waiting();
             // wasmtime-wasi-http says this of a worker task dropped unfinished; with no request on
             // it, that is the host stopping (its tasks cancelled), not a fault.
             if reports.is_empty() && error.to_string() == DROPPED_WORKER {
                 tracing::debug!(component = %self.component_id, "idle instance dropped");
                 return;
             }
-            let requests: Vec<u64> = reports.iter().map(|(id, _)| *id).collect();
+            let requests: Vec<u64> = reports.iter().map(|r| r.id).collect();
             tracing::warn!(
                 component = %self.component_id,
                 ?requests,
                 "instance retired after a fault: {error:?}"
             );
             let cause = trap_cause(&error);
-            for (_, report) in reports {
-                let _ = report.send(cause.clone());
+            for report in reports {
+                let _ = report.trap.send(cause.clone());
             }
         }
         drop(store);

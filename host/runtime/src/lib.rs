@@ -13,3 +13,4 @@ pub mod openapi;
 pub mod outbound;
 pub mod rollout;
 pub mod routes;
+pub mod trace;

@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use http::Request;
+use tracing::Instrument;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+
+use crate::instance::RunningRequests;
 
 /// One allowed destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,14 +68,17 @@ fn default_port(scheme: &str) -> Option<u16> {
     }
 }
 
-/// wasi:http hooks of one component: the default client, behind the allow-list.
+/// wasi:http hooks of one component: the default client, behind the allow-list, carrying the
+/// trace of the request it is made for.
 pub struct OutboundPolicy {
     allowed: Arc<Vec<AllowedHost>>,
+    running: RunningRequests,
 }
 
 impl OutboundPolicy {
-    pub fn new(allowed: Arc<Vec<AllowedHost>>) -> OutboundPolicy {
-        OutboundPolicy { allowed }
+    /// The hooks of an instance whose requests are `running`.
+    pub fn new(allowed: Arc<Vec<AllowedHost>>, running: RunningRequests) -> OutboundPolicy {
+        OutboundPolicy { allowed, running }
     }
 
     /// Whether a request to this URI may leave the host.
@@ -102,9 +108,30 @@ impl WasiHttpHooks for OutboundPolicy {
             tracing::warn!(uri = %request.uri(), "outbound request denied: not in allowed_outbound_hosts");
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
+        // An `outbound` span under the request it is made for, whose context travels with it
+        // (W3C `traceparent`), unless the component sets its own. The hooks are not told which
+        // guest task sends: the instance's only running request, when it has one.
+        let mut request = request;
+        let span = match self.running.trace_of(None) {
+            Some(parent) if !request.headers().contains_key("traceparent") => {
+                let span = tracing::info_span!(
+                    "outbound",
+                    otel.kind = "client",
+                    http.request.method = %request.method(),
+                    url.full = %request.uri()
+                );
+                crate::trace::set_parent(&span, parent);
+                if let Some(cx) = crate::trace::context_of(&span) {
+                    crate::trace::inject(&cx, request.headers_mut());
+                }
+                span
+            }
+            _ => tracing::Span::none(),
+        };
         // The library's default client does the actual sending.
         let default = wasmtime_wasi_http::default_hooks();
-        default.send_request(request, options, fut)
+        let sent = Box::into_pin(default.send_request(request, options, fut));
+        Box::new(sent.instrument(span))
     }
 }
 
@@ -113,7 +140,8 @@ mod tests {
     use super::*;
 
     fn policy(entries: &[&str]) -> OutboundPolicy {
-        OutboundPolicy::new(Arc::new(entries.iter().map(|e| AllowedHost::parse(e).unwrap()).collect()))
+        let allowed = Arc::new(entries.iter().map(|e| AllowedHost::parse(e).unwrap()).collect());
+        OutboundPolicy::new(allowed, RunningRequests::default())
     }
 
     fn permits(p: &OutboundPolicy, uri: &str) -> bool {

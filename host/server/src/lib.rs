@@ -20,6 +20,7 @@ mod shadow;
 pub mod status;
 pub mod telemetry;
 pub mod tls;
+pub mod traces;
 
 pub use docs::SwaggerUi;
 use error::ERROR_TYPE_HEADER;
@@ -40,6 +41,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tower::ServiceExt;
+use tracing::Instrument;
 use wasmtime_wasi_http::WasiBody;
 use wasmtime_wasi_http::handler::{ExpirationError, InstantiationError, TrapOrPanicError};
 
@@ -226,14 +228,47 @@ pub async fn serve(
 }
 
 impl Server {
-    async fn handle<B>(&self, mut req: Request<B>, peer: SocketAddr) -> AxumResponse
+    /// Answers one request, in its `request` span (a child of the caller's `traceparent`) when
+    /// traces are exported.
+    async fn handle<B>(&self, req: Request<B>, peer: SocketAddr) -> AxumResponse
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        let number = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let request_id = client_request_id(&req).unwrap_or_else(|| format!("{:x}-{number:x}", self.boot));
+        let span = tracing::info_span!(
+            "request",
+            otel.name = %req.method(),
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = %req.method(),
+            url.path = req.uri().path(),
+            http.route = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+            request_id,
+            component = tracing::field::Empty,
+            version = tracing::field::Empty,
+        );
+        if !span.is_disabled() {
+            edgeinfer_runtime::trace::set_parent(&span, edgeinfer_runtime::trace::extract(req.headers()));
+        }
+        self.handle_in_span(req, peer, number, request_id, &span).instrument(span.clone()).await
+    }
+
+    async fn handle_in_span<B>(
+        &self,
+        mut req: Request<B>,
+        peer: SocketAddr,
+        number: u64,
+        request_id: String,
+        span: &tracing::Span,
+    ) -> AxumResponse
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
         let started = std::time::Instant::now();
-        let number = self.next_request_id.fetch_add(1, Ordering::Relaxed);
-        let request_id = client_request_id(&req).unwrap_or_else(|| format!("{:x}-{number:x}", self.boot));
         let request_id_header = http::HeaderValue::from_str(&request_id).expect("visible ASCII");
         req.headers_mut().insert(REQUEST_ID, request_id_header.clone());
         let path = req.uri().path().to_string();
@@ -278,8 +313,10 @@ impl Server {
         let input_bytes = input.as_ref().map(|i| i.bytes.len());
         let input_text =
             input.as_ref().filter(|_| self.log_inputs).map(|i| String::from_utf8_lossy(&i.bytes));
+        let trace_id = record_outcome(span, &method, &route, &component, &version, status);
         tracing::info!(
             request_id,
+            trace_id,
             %method,
             %path,
             route,
@@ -467,23 +504,37 @@ async fn to_component(
     queued: &mut std::time::Duration,
 ) -> Response<WasiBody> {
     let limit = component.limits.max_request_body_bytes;
-    let (parts, body) = match body::read(req, limit, body::READ_TIMEOUT).await {
+    let (mut parts, body) = match body::read(req, limit, body::READ_TIMEOUT).await {
         Ok(read) => read,
         Err(response) => return response,
     };
     let hash = hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(&body)[..8]);
     *input = Some(Input { hash, bytes: body.clone() });
+    // Traced: the component's span, whose context the component gets (`traceparent`) and its
+    // host calls go under.
+    let span =
+        tracing::info_span!("component", component = %component.id, version = &component.version[..12]);
+    let trace = edgeinfer_runtime::trace::context_of(&span);
+    if let Some(cx) = &trace {
+        edgeinfer_runtime::trace::inject(cx, &mut parts.headers);
+    }
     let req = Request::from_parts(parts, full_body(body));
     // The host's own clock: a guest spinning in a loop starves the store's event loop, so the
     // handler's timeout may not fire; the epoch interrupt then stops the guest.
     let deadline = std::time::Duration::from_millis(component.limits.request_timeout_ms);
-    let (ticket, trap_cause) = RequestTicket::new(request_id);
+    let (ticket, trap_cause) = RequestTicket::new(request_id, trace);
     let waiting = std::time::Instant::now();
     let handled = async {
-        let _slot = component.admission.admit().await?;
+        let _slot = component.admission.admit().instrument(tracing::info_span!("admission")).await?;
         *queued = waiting.elapsed();
-        Some(component.handle(ticket, req).await)
-    };
+        let handed_at = std::time::SystemTime::now();
+        let mut response = component.handle(ticket, req).await;
+        if let Ok(response) = &mut response {
+            record_tokenization(&span, handed_at, response.headers_mut());
+        }
+        Some(response)
+    }
+    .instrument(span.clone());
     let Ok(result) = tokio::time::timeout(deadline, handled).await else {
         if queued.is_zero() {
             // The deadline passed while waiting for admission.
@@ -533,6 +584,50 @@ async fn to_component(
         }
     }
 }
+
+/// Writes what answered into the request's span; its trace id, when it is traced (the log line
+/// carries it, so logs and traces meet by request id and by trace id).
+fn record_outcome(
+    span: &tracing::Span,
+    method: &http::Method,
+    route: &str,
+    component: &str,
+    version: &str,
+    status: u16,
+) -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    let cx = edgeinfer_runtime::trace::context_of(span)?;
+    // Its name only now that the route is known (the span has started: renamed in place).
+    cx.span().update_name(format!("{method} {route}"));
+    span.record("http.route", route);
+    span.record("http.response.status_code", i64::from(status));
+    span.record("component", component);
+    span.record("version", version);
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
+    Some(cx.span().span_context().trace_id().to_string())
+}
+
+/// Takes the component's `x-edgeinfer-tokenization` (`OFFSET,DURATION` in µs, its own measure of
+/// when it tokenized: `components/text-handler`) off its response into a `tokenize` span.
+fn record_tokenization(
+    component: &tracing::Span,
+    handed_at: std::time::SystemTime,
+    headers: &mut http::HeaderMap,
+) {
+    let Some(value) = headers.remove(TOKENIZATION_HEADER) else { return };
+    let parsed = value.to_str().ok().and_then(|v| v.split_once(',')).and_then(|(offset, took)| {
+        Some((offset.trim().parse::<u64>().ok()?, took.trim().parse::<u64>().ok()?))
+    });
+    if let Some((offset, took)) = parsed {
+        let micros = std::time::Duration::from_micros;
+        traces::record_tokenization(component, handed_at, micros(offset), micros(took));
+    }
+}
+
+/// Response header in which a component says when it tokenized (taken off by the host).
+const TOKENIZATION_HEADER: &str = "x-edgeinfer-tokenization";
 
 /// Paths the host answers itself, whatever the manifest routes.
 fn is_host_path(path: &str) -> bool {

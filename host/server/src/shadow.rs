@@ -145,7 +145,7 @@ async fn run(
     let answered = tokio::time::timeout(deadline, async {
         let _slot = shadow.admission.admit().await?;
         // A shadow's trap cause is not reported: its outcome is counted as failed.
-        let (ticket, _) = edgeinfer_runtime::instance::RequestTicket::new(number | SHADOW_REQUEST);
+        let (ticket, _) = edgeinfer_runtime::instance::RequestTicket::new(number | SHADOW_REQUEST, None);
         shadow.handle(ticket, request).await.ok()
     })
     .await;

@@ -3,6 +3,8 @@
 //! model while its instance takes other requests: one instance serves every request waiting on a
 //! model instead of one instance each.
 
+use tracing::Instrument;
+use wasmtime::AsContextMut;
 use wasmtime::component::{Accessor, Linker};
 
 use crate::{Caller, Denied, ElementType, ModelError, NnCtx, NnStoreView, NnView, TensorData, WasiNn};
@@ -31,9 +33,14 @@ impl<U> infer::HostWithStore<U> for WasiNn {
         inputs: Vec<(String, Tensor)>,
         outputs: Vec<String>,
     ) -> wasmtime::Result<Result<Vec<(String, Tensor)>, Error>> {
-        // The instance's state is copied out (two `Arc`s): the wait below holds no store access.
-        let ctx = store.with(|mut access| access.get().ctx.clone());
-        Ok(compute(&ctx, &model, inputs, outputs).await)
+        // The instance's state is copied out (a few `Arc`s): the wait below holds no store access.
+        // The root of the caller's async call stack is the task of the request it serves.
+        let (ctx, root) = store.with(|mut access| {
+            let root = access.as_context_mut().async_call_stack().ok().and_then(|stack| stack.last());
+            (access.get().ctx.clone(), root)
+        });
+        let span = ctx.compute_span(root, &model);
+        Ok(compute(&ctx, &model, inputs, outputs).instrument(span).await)
     }
 }
 

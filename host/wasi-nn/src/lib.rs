@@ -12,7 +12,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+use tracing::Instrument;
+use wasmtime::component::{GuestTaskId, HasData, Linker, Resource, ResourceTable};
 
 pub use edgeinfer_tensor::{ElementType, TensorData};
 
@@ -75,6 +76,25 @@ pub trait Model: Send + Sync {
     fn compute(&self, inputs: Tensors, caller: Caller) -> ComputeFuture<'_>;
 }
 
+/// A host call that gets a span of its own in the request's trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TracedCall {
+    /// A model computation (wasi:nn, edgeinfer:nn/infer, Spin's LLM interface).
+    Compute,
+    /// Tokenization on the host (Spin's LLM interface).
+    Tokenize,
+}
+
+/// How a host call finds the trace of the request it serves: an instance may run several
+/// requests at once (WASI 0.3), so the call names the guest task it came from (the root of its
+/// async call stack), when the binding can tell it.
+pub trait RequestTraces: Send + Sync {
+    /// A span for `call` on `model` under the request that guest task `root` serves; with no
+    /// `root`, under the instance's only running request. A disabled span when tracing is off or
+    /// the request cannot be told.
+    fn span(&self, root: Option<GuestTaskId>, call: TracedCall, model: &str) -> tracing::Span;
+}
+
 /// Where models come from.
 pub trait ModelProvider: Send + Sync {
     /// The model named `name`.
@@ -99,12 +119,29 @@ pub struct NnError {
 pub struct NnCtx {
     models: Arc<dyn ModelProvider>,
     allowed_models: Arc<BTreeSet<String>>,
+    /// The traces of the requests the instance runs, when it has them.
+    traces: Option<Arc<dyn RequestTraces>>,
 }
 
 impl NnCtx {
     /// State for an instance of a component whose `ai_models` are `allowed_models`.
     pub fn new(models: Arc<dyn ModelProvider>, allowed_models: Arc<BTreeSet<String>>) -> NnCtx {
-        NnCtx { models, allowed_models }
+        NnCtx { models, allowed_models, traces: None }
+    }
+
+    /// The same, with compute calls traced under their requests.
+    pub fn with_traces(self, traces: Arc<dyn RequestTraces>) -> NnCtx {
+        NnCtx { traces: Some(traces), ..self }
+    }
+
+    /// The span of a compute call on `model` by guest task `root` (see `RequestTraces`).
+    fn compute_span(&self, root: Option<GuestTaskId>, model: &str) -> tracing::Span {
+        match &self.traces {
+            Some(traces) if tracing::span_enabled!(tracing::Level::INFO) => {
+                traces.span(root, TracedCall::Compute, model)
+            }
+            _ => tracing::Span::none(),
+        }
     }
 
     /// The model `name`, when the component's `ai_models` lists it.
@@ -223,7 +260,10 @@ impl inference::HostGraphExecutionContext for NnView<'_> {
             tensors.push((name, self.table.delete(tensor)?));
         }
         let model = self.table.get(&context)?.0.clone();
-        match model.compute(tensors, Caller::BlocksItsInstance).await {
+        // A synchronous binding does not say which guest task called: the instance's only
+        // running request, when it has one.
+        let span = self.ctx.compute_span(None, "wasi:nn");
+        match model.compute(tensors, Caller::BlocksItsInstance).instrument(span).await {
             Ok(outputs) if outputs.iter().any(|(_, t)| t.ty == ElementType::Bytes) => {
                 let name = outputs.iter().find(|(_, t)| t.ty == ElementType::Bytes).map(|(n, _)| n.clone());
                 let message =

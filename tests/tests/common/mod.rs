@@ -589,3 +589,66 @@ pub fn edgeinfer(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) 
     eprintln!("edgeinfer {}:\n{stderr}{stdout}", args.join(" "));
     (output.status.success(), stdout, stderr)
 }
+
+/// An OTLP trace receiver on loopback (tests/clients/otlp_receiver.py: gRPC and HTTP/protobuf,
+/// decoding with the OpenTelemetry project's protobuf definitions); killed on drop.
+#[allow(dead_code)]
+pub struct OtlpReceiver {
+    child: Child,
+    /// Where it appends each span it receives, as a JSON line.
+    spans: PathBuf,
+    /// `http://127.0.0.1:PORT` of its gRPC and of its HTTP listener.
+    pub grpc: String,
+    pub http: String,
+}
+
+#[allow(dead_code)]
+impl OtlpReceiver {
+    pub fn start() -> OtlpReceiver {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let number = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let spans =
+            std::env::temp_dir().join(format!("edgeinfer-spans-{}-{number}.jsonl", std::process::id()));
+        let _ = std::fs::remove_file(&spans);
+        let mut child = Command::new(client_python())
+            .arg(repo_root().join("tests/clients/otlp_receiver.py"))
+            .arg(&spans)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the OTLP receiver");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("the receiver's ports");
+        let port = |name: &str| {
+            let field = line.split_whitespace().find_map(|f| f.strip_prefix(&format!("{name}="))).unwrap();
+            format!("http://127.0.0.1:{field}")
+        };
+        let (grpc, http) = (port("grpc"), port("http"));
+        OtlpReceiver { child, spans, grpc, http }
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.spans).unwrap_or_default();
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// The spans received once `done` holds for them (within `timeout`, else what there is).
+    pub fn spans_when(&self, timeout: Duration, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let spans = self.spans();
+            if done(&spans) || std::time::Instant::now() > deadline {
+                return spans;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.spans);
+    }
+}

@@ -85,6 +85,10 @@ struct Job {
     /// `None` when the request cannot share a batch (it runs alone).
     shape: Option<Shape>,
     enqueued: Instant,
+    /// The caller's span (its `compute`), which the batch's span links to, and back.
+    caller_span: tracing::Span,
+    /// Its wait in the queue, ended when its batch leaves for an engine.
+    queue_span: tracing::Span,
     reply: oneshot::Sender<Result<Tensors, EngineError>>,
     /// Its place in the bounded queue, given back when the job is dropped (answered or not).
     _place: OwnedSemaphorePermit,
@@ -186,7 +190,18 @@ impl Batcher {
         };
         let shape = batch_shape(&inputs);
         let (reply, result) = oneshot::channel();
-        let job = Job { inputs, caller, shape, enqueued: Instant::now(), reply, _place: place };
+        let caller_span = tracing::Span::current();
+        let queue_span = tracing::info_span!("queue", model = &*self.model);
+        let job = Job {
+            inputs,
+            caller,
+            shape,
+            enqueued: Instant::now(),
+            caller_span,
+            queue_span,
+            reply,
+            _place: place,
+        };
         self.queue.send(job).map_err(|_| EngineError::Runtime("the model's batcher has stopped".into()))?;
         result
             .await
@@ -269,15 +284,15 @@ impl BatchLoop {
             // Wait for a free engine first: while all are busy, requests pile up and then leave
             // together in one batch.
             let Some(worker) = self.idle.recv().await else { return };
-            let Some(batch) = self.next_batch().await else { return };
-            self.record(&batch);
+            let Some(mut batch) = self.next_batch().await else { return };
+            self.record(&mut batch);
             if self.workers[worker].send(batch).is_err() {
                 tracing::error!(model = %self.model, "engine thread {worker} has stopped");
             }
         }
     }
 
-    fn record(&self, batch: &[Job]) {
+    fn record(&self, batch: &mut [Job]) {
         let model = self.model.clone();
         let now = Instant::now();
         let rows: u32 = batch.iter().map(|j| j.shape.as_ref().map_or(1, |s| s.rows)).sum();
@@ -286,9 +301,11 @@ impl BatchLoop {
         metrics::histogram!("edgeinfer_batch_tokens", "model" => model.clone())
             .record(f64::from(rows) * f64::from(max_seq));
         metrics::histogram!("edgeinfer_batch_requests", "model" => model.clone()).record(batch.len() as f64);
-        for job in batch {
+        for job in batch.iter_mut() {
             metrics::histogram!("edgeinfer_queue_seconds", "model" => model.clone())
                 .record(now - job.enqueued);
+            // Its wait ends here.
+            job.queue_span = tracing::Span::none();
         }
         metrics::gauge!("edgeinfer_queue_depth", "model" => model)
             .set((self.receiver.len() + self.held.len()) as f64);
@@ -389,7 +406,8 @@ fn start_engine_thread(
                 let started = std::time::Instant::now();
                 // A panicking engine fails its batch (the dropped replies answer each caller with
                 // an error) but not the thread: the engine stays in service.
-                let run = std::panic::AssertUnwindSafe(|| run_batch(engine.as_ref(), batch, &pad_values));
+                let run =
+                    std::panic::AssertUnwindSafe(|| run_batch(&model, engine.as_ref(), batch, &pad_values));
                 if std::panic::catch_unwind(run).is_err() {
                     tracing::error!(model = %model, "engine panicked; its batch failed");
                 }
@@ -450,16 +468,27 @@ impl<'p> Batch<'p> {
 }
 
 /// Runs one batch on `engine` and answers every job; if the merged run fails, each job is retried
-/// alone so that one request cannot fail its batch-mates.
-fn run_batch(engine: &dyn Engine, jobs: Vec<Job>, pad_values: &BTreeMap<String, f64>) {
+/// alone so that one request cannot fail its batch-mates. Traced as a `batch` span of its own
+/// (one run serves many requests), linked to each request's span and each back to it, with the
+/// engine's run inside.
+fn run_batch(model: &str, engine: &dyn Engine, jobs: Vec<Job>, pad_values: &BTreeMap<String, f64>) {
+    let batch_span = tracing::info_span!(parent: None, "batch", model, requests = jobs.len() as i64);
+    if !batch_span.is_disabled() {
+        for job in &jobs {
+            batch_span.follows_from(&job.caller_span);
+            job.caller_span.follows_from(&batch_span);
+        }
+    }
+    let _in_batch = batch_span.enter();
+    let run = |inputs: Tensors| tracing::info_span!("onnxruntime.run", model).in_scope(|| engine.run(inputs));
     if jobs.len() == 1 {
         let job = jobs.into_iter().next().expect("one job");
-        let _ = job.reply.send(engine.run(job.inputs));
+        let _ = job.reply.send(run(job.inputs));
         return;
     }
     let requests: Vec<&Tensors> = jobs.iter().map(|j| &j.inputs).collect();
     let merged = merge(&requests, pad_values)
-        .and_then(|(inputs, slots)| Ok((engine.run(inputs)?, slots)))
+        .and_then(|(inputs, slots)| Ok((run(inputs)?, slots)))
         .and_then(|(outputs, slots)| split(outputs, &slots, engine.outputs()));
     match merged {
         Ok(per_job) => {
@@ -470,7 +499,7 @@ fn run_batch(engine: &dyn Engine, jobs: Vec<Job>, pad_values: &BTreeMap<String, 
         Err(e) => {
             tracing::warn!("batched run of {} requests failed ({e}); running them one by one", jobs.len());
             for job in jobs {
-                let _ = job.reply.send(engine.run(job.inputs));
+                let _ = job.reply.send(run(job.inputs));
             }
         }
     }
