@@ -531,12 +531,14 @@ fn init_logging(traces: Option<&http::traces::TraceExport>) -> Result<Option<htt
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("edgeinfer=info,warn"));
     // Log lines are events only: the spans are the traces' (and the request line names its ids).
+    // The level filter goes outside: its level is the layer's hint, which keeps every callsite
+    // below it (Cranelift's `log::trace!` among them) disabled at no cost.
     let events_only = tracing_subscriber::filter::filter_fn(|meta| !meta.is_span());
     let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let logs = if std::env::var("EDGEINFER_LOG_FORMAT").as_deref() == Ok("json") {
-        logs.json().with_filter(filter).with_filter(events_only).boxed()
+        logs.json().with_filter(events_only).with_filter(filter).boxed()
     } else {
-        logs.with_filter(filter).with_filter(events_only).boxed()
+        logs.with_filter(events_only).with_filter(filter).boxed()
     };
     let (spans, handle) = match traces {
         Some(export) => {

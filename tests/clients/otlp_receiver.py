@@ -2,8 +2,9 @@
 (`POST /v1/traces`) on loopback, decoding with the OpenTelemetry project's own protobuf
 definitions (opentelemetry-proto). Every span received is appended to OUT as one JSON line.
 
-Usage: otlp_receiver.py OUT
-Prints `grpc=PORT http=PORT` once both listen; runs until killed.
+Usage: otlp_receiver.py OUT [--discard]
+Prints `grpc=PORT http=PORT` once both listen; runs until killed. With --discard (a collector for
+benchmarks), HTTP exports are answered without being decoded and OUT gets only their byte count.
 """
 
 import json
@@ -16,7 +17,9 @@ import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 out_path = sys.argv[1]
+discard = "--discard" in sys.argv[2:]
 lock = threading.Lock()
+received_bytes = 0
 
 
 def attribute_value(value):
@@ -68,14 +71,21 @@ class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
 
 class HttpReceiver(BaseHTTPRequestHandler):
     def do_POST(self):
+        global received_bytes
         body = self.rfile.read(int(self.headers.get("content-length", 0)))
         if self.path != "/v1/traces":
             self.send_response(404)
             self.end_headers()
             return
-        request = trace_service_pb2.ExportTraceServiceRequest()
-        request.ParseFromString(body)
-        record(request, "http")
+        if discard:
+            with lock:
+                received_bytes += len(body)
+                with open(out_path, "w") as out:
+                    out.write(f"{received_bytes}\n")
+        else:
+            request = trace_service_pb2.ExportTraceServiceRequest()
+            request.ParseFromString(body)
+            record(request, "http")
         answer = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
         self.send_response(200)
         self.send_header("content-type", "application/x-protobuf")

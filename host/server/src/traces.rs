@@ -110,9 +110,12 @@ where
     let tracer = provider.tracer("edgeinfer");
     let _ = TRACER.set(tracer.clone());
     // Only the host's own spans: no events (the logs have them) and no dependency's spans.
+    // Its level hint keeps every finer callsite disabled at no cost (without one, the process's
+    // most verbose level would be TRACE).
     let only_ours = tracing_subscriber::filter::filter_fn(|meta| {
         meta.is_span() && meta.target().starts_with("edgeinfer") && *meta.level() <= tracing::Level::INFO
-    });
+    })
+    .with_max_level_hint(tracing::level_filters::LevelFilter::INFO);
     let layer = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_tracked_inactivity(false)
