@@ -17,19 +17,11 @@ import sys
 import numpy as np
 from huggingface_hub import InferenceClient
 
+from checks import check, cosine
+
 base, embeddings_json, rerank_json, intents_json = sys.argv[1:5]
 root_task = sys.argv[5] if len(sys.argv) > 5 else "embed"
 report = {}
-
-
-def check(condition, message):
-    if not condition:
-        raise SystemExit(f"check failed: {message}")
-
-
-def cosine(a, b):
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def client(path=""):

@@ -15,19 +15,11 @@ import sys
 import numpy as np
 import openai
 
+from checks import check, cosine
+
 base_url, api_key, embeddings_json, tokens_json = sys.argv[1:5]
 MODEL = "all-minilm-l6-v2"
 report = {}
-
-
-def check(condition, message):
-    if not condition:
-        raise SystemExit(f"check failed: {message}")
-
-
-def cosine(a, b):
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 client = openai.OpenAI(base_url=base_url, api_key=api_key or "unused", max_retries=0, timeout=60)

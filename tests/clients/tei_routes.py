@@ -15,14 +15,11 @@ import urllib.request
 
 import jsonschema
 
+from checks import check
+
 base, types_path = sys.argv[1:3]
 types = json.load(open(types_path))
 TIMING = ["x-compute-time", "x-queue-time", "x-inference-time", "x-tokenization-time", "x-total-time"]
-
-
-def check(condition, message):
-    if not condition:
-        raise SystemExit(f"check failed: {message}")
 
 
 def call(method, path, body=None):
