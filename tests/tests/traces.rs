@@ -195,3 +195,56 @@ fn one_trace_across_two_hosts_through_nn_remote() {
     assert_eq!(served["parent_span_id"], outbound["span_id"], "the model host continues the front's trace");
     assert_eq!(by_id(&spans, &outbound["parent_span_id"])["name"], "component");
 }
+
+/// KServe's gRPC `ModelInfer`, called by NVIDIA's `tritonclient.grpc` with a `traceparent` in its
+/// metadata: a server span in the caller's trace, with the model's queue under it.
+#[test]
+fn grpc_inference_continues_the_callers_trace() {
+    let receiver = OtlpReceiver::start();
+    let config = Variant::kserve_config();
+    let host = Host::start_with_env(
+        &repo_root().join("spin.toml"),
+        &[
+            "--runtime-config-file",
+            config.0.to_str().unwrap(),
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--otlp-endpoint",
+            &receiver.grpc,
+        ],
+        &[("EDGEINFER_TEST_KSERVE_TOKEN", KSERVE_TOKEN)],
+    );
+    let grpc = host
+        .log()
+        .iter()
+        .find_map(|l| Some(l.strip_prefix("KServe v2 gRPC API: ")?.split(' ').next()?.to_string()))
+        .expect("the host says where gRPC listens");
+    let trace = "6af7651916cd43dd8448eb211c80319c";
+    let client = r#"
+import sys
+import numpy as np
+import tritonclient.grpc as grpcclient
+address, token, traceparent = sys.argv[1:4]
+inputs = []
+for name, values in (("input_ids", [101, 7592, 102]), ("attention_mask", [1, 1, 1]), ("token_type_ids", [0, 0, 0])):
+    tensor = grpcclient.InferInput(name, [1, 3], "INT64")
+    tensor.set_data_from_numpy(np.array([values], dtype=np.int64))
+    inputs.append(tensor)
+headers = {"authorization": f"Bearer {token}", "traceparent": traceparent}
+result = grpcclient.InferenceServerClient(address).infer("minilm", inputs, headers=headers)
+assert result.as_numpy("last_hidden_state").shape == (1, 3, 384)
+"#;
+    let output = std::process::Command::new(common::client_python())
+        .args(["-c", client, &grpc, KSERVE_TOKEN, &traceparent(trace, CALLER, true)])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    stop(host);
+    let spans =
+        receiver.spans_when(Duration::from_secs(10), |spans| spans.iter().any(|s| s["trace_id"] == trace));
+    let served = span(&spans, trace, "inference.GRPCInferenceService/ModelInfer");
+    assert_eq!(served["parent_span_id"], CALLER);
+    assert_eq!(served["kind"], 2);
+    assert_eq!(served["attributes"]["model"], "minilm");
+    assert_eq!(span(&spans, trace, "queue")["parent_span_id"], served["span_id"]);
+}

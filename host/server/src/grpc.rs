@@ -14,6 +14,7 @@ use bytes::Bytes;
 use tonic::body::Body;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
+use tracing::Instrument;
 
 use crate::kserve::{self, Kserve};
 use crate::{HostError, error::ERROR_TYPE_HEADER};
@@ -384,7 +385,20 @@ impl GrpcInferenceService for Grpc {
         &self,
         request: tonic::Request<proto::ModelInferRequest>,
     ) -> Result<tonic::Response<proto::ModelInferResponse>, Status> {
-        self.call(request, |r| self.infer(r)).await
+        // Traced as the HTTP routes are: a server span, the child of the caller's `traceparent`.
+        let span = tracing::info_span!(
+            "request",
+            otel.name = "inference.GRPCInferenceService/ModelInfer",
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.method = "ModelInfer",
+            model = request.get_ref().model_name.as_str(),
+        );
+        if !span.is_disabled() {
+            let headers = request.metadata().clone().into_headers();
+            edgeinfer_runtime::trace::set_parent(&span, edgeinfer_runtime::trace::extract(&headers));
+        }
+        self.call(request, |r| self.infer(r)).instrument(span).await
     }
 }
 
