@@ -165,11 +165,7 @@ fn https_and_http2_by_alpn_with_one_api_key_for_every_inference_route() {
 #[test]
 fn the_openai_client_and_tritonclient_grpc_speak_tls_with_the_key() {
     let host = default_app_host();
-    let grpc = host
-        .log()
-        .iter()
-        .find_map(|l| Some(l.strip_prefix("KServe v2 gRPC API: ")?.split(' ').next()?.to_string()))
-        .expect("the host says where gRPC listens");
+    let grpc = host.grpc_address();
     assert!(host.log().iter().any(|l| l.contains("over TLS")), "gRPC on TLS");
     let ca = certificates().path("ca.pem");
     let report = common::run_client_script(

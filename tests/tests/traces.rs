@@ -214,11 +214,7 @@ fn grpc_inference_continues_the_callers_trace() {
         ],
         &[("EDGEINFER_TEST_KSERVE_TOKEN", KSERVE_TOKEN)],
     );
-    let grpc = host
-        .log()
-        .iter()
-        .find_map(|l| Some(l.strip_prefix("KServe v2 gRPC API: ")?.split(' ').next()?.to_string()))
-        .expect("the host says where gRPC listens");
+    let grpc = host.grpc_address();
     let trace = "6af7651916cd43dd8448eb211c80319c";
     let client = r#"
 import sys

@@ -39,11 +39,7 @@ fn tritonclient_grpc_gets_the_rest_answers_and_32_clients_share_batches() {
         &["--runtime-config-file", config.0.to_str().unwrap(), "--grpc-listen", "127.0.0.1:0"],
         &[("EDGEINFER_TEST_KSERVE_TOKEN", KSERVE_TOKEN)],
     );
-    let grpc = host
-        .log()
-        .iter()
-        .find_map(|l| Some(l.strip_prefix("KServe v2 gRPC API: ")?.split(' ').next()?.to_string()))
-        .expect("the host says where gRPC listens");
+    let grpc = host.grpc_address();
     let http = host.base.trim_start_matches("http://").to_string();
     let report = run_client("tritonclient_grpc.py", &[grpc, http]);
     assert_eq!(report["cases"], 6, "{report}");

@@ -112,7 +112,8 @@ impl WasiHttpHooks for OutboundPolicy {
         // (W3C `traceparent`), unless the component sets its own. The hooks are not told which
         // guest task sends: the instance's only running request, when it has one.
         let mut request = request;
-        let span = match self.running.trace_of(None) {
+        let traced = tracing::span_enabled!(tracing::Level::INFO);
+        let span = match traced.then(|| self.running.trace_of(None)).flatten() {
             Some(parent) if !request.headers().contains_key("traceparent") => {
                 let span = tracing::info_span!(
                     "outbound",

@@ -161,6 +161,15 @@ impl Host {
         format!("{}{path}", self.base)
     }
 
+    /// Where the host's KServe gRPC API listens (`up --grpc-listen`), as its log says.
+    #[allow(dead_code)]
+    pub fn grpc_address(&self) -> String {
+        self.log()
+            .iter()
+            .find_map(|l| Some(l.strip_prefix("KServe v2 gRPC API: ")?.split(' ').next()?.to_string()))
+            .expect("the host says where gRPC listens")
+    }
+
     /// The host's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
