@@ -23,6 +23,7 @@ use edgeinfer_engine::registry::GraphRegistry;
 use edgeinfer_runtime::app::App;
 use edgeinfer_runtime::compile::{self, CompileCache};
 use edgeinfer_runtime::compose;
+use edgeinfer_runtime::state::StateDir;
 use edgeinfer_server::{self as http, admin, telemetry};
 
 #[derive(Parser)]
@@ -39,7 +40,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the app described by a Spin manifest.
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Run each component's build command from the manifest.
     Build(ManifestArg),
     /// Fetch and verify what the runtime config needs (models, ONNX Runtime) into the cache.
@@ -252,6 +253,11 @@ struct UpArgs {
     /// Serve the admin API (deploy, rollback) on this address; off by default.
     #[arg(long, env = "EDGEINFER_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
+    /// Keep what the admin API changes (deployed versions, canaries, rollback targets, model
+    /// reloads) in this directory, and serve it again after a restart; without it a restart
+    /// serves spin.toml's versions.
+    #[arg(long, env = "EDGEINFER_STATE_DIR", conflicts_with = "watch")]
+    state_dir: Option<PathBuf>,
     /// Serve the KServe v2 API over gRPC (`inference.GRPCInferenceService`) on this address too;
     /// the runtime config must enable the API (`[kserve]`). Off by default.
     #[arg(long, env = "EDGEINFER_GRPC_LISTEN")]
@@ -395,7 +401,7 @@ fn main() -> Result<()> {
             let _in_runtime = runtime.enter();
             init_logging(args.traces.export().as_ref())?
         };
-        let served = runtime.block_on(up(args));
+        let served = runtime.block_on(up(*args));
         // The last spans are sent before the runtime goes.
         drop(traces);
         return served;
@@ -624,10 +630,14 @@ async fn up(args: UpArgs) -> Result<()> {
         manifest_path = pulled.manifest_path;
         runtime_config_file = runtime_config_file.or(pulled.runtime_config);
     }
+    let state = match &args.state_dir {
+        Some(dir) => Some(Arc::new(StateDir::open(dir, trusted.clone())?)),
+        None => None,
+    };
     let (build, compose_nn_providers) = (args.build, args.compose_nn_providers);
     let Started { manifest, config, app, swagger_ui, kserve, default_route, _ticker } =
         tokio::task::spawn_blocking(move || {
-            start(&manifest_path, runtime_config_file.as_deref(), build, compose_nn_providers)
+            start(&manifest_path, runtime_config_file.as_deref(), build, compose_nn_providers, state)
         })
         .await??;
     if args.watch {
@@ -763,6 +773,7 @@ fn start(
     runtime_config_file: Option<&Path>,
     build: bool,
     compose_nn_providers: bool,
+    state: Option<Arc<StateDir>>,
 ) -> Result<Started> {
     let manifest = Manifest::load(manifest_path)?;
     tracing::info!(
@@ -799,7 +810,16 @@ fn start(
         let version = config.onnxruntime.as_ref().map_or("(ORT_DYLIB_PATH)", |o| o.version.as_str());
         tracing::info!("ONNX Runtime {version} loaded from {}", library.display());
     }
-    let registry = Arc::new(GraphRegistry::load(&config.model, &manifest.dir));
+    // A model a reload switched (and saved) loads from that file; the runtime config keeps
+    // its own for what the host reports.
+    let mut models = config.model.clone();
+    if let Some(state) = &state {
+        state.remove_temporary_files();
+        for model in state.restore_models(&mut models)? {
+            tracing::info!(state = %state.dir().display(), "restored model {model}");
+        }
+    }
+    let registry = Arc::new(GraphRegistry::load(&models, &manifest.dir));
     let mut gpus: Vec<u32> = registry
         .graphs()
         .iter()
@@ -816,7 +836,7 @@ fn start(
     let cache = CompileCache::new(provision::cache_dir().join("compiled"));
     let embeddings = Arc::new(edgeinfer_runtime::models::embedding_models(&config.llm, &manifest.dir)?);
     let manifest = Arc::new(manifest);
-    let app = Arc::new(App::load(
+    let mut app = App::load(
         manifest.clone(),
         &config.component,
         registry,
@@ -824,7 +844,19 @@ fn start(
         cache,
         compose_nn_providers,
         embeddings,
-    )?);
+    )?;
+    if let Some(state) = state {
+        let restored = state.restore_components(&app)?;
+        for component in &restored {
+            tracing::info!(state = %state.dir().display(), "restored {component}");
+        }
+        if restored.is_empty() {
+            tracing::info!(state = %state.dir().display(), "no deployed versions to restore: serving spin.toml's");
+        }
+        state.save(&app)?;
+        app.state = Some(state);
+    }
+    let app = Arc::new(app);
     let swagger_ui = match provision::ensure_swagger_ui().and_then(|files| http::SwaggerUi::load(&files)) {
         Ok(ui) => Some(ui),
         Err(e) => {

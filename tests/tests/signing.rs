@@ -347,3 +347,62 @@ fn artifacts_are_checked_by_the_cosign_signature_beside_them_before_anything_is_
     );
     assert_eq!(client().get(offline_host.url("/steady/ok")).send().unwrap().status(), 200);
 }
+
+#[test]
+fn a_host_with_trusted_keys_restores_signed_uploads_only() {
+    let keys = keys();
+    let state = std::env::temp_dir().join(format!("edgeinfer-signed-state-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let trusted = path(&keys, "trusted.pub");
+    let start = |trusted_key: Option<&str>| {
+        let mut args = vec!["--admin-listen", "127.0.0.1:0", "--state-dir", state.to_str().unwrap()];
+        if let Some(key) = trusted_key {
+            args.extend(["--trusted-key", key]);
+        }
+        Host::start_with_env(&repo_root().join(FAULTS), &args, &[("EDGEINFER_ADMIN_TOKEN", ADMIN_TOKEN)])
+    };
+    let stop = |mut host: Host| {
+        host.signal(libc::SIGTERM);
+        assert!(host.wait_exit(Duration::from_secs(60)).is_some());
+    };
+    // A signed upload is restored: its signature is kept beside it and checked again.
+    let host = start(Some(&trusted));
+    let signed = wasm_variant(&built_wasm("faulty"), "signed-restored");
+    let file = keys.join("restored.wasm");
+    std::fs::write(&file, &signed).unwrap();
+    let output = Command::new(common::host_binary())
+        .args(["sign", "--key", &path(&keys, "trusted.pem"), file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let signature = std::fs::read_to_string(keys.join("restored.wasm.sig")).unwrap();
+    let (status, body) = upload(&host, &signed, Some(signature.trim()));
+    assert_eq!(status, 200, "{body}");
+    stop(host);
+    let host = start(Some(&trusted));
+    assert_eq!(serving(&host), sha256(&signed)[..12], "the signed upload serves after a restart");
+    stop(host);
+    // An upload a host without keys took is not run by a host with keys after a restart.
+    let host = start(None);
+    let unsigned = wasm_variant(&built_wasm("faulty"), "unsigned-restored");
+    let (status, body) = upload(&host, &unsigned, None);
+    assert_eq!(status, 200, "{body}");
+    stop(host);
+    let manifest = repo_root().join(FAULTS).display().to_string();
+    let args = [
+        "up",
+        "-f",
+        &manifest,
+        "--listen",
+        "127.0.0.1:0",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--trusted-key",
+        &trusted,
+    ];
+    let (started, _, stderr) = edgeinfer(&args, &[]);
+    assert!(!started);
+    let kept = state.join("components").join(format!("{}.wasm", sha256(&unsigned)));
+    assert!(stderr.contains(&kept.display().to_string()) && stderr.contains("no signature"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&state);
+}

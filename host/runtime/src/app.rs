@@ -27,6 +27,8 @@ pub struct App {
     pub registry: Arc<GraphRegistry>,
     /// Builds new versions of the components.
     pub builder: ComponentBuilder,
+    /// Where what the admin API changes is kept across restarts (`up --state-dir`).
+    pub state: Option<Arc<crate::state::StateDir>>,
 }
 
 impl App {
@@ -96,7 +98,14 @@ impl App {
             })
             .collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.pattern.specificity()));
-        Ok(App { name: manifest.application.name.clone(), routes, components, registry, builder })
+        Ok(App {
+            name: manifest.application.name.clone(),
+            routes,
+            components,
+            registry,
+            builder,
+            state: None,
+        })
     }
 
     /// The route serving `path`, if any.

@@ -32,6 +32,9 @@ pub struct LoadedComponent {
     pub id: String,
     /// Hex sha256 of the composed component: its version as deployed.
     pub version: String,
+    /// Hex sha256 of the component's own bytes (before composition): what was uploaded, pulled
+    /// or built.
+    pub source: String,
     pub loaded_at: SystemTime,
     pub limits: ComponentLimits,
     pub admission: Admission,
@@ -131,6 +134,7 @@ fn load_component(
         manifest, registry, engine, linker, cache, compose_nn_providers, embeddings, ..
     } = builder;
     let compose_nn_providers = *compose_nn_providers;
+    let source = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&main));
     let composed = compose_component(manifest, id, component, main, compose_nn_providers)?;
     let version = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&composed));
     let openapi = api_description(&composed).unwrap_or_else(|e| {
@@ -218,6 +222,7 @@ fn load_component(
     Ok(LoadedComponent {
         id: id.to_string(),
         version,
+        source,
         loaded_at: SystemTime::now(),
         limits,
         admission,

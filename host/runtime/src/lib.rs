@@ -1,6 +1,7 @@
 //! Components as edgeinfer runs them, from a manifest and runtime config to handlers ready to
 //! serve: dependencies flow one way, `compose` → `compile` → `instance` → `component` →
-//! `rollout` → `app` (with `routes`), and nothing here serves HTTP.
+//! `rollout` → `app` (with `routes`) → `state` (what the admin API changed, kept across
+//! restarts), and nothing here serves HTTP.
 
 pub mod admission;
 pub mod app;
@@ -13,4 +14,5 @@ pub mod openapi;
 pub mod outbound;
 pub mod rollout;
 pub mod routes;
+pub mod state;
 pub mod trace;

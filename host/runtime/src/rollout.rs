@@ -94,6 +94,8 @@ pub struct Pick {
 /// A component's versions.
 pub struct ComponentSlot {
     pub id: String,
+    /// The version spin.toml's own source built to when the app started.
+    manifest_version: Arc<LoadedComponent>,
     current: ArcSwap<LoadedComponent>,
     /// Most recent last; at most `KEPT_VERSIONS`.
     previous: Mutex<Vec<Arc<LoadedComponent>>>,
@@ -102,12 +104,35 @@ pub struct ComponentSlot {
 
 impl ComponentSlot {
     pub fn new(loaded: LoadedComponent) -> ComponentSlot {
+        let loaded = Arc::new(loaded);
         ComponentSlot {
             id: loaded.id.clone(),
-            current: ArcSwap::from_pointee(loaded),
+            manifest_version: loaded.clone(),
+            current: ArcSwap::new(loaded),
             previous: Mutex::default(),
             canary: ArcSwapOption::empty(),
         }
+    }
+
+    /// The version spin.toml's own source built to when the app started.
+    pub fn manifest_version(&self) -> &Arc<LoadedComponent> {
+        &self.manifest_version
+    }
+
+    /// Serves what a saved state names: `stable`, with `previous` kept for rollback (oldest
+    /// first) and `canary` on trial.
+    pub fn restore(
+        &self,
+        stable: Arc<LoadedComponent>,
+        mut previous: Vec<Arc<LoadedComponent>>,
+        canary: Option<Canary>,
+    ) {
+        let mut kept = self.previous.lock().expect("version history lock");
+        let excess = previous.len().saturating_sub(KEPT_VERSIONS);
+        previous.drain(..excess);
+        *kept = previous;
+        self.current.store(stable);
+        self.canary.store(canary.map(Arc::new));
     }
 
     /// The stable version.

@@ -28,6 +28,7 @@ use crate::{Answer, HostError, json as json_response};
 use edgeinfer_engine::registry::{ReloadError, ReloadRequest};
 use edgeinfer_runtime::app::App;
 use edgeinfer_runtime::rollout::{Canary, CanaryMode, Stickiness};
+use edgeinfer_runtime::state::SourceOrigin;
 
 /// Largest component accepted (a composed handler with an inference engine inside is ~25 MB).
 const MAX_UPLOAD_BYTES: u64 = 256 << 20;
@@ -360,7 +361,8 @@ async fn deploy_version(
         }
     }
     let received_ms = started.elapsed().as_millis() as u64;
-    install(&app, &slot, id, bytes.to_vec(), canary, started, received_ms, json!({})).await
+    let origin = SourceOrigin { signature, reference: None };
+    install(&app, &slot, id, bytes.to_vec(), origin, canary, started, received_ms, json!({})).await
 }
 
 /// `POST /admin/v1/components/ID/pull` with `{"reference": "host/repo@sha256:...", "component":
@@ -432,17 +434,20 @@ async fn pull_version(
     };
     let received_ms = started.elapsed().as_millis() as u64;
     let pulled = json!({"reference": request.reference, "pulled_bytes": bytes.len()});
-    install(&app, &slot, id, bytes, canary, started, received_ms, pulled).await
+    let origin = SourceOrigin { signature: None, reference: Some(request.reference) };
+    install(&app, &slot, id, bytes, origin, canary, started, received_ms, pulled).await
 }
 
-/// Installs new bytes of component `id` (an upload or a pull): composed, compiled and
-/// instantiated on trial, then switched to, or set as a canary. `extra` joins the answer.
+/// Installs new bytes of component `id` (an upload or a pull): kept in the state directory,
+/// composed, compiled and instantiated on trial, then switched to, or set as a canary, and the
+/// state saved. `extra` joins the answer.
 #[allow(clippy::too_many_arguments)]
 async fn install(
     app: &Arc<App>,
     slot: &Arc<edgeinfer_runtime::rollout::ComponentSlot>,
     id: &str,
     bytes: Vec<u8>,
+    origin: SourceOrigin,
     canary: Option<(f64, CanaryMode, Stickiness)>,
     started: Instant,
     received_ms: u64,
@@ -453,6 +458,20 @@ async fn install(
             answer.extend(extra.clone());
         }
         answer
+    };
+    // The bytes are on disk before any state names them.
+    let bytes = match &app.state {
+        Some(state) => {
+            let state = state.clone();
+            let kept =
+                tokio::task::spawn_blocking(move || state.keep_source(&bytes, origin).map(|_| bytes)).await;
+            match kept {
+                Ok(Ok(bytes)) => bytes,
+                Ok(Err(e)) => return cannot_keep(id, &e),
+                Err(e) => return cannot_keep(id, &anyhow::anyhow!("{e}")),
+            }
+        }
+        None => bytes,
     };
     match app.prepare(id, bytes).await {
         Ok(next) => {
@@ -466,6 +485,9 @@ async fn install(
             }
             if let Some((percent, mode, sticky)) = canary {
                 slot.set_canary(Canary::new(Arc::new(next), percent, mode, sticky));
+                if let Err(refused) = persist(app, id).await {
+                    return refused;
+                }
                 metrics::counter!("edgeinfer_deployments_total", "component" => id.to_string(), "outcome" => "canary").increment(1);
                 tracing::info!(component = id, version = %&version[..12], percent, ?mode, "canary set");
                 return json_response(
@@ -477,6 +499,9 @@ async fn install(
                 );
             }
             let replaced = slot.swap(Arc::new(next));
+            if let Err(refused) = persist(app, id).await {
+                return refused;
+            }
             let total_ms = started.elapsed().as_millis() as u64;
             metrics::counter!("edgeinfer_deployments_total", "component" => id.to_string(), "outcome" => "deployed").increment(1);
             tracing::info!(component = id, version = %&version[..12], replaced = %&replaced.version[..12], total_ms, "deployed");
@@ -506,6 +531,9 @@ async fn roll_back(State(app): State<Arc<App>>, Path(id): Path<String>) -> Answe
     let Some(slot) = app.components.get(id) else { return Answer(unknown_component(id)) };
     Answer(match slot.roll_back() {
         Some((restored, replaced)) => {
+            if let Err(refused) = persist(&app, id).await {
+                return Answer(refused);
+            }
             metrics::counter!("edgeinfer_deployments_total", "component" => id.to_string(), "outcome" => "rolled_back").increment(1);
             tracing::info!(component = id, version = %&restored.version[..12], replaced = %&replaced.version[..12], "rolled back");
             json_response(
@@ -523,6 +551,9 @@ async fn promote(State(app): State<Arc<App>>, Path(id): Path<String>) -> Answer 
     let Some(slot) = app.components.get(id) else { return Answer(unknown_component(id)) };
     Answer(match slot.promote() {
         Some((promoted, replaced)) => {
+            if let Err(refused) = persist(&app, id).await {
+                return Answer(refused);
+            }
             metrics::counter!("edgeinfer_deployments_total", "component" => id.to_string(), "outcome" => "promoted").increment(1);
             tracing::info!(component = id, version = %&promoted.version[..12], "canary promoted");
             json_response(
@@ -615,6 +646,12 @@ async fn reload(
     tracing::info!(model = name, path = ?request.path, "reloading model");
     match app.registry.reload(name, request).await {
         Ok((loaded, replaced)) => {
+            if let Some(state) = &app.state {
+                state.model_reloaded(name, &loaded.path, &loaded.sha256);
+            }
+            if let Err(refused) = persist(&app, name).await {
+                return refused;
+            }
             let load_ms = started.elapsed().as_millis() as u64;
             metrics::counter!("edgeinfer_model_reloads_total", "model" => name.to_string(), "outcome" => "reloaded").increment(1);
             tracing::info!(model = name, sha256 = %&loaded.sha256[..12], load_ms, "model reloaded");
@@ -651,6 +688,9 @@ async fn abort(State(app): State<Arc<App>>, Path(id): Path<String>) -> Answer {
     let Some(slot) = app.components.get(id) else { return Answer(unknown_component(id)) };
     Answer(match slot.abort_canary() {
         Some(canary) => {
+            if let Err(refused) = persist(&app, id).await {
+                return Answer(refused);
+            }
             metrics::counter!("edgeinfer_deployments_total", "component" => id.to_string(), "outcome" => "aborted").increment(1);
             tracing::info!(component = id, version = %&canary.version.version[..12], "canary aborted");
             json_response(
@@ -660,6 +700,33 @@ async fn abort(State(app): State<Arc<App>>, Path(id): Path<String>) -> Answer {
         }
         None => no_canary(id),
     })
+}
+
+/// Saves what the app serves now to its state directory, if it has one, before the call answers.
+async fn persist(app: &Arc<App>, changed: &str) -> Result<(), Response<WasiBody>> {
+    let Some(state) = app.state.clone() else { return Ok(()) };
+    let serving = app.clone();
+    match tokio::task::spawn_blocking(move || state.save(&serving)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(not_saved(changed, &e)),
+        Err(e) => Err(not_saved(changed, &anyhow::anyhow!("{e}"))),
+    }
+}
+
+/// 500 `StateNotSaved` for a change that serves but is not saved, logged.
+fn not_saved(changed: &str, e: &anyhow::Error) -> Response<WasiBody> {
+    tracing::error!(on = changed, "the host state cannot be saved: {e:#}");
+    HostError::StateNotSaved.answer(format!(
+        "the change to {changed} serves, but the state directory could not record it, so a restart would undo it: {e:#}"
+    ))
+}
+
+/// 500 `StateNotSaved` for an upload that could not be kept, so was not installed, logged.
+fn cannot_keep(id: &str, e: &anyhow::Error) -> Response<WasiBody> {
+    tracing::error!(component = id, "the state directory cannot keep an upload: {e:#}");
+    HostError::StateNotSaved.answer(format!(
+        "the new version of {id} cannot be kept in the state directory, so it was not installed: {e:#}"
+    ))
 }
 
 fn no_canary(id: &str) -> Response<WasiBody> {

@@ -38,11 +38,12 @@ pub enum HostError {
     DocsUnavailable,
     Deadline,
     Registry,
+    StateNotSaved,
 }
 
 impl HostError {
     /// Every error, for the OpenAPI document.
-    pub const ALL: [HostError; 28] = [
+    pub const ALL: [HostError; 29] = [
         HostError::Validation,
         HostError::BadRequest,
         HostError::ChecksumMismatch,
@@ -71,6 +72,7 @@ impl HostError {
         HostError::DocsUnavailable,
         HostError::Deadline,
         HostError::Registry,
+        HostError::StateNotSaved,
     ];
 
     /// (status, `error_type`, meaning).
@@ -158,6 +160,11 @@ impl HostError {
                 StatusCode::BAD_GATEWAY,
                 "Registry",
                 "The registry could not be reached or refused the pull (the old version still serves)",
+            ),
+            StateNotSaved => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "StateNotSaved",
+                "The state directory could not record the change (the message says whether it serves)",
             ),
         }
     }
