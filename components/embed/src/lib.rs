@@ -8,7 +8,7 @@
 //! `{url}/embed` (whatever path `url` has) and reads `{embeddings, usage: {promptTokenCount}}`.
 //! The two bodies cannot be confused: TEI's has `inputs`, Spin's `model` and `input`.
 //!
-//! Configuration comes from the component's `environment` in spin.toml (see README).
+//! Configuration comes from the component's `environment` in spin.toml (see docs/configuration.md).
 
 use std::rc::Rc;
 

@@ -2,7 +2,7 @@
 //! `openai` clients and what is built on them (LangChain, LlamaIndex, Spin's `open_ai` remote LLM
 //! API) work unchanged. Mounted at `/v1/...`; the same model and tokenizer as `/embed`.
 //!
-//! Configuration comes from the component's `environment` in spin.toml (see README):
+//! Configuration comes from the component's `environment` in spin.toml (see docs/configuration.md):
 //! `MODEL_NAMES` (the names `model` may take, comma-separated; /v1/models lists them all),
 //! `API_KEY` (when set, requests must carry `Authorization: Bearer API_KEY`), `MAX_INPUTS`, and
 //! the model settings every handler reads.

@@ -2,7 +2,7 @@
 //! request and error contract, input validation, text → tokenizer component → the model
 //! (`edgeinfer:nn/infer`) → output tensor, and sentence embeddings from it.
 //!
-//! Settings come from the component's `environment` in spin.toml (see README).
+//! Settings come from the component's `environment` in spin.toml (see docs/configuration.md).
 
 use std::cell::RefCell;
 use std::rc::Rc;

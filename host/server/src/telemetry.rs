@@ -1,6 +1,6 @@
 //! Prometheus metrics: one recorder for the process, rendered at `/metrics`. Metrics are emitted
 //! where their event happens (HTTP serving, batcher, registry, instances); names are listed in
-//! the README.
+//! docs/api.md (Metrics).
 
 use std::sync::OnceLock;
 
