@@ -54,6 +54,9 @@ pub enum DeployAction {
         #[command(flatten)]
         target: Target,
     },
+    /// Roll a new version out to a fleet file's hosts in steps (canary on a few, then more, then
+    /// all), judged by each host's metrics, rolled back on its own when worse.
+    Rollout(Box<crate::fleet_cli::RolloutArgs>),
 }
 
 /// Where, what, and with which token.
@@ -90,6 +93,7 @@ struct Outcome {
 
 pub fn run(action: DeployAction) -> Result<()> {
     let (target, verb) = match &action {
+        DeployAction::Rollout(_) => unreachable!("main runs rollouts with fleet_cli"),
         DeployAction::Push { target, .. } => (target, "push"),
         DeployAction::Promote { target } => (target, "promote"),
         DeployAction::Abort { target } => (target, "abort"),

@@ -5,6 +5,7 @@ mod builder;
 mod client;
 mod deploy;
 mod download;
+mod fleet_cli;
 mod provision;
 mod watch;
 
@@ -52,6 +53,9 @@ enum Command {
     /// promote, abort, roll back.
     #[command(subcommand)]
     Deploy(deploy::DeployAction),
+    /// The hosts of a fleet file: their components, versions, health and request rates.
+    #[command(subcommand)]
+    Fleet(fleet_cli::FleetAction),
     /// Export a Hugging Face BERT-family or MPNet checkpoint (safetensors) to ONNX, without PyTorch.
     Export(ExportArgs),
     /// Push the app to an OCI registry in Spin's format (`spin up -f REF` runs it too), or pull
@@ -419,6 +423,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Compose(args) => compose_command(&args),
+        Command::Deploy(deploy::DeployAction::Rollout(args)) => fleet_cli::rollout(*args),
         Command::Deploy(action) => deploy::run(action),
         Command::Export(args) => {
             let report = export::export(&export::ExportOptions {
@@ -443,6 +448,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Up(_) => unreachable!("served above"),
+        Command::Fleet(action) => fleet_cli::fleet(action),
         Command::Probe { url, timeout, tls } => {
             let client = tls.client(std::time::Duration::from_secs(timeout))?;
             match client.get(&url).send() {

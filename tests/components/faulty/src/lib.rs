@@ -11,6 +11,10 @@
 //! 200 with the code and message wasi:nn gave (or `ok`), so the test sees exactly what came back.
 //! Through edgeinfer:nn/infer (async): `/infer-ok` a valid call, `/nn-late` the same after 300 ms
 //! of waiting (a slow step before the model).
+//!
+//! Copies of this build behave worse on `/ok` when their `MODE` marker is rewritten in the bytes
+//! (the fleet rollout tests make such versions): `fail20` answers every fifth request 500,
+//! `slow300` answers 300 ms late.
 
 use spin_sdk::http::{IntoResponse, Request, StatusCode};
 use spin_sdk::http_service;
@@ -36,10 +40,33 @@ mod nn {
 use wasi::nn::graph;
 use wasi::nn::tensor::{Tensor, TensorType};
 
+/// How `/ok` behaves: `normal` here; rewritten in place (same length) in worse copies.
+static MODE: [u8; 28] = *b"EDGEINFER-TEST-MODE:normal..";
+
+/// `/ok` answers of this instance, for `fail20`.
+static ANSWERED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// The marker's mode, read from memory at run time (so a rewritten copy behaves as rewritten).
+fn mode() -> String {
+    // SAFETY: a read of a static through a valid, aligned reference; volatile only so that the
+    // compiler cannot fold the constant into the code.
+    let bytes = unsafe { std::ptr::read_volatile(&MODE) };
+    String::from_utf8_lossy(&bytes[20..]).trim_end_matches('.').to_string()
+}
+
 #[http_service]
 async fn handle(request: Request) -> Answer {
     let path = request.uri().path().to_string();
     let fault = path.rsplit('/').next().unwrap_or("");
+    if fault == "ok" {
+        match mode().as_str() {
+            "fail20" if ANSWERED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 5 == 4 => {
+                return (StatusCode::INTERNAL_SERVER_ERROR, "failing on purpose".to_string()).into_response();
+            }
+            "slow300" => spin_sdk::time::sleep(std::time::Duration::from_millis(300)).await,
+            _ => {}
+        }
+    }
     if fault == "big" {
         return (StatusCode::OK, "x".repeat(20 << 20)).into_response();
     }

@@ -1,0 +1,137 @@
+//! Calls to the hosts: their admin APIs and their `/metrics`, retried with bounded back-off when
+//! a host cannot be reached or answers 5xx; a 4xx is the host's answer and is not retried.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// How a call to a host failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallError {
+    /// Not reached (or 5xx) after every attempt: the host counts as unavailable.
+    Unreachable(String),
+    /// The host answered and refused (4xx): the version or the request is at fault.
+    Refused(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Unreachable(why) => write!(f, "unreachable: {why}"),
+            CallError::Refused(why) => write!(f, "refused: {why}"),
+        }
+    }
+}
+
+/// What a call sends.
+pub enum Body<'a> {
+    Empty,
+    Bytes(&'a [u8]),
+    Json(&'a Value),
+}
+
+/// The admin APIs and metrics of a fleet, with one token.
+pub struct Hosts {
+    pub client: reqwest::blocking::Client,
+    pub token: String,
+    /// Tries per call.
+    pub attempts: u32,
+    /// Pause before the second try; doubled for each further one.
+    pub backoff: Duration,
+}
+
+impl Hosts {
+    /// `METHOD url` with the admin token (and `headers`); the JSON of a 2xx answer.
+    pub fn call(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Body<'_>,
+        headers: &[(&str, &str)],
+    ) -> Result<Value, CallError> {
+        let mut pause = self.backoff;
+        let mut last = String::new();
+        for attempt in 0..self.attempts {
+            if attempt > 0 {
+                std::thread::sleep(pause);
+                pause *= 2;
+            }
+            let mut request = self.client.request(method.clone(), url).bearer_auth(&self.token);
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            request = match &body {
+                Body::Empty => request,
+                Body::Bytes(bytes) => request.body(bytes.to_vec()),
+                Body::Json(value) => request.json(value),
+            };
+            match request.send() {
+                Err(e) => last = with_causes(&e),
+                Ok(response) => {
+                    let status = response.status();
+                    let text = response.text().unwrap_or_default();
+                    if status.is_success() {
+                        return serde_json::from_str(&text)
+                            .map_err(|e| CallError::Refused(format!("{status}: not JSON: {e}")));
+                    }
+                    let answer: Value = serde_json::from_str(&text).unwrap_or_default();
+                    let why = format!(
+                        "{status} {}: {}",
+                        answer["error_type"].as_str().unwrap_or("?"),
+                        answer["error"].as_str().unwrap_or(&text)
+                    );
+                    if status.is_client_error() {
+                        return Err(CallError::Refused(why));
+                    }
+                    last = why;
+                }
+            }
+        }
+        Err(CallError::Unreachable(last))
+    }
+
+    /// A host's `/metrics` text (no token needed, but sent: a host may guard its routes).
+    pub fn metrics(&self, base: &str) -> Result<String, CallError> {
+        let mut pause = self.backoff;
+        let mut last = String::new();
+        for attempt in 0..self.attempts {
+            if attempt > 0 {
+                std::thread::sleep(pause);
+                pause *= 2;
+            }
+            match self.client.get(format!("{}/metrics", base.trim_end_matches('/'))).send() {
+                Ok(response) if response.status().is_success() => {
+                    return response.text().map_err(|e| CallError::Unreachable(e.to_string()));
+                }
+                Ok(response) => last = response.status().to_string(),
+                Err(e) => last = with_causes(&e),
+            }
+        }
+        Err(CallError::Unreachable(last))
+    }
+
+    /// `GET /admin/v1/app`'s entry of `component` on `admin`.
+    pub fn component(&self, admin: &str, component: &str) -> Result<Value, CallError> {
+        let app = self.call(reqwest::Method::GET, &format!("{admin}/admin/v1/app"), Body::Empty, &[])?;
+        app["components"]
+            .as_array()
+            .and_then(|all| all.iter().find(|c| c["id"] == component).cloned())
+            .ok_or_else(|| {
+                CallError::Refused(format!("the host's app has no routed component {component:?}"))
+            })
+    }
+}
+
+/// An error with the causes it wraps (a refused connection hides under "error sending request").
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        source = cause.source();
+    }
+    text
+}

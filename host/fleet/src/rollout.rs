@@ -1,0 +1,586 @@
+//! A version of one component going out to a fleet in the policy's steps: a canary on a few
+//! hosts, judged against the stable version on those hosts from their own `/metrics` (what
+//! changed during the step), then more hosts, then every host. A failed judgement, a refused
+//! version or too many unreachable hosts aborts the canaries and rolls back every promoted host
+//! on its own. Every action is idempotent (the host's state is read first) and the rollout's
+//! state is written to a file after each, so a killed controller resumes (`--resume`) or undoes
+//! (`--rollback`) what it started.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::admin::{Body, CallError, Hosts};
+use crate::fleet::{Fleet, Step};
+use crate::metrics::{VersionStats, by_version};
+
+/// The request header carrying an upload's detached signature.
+const SIGNATURE_HEADER: &str = "x-edgeinfer-signature";
+
+/// What goes out.
+pub enum Source {
+    /// These bytes, uploaded to each host (with their detached signature).
+    Upload { bytes: Vec<u8>, signature: Option<String> },
+    /// A registry reference by digest each host pulls itself (`component`: its id in the artifact).
+    Pull { reference: String, component: String },
+}
+
+impl Source {
+    /// How the state file names it (a resumed rollout must send the same thing).
+    fn describe(&self) -> String {
+        match self {
+            Source::Upload { bytes, .. } => {
+                format!("upload sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes)))
+            }
+            Source::Pull { reference, component } => format!("pull {reference} ({component})"),
+        }
+    }
+}
+
+/// Where a rollout stands; written to the state file after every action.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RolloutState {
+    pub component: String,
+    /// What is sent (`upload sha256:...` or `pull REF (ID)`).
+    pub source: String,
+    /// The step being run (0-based); the number of steps once it succeeded.
+    pub step: usize,
+    pub phase: Phase,
+    /// By admin URL.
+    pub hosts: BTreeMap<String, HostState>,
+    pub judgements: Vec<Judgement>,
+    /// Why it failed, when it did.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    #[default]
+    Running,
+    Succeeded,
+    /// Failed; the canaries were aborted and promoted hosts rolled back.
+    RolledBack,
+    /// Failed, and some host could not be rolled back (named in the table).
+    Failed,
+}
+
+/// One host in a rollout.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HostState {
+    /// Its stable version before the rollout touched it.
+    #[serde(default)]
+    pub stable: Option<String>,
+    /// The new version as this host composed it.
+    #[serde(default)]
+    pub version: Option<String>,
+    pub outcome: Outcome,
+    /// The last problem with it.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum Outcome {
+    #[default]
+    Untouched,
+    Canary {
+        percent: f64,
+    },
+    Promoted,
+    /// Not reachable when it was its turn: skipped (counted against `max_unavailable`).
+    Unavailable,
+    Aborted,
+    RolledBack,
+}
+
+/// What one step's judgement saw.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Judgement {
+    pub step: usize,
+    pub hosts: usize,
+    pub seconds: f64,
+    pub canary: Seen,
+    pub stable: Seen,
+    pub passed: bool,
+    pub why: String,
+}
+
+/// One side of a judgement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Seen {
+    pub requests: f64,
+    pub error_rate: f64,
+    pub p99_ms: Option<f64>,
+}
+
+impl Seen {
+    fn of(stats: &VersionStats) -> Seen {
+        Seen {
+            requests: stats.requests,
+            error_rate: stats.error_rate(),
+            p99_ms: stats.quantile(0.99).map(|s| s * 1e3),
+        }
+    }
+}
+
+/// A rollout of `component` to `fleet`.
+pub struct Rollout<'a> {
+    pub fleet: &'a Fleet,
+    pub component: String,
+    pub source: Source,
+    pub hosts: Hosts,
+    /// The state file.
+    pub state_file: PathBuf,
+    /// Progress bars (on a terminal).
+    pub bars: MultiProgress,
+}
+
+impl Rollout<'_> {
+    /// Runs the rollout from the start, or from `resumed` (a state file of the same rollout).
+    pub fn run(&self, resumed: Option<RolloutState>) -> Result<RolloutState> {
+        let mut state = match resumed {
+            Some(state) => {
+                self.check_same(&state)?;
+                if state.phase != Phase::Running {
+                    bail!("the rollout in {} already ended ({:?})", self.state_file.display(), state.phase);
+                }
+                self.say(format!("resuming at step {} of {}", state.step + 1, self.fleet.policy.steps.len()));
+                state
+            }
+            None => RolloutState {
+                component: self.component.clone(),
+                source: self.source.describe(),
+                step: 0,
+                phase: Phase::Running,
+                hosts: self.fleet.hosts.iter().map(|h| (key(&h.admin), HostState::default())).collect(),
+                judgements: Vec::new(),
+                reason: None,
+            },
+        };
+        save(&self.state_file, &state)?;
+        let steps = &self.fleet.policy.steps;
+        while state.step < steps.len() {
+            let step = &steps[state.step];
+            if let Err(reason) = self.run_step(&mut state, step) {
+                state.reason = Some(format!("step {}: {reason}", state.step + 1));
+                self.say(format!("FAILED at step {}: {reason}; rolling back", state.step + 1));
+                return self.undo(state);
+            }
+            state.step += 1;
+            save(&self.state_file, &state)?;
+        }
+        state.phase = Phase::Succeeded;
+        save(&self.state_file, &state)?;
+        Ok(state)
+    }
+
+    /// Aborts the canaries and rolls back the promoted hosts of a rollout (from its state file).
+    pub fn roll_back(&self, state: RolloutState) -> Result<RolloutState> {
+        self.check_same(&state)?;
+        let mut state = state;
+        state.reason.get_or_insert_with(|| "rolled back on request".to_string());
+        self.undo(state)
+    }
+
+    fn check_same(&self, state: &RolloutState) -> Result<()> {
+        if state.component != self.component || state.source != self.source.describe() {
+            bail!(
+                "{} is the rollout of {} ({}), not of {} ({})",
+                self.state_file.display(),
+                state.component,
+                state.source,
+                self.component,
+                self.source.describe()
+            );
+        }
+        Ok(())
+    }
+
+    fn say(&self, line: String) {
+        let _ = self.bars.println(format!("edgeinfer: {line}"));
+        if self.bars.is_hidden() {
+            eprintln!("edgeinfer: {line}");
+        }
+    }
+
+    /// One step: the version on its hosts (as a canary at its weight, or promoted), then judged.
+    fn run_step(&self, state: &mut RolloutState, step: &Step) -> Result<(), String> {
+        let fleet = &self.fleet.hosts;
+        let count = step.hosts.of(fleet.len());
+        let targets: Vec<String> = fleet.iter().take(count).map(|h| key(&h.admin)).collect();
+        let what = if step.weight < 100.0 {
+            format!("a {}% canary", step.weight)
+        } else {
+            "the stable version".into()
+        };
+        self.say(format!("step {}: {what} on {count} of {} hosts", state.step + 1, fleet.len()));
+        let shared = Mutex::new(std::mem::take(state));
+        let refused: Mutex<Option<String>> = Mutex::default();
+        std::thread::scope(|scope| {
+            for admin in &targets {
+                let (shared, refused) = (&shared, &refused);
+                scope.spawn(move || {
+                    let before = shared.lock().unwrap().hosts[admin].clone();
+                    if before.outcome == Outcome::Unavailable {
+                        return;
+                    }
+                    let result = if step.weight < 100.0 {
+                        self.put_canary(admin, step.weight, before)
+                    } else {
+                        self.promote(admin, before)
+                    };
+                    let mut state = shared.lock().unwrap();
+                    match result {
+                        Ok(host) => {
+                            state.hosts.insert(admin.clone(), host);
+                        }
+                        Err((host, CallError::Refused(why))) => {
+                            state.hosts.insert(admin.clone(), host);
+                            refused
+                                .lock()
+                                .unwrap()
+                                .get_or_insert(format!("{admin} refused the version: {why}"));
+                        }
+                        Err((mut host, CallError::Unreachable(why))) => {
+                            host.outcome = Outcome::Unavailable;
+                            host.error = Some(why);
+                            state.hosts.insert(admin.clone(), host);
+                        }
+                    }
+                    let _ = save(&self.state_file, &state);
+                });
+            }
+        });
+        *state = shared.into_inner().unwrap();
+        if let Some(refused) = refused.into_inner().unwrap() {
+            return Err(refused);
+        }
+        let unavailable: Vec<&String> = state
+            .hosts
+            .iter()
+            .filter(|(_, h)| h.outcome == Outcome::Unavailable)
+            .map(|(admin, _)| admin)
+            .collect();
+        if unavailable.len() > self.fleet.policy.max_unavailable {
+            return Err(format!(
+                "{} hosts unreachable ({}), more than max_unavailable = {}",
+                unavailable.len(),
+                unavailable.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                self.fleet.policy.max_unavailable
+            ));
+        }
+        for admin in unavailable {
+            self.say(format!(
+                "skipping {admin}: unreachable ({})",
+                state.hosts[admin].error.as_deref().unwrap_or("?")
+            ));
+        }
+        if step.weight < 100.0 {
+            let judged: Vec<String> = targets
+                .into_iter()
+                .filter(|a| matches!(state.hosts[a].outcome, Outcome::Canary { .. }))
+                .collect();
+            let judgement = self.judge(state, step, &judged);
+            let (passed, why) = (judgement.passed, judgement.why.clone());
+            state.judgements.push(judgement);
+            let _ = save(&self.state_file, state);
+            if !passed {
+                return Err(why);
+            }
+            self.say(format!("step {} passed: {why}", state.step + 1));
+        }
+        Ok(())
+    }
+
+    /// Sends the version to `admin` (upload or pull), with `query`; its answer.
+    fn send(&self, admin: &str, query: &str) -> Result<Value, CallError> {
+        let id = &self.component;
+        match &self.source {
+            Source::Upload { bytes, signature } => {
+                let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes));
+                let url = format!("{admin}/admin/v1/components/{id}?sha256={sha}{query}");
+                let headers: Vec<(&str, &str)> =
+                    signature.iter().map(|s| (SIGNATURE_HEADER, s.as_str())).collect();
+                self.hosts.call(reqwest::Method::PUT, &url, Body::Bytes(bytes), &headers)
+            }
+            Source::Pull { reference, component } => {
+                let url = format!("{admin}/admin/v1/components/{id}/pull?{}", query.trim_start_matches('&'));
+                let body = json!({"reference": reference, "component": component});
+                self.hosts.call(reqwest::Method::POST, &url, Body::Json(&body), &[])
+            }
+        }
+    }
+
+    /// The version on trial at `percent` on `admin` (a no-op if it already is).
+    fn put_canary(
+        &self,
+        admin: &str,
+        percent: f64,
+        mut host: HostState,
+    ) -> Result<HostState, (HostState, CallError)> {
+        let now = self.hosts.component(admin, &self.component).map_err(|e| (host.clone(), e))?;
+        host.stable.get_or_insert_with(|| now["version"].as_str().unwrap_or_default().to_string());
+        let canary = &now["canary"];
+        if host.version.is_some()
+            && canary["version"].as_str() == host.version.as_deref()
+            && canary["percent"] == percent
+        {
+            host.outcome = Outcome::Canary { percent };
+            return Ok(host);
+        }
+        let answer = self.send(admin, &format!("&canary={percent}")).map_err(|e| (host.clone(), e))?;
+        match answer["canary"].as_str() {
+            Some(version) => host.version = Some(version.to_string()),
+            // The host already serves it as its stable version.
+            None => {
+                host.version = answer["version"].as_str().map(str::to_string);
+                host.outcome = Outcome::Promoted;
+                return Ok(host);
+            }
+        }
+        host.outcome = Outcome::Canary { percent };
+        host.error = None;
+        Ok(host)
+    }
+
+    /// The version as `admin`'s stable version: its canary promoted, or sent (a no-op if it
+    /// already is).
+    fn promote(&self, admin: &str, mut host: HostState) -> Result<HostState, (HostState, CallError)> {
+        let now = self.hosts.component(admin, &self.component).map_err(|e| (host.clone(), e))?;
+        host.stable.get_or_insert_with(|| now["version"].as_str().unwrap_or_default().to_string());
+        let serving = now["version"].as_str();
+        if host.version.is_some() && serving == host.version.as_deref() {
+            host.outcome = Outcome::Promoted;
+            return Ok(host);
+        }
+        let answer =
+            if host.version.is_some() && now["canary"]["version"].as_str() == host.version.as_deref() {
+                let url = format!("{admin}/admin/v1/components/{}/promote", self.component);
+                self.hosts.call(reqwest::Method::POST, &url, Body::Empty, &[])
+            } else {
+                self.send(admin, "")
+            }
+            .map_err(|e| (host.clone(), e))?;
+        host.version = answer["version"].as_str().map(str::to_string);
+        host.outcome = Outcome::Promoted;
+        host.error = None;
+        Ok(host)
+    }
+
+    /// Judges a step's canaries against the stable versions on the same hosts, from the
+    /// difference of their metrics between the start and the end of the bake.
+    fn judge(&self, state: &RolloutState, step: &Step, hosts: &[String]) -> Judgement {
+        let judge = &self.fleet.policy.judge;
+        let metrics_of: BTreeMap<String, String> =
+            self.fleet.hosts.iter().map(|h| (key(&h.admin), h.metrics.clone())).collect();
+        let scrape = || -> BTreeMap<String, BTreeMap<String, VersionStats>> {
+            hosts
+                .iter()
+                .filter_map(|admin| {
+                    let text = self.hosts.metrics(&metrics_of[admin]).ok()?;
+                    Some((admin.clone(), by_version(&text, &self.component).ok()?))
+                })
+                .collect()
+        };
+        let started = Instant::now();
+        let before = scrape();
+        let bar = self.bars.add(ProgressBar::new(step.bake.as_secs().max(1)));
+        bar.set_style(
+            ProgressStyle::with_template("  bake {bar:30} {pos:>4}/{len} s  {msg}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        let longest = step.bake.mul_f64(judge.max_bake_factor.max(1.0));
+        let (canary, stable) = loop {
+            std::thread::sleep(Duration::from_millis(500).min(step.bake.max(Duration::from_millis(100))));
+            let elapsed = started.elapsed();
+            bar.set_position(elapsed.as_secs().min(step.bake.as_secs()));
+            if elapsed < step.bake {
+                continue;
+            }
+            let after = scrape();
+            let (mut canary, mut stable) = (VersionStats::default(), VersionStats::default());
+            for (admin, now) in &after {
+                let host = &state.hosts[admin];
+                let then = before.get(admin);
+                let delta = |version: &Option<String>| -> Option<VersionStats> {
+                    let short: String = version.as_deref()?.chars().take(12).collect();
+                    let now = now.get(&short)?;
+                    Some(match then.and_then(|t| t.get(&short)) {
+                        Some(then) => now.since(then),
+                        None => now.clone(),
+                    })
+                };
+                if let Some(d) = delta(&host.version) {
+                    canary.add(&d);
+                }
+                if let Some(d) = delta(&host.stable) {
+                    stable.add(&d);
+                }
+            }
+            bar.set_message(format!("canary {} answers", canary.requests));
+            if canary.requests >= judge.min_requests as f64 || elapsed >= longest {
+                break (canary, stable);
+            }
+        };
+        bar.finish_and_clear();
+        let (c, s) = (Seen::of(&canary), Seen::of(&stable));
+        let mut failures = Vec::new();
+        if canary.requests < judge.min_requests as f64 {
+            failures.push(format!(
+                "inconclusive: the canary answered {} requests in {:.0} s, fewer than min_requests = {}",
+                canary.requests,
+                started.elapsed().as_secs_f64(),
+                judge.min_requests
+            ));
+        }
+        if c.error_rate > s.error_rate + judge.max_error_rate_increase {
+            failures.push(format!(
+                "error rate {:.2}% against the stable version's {:.2}% (at most {:.2} points more)",
+                c.error_rate * 100.0,
+                s.error_rate * 100.0,
+                judge.max_error_rate_increase * 100.0
+            ));
+        }
+        if let (Some(cp), Some(sp)) = (c.p99_ms, s.p99_ms) {
+            let slack = judge.p99_slack.as_secs_f64() * 1e3;
+            if cp > sp * judge.max_p99_ratio && cp - sp > slack {
+                failures.push(format!(
+                    "p99 {cp:.1} ms against the stable version's {sp:.1} ms (at most {}x)",
+                    judge.max_p99_ratio
+                ));
+            }
+        }
+        let summary = format!(
+            "canary {} answers, {:.2}% errors, p99 {}; stable {} answers, {:.2}% errors, p99 {}",
+            c.requests,
+            c.error_rate * 100.0,
+            c.p99_ms.map_or("-".into(), |p| format!("{p:.1} ms")),
+            s.requests,
+            s.error_rate * 100.0,
+            s.p99_ms.map_or("-".into(), |p| format!("{p:.1} ms")),
+        );
+        Judgement {
+            step: state.step + 1,
+            hosts: hosts.len(),
+            seconds: started.elapsed().as_secs_f64(),
+            passed: failures.is_empty(),
+            why: if failures.is_empty() { summary } else { format!("{} ({summary})", failures.join("; ")) },
+            canary: c,
+            stable: s,
+        }
+    }
+
+    /// Aborts every canary of this version and rolls back every host it was promoted on.
+    fn undo(&self, mut state: RolloutState) -> Result<RolloutState> {
+        let shared = Mutex::new(std::mem::take(&mut state.hosts));
+        let touched: Vec<String> = shared.lock().unwrap().keys().cloned().collect();
+        std::thread::scope(|scope| {
+            for admin in &touched {
+                let shared = &shared;
+                scope.spawn(move || {
+                    let host = shared.lock().unwrap()[admin].clone();
+                    let undone = self.undo_host(admin, host);
+                    shared.lock().unwrap().insert(admin.clone(), undone);
+                });
+            }
+        });
+        state.hosts = shared.into_inner().unwrap();
+        let stuck =
+            state.hosts.values().any(|h| matches!(h.outcome, Outcome::Canary { .. } | Outcome::Promoted));
+        state.phase = if stuck { Phase::Failed } else { Phase::RolledBack };
+        save(&self.state_file, &state)?;
+        Ok(state)
+    }
+
+    fn undo_host(&self, admin: &str, mut host: HostState) -> HostState {
+        let Some(version) = host.version.clone() else { return host };
+        let now = match self.hosts.component(admin, &self.component) {
+            Ok(now) => now,
+            Err(e) => {
+                host.error = Some(format!("cannot roll back: {e}"));
+                return host;
+            }
+        };
+        let call = |verb: &str| {
+            let url = format!("{admin}/admin/v1/components/{}/{verb}", self.component);
+            self.hosts.call(reqwest::Method::POST, &url, Body::Empty, &[])
+        };
+        let result = if now["canary"]["version"].as_str() == Some(version.as_str()) {
+            call("abort").map(|_| Outcome::Aborted)
+        } else if now["version"].as_str() == Some(version.as_str()) {
+            call("rollback").map(|_| Outcome::RolledBack)
+        } else {
+            // Neither serving nor on trial: nothing of this version is left there.
+            Ok(match host.outcome {
+                Outcome::Promoted => Outcome::RolledBack,
+                Outcome::Canary { .. } => Outcome::Aborted,
+                ref other => other.clone(),
+            })
+        };
+        match result {
+            Ok(outcome) => host.outcome = outcome,
+            Err(e) => host.error = Some(format!("cannot roll back: {e}")),
+        }
+        host
+    }
+}
+
+/// A host's key in the state: its admin URL without a trailing slash.
+fn key(admin: &str) -> String {
+    admin.trim_end_matches('/').to_string()
+}
+
+/// Reads a rollout's state file.
+pub fn load(path: &Path) -> Result<RolloutState> {
+    let text =
+        std::fs::read(path).with_context(|| format!("cannot read the rollout state {}", path.display()))?;
+    serde_json::from_slice(&text).with_context(|| format!("the rollout state {} is damaged", path.display()))
+}
+
+/// Writes the state file whole (temporary file, synced, renamed): a kill leaves the old or the new.
+fn save(path: &Path, state: &RolloutState) -> Result<()> {
+    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(&serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)
+    };
+    write().with_context(|| format!("cannot write the rollout state {}", path.display()))
+}
+
+/// The final table: host, version, outcome.
+pub fn table(state: &RolloutState) -> String {
+    let width = state.hosts.keys().map(String::len).max().unwrap_or(4).max(4);
+    let mut out = format!("{:width$}  {:12}  {:12}  outcome\n", "host", "stable", "new");
+    for (admin, host) in &state.hosts {
+        let short =
+            |v: &Option<String>| v.as_deref().map_or("-".to_string(), |v| v.chars().take(12).collect());
+        let outcome = match &host.outcome {
+            Outcome::Untouched => "untouched".to_string(),
+            Outcome::Canary { percent } => format!("canary at {percent}%"),
+            Outcome::Promoted => "promoted".to_string(),
+            Outcome::Unavailable => "unavailable (skipped)".to_string(),
+            Outcome::Aborted => "canary aborted".to_string(),
+            Outcome::RolledBack => "rolled back".to_string(),
+        };
+        let error = host.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+        out += &format!(
+            "{admin:width$}  {:12}  {:12}  {outcome}{error}\n",
+            short(&host.stable),
+            short(&host.version)
+        );
+    }
+    out
+}
