@@ -68,7 +68,7 @@ pub enum FleetAction {
 
 fn hosts(fleet: &Fleet, tls: &crate::client::ClientTls) -> Result<Hosts> {
     Ok(Hosts {
-        client: tls.client(Duration::from_secs(600))?,
+        client: tls.client(fleet.policy.call_timeout)?,
         token: fleet.token()?,
         attempts: fleet.policy.attempts,
         backoff: Duration::from_millis(250),

@@ -10,6 +10,7 @@
 //!
 //! [policy]
 //! max_unavailable = 1                     # hosts that may be skipped (unreachable) before failing
+//! call_timeout = "120s"                   # a slower answer is a failed try
 //! [[policy.step]]
 //! hosts = 1                               # a count, or "10%" of the fleet
 //! weight = 5                              # canary share on those hosts; 100 promotes
@@ -67,6 +68,13 @@ pub struct Policy {
     /// Tries of each call to a host before it counts as unreachable.
     #[serde(default = "default_attempts")]
     pub attempts: u32,
+    /// A call a host has not answered in this long has failed (an upload includes its compile).
+    #[serde(with = "humantime_serde", default = "default_call_timeout")]
+    pub call_timeout: Duration,
+}
+
+fn default_call_timeout() -> Duration {
+    Duration::from_secs(120)
 }
 
 impl Default for Policy {
@@ -76,6 +84,7 @@ impl Default for Policy {
             judge: Judge::default(),
             max_unavailable: 0,
             attempts: default_attempts(),
+            call_timeout: default_call_timeout(),
         }
     }
 }
