@@ -173,19 +173,35 @@ impl inference::Guest for Provider {
     type GraphExecutionContext = Context;
 }
 
-/// A wasi:nn tensor as a tract tensor.
+/// A wasi:nn tensor as a tract tensor; its bytes must be exactly its shape's elements.
 fn to_tract(name: &str, t: &Tensor) -> Result<tract_onnx::prelude::Tensor, Error> {
     let shape: Vec<usize> = t.dimensions.iter().map(|&d| d as usize).collect();
     let invalid = |e: TractError| error(ErrorCode::InvalidArgument, format!("input {name:?}: {e}"));
+    let width = match t.ty {
+        TensorType::U8 => 1,
+        TensorType::Fp32 | TensorType::I32 => 4,
+        TensorType::Fp64 | TensorType::I64 => 8,
+        TensorType::Fp16 | TensorType::Bf16 => {
+            return Err(error(ErrorCode::UnsupportedOperation, "FP16 and BF16 tensors are not supported"));
+        }
+    };
+    let expected = shape.iter().try_fold(width, |bytes: usize, &d| bytes.checked_mul(d));
+    if expected != Some(t.data.len()) {
+        return Err(error(
+            ErrorCode::InvalidArgument,
+            format!("input {name:?}: {} bytes for shape {shape:?} of {width}-byte elements", t.data.len()),
+        ));
+    }
+    // SAFETY (each `from_raw` below): it copies `t.data` into a new, aligned tensor of the
+    // shape's elements of T. The length was checked above to be exactly that many elements, and
+    // every bit pattern of that many bytes is a valid f32, f64, i64, i32 or u8.
     let tensor = match t.ty {
         TensorType::Fp32 => unsafe { tract_onnx::prelude::Tensor::from_raw::<f32>(&shape, &t.data) },
         TensorType::Fp64 => unsafe { tract_onnx::prelude::Tensor::from_raw::<f64>(&shape, &t.data) },
         TensorType::I64 => unsafe { tract_onnx::prelude::Tensor::from_raw::<i64>(&shape, &t.data) },
         TensorType::I32 => unsafe { tract_onnx::prelude::Tensor::from_raw::<i32>(&shape, &t.data) },
         TensorType::U8 => unsafe { tract_onnx::prelude::Tensor::from_raw::<u8>(&shape, &t.data) },
-        TensorType::Fp16 | TensorType::Bf16 => {
-            return Err(error(ErrorCode::UnsupportedOperation, "FP16 and BF16 tensors are not supported"));
-        }
+        TensorType::Fp16 | TensorType::Bf16 => unreachable!("refused above"),
     };
     tensor.map_err(invalid)
 }

@@ -168,7 +168,6 @@ impl Connection {
 
 /// The `auths` entry of the Docker config for `registry`, if there is one.
 fn docker_config_auth(registry: &str) -> Result<RegistryAuth> {
-    use base64::Engine;
     let path = match std::env::var_os("DOCKER_CONFIG") {
         Some(dir) => PathBuf::from(dir).join("config.json"),
         None => match std::env::var_os("HOME") {
@@ -176,7 +175,13 @@ fn docker_config_auth(registry: &str) -> Result<RegistryAuth> {
             None => return Ok(RegistryAuth::Anonymous),
         },
     };
-    let Ok(text) = std::fs::read_to_string(&path) else {
+    docker_config_auth_in(&path, registry)
+}
+
+/// The `auths` entry for `registry` of the Docker config file at `path`, if there is one.
+fn docker_config_auth_in(path: &std::path::Path, registry: &str) -> Result<RegistryAuth> {
+    use base64::Engine;
+    let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(RegistryAuth::Anonymous);
     };
     let config: serde_json::Value =
@@ -326,11 +331,10 @@ mod tests {
             format!(r#"{{"auths": {{"https://127.0.0.1:5000": {{"auth": "{auth}"}}}}}}"#),
         )
         .unwrap();
-        // SAFETY: this test alone reads DOCKER_CONFIG.
-        unsafe { std::env::set_var("DOCKER_CONFIG", dir.path()) };
-        let found = docker_config_auth("127.0.0.1:5000").unwrap();
+        // The file is named, not put in $DOCKER_CONFIG: other tests of this process read it.
+        let file = dir.path().join("config.json");
+        let found = docker_config_auth_in(&file, "127.0.0.1:5000").unwrap();
         assert!(matches!(found, RegistryAuth::Basic(u, p) if u == "alice" && p == "s3cret"));
-        assert!(matches!(docker_config_auth("other:1").unwrap(), RegistryAuth::Anonymous));
-        unsafe { std::env::remove_var("DOCKER_CONFIG") };
+        assert!(matches!(docker_config_auth_in(&file, "other:1").unwrap(), RegistryAuth::Anonymous));
     }
 }
