@@ -280,3 +280,79 @@ fn a_fleet_deploys_by_registry_reference_with_a_canary_and_a_rollback() {
     assert_eq!((status, answer["error_type"].as_str()), (400, Some("Validation")), "{answer}");
     assert_eq!(serving(&hosts[0]), original);
 }
+
+#[test]
+fn a_rollout_by_registry_reference_sends_each_host_the_digest_not_the_bytes() {
+    let registry = common::OciRegistry::start();
+    let hosts = [faults_host_pulling(), faults_host_pulling(), faults_host_pulling()];
+    let next = wasm_variant(&built_wasm("faulty"), "rollout-by-reference");
+    let next_version = hex::encode(sha2::Sha256::digest(&next))[..12].to_string();
+    let variant = FaultsVariant::new(&next, "rollout-by-reference");
+    let tag = format!("{}/faults:rollout", registry.address);
+    let (ok, pushed, said) = common::edgeinfer(
+        &["registry", "push", "--insecure", "-f", variant.manifest.to_str().unwrap(), &tag],
+        &[],
+    );
+    assert!(ok, "{said}");
+    let digest = pushed.lines().find_map(|l| l.strip_prefix("Pushed with digest ")).unwrap().to_string();
+    let reference = format!("{}/faults@{digest}", registry.address);
+    // A fleet file of the three hosts: one at 50%, then all.
+    let dir = std::env::temp_dir().join(format!("edgeinfer-rollout-reference-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("token"), ADMIN_TOKEN).unwrap();
+    let mut fleet = String::from("token_file = \"token\"\n");
+    for host in &hosts {
+        fleet +=
+            &format!("[[host]]\nadmin = \"{}\"\nmetrics = \"{}\"\n", host.admin.as_ref().unwrap(), host.base);
+    }
+    fleet += "[[policy.step]]\nhosts = 1\nweight = 50\nbake = \"1s\"\n[[policy.step]]\nhosts = \"100%\"\nweight = 100\n";
+    fleet += "[policy.judge]\nmin_requests = 10\nmax_bake_factor = 20\n";
+    std::fs::write(dir.join("fleet.toml"), fleet).unwrap();
+    // Load, so that step 1 has answers to judge.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let urls: Vec<String> = hosts.iter().map(|h| h.url("/steady/ok")).collect();
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (client, mut failed) = (client(), 0);
+            for url in urls.iter().cycle() {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                failed += usize::from(client.get(url).send().map_or(true, |r| r.status() != 200));
+            }
+            failed
+        })
+    };
+    let output = Command::new(host_binary())
+        .args([
+            "deploy",
+            "rollout",
+            "--fleet",
+            dir.join("fleet.toml").to_str().unwrap(),
+            "steady",
+            "--reference",
+            &reference,
+        ])
+        .arg("--json")
+        .output()
+        .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(load.join().unwrap(), 0, "no request failed");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let state: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(state["phase"], "succeeded", "{state}");
+    assert_eq!(state["source"], format!("pull {reference} (steady)"));
+    for host in &hosts {
+        assert_eq!(serving(host), next_version);
+    }
+    // What reaches each host from the controller: the reference, not the component.
+    let body = serde_json::json!({"reference": reference, "component": "steady"}).to_string();
+    eprintln!(
+        "FIGURE per host: by reference the controller sends {} bytes (the host pulls the {}-byte layer from the registry itself); by upload it sends {} bytes",
+        body.len(),
+        next.len(),
+        next.len()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
