@@ -75,6 +75,16 @@ fn hosts(fleet: &Fleet, tls: &crate::client::ClientTls) -> Result<Hosts> {
     })
 }
 
+/// For `fleet status`: one quick try per call, so that a host that is down costs seconds.
+fn quick_hosts(fleet: &Fleet, tls: &crate::client::ClientTls) -> Result<Hosts> {
+    Ok(Hosts {
+        client: tls.client(Duration::from_secs(5))?,
+        token: fleet.token()?,
+        attempts: 1,
+        backoff: Duration::ZERO,
+    })
+}
+
 /// Runs, resumes or undoes a rollout; fails (non-zero exit) unless it succeeded.
 pub fn rollout(args: RolloutArgs) -> Result<()> {
     let fleet = Fleet::load(&args.fleet)?;
@@ -130,12 +140,13 @@ pub fn rollout(args: RolloutArgs) -> Result<()> {
         rollout.run(Some(rollout::load(&state_file)?))?
     } else {
         if let Ok(previous) = rollout::load(&state_file)
-            && previous.phase == Phase::Running
+            && !matches!(previous.phase, Phase::Succeeded | Phase::RolledBack)
         {
             bail!(
-                "{} holds a rollout of {} that has not ended: --resume it or --rollback it first",
+                "{} holds a rollout of {} that has not ended cleanly ({:?}): --resume it or --rollback it first",
                 state_file.display(),
-                previous.component
+                previous.component,
+                previous.phase
             );
         }
         rollout.run(None)?
@@ -163,7 +174,7 @@ pub fn rollout(args: RolloutArgs) -> Result<()> {
             "failed, and some hosts could not be rolled back (see the table; --rollback retries): {}",
             state.reason.as_deref().unwrap_or("?")
         ),
-        Phase::Running => unreachable!("a rollout returns when it ends"),
+        Phase::Running | Phase::RollingBack => unreachable!("a rollout returns when it ends"),
     }
 }
 
@@ -171,7 +182,7 @@ pub fn fleet(action: FleetAction) -> Result<()> {
     match action {
         FleetAction::Status { fleet, interval, json, tls } => {
             let fleet = Fleet::load(&fleet)?;
-            let hosts = hosts(&fleet, &tls)?;
+            let hosts = quick_hosts(&fleet, &tls)?;
             let rows = edgeinfer_fleet::status::status(&fleet, &hosts, Duration::from_secs_f64(interval));
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);

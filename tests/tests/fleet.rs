@@ -87,7 +87,7 @@ weight = 100
 min_requests = 30
 max_error_rate_increase = 0.01
 max_p99_ratio = 1.2
-p99_slack = "20ms"
+p99_slack = "100ms"
 max_bake_factor = 10
 "#
     );

@@ -110,6 +110,13 @@ fn deployed_versions_canaries_and_rollback_targets_survive_a_restart_and_kill_9(
         .to_string();
     let other =
         deploy(&host, "faulty", variant(&faulty, "state-other"), "")["version"].as_str().unwrap().to_string();
+    // A refused upload leaves nothing in the state directory.
+    let garbage = b"not a component".to_vec();
+    let sha = hex::encode(sha2::Sha256::digest(&garbage));
+    let (status, body) =
+        admin(&host, reqwest::Method::PUT, &format!("/admin/v1/components/steady?sha256={sha}"), garbage);
+    assert_eq!((status, body["error_type"].as_str()), (400, Some("InvalidComponent")), "{body}");
+    assert!(!state.0.join("components").join(format!("{sha}.wasm")).exists(), "a refused upload is not kept");
     // A model reload to another file (the same bytes).
     let copy = state.0.with_extension("model.onnx");
     std::fs::copy(repo_root().join("models/all-minilm-l6-v2/model.onnx"), &copy).unwrap();

@@ -41,7 +41,8 @@ pub struct Hosts {
 }
 
 impl Hosts {
-    /// `METHOD url` with the admin token (and `headers`); the JSON of a 2xx answer.
+    /// `METHOD url` with the admin token (and `headers`), tried up to `attempts` times while the
+    /// host cannot be reached or answers 5xx: for reads, and writes that are safe to repeat.
     pub fn call(
         &self,
         method: reqwest::Method,
@@ -50,44 +51,52 @@ impl Hosts {
         headers: &[(&str, &str)],
     ) -> Result<Value, CallError> {
         let mut pause = self.backoff;
-        let mut last = String::new();
+        let mut last = CallError::Unreachable(String::new());
         for attempt in 0..self.attempts {
             if attempt > 0 {
                 std::thread::sleep(pause);
                 pause *= 2;
             }
-            let mut request = self.client.request(method.clone(), url).bearer_auth(&self.token);
-            for (name, value) in headers {
-                request = request.header(*name, *value);
-            }
-            request = match &body {
-                Body::Empty => request,
-                Body::Bytes(bytes) => request.body(bytes.to_vec()),
-                Body::Json(value) => request.json(value),
-            };
-            match request.send() {
-                Err(e) => last = with_causes(&e),
-                Ok(response) => {
-                    let status = response.status();
-                    let text = response.text().unwrap_or_default();
-                    if status.is_success() {
-                        return serde_json::from_str(&text)
-                            .map_err(|e| CallError::Refused(format!("{status}: not JSON: {e}")));
-                    }
-                    let answer: Value = serde_json::from_str(&text).unwrap_or_default();
-                    let why = format!(
-                        "{status} {}: {}",
-                        answer["error_type"].as_str().unwrap_or("?"),
-                        answer["error"].as_str().unwrap_or(&text)
-                    );
-                    if status.is_client_error() {
-                        return Err(CallError::Refused(why));
-                    }
-                    last = why;
-                }
+            match self.once(method.clone(), url, &body, headers) {
+                Err(CallError::Unreachable(why)) => last = CallError::Unreachable(why),
+                answered => return answered,
             }
         }
-        Err(CallError::Unreachable(last))
+        Err(last)
+    }
+
+    /// One try of `METHOD url`: the JSON of a 2xx answer. A write whose answer was lost may have
+    /// happened: the caller reads the host's state before trying again.
+    pub fn once(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: &Body<'_>,
+        headers: &[(&str, &str)],
+    ) -> Result<Value, CallError> {
+        let mut request = self.client.request(method, url).bearer_auth(&self.token);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request = match body {
+            Body::Empty => request,
+            Body::Bytes(bytes) => request.body(bytes.to_vec()),
+            Body::Json(value) => request.json(value),
+        };
+        let response = request.send().map_err(|e| CallError::Unreachable(with_causes(&e)))?;
+        let status = response.status();
+        let text = response.text().unwrap_or_default();
+        if status.is_success() {
+            return serde_json::from_str(&text)
+                .map_err(|e| CallError::Refused(format!("{status}: not JSON: {e}")));
+        }
+        let answer: Value = serde_json::from_str(&text).unwrap_or_default();
+        let why = format!(
+            "{status} {}: {}",
+            answer["error_type"].as_str().unwrap_or("?"),
+            answer["error"].as_str().unwrap_or(&text)
+        );
+        if status.is_client_error() { Err(CallError::Refused(why)) } else { Err(CallError::Unreachable(why)) }
     }
 
     /// A host's `/metrics` text (no token needed, but sent: a host may guard its routes).

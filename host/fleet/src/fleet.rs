@@ -244,6 +244,9 @@ impl Fleet {
             if !(0.0..=100.0).contains(&step.weight) || step.weight == 0.0 {
                 bail!("step {}: weight {} is not in (0, 100]", i + 1, step.weight);
             }
+            if step.weight < 100.0 && step.bake.is_zero() {
+                bail!("step {}: a canary step needs a bake time (bake = \"5m\")", i + 1);
+            }
             if step.weight == 100.0 && i + 1 != steps.len() {
                 bail!("step {}: weight 100 promotes; only the last step may", i + 1);
             }
@@ -313,7 +316,13 @@ mod tests {
         let steps = |s: &str| format!("{TWO_HOSTS}\n{s}");
         for (text, says) in [
             ("".to_string(), "no [[host]]"),
-            (steps("[[policy.step]]\nhosts = 1\nweight = 5"), "last step must put"),
+            (steps("[[policy.step]]\nhosts = 1\nweight = 5\nbake = \"1s\""), "last step must put"),
+            (
+                steps(
+                    "[[policy.step]]\nhosts = 1\nweight = 5\n[[policy.step]]\nhosts = \"100%\"\nweight = 100",
+                ),
+                "needs a bake time",
+            ),
             (
                 steps(
                     "[[policy.step]]\nhosts = \"100%\"\nweight = 100\n[[policy.step]]\nhosts = \"100%\"\nweight = 100",

@@ -6,7 +6,7 @@
 //! state is written to a file after each, so a killed controller resumes (`--resume`) or undoes
 //! (`--rollback`) what it started.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -54,6 +54,9 @@ pub struct RolloutState {
     pub phase: Phase,
     /// By admin URL.
     pub hosts: BTreeMap<String, HostState>,
+    /// The admin URLs in the fleet file's order, which the steps take hosts in.
+    #[serde(default)]
+    pub order: Vec<String>,
     pub judgements: Vec<Judgement>,
     /// Why it failed, when it did.
     #[serde(default)]
@@ -66,6 +69,8 @@ pub enum Phase {
     #[default]
     Running,
     Succeeded,
+    /// Failed; undoing what it did (a controller stopped here goes on undoing on --resume).
+    RollingBack,
     /// Failed; the canaries were aborted and promoted hosts rolled back.
     RolledBack,
     /// Failed, and some host could not be rolled back (named in the table).
@@ -150,8 +155,13 @@ impl Rollout<'_> {
         let mut state = match resumed {
             Some(state) => {
                 self.check_same(&state)?;
-                if state.phase != Phase::Running {
-                    bail!("the rollout in {} already ended ({:?})", self.state_file.display(), state.phase);
+                match state.phase {
+                    Phase::Running => {}
+                    Phase::RollingBack => {
+                        self.say("resuming the rollback".to_string());
+                        return self.undo(state);
+                    }
+                    ended => bail!("the rollout in {} already ended ({ended:?})", self.state_file.display()),
                 }
                 self.say(format!("resuming at step {} of {}", state.step + 1, self.fleet.policy.steps.len()));
                 state
@@ -162,6 +172,7 @@ impl Rollout<'_> {
                 step: 0,
                 phase: Phase::Running,
                 hosts: self.fleet.hosts.iter().map(|h| (key(&h.admin), HostState::default())).collect(),
+                order: self.fleet.hosts.iter().map(|h| key(&h.admin)).collect(),
                 judgements: Vec::new(),
                 reason: None,
             },
@@ -173,6 +184,8 @@ impl Rollout<'_> {
             if let Err(reason) = self.run_step(&mut state, step) {
                 state.reason = Some(format!("step {}: {reason}", state.step + 1));
                 self.say(format!("FAILED at step {}: {reason}; rolling back", state.step + 1));
+                state.phase = Phase::RollingBack;
+                save(&self.state_file, &state)?;
                 return self.undo(state);
             }
             state.step += 1;
@@ -188,10 +201,19 @@ impl Rollout<'_> {
         self.check_same(&state)?;
         let mut state = state;
         state.reason.get_or_insert_with(|| "rolled back on request".to_string());
+        state.phase = Phase::RollingBack;
+        save(&self.state_file, &state)?;
         self.undo(state)
     }
 
     fn check_same(&self, state: &RolloutState) -> Result<()> {
+        let order: Vec<String> = self.fleet.hosts.iter().map(|h| key(&h.admin)).collect();
+        if state.order != order {
+            bail!(
+                "the hosts of the fleet file changed since the rollout in {} started: --rollback it with the fleet file it ran with",
+                self.state_file.display()
+            );
+        }
         if state.component != self.component || state.source != self.source.describe() {
             bail!(
                 "{} is the rollout of {} ({}), not of {} ({})",
@@ -216,7 +238,8 @@ impl Rollout<'_> {
     fn run_step(&self, state: &mut RolloutState, step: &Step) -> Result<(), String> {
         let fleet = &self.fleet.hosts;
         let count = step.hosts.of(fleet.len());
-        let targets: Vec<String> = fleet.iter().take(count).map(|h| key(&h.admin)).collect();
+        let targets: Vec<String> = state.order.iter().take(count).cloned().collect();
+        let known = known_versions(state);
         let what = if step.weight < 100.0 {
             format!("a {}% canary", step.weight)
         } else {
@@ -227,16 +250,18 @@ impl Rollout<'_> {
         let refused: Mutex<Option<String>> = Mutex::default();
         std::thread::scope(|scope| {
             for admin in &targets {
-                let (shared, refused) = (&shared, &refused);
+                let (shared, refused, known) = (&shared, &refused, &known);
                 scope.spawn(move || {
                     let before = shared.lock().unwrap().hosts[admin].clone();
-                    if before.outcome == Outcome::Unavailable {
+                    // A host found unreachable is skipped by the canary steps; the last step
+                    // tries it again.
+                    if before.outcome == Outcome::Unavailable && step.weight < 100.0 {
                         return;
                     }
                     let result = if step.weight < 100.0 {
-                        self.put_canary(admin, step.weight, before)
+                        self.retried(|| self.put_canary(admin, step.weight, before.clone(), known))
                     } else {
-                        self.promote(admin, before)
+                        self.retried(|| self.promote(admin, before.clone(), known))
                     };
                     let mut state = shared.lock().unwrap();
                     match result {
@@ -310,14 +335,45 @@ impl Rollout<'_> {
                 let url = format!("{admin}/admin/v1/components/{id}?sha256={sha}{query}");
                 let headers: Vec<(&str, &str)> =
                     signature.iter().map(|s| (SIGNATURE_HEADER, s.as_str())).collect();
-                self.hosts.call(reqwest::Method::PUT, &url, Body::Bytes(bytes), &headers)
+                self.hosts.once(reqwest::Method::PUT, &url, &Body::Bytes(bytes), &headers)
             }
             Source::Pull { reference, component } => {
                 let url = format!("{admin}/admin/v1/components/{id}/pull?{}", query.trim_start_matches('&'));
                 let body = json!({"reference": reference, "component": component});
-                self.hosts.call(reqwest::Method::POST, &url, Body::Json(&body), &[])
+                self.hosts.once(reqwest::Method::POST, &url, &Body::Json(&body), &[])
             }
         }
+    }
+
+    /// Tries `action` up to the policy's attempts while the host cannot be reached, pausing
+    /// longer each time; each try reads the host's state first, so a write whose answer was lost
+    /// is not repeated.
+    fn retried<T>(&self, action: impl Fn() -> Result<T, (T, CallError)>) -> Result<T, (T, CallError)> {
+        let mut pause = self.hosts.backoff;
+        let mut tries = 1;
+        loop {
+            match action() {
+                Err((host, CallError::Unreachable(why))) if tries < self.fleet.policy.attempts => {
+                    tracing::debug!("retrying: {why}");
+                    drop(host);
+                    std::thread::sleep(pause);
+                    pause *= 2;
+                    tries += 1;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// The host's stable version before the rollout: the one serving, unless it already is a
+    /// version of this rollout (a controller stopped after promoting it), then the one before.
+    fn stable_before(now: &Value, known: &BTreeSet<String>) -> String {
+        let serving = now["version"].as_str().unwrap_or_default();
+        if known.contains(serving) {
+            let previous = now["previous"].as_array().and_then(|p| p.last()).and_then(Value::as_str);
+            return previous.unwrap_or(serving).to_string();
+        }
+        serving.to_string()
     }
 
     /// The version on trial at `percent` on `admin` (a no-op if it already is).
@@ -326,15 +382,21 @@ impl Rollout<'_> {
         admin: &str,
         percent: f64,
         mut host: HostState,
+        known: &BTreeSet<String>,
     ) -> Result<HostState, (HostState, CallError)> {
         let now = self.hosts.component(admin, &self.component).map_err(|e| (host.clone(), e))?;
-        host.stable.get_or_insert_with(|| now["version"].as_str().unwrap_or_default().to_string());
-        let canary = &now["canary"];
-        if host.version.is_some()
-            && canary["version"].as_str() == host.version.as_deref()
-            && canary["percent"] == percent
-        {
+        host.stable.get_or_insert_with(|| Self::stable_before(&now, known));
+        let (serving, canary) = (now["version"].as_str(), now["canary"]["version"].as_str());
+        let ours =
+            |v: Option<&str>| v.is_some_and(|v| host.version.as_deref() == Some(v) || known.contains(v));
+        if ours(canary) && now["canary"]["percent"] == percent {
+            host.version = canary.map(str::to_string);
             host.outcome = Outcome::Canary { percent };
+            return Ok(host);
+        }
+        if ours(serving) && serving != host.stable.as_deref() {
+            host.version = serving.map(str::to_string);
+            host.outcome = Outcome::Promoted;
             return Ok(host);
         }
         let answer = self.send(admin, &format!("&canary={percent}")).map_err(|e| (host.clone(), e))?;
@@ -354,22 +416,30 @@ impl Rollout<'_> {
 
     /// The version as `admin`'s stable version: its canary promoted, or sent (a no-op if it
     /// already is).
-    fn promote(&self, admin: &str, mut host: HostState) -> Result<HostState, (HostState, CallError)> {
+    fn promote(
+        &self,
+        admin: &str,
+        mut host: HostState,
+        known: &BTreeSet<String>,
+    ) -> Result<HostState, (HostState, CallError)> {
         let now = self.hosts.component(admin, &self.component).map_err(|e| (host.clone(), e))?;
-        host.stable.get_or_insert_with(|| now["version"].as_str().unwrap_or_default().to_string());
-        let serving = now["version"].as_str();
-        if host.version.is_some() && serving == host.version.as_deref() {
+        host.stable.get_or_insert_with(|| Self::stable_before(&now, known));
+        let (serving, canary) = (now["version"].as_str(), now["canary"]["version"].as_str());
+        let ours =
+            |v: Option<&str>| v.is_some_and(|v| host.version.as_deref() == Some(v) || known.contains(v));
+        if ours(serving) {
+            host.version = serving.map(str::to_string);
             host.outcome = Outcome::Promoted;
+            host.error = None;
             return Ok(host);
         }
-        let answer =
-            if host.version.is_some() && now["canary"]["version"].as_str() == host.version.as_deref() {
-                let url = format!("{admin}/admin/v1/components/{}/promote", self.component);
-                self.hosts.call(reqwest::Method::POST, &url, Body::Empty, &[])
-            } else {
-                self.send(admin, "")
-            }
-            .map_err(|e| (host.clone(), e))?;
+        let answer = if ours(canary) {
+            let url = format!("{admin}/admin/v1/components/{}/promote", self.component);
+            self.hosts.once(reqwest::Method::POST, &url, &Body::Empty, &[])
+        } else {
+            self.send(admin, "")
+        }
+        .map_err(|e| (host.clone(), e))?;
         host.version = answer["version"].as_str().map(str::to_string);
         host.outcome = Outcome::Promoted;
         host.error = None;
@@ -411,7 +481,9 @@ impl Rollout<'_> {
             let (mut canary, mut stable) = (VersionStats::default(), VersionStats::default());
             for (admin, now) in &after {
                 let host = &state.hosts[admin];
-                let then = before.get(admin);
+                // A host whose first scrape failed would count its whole history: left out.
+                let Some(then) = before.get(admin) else { continue };
+                let then = Some(then);
                 let delta = |version: &Option<String>| -> Option<VersionStats> {
                     let short: String = version.as_deref()?.chars().take(12).collect();
                     let now = now.get(&short)?;
@@ -480,59 +552,87 @@ impl Rollout<'_> {
         }
     }
 
-    /// Aborts every canary of this version and rolls back every host it was promoted on.
-    fn undo(&self, mut state: RolloutState) -> Result<RolloutState> {
-        let shared = Mutex::new(std::mem::take(&mut state.hosts));
-        let touched: Vec<String> = shared.lock().unwrap().keys().cloned().collect();
+    /// Aborts every canary of this version and rolls back every host it was promoted on; saved
+    /// after each host.
+    fn undo(&self, state: RolloutState) -> Result<RolloutState> {
+        let known = known_versions(&state);
+        let admins: Vec<String> = state.hosts.keys().cloned().collect();
+        let shared = Mutex::new(state);
+        let clean = Mutex::new(BTreeMap::new());
         std::thread::scope(|scope| {
-            for admin in &touched {
-                let shared = &shared;
+            for admin in &admins {
+                let (shared, clean, known) = (&shared, &clean, &known);
                 scope.spawn(move || {
-                    let host = shared.lock().unwrap()[admin].clone();
-                    let undone = self.undo_host(admin, host);
-                    shared.lock().unwrap().insert(admin.clone(), undone);
+                    let host = shared.lock().unwrap().hosts[admin].clone();
+                    let (undone, ok) = match self.retried(|| self.undo_host(admin, host.clone(), known)) {
+                        Ok(undone) => (undone, true),
+                        Err((mut undone, e)) => {
+                            undone.error = Some(format!("cannot roll back: {e}"));
+                            (undone, false)
+                        }
+                    };
+                    clean.lock().unwrap().insert(admin.clone(), ok);
+                    let mut state = shared.lock().unwrap();
+                    state.hosts.insert(admin.clone(), undone);
+                    let _ = save(&self.state_file, &state);
                 });
             }
         });
-        state.hosts = shared.into_inner().unwrap();
-        let stuck =
-            state.hosts.values().any(|h| matches!(h.outcome, Outcome::Canary { .. } | Outcome::Promoted));
+        let mut state = shared.into_inner().unwrap();
+        let clean = clean.into_inner().unwrap();
+        // Hosts never contacted need nothing; every other one must have been checked clean.
+        let stuck = state.hosts.iter().any(|(admin, h)| h.stable.is_some() && !clean[admin]);
         state.phase = if stuck { Phase::Failed } else { Phase::RolledBack };
         save(&self.state_file, &state)?;
         Ok(state)
     }
 
-    fn undo_host(&self, admin: &str, mut host: HostState) -> HostState {
-        let Some(version) = host.version.clone() else { return host };
-        let now = match self.hosts.component(admin, &self.component) {
-            Ok(now) => now,
-            Err(e) => {
-                host.error = Some(format!("cannot roll back: {e}"));
-                return host;
-            }
+    /// Leaves no version of this rollout on `admin`: its canary aborted, or the stable version
+    /// from before rolled back to. Reads the host first: done already is a no-op.
+    fn undo_host(
+        &self,
+        admin: &str,
+        mut host: HostState,
+        known: &BTreeSet<String>,
+    ) -> Result<HostState, (HostState, CallError)> {
+        let Some(stable) = host.stable.clone() else { return Ok(host) };
+        let now = self.hosts.component(admin, &self.component).map_err(|e| (host.clone(), e))?;
+        let ours = |v: Option<&str>| {
+            v.is_some_and(|v| v != stable && (host.version.as_deref() == Some(v) || known.contains(v)))
         };
         let call = |verb: &str| {
             let url = format!("{admin}/admin/v1/components/{}/{verb}", self.component);
-            self.hosts.call(reqwest::Method::POST, &url, Body::Empty, &[])
+            self.hosts.once(reqwest::Method::POST, &url, &Body::Empty, &[])
         };
-        let result = if now["canary"]["version"].as_str() == Some(version.as_str()) {
-            call("abort").map(|_| Outcome::Aborted)
-        } else if now["version"].as_str() == Some(version.as_str()) {
-            call("rollback").map(|_| Outcome::RolledBack)
+        if ours(now["canary"]["version"].as_str()) {
+            call("abort").map_err(|e| (host.clone(), e))?;
+            host.outcome = Outcome::Aborted;
+        } else if ours(now["version"].as_str()) {
+            // Back to the version from before (the one kept for rollback), only if it is that one.
+            let previous = now["previous"].as_array().and_then(|p| p.last()).and_then(Value::as_str);
+            if previous != Some(stable.as_str()) {
+                return Err((
+                    host,
+                    CallError::Refused(format!("its version before this one is not {stable}: left as it is")),
+                ));
+            }
+            call("rollback").map_err(|e| (host.clone(), e))?;
+            host.outcome = Outcome::RolledBack;
         } else {
-            // Neither serving nor on trial: nothing of this version is left there.
-            Ok(match host.outcome {
+            host.outcome = match host.outcome {
                 Outcome::Promoted => Outcome::RolledBack,
                 Outcome::Canary { .. } => Outcome::Aborted,
-                ref other => other.clone(),
-            })
-        };
-        match result {
-            Ok(outcome) => host.outcome = outcome,
-            Err(e) => host.error = Some(format!("cannot roll back: {e}")),
+                other => other,
+            };
         }
-        host
+        host.error = None;
+        Ok(host)
     }
+}
+
+/// The versions of this rollout the hosts have answered with.
+fn known_versions(state: &RolloutState) -> BTreeSet<String> {
+    state.hosts.values().filter_map(|h| h.version.clone()).collect()
 }
 
 /// A host's key in the state: its admin URL without a trailing slash.

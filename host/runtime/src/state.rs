@@ -44,6 +44,9 @@ pub struct StateDir {
     dir: PathBuf,
     trusted: Option<Arc<TrustedKeys>>,
     inner: Mutex<Inner>,
+    /// Held by each admin change from the change to its save, so that a save never sees a
+    /// component half-changed by another call.
+    changes: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Default)]
@@ -52,6 +55,8 @@ struct Inner {
     sources: BTreeMap<String, SourceOrigin>,
     /// Sources written since the last save that no saved state names yet: never collected.
     fresh: BTreeSet<String>,
+    /// Sources the last saved state names.
+    named: BTreeSet<String>,
     /// Models switched by a reload, by name.
     models: BTreeMap<String, SavedModel>,
     /// The runtime config's own file of each model, as this process started with it.
@@ -68,11 +73,14 @@ pub struct SourceOrigin {
     /// The registry reference it was pulled from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
+    /// A pull whose artifact signature the host's trusted keys verified.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub verified: bool,
 }
 
 impl SourceOrigin {
     fn is_empty(&self) -> bool {
-        self.signature.is_none() && self.reference.is_none()
+        self.signature.is_none() && self.reference.is_none() && !self.verified
     }
 }
 
@@ -168,7 +176,12 @@ impl StateDir {
         std::fs::write(&probe, b"")
             .with_context(|| format!("the state directory {} is not writable", dir.display()))?;
         let _ = std::fs::remove_file(probe);
-        Ok(StateDir { dir: dir.to_path_buf(), trusted, inner: Mutex::default() })
+        Ok(StateDir { dir: dir.to_path_buf(), trusted, inner: Mutex::default(), changes: Arc::default() })
+    }
+
+    /// Waits for the other admin changes to be saved; hold it from a change to its save.
+    pub async fn change(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.changes.clone().lock_owned().await
     }
 
     /// The state directory.
@@ -348,9 +361,16 @@ impl StateDir {
         }
         if let Some(trusted) = &self.trusted {
             match (&saved.origin.reference, &saved.origin.signature) {
-                // A pull's artifact signature was checked when it was pulled; the bytes are
-                // those, by digest.
-                (Some(_), _) => {}
+                // A pull's artifact signature was checked when it was pulled, if the host had
+                // keys then; the bytes are those, by digest.
+                (Some(reference), _) => {
+                    if !saved.origin.verified {
+                        bail!(
+                            "{}: pulled from {reference} by a host without trusted keys, so no signature was checked (this host runs only what its trusted keys signed)",
+                            path.display()
+                        );
+                    }
+                }
                 (None, signature) => {
                     if let Err(e) = trusted.verify(&bytes, signature.as_deref()) {
                         bail!("{}: {e} (this host runs only what its trusted keys signed)", path.display());
@@ -392,16 +412,30 @@ impl StateDir {
         Ok(sha256)
     }
 
+    /// Forgets kept bytes that will not be installed (a refused upload), unless a state names them.
+    pub fn discard_source(&self, sha256: &str) {
+        let mut inner = self.lock();
+        inner.fresh.remove(sha256);
+        if !inner.named.contains(sha256) {
+            inner.sources.remove(sha256);
+            for extension in ["wasm", "sig"] {
+                let _ = std::fs::remove_file(self.source_file(sha256, extension));
+            }
+        }
+    }
+
     /// Records that model `name` now serves `path` (sha256 `sha256`); saved with the next save.
-    pub fn model_reloaded(&self, name: &str, path: &Path, sha256: &str) {
+    pub fn model_reloaded(&self, name: &str, path: &Path, sha256: &str, app_dir: &Path) {
         let mut inner = self.lock();
         let Some(configured) = inner.configured.get(name).cloned() else { return };
-        let path = path.display().to_string();
-        let same_as_configured =
-            configured.sha256.as_deref() == Some(sha256) && Path::new(&path).ends_with(&configured.path);
-        if same_as_configured {
+        let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let path = absolute(path);
+        // Reloaded from the runtime config's own file (in place): a restart loads that file as
+        // the runtime config says, whatever it holds then; nothing to record.
+        if path == absolute(&app_dir.join(&configured.path)) {
             inner.models.remove(name);
         } else {
+            let path = path.display().to_string();
             inner
                 .models
                 .insert(name.to_string(), SavedModel { path, sha256: sha256.to_string(), configured });
@@ -459,6 +493,7 @@ impl StateDir {
         let keep: BTreeSet<String> = named.iter().chain(inner.fresh.iter()).cloned().collect();
         self.collect(&keep);
         inner.sources.retain(|source, _| keep.contains(source));
+        inner.named = named;
         Ok(())
     }
 
@@ -573,8 +608,12 @@ mod tests {
             source: Some(v.repeat(64)),
             origin,
         };
-        let signed = SourceOrigin { signature: Some("MEUCIQ==".into()), reference: None };
-        let pulled = SourceOrigin { signature: None, reference: Some("registry.test/app@sha256:00".into()) };
+        let signed = SourceOrigin { signature: Some("MEUCIQ==".into()), reference: None, verified: false };
+        let pulled = SourceOrigin {
+            signature: None,
+            reference: Some("registry.test/app@sha256:00".into()),
+            verified: true,
+        };
         let state = SavedState {
             format: FORMAT,
             app: "app".into(),

@@ -245,6 +245,8 @@ async fn audit(
 /// The admin routes; a known path with another method is 405, an unknown path 404 (JSON both).
 fn router(app: Arc<App>, sources: Sources) -> Router {
     let (fetcher, file_fetcher, trusted) = (sources.component, sources.file, sources.trusted);
+    // The component fetcher checks artifact signatures whenever the host has trusted keys.
+    let pulls_verified = trusted.is_some();
     let refuse =
         |allowed: &'static str| move || async move { Answer(crate::error::method_not_allowed(allowed)) };
     Router::new()
@@ -255,7 +257,8 @@ fn router(app: Arc<App>, sources: Sources) -> Router {
         )
         .route(
             "/admin/v1/components/{id}/pull",
-            post(move |state, path, req| pull(state, path, fetcher.clone(), req)).fallback(refuse("POST")),
+            post(move |state, path, req| pull(state, path, fetcher.clone(), pulls_verified, req))
+                .fallback(refuse("POST")),
         )
         .route("/admin/v1/components/{id}/rollback", post(roll_back).fallback(refuse("POST")))
         .route("/admin/v1/components/{id}/promote", post(promote).fallback(refuse("POST")))
@@ -361,7 +364,7 @@ async fn deploy_version(
         }
     }
     let received_ms = started.elapsed().as_millis() as u64;
-    let origin = SourceOrigin { signature, reference: None };
+    let origin = SourceOrigin { signature, reference: None, verified: false };
     install(&app, &slot, id, bytes.to_vec(), origin, canary, started, received_ms, json!({})).await
 }
 
@@ -372,15 +375,17 @@ async fn pull(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
     fetcher: Option<ComponentFetcher>,
+    verified: bool,
     req: axum::extract::Request,
 ) -> Answer {
-    Answer(pull_version(app, &id, fetcher, req).await)
+    Answer(pull_version(app, &id, fetcher, verified, req).await)
 }
 
 async fn pull_version(
     app: Arc<App>,
     id: &str,
     fetcher: Option<ComponentFetcher>,
+    verified: bool,
     req: axum::extract::Request,
 ) -> Response<WasiBody> {
     let Some(slot) = app.components.get(id).cloned() else {
@@ -434,7 +439,7 @@ async fn pull_version(
     };
     let received_ms = started.elapsed().as_millis() as u64;
     let pulled = json!({"reference": request.reference, "pulled_bytes": bytes.len()});
-    let origin = SourceOrigin { signature: None, reference: Some(request.reference) };
+    let origin = SourceOrigin { signature: None, reference: Some(request.reference), verified };
     install(&app, &slot, id, bytes, origin, canary, started, received_ms, pulled).await
 }
 
@@ -460,24 +465,31 @@ async fn install(
         answer
     };
     // The bytes are on disk before any state names them.
-    let bytes = match &app.state {
+    let (bytes, kept_sha256) = match &app.state {
         Some(state) => {
             let state = state.clone();
-            let kept =
-                tokio::task::spawn_blocking(move || state.keep_source(&bytes, origin).map(|_| bytes)).await;
+            let kept = tokio::task::spawn_blocking(move || {
+                state.keep_source(&bytes, origin).map(|sha| (bytes, Some(sha)))
+            })
+            .await;
             match kept {
-                Ok(Ok(bytes)) => bytes,
+                Ok(Ok(kept)) => kept,
                 Ok(Err(e)) => return cannot_keep(id, &e),
                 Err(e) => return cannot_keep(id, &anyhow::anyhow!("{e}")),
             }
         }
-        None => bytes,
+        None => (bytes, None),
     };
     match app.prepare(id, bytes).await {
         Ok(next) => {
             let validated_ms = started.elapsed().as_millis() as u64;
             let version = next.version.clone();
+            let _change = hold_changes(app).await;
             if version == slot.current().version {
+                // Saved too: the call that set it may have answered StateNotSaved.
+                if let Err(refused) = persist(app, id).await {
+                    return refused;
+                }
                 return json_response(
                     StatusCode::OK,
                     &with(json!({"id": id, "version": version, "unchanged": true})),
@@ -514,6 +526,9 @@ async fn install(
             )
         }
         Err(e) => {
+            if let (Some(state), Some(sha256)) = (&app.state, &kept_sha256) {
+                state.discard_source(sha256);
+            }
             metrics::counter!("edgeinfer_deployments_total", "component" => id.to_string(), "outcome" => "refused").increment(1);
             tracing::warn!(component = id, "upload refused: {e:#}");
             let message = format!(
@@ -529,6 +544,7 @@ async fn install(
 async fn roll_back(State(app): State<Arc<App>>, Path(id): Path<String>) -> Answer {
     let id = id.as_str();
     let Some(slot) = app.components.get(id) else { return Answer(unknown_component(id)) };
+    let _change = hold_changes(&app).await;
     Answer(match slot.roll_back() {
         Some((restored, replaced)) => {
             if let Err(refused) = persist(&app, id).await {
@@ -549,6 +565,7 @@ async fn roll_back(State(app): State<Arc<App>>, Path(id): Path<String>) -> Answe
 async fn promote(State(app): State<Arc<App>>, Path(id): Path<String>) -> Answer {
     let id = id.as_str();
     let Some(slot) = app.components.get(id) else { return Answer(unknown_component(id)) };
+    let _change = hold_changes(&app).await;
     Answer(match slot.promote() {
         Some((promoted, replaced)) => {
             if let Err(refused) = persist(&app, id).await {
@@ -646,8 +663,9 @@ async fn reload(
     tracing::info!(model = name, path = ?request.path, "reloading model");
     match app.registry.reload(name, request).await {
         Ok((loaded, replaced)) => {
+            let _change = hold_changes(&app).await;
             if let Some(state) = &app.state {
-                state.model_reloaded(name, &loaded.path, &loaded.sha256);
+                state.model_reloaded(name, &loaded.path, &loaded.sha256, &app.builder.manifest().dir);
             }
             if let Err(refused) = persist(&app, name).await {
                 return refused;
@@ -686,6 +704,7 @@ async fn reload(
 async fn abort(State(app): State<Arc<App>>, Path(id): Path<String>) -> Answer {
     let id = id.as_str();
     let Some(slot) = app.components.get(id) else { return Answer(unknown_component(id)) };
+    let _change = hold_changes(&app).await;
     Answer(match slot.abort_canary() {
         Some(canary) => {
             if let Err(refused) = persist(&app, id).await {
@@ -700,6 +719,15 @@ async fn abort(State(app): State<Arc<App>>, Path(id): Path<String>) -> Answer {
         }
         None => no_canary(id),
     })
+}
+
+/// With a state directory: waits for other admin changes to be saved, and holds them off until
+/// dropped (a change and its save are one step for every other call).
+async fn hold_changes(app: &Arc<App>) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+    match &app.state {
+        Some(state) => Some(state.change().await),
+        None => None,
+    }
 }
 
 /// Saves what the app serves now to its state directory, if it has one, before the call answers.
