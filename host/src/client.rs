@@ -90,20 +90,7 @@ pub fn plain_http_off_machine(url: &str) -> Result<bool> {
     Ok(!loopback)
 }
 
-/// An error with the causes it wraps (a TLS failure hides under "error sending request").
-pub fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
+pub use edgeinfer_fleet::admin::with_causes;
 
 #[cfg(test)]
 mod tests {

@@ -9,7 +9,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -220,9 +220,14 @@ fn wait_for_step(state: &Path, step: u64, canaries: usize) {
     }
 }
 
-fn kill(mut child: Child) {
-    child.kill().unwrap();
-    child.wait().unwrap();
+/// Starts the rollout of `wasm` and kills the controller (`kill -9`) once step 2's four hosts
+/// are on trial.
+fn kill_in_step_2(fleet: &Path, wasm: &Path, state: &Path) {
+    let mut controller =
+        rollout_command(fleet, wasm, &[]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    wait_for_step(state, 1, 4);
+    controller.kill().unwrap();
+    controller.wait().unwrap();
 }
 
 #[test]
@@ -300,13 +305,7 @@ fn rollouts_across_twenty_hosts_are_judged_by_their_metrics_and_undone_on_their_
     let second_file = write_version(&dir, "resumed", &second);
     let state = dir.join(".rollout-steady.json");
     let load = Load::start(&hosts);
-    let controller = rollout_command(&fleet, &second_file, &[])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_step(&state, 1, 4);
-    kill(controller);
+    kill_in_step_2(&fleet, &second_file, &state);
     let (ok, _, stderr) = rollout(&fleet, &second_file, &[]);
     assert!(
         !ok && stderr.contains("has not ended"),
@@ -320,13 +319,7 @@ fn rollouts_across_twenty_hosts_are_judged_by_their_metrics_and_undone_on_their_
     let fleet = write_fleet(&dir, &endpoints(&hosts), 60, 0);
     let third = wasm_variant(&built_wasm("faulty"), "rollout-undone");
     let third_file = write_version(&dir, "undone", &third);
-    let controller = rollout_command(&fleet, &third_file, &[])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_step(&state, 1, 4);
-    kill(controller);
+    kill_in_step_2(&fleet, &third_file, &state);
     let (ok, stdout, _) = rollout(&fleet, &third_file, &["--rollback"]);
     assert!(ok, "{stdout}");
     assert!(versions(&hosts).iter().all(|(v, canary)| *v == sha12(&second) && canary.is_null()));

@@ -52,9 +52,8 @@ fn start(state: Option<&StateDir>) -> Host {
 }
 
 /// Stops a host as systemd does (SIGTERM), or kills it (SIGKILL), and waits for it to exit.
-fn stop(mut host: Host, signal: libc::c_int) {
-    host.signal(signal);
-    assert!(host.wait_exit(Duration::from_secs(60)).is_some(), "the host did not exit");
+fn stop(host: Host, signal: libc::c_int) {
+    host.stop(signal, Duration::from_secs(60));
 }
 
 fn admin(host: &Host, method: reqwest::Method, path: &str, body: Vec<u8>) -> (u16, Value) {

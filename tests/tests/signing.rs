@@ -361,10 +361,7 @@ fn a_host_with_trusted_keys_restores_signed_uploads_only() {
         }
         Host::start_with_env(&repo_root().join(FAULTS), &args, &[("EDGEINFER_ADMIN_TOKEN", ADMIN_TOKEN)])
     };
-    let stop = |mut host: Host| {
-        host.signal(libc::SIGTERM);
-        assert!(host.wait_exit(Duration::from_secs(60)).is_some());
-    };
+    let stop = |host: Host| host.stop(libc::SIGTERM, Duration::from_secs(60));
     // A signed upload is restored: its signature is kept beside it and checked again.
     let host = start(Some(&trusted));
     let signed = wasm_variant(&built_wasm("faulty"), "signed-restored");

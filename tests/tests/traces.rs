@@ -25,9 +25,8 @@ fn traced_host(endpoint: &str, extra: &[&str]) -> (Host, Variant) {
 }
 
 /// Stops `host` as an operator would (SIGTERM), which sends its last spans.
-fn stop(mut host: Host) {
-    host.signal(libc::SIGTERM);
-    assert!(host.wait_exit(Duration::from_secs(40)).is_some(), "the host did not stop");
+fn stop(host: Host) {
+    host.stop(libc::SIGTERM, Duration::from_secs(40));
 }
 
 fn embed(host: &Host, traceparent: Option<&str>) -> reqwest::blocking::Response {

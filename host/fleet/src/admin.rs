@@ -41,6 +41,27 @@ pub struct Hosts {
 }
 
 impl Hosts {
+    /// Runs `action` up to `attempts` times while `unreachable` says its error is worth another
+    /// try, pausing `backoff`, then twice as long each time.
+    pub fn with_backoff<T, E>(
+        &self,
+        unreachable: impl Fn(&E) -> bool,
+        mut action: impl FnMut() -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut pause = self.backoff;
+        let mut tries = 1;
+        loop {
+            match action() {
+                Err(e) if tries < self.attempts && unreachable(&e) => {
+                    std::thread::sleep(pause);
+                    pause *= 2;
+                    tries += 1;
+                }
+                done => return done,
+            }
+        }
+    }
+
     /// `METHOD url` with the admin token (and `headers`), tried up to `attempts` times while the
     /// host cannot be reached or answers 5xx: for reads, and writes that are safe to repeat.
     pub fn call(
@@ -50,19 +71,7 @@ impl Hosts {
         body: Body<'_>,
         headers: &[(&str, &str)],
     ) -> Result<Value, CallError> {
-        let mut pause = self.backoff;
-        let mut last = CallError::Unreachable(String::new());
-        for attempt in 0..self.attempts {
-            if attempt > 0 {
-                std::thread::sleep(pause);
-                pause *= 2;
-            }
-            match self.once(method.clone(), url, &body, headers) {
-                Err(CallError::Unreachable(why)) => last = CallError::Unreachable(why),
-                answered => return answered,
-            }
-        }
-        Err(last)
+        self.with_backoff(is_unreachable, || self.once(method.clone(), url, &body, headers))
     }
 
     /// One try of `METHOD url`: the JSON of a 2xx answer. A write whose answer was lost may have
@@ -99,24 +108,16 @@ impl Hosts {
         if status.is_client_error() { Err(CallError::Refused(why)) } else { Err(CallError::Unreachable(why)) }
     }
 
-    /// A host's `/metrics` text (no token needed, but sent: a host may guard its routes).
+    /// A host's `/metrics` text (open, unless the host guards its own routes with an API key).
     pub fn metrics(&self, base: &str) -> Result<String, CallError> {
-        let mut pause = self.backoff;
-        let mut last = String::new();
-        for attempt in 0..self.attempts {
-            if attempt > 0 {
-                std::thread::sleep(pause);
-                pause *= 2;
+        let url = format!("{}/metrics", base.trim_end_matches('/'));
+        self.with_backoff(is_unreachable, || match self.client.get(&url).send() {
+            Ok(response) if response.status().is_success() => {
+                response.text().map_err(|e| CallError::Unreachable(e.to_string()))
             }
-            match self.client.get(format!("{}/metrics", base.trim_end_matches('/'))).send() {
-                Ok(response) if response.status().is_success() => {
-                    return response.text().map_err(|e| CallError::Unreachable(e.to_string()));
-                }
-                Ok(response) => last = response.status().to_string(),
-                Err(e) => last = with_causes(&e),
-            }
-        }
-        Err(CallError::Unreachable(last))
+            Ok(response) => Err(CallError::Unreachable(response.status().to_string())),
+            Err(e) => Err(CallError::Unreachable(with_causes(&e))),
+        })
     }
 
     /// `GET /admin/v1/app`'s entry of `component` on `admin`.
@@ -131,8 +132,14 @@ impl Hosts {
     }
 }
 
-/// An error with the causes it wraps (a refused connection hides under "error sending request").
-fn with_causes(error: &dyn std::error::Error) -> String {
+/// Whether a call's failure is worth another try.
+pub fn is_unreachable(error: &CallError) -> bool {
+    matches!(error, CallError::Unreachable(_))
+}
+
+/// An error with the causes it wraps (a refused connection or a TLS failure hides under "error
+/// sending request").
+pub fn with_causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

@@ -16,7 +16,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::admin::{Body, CallError, Hosts};
+use crate::admin::{Body, CallError, Hosts, is_unreachable};
 use crate::fleet::{Fleet, Step};
 use crate::metrics::{VersionStats, by_version};
 
@@ -349,20 +349,15 @@ impl Rollout<'_> {
     /// longer each time; each try reads the host's state first, so a write whose answer was lost
     /// is not repeated.
     fn retried<T>(&self, action: impl Fn() -> Result<T, (T, CallError)>) -> Result<T, (T, CallError)> {
-        let mut pause = self.hosts.backoff;
-        let mut tries = 1;
-        loop {
-            match action() {
-                Err((host, CallError::Unreachable(why))) if tries < self.fleet.policy.attempts => {
-                    tracing::debug!("retrying: {why}");
-                    drop(host);
-                    std::thread::sleep(pause);
-                    pause *= 2;
-                    tries += 1;
-                }
-                done => return done,
-            }
-        }
+        self.hosts.with_backoff(|(_, e)| is_unreachable(e), action)
+    }
+
+    /// `component` on `admin` as it is now; the first look records the host's stable version
+    /// from before the rollout.
+    fn look(&self, admin: &str, host: &mut HostState, known: &BTreeSet<String>) -> Result<Value, CallError> {
+        let now = self.hosts.component(admin, &self.component)?;
+        host.stable.get_or_insert_with(|| Self::stable_before(&now, known));
+        Ok(now)
     }
 
     /// The host's stable version before the rollout: the one serving, unless it already is a
@@ -384,11 +379,9 @@ impl Rollout<'_> {
         mut host: HostState,
         known: &BTreeSet<String>,
     ) -> Result<HostState, (HostState, CallError)> {
-        let now = self.hosts.component(admin, &self.component).map_err(|e| (host.clone(), e))?;
-        host.stable.get_or_insert_with(|| Self::stable_before(&now, known));
+        let now = self.look(admin, &mut host, known).map_err(|e| (host.clone(), e))?;
         let (serving, canary) = (now["version"].as_str(), now["canary"]["version"].as_str());
-        let ours =
-            |v: Option<&str>| v.is_some_and(|v| host.version.as_deref() == Some(v) || known.contains(v));
+        let ours = |v: Option<&str>| is_ours(v, &host, known);
         if ours(canary) && now["canary"]["percent"] == percent {
             host.version = canary.map(str::to_string);
             host.outcome = Outcome::Canary { percent };
@@ -422,11 +415,9 @@ impl Rollout<'_> {
         mut host: HostState,
         known: &BTreeSet<String>,
     ) -> Result<HostState, (HostState, CallError)> {
-        let now = self.hosts.component(admin, &self.component).map_err(|e| (host.clone(), e))?;
-        host.stable.get_or_insert_with(|| Self::stable_before(&now, known));
+        let now = self.look(admin, &mut host, known).map_err(|e| (host.clone(), e))?;
         let (serving, canary) = (now["version"].as_str(), now["canary"]["version"].as_str());
-        let ours =
-            |v: Option<&str>| v.is_some_and(|v| host.version.as_deref() == Some(v) || known.contains(v));
+        let ours = |v: Option<&str>| is_ours(v, &host, known);
         if ours(serving) {
             host.version = serving.map(str::to_string);
             host.outcome = Outcome::Promoted;
@@ -597,9 +588,7 @@ impl Rollout<'_> {
     ) -> Result<HostState, (HostState, CallError)> {
         let Some(stable) = host.stable.clone() else { return Ok(host) };
         let now = self.hosts.component(admin, &self.component).map_err(|e| (host.clone(), e))?;
-        let ours = |v: Option<&str>| {
-            v.is_some_and(|v| v != stable && (host.version.as_deref() == Some(v) || known.contains(v)))
-        };
+        let ours = |v: Option<&str>| v != Some(stable.as_str()) && is_ours(v, &host, known);
         let call = |verb: &str| {
             let url = format!("{admin}/admin/v1/components/{}/{verb}", self.component);
             self.hosts.once(reqwest::Method::POST, &url, &Body::Empty, &[])
@@ -628,6 +617,11 @@ impl Rollout<'_> {
         host.error = None;
         Ok(host)
     }
+}
+
+/// Whether `version` is this rollout's: the one this host answered with, or another host's.
+fn is_ours(version: Option<&str>, host: &HostState, known: &BTreeSet<String>) -> bool {
+    version.is_some_and(|v| host.version.as_deref() == Some(v) || known.contains(v))
 }
 
 /// The versions of this rollout the hosts have answered with.

@@ -145,6 +145,14 @@ impl Host {
         unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
     }
 
+    /// Sends `signal` (SIGTERM as systemd stops a service, SIGKILL as a crash) and waits up to
+    /// `within` for the host to exit.
+    #[allow(dead_code)]
+    pub fn stop(mut self, signal: libc::c_int, within: Duration) {
+        self.signal(signal);
+        assert!(self.wait_exit(within).is_some(), "the host did not exit");
+    }
+
     /// Waits up to `timeout` for the host to exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = std::time::Instant::now() + timeout;
