@@ -28,6 +28,7 @@ use crate::app::App;
 use crate::component::LoadedComponent;
 use crate::rollout::{Canary, CanaryMode, Stickiness};
 use edgeinfer_config::runtime_config::ModelConfig;
+use edgeinfer_engine::sha256_file;
 use edgeinfer_trust::TrustedKeys;
 
 /// The state file's format; a file of another format is refused, not guessed at.
@@ -244,7 +245,7 @@ impl StateDir {
                 match (models.get_mut(&name), configured.get(&name)) {
                     (Some(model), Some(now)) if *now == saved.configured => {
                         let file = Path::new(&saved.path);
-                        let actual = sha256_of_file(file).with_context(|| {
+                        let actual = sha256_file(file).with_context(|| {
                             format!(
                                 "the host state {} serves model {name} from {}, which cannot be read",
                                 self.state_file().display(),
@@ -397,7 +398,7 @@ impl StateDir {
         let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes));
         let path = self.source_file(&sha256, "wasm");
         let mut inner = self.lock();
-        if sha256_of_file(&path).ok().as_deref() != Some(sha256.as_str()) {
+        if sha256_file(&path).ok().as_deref() != Some(sha256.as_str()) {
             write_atomically(&path, bytes)?;
         }
         let signature = self.source_file(&sha256, "sig");
@@ -540,13 +541,6 @@ fn parse_canary(canary: &SavedCanary) -> Result<(CanaryMode, Stickiness)> {
         bail!("percent {}", canary.percent);
     }
     Ok((mode, sticky))
-}
-
-fn sha256_of_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
-    std::io::copy(&mut file, &mut hasher)?;
-    Ok(hex::encode(sha2::Digest::finalize(hasher)))
 }
 
 /// Writes `bytes` to `path` so that `path` holds either its old contents or all of the new ones,
