@@ -117,7 +117,7 @@ pub fn run(action: DeployAction) -> Result<()> {
             let (digest, lock) = runtime.block_on(edgeinfer_registry::locked_app(
                 reference,
                 &target.registry.connection(Some(reference))?,
-                &crate::provision::cache_dir(),
+                &edgeinfer_sources::cache_dir(),
             ))?;
             let parsed = edgeinfer_registry::parse_reference(reference)?;
             let repository = format!("{}/{}", parsed.registry(), parsed.repository());

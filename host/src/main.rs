@@ -1,13 +1,9 @@
 //! `edgeinfer`: the native host daemon. Serves the WASI HTTP components of a Spin manifest
 //! (spin.toml) with wasmtime, and implements wasi:nn on ONNX Runtime for them.
 
-mod builder;
 mod client;
 mod deploy;
-mod download;
 mod fleet_cli;
-mod provision;
-mod watch;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,6 +22,7 @@ use edgeinfer_runtime::compile::{self, CompileCache};
 use edgeinfer_runtime::compose;
 use edgeinfer_runtime::state::StateDir;
 use edgeinfer_server::{self as http, admin, telemetry};
+use edgeinfer_sources::{Sources, cache_dir, load_runtime_config};
 
 #[derive(Parser)]
 #[command(
@@ -412,13 +409,13 @@ fn main() -> Result<()> {
     }
     init_logging(None)?;
     match cli.command {
-        Command::Build(args) => builder::build_all(&Manifest::load(&args.manifest)?),
+        Command::Build(args) => edgeinfer_runtime::builder::build_all(&Manifest::load(&args.manifest)?),
         Command::Fetch(args) => {
-            download::set_registry(args.registry.connection(None)?);
+            let sources = Sources::new(args.registry.connection(None)?);
             let manifest = Manifest::load(&args.manifest.manifest)?;
             let config = load_runtime_config(args.runtime_config_file.as_deref(), &manifest)?;
             http::check_routes(&manifest, config.kserve.enabled)?;
-            let library = fetch(&config, &manifest.dir)?;
+            let library = sources.provision(&config, &manifest.dir)?;
             eprintln!("edgeinfer: everything is in place (ONNX Runtime: {})", library.display());
             Ok(())
         }
@@ -476,14 +473,14 @@ async fn registry(action: RegistryAction) -> Result<()> {
         RegistryAction::Push { manifest, runtime_config_file, registry, reference, sign_key } => {
             let sign_key = sign_key.as_deref().map(edgeinfer_trust::SigningKey::load).transpose()?;
             let connection = registry.connection(Some(&reference))?;
-            download::set_registry(connection.clone());
+            let sources = Sources::new(connection.clone());
             let loaded = Manifest::load(&manifest.manifest)?;
             let runtime_config = runtime_config_file
                 .or_else(|| Some(runtime_config::default_path(&loaded.dir)).filter(|p| p.is_file()));
             if let Some(path) = &runtime_config {
                 // What the runtime config names travels with the app: fetch what is missing.
                 let (config, dir) = (RuntimeConfig::load(path)?, loaded.dir.clone());
-                tokio::task::spawn_blocking(move || provision_assets(&config, &dir)).await??;
+                tokio::task::spawn_blocking(move || sources.provision_assets(&config, &dir)).await??;
             }
             let pushed = edgeinfer_registry::push(
                 &manifest.manifest,
@@ -523,7 +520,7 @@ async fn pull(
     reference: &str,
     connection: &edgeinfer_registry::Connection,
 ) -> Result<edgeinfer_registry::Pulled> {
-    let pulled = edgeinfer_registry::pull(reference, connection, &provision::cache_dir()).await?;
+    let pulled = edgeinfer_registry::pull(reference, connection, &cache_dir()).await?;
     eprintln!(
         "edgeinfer: pulled {reference} ({}){}: {} layers, {} fetched ({:.1} MB) in {:.1} s",
         pulled.digest,
@@ -622,7 +619,7 @@ async fn up(args: UpArgs) -> Result<()> {
         }
     };
     connection.trusted = trusted.clone();
-    download::set_registry(connection.clone());
+    let sources = Sources::new(connection.clone());
     // Builds, pip, ONNX Runtime sessions and Cranelift compiles block for seconds: they run on a
     // blocking thread, so the async workers that will serve are never tied up by them.
     let (mut manifest_path, mut runtime_config_file) =
@@ -640,14 +637,16 @@ async fn up(args: UpArgs) -> Result<()> {
         Some(dir) => Some(Arc::new(StateDir::open(dir, trusted.clone())?)),
         None => None,
     };
-    let (build, compose_nn_providers) = (args.build, args.compose_nn_providers);
+    let (build, compose_nn_providers, provisioning) =
+        (args.build, args.compose_nn_providers, sources.clone());
     let Started { manifest, config, app, swagger_ui, kserve, default_route, _ticker } =
         tokio::task::spawn_blocking(move || {
-            start(&manifest_path, runtime_config_file.as_deref(), build, compose_nn_providers, state)
+            let manifest = manifest_path.as_path();
+            start(&provisioning, manifest, runtime_config_file.as_deref(), build, compose_nn_providers, state)
         })
         .await??;
     if args.watch {
-        let watched = watch::start(app.clone())?;
+        let watched = edgeinfer_runtime::watch::start(app.clone())?;
         eprintln!("Watching the build inputs of: {}", watched.join(", "));
     }
     // Every listener stops accepting at the same signal, and drains.
@@ -671,39 +670,10 @@ async fn up(args: UpArgs) -> Result<()> {
             }
             let listener = http::listener::Listener::new(listener, admin_tls, "admin");
             eprintln!("Admin API: {}://{}", listener.scheme(), listener.local_addr()?);
-            // Deploys by reference pull with this host's registry settings into its cache.
-            let (connection, cache) = (connection.clone(), provision::cache_dir());
-            let fetcher: admin::ComponentFetcher = Arc::new(move |reference, component| {
-                let (connection, cache) = (connection.clone(), cache.clone());
-                Box::pin(async move {
-                    match edgeinfer_registry::fetch_component(&reference, &component, &connection, &cache)
-                        .await
-                    {
-                        Ok(fetched) => {
-                            tracing::info!(%reference, component, layer = %fetched.layer_digest, "component pulled");
-                            Ok(fetched.bytes)
-                        }
-                        Err(e) => Err(
-                            if let Some(invalid) = e.downcast_ref::<edgeinfer_registry::InvalidRequest>() {
-                                admin::FetchError::Invalid(invalid.to_string())
-                            } else if let Some(untrusted) = e.downcast_ref::<edgeinfer_registry::Untrusted>()
-                            {
-                                admin::FetchError::Untrusted(untrusted.to_string())
-                            } else {
-                                admin::FetchError::Registry(e)
-                            },
-                        ),
-                    }
-                })
-            });
-            // Model reloads by url fetch like a first start (verified, cached).
-            let file: admin::FileFetcher = Arc::new(|url, sha256| {
-                Box::pin(async move {
-                    tokio::task::spawn_blocking(move || download::fetch_url(&url, &sha256)).await?
-                })
-            });
-            let sources =
-                admin::Sources { component: Some(fetcher), file: Some(file), trusted: trusted.clone() };
+            // Deploys by reference pull with this host's registry settings into its cache; model
+            // reloads by url fetch like a first start (verified, cached).
+            let fetch = Arc::new(AdminSources { sources: sources.clone(), registry: connection.clone() });
+            let sources = admin::Sources { fetch: Some(fetch), trusted: trusted.clone() };
             Some(tokio::spawn(admin::serve(app.clone(), token, listener, sources, stopped())))
         }
         None => None,
@@ -775,6 +745,7 @@ async fn up(args: UpArgs) -> Result<()> {
 /// Loads the app of `manifest_path`: builds what it serves (with `build`), provisions and loads
 /// its models, compiles its components, fetches Swagger UI's files. Blocking.
 fn start(
+    sources: &Sources,
     manifest_path: &Path,
     runtime_config_file: Option<&Path>,
     build: bool,
@@ -788,7 +759,7 @@ fn start(
         "loading app"
     );
     if build {
-        builder::build_served(&manifest, compose_nn_providers)?;
+        edgeinfer_runtime::builder::build_served(&manifest, compose_nn_providers)?;
     }
     let config = load_runtime_config(runtime_config_file, &manifest)?;
     http::check_routes(&manifest, config.kserve.enabled)?;
@@ -811,7 +782,7 @@ fn start(
         None
     };
     if !config.model.is_empty() {
-        let library = fetch(&config, &manifest.dir)?;
+        let library = sources.provision(&config, &manifest.dir)?;
         edgeinfer_engine::engines::onnx::init_runtime(&library)?;
         let version = config.onnxruntime.as_ref().map_or("(ORT_DYLIB_PATH)", |o| o.version.as_str());
         tracing::info!("ONNX Runtime {version} loaded from {}", library.display());
@@ -839,7 +810,7 @@ fn start(
     telemetry::watch_gpu_memory(gpus);
     let engine = compile::engine(config.component.values().any(|limits| limits.fuel.is_some()))?;
     let ticker = compile::EpochTicker::start(&engine);
-    let cache = CompileCache::new(provision::cache_dir().join("compiled"));
+    let cache = CompileCache::new(cache_dir().join("compiled"));
     let embeddings = Arc::new(edgeinfer_runtime::models::embedding_models(&config.llm, &manifest.dir)?);
     let manifest = Arc::new(manifest);
     let mut app = App::load(
@@ -863,13 +834,14 @@ fn start(
         app.state = Some(state);
     }
     let app = Arc::new(app);
-    let swagger_ui = match provision::ensure_swagger_ui().and_then(|files| http::SwaggerUi::load(&files)) {
-        Ok(ui) => Some(ui),
-        Err(e) => {
-            tracing::warn!("/docs is unavailable: cannot fetch Swagger UI's files: {e:#}");
-            None
-        }
-    };
+    let swagger_ui =
+        match edgeinfer_sources::ensure_swagger_ui().and_then(|files| http::SwaggerUi::load(&files)) {
+            Ok(ui) => Some(ui),
+            Err(e) => {
+                tracing::warn!("/docs is unavailable: cannot fetch Swagger UI's files: {e:#}");
+                None
+            }
+        };
     Ok(Started { manifest, config, app, swagger_ui, kserve, default_route, _ticker: ticker })
 }
 
@@ -934,45 +906,38 @@ fn compose_command(args: &ComposeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Provisions the runtime config's assets and returns the ONNX Runtime library to load.
-fn fetch(config: &RuntimeConfig, app_dir: &Path) -> Result<PathBuf> {
-    provision_assets(config, app_dir)?;
-    // Swagger UI for /docs: not needed to serve, so only a warning if it cannot be fetched.
-    if let Err(e) = provision::ensure_swagger_ui() {
-        tracing::warn!("cannot fetch Swagger UI's files (/docs will be unavailable): {e:#}");
-    }
-    provision::ensure_onnxruntime(config.onnxruntime.as_ref())
+/// The admin API's sources: components from this host's registries (verified, cached) and model
+/// files fetched as on a first start.
+struct AdminSources {
+    sources: Sources,
+    registry: edgeinfer_registry::Connection,
 }
 
-/// Puts the runtime config's assets, model files and exported models in place.
-fn provision_assets(config: &RuntimeConfig, app_dir: &Path) -> Result<()> {
-    for asset in &config.asset {
-        provision::ensure_asset(app_dir, asset)?;
+impl admin::Fetch for AdminSources {
+    fn component(
+        &self,
+        reference: String,
+        component: String,
+    ) -> futures::future::BoxFuture<'static, Result<Vec<u8>, admin::FetchError>> {
+        let registry = self.registry.clone();
+        Box::pin(async move {
+            use edgeinfer_registry::FetchError;
+            match edgeinfer_registry::fetch_component(&reference, &component, &registry, &cache_dir()).await {
+                Ok(fetched) => {
+                    tracing::info!(%reference, component, layer = %fetched.layer_digest, "component pulled");
+                    Ok(fetched.bytes)
+                }
+                Err(FetchError::Invalid(e)) => Err(admin::FetchError::Invalid(e.to_string())),
+                Err(FetchError::Untrusted(e)) => Err(admin::FetchError::Untrusted(e.to_string())),
+                Err(FetchError::Registry(e)) => Err(admin::FetchError::Registry(e)),
+            }
+        })
     }
-    for (name, model) in &config.model {
-        if let Some(asset) = model.asset() {
-            provision::ensure_asset(app_dir, &asset).with_context(|| format!("[model.{name}]"))?;
-        }
-    }
-    for step in &config.export {
-        provision::ensure_export(app_dir, step)?;
-    }
-    Ok(())
-}
 
-/// The runtime config named, else the app's `runtime-config/local.toml`, else none; either way with
-/// Spin's well-known models the app's `ai_models` name and it does not map (a Spin app needs no
-/// runtime config of ours).
-fn load_runtime_config(explicit: Option<&Path>, manifest: &Manifest) -> Result<RuntimeConfig> {
-    let mut config = match explicit {
-        Some(path) => RuntimeConfig::load(path)?,
-        None => {
-            let default = runtime_config::default_path(&manifest.dir);
-            if default.is_file() { RuntimeConfig::load(&default)? } else { RuntimeConfig::default() }
-        }
-    };
-    provision::provide_spin_models(&mut config, manifest)?;
-    Ok(config)
+    fn file(&self, url: String, sha256: String) -> futures::future::BoxFuture<'static, Result<PathBuf>> {
+        let sources = self.sources.clone();
+        Box::pin(async move { tokio::task::spawn_blocking(move || sources.fetch_url(&url, &sha256)).await? })
+    }
 }
 
 async fn shutdown_signal() {

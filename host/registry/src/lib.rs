@@ -64,16 +64,23 @@ pub struct Connection {
 
 /// A request that no registry could fulfil (a tag where a digest is needed, a component the
 /// artifact lacks, a malformed reference): the caller's mistake, not the registry's.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 pub struct InvalidRequest(pub String);
 
-impl std::fmt::Display for InvalidRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
+/// Why a component could not be fetched from an app artifact, sorted for the caller's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The request names what cannot be served (a tag, a component the artifact lacks).
+    #[error(transparent)]
+    Invalid(#[from] InvalidRequest),
+    /// No trusted key signed the artifact.
+    #[error(transparent)]
+    Untrusted(#[from] Untrusted),
+    /// The registry refused or could not be reached, or what it sent is not valid.
+    #[error(transparent)]
+    Registry(#[from] anyhow::Error),
 }
-
-impl std::error::Error for InvalidRequest {}
 
 /// Credentials given on the command line or in the environment.
 #[derive(Clone)]
@@ -94,12 +101,12 @@ impl std::fmt::Debug for Credentials {
 }
 
 /// A parsed reference (`host[:port]/repository[:tag][@sha256:...]`).
-pub fn parse_reference(text: &str) -> Result<Reference> {
+pub fn parse_reference(text: &str) -> Result<Reference, InvalidRequest> {
     let text = text.strip_prefix("oci://").unwrap_or(text);
     text.parse::<Reference>().map_err(|e| {
-        anyhow::Error::new(InvalidRequest(format!(
+        InvalidRequest(format!(
             "{text:?} is not a registry reference (host/repository:tag or @sha256:...): {e}"
-        )))
+        ))
     })
 }
 

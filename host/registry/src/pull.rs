@@ -184,7 +184,7 @@ pub async fn fetch_component(
     id: &str,
     connection: &Connection,
     cache_root: &Path,
-) -> Result<FetchedComponent> {
+) -> Result<FetchedComponent, crate::FetchError> {
     let reference = crate::parse_reference(reference)?;
     if reference.digest().is_none() {
         return Err(crate::InvalidRequest(format!(
@@ -213,7 +213,8 @@ pub async fn fetch_component(
         .find(|l| l.digest == layer_digest)
         .with_context(|| format!("{reference}: component {id}'s source {layer_digest} is not a layer"))?;
     cache.ensure(&client, &reference, layer).await?;
-    let bytes = std::fs::read(cache.blob(&layer_digest)?)?;
+    let path = cache.blob(&layer_digest)?;
+    let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(FetchedComponent { layer_digest, bytes })
 }
 

@@ -23,16 +23,9 @@ pub const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
 
 /// An artifact refused because no trusted key signed it (a client's request for code this host
 /// will not run, not a registry failure).
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 pub struct Untrusted(pub String);
-
-impl std::fmt::Display for Untrusted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Untrusted {}
 
 /// The tag cosign keeps the signatures of manifest `digest` under: `sha256-HEX.sig`.
 pub fn signature_tag(digest: &str) -> String {
@@ -115,7 +108,7 @@ pub(crate) async fn verify(
     reference: &Reference,
     digest: &str,
     trusted: &TrustedKeys,
-) -> Result<String> {
+) -> Result<String, crate::FetchError> {
     let target = signature_reference(reference, digest);
     let manifest = match client.pull_image_manifest(&target, auth).await {
         Ok((manifest, _)) => manifest,
@@ -126,7 +119,10 @@ pub(crate) async fn verify(
             ))
             .into());
         }
-        Err(e) => return Err(e).with_context(|| format!("cannot fetch the signature {target}")),
+        Err(e) => {
+            let error = anyhow::Error::new(e).context(format!("cannot fetch the signature {target}"));
+            return Err(error.into());
+        }
     };
     let mut refusals = Vec::new();
     for layer in manifest.layers.iter().filter(|l| l.media_type == SIMPLE_SIGNING_MEDIA_TYPE) {
@@ -144,7 +140,8 @@ pub(crate) async fn verify(
         client
             .pull_blob(&target, layer, &mut writer)
             .await
-            .with_context(|| format!("cannot fetch the signed payload {}", layer.digest))?;
+            .with_context(|| format!("cannot fetch the signed payload {}", layer.digest))
+            .map_err(crate::FetchError::Registry)?;
         match trusted.verify_payload(&payload, signature, digest) {
             Ok(key) => return Ok(key.to_string()),
             Err(e) => refusals.push(e.to_string()),

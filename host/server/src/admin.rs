@@ -16,6 +16,7 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response as AxumResponse};
 use axum::routing::{get, post, put};
+use futures::future::BoxFuture;
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -54,40 +55,44 @@ pub fn read_token(file: Option<&std::path::Path>) -> anyhow::Result<String> {
     }
 }
 
-/// Fetches a component's Wasm from a registry: (reference by digest, component id in the
-/// artifact) → its bytes, verified. The host binary's registry client; the server knows no OCI.
-pub type ComponentFetcher = Arc<
-    dyn Fn(String, String) -> futures::future::BoxFuture<'static, Result<Vec<u8>, FetchError>> + Send + Sync,
->;
+/// What the admin API fetches from elsewhere: components from registries, model files by URL. The
+/// host binary gives its registry client and downloader; the server knows no OCI, S3 or HTTP client.
+pub trait Fetch: Send + Sync {
+    /// Component `component`'s Wasm from the app artifact `reference` (which names a digest), its
+    /// bytes verified.
+    fn component(
+        &self,
+        reference: String,
+        component: String,
+    ) -> BoxFuture<'static, Result<Vec<u8>, FetchError>>;
+    /// The file at `url` (`https://`, `s3://`, `oci://`) of the pinned `sha256`, in the cache and
+    /// verified: its path.
+    fn file(&self, url: String, sha256: String) -> BoxFuture<'static, anyhow::Result<std::path::PathBuf>>;
+}
 
 /// Why a component could not be fetched.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     /// The request names what cannot be served (a tag, a missing component): 400.
+    #[error("{0}")]
     Invalid(String),
     /// No trusted key signed the artifact: 400 `SignatureRejected`.
+    #[error("{0}")]
     Untrusted(String),
     /// The registry refused or could not be reached: 502.
+    #[error("{0:#}")]
     Registry(anyhow::Error),
 }
 
-/// Fetches a file by URL (`https://`, `s3://`, `oci://`) and its pinned sha256 into the cache:
-/// its path, verified. The host binary's downloader.
-pub type FileFetcher = Arc<
-    dyn Fn(String, String) -> futures::future::BoxFuture<'static, anyhow::Result<std::path::PathBuf>>
-        + Send
-        + Sync,
->;
-
-/// What the admin API may fetch from elsewhere; each call that needs a missing one is refused.
+/// What the admin API may fetch from elsewhere and what it trusts; each call that needs a missing
+/// source is refused.
 #[derive(Clone, Default)]
 pub struct Sources {
-    /// Components by registry reference (`POST /admin/v1/components/ID/pull`).
-    pub component: Option<ComponentFetcher>,
-    /// Model files by URL (`POST /admin/v1/models/NAME/reload` with `url`).
-    pub file: Option<FileFetcher>,
+    /// Components by registry reference (`POST /admin/v1/components/ID/pull`) and model files by
+    /// URL (`POST /admin/v1/models/NAME/reload` with `url`).
+    pub fetch: Option<Arc<dyn Fetch>>,
     /// The keys an uploaded component's detached signature (`x-edgeinfer-signature`) must verify
-    /// with; pulls by reference are checked by the component fetcher. `None`: nothing checked.
+    /// with; pulls by reference are checked by the fetcher. `None`: nothing checked.
     pub trusted: Option<Arc<edgeinfer_trust::TrustedKeys>>,
 }
 
@@ -244,7 +249,7 @@ async fn audit(
 
 /// The admin routes; a known path with another method is 405, an unknown path 404 (JSON both).
 fn router(app: Arc<App>, sources: Sources) -> Router {
-    let (fetcher, file_fetcher, trusted) = (sources.component, sources.file, sources.trusted);
+    let (fetcher, file_fetcher, trusted) = (sources.fetch.clone(), sources.fetch, sources.trusted);
     // The component fetcher checks artifact signatures whenever the host has trusted keys.
     let pulls_verified = trusted.is_some();
     let refuse =
@@ -374,7 +379,7 @@ async fn deploy_version(
 async fn pull(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
-    fetcher: Option<ComponentFetcher>,
+    fetcher: Option<Arc<dyn Fetch>>,
     verified: bool,
     req: axum::extract::Request,
 ) -> Answer {
@@ -384,7 +389,7 @@ async fn pull(
 async fn pull_version(
     app: Arc<App>,
     id: &str,
-    fetcher: Option<ComponentFetcher>,
+    fetcher: Option<Arc<dyn Fetch>>,
     verified: bool,
     req: axum::extract::Request,
 ) -> Response<WasiBody> {
@@ -419,7 +424,7 @@ async fn pull_version(
         return HostError::NotFound.answer("this host pulls no components from registries");
     };
     let component = request.component.unwrap_or_else(|| id.to_string());
-    let bytes = match fetcher(request.reference.clone(), component.clone()).await {
+    let bytes = match fetcher.component(request.reference.clone(), component.clone()).await {
         Ok(bytes) => bytes,
         Err(e) => {
             metrics::counter!("edgeinfer_deployments_total", "component" => id.to_string(), "outcome" => "refused").increment(1);
@@ -588,7 +593,7 @@ async fn promote(State(app): State<Arc<App>>, Path(id): Path<String>) -> Answer 
 async fn reload_model(
     State(app): State<Arc<App>>,
     Path(name): Path<String>,
-    fetcher: Option<FileFetcher>,
+    fetcher: Option<Arc<dyn Fetch>>,
     req: axum::extract::Request,
 ) -> Answer {
     Answer(reload(app, &name, fetcher, req).await)
@@ -606,7 +611,7 @@ struct ReloadBody {
 async fn reload(
     app: Arc<App>,
     name: &str,
-    fetcher: Option<FileFetcher>,
+    fetcher: Option<Arc<dyn Fetch>>,
     req: axum::extract::Request,
 ) -> Response<WasiBody> {
     let body = match crate::body::read(req, 64 << 10, crate::body::READ_TIMEOUT).await {
@@ -648,7 +653,7 @@ async fn reload(
             // A presigned URL's query carries credentials: never logged or answered.
             let shown = url.split('?').next().unwrap_or_default().to_string();
             tracing::info!(model = name, url = %shown, "fetching the model to reload");
-            match fetcher(url.clone(), sha256.clone()).await {
+            match fetcher.file(url.clone(), sha256.clone()).await {
                 Ok(path) => ReloadRequest { path: Some(path.display().to_string()), sha256: Some(sha256) },
                 Err(e) => {
                     metrics::counter!("edgeinfer_model_reloads_total", "model" => name.to_string(), "outcome" => "refused").increment(1);

@@ -39,7 +39,7 @@ fn served_components(manifest: &Manifest, compose_nn_providers: bool) -> BTreeSe
         let component = &manifest.components[*id];
         paths.insert(manifest.resolve(&component.source));
         for (key, dependency) in &component.dependencies {
-            if compose_nn_providers || !edgeinfer_runtime::compose::is_nn_provider(key) {
+            if compose_nn_providers || !crate::compose::is_nn_provider(key) {
                 paths.insert(manifest.resolve(&dependency.path));
             }
         }

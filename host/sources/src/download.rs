@@ -1,72 +1,62 @@
-//! Files from URLs (`[[asset]] url = ...`): `https://`, `http://`, `s3://bucket/key` (endpoint,
-//! region and credentials from the standard `AWS_*` environment variables, else the AWS shared
-//! config and credentials files, path-style requests, through `object_store`), or `oci://host/repository:tag` (the layer of the pinned digest, with
-//! the registry settings of `set_registry`). Streamed into a temporary file in the cache and hashed on the way,
-//! verified against the pinned sha256, then renamed into place, so a failed, partial or wrong
-//! download never leaves a file that looks valid. Refused or cut connections and 5xx/408/429
-//! answers are retried with backoff (a cut HTTP transfer resumes with a Range request where it
-//! stopped); a 4xx (a missing key, missing credentials) or a wrong sum is not.
+//! Files from URLs (`[[asset]] url = ...`): `https://`, `http://`, `s3://bucket/key` (`s3`), or
+//! `oci://host/repository:tag` (the layer of the pinned digest, through the `Sources`' registry
+//! settings). Streamed into a temporary file in the cache and hashed on the way, verified against
+//! the pinned sha256, then renamed into place, so a failed, partial or wrong download never leaves
+//! a file that looks valid. Refused or cut connections and 5xx/408/429 answers are retried with
+//! backoff (a cut HTTP transfer resumes with a Range request where it stopped); a 4xx (a missing
+//! key, missing credentials) or a wrong sum is not.
 
 use std::fs::File;
 use std::io::{IsTerminal, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use sha2::{Digest, Sha256};
 
-use crate::provision::{Blob, cache_dir};
+use crate::Sources;
+use crate::cache::{Blob, cache_dir};
 
 /// Tries per download (the first and three retries, after 0.5, 1 and 2 s).
 const ATTEMPTS: u32 = 4;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Why one attempt failed.
-enum Failure {
+pub(crate) enum Failure {
     /// Worth another try (connection refused or cut, 5xx).
     Transient(anyhow::Error),
     /// Another try would fail the same way (404, wrong sum, a cache that cannot be written).
     Permanent(anyhow::Error),
 }
 
-/// How `oci://` sources reach their registry (the command line's registry flags).
-static REGISTRY: std::sync::OnceLock<edgeinfer_registry::Connection> = std::sync::OnceLock::new();
+impl Sources {
+    /// The cached, verified copy of the file at `url`, downloaded on first use. Blocking.
+    pub fn fetch_url(&self, url: &str, sha256: &str) -> Result<std::path::PathBuf> {
+        // It names a cache path: 64 hex digits and nothing else.
+        edgeinfer_config::runtime_config::check_sha256(sha256)?;
+        crate::on_own_thread(|| match url.strip_prefix("oci://") {
+            Some(reference) => {
+                self.fetch_oci(reference, sha256).with_context(|| format!("{url}: the layer sha256:{sha256}"))
+            }
+            None => fetch_url_here(url, sha256),
+        })
+        .with_context(|| url.to_string())?
+    }
 
-/// Sets the registry settings `oci://` sources use (once, at start).
-pub fn set_registry(connection: edgeinfer_registry::Connection) {
-    let _ = REGISTRY.set(connection);
+    /// The layer `sha256:<sha256>` of an OCI artifact, verified by the registry client as it
+    /// streams into the OCI cache (the same content-addressed store `registry pull` uses).
+    fn fetch_oci(&self, reference: &str, sha256: &str) -> Result<std::path::PathBuf> {
+        let digest = format!("sha256:{}", sha256.to_ascii_lowercase());
+        crate::current_thread_runtime()?.block_on(edgeinfer_registry::fetch_layer(
+            reference,
+            &digest,
+            &self.registry,
+            &cache_dir(),
+        ))
+    }
 }
 
-/// The cached, verified copy of the file at `url`, downloaded on first use.
-pub fn fetch_url(url: &str, sha256: &str) -> Result<PathBuf> {
-    // It names a cache path: 64 hex digits and nothing else.
-    edgeinfer_config::runtime_config::check_sha256(sha256)?;
-    // On a thread of its own: reqwest's blocking client and the OCI client's runtime must not be
-    // created or dropped inside the caller's runtime (`edgeinfer up` provisions from the async
-    // runtime's blocking pool).
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| match url.strip_prefix("oci://") {
-                Some(reference) => {
-                    fetch_oci(reference, sha256).with_context(|| format!("{url}: the layer sha256:{sha256}"))
-                }
-                None => fetch_url_here(url, sha256),
-            })
-            .join()
-    })
-    .unwrap_or_else(|_| Err(anyhow!("{url}: the download thread panicked")))
-}
-
-/// The layer `sha256:<sha256>` of an OCI artifact, verified by the registry client as it streams
-/// into the OCI cache (the same content-addressed store `registry pull` uses).
-fn fetch_oci(reference: &str, sha256: &str) -> Result<PathBuf> {
-    let connection = REGISTRY.get().cloned().unwrap_or_default();
-    let digest = format!("sha256:{}", sha256.to_ascii_lowercase());
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(edgeinfer_registry::fetch_layer(reference, &digest, &connection, &cache_dir()))
-}
-
-fn fetch_url_here(url: &str, sha256: &str) -> Result<PathBuf> {
+fn fetch_url_here(url: &str, sha256: &str) -> Result<std::path::PathBuf> {
     let name = url.rsplit('/').next().filter(|n| !n.is_empty() && !n.contains('?')).unwrap_or("download");
     let blob = Blob::new(sha256, name);
     if let Some(cached) = blob.verified() {
@@ -83,7 +73,7 @@ fn fetch_url_here(url: &str, sha256: &str) -> Result<PathBuf> {
     let mut resume: Option<Resume> = None;
     for attempt in 1..=ATTEMPTS {
         let result = if url.starts_with("s3://") {
-            attempt_s3(url, &partial, sha256)
+            crate::s3::attempt(url, &partial, sha256)
         } else {
             attempt_download(&client, url, &partial, sha256, &mut resume)
         };
@@ -198,122 +188,8 @@ fn content_range(response: &reqwest::blocking::Response) -> Option<(u64, u64, Op
     Some((first.trim().parse().ok()?, last.trim().parse().ok()?, total.trim().parse().ok()))
 }
 
-/// One GET of `s3://bucket/key` into `partial`, checked against `sha256`.
-fn attempt_s3(url: &str, partial: &Path, sha256: &str) -> Result<(), Failure> {
-    use futures::StreamExt;
-    use object_store::ObjectStoreExt;
-
-    let (bucket, key) = url
-        .strip_prefix("s3://")
-        .and_then(|rest| rest.split_once('/'))
-        .filter(|(bucket, key)| !bucket.is_empty() && !key.is_empty())
-        .ok_or_else(|| Failure::Permanent(anyhow!("{url}: not s3://BUCKET/KEY")))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::Permanent(anyhow!("cannot start an async runtime: {e}")))?;
-    runtime.block_on(async {
-        // Retries are this module's (the same for every source), not object_store's own.
-        let retry = object_store::RetryConfig { max_retries: 0, ..Default::default() };
-        let mut builder =
-            object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry);
-        // What the environment leaves unset comes from the AWS shared files, as the AWS CLI has it.
-        let mut endpoint = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT")).ok();
-        for (key, value) in aws_profile_settings() {
-            builder = match key {
-                "aws_access_key_id" => builder.with_access_key_id(value),
-                "aws_secret_access_key" => builder.with_secret_access_key(value),
-                "aws_session_token" => builder.with_token(value),
-                "region" => builder.with_region(value),
-                "endpoint_url" => {
-                    endpoint = Some(value.clone());
-                    builder.with_endpoint(value)
-                }
-                _ => builder,
-            };
-        }
-        // An endpoint the user gave as http:// (an S3-compatible server on a private network).
-        if endpoint.is_some_and(|e| e.starts_with("http://")) {
-            builder = builder.with_allow_http(true);
-        }
-        let store = builder.build().map_err(|e| Failure::Permanent(anyhow!("{url}: {e}")))?;
-        let result = store.get(&object_store::path::Path::from(key)).await.map_err(|e| {
-            let error = anyhow!("{url}: {e}");
-            match e {
-                object_store::Error::NotFound { .. }
-                | object_store::Error::PermissionDenied { .. }
-                | object_store::Error::Unauthenticated { .. } => Failure::Permanent(error),
-                _ => Failure::Transient(error),
-            }
-        })?;
-        let mut sink = Sink::create(url, partial, Some(result.meta.size))?;
-        let mut stream = result.into_stream();
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(bytes) => sink.write(&bytes)?,
-                Err(e) => return Err(sink.broken(e)),
-            }
-        }
-        sink.finish(sha256)
-    })
-}
-
-/// The settings of the AWS profile (`$AWS_PROFILE`, else `default`) from the shared credentials
-/// file (`$AWS_SHARED_CREDENTIALS_FILE`, else `~/.aws/credentials`) and config file
-/// (`$AWS_CONFIG_FILE`, else `~/.aws/config`: `[default]` or `[profile NAME]`), for each key whose
-/// environment variable is unset (the environment wins, as with the AWS CLI).
-fn aws_profile_settings() -> Vec<(&'static str, String)> {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let profile =
-        var("AWS_PROFILE").or_else(|| var("AWS_DEFAULT_PROFILE")).unwrap_or_else(|| "default".into());
-    let home = var("HOME").map(PathBuf::from).unwrap_or_default();
-    let read = |variable: &str, default: &str| {
-        let path = var(variable).map(PathBuf::from).unwrap_or_else(|| home.join(default));
-        std::fs::read_to_string(path).unwrap_or_default()
-    };
-    let credentials = ini_section(&read("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials"), &profile);
-    let config_section = if profile == "default" { profile.clone() } else { format!("profile {profile}") };
-    let config = ini_section(&read("AWS_CONFIG_FILE", ".aws/config"), &config_section);
-    let keys: [(&'static str, &[&str]); 5] = [
-        ("aws_access_key_id", &["AWS_ACCESS_KEY_ID"]),
-        ("aws_secret_access_key", &["AWS_SECRET_ACCESS_KEY"]),
-        ("aws_session_token", &["AWS_SESSION_TOKEN"]),
-        ("region", &["AWS_REGION", "AWS_DEFAULT_REGION"]),
-        ("endpoint_url", &["AWS_ENDPOINT_URL", "AWS_ENDPOINT"]),
-    ];
-    keys.into_iter()
-        .filter(|(_, variables)| variables.iter().all(|v| var(v).is_none()))
-        .filter_map(|(key, _)| {
-            let value = credentials.get(key).or_else(|| config.get(key))?;
-            Some((key, value.clone()))
-        })
-        .collect()
-}
-
-/// The top-level `key = value` pairs of `[section]` in an INI file (the AWS files' format;
-/// indented lines belong to a nested service block and are skipped).
-fn ini_section(text: &str, section: &str) -> std::collections::HashMap<String, String> {
-    let mut current = None::<&str>;
-    let mut pairs = std::collections::HashMap::new();
-    for line in text.lines() {
-        let trimmed = line.trim();
-        if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with(';') {
-            continue;
-        }
-        if let Some(name) = trimmed.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
-            current = Some(name.trim());
-        } else if current == Some(section)
-            && !line.starts_with([' ', '\t'])
-            && let Some((key, value)) = trimmed.split_once('=')
-        {
-            pairs.insert(key.trim().to_ascii_lowercase(), value.trim().to_string());
-        }
-    }
-    pairs
-}
-
 /// A download being written: the partial file, its hash and its progress.
-struct Sink<'a> {
+pub(crate) struct Sink<'a> {
     url: &'a str,
     partial: &'a Path,
     file: File,
@@ -326,7 +202,7 @@ struct Sink<'a> {
 }
 
 impl<'a> Sink<'a> {
-    fn create(url: &'a str, partial: &'a Path, length: Option<u64>) -> Result<Sink<'a>, Failure> {
+    pub(crate) fn create(url: &'a str, partial: &'a Path, length: Option<u64>) -> Result<Sink<'a>, Failure> {
         let file = File::create(partial)
             .map_err(|e| Failure::Permanent(anyhow!("cannot write {}: {e}", partial.display())))?;
         let progress = Progress::start(url, length);
@@ -369,7 +245,7 @@ impl<'a> Sink<'a> {
         })
     }
 
-    fn write(&mut self, bytes: &[u8]) -> Result<(), Failure> {
+    pub(crate) fn write(&mut self, bytes: &[u8]) -> Result<(), Failure> {
         self.file
             .write_all(bytes)
             .map_err(|e| Failure::Permanent(anyhow!("cannot write {}: {e}", self.partial.display())))?;
@@ -380,12 +256,12 @@ impl<'a> Sink<'a> {
     }
 
     /// The transfer broke: worth another try.
-    fn broken(&self, error: impl std::fmt::Display) -> Failure {
+    pub(crate) fn broken(&self, error: impl std::fmt::Display) -> Failure {
         Failure::Transient(anyhow!("{}: the transfer broke after {} bytes: {error}", self.url, self.received))
     }
 
     /// Complete, flushed and of the pinned sum, or why not.
-    fn finish(mut self, sha256: &str) -> Result<(), Failure> {
+    pub(crate) fn finish(mut self, sha256: &str) -> Result<(), Failure> {
         let (url, received) = (self.url, self.received);
         self.file
             .flush()
@@ -449,21 +325,5 @@ impl Progress {
                 self.started.elapsed().as_secs_f64()
             ),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ini_section;
-
-    #[test]
-    fn aws_files_are_read_by_section_and_top_level_key() {
-        let config = "[default]\nregion = eu-west-1\n\n[profile edge]\nregion = us-east-1\nendpoint_url = http://10.0.0.5:9000\ns3 =\n  addressing_style = path\n# a comment\n";
-        let edge = ini_section(config, "profile edge");
-        assert_eq!(edge.get("region").map(String::as_str), Some("us-east-1"));
-        assert_eq!(edge.get("endpoint_url").map(String::as_str), Some("http://10.0.0.5:9000"));
-        assert!(!edge.contains_key("addressing_style"), "nested service settings are not top-level keys");
-        assert_eq!(ini_section(config, "default").get("region").map(String::as_str), Some("eu-west-1"));
-        assert!(ini_section(config, "profile other").is_empty());
     }
 }

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result};
 use globset::{Glob, GlobMatcher};
 
-use edgeinfer_runtime::app::App;
-use edgeinfer_runtime::compose::read_source;
+use crate::app::App;
+use crate::compose::read_source;
 
 /// How often the watched files are looked at.
 const POLL: Duration = Duration::from_millis(500);
