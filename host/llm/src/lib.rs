@@ -280,3 +280,6 @@ impl Batch {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -340,7 +340,9 @@ pub struct RunningRequests(Arc<std::sync::Mutex<Vec<Running>>>);
 
 struct Running {
     id: u64,
-    task: GuestTaskId,
+    /// The guest task serving it (always set by `start`; `None` only in unit tests, which cannot
+    /// make a `GuestTaskId` without running a component).
+    task: Option<GuestTaskId>,
     trace: Option<TraceContext>,
     trap: oneshot::Sender<TrapCause>,
 }
@@ -355,7 +357,7 @@ impl RunningRequests {
     fn start(&self, ticket: RequestTicket, task: GuestTaskId) {
         let mut running = self.lock();
         running.retain(|r| !r.trap.is_closed());
-        running.push(Running { id: ticket.id, task, trace: ticket.trace, trap: ticket.trap });
+        running.push(Running { id: ticket.id, task: Some(task), trace: ticket.trace, trap: ticket.trap });
     }
 
     /// The requests still waiting for their answer, taken out (the instance is gone).
@@ -370,7 +372,7 @@ impl RunningRequests {
     pub fn trace_of(&self, root: Option<GuestTaskId>) -> Option<TraceContext> {
         let running = self.lock();
         let live = || running.iter().filter(|r| !r.trap.is_closed());
-        if let Some(found) = root.and_then(|task| live().find(|r| r.task == task)) {
+        if let Some(found) = root.and_then(|task| live().find(|r| r.task == Some(task))) {
             return found.trace.clone();
         }
         let mut live = live();
@@ -647,5 +649,411 @@ impl WorkerState for Worker {
             }
         }
         drop(store);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use wasmtime::ResourceLimiter;
+
+    use super::*;
+
+    /// A metrics recorder keeping each counter's and gauge's value by `name{label=value,...}`, for
+    /// `metrics::with_local_recorder`.
+    #[derive(Clone, Default)]
+    struct Recorded(Arc<Mutex<BTreeMap<String, f64>>>);
+
+    struct Cell {
+        values: Recorded,
+        key: String,
+    }
+
+    impl Cell {
+        fn update(&self, f: impl FnOnce(&mut f64)) {
+            f(self.values.0.lock().unwrap().entry(self.key.clone()).or_default());
+        }
+    }
+
+    impl metrics::CounterFn for Cell {
+        fn increment(&self, value: u64) {
+            self.update(|v| *v += value as f64);
+        }
+        fn absolute(&self, value: u64) {
+            self.update(|v| *v = value as f64);
+        }
+    }
+
+    impl metrics::GaugeFn for Cell {
+        fn increment(&self, value: f64) {
+            self.update(|v| *v += value);
+        }
+        fn decrement(&self, value: f64) {
+            self.update(|v| *v -= value);
+        }
+        fn set(&self, value: f64) {
+            self.update(|v| *v = value);
+        }
+    }
+
+    impl Recorded {
+        fn cell(&self, key: &metrics::Key) -> Arc<Cell> {
+            let labels: Vec<String> = key.labels().map(|l| format!("{}={}", l.key(), l.value())).collect();
+            Arc::new(Cell { values: self.clone(), key: format!("{}{{{}}}", key.name(), labels.join(",")) })
+        }
+
+        fn get(&self, key: &str) -> f64 {
+            self.0.lock().unwrap().get(key).copied().unwrap_or(0.0)
+        }
+    }
+
+    impl metrics::Recorder for Recorded {
+        fn describe_counter(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+        fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+        fn describe_histogram(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+            metrics::Counter::from_arc(self.cell(key))
+        }
+        fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+            metrics::Gauge::from_arc(self.cell(key))
+        }
+        fn register_histogram(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Histogram {
+            metrics::Histogram::noop()
+        }
+    }
+
+    const MEMORY: &str = "edgeinfer_instance_memory_bytes{component=c}";
+    const LIVE: &str = "edgeinfer_live_instances{component=c}";
+    const PAGE: usize = 64 << 10;
+
+    fn policy() -> ReusePolicy {
+        ReusePolicy {
+            max_requests: 3,
+            max_concurrent: 2,
+            idle_timeout: Duration::from_secs(60),
+            surplus_idle: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The instance spec of component `c`: no models, `max_memory_bytes` of linear memory.
+    fn spec(max_memory_bytes: usize, fuel: Option<u64>) -> InstanceSpec {
+        let registry = Arc::new(edgeinfer_engine::registry::GraphRegistry::default());
+        InstanceSpec {
+            component_id: "c".into(),
+            environment: vec![("GREETING".into(), "hi".into())],
+            mounts: vec![],
+            allowed_models: Arc::new(BTreeSet::from(["minilm".to_string()])),
+            models: Arc::new(crate::models::RegistryModels(registry.clone())),
+            embeddings: Arc::new(EmbeddingModels::new()),
+            host_info: HostInfo { registry, component_id: "c".into(), limits: Default::default() },
+            allowed_outbound_hosts: Arc::new(vec![]),
+            max_memory_bytes,
+            interrupt_after: Duration::from_secs(1),
+            fuel,
+        }
+    }
+
+    fn worker(pool: &Arc<WarmPool>, left: bool) -> Worker {
+        Worker {
+            policy: policy(),
+            component_id: "c".into(),
+            interrupt_after: Duration::from_secs(1),
+            fuel: None,
+            pool: pool.clone(),
+            left: Arc::new(AtomicBool::new(left)),
+        }
+    }
+
+    fn expiration(pool: &Arc<WarmPool>, policy: ReusePolicy) -> Expiration {
+        Expiration {
+            policy,
+            sleep: Box::pin(tokio::time::sleep(Duration::MAX)),
+            pool: pool.clone(),
+            left: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// A pool of `live` instances (`max` 8) of which `warm` are kept.
+    fn pool(warm: usize, live: usize) -> Arc<WarmPool> {
+        let pool = Arc::new(WarmPool::new(warm, 8));
+        for _ in 0..live {
+            assert!(pool.reserve());
+        }
+        pool
+    }
+
+    fn counts(pool: &WarmPool) -> (usize, usize) {
+        let counts = pool.counts();
+        (counts.live, counts.leaving)
+    }
+
+    fn poll_now(expiration: &mut Expiration, status: WorkerStatus, start: Instant) -> Poll<()> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        Pin::new(expiration).poll(&mut cx, status, start)
+    }
+
+    /// Whether `expiration` retires its instance within a second.
+    async fn expires(expiration: &mut Expiration, status: WorkerStatus, start: Instant) -> bool {
+        let expired = std::future::poll_fn(|cx| Pin::new(&mut *expiration).poll(cx, status, start));
+        tokio::time::timeout(Duration::from_secs(1), expired).await.is_ok()
+    }
+
+    fn ago(seconds: u64) -> Instant {
+        Instant::now() - Duration::from_secs(seconds)
+    }
+
+    /// Adds a request to `running` as `RunningRequests::start` does (without a guest task).
+    fn run(running: &RunningRequests, id: u64, trace: Option<TraceContext>) -> oneshot::Receiver<TrapCause> {
+        let (ticket, cause) = RequestTicket::new(id, trace);
+        running.lock().push(Running { id, task: None, trace: ticket.trace, trap: ticket.trap });
+        cause
+    }
+
+    #[derive(Debug, PartialEq)]
+    struct Marker(u32);
+
+    fn marked(n: u32) -> TraceContext {
+        TraceContext::new().with_value(Marker(n))
+    }
+
+    #[test]
+    fn the_pool_creates_no_more_than_max_live_instances_and_frees_slots_as_they_drop() {
+        let pool = WarmPool::new(1, 2);
+        assert!(pool.reserve());
+        assert!(pool.reserve());
+        assert!(!pool.reserve(), "at max: the request must wait for a busy instance");
+        assert_eq!(counts(&pool), (2, 0));
+        pool.dropped(false);
+        assert!(pool.reserve(), "a dropped instance frees its slot");
+        assert!(!pool.reserve());
+        // `LoadedComponent::handle` retries only on this error.
+        assert!(wasmtime::Error::new(PoolFull).is::<PoolFull>());
+    }
+
+    #[test]
+    fn racing_idle_instances_never_take_the_pool_below_its_warm_ones() {
+        let pool = pool(2, 5);
+        let left: Vec<bool> = (0..5).map(|_| pool.leave_if_surplus()).collect();
+        assert_eq!(left, [true, true, true, false, false], "3 surplus instances, 2 warm stay");
+        assert_eq!(counts(&pool), (5, 3), "leaving ones count as live until they are dropped");
+        pool.dropped(true);
+        pool.dropped(true);
+        assert_eq!(counts(&pool), (3, 1));
+        assert!(!pool.leave_if_surplus(), "one still leaving: the other two are the warm ones");
+        pool.dropped(true);
+        assert_eq!(counts(&pool), (2, 0));
+        assert!(!pool.leave_if_surplus());
+    }
+
+    #[test]
+    fn an_instance_takes_requests_up_to_its_concurrency_and_retires_after_max_requests() {
+        let pool = pool(1, 1);
+        let worker = worker(&pool, false);
+        let accept = |concurrent, total| match worker.should_accept_request(concurrent, total) {
+            ShouldAccept::Yes => "yes",
+            ShouldAccept::No => "no",
+            ShouldAccept::Never => "never",
+        };
+        assert_eq!(accept(0, 0), "yes");
+        assert_eq!(accept(1, 1), "yes");
+        assert_eq!(accept(2, 2), "no", "max_concurrent 2: full for now");
+        assert_eq!(accept(0, 3), "never", "max_requests 3: retired however idle it is");
+        assert_eq!(accept(2, 3), "never");
+    }
+
+    #[tokio::test]
+    async fn an_idle_instance_stays_through_the_surplus_window() {
+        let pool = pool(0, 2);
+        let mut expiration = expiration(&pool, policy());
+        assert!(poll_now(&mut expiration, WorkerStatus::Idle, Instant::now()).is_pending());
+        assert_eq!(counts(&pool), (2, 0), "nothing left the pool yet");
+    }
+
+    #[tokio::test]
+    async fn a_surplus_idle_instance_leaves_once_its_window_passes() {
+        let pool = pool(1, 2);
+        let quick = ReusePolicy { surplus_idle: Duration::from_millis(20), ..policy() };
+        let mut surplus = expiration(&pool, quick);
+        // Pending at first; the surplus deadline wakes it, and it decides again.
+        assert!(expires(&mut surplus, WorkerStatus::Idle, Instant::now()).await);
+        assert!(surplus.left.load(Ordering::Acquire), "its worker tells the pool when dropped");
+        assert_eq!(counts(&pool), (2, 1));
+        // The other, the warm one, stays for the idle timeout.
+        let mut warm = expiration(&pool, quick);
+        assert!(!expires(&mut warm, WorkerStatus::Idle, Instant::now()).await);
+        assert!(!warm.left.load(Ordering::Acquire));
+    }
+
+    #[tokio::test]
+    async fn a_warm_idle_instance_is_retired_only_after_the_idle_timeout() {
+        let pool = pool(1, 1);
+        let mut expiration = expiration(&pool, policy());
+        assert!(poll_now(&mut expiration, WorkerStatus::Idle, ago(30)).is_pending());
+        assert!(expires(&mut expiration, WorkerStatus::Idle, ago(61)).await);
+        assert!(!expiration.left.load(Ordering::Acquire), "not counted as a surplus leaver");
+        assert_eq!(counts(&pool), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn a_busy_instance_expires_at_the_request_timeout_not_the_idle_rules() {
+        let pool = pool(0, 3);
+        let mut expiration = expiration(&pool, policy());
+        // Long past the surplus window, but serving: the pool's surplus is not its business.
+        assert!(poll_now(&mut expiration, WorkerStatus::Requests, ago(5)).is_pending());
+        assert!(poll_now(&mut expiration, WorkerStatus::PostReturn, ago(5)).is_pending());
+        assert_eq!(counts(&pool), (3, 0));
+        assert!(expires(&mut expiration, WorkerStatus::Requests, ago(11)).await);
+        assert!(expires(&mut expiration, WorkerStatus::PostReturn, ago(11)).await);
+        assert!(!expiration.left.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn out_of_fuel_is_told_apart_from_other_traps() {
+        let fuel = wasmtime::Error::new(wasmtime::Trap::OutOfFuel).context("error while executing guest");
+        assert_eq!(trap_cause(&fuel), TrapCause::OutOfFuel);
+        let unreachable = wasmtime::Error::new(wasmtime::Trap::UnreachableCodeReached)
+            .context("error while executing guest");
+        let TrapCause::Trap(message) = trap_cause(&unreachable) else { panic!("not out of fuel") };
+        assert_eq!(
+            message,
+            wasmtime::Trap::UnreachableCodeReached.to_string(),
+            "the root cause, not the context"
+        );
+        assert_eq!(trap_cause(&wasmtime::Error::msg("host fault")), TrapCause::Trap("host fault".into()));
+    }
+
+    #[test]
+    fn a_trapped_instance_reports_its_cause_to_the_requests_still_waiting() {
+        let engine = Engine::default();
+        let pool = pool(1, 2);
+        let recorded = Recorded::default();
+        let store = spec(1 << 20, None).new_store(&engine).unwrap();
+        let mut waiting = run(&store.data().running, 1, None);
+        let mut also_waiting = run(&store.data().running, 2, None);
+        drop(run(&store.data().running, 3, None)); // answered already
+        let error = wasmtime::Error::new(wasmtime::Trap::OutOfFuel).context("error while executing");
+        metrics::with_local_recorder(&recorded, || worker(&pool, false).drop(store, Err(error)));
+        assert_eq!(waiting.try_recv(), Ok(TrapCause::OutOfFuel));
+        assert_eq!(also_waiting.try_recv(), Ok(TrapCause::OutOfFuel));
+        assert_eq!(counts(&pool), (1, 0), "its slot is freed: a fresh instance replaces it");
+        assert_eq!(recorded.get(LIVE), -1.0);
+        // A worker task that panicked while serving is a fault for the request it served.
+        let store = spec(1 << 20, None).new_store(&engine).unwrap();
+        let mut waiting = run(&store.data().running, 4, None);
+        worker(&pool, false).drop(store, Err(wasmtime::Error::msg(DROPPED_WORKER)));
+        assert_eq!(waiting.try_recv(), Ok(TrapCause::Trap(DROPPED_WORKER.into())));
+        assert_eq!(counts(&pool), (0, 0));
+    }
+
+    #[test]
+    fn an_instance_ending_cleanly_tells_no_request_and_settles_the_pool() {
+        let engine = Engine::default();
+        let pool = pool(0, 2);
+        assert!(pool.leave_if_surplus());
+        let store = spec(1 << 20, None).new_store(&engine).unwrap();
+        let mut waiting = run(&store.data().running, 1, None);
+        worker(&pool, true).drop(store, Ok(()));
+        assert_eq!(counts(&pool), (1, 0), "a surplus leaver is uncounted as leaving too");
+        // The store is gone with nothing reported: the request learns only that it ended.
+        assert_eq!(waiting.try_recv(), Err(oneshot::error::TryRecvError::Closed));
+        // The host cancelling an idle instance's task is not a fault either (only logged).
+        let store = spec(1 << 20, None).new_store(&engine).unwrap();
+        worker(&pool, false).drop(store, Err(wasmtime::Error::msg(DROPPED_WORKER)));
+        assert_eq!(counts(&pool), (0, 0));
+    }
+
+    #[test]
+    fn host_calls_trace_under_the_only_live_request_and_never_guess_among_several() {
+        let running = RunningRequests::default();
+        assert!(running.trace_of(None).is_none(), "no request running");
+        let first = run(&running, 1, Some(marked(1)));
+        let trace = running.trace_of(None).expect("the only request's trace");
+        assert_eq!(trace.get::<Marker>(), Some(&Marker(1)));
+        let second = run(&running, 2, Some(marked(2)));
+        assert!(running.trace_of(None).is_none(), "two requests: which one is unknown");
+        drop(first);
+        let trace = running.trace_of(None).expect("the first ended: the second is the only one");
+        assert_eq!(trace.get::<Marker>(), Some(&Marker(2)));
+        drop(second);
+        assert!(running.trace_of(None).is_none());
+    }
+
+    #[test]
+    fn only_requests_still_waiting_are_taken_when_the_instance_goes() {
+        let running = RunningRequests::default();
+        let _waiting = run(&running, 1, None);
+        drop(run(&running, 2, None));
+        let _also = run(&running, 3, None);
+        let ids: Vec<u64> = running.take_waiting().iter().map(|r| r.id).collect();
+        assert_eq!(ids, [1, 3]);
+        assert!(running.take_waiting().is_empty(), "taken out");
+    }
+
+    #[test]
+    fn the_memory_gauge_follows_growth_within_the_cap_and_is_given_back_on_drop() {
+        let engine = Engine::default();
+        let recorded = Recorded::default();
+        metrics::with_local_recorder(&recorded, || {
+            let mut store = spec(3 * PAGE, None).new_store(&engine).unwrap();
+            let memory = wasmtime::Memory::new(&mut store, wasmtime::MemoryType::new(1, None)).unwrap();
+            assert_eq!(recorded.get(MEMORY), PAGE as f64);
+            memory.grow(&mut store, 2).unwrap();
+            assert_eq!(recorded.get(MEMORY), (3 * PAGE) as f64);
+            assert!(memory.grow(&mut store, 1).is_err(), "max_memory_bytes is 3 pages");
+            assert_eq!(recorded.get(MEMORY), (3 * PAGE) as f64, "a refused growth is not counted");
+            assert_eq!(store.data().limits.bytes, 3 * PAGE);
+            drop(store);
+            assert_eq!(recorded.get(MEMORY), 0.0, "a dropped instance holds no memory");
+        });
+    }
+
+    #[test]
+    fn a_growth_that_fails_after_being_allowed_is_uncounted() {
+        let recorded = Recorded::default();
+        metrics::with_local_recorder(&recorded, || {
+            let mut account =
+                MemoryAccount::new(StoreLimitsBuilder::new().memory_size(4 * PAGE).build(), "c");
+            assert!(account.memory_growing(0, PAGE, None).unwrap());
+            assert!(account.memory_growing(PAGE, 3 * PAGE, None).unwrap());
+            account.memory_grow_failed(wasmtime::Error::msg("mmap failed")).unwrap();
+            assert_eq!((account.bytes, recorded.get(MEMORY)), (PAGE, PAGE as f64));
+            assert!(!account.memory_growing(PAGE, 5 * PAGE, None).unwrap(), "over the cap");
+            assert_eq!((account.bytes, recorded.get(MEMORY)), (PAGE, PAGE as f64));
+            drop(account);
+            assert_eq!(recorded.get(MEMORY), 0.0);
+        });
+    }
+
+    #[test]
+    fn each_store_gets_the_request_fuel_budget_when_the_engine_meters_fuel() {
+        let mut config = wasmtime::Config::new();
+        config.consume_fuel(true);
+        let metered = Engine::new(&config).unwrap();
+        assert_eq!(spec(PAGE, Some(5_000)).new_store(&metered).unwrap().get_fuel().unwrap(), 5_000);
+        assert_eq!(spec(PAGE, None).new_store(&metered).unwrap().get_fuel().unwrap(), u64::MAX);
+        assert!(spec(PAGE, Some(5_000)).new_store(&Engine::default()).unwrap().get_fuel().is_err());
+    }
+
+    #[test]
+    fn host_info_names_the_component_s_limits_and_only_models_the_registry_has() {
+        let spec = spec(PAGE, None);
+        let info: serde_json::Value =
+            serde_json::from_str(&spec.host_info.render(&spec.allowed_models)).unwrap();
+        let limits = edgeinfer_config::runtime_config::ComponentLimits::default();
+        assert_eq!(info["host"], "edgeinfer");
+        assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(info["component"]["id"], "c");
+        assert_eq!(info["component"]["request_timeout_ms"], limits.request_timeout_ms);
+        assert_eq!(info["component"]["max_concurrent_requests"], limits.max_concurrent_requests);
+        assert_eq!(info["models"], serde_json::json!({}), "minilm is allowed but not loaded");
     }
 }
