@@ -38,7 +38,7 @@ pub fn tensor_type(ty: ElementType) -> TensorType {
 /// The body of `POST /v2/models/{name}/infer`, asking for the `outputs` named (every output when
 /// none is).
 pub fn infer_request(inputs: &[(&str, &TensorData)], outputs: &[String]) -> Result<Vec<u8>, RemoteError> {
-    kserve::encode_request(inputs, outputs).map_err(|m| RemoteError::new(Failure::InvalidArgument, m))
+    kserve::encode_request(inputs, outputs).map_err(|e| RemoteError::new(Failure::InvalidArgument, e.0))
 }
 
 /// The `wanted` outputs of an inference answer (every output when none is named), as tensors.
@@ -47,7 +47,7 @@ pub fn infer_response(body: Vec<u8>, wanted: &[String]) -> Result<Vec<(String, T
         .map_err(|m| RemoteError::new(Failure::Runtime, format!("unexpected answer from the server: {m}")))?;
     // A server may answer more than it was asked for.
     let outputs = edgeinfer_tensor::select_outputs(outputs, wanted)
-        .map_err(|m| RemoteError::new(Failure::InvalidArgument, m))?;
+        .map_err(|e| RemoteError::new(Failure::InvalidArgument, e.0))?;
     match outputs.iter().find(|(_, t)| t.ty == ElementType::Bytes) {
         Some((name, _)) => Err(RemoteError::new(
             Failure::InvalidArgument,

@@ -6,21 +6,14 @@ use std::time::Duration;
 use serde_json::Value;
 
 /// How a call to a host failed.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CallError {
     /// Not reached (or 5xx) after every attempt: the host counts as unavailable.
+    #[error("unreachable: {0}")]
     Unreachable(String),
     /// The host answered and refused (4xx): the version or the request is at fault.
+    #[error("refused: {0}")]
     Refused(String),
-}
-
-impl std::fmt::Display for CallError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CallError::Unreachable(why) => write!(f, "unreachable: {why}"),
-            CallError::Refused(why) => write!(f, "refused: {why}"),
-        }
-    }
 }
 
 /// What a call sends.

@@ -235,7 +235,7 @@ impl Rollout<'_> {
     }
 
     /// One step: the version on its hosts (as a canary at its weight, or promoted), then judged.
-    fn run_step(&self, state: &mut RolloutState, step: &Step) -> Result<(), String> {
+    fn run_step(&self, state: &mut RolloutState, step: &Step) -> Result<(), StepFailed> {
         let fleet = &self.fleet.hosts;
         let count = step.hosts.of(fleet.len());
         let targets: Vec<String> = state.order.iter().take(count).cloned().collect();
@@ -247,7 +247,7 @@ impl Rollout<'_> {
         };
         self.say(format!("step {}: {what} on {count} of {} hosts", state.step + 1, fleet.len()));
         let shared = Mutex::new(std::mem::take(state));
-        let refused: Mutex<Option<String>> = Mutex::default();
+        let refused: Mutex<Option<StepFailed>> = Mutex::default();
         std::thread::scope(|scope| {
             for admin in &targets {
                 let (shared, refused, known) = (&shared, &refused, &known);
@@ -273,7 +273,7 @@ impl Rollout<'_> {
                             refused
                                 .lock()
                                 .unwrap()
-                                .get_or_insert(format!("{admin} refused the version: {why}"));
+                                .get_or_insert(StepFailed::Refused { host: admin.clone(), why });
                         }
                         Err((mut host, CallError::Unreachable(why))) => {
                             host.outcome = Outcome::Unavailable;
@@ -296,12 +296,11 @@ impl Rollout<'_> {
             .map(|(admin, _)| admin)
             .collect();
         if unavailable.len() > self.fleet.policy.max_unavailable {
-            return Err(format!(
-                "{} hosts unreachable ({}), more than max_unavailable = {}",
-                unavailable.len(),
-                unavailable.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
-                self.fleet.policy.max_unavailable
-            ));
+            return Err(StepFailed::Unavailable {
+                hosts: unavailable.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                count: unavailable.len(),
+                max: self.fleet.policy.max_unavailable,
+            });
         }
         for admin in unavailable {
             self.say(format!(
@@ -319,7 +318,7 @@ impl Rollout<'_> {
             state.judgements.push(judgement);
             let _ = save(&self.state_file, state);
             if !passed {
-                return Err(why);
+                return Err(StepFailed::Judged(why));
             }
             self.say(format!("step {} passed: {why}", state.step + 1));
         }
@@ -678,3 +677,17 @@ pub fn table(state: &RolloutState) -> String {
     }
     out
 }
+/// Why a step of a rollout failed (and the rollout rolls back).
+#[derive(Debug, thiserror::Error)]
+enum StepFailed {
+    /// A host answered 4xx to the version: the version or the request is at fault.
+    #[error("{host} refused the version: {why}")]
+    Refused { host: String, why: String },
+    /// More hosts could not be reached than the policy allows.
+    #[error("{count} hosts unreachable ({hosts}), more than max_unavailable = {max}")]
+    Unavailable { count: usize, hosts: String, max: usize },
+    /// The canary's metrics were worse than the stable version's, or too few to judge.
+    #[error("{0}")]
+    Judged(String),
+}
+

@@ -259,17 +259,21 @@ pub async fn locked_app(
     Ok((digest, locked))
 }
 
-/// Whether the registry could not be reached at all (as opposed to answering an error).
+/// Whether the registry could not be reached at all (as opposed to answering an error): the
+/// client's HTTP error says the connection was refused, the name did not resolve, or no answer
+/// came in time.
 fn is_unreachable(error: &oci_client::errors::OciDistributionError) -> bool {
     use std::error::Error;
+    if let oci_client::errors::OciDistributionError::RequestError(http) = error
+        && (http.is_connect() || http.is_timeout())
+    {
+        return true;
+    }
     let mut source: Option<&dyn Error> = Some(error);
     while let Some(e) = source {
         if let Some(io) = e.downcast_ref::<std::io::Error>()
             && matches!(io.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut)
         {
-            return true;
-        }
-        if e.to_string().contains("Connection refused") || e.to_string().contains("dns error") {
             return true;
         }
         source = e.source();

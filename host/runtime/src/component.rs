@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result, bail};
 use wasmtime::Engine;
 use wasmtime::component::Linker;
-use wasmtime_wasi_http::handler::{InstantiationError, ProxyHandler, ProxyPre};
+use wasmtime_wasi_http::handler::{
+    ExpirationError, InstantiationError, ProxyHandler, ProxyPre, TrapOrPanicError,
+};
 
 use crate::admission::Admission;
 use crate::compile::CompileCache;
@@ -54,7 +56,7 @@ impl LoadedComponent {
         &self,
         mut ticket: RequestTicket,
         mut request: wasmtime_wasi_http::handler::Request,
-    ) -> wasmtime::Result<wasmtime_wasi_http::handler::Response> {
+    ) -> Result<wasmtime_wasi_http::handler::Response, HandleError> {
         // Until it has answered, the request may still compute on the models it may use: a batch
         // forming on one of them may wait for it (`max_arrival_wait`).
         let _expected: Vec<_> =
@@ -62,18 +64,53 @@ impl LoadedComponent {
         let mut pause = Duration::from_micros(250);
         loop {
             let error = match self.handler.handle(ticket, request).await {
-                Err(error) if error.is::<InstantiationError<RequestTicket>>() => error,
-                answered => return answered,
+                Ok(response) => return Ok(response),
+                Err(error) => error,
             };
-            let refused = error.downcast::<InstantiationError<RequestTicket>>().expect("checked above");
+            let refused = match error.downcast::<InstantiationError<RequestTicket>>() {
+                Ok(refused) => refused,
+                Err(error) => return Err(HandleError::sort(error)),
+            };
             if !refused.error.is::<PoolFull>() {
-                return Err(wasmtime::Error::new(refused));
+                return Err(HandleError::Instantiation(wasmtime::Error::new(refused)));
             }
             ticket = refused.request_data;
             request = refused.request.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
             // An instance turns available again as soon as its requests wait on I/O or the model.
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(4));
+        }
+    }
+}
+
+/// Why a component did not answer a request: wasmtime's errors, sorted once here, where they are
+/// known, for the server's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// The request ran past its deadline inside the guest (epoch interruption).
+    #[error("{0}")]
+    Expired(wasmtime::Error),
+    /// No instance could be made for it.
+    #[error("{0}")]
+    Instantiation(wasmtime::Error),
+    /// The guest trapped or panicked (the instance's retirement reports why: `RequestTicket`).
+    #[error("{0}")]
+    Trapped(wasmtime::Error),
+    /// The guest returned an error instead of a response.
+    #[error("{0}")]
+    Failed(wasmtime::Error),
+}
+
+impl HandleError {
+    fn sort(error: wasmtime::Error) -> HandleError {
+        if error.is::<ExpirationError>() {
+            HandleError::Expired(error)
+        } else if error.is::<InstantiationError<RequestTicket>>() {
+            HandleError::Instantiation(error)
+        } else if error.is::<TrapOrPanicError>() {
+            HandleError::Trapped(error)
+        } else {
+            HandleError::Failed(error)
         }
     }
 }

@@ -424,16 +424,9 @@ pub struct WarmPool {
 
 /// Why no instance was created: the pool holds its most live instances, all of them busy. The
 /// request waits for one of them (`LoadedComponent::handle`).
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("the component has its most live instances (max_instances), all busy")]
 pub struct PoolFull;
-
-impl std::fmt::Display for PoolFull {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the component has its most live instances (max_instances), all busy")
-    }
-}
-
-impl std::error::Error for PoolFull {}
 
 /// Updated together, so that racing instances never see one without the other.
 #[derive(Default)]

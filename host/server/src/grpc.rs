@@ -19,6 +19,7 @@ use tracing::Instrument;
 use crate::kserve::{self, Kserve};
 use crate::{HostError, error::ERROR_TYPE_HEADER};
 use edgeinfer_engine::engines::{ElementType, TensorData, TensorSpec};
+use edgeinfer_tensor::TensorError;
 use edgeinfer_runtime::app::App;
 
 /// The messages and service generated from proto/grpc_predict_v2.proto by build.rs.
@@ -277,7 +278,7 @@ impl Grpc {
             }
         }
         let inputs = decode_inputs(request.inputs, request.raw_input_contents)
-            .map_err(|message| (HostError::Validation, message))?;
+            .map_err(|e| (HostError::Validation, e.0))?;
         let requested: Vec<&str> = request.outputs.iter().map(|o| o.name.as_str()).collect();
         let requested = (!requested.is_empty()).then_some(requested.as_slice());
         let (graph, outputs) =
@@ -438,9 +439,9 @@ fn status_of(error: HostError, message: String) -> Status {
 fn decode_inputs(
     inputs: Vec<InferInputTensor>,
     raw: Vec<Bytes>,
-) -> Result<Vec<(String, TensorData)>, String> {
+) -> Result<Vec<(String, TensorData)>, TensorError> {
     if !raw.is_empty() && raw.len() != inputs.len() {
-        return Err(format!("raw_input_contents has {} entries for {} inputs", raw.len(), inputs.len()));
+        return Err(format!("raw_input_contents has {} entries for {} inputs", raw.len(), inputs.len()).into());
     }
     let mut raw = raw.into_iter();
     inputs
@@ -453,14 +454,14 @@ fn decode_inputs(
                 (Some(_), Some(_)) => {
                     return Err(format!(
                         "input {name:?} has contents while the request uses raw_input_contents"
-                    ));
+                    ).into());
                 }
                 (Some(bytes), None) => bytes,
                 (None, Some(contents)) => typed_bytes(name, ty, elements, contents)?,
                 (None, None) => {
                     return Err(format!(
                         "input {name:?} has no contents and the request no raw_input_contents"
-                    ));
+                    ).into());
                 }
             };
             let tensor = TensorData::new(shape, ty, bytes);
@@ -476,7 +477,7 @@ fn typed_bytes(
     ty: ElementType,
     elements: usize,
     contents: proto::InferTensorContents,
-) -> Result<Bytes, String> {
+) -> Result<Bytes, TensorError> {
     let (field, count, bytes): (&str, usize, Vec<u8>) = match ty {
         ElementType::I64 => {
             let v = &contents.int64_contents;
@@ -508,11 +509,11 @@ fn typed_bytes(
             ("bytes_contents", v.len(), bytes)
         }
         ElementType::F16 | ElementType::BF16 => {
-            return Err(format!("input {name:?}: {} travels only as raw_input_contents", ty.datatype()));
+            return Err(format!("input {name:?}: {} travels only as raw_input_contents", ty.datatype()).into());
         }
     };
     if count != elements {
-        return Err(format!("input {name:?}: the shape needs {elements} values, {field} has {count}"));
+        return Err(format!("input {name:?}: the shape needs {elements} values, {field} has {count}").into());
     }
     Ok(Bytes::from(bytes))
 }
@@ -587,7 +588,7 @@ mod tests {
             ),
         ];
         for (inputs, raw, expected) in cases {
-            let e = decode_inputs(inputs, raw).unwrap_err();
+            let e = decode_inputs(inputs, raw).unwrap_err().0;
             assert!(e.contains(expected), "{expected}: {e}");
         }
     }

@@ -234,7 +234,7 @@ async fn infer_route(
     };
     let mut request = match kserve::decode_request(&body, header_length) {
         Ok(request) => request,
-        Err(message) => return Answer(HostError::Validation.answer(message)),
+        Err(invalid) => return Answer(HostError::Validation.answer(invalid.0)),
     };
     // The body's JSON is no longer needed while the model runs (binary inputs keep their part).
     drop(body);

@@ -43,10 +43,9 @@ use http_body_util::{BodyExt, Full};
 use tower::ServiceExt;
 use tracing::Instrument;
 use wasmtime_wasi_http::WasiBody;
-use wasmtime_wasi_http::handler::{ExpirationError, InstantiationError, TrapOrPanicError};
 
 use edgeinfer_runtime::app::App;
-use edgeinfer_runtime::component::LoadedComponent;
+use edgeinfer_runtime::component::{HandleError, LoadedComponent};
 use edgeinfer_runtime::instance::{RequestTicket, TrapCause};
 
 use auth::ApiKey;
@@ -555,13 +554,19 @@ async fn to_component(
         Ok(response) => response,
         Err(e) => {
             let name = &component.id;
-            let (error, message) = if e.is::<ExpirationError>() {
-                (HostError::Deadline, format!("component {name} did not answer in time"))
-            } else if e.is::<InstantiationError<RequestTicket>>() {
-                (HostError::InstantiationFailed, format!("component {name}: {e}"))
-            } else if e.is::<TrapOrPanicError>() {
+            let (error, message) = match &e {
+                HandleError::Expired(_) => {
+                    (HostError::Deadline, format!("component {name} did not answer in time"))
+                }
+                HandleError::Instantiation(_) => {
+                    (HostError::InstantiationFailed, format!("component {name}: {e}"))
+                }
                 // The instance's retirement reports why it trapped.
-                match tokio::time::timeout(TRAP_CAUSE_WAIT, trap_cause).await.ok().and_then(Result::ok) {
+                HandleError::Trapped(_) => match tokio::time::timeout(TRAP_CAUSE_WAIT, trap_cause)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                {
                     Some(TrapCause::OutOfFuel) => (
                         HostError::FuelExhausted,
                         format!(
@@ -573,10 +578,11 @@ async fn to_component(
                         (HostError::ComponentFault, format!("component {name} failed to answer: {trap}"))
                     }
                     None => (HostError::ComponentFault, format!("component {name}: {e}")),
-                }
-            } else {
+                },
                 // Errors the guest returned instead of a response.
-                (HostError::ComponentFault, format!("component {name} failed to answer: {e}"))
+                HandleError::Failed(_) => {
+                    (HostError::ComponentFault, format!("component {name} failed to answer: {e}"))
+                }
             };
             let error_type = error.error_type();
             tracing::warn!(component = %component.id, request_id, error_type, "component failed: {e:?}");

@@ -13,7 +13,7 @@ use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::{ElementType, TensorData};
+use crate::{ElementType, TensorData, TensorError};
 
 /// The HTTP header that gives the length of the JSON header of a body with binary tensors.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -147,13 +147,13 @@ struct ResponseIn<'a> {
 
 /// The JSON header of a body and what follows it; `header_length` is the
 /// `Inference-Header-Content-Length` header's value, absent for an all-JSON body.
-fn split(body: &Bytes, header_length: Option<usize>) -> Result<(&[u8], Binary), String> {
+fn split(body: &Bytes, header_length: Option<usize>) -> Result<(&[u8], Binary), TensorError> {
     match header_length {
         None => Ok((body, Binary { rest: Bytes::new(), expected: false })),
         Some(length) if length > body.len() => Err(format!(
             "Inference-Header-Content-Length is {length} but the body has only {} bytes",
             body.len()
-        )),
+        ).into()),
         Some(length) => Ok((&body[..length], Binary { rest: body.slice(length..), expected: true })),
     }
 }
@@ -167,33 +167,33 @@ struct Binary {
 
 impl Binary {
     /// The next `size` bytes, for tensor `name`.
-    fn take(&mut self, role: &str, name: &str, size: u64) -> Result<Bytes, String> {
+    fn take(&mut self, role: &str, name: &str, size: u64) -> Result<Bytes, TensorError> {
         if !self.expected {
             return Err(format!(
                 "{role} {name:?} has binary_data_size but the request has no Inference-Header-Content-Length header"
-            ));
+            ).into());
         }
         let available = self.rest.len();
         match usize::try_from(size).ok().filter(|&size| size <= available) {
             Some(size) => Ok(self.rest.split_to(size)),
             None => Err(format!(
                 "{role} {name:?}: binary_data_size {size} is past the end of the body ({available} bytes left)"
-            )),
+            ).into()),
         }
     }
 
     /// Fails when bytes are left that no tensor claimed.
-    fn finish(self) -> Result<(), String> {
+    fn finish(self) -> Result<(), TensorError> {
         match self.rest.len() {
             0 => Ok(()),
-            left => Err(format!("{left} bytes of binary data follow the last tensor's binary_data_size")),
+            left => Err(format!("{left} bytes of binary data follow the last tensor's binary_data_size").into()),
         }
     }
 }
 
 /// Decodes an inference request, JSON or with binary tensors (`header_length` from the
 /// `Inference-Header-Content-Length` header); the error says which input is wrong and how.
-pub fn decode_request(body: &Bytes, header_length: Option<usize>) -> Result<InferRequest, String> {
+pub fn decode_request(body: &Bytes, header_length: Option<usize>) -> Result<InferRequest, TensorError> {
     let (json, mut binary) = split(body, header_length)?;
     let request: RequestIn =
         serde_json::from_slice(json).map_err(|e| format!("invalid inference request: {e}"))?;
@@ -205,13 +205,13 @@ pub fn decode_request(body: &Bytes, header_length: Option<usize>) -> Result<Infe
             let tensor = decode_tensor("input", &t, &mut binary)?;
             Ok((t.name, tensor))
         })
-        .collect::<Result<_, String>>()?;
+        .collect::<Result<_, TensorError>>()?;
     binary.finish()?;
     if let Some(output) = request.outputs.iter().flatten().find(|o| o.parameters.classification != 0) {
         return Err(format!(
             "output {:?}: the classification extension is not supported; ask for the tensor",
             output.name
-        ));
+        ).into());
     }
     if let Some(output) =
         request.outputs.iter().flatten().find(|o| o.parameters.shared_memory_region.is_some())
@@ -219,7 +219,7 @@ pub fn decode_request(body: &Bytes, header_length: Option<usize>) -> Result<Infe
         return Err(format!(
             "output {:?}: the shared memory extension is not supported; the answer carries the data",
             output.name
-        ));
+        ).into());
     }
     Ok(InferRequest {
         id: request.id,
@@ -233,7 +233,7 @@ pub fn decode_request(body: &Bytes, header_length: Option<usize>) -> Result<Infe
 pub fn decode_response(
     body: &Bytes,
     header_length: Option<usize>,
-) -> Result<Vec<(String, TensorData)>, String> {
+) -> Result<Vec<(String, TensorData)>, TensorError> {
     let (json, mut binary) = split(body, header_length)?;
     let response: ResponseIn = serde_json::from_slice(json).map_err(|e| e.to_string())?;
     let outputs = response
@@ -243,14 +243,14 @@ pub fn decode_response(
             let tensor = decode_tensor("output", &t, &mut binary)?;
             Ok((t.name, tensor))
         })
-        .collect::<Result<_, String>>()?;
+        .collect::<Result<_, TensorError>>()?;
     binary.finish()?;
     Ok(outputs)
 }
 
 /// Encodes an inference request over `inputs` in JSON, asking for the `outputs` named (every
 /// output when none is); fails on a tensor whose bytes do not fit its shape.
-pub fn encode_request(inputs: &[(&str, &TensorData)], outputs: &[String]) -> Result<Vec<u8>, String> {
+pub fn encode_request(inputs: &[(&str, &TensorData)], outputs: &[String]) -> Result<Vec<u8>, TensorError> {
     for (name, tensor) in inputs {
         tensor.validate().map_err(|e| format!("input {name:?}: {e}"))?;
     }
@@ -383,7 +383,7 @@ pub fn tensor_header<D: Copy + Into<i128> + fmt::Display>(
     name: &str,
     datatype: &str,
     dims: &[D],
-) -> Result<(ElementType, Vec<u32>, usize), String> {
+) -> Result<(ElementType, Vec<u32>, usize), TensorError> {
     let ty = ElementType::from_datatype(datatype).ok_or_else(|| {
         let known: Vec<&str> = ElementType::ALL.iter().map(|t| t.datatype()).collect();
         format!("{role} {name:?}: datatype {datatype:?} is not supported ({} are)", known.join(", "))
@@ -395,7 +395,7 @@ pub fn tensor_header<D: Copy + Into<i128> + fmt::Display>(
             Err(_) if d.into() < 0 => Err(format!("{role} {name:?}: dimension {d} is not a size")),
             Err(_) => Err(format!("{role} {name:?}: dimension {d} is too large")),
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_, String>>()?;
     let elements = TensorData::elements(&shape)
         .filter(|n| n.checked_mul(ty.size().unwrap_or(4)).is_some())
         .ok_or_else(|| format!("{role} {name:?}: shape {shape:?} is too large"))?;
@@ -403,12 +403,12 @@ pub fn tensor_header<D: Copy + Into<i128> + fmt::Display>(
 }
 
 /// Turns one tensor into bytes: its JSON `data`, or its part of the binary section.
-fn decode_tensor(role: &str, tensor: &TensorIn, binary: &mut Binary) -> Result<TensorData, String> {
+fn decode_tensor(role: &str, tensor: &TensorIn, binary: &mut Binary) -> Result<TensorData, TensorError> {
     let name = &tensor.name;
     let datatype = &tensor.datatype;
     let (ty, shape, expected) = tensor_header(role, name, datatype, &tensor.shape)?;
     if tensor.parameters.shared_memory_region.is_some() {
-        return Err(format!("{role} {name:?}: the shared memory extension is not supported; send the data"));
+        return Err(format!("{role} {name:?}: the shared memory extension is not supported; send the data").into());
     }
     let data = match (tensor.data, tensor.parameters.binary_data_size) {
         (Some(data), None) => data,
@@ -423,12 +423,12 @@ fn decode_tensor(role: &str, tensor: &TensorIn, binary: &mut Binary) -> Result<T
                 return Err(format!(
                     "{role} {name:?}: shape {shape:?} of {datatype} needs {} bytes, binary_data_size is {size}",
                     expected * element
-                ));
+                ).into());
             }
             return Ok(TensorData::new(shape, ty, bytes));
         }
-        (Some(_), Some(_)) => return Err(format!("{role} {name:?} has both data and binary_data_size")),
-        (None, None) => return Err(format!("{role} {name:?} has neither data nor binary_data_size")),
+        (Some(_), Some(_)) => return Err(format!("{role} {name:?} has both data and binary_data_size").into()),
+        (None, None) => return Err(format!("{role} {name:?} has neither data nor binary_data_size").into()),
     };
     // A lying shape must not reserve memory: no more than the text can hold (≥ 2 bytes a value).
     let capacity = match ty.size() {
@@ -445,7 +445,7 @@ fn decode_tensor(role: &str, tensor: &TensorIn, binary: &mut Binary) -> Result<T
         return Err(format!(
             "{role} {name:?}: shape {shape:?} needs {expected} values, data has {}",
             sink.values
-        ));
+        ).into());
     }
     Ok(TensorData::new(shape, ty, sink.bytes))
 }
@@ -612,7 +612,7 @@ mod tests {
         let body = format!(
             r#"{{"id": "7", "inputs": [{{"name": "x", "shape": {shape}, "datatype": "{datatype}", "data": {data}}}]}}"#
         );
-        decode_request(&Bytes::from(body), None)
+        decode_request(&Bytes::from(body), None).map_err(|e| e.0)
     }
 
     fn values_i64(t: &TensorData) -> Vec<i64> {
@@ -649,7 +649,7 @@ mod tests {
             let e = request(datatype, shape, data).unwrap_err();
             assert!(e.starts_with("input \"x\": ") && e.contains(expected), "{datatype} {data}: {e}");
         }
-        let e = decode_request(&Bytes::from_static(br#"{"inputs": [], "extra": 1}"#), None).unwrap_err();
+        let e = decode_request(&Bytes::from_static(br#"{"inputs": [], "extra": 1}"#), None).unwrap_err().0;
         assert!(e.starts_with("invalid inference request: unknown field `extra`"), "{e}");
     }
 
@@ -748,11 +748,11 @@ mod tests {
         let decoded = decode_request(&body, Some(length)).unwrap();
         assert_eq!(decoded.inputs[0].1.bytes, expected, "binary BYTES are the protocol's layout as is");
         let (body, length) = binary_request(&header.replace("[2]", "[3]"), &[&expected]);
-        let e = decode_request(&body, Some(length)).unwrap_err();
+        let e = decode_request(&body, Some(length)).unwrap_err().0;
         assert!(e.contains("needs 3 byte strings, got 2"), "{e}");
         let broken = [&expected[..expected.len() - 2], &[9, 9]].concat();
         let (body, length) = binary_request(&header, &[&broken]);
-        let e = decode_request(&body, Some(length)).unwrap_err();
+        let e = decode_request(&body, Some(length)).unwrap_err().0;
         assert!(e.contains("too few for its length") || e.contains("past the end"), "{e}");
         // Answers: strings in JSON, the layout in binary.
         let tensor = TensorData::new(vec![2], ElementType::Bytes, expected.clone());
@@ -769,7 +769,7 @@ mod tests {
     #[test]
     fn a_tensor_whose_bytes_do_not_fit_is_not_sent() {
         let bad = TensorData::new(vec![2], ElementType::I64, vec![0; 9]);
-        let e = encode_request(&[("ids", &bad)], &[]).unwrap_err();
+        let e = encode_request(&[("ids", &bad)], &[]).unwrap_err().0;
         assert!(e.contains("input \"ids\"") && e.contains("needs 16 bytes, got 9"), "{e}");
     }
 
@@ -860,11 +860,11 @@ mod tests {
         ];
         for (header, binary, length, expected) in cases {
             let (body, header_length) = binary_request(&header, &binary);
-            let e = decode_request(&body, Some(length.unwrap_or(header_length))).unwrap_err();
+            let e = decode_request(&body, Some(length.unwrap_or(header_length))).unwrap_err().0;
             assert!(e.contains(expected), "{header}: {e}");
         }
         // binary_data_size in a body without the header: the bytes have nowhere to come from.
-        let e = decode_request(&Bytes::from(input("8")), None).unwrap_err();
+        let e = decode_request(&Bytes::from(input("8")), None).unwrap_err().0;
         assert!(e.contains("has no Inference-Header-Content-Length header"), "{e}");
     }
 }

@@ -7,6 +7,18 @@ pub mod kserve;
 
 use bytes::Bytes;
 
+/// Tensor data, or a KServe message, that does not hold together: what is wrong, said for whoever
+/// sent it (at the HTTP boundary, the request's fault).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct TensorError(pub String);
+
+impl From<String> for TensorError {
+    fn from(message: String) -> TensorError {
+        TensorError(message)
+    }
+}
+
 // Tensor bytes are the machine's own element layout, viewed in place by engines.
 #[cfg(target_endian = "big")]
 compile_error!("edgeinfer tensors are little-endian; big-endian targets are not supported");
@@ -93,13 +105,13 @@ impl TensorData {
     }
 
     /// Checks that `bytes` holds exactly `shape`'s elements of `ty`; the error says what is wrong.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), TensorError> {
         let Some(size) = self.ty.size() else {
             let elements = Self::elements(&self.shape)
                 .ok_or_else(|| format!("tensor shape {:?} is too large", self.shape))?;
             let found = count_byte_strings(&self.bytes)?;
             if found != elements {
-                return Err(format!("shape {:?} needs {elements} byte strings, got {found}", self.shape));
+                return Err(format!("shape {:?} needs {elements} byte strings, got {found}", self.shape).into());
             }
             return Ok(());
         };
@@ -112,7 +124,7 @@ impl TensorData {
                 self.shape,
                 self.ty,
                 self.bytes.len()
-            ));
+            ).into());
         }
         Ok(())
     }
@@ -120,41 +132,41 @@ impl TensorData {
 
 /// The outputs a caller asked for, by name, in the model's order (every output when it named
 /// none); the error names an output the model does not have.
-pub fn select_outputs<T>(computed: Vec<(String, T)>, wanted: &[String]) -> Result<Vec<(String, T)>, String> {
+pub fn select_outputs<T>(computed: Vec<(String, T)>, wanted: &[String]) -> Result<Vec<(String, T)>, TensorError> {
     if let Some(missing) = wanted.iter().find(|name| !computed.iter().any(|(n, _)| n == *name)) {
-        return Err(format!("the model has no output {missing:?}"));
+        return Err(format!("the model has no output {missing:?}").into());
     }
     Ok(computed.into_iter().filter(|(name, _)| wanted.is_empty() || wanted.contains(name)).collect())
 }
 
 /// The elements of a `Bytes` tensor's bytes (each after its 4-byte little-endian length); the error
 /// says where the layout breaks.
-pub fn byte_strings(bytes: &[u8]) -> Result<Vec<&[u8]>, String> {
+pub fn byte_strings(bytes: &[u8]) -> Result<Vec<&[u8]>, TensorError> {
     let mut elements = Vec::new();
     walk_byte_strings(bytes, |element| elements.push(element))?;
     Ok(elements)
 }
 
 /// How many elements a `Bytes` tensor's bytes hold, checking their layout (nothing collected).
-pub fn count_byte_strings(bytes: &[u8]) -> Result<usize, String> {
+pub fn count_byte_strings(bytes: &[u8]) -> Result<usize, TensorError> {
     let mut count = 0;
     walk_byte_strings(bytes, |_| count += 1)?;
     Ok(count)
 }
 
-fn walk_byte_strings<'a>(bytes: &'a [u8], mut each: impl FnMut(&'a [u8])) -> Result<(), String> {
+fn walk_byte_strings<'a>(bytes: &'a [u8], mut each: impl FnMut(&'a [u8])) -> Result<(), TensorError> {
     let mut index = 0usize;
     let mut rest = bytes;
     while !rest.is_empty() {
         let Some((length, tail)) = rest.split_first_chunk::<4>() else {
-            return Err(format!("BYTES element {index}: {} bytes left, too few for its length", rest.len()));
+            return Err(format!("BYTES element {index}: {} bytes left, too few for its length", rest.len()).into());
         };
         let length = u32::from_le_bytes(*length) as usize;
         if length > tail.len() {
             return Err(format!(
                 "BYTES element {index}: length {length} is past the end ({} bytes left)",
                 tail.len()
-            ));
+            ).into());
         }
         let (element, tail) = tail.split_at(length);
         each(element);
@@ -183,7 +195,7 @@ mod tests {
         assert_eq!(super::select_outputs(computed(), &[]).unwrap().len(), 3);
         let picked = super::select_outputs(computed(), &["c".into(), "a".into()]).unwrap();
         assert_eq!(picked, [("a".to_string(), 1), ("c".to_string(), 3)]);
-        let error = super::select_outputs(computed(), &["d".into()]).unwrap_err();
+        let error = super::select_outputs(computed(), &["d".into()]).unwrap_err().0;
         assert!(error.contains("no output \"d\""), "{error}");
     }
 
@@ -207,11 +219,11 @@ mod tests {
         assert_eq!(&bytes[..9], b"\x05\0\0\0hello");
         assert_eq!(byte_strings(&bytes).unwrap(), [&b"hello"[..], b"", "wörld".as_bytes()]);
         assert!(TensorData::new(vec![3], ElementType::Bytes, bytes.clone()).validate().is_ok());
-        let e = TensorData::new(vec![2], ElementType::Bytes, bytes.clone()).validate().unwrap_err();
+        let e = TensorData::new(vec![2], ElementType::Bytes, bytes.clone()).validate().unwrap_err().0;
         assert!(e.contains("needs 2 byte strings, got 3"), "{e}");
-        let e = byte_strings(&bytes[..bytes.len() - 1]).unwrap_err();
+        let e = byte_strings(&bytes[..bytes.len() - 1]).unwrap_err().0;
         assert!(e.contains("BYTES element 2: length 6 is past the end (5 bytes left)"), "{e}");
-        let e = byte_strings(&[1, 0]).unwrap_err();
+        let e = byte_strings(&[1, 0]).unwrap_err().0;
         assert!(e.contains("too few for its length"), "{e}");
     }
 
@@ -220,8 +232,8 @@ mod tests {
         let t = TensorData::new(vec![2, 3], ElementType::I64, vec![0; 48]);
         assert!(t.validate().is_ok());
         let t = TensorData::new(vec![2, 3], ElementType::I64, vec![0; 47]);
-        assert!(t.validate().unwrap_err().contains("needs 48 bytes, got 47"));
+        assert!(t.validate().unwrap_err().0.contains("needs 48 bytes, got 47"));
         let huge = TensorData::new(vec![u32::MAX, u32::MAX, u32::MAX], ElementType::F64, vec![]);
-        assert!(huge.validate().unwrap_err().contains("too large"));
+        assert!(huge.validate().unwrap_err().0.contains("too large"));
     }
 }

@@ -150,7 +150,7 @@ fn per_request_strings(
     // Where each element starts, and the end.
     let mut offsets = Vec::new();
     let mut at = 0usize;
-    for element in edgeinfer_tensor::byte_strings(&tensor.bytes).map_err(corrupt)? {
+    for element in edgeinfer_tensor::byte_strings(&tensor.bytes).map_err(|e| corrupt(e.0))? {
         offsets.push(at);
         at += 4 + element.len();
     }

@@ -3,7 +3,6 @@
 
 pub mod onnx;
 
-use std::fmt;
 
 pub use edgeinfer_tensor::{ElementType, TensorData};
 
@@ -75,13 +74,16 @@ fn check_symbols(inputs: &[(String, TensorData)], specs: &[TensorSpec]) -> Resul
 }
 
 /// Why an inference failed: the caller's fault, or the engine's.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EngineError {
     /// Wrong names, types or shapes.
+    #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// The engine failed while running.
+    #[error("runtime error: {0}")]
     Runtime(String),
     /// The model's queue is full: retry later.
+    #[error("overloaded: {0}")]
     Overloaded(String),
 }
 
@@ -90,18 +92,6 @@ impl EngineError {
         EngineError::InvalidArgument(message.into())
     }
 }
-
-impl fmt::Display for EngineError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            EngineError::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
-            EngineError::Runtime(m) => write!(f, "runtime error: {m}"),
-            EngineError::Overloaded(m) => write!(f, "overloaded: {m}"),
-        }
-    }
-}
-
-impl std::error::Error for EngineError {}
 
 /// A loaded model that runs inferences. `run` blocks: call it off the async runtime.
 pub trait Engine: Send + Sync {

@@ -187,7 +187,7 @@ fn to_ort<'a>(tensor: &TensorData, source: &'a [u8]) -> Result<SessionInputValue
         ElementType::BF16 => view::<half::bf16>(shape, source).map_err(runtime),
         // ONNX Runtime keeps strings its own way: they are copied in, and must be UTF-8.
         ElementType::Bytes => {
-            let elements = edgeinfer_tensor::byte_strings(source).map_err(EngineError::invalid)?;
+            let elements = edgeinfer_tensor::byte_strings(source).map_err(|e| EngineError::invalid(e.0))?;
             let strings = elements
                 .iter()
                 .enumerate()
