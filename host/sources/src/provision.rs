@@ -200,7 +200,8 @@ fn stage_spin_checkpoint(folder: &Path) -> Result<PathBuf> {
 /// The ONNX Runtime library to load: `$ORT_DYLIB_PATH` when set, else the pinned one, fetched on
 /// first use.
 pub fn ensure_onnxruntime(config: Option<&OnnxRuntimeConfig>) -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os(ORT_LIBRARY_VAR) {
+    // Set but empty counts as unset, as for most tools' path variables.
+    if let Some(path) = std::env::var_os(ORT_LIBRARY_VAR).filter(|path| !path.is_empty()) {
         return Ok(PathBuf::from(path));
     }
     let Some(config) = config else {
