@@ -3,12 +3,11 @@
 //! progress bar per host and component, then a summary table. With `--from REGISTRY-REFERENCE`,
 //! each host is sent the artifact's digest and pulls the component itself.
 
-use std::io::Read;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use edgeinfer_fleet::deploy::{self, Change, Send};
 use serde_json::Value;
 
 use edgeinfer_config::manifest::Manifest;
@@ -83,14 +82,8 @@ pub struct Target {
     components: Vec<String>,
 }
 
-/// One host's outcome for one component.
-struct Outcome {
-    host: String,
-    component: String,
-    result: Result<String, String>,
-    seconds: f64,
-}
-
+/// Resolves what to send (spin.toml or the artifact's lock, signed uploads or a pinned
+/// reference), then sends it to every host (`edgeinfer_fleet::deploy`).
 pub fn run(action: DeployAction) -> Result<()> {
     let (target, verb) = match &action {
         DeployAction::Rollout(_) => unreachable!("main runs rollouts with fleet_cli"),
@@ -148,264 +141,48 @@ pub fn run(action: DeployAction) -> Result<()> {
             bail!("{} has no component {id:?}", target.manifest.display());
         }
     }
-    // What to send: (component, what, query) per component.
-    let mut uploads = Vec::new();
-    if let DeployAction::Push { canary, mode, sticky, wasm, sign_key, .. } = &action {
-        let sign_key = sign_key.as_deref().map(edgeinfer_trust::SigningKey::load).transpose()?;
-        if wasm.is_some() && (components.len() != 1 || pinned.is_some()) {
-            bail!("--wasm replaces one component's source of a spin.toml: name exactly one component");
-        }
-        let mut query = String::new();
-        if let Some(percent) = canary {
-            query.push_str(&format!("&canary={percent}&mode={mode}"));
-            if let Some(sticky) = sticky {
-                query.push_str(&format!("&sticky={sticky}"));
+    let change = match &action {
+        DeployAction::Push { canary, mode, sticky, wasm, sign_key, .. } => {
+            let sign_key = sign_key.as_deref().map(edgeinfer_trust::SigningKey::load).transpose()?;
+            if wasm.is_some() && (components.len() != 1 || pinned.is_some()) {
+                bail!("--wasm replaces one component's source of a spin.toml: name exactly one component");
             }
-        }
-        for id in &components {
-            let send = match (&pinned, &manifest, wasm) {
-                (Some(reference), _, _) => {
-                    Send::Pull(serde_json::json!({"reference": reference, "component": id}))
+            let mut query = String::new();
+            if let Some(percent) = canary {
+                query.push_str(&format!("&canary={percent}&mode={mode}"));
+                if let Some(sticky) = sticky {
+                    query.push_str(&format!("&sticky={sticky}"));
                 }
-                (None, _, Some(path)) => {
-                    let bytes =
-                        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-                    let signature = sign_key.as_ref().map(|key| key.sign(&bytes));
-                    Send::Upload(bytes, signature)
-                }
-                (None, Some(manifest), None) => {
-                    let bytes = read_source(manifest, &manifest.components[id])?;
-                    let signature = sign_key.as_ref().map(|key| key.sign(&bytes));
-                    Send::Upload(bytes, signature)
-                }
-                (None, None, None) => unreachable!("a spin.toml when not from a registry"),
-            };
-            uploads.push((id.clone(), send, query.clone()));
-        }
-        if let Some(reference) = &pinned {
-            eprintln!("edgeinfer: each host pulls {reference}");
-        }
-    }
-
-    let bars = MultiProgress::new();
-    let client = target.tls.client(Duration::from_secs(600))?;
-    let outcomes: Vec<Outcome> = std::thread::scope(|scope| {
-        let tasks: Vec<_> = target
-            .hosts
-            .iter()
-            .map(|host| {
-                let (client, bars, token, uploads, components) =
-                    (&client, &bars, &token, &uploads, &components);
-                scope.spawn(move || {
-                    let base = host.trim_end_matches('/');
-                    if verb == "push" {
-                        uploads
-                            .iter()
-                            .map(|(id, send, query)| match send {
-                                Send::Upload(bytes, signature) => {
-                                    push(client, bars, base, token, id, (bytes, signature.as_deref()), query)
-                                }
-                                Send::Pull(body) => pull(client, bars, base, token, id, body, query),
-                            })
-                            .collect::<Vec<_>>()
-                    } else {
-                        components.iter().map(|id| act(client, bars, base, token, id, verb)).collect()
+            }
+            let mut sends = Vec::new();
+            for id in &components {
+                let bytes = match (&pinned, &manifest, wasm) {
+                    (Some(reference), _, _) => {
+                        sends.push((id.clone(), Send::Pull { reference: reference.clone() }));
+                        continue;
                     }
-                })
-            })
-            .collect();
-        tasks.into_iter().flat_map(|t| t.join().expect("a deploy thread panicked")).collect()
-    });
-    print_summary(verb, &outcomes);
+                    (None, _, Some(path)) => {
+                        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+                    }
+                    (None, Some(manifest), None) => read_source(manifest, &manifest.components[id])?,
+                    (None, None, None) => unreachable!("a spin.toml when not from a registry"),
+                };
+                let signature = sign_key.as_ref().map(|key| key.sign(&bytes));
+                sends.push((id.clone(), Send::Upload { bytes, signature }));
+            }
+            if let Some(reference) = &pinned {
+                eprintln!("edgeinfer: each host pulls {reference}");
+            }
+            Change::Push { sends, query }
+        }
+        _ => Change::Act { verb, components },
+    };
+    let client = target.tls.client(Duration::from_secs(600))?;
+    let outcomes = deploy::run(&client, &target.hosts, &token, &change);
+    deploy::print_summary(verb, &outcomes);
     let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
     if failed > 0 {
         bail!("{failed} of {} {verb}es failed", outcomes.len());
     }
     Ok(())
-}
-
-/// Uploads one component to one host: a bar for the bytes, then a spinner while the host
-/// composes, compiles and checks it.
-fn push(
-    client: &reqwest::blocking::Client,
-    bars: &MultiProgress,
-    host: &str,
-    token: &str,
-    id: &str,
-    (bytes, signature): (&[u8], Option<&str>),
-    query: &str,
-) -> Outcome {
-    let started = Instant::now();
-    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes));
-    let bar = bars.add(ProgressBar::new(bytes.len() as u64));
-    bar.set_style(
-        ProgressStyle::with_template("{prefix:30} {bar:30} {bytes:>10}/{total_bytes:10} {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(format!("{id} → {host}"));
-    bar.set_message("uploading");
-    let reader = Upload { data: bytes.to_vec(), at: 0, bar: bar.clone() };
-    let url = format!("{host}/admin/v1/components/{id}?sha256={sha}{query}");
-    let mut request = client.put(url).bearer_auth(token);
-    if let Some(signature) = signature {
-        request = request.header(edgeinfer_server::admin::SIGNATURE_HEADER, signature);
-    }
-    let response = request.body(reqwest::blocking::Body::sized(reader, bytes.len() as u64)).send();
-    let result = answer(response).map_err(|e| diagnose(client, host, token).unwrap_or(e)).map(|body| {
-        if body["canary"].is_string() {
-            format!("canary {} at {}%", short(&body["canary"]), body["percent"].as_f64().unwrap_or(f64::NAN))
-        } else if body["unchanged"] == true {
-            format!("unchanged {}", short(&body["version"]))
-        } else {
-            format!("serving {} in {} ms", short(&body["version"]), body["total_ms"])
-        }
-    });
-    bar.finish_with_message(match &result {
-        Ok(text) => text.clone(),
-        Err(e) => format!("FAILED: {e}"),
-    });
-    Outcome {
-        host: host.to_string(),
-        component: id.to_string(),
-        result,
-        seconds: started.elapsed().as_secs_f64(),
-    }
-}
-
-/// Asks one host to pull one component from the registry (by digest) and install it.
-fn pull(
-    client: &reqwest::blocking::Client,
-    bars: &MultiProgress,
-    host: &str,
-    token: &str,
-    id: &str,
-    body: &Value,
-    query: &str,
-) -> Outcome {
-    let started = Instant::now();
-    let spinner = bars.add(ProgressBar::new_spinner());
-    spinner.set_message(format!("{id} → {host}: pulling, validating and compiling on the host"));
-    spinner.enable_steady_tick(Duration::from_millis(100));
-    let url = format!("{host}/admin/v1/components/{id}/pull?{}", query.trim_start_matches('&'));
-    let response = client.post(url).bearer_auth(token).json(body).send();
-    let result = answer(response).map(|body| {
-        let pulled = format!("pulled {:.1} MB", body["pulled_bytes"].as_f64().unwrap_or(0.0) / 1e6);
-        if body["canary"].is_string() {
-            format!(
-                "canary {} at {}% ({pulled})",
-                short(&body["canary"]),
-                body["percent"].as_f64().unwrap_or(f64::NAN)
-            )
-        } else if body["unchanged"] == true {
-            format!("unchanged {} ({pulled})", short(&body["version"]))
-        } else {
-            format!("serving {} in {} ms ({pulled})", short(&body["version"]), body["total_ms"])
-        }
-    });
-    spinner.finish_and_clear();
-    Outcome {
-        host: host.to_string(),
-        component: id.to_string(),
-        result,
-        seconds: started.elapsed().as_secs_f64(),
-    }
-}
-
-/// What goes to a host for one component: its bytes (and their signature), or the reference it
-/// pulls.
-enum Send {
-    Upload(Vec<u8>, Option<String>),
-    Pull(Value),
-}
-
-/// Promote, abort or rollback of one component on one host.
-fn act(
-    client: &reqwest::blocking::Client,
-    bars: &MultiProgress,
-    host: &str,
-    token: &str,
-    id: &str,
-    verb: &str,
-) -> Outcome {
-    let started = Instant::now();
-    let spinner = bars.add(ProgressBar::new_spinner());
-    spinner.set_message(format!("{verb} {id} on {host}"));
-    spinner.enable_steady_tick(Duration::from_millis(100));
-    let response = client.post(format!("{host}/admin/v1/components/{id}/{verb}")).bearer_auth(token).send();
-    let result = answer(response).map(|body| format!("serving {}", short(&body["version"])));
-    spinner.finish_and_clear();
-    Outcome {
-        host: host.to_string(),
-        component: id.to_string(),
-        result,
-        seconds: started.elapsed().as_secs_f64(),
-    }
-}
-
-/// Why a host cannot be reached, told by a small call: a failed upload reports only that its
-/// body could not be sent, not the TLS or connection failure behind it.
-fn diagnose(client: &reqwest::blocking::Client, host: &str, token: &str) -> Option<String> {
-    match client.get(format!("{host}/admin/v1/app")).bearer_auth(token).send() {
-        Err(e) => Some(format!("cannot reach the host: {}", crate::client::with_causes(&e))),
-        Ok(_) => None,
-    }
-}
-
-/// A version hash cut to the 12 hex digits people read.
-fn short(version: &Value) -> String {
-    version.as_str().unwrap_or("?").chars().take(12).collect()
-}
-
-/// The JSON of a 200, or the host's error.
-fn answer(response: reqwest::Result<reqwest::blocking::Response>) -> Result<Value, String> {
-    let response =
-        response.map_err(|e| format!("cannot reach the host: {}", crate::client::with_causes(&e)))?;
-    let status = response.status();
-    let body: Value = response.json().map_err(|e| format!("{status}: not a JSON answer: {e}"))?;
-    if status.is_success() {
-        Ok(body)
-    } else {
-        Err(format!(
-            "{status} {}: {}",
-            body["error_type"].as_str().unwrap_or("?"),
-            body["error"].as_str().unwrap_or("")
-        ))
-    }
-}
-
-fn print_summary(verb: &str, outcomes: &[Outcome]) {
-    let width =
-        |f: &dyn Fn(&Outcome) -> usize, title: usize| outcomes.iter().map(f).max().unwrap_or(0).max(title);
-    let host_w = width(&|o| o.host.len(), 4);
-    let component_w = width(&|o| o.component.len(), 9);
-    println!("{:host_w$}  {:component_w$}  {:>7}  {verb}", "host", "component", "seconds");
-    for o in outcomes {
-        let result = match &o.result {
-            Ok(text) => format!("ok: {text}"),
-            Err(e) => format!("FAILED: {e}"),
-        };
-        println!("{:host_w$}  {:component_w$}  {:>7.2}  {result}", o.host, o.component, o.seconds);
-    }
-}
-
-/// The upload's bytes, advancing its progress bar as they are read.
-struct Upload {
-    data: Vec<u8>,
-    at: usize,
-    bar: ProgressBar,
-}
-
-impl Read for Upload {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = buf.len().min(self.data.len() - self.at).min(64 << 10);
-        buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
-        self.at += n;
-        self.bar.set_position(self.at as u64);
-        if self.at == self.data.len() {
-            self.bar.set_message("validating and compiling on the host");
-            self.bar.enable_steady_tick(Duration::from_millis(100));
-        }
-        Ok(n)
-    }
 }

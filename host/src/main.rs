@@ -16,13 +16,9 @@ use edgeinfer_export as export;
 
 use edgeinfer_config::manifest::Manifest;
 use edgeinfer_config::runtime_config::RuntimeConfig;
-use edgeinfer_engine::registry::GraphRegistry;
-use edgeinfer_runtime::app::App;
-use edgeinfer_runtime::compile::{self, CompileCache};
 use edgeinfer_runtime::compose;
-use edgeinfer_runtime::state::StateDir;
-use edgeinfer_server::{self as http, admin, telemetry};
-use edgeinfer_sources::{Sources, cache_dir, load_runtime_config};
+use edgeinfer_server::{self as http, admin};
+use edgeinfer_sources::{Sources, load_runtime_config};
 
 #[derive(Parser)]
 #[command(
@@ -507,30 +503,12 @@ async fn registry(action: RegistryAction) -> Result<()> {
             Ok(())
         }
         RegistryAction::Pull { registry, reference } => {
-            let pulled = pull(&reference, &registry.connection(Some(&reference))?).await?;
+            let pulled = edgeinfer_daemon::pull(&reference, &registry.connection(Some(&reference))?).await?;
             println!("{}", pulled.digest);
             println!("{}", pulled.manifest_path.display());
             Ok(())
         }
     }
-}
-
-/// Pulls an app artifact into the cache (verified, laid out) and says what it fetched.
-async fn pull(
-    reference: &str,
-    connection: &edgeinfer_registry::Connection,
-) -> Result<edgeinfer_registry::Pulled> {
-    let pulled = edgeinfer_registry::pull(reference, connection, &cache_dir()).await?;
-    eprintln!(
-        "edgeinfer: pulled {reference} ({}){}: {} layers, {} fetched ({:.1} MB) in {:.1} s",
-        pulled.digest,
-        if pulled.offline { " from the cache, the registry being unreachable" } else { "" },
-        pulled.layers,
-        pulled.layers_fetched,
-        pulled.bytes_fetched as f64 / 1e6,
-        pulled.seconds
-    );
-    Ok(pulled)
 }
 
 /// Logs to stderr (`RUST_LOG`, `EDGEINFER_LOG_FORMAT=json`), and with `traces`, spans to an OTLP
@@ -563,23 +541,9 @@ fn init_logging(traces: Option<&http::traces::TraceExport>) -> Result<Option<htt
     Ok(handle)
 }
 
-/// What start-up made: the app, ready to serve.
-struct Started {
-    manifest: Arc<Manifest>,
-    config: RuntimeConfig,
-    app: Arc<App>,
-    swagger_ui: Option<http::SwaggerUi>,
-    /// The KServe API, when the runtime config turns it on.
-    kserve: Option<http::Kserve>,
-    /// The route `POST /` and `POST /invocations` answer as.
-    default_route: Option<String>,
-    /// Advances the engine's epoch while the host serves.
-    _ticker: compile::EpochTicker,
-}
-
+/// `edgeinfer up`: checks the credentials and certificates, before anything slow, so that a bad one
+/// fails at once, then serves (`edgeinfer_daemon`).
 async fn up(args: UpArgs) -> Result<()> {
-    telemetry::init()?;
-    // Credentials and certificates are checked before anything slow, so a bad one fails at once.
     let api_key = match (&args.api_key, &args.api_key_file) {
         (Some(key), _) => Some(key.clone()),
         (None, Some(file)) => Some(
@@ -619,230 +583,29 @@ async fn up(args: UpArgs) -> Result<()> {
         }
     };
     connection.trusted = trusted.clone();
-    let sources = Sources::new(connection.clone());
-    // Builds, pip, ONNX Runtime sessions and Cranelift compiles block for seconds: they run on a
-    // blocking thread, so the async workers that will serve are never tied up by them.
-    let (mut manifest_path, mut runtime_config_file) =
-        (args.manifest.manifest.clone(), args.runtime_config_file.clone());
-    if let Some(reference) = from {
-        anyhow::ensure!(
-            !args.build && !args.watch,
-            "--build and --watch need the app's sources; {reference} is a registry artifact"
-        );
-        let pulled = pull(reference, &connection).await?;
-        manifest_path = pulled.manifest_path;
-        runtime_config_file = runtime_config_file.or(pulled.runtime_config);
-    }
-    let state = match &args.state_dir {
-        Some(dir) => Some(Arc::new(StateDir::open(dir, trusted.clone())?)),
-        None => None,
-    };
-    let (build, compose_nn_providers, provisioning) =
-        (args.build, args.compose_nn_providers, sources.clone());
-    let Started { manifest, config, app, swagger_ui, kserve, default_route, _ticker } =
-        tokio::task::spawn_blocking(move || {
-            let manifest = manifest_path.as_path();
-            start(&provisioning, manifest, runtime_config_file.as_deref(), build, compose_nn_providers, state)
-        })
-        .await??;
-    if args.watch {
-        let watched = edgeinfer_runtime::watch::start(app.clone())?;
-        eprintln!("Watching the build inputs of: {}", watched.join(", "));
-    }
-    // Every listener stops accepting at the same signal, and drains.
-    let (stopping, stop) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut stop = stop.clone();
-        async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
-        }
-    };
     let admin = match args.admin_listen {
         Some(address) => {
             let token = admin_token(args.admin_token_file.as_deref())?;
-            let listener = tokio::net::TcpListener::bind(address)
-                .await
-                .with_context(|| format!("cannot listen on {address} (admin API)"))?;
-            if admin_tls.is_none() && !address.ip().is_loopback() {
-                tracing::warn!(
-                    "the admin API on {address} is plain HTTP: its token and uploads cross the network readable; give --tls-cert/--tls-key (and --admin-client-ca)"
-                );
-            }
-            let listener = http::listener::Listener::new(listener, admin_tls, "admin");
-            eprintln!("Admin API: {}://{}", listener.scheme(), listener.local_addr()?);
-            // Deploys by reference pull with this host's registry settings into its cache; model
-            // reloads by url fetch like a first start (verified, cached).
-            let fetch = Arc::new(AdminSources { sources: sources.clone(), registry: connection.clone() });
-            let sources = admin::Sources { fetch: Some(fetch), trusted: trusted.clone() };
-            Some(tokio::spawn(admin::serve(app.clone(), token, listener, sources, stopped())))
+            Some(edgeinfer_daemon::AdminOptions { address, token, tls: admin_tls })
         }
         None => None,
     };
-    let grpc_listener = match args.grpc_listen {
-        Some(_) if kserve.is_none() => {
-            anyhow::bail!(
-                "--grpc-listen serves the KServe v2 API: enable it in the runtime config ([kserve] enabled = true)"
-            )
-        }
-        Some(address) => {
-            let listener = tokio::net::TcpListener::bind(address)
-                .await
-                .with_context(|| format!("cannot listen on {address} (gRPC)"))?;
-            let tls = if grpc_tls.is_some() { " over TLS" } else { "" };
-            eprintln!("KServe v2 gRPC API: {}{tls} (inference.GRPCInferenceService)", listener.local_addr()?);
-            Some(http::listener::Listener::new(listener, grpc_tls, "grpc"))
-        }
-        None => None,
-    };
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let listener = http::listener::Listener::new(listener, public_tls, "public");
-    let (address, scheme) = (listener.local_addr()?, listener.scheme());
-    release_freed_heap();
-    eprintln!("Serving {scheme}://{address}");
-    eprintln!("Available Routes:");
-    for trigger in &manifest.http_triggers {
-        eprintln!("  {}: {scheme}://{address}{}", trigger.component, trigger.route);
-    }
-    if config.kserve.enabled {
-        let guard = match (&api_key, config.kserve.public) {
-            (None, true) => "public",
-            (None, false) => "bearer token required",
-            (Some(_), _) => "bearer token or API key required",
-        };
-        eprintln!(
-            "KServe v2 API: {scheme}://{address}/v2/models/{{name}}/infer for {} ({guard})",
-            config.kserve.models.join(", "),
-        );
-    }
-    if api_key.is_some() {
-        eprintln!("Inference routes need the API key (Authorization: Bearer ...)");
-    }
-    eprintln!("API docs: {scheme}://{address}/docs (OpenAPI: {scheme}://{address}/openapi.json)");
-    let options = http::ServeOptions {
-        kserve,
-        grpc_listener,
-        api_key,
+    edgeinfer_daemon::up(edgeinfer_daemon::Options {
+        manifest: args.manifest.manifest,
+        runtime_config_file: args.runtime_config_file,
+        listen: args.listen,
+        tls: public_tls,
+        admin,
+        grpc: args.grpc_listen.map(|address| (address, grpc_tls)),
+        build: args.build,
+        watch: args.watch,
+        compose_nn_providers: args.compose_nn_providers,
         log_inputs: args.log_inputs,
-        swagger_ui,
-        default_route,
-    };
-    let shutdown = async move {
-        shutdown_signal().await;
-        let _ = stopping.send(true);
-    };
-    http::serve(app, options, listener, shutdown).await?;
-    if let Some(admin) = admin
-        && let Err(e) = admin.await
-    {
-        tracing::warn!("admin API task: {e}");
-    }
-    eprintln!("edgeinfer: stopped");
-    Ok(())
-}
-
-/// Loads the app of `manifest_path`: builds what it serves (with `build`), provisions and loads
-/// its models, compiles its components, fetches Swagger UI's files. Blocking.
-fn start(
-    sources: &Sources,
-    manifest_path: &Path,
-    runtime_config_file: Option<&Path>,
-    build: bool,
-    compose_nn_providers: bool,
-    state: Option<Arc<StateDir>>,
-) -> Result<Started> {
-    let manifest = Manifest::load(manifest_path)?;
-    tracing::info!(
-        app = %manifest.application.name,
-        version = manifest.application.version.as_deref().unwrap_or("-"),
-        "loading app"
-    );
-    if build {
-        edgeinfer_runtime::builder::build_served(&manifest, compose_nn_providers)?;
-    }
-    let config = load_runtime_config(runtime_config_file, &manifest)?;
-    http::check_routes(&manifest, config.kserve.enabled)?;
-    let default_route = http::default_task::resolve(&manifest, config.http.default_route.as_deref())?;
-    if let Some(route) = &default_route {
-        tracing::info!("POST / and POST /invocations answer as {route}");
-    }
-    // Its token is checked before anything slow, so a missing one fails the start at once.
-    let kserve = if config.kserve.enabled {
-        let token = match &config.kserve.token_env {
-            Some(var) => Some(std::env::var(var).ok().filter(|t| t.len() >= 16).with_context(|| {
-                format!(
-                    "[kserve] token_env names {var}, which is not set to a token of at least 16 characters"
-                )
-            })?),
-            None => None,
-        };
-        Some(http::Kserve::new(config.kserve.clone(), token))
-    } else {
-        None
-    };
-    if !config.model.is_empty() {
-        let library = sources.provision(&config, &manifest.dir)?;
-        edgeinfer_engine::engines::onnx::init_runtime(&library)?;
-        let version = config.onnxruntime.as_ref().map_or("(ORT_DYLIB_PATH)", |o| o.version.as_str());
-        tracing::info!("ONNX Runtime {version} loaded from {}", library.display());
-    }
-    // A model a reload switched (and saved) loads from that file; the runtime config keeps
-    // its own for what the host reports.
-    let mut models = config.model.clone();
-    if let Some(state) = &state {
-        state.remove_temporary_files();
-        for model in state.restore_models(&mut models)? {
-            tracing::info!(state = %state.dir().display(), "restored model {model}");
-        }
-    }
-    let registry = Arc::new(GraphRegistry::load(&models, &manifest.dir));
-    let mut gpus: Vec<u32> = registry
-        .graphs()
-        .iter()
-        .filter_map(|graph| match graph.device {
-            runtime_config::Device::Cuda(index) => Some(index),
-            runtime_config::Device::Cpu => None,
-        })
-        .collect();
-    gpus.sort_unstable();
-    gpus.dedup();
-    telemetry::watch_gpu_memory(gpus);
-    let engine = compile::engine(config.component.values().any(|limits| limits.fuel.is_some()))?;
-    let ticker = compile::EpochTicker::start(&engine);
-    let cache = CompileCache::new(cache_dir().join("compiled"));
-    let embeddings = Arc::new(edgeinfer_runtime::models::embedding_models(&config.llm, &manifest.dir)?);
-    let manifest = Arc::new(manifest);
-    let mut app = App::load(
-        manifest.clone(),
-        &config.component,
-        registry,
-        &engine,
-        cache,
-        compose_nn_providers,
-        embeddings,
-    )?;
-    if let Some(state) = state {
-        let restored = state.restore_components(&app)?;
-        for component in &restored {
-            tracing::info!(state = %state.dir().display(), "restored {component}");
-        }
-        if restored.is_empty() {
-            tracing::info!(state = %state.dir().display(), "no deployed versions to restore: serving spin.toml's");
-        }
-        state.save(&app)?;
-        app.state = Some(state);
-    }
-    let app = Arc::new(app);
-    let swagger_ui =
-        match edgeinfer_sources::ensure_swagger_ui().and_then(|files| http::SwaggerUi::load(&files)) {
-            Ok(ui) => Some(ui),
-            Err(e) => {
-                tracing::warn!("/docs is unavailable: cannot fetch Swagger UI's files: {e:#}");
-                None
-            }
-        };
-    Ok(Started { manifest, config, app, swagger_ui, kserve, default_route, _ticker: ticker })
+        state_dir: args.state_dir,
+        api_key,
+        registry: connection,
+    })
+    .await
 }
 
 /// `edgeinfer sign`: a detached signature beside each file, a signature beside each artifact.
@@ -904,59 +667,4 @@ fn compose_command(args: &ComposeArgs) -> Result<()> {
     eprintln!("edgeinfer: run it with");
     println!("{}", command.iter().map(|w| compose::shell_quote(w)).collect::<Vec<_>>().join(" "));
     Ok(())
-}
-
-/// The admin API's sources: components from this host's registries (verified, cached) and model
-/// files fetched as on a first start.
-struct AdminSources {
-    sources: Sources,
-    registry: edgeinfer_registry::Connection,
-}
-
-impl admin::Fetch for AdminSources {
-    fn component(
-        &self,
-        reference: String,
-        component: String,
-    ) -> futures::future::BoxFuture<'static, Result<Vec<u8>, admin::FetchError>> {
-        let registry = self.registry.clone();
-        Box::pin(async move {
-            use edgeinfer_registry::FetchError;
-            match edgeinfer_registry::fetch_component(&reference, &component, &registry, &cache_dir()).await {
-                Ok(fetched) => {
-                    tracing::info!(%reference, component, layer = %fetched.layer_digest, "component pulled");
-                    Ok(fetched.bytes)
-                }
-                Err(FetchError::Invalid(e)) => Err(admin::FetchError::Invalid(e.to_string())),
-                Err(FetchError::Untrusted(e)) => Err(admin::FetchError::Untrusted(e.to_string())),
-                Err(FetchError::Registry(e)) => Err(admin::FetchError::Registry(e)),
-            }
-        })
-    }
-
-    fn file(&self, url: String, sha256: String) -> futures::future::BoxFuture<'static, Result<PathBuf>> {
-        let sources = self.sources.clone();
-        Box::pin(async move { tokio::task::spawn_blocking(move || sources.fetch_url(&url, &sha256)).await? })
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term.recv() => {},
-    }
-}
-
-/// Hands the heap memory freed while loading back to the system (ONNX Runtime parses each model
-/// file, then keeps only its tensors; glibc would keep the freed pages): 60 MiB less resident
-/// memory for the default app right after a cold start (BENCHMARKS.md, Memory).
-fn release_freed_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free pages of glibc's heap to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }

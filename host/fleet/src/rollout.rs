@@ -21,7 +21,7 @@ use crate::fleet::{Fleet, Step};
 use crate::metrics::{VersionStats, by_version};
 
 /// The request header carrying an upload's detached signature.
-const SIGNATURE_HEADER: &str = "x-edgeinfer-signature";
+pub(crate) const SIGNATURE_HEADER: &str = "x-edgeinfer-signature";
 
 /// What goes out.
 pub enum Source {
@@ -690,4 +690,3 @@ enum StepFailed {
     #[error("{0}")]
     Judged(String),
 }
-
