@@ -19,7 +19,6 @@ use axum::routing::{get, post, put};
 use futures::future::BoxFuture;
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use serde_json::json;
 use tower::ServiceExt;
 use wasmtime_wasi_http::WasiBody;
@@ -144,8 +143,12 @@ fn subject(certificate: &rustls::pki_types::CertificateDer<'_>) -> String {
 }
 
 /// Every call is authorized first (whatever its path), routed, and logged; calls that change
-/// something are audited.
-async fn handle(router: Router, token: &str, req: Request<Incoming>, who: &Caller) -> AxumResponse {
+/// something are audited. Generic over the body so that tests can call it without a connection.
+async fn handle<B>(router: Router, token: &str, req: Request<B>, who: &Caller) -> AxumResponse
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let sent_sha256 = query_value(req.uri().query(), "sha256");
@@ -798,3 +801,7 @@ fn unknown_component(id: &str) -> Response<WasiBody> {
 fn query_value(query: Option<&str>, name: &str) -> Option<String> {
     query?.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('=')).map(str::to_string)
 }
+
+#[cfg(test)]
+#[path = "admin_tests.rs"]
+mod tests;
