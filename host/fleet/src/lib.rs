@@ -6,6 +6,7 @@
 //! `status`, `deploy`.
 
 pub mod admin;
+pub mod client;
 pub mod deploy;
 pub mod fleet;
 pub mod metrics;

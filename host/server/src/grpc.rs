@@ -19,8 +19,8 @@ use tracing::Instrument;
 use crate::kserve::{self, Kserve};
 use crate::{HostError, error::ERROR_TYPE_HEADER};
 use edgeinfer_engine::engines::{ElementType, TensorData, TensorSpec};
-use edgeinfer_tensor::TensorError;
 use edgeinfer_runtime::app::App;
+use edgeinfer_tensor::TensorError;
 
 /// The messages and service generated from proto/grpc_predict_v2.proto by build.rs.
 #[allow(clippy::all, missing_docs)]
@@ -441,7 +441,9 @@ fn decode_inputs(
     raw: Vec<Bytes>,
 ) -> Result<Vec<(String, TensorData)>, TensorError> {
     if !raw.is_empty() && raw.len() != inputs.len() {
-        return Err(format!("raw_input_contents has {} entries for {} inputs", raw.len(), inputs.len()).into());
+        return Err(
+            format!("raw_input_contents has {} entries for {} inputs", raw.len(), inputs.len()).into()
+        );
     }
     let mut raw = raw.into_iter();
     inputs
@@ -454,14 +456,16 @@ fn decode_inputs(
                 (Some(_), Some(_)) => {
                     return Err(format!(
                         "input {name:?} has contents while the request uses raw_input_contents"
-                    ).into());
+                    )
+                    .into());
                 }
                 (Some(bytes), None) => bytes,
                 (None, Some(contents)) => typed_bytes(name, ty, elements, contents)?,
                 (None, None) => {
                     return Err(format!(
                         "input {name:?} has no contents and the request no raw_input_contents"
-                    ).into());
+                    )
+                    .into());
                 }
             };
             let tensor = TensorData::new(shape, ty, bytes);
@@ -509,7 +513,9 @@ fn typed_bytes(
             ("bytes_contents", v.len(), bytes)
         }
         ElementType::F16 | ElementType::BF16 => {
-            return Err(format!("input {name:?}: {} travels only as raw_input_contents", ty.datatype()).into());
+            return Err(
+                format!("input {name:?}: {} travels only as raw_input_contents", ty.datatype()).into()
+            );
         }
     };
     if count != elements {

@@ -562,23 +562,21 @@ async fn to_component(
                     (HostError::InstantiationFailed, format!("component {name}: {e}"))
                 }
                 // The instance's retirement reports why it trapped.
-                HandleError::Trapped(_) => match tokio::time::timeout(TRAP_CAUSE_WAIT, trap_cause)
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                {
-                    Some(TrapCause::OutOfFuel) => (
-                        HostError::FuelExhausted,
-                        format!(
-                            "component {name} used up its fuel budget of {}",
-                            component.limits.fuel.unwrap_or(0)
+                HandleError::Trapped(_) => {
+                    match tokio::time::timeout(TRAP_CAUSE_WAIT, trap_cause).await.ok().and_then(Result::ok) {
+                        Some(TrapCause::OutOfFuel) => (
+                            HostError::FuelExhausted,
+                            format!(
+                                "component {name} used up its fuel budget of {}",
+                                component.limits.fuel.unwrap_or(0)
+                            ),
                         ),
-                    ),
-                    Some(TrapCause::Trap(trap)) => {
-                        (HostError::ComponentFault, format!("component {name} failed to answer: {trap}"))
+                        Some(TrapCause::Trap(trap)) => {
+                            (HostError::ComponentFault, format!("component {name} failed to answer: {trap}"))
+                        }
+                        None => (HostError::ComponentFault, format!("component {name}: {e}")),
                     }
-                    None => (HostError::ComponentFault, format!("component {name}: {e}")),
-                },
+                }
                 // Errors the guest returned instead of a response.
                 HandleError::Failed(_) => {
                     (HostError::ComponentFault, format!("component {name} failed to answer: {e}"))

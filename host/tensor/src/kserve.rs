@@ -153,7 +153,8 @@ fn split(body: &Bytes, header_length: Option<usize>) -> Result<(&[u8], Binary), 
         Some(length) if length > body.len() => Err(format!(
             "Inference-Header-Content-Length is {length} but the body has only {} bytes",
             body.len()
-        ).into()),
+        )
+        .into()),
         Some(length) => Ok((&body[..length], Binary { rest: body.slice(length..), expected: true })),
     }
 }
@@ -186,7 +187,9 @@ impl Binary {
     fn finish(self) -> Result<(), TensorError> {
         match self.rest.len() {
             0 => Ok(()),
-            left => Err(format!("{left} bytes of binary data follow the last tensor's binary_data_size").into()),
+            left => {
+                Err(format!("{left} bytes of binary data follow the last tensor's binary_data_size").into())
+            }
         }
     }
 }
@@ -211,7 +214,8 @@ pub fn decode_request(body: &Bytes, header_length: Option<usize>) -> Result<Infe
         return Err(format!(
             "output {:?}: the classification extension is not supported; ask for the tensor",
             output.name
-        ).into());
+        )
+        .into());
     }
     if let Some(output) =
         request.outputs.iter().flatten().find(|o| o.parameters.shared_memory_region.is_some())
@@ -219,7 +223,8 @@ pub fn decode_request(body: &Bytes, header_length: Option<usize>) -> Result<Infe
         return Err(format!(
             "output {:?}: the shared memory extension is not supported; the answer carries the data",
             output.name
-        ).into());
+        )
+        .into());
     }
     Ok(InferRequest {
         id: request.id,
@@ -408,7 +413,9 @@ fn decode_tensor(role: &str, tensor: &TensorIn, binary: &mut Binary) -> Result<T
     let datatype = &tensor.datatype;
     let (ty, shape, expected) = tensor_header(role, name, datatype, &tensor.shape)?;
     if tensor.parameters.shared_memory_region.is_some() {
-        return Err(format!("{role} {name:?}: the shared memory extension is not supported; send the data").into());
+        return Err(
+            format!("{role} {name:?}: the shared memory extension is not supported; send the data").into()
+        );
     }
     let data = match (tensor.data, tensor.parameters.binary_data_size) {
         (Some(data), None) => data,
@@ -427,7 +434,9 @@ fn decode_tensor(role: &str, tensor: &TensorIn, binary: &mut Binary) -> Result<T
             }
             return Ok(TensorData::new(shape, ty, bytes));
         }
-        (Some(_), Some(_)) => return Err(format!("{role} {name:?} has both data and binary_data_size").into()),
+        (Some(_), Some(_)) => {
+            return Err(format!("{role} {name:?} has both data and binary_data_size").into());
+        }
         (None, None) => return Err(format!("{role} {name:?} has neither data nor binary_data_size").into()),
     };
     // A lying shape must not reserve memory: no more than the text can hold (≥ 2 bytes a value).
@@ -445,7 +454,8 @@ fn decode_tensor(role: &str, tensor: &TensorIn, binary: &mut Binary) -> Result<T
         return Err(format!(
             "{role} {name:?}: shape {shape:?} needs {expected} values, data has {}",
             sink.values
-        ).into());
+        )
+        .into());
     }
     Ok(TensorData::new(shape, ty, sink.bytes))
 }

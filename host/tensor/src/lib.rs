@@ -111,7 +111,9 @@ impl TensorData {
                 .ok_or_else(|| format!("tensor shape {:?} is too large", self.shape))?;
             let found = count_byte_strings(&self.bytes)?;
             if found != elements {
-                return Err(format!("shape {:?} needs {elements} byte strings, got {found}", self.shape).into());
+                return Err(
+                    format!("shape {:?} needs {elements} byte strings, got {found}", self.shape).into()
+                );
             }
             return Ok(());
         };
@@ -124,7 +126,8 @@ impl TensorData {
                 self.shape,
                 self.ty,
                 self.bytes.len()
-            ).into());
+            )
+            .into());
         }
         Ok(())
     }
@@ -132,7 +135,10 @@ impl TensorData {
 
 /// The outputs a caller asked for, by name, in the model's order (every output when it named
 /// none); the error names an output the model does not have.
-pub fn select_outputs<T>(computed: Vec<(String, T)>, wanted: &[String]) -> Result<Vec<(String, T)>, TensorError> {
+pub fn select_outputs<T>(
+    computed: Vec<(String, T)>,
+    wanted: &[String],
+) -> Result<Vec<(String, T)>, TensorError> {
     if let Some(missing) = wanted.iter().find(|name| !computed.iter().any(|(n, _)| n == *name)) {
         return Err(format!("the model has no output {missing:?}").into());
     }
@@ -159,14 +165,17 @@ fn walk_byte_strings<'a>(bytes: &'a [u8], mut each: impl FnMut(&'a [u8])) -> Res
     let mut rest = bytes;
     while !rest.is_empty() {
         let Some((length, tail)) = rest.split_first_chunk::<4>() else {
-            return Err(format!("BYTES element {index}: {} bytes left, too few for its length", rest.len()).into());
+            return Err(
+                format!("BYTES element {index}: {} bytes left, too few for its length", rest.len()).into()
+            );
         };
         let length = u32::from_le_bytes(*length) as usize;
         if length > tail.len() {
             return Err(format!(
                 "BYTES element {index}: length {length} is past the end ({} bytes left)",
                 tail.len()
-            ).into());
+            )
+            .into());
         }
         let (element, tail) = tail.split_at(length);
         each(element);

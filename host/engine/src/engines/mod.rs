@@ -3,7 +3,6 @@
 
 pub mod onnx;
 
-
 pub use edgeinfer_tensor::{ElementType, TensorData};
 
 /// A model input or output as the model declares it.
