@@ -17,8 +17,8 @@ use serde_json::Value;
 use spin_sdk::http::{IntoResponse, Method, Request};
 use spin_sdk::http_service;
 use text_handler::{
-    ApiError, Batch, ContentType, EmbedOptions, Embedder, Inputs, Reused, Settings, TextModel, Timings,
-    Truncation, TruncationDirection, json_body_ok_with_tokens, pooling,
+    ApiError, Batch, ContentType, EmbedOptions, Embedder, ErrorKind, Inputs, Reused, Settings, TextModel,
+    Timings, Truncation, TruncationDirection, json_body_ok_with_tokens, pooling,
 };
 
 mod info;
@@ -453,7 +453,7 @@ async fn answer(request: Request, timings: &mut Timings) -> Result<Answer, ApiEr
     let declared = request.headers().contains_key("content-type");
     let body = text_handler::read_json_object(request, ContentType::JsonIfAbsent).await.map_err(|e| {
         // Without a content-type, only a JSON body of Spin's shape (on /embed) is taken.
-        if declared || e.error_type() != "Validation" { e } else { ApiError::unsupported_media_type("") }
+        if declared || e.kind() != ErrorKind::Validation { e } else { ApiError::unsupported_media_type("") }
     })?;
     let tei_route = ["embed_all", "similarity", "rerank", "tokenize", "decode"].contains(&route.as_str());
     if !declared && tei_route {

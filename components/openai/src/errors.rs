@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use serde::Serialize;
 use spin_sdk::http::{FullBody, Response, StatusCode};
-use text_handler::ApiError;
+use text_handler::{ApiError, ErrorKind};
 
 /// An error answered in OpenAI's shape.
 pub struct OpenAiError {
@@ -66,14 +66,11 @@ impl OpenAiError {
             401 => "authentication_error",
             404 if self.code == Some("model_not_found") => "invalid_request_error",
             404 => "not_found_error",
-            503 if self.error.error_type() == "Overloaded" => "rate_limit_error",
+            503 if self.error.kind() == ErrorKind::Overloaded => "rate_limit_error",
             400..=499 => "invalid_request_error",
             _ => "server_error",
         };
-        let code = self.code.or(match self.error.error_type() {
-            "Overloaded" => Some("overloaded"),
-            _ => None,
-        });
+        let code = self.code.or((self.error.kind() == ErrorKind::Overloaded).then_some("overloaded"));
         let body = Body { error: Detail { message: self.error.message(), kind, param: self.param, code } };
         self.error.with_headers(text_handler::json_response(status, &body))
     }

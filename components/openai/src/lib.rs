@@ -93,7 +93,7 @@ async fn embeddings(
     let options =
         EmbedOptions { truncation: Truncation::REFUSE, normalize: true, dimensions: request.dimensions };
     let embedded = embedder.model.embed(&batch, options, timings).await.map_err(|e| {
-        let param = if e.message().contains("dimensions") { "dimensions" } else { "input" };
+        let param = e.field().unwrap_or("input");
         OpenAiError::from(e).param(param)
     })?;
     let tokens = embedded.tokens;

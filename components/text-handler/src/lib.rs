@@ -29,7 +29,7 @@ pub mod pooling;
 mod prompts;
 mod timings;
 
-pub use error::ApiError;
+pub use error::{ApiError, ErrorKind};
 pub use inputs::{Batch, Inputs, check_text};
 pub use prompts::Prompts;
 pub use timings::Timings;
@@ -311,7 +311,8 @@ impl TextModel {
             {
                 return Err(ApiError::validation(format!(
                     "`dimensions` must be between 1 and the model's {width}, got {dimensions}"
-                )));
+                ))
+                .on_field("dimensions"));
             }
             let masks: Vec<&[u32]> = out.masks.iter().map(Vec::as_slice).collect();
             let keep = options.dimensions.map_or(width, |d| d as usize);
