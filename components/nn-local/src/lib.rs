@@ -21,7 +21,7 @@ use std::rc::Rc;
 
 use tract_onnx::prelude::*;
 
-use exports::edgeinfer::nn::infer;
+use exports::edgeinfer::nn::infer::{self, Tensor};
 use exports::wasi::nn::errors::{self, ErrorCode, GuestError};
 use exports::wasi::nn::graph::{self, ExecutionTarget, GraphBuilder, GraphEncoding, GuestGraph};
 use exports::wasi::nn::inference::{self, GuestGraphExecutionContext, NamedTensor};
@@ -42,13 +42,6 @@ struct Loaded {
 }
 
 struct Provider;
-
-/// A tensor as wasi:nn passes it.
-pub struct Tensor {
-    dimensions: Vec<u32>,
-    ty: TensorType,
-    data: Vec<u8>,
-}
 
 /// A wasi:nn error: its code and a message.
 pub struct Error {
@@ -83,6 +76,7 @@ pub struct Context {
     loaded: Rc<Loaded>,
 }
 
+/// A wasi:nn tensor is held as infer's tensor record: one tensor type for both interfaces.
 impl tensor::Guest for Provider {
     type Tensor = Tensor;
 }
@@ -192,18 +186,28 @@ fn to_tract(name: &str, t: &Tensor) -> Result<tract_onnx::prelude::Tensor, Error
             format!("input {name:?}: {} bytes for shape {shape:?} of {width}-byte elements", t.data.len()),
         ));
     }
-    // SAFETY (each `from_raw` below): it copies `t.data` into a new, aligned tensor of the
-    // shape's elements of T. The length was checked above to be exactly that many elements, and
-    // every bit pattern of that many bytes is a valid f32, f64, i64, i32 or u8.
+    // Decoded element by element (little-endian, as wasi:nn lays them out): no unsafe cast, and
+    // `t.data` needs no alignment.
     let tensor = match t.ty {
-        TensorType::Fp32 => unsafe { tract_onnx::prelude::Tensor::from_raw::<f32>(&shape, &t.data) },
-        TensorType::Fp64 => unsafe { tract_onnx::prelude::Tensor::from_raw::<f64>(&shape, &t.data) },
-        TensorType::I64 => unsafe { tract_onnx::prelude::Tensor::from_raw::<i64>(&shape, &t.data) },
-        TensorType::I32 => unsafe { tract_onnx::prelude::Tensor::from_raw::<i32>(&shape, &t.data) },
-        TensorType::U8 => unsafe { tract_onnx::prelude::Tensor::from_raw::<u8>(&shape, &t.data) },
+        TensorType::Fp32 => from_le(&shape, &t.data, f32::from_le_bytes),
+        TensorType::Fp64 => from_le(&shape, &t.data, f64::from_le_bytes),
+        TensorType::I64 => from_le(&shape, &t.data, i64::from_le_bytes),
+        TensorType::I32 => from_le(&shape, &t.data, i32::from_le_bytes),
+        TensorType::U8 => from_le(&shape, &t.data, u8::from_le_bytes),
         TensorType::Fp16 | TensorType::Bf16 => unreachable!("refused above"),
     };
     tensor.map_err(invalid)
+}
+
+/// A tensor of `shape` whose elements `decode` reads from consecutive `N`-byte chunks of `data`.
+fn from_le<T: Datum + Copy, const N: usize>(
+    shape: &[usize],
+    data: &[u8],
+    decode: fn([u8; N]) -> T,
+) -> TractResult<tract_onnx::prelude::Tensor> {
+    let elements: Vec<T> =
+        data.chunks_exact(N).map(|chunk| decode(chunk.try_into().expect("chunks of N bytes"))).collect();
+    tract_onnx::prelude::Tensor::from_shape(shape, &elements)
 }
 
 /// A tract output as a wasi:nn tensor.
@@ -266,48 +270,12 @@ impl infer::Guest for Provider {
     /// native `compute`, the handler's other requests wait for it.
     async fn compute(
         model: String,
-        inputs: Vec<(String, infer::Tensor)>,
+        inputs: Vec<(String, Tensor)>,
         outputs: Vec<String>,
-    ) -> Result<Vec<(String, infer::Tensor)>, infer::Error> {
+    ) -> Result<Vec<(String, Tensor)>, infer::Error> {
         let loaded = load(&model).map_err(infer_error)?;
-        let inputs: Vec<(String, Tensor)> = inputs
-            .into_iter()
-            .map(|(name, t)| {
-                (name, Tensor { dimensions: t.dimensions, ty: wasi_nn_type(t.ty), data: t.data })
-            })
-            .collect();
         let borrowed: Vec<(String, &Tensor)> = inputs.iter().map(|(n, t)| (n.clone(), t)).collect();
-        let computed = run(&loaded, &borrowed, &outputs).map_err(infer_error)?;
-        Ok(computed
-            .into_iter()
-            .map(|(name, t)| {
-                (name, infer::Tensor { dimensions: t.dimensions, ty: infer_type(t.ty), data: t.data })
-            })
-            .collect())
-    }
-}
-
-fn wasi_nn_type(ty: infer::TensorType) -> TensorType {
-    match ty {
-        infer::TensorType::Fp16 => TensorType::Fp16,
-        infer::TensorType::Fp32 => TensorType::Fp32,
-        infer::TensorType::Fp64 => TensorType::Fp64,
-        infer::TensorType::Bf16 => TensorType::Bf16,
-        infer::TensorType::U8 => TensorType::U8,
-        infer::TensorType::I32 => TensorType::I32,
-        infer::TensorType::I64 => TensorType::I64,
-    }
-}
-
-fn infer_type(ty: TensorType) -> infer::TensorType {
-    match ty {
-        TensorType::Fp16 => infer::TensorType::Fp16,
-        TensorType::Fp32 => infer::TensorType::Fp32,
-        TensorType::Fp64 => infer::TensorType::Fp64,
-        TensorType::Bf16 => infer::TensorType::Bf16,
-        TensorType::U8 => infer::TensorType::U8,
-        TensorType::I32 => infer::TensorType::I32,
-        TensorType::I64 => infer::TensorType::I64,
+        run(&loaded, &borrowed, &outputs).map_err(infer_error)
     }
 }
 

@@ -207,44 +207,18 @@ impl infer::Guest for Provider {
     ) -> Result<Vec<(String, infer::Tensor)>, infer::Error> {
         let inputs: Vec<(String, TensorData)> = inputs
             .into_iter()
-            .map(|(name, t)| {
-                (name, TensorData::new(t.dimensions, protocol::element_type(wasi_nn_type(t.ty)), t.data))
-            })
+            .map(|(name, t)| (name, TensorData::new(t.dimensions, protocol::element_type(t.ty), t.data)))
             .collect();
         let tensors: Vec<(&str, &TensorData)> = inputs.iter().map(|(name, t)| (name.as_str(), t)).collect();
         let computed = infer_remotely(&model, &tensors, &outputs)?;
         Ok(computed
             .into_iter()
             .map(|(name, t)| {
-                let ty = infer_type(protocol::tensor_type(t.ty));
+                let ty = protocol::tensor_type(t.ty);
                 // Decoded from JSON into bytes of their own: handed on without a copy.
                 (name, infer::Tensor { dimensions: t.shape, ty, data: Vec::from(t.bytes) })
             })
             .collect())
-    }
-}
-
-fn wasi_nn_type(ty: infer::TensorType) -> TensorType {
-    match ty {
-        infer::TensorType::Fp16 => TensorType::Fp16,
-        infer::TensorType::Fp32 => TensorType::Fp32,
-        infer::TensorType::Fp64 => TensorType::Fp64,
-        infer::TensorType::Bf16 => TensorType::Bf16,
-        infer::TensorType::U8 => TensorType::U8,
-        infer::TensorType::I32 => TensorType::I32,
-        infer::TensorType::I64 => TensorType::I64,
-    }
-}
-
-fn infer_type(ty: TensorType) -> infer::TensorType {
-    match ty {
-        TensorType::Fp16 => infer::TensorType::Fp16,
-        TensorType::Fp32 => infer::TensorType::Fp32,
-        TensorType::Fp64 => infer::TensorType::Fp64,
-        TensorType::Bf16 => infer::TensorType::Bf16,
-        TensorType::U8 => infer::TensorType::U8,
-        TensorType::I32 => infer::TensorType::I32,
-        TensorType::I64 => infer::TensorType::I64,
     }
 }
 

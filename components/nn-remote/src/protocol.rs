@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::exports::wasi::nn::tensor::TensorType;
 use crate::{Failure, RemoteError};
 
-/// The element type of a wasi:nn tensor type.
+/// The element type of a wasi:nn (and infer) tensor type.
 pub fn element_type(ty: TensorType) -> ElementType {
     match ty {
         TensorType::Fp16 => ElementType::F16,
@@ -21,7 +21,7 @@ pub fn element_type(ty: TensorType) -> ElementType {
     }
 }
 
-/// The wasi:nn tensor type of an element type.
+/// The wasi:nn (and infer) tensor type of an element type.
 pub fn tensor_type(ty: ElementType) -> TensorType {
     match ty {
         ElementType::F16 => TensorType::Fp16,

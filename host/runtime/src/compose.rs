@@ -1,13 +1,14 @@
 //! Component dependencies, composed as Spin composes them: each import of the main component
 //! named (or whose package is named) in `[component.X.dependencies]` is satisfied by the
-//! same-named export of the dependency component; everything else stays an import.
+//! same-named export of the dependency component; everything else stays an import, except an
+//! interface imported only for its value types (see [`compose`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use wac_graph::types::Package;
-use wac_graph::{CompositionGraph, EncodeOptions};
+use wac_graph::types::{ItemKind, Package, Type};
+use wac_graph::{CompositionGraph, EncodeOptions, PackageId};
 
 use edgeinfer_config::manifest::{Component, Manifest};
 
@@ -118,6 +119,11 @@ pub fn imports_of(bytes: &[u8]) -> Result<Vec<String>> {
 }
 
 /// Composes `main` with its dependencies; returns `main` unchanged when it has none.
+///
+/// An interface `main` imports only for value types that a plugged interface uses (e.g.
+/// `wasi:nn/tensor`, whose `tensor-type` `edgeinfer:nn/infer` uses) is taken from a dependency
+/// that exports it too, where Spin leaves it imported: it needs no implementation either way,
+/// but a standalone composition then imports nothing of the provider's.
 pub fn compose(main_name: &str, main: Vec<u8>, dependencies: Vec<DependencyBytes>) -> Result<Vec<u8>> {
     if dependencies.is_empty() {
         return Ok(main);
@@ -128,10 +134,14 @@ pub fn compose(main_name: &str, main: Vec<u8>, dependencies: Vec<DependencyBytes
     let main_id = graph.register_package(main_package)?;
     let main_instance = graph.instantiate(main_id);
     let imports: Vec<String> = graph.types()[graph[main_id].ty()].imports.keys().cloned().collect();
+    // Those no key names; each is taken from the first dependency that exports it.
+    let mut types_only = types_only_imports(&graph, main_id);
+    types_only.retain(|import| !dependencies.iter().any(|d| import_matches(import, &d.key)));
 
     let mut instances = BTreeMap::new();
     for dependency in dependencies {
-        let matched: Vec<&String> = imports.iter().filter(|i| import_matches(i, &dependency.key)).collect();
+        let mut matched: Vec<String> =
+            imports.iter().filter(|i| import_matches(i, &dependency.key)).cloned().collect();
         if matched.is_empty() {
             bail!("dependency {:?} of {main_name} matches none of its imports", dependency.key);
         }
@@ -139,9 +149,16 @@ pub fn compose(main_name: &str, main: Vec<u8>, dependencies: Vec<DependencyBytes
             Package::from_bytes(&package_name(&dependency.name), None, dependency.bytes, graph.types_mut())
                 .with_context(|| format!("dependency {:?} is not a valid component", dependency.key))?;
         let package_id = graph.register_package(package)?;
+        if dependency.export.is_none() {
+            let exports = &graph.types()[graph[package_id].ty()].exports;
+            let plugged: Vec<String> =
+                types_only.iter().filter(|i| exports.contains_key(*i)).cloned().collect();
+            types_only.retain(|import| !plugged.contains(import));
+            matched.extend(plugged);
+        }
         let instance =
             *instances.entry(dependency.key.clone()).or_insert_with(|| graph.instantiate(package_id));
-        for import in matched {
+        for import in &matched {
             let export_name = dependency.export.clone().unwrap_or_else(|| import.clone());
             let export = graph
                 .alias_instance_export(instance, &export_name)
@@ -159,6 +176,23 @@ pub fn compose(main_name: &str, main: Vec<u8>, dependencies: Vec<DependencyBytes
     graph
         .encode(EncodeOptions::default())
         .with_context(|| format!("cannot encode the composition of {main_name}"))
+}
+
+/// The imports of package `id` that are interfaces of value types only (no functions, no
+/// resources): a component imports one only because an interface it imports uses its types.
+fn types_only_imports(graph: &CompositionGraph, id: PackageId) -> BTreeSet<String> {
+    let types = graph.types();
+    types[graph[id].ty()]
+        .imports
+        .iter()
+        .filter(|(_, kind)| match kind {
+            ItemKind::Instance(interface) => {
+                types[*interface].exports.values().all(|item| matches!(item, ItemKind::Type(Type::Value(_))))
+            }
+            _ => false,
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
 }
 
 /// `ns:pkg/iface@1.2.3` matches key `ns:pkg/iface@1.2.3` and package key `ns:pkg@1.2.3`

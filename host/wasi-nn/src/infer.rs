@@ -7,17 +7,21 @@ use tracing::Instrument;
 use wasmtime::AsContextMut;
 use wasmtime::component::{Accessor, Linker};
 
-use crate::{Caller, Denied, ElementType, ModelError, NnCtx, NnStoreView, NnView, TensorData, WasiNn};
+use crate::{
+    Caller, Denied, ModelError, NnCtx, NnStoreView, NnView, TensorData, WasiNn, element_type, tensor_type,
+};
 
 mod bindings {
     wasmtime::component::bindgen!({
         path: "../../wit",
         inline: "package edgeinfer:host; world infer-host { import edgeinfer:nn/infer@0.1.0; }",
         imports: { default: trappable },
+        // infer's `tensor-type` is wasi:nn's: the one binding of it, and its one conversion.
+        with: { "wasi:nn/tensor": crate::bindings::wasi::nn::tensor },
     });
 }
 
-use bindings::edgeinfer::nn::infer::{self, Error, Tensor, TensorType};
+use bindings::edgeinfer::nn::infer::{self, Error, Tensor};
 
 /// Adds `edgeinfer:nn/infer` to the linker.
 pub fn add_to_linker<T: NnStoreView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
@@ -85,31 +89,6 @@ fn error(error: ModelError) -> Error {
     }
 }
 
-fn element_type(ty: TensorType) -> ElementType {
-    match ty {
-        TensorType::Fp16 => ElementType::F16,
-        TensorType::Fp32 => ElementType::F32,
-        TensorType::Fp64 => ElementType::F64,
-        TensorType::Bf16 => ElementType::BF16,
-        TensorType::U8 => ElementType::U8,
-        TensorType::I32 => ElementType::I32,
-        TensorType::I64 => ElementType::I64,
-    }
-}
-
-fn tensor_type(ty: ElementType) -> Option<TensorType> {
-    Some(match ty {
-        ElementType::F16 => TensorType::Fp16,
-        ElementType::F32 => TensorType::Fp32,
-        ElementType::F64 => TensorType::Fp64,
-        ElementType::BF16 => TensorType::Bf16,
-        ElementType::U8 => TensorType::U8,
-        ElementType::I32 => TensorType::I32,
-        ElementType::I64 => TensorType::I64,
-        ElementType::Bytes => return None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,7 +97,7 @@ mod tests {
     use crate::tests::provider;
 
     fn tensor(bytes: Vec<u8>) -> Tensor {
-        Tensor { dimensions: vec![1, bytes.len() as u32], ty: TensorType::U8, data: bytes }
+        Tensor { dimensions: vec![1, bytes.len() as u32], ty: crate::tensor::TensorType::U8, data: bytes }
     }
 
     #[tokio::test]

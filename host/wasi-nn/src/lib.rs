@@ -304,7 +304,7 @@ impl tensor::HostTensor for NnView<'_> {
     }
 
     fn ty(&mut self, tensor: Resource<TensorData>) -> wasmtime::Result<tensor::TensorType> {
-        Ok(tensor_type(self.table.get(&tensor)?.ty))
+        Ok(tensor_type(self.table.get(&tensor)?.ty).expect("compute hands no BYTES tensor to the guest"))
     }
 
     /// The one copy of an output on its way to the guest: `list<u8>` is returned by value.
@@ -335,6 +335,7 @@ impl errors::HostError for NnView<'_> {
     }
 }
 
+/// The engine's element type of a wasi:nn (and edgeinfer:nn/infer) tensor type.
 fn element_type(ty: tensor::TensorType) -> ElementType {
     match ty {
         tensor::TensorType::Fp16 => ElementType::F16,
@@ -347,8 +348,9 @@ fn element_type(ty: tensor::TensorType) -> ElementType {
     }
 }
 
-fn tensor_type(ty: ElementType) -> tensor::TensorType {
-    match ty {
+/// The wasi:nn tensor type of an element type; none for BYTES, which wasi:nn cannot carry.
+fn tensor_type(ty: ElementType) -> Option<tensor::TensorType> {
+    Some(match ty {
         ElementType::F16 => tensor::TensorType::Fp16,
         ElementType::F32 => tensor::TensorType::Fp32,
         ElementType::F64 => tensor::TensorType::Fp64,
@@ -356,8 +358,8 @@ fn tensor_type(ty: ElementType) -> tensor::TensorType {
         ElementType::U8 => tensor::TensorType::U8,
         ElementType::I32 => tensor::TensorType::I32,
         ElementType::I64 => tensor::TensorType::I64,
-        ElementType::Bytes => unreachable!("compute hands no BYTES tensor to the guest"),
-    }
+        ElementType::Bytes => return None,
+    })
 }
 
 mod infer;

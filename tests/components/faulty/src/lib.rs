@@ -32,7 +32,9 @@ wit_bindgen::generate!({
 mod nn {
     wit_bindgen::generate!({
         inline: "package faulty:late; world late { import edgeinfer:nn/infer@0.1.0; }",
-        path: "../../../wit/deps/edgeinfer-nn",
+        path: ["../../../wit/deps/wasi-nn", "../../../wit/deps/edgeinfer-nn"],
+        // infer's tensor type is wasi:nn's, bound above.
+        with: { "wasi:nn/tensor@0.2.0-rc-2024-10-28": crate::wasi::nn::tensor },
         generate_all,
     });
 }
