@@ -28,6 +28,3 @@ impl ClientTls {
         tls.client(timeout)
     }
 }
-
-pub use edgeinfer_fleet::admin::with_causes;
-pub use edgeinfer_fleet::client::plain_http_off_machine;

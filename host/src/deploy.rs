@@ -6,12 +6,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use edgeinfer_fleet::deploy::{self, Change, Send};
-use serde_json::Value;
+use anyhow::{Context, Result};
+use edgeinfer_fleet::deploy::{self, App, Change};
 
 use edgeinfer_config::manifest::Manifest;
-use edgeinfer_runtime::compose::read_source;
 
 /// What to do on every host.
 #[derive(clap::Subcommand)]
@@ -93,96 +91,43 @@ pub fn run(action: DeployAction) -> Result<()> {
         DeployAction::Rollback { target } => (target, "rollback"),
     };
     // The token and the component bytes must not cross a network in clear text unless asked.
-    for host in &target.hosts {
-        if crate::client::plain_http_off_machine(host)? && !target.registry.insecure {
-            bail!(
-                "refusing plain http:// to {host}: the admin token and the components would cross the network readable and rewritable; use https:// (with --ca-file for a private CA) or pass --insecure"
-            );
-        }
-    }
+    edgeinfer_fleet::client::refuse_plain_http(
+        target.hosts.iter().map(String::as_str),
+        target.registry.insecure,
+    )?;
     let token = edgeinfer_server::admin::read_token(target.token_file.as_deref())?;
     let from = target.manifest.to_str().filter(|f| edgeinfer_registry::looks_like_reference(f));
-    // The app's components and their routes: from spin.toml, or from the artifact's lock (the
-    // tag resolved once here, so that every host gets the same digest).
-    let (manifest, pinned, components_in, routed) = match from {
-        Some(reference) => {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let (digest, lock) = runtime.block_on(edgeinfer_registry::locked_app(
-                reference,
-                &target.registry.connection(Some(reference))?,
-                &edgeinfer_sources::cache_dir(),
-            ))?;
-            let parsed = edgeinfer_registry::parse_reference(reference)?;
-            let repository = format!("{}/{}", parsed.registry(), parsed.repository());
-            let routed: Vec<String> = lock
-                .triggers
-                .iter()
-                .filter_map(|t| t.trigger_config.get("component").and_then(Value::as_str).map(str::to_string))
-                .collect();
-            let ids: Vec<String> = lock.components.iter().map(|c| c.id.clone()).collect();
-            (None, Some(format!("{repository}@{digest}")), ids, routed)
-        }
-        None => {
-            let manifest = Manifest::load(&target.manifest)?;
-            let ids = manifest.components.keys().cloned().collect();
-            let routed = manifest.http_triggers.iter().map(|t| t.component.clone()).collect();
-            (Some(manifest), None, ids, routed)
-        }
+    let app = match from {
+        Some(reference) => artifact(reference, &target.registry)?,
+        None => App::Manifest(Manifest::load(&target.manifest)?),
     };
-    let components: Vec<String> = if target.components.is_empty() {
-        let mut routed = routed;
-        routed.dedup();
-        routed
-    } else {
-        target.components.clone()
-    };
-    for id in &components {
-        if !components_in.contains(id) {
-            bail!("{} has no component {id:?}", target.manifest.display());
-        }
-    }
+    let components = app.select(&target.components).with_context(|| target.manifest.display().to_string())?;
     let change = match &action {
         DeployAction::Push { canary, mode, sticky, wasm, sign_key, .. } => {
             let sign_key = sign_key.as_deref().map(edgeinfer_trust::SigningKey::load).transpose()?;
-            if wasm.is_some() && (components.len() != 1 || pinned.is_some()) {
-                bail!("--wasm replaces one component's source of a spin.toml: name exactly one component");
+            let sends = app.sends(&components, wasm.as_deref(), sign_key.as_ref())?;
+            if let App::Artifact { pinned, .. } = &app {
+                eprintln!("edgeinfer: each host pulls {pinned}");
             }
-            let mut query = String::new();
-            if let Some(percent) = canary {
-                query.push_str(&format!("&canary={percent}&mode={mode}"));
-                if let Some(sticky) = sticky {
-                    query.push_str(&format!("&sticky={sticky}"));
-                }
-            }
-            let mut sends = Vec::new();
-            for id in &components {
-                let bytes = match (&pinned, &manifest, wasm) {
-                    (Some(reference), _, _) => {
-                        sends.push((id.clone(), Send::Pull { reference: reference.clone() }));
-                        continue;
-                    }
-                    (None, _, Some(path)) => {
-                        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
-                    }
-                    (None, Some(manifest), None) => read_source(manifest, &manifest.components[id])?,
-                    (None, None, None) => unreachable!("a spin.toml when not from a registry"),
-                };
-                let signature = sign_key.as_ref().map(|key| key.sign(&bytes));
-                sends.push((id.clone(), Send::Upload { bytes, signature }));
-            }
-            if let Some(reference) = &pinned {
-                eprintln!("edgeinfer: each host pulls {reference}");
-            }
-            Change::Push { sends, query }
+            Change::push(sends, *canary, mode, sticky.as_deref())
         }
         _ => Change::Act { verb, components },
     };
     let client = target.tls.client(Duration::from_secs(600))?;
     let outcomes = deploy::run(&client, &target.hosts, &token, &change);
-    deploy::print_summary(verb, &outcomes);
-    let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
-    if failed > 0 {
-        bail!("{failed} of {} {verb}es failed", outcomes.len());
-    }
-    Ok(())
+    deploy::print_summary(verb, &outcomes)
+}
+
+/// The app artifact `reference` as its lock says, its tag resolved to a digest here once.
+fn artifact(reference: &str, registry: &crate::RegistryArgs) -> Result<App> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let connection = registry.connection(Some(reference))?;
+    let cache = edgeinfer_sources::cache_dir();
+    let (digest, lock) = runtime.block_on(edgeinfer_registry::locked_app(reference, &connection, &cache))?;
+    let parsed = edgeinfer_registry::parse_reference(reference)?;
+    Ok(App::Artifact {
+        pinned: format!("{}/{}@{digest}", parsed.registry(), parsed.repository()),
+        components: lock.components.iter().map(|c| c.id.clone()).collect(),
+        routed: lock.routed_components(),
+    })
 }

@@ -3,13 +3,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use indicatif::MultiProgress;
 
 use edgeinfer_config::manifest::Manifest;
 use edgeinfer_fleet::admin::Hosts;
 use edgeinfer_fleet::fleet::Fleet;
-use edgeinfer_fleet::rollout::{self, Phase, Rollout, Source};
+use edgeinfer_fleet::rollout::{self, Rollout, Source};
 
 /// `edgeinfer deploy rollout`.
 #[derive(clap::Args)]
@@ -66,128 +66,57 @@ pub enum FleetAction {
     },
 }
 
-fn hosts(fleet: &Fleet, tls: &crate::client::ClientTls) -> Result<Hosts> {
-    Ok(Hosts {
-        client: tls.client(fleet.policy.call_timeout)?,
-        token: fleet.token()?,
-        attempts: fleet.policy.attempts,
-        backoff: Duration::from_millis(250),
-    })
-}
-
-/// For `fleet status`: one quick try per call, so that a host that is down costs seconds.
-fn quick_hosts(fleet: &Fleet, tls: &crate::client::ClientTls) -> Result<Hosts> {
-    Ok(Hosts {
-        client: tls.client(Duration::from_secs(5))?,
-        token: fleet.token()?,
-        attempts: 1,
-        backoff: Duration::ZERO,
-    })
-}
-
 /// Runs, resumes or undoes a rollout; fails (non-zero exit) unless it succeeded.
 pub fn rollout(args: RolloutArgs) -> Result<()> {
     let fleet = Fleet::load(&args.fleet)?;
-    for host in &fleet.hosts {
-        if crate::client::plain_http_off_machine(&host.admin)? {
-            bail!(
-                "refusing plain http:// to {}: the admin token and the component would cross the network readable",
-                host.admin
-            );
-        }
-    }
-    let source = match (&args.reference, &args.wasm) {
-        (Some(reference), _) => {
-            Source::Pull { reference: reference.clone(), component: args.component.clone() }
-        }
-        (None, wasm) => {
-            let bytes = match wasm {
+    edgeinfer_fleet::client::refuse_plain_http(fleet.hosts.iter().map(|h| h.admin.as_str()), false)?;
+    let source = match &args.reference {
+        Some(reference) => Source::Pull { reference: reference.clone(), component: args.component.clone() },
+        None => {
+            let bytes = match &args.wasm {
                 Some(path) => {
                     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
                 }
                 None => {
                     let manifest = Manifest::load(&args.manifest)?;
-                    let component = manifest.components.get(&args.component).with_context(|| {
-                        format!("{} has no component {:?}", args.manifest.display(), args.component)
-                    })?;
-                    edgeinfer_runtime::compose::read_source(&manifest, component)?
+                    let component = manifest.components.get(&args.component);
+                    manifest.read_source(component.context(format!("no component {:?}", args.component))?)?
                 }
             };
-            let signature = match &args.sign_key {
-                Some(key) => Some(edgeinfer_trust::SigningKey::load(key)?.sign(&bytes)),
-                None => None,
-            };
-            Source::Upload { bytes, signature }
+            let key = args.sign_key.as_deref().map(edgeinfer_trust::SigningKey::load).transpose()?;
+            Source::Upload { signature: key.map(|key| key.sign(&bytes)), bytes }
         }
     };
-    let state_file = args.state.clone().unwrap_or_else(|| {
-        args.fleet
-            .parent()
-            .unwrap_or(std::path::Path::new("."))
-            .join(format!(".rollout-{}.json", args.component))
-    });
     let rollout = Rollout {
-        hosts: hosts(&fleet, &args.tls)?,
+        hosts: Hosts::of_fleet(&fleet, args.tls.client(fleet.policy.call_timeout)?)?,
         fleet: &fleet,
         component: args.component.clone(),
         source,
-        state_file: state_file.clone(),
+        state_file: args.state.unwrap_or_else(|| rollout::default_state_file(&args.fleet, &args.component)),
         bars: MultiProgress::new(),
     };
-    let state = if args.rollback {
-        rollout.roll_back(rollout::load(&state_file)?)?
-    } else if args.resume {
-        rollout.run(Some(rollout::load(&state_file)?))?
-    } else {
-        if let Ok(previous) = rollout::load(&state_file)
-            && !matches!(previous.phase, Phase::Succeeded | Phase::RolledBack)
-        {
-            bail!(
-                "{} holds a rollout of {} that has not ended cleanly ({:?}): --resume it or --rollback it first",
-                state_file.display(),
-                previous.component,
-                previous.phase
-            );
-        }
-        rollout.run(None)?
+    let state = match (args.rollback, args.resume) {
+        (true, _) => rollout.roll_back_saved()?,
+        (false, true) => rollout.resume()?,
+        (false, false) => rollout.start()?,
     };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&state)?);
-    } else {
-        for judgement in &state.judgements {
-            println!(
-                "step {} ({} hosts, {:.0} s): {} {}",
-                judgement.step,
-                judgement.hosts,
-                judgement.seconds,
-                if judgement.passed { "passed" } else { "FAILED" },
-                judgement.why
-            );
-        }
-        print!("{}", rollout::table(&state));
+    match args.json {
+        true => println!("{}", serde_json::to_string_pretty(&state)?),
+        false => print!("{}", rollout::report(&state)),
     }
-    match state.phase {
-        Phase::Succeeded => Ok(()),
-        Phase::RolledBack if args.rollback => Ok(()),
-        Phase::RolledBack => bail!("rolled back: {}", state.reason.as_deref().unwrap_or("?")),
-        Phase::Failed => bail!(
-            "failed, and some hosts could not be rolled back (see the table; --rollback retries): {}",
-            state.reason.as_deref().unwrap_or("?")
-        ),
-        Phase::Running | Phase::RollingBack => unreachable!("a rollout returns when it ends"),
-    }
+    state.outcome(args.rollback)
 }
 
+/// `edgeinfer fleet status`.
 pub fn fleet(action: FleetAction) -> Result<()> {
     match action {
         FleetAction::Status { fleet, interval, json, tls } => {
             let fleet = Fleet::load(&fleet)?;
-            let hosts = quick_hosts(&fleet, &tls)?;
+            let hosts = Hosts::quick(&fleet, tls.client(Duration::from_secs(5))?)?;
             let rows = edgeinfer_fleet::status::status(&fleet, &hosts, Duration::from_secs_f64(interval));
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                print!("{}", edgeinfer_fleet::status::table(&rows));
+            match json {
+                true => println!("{}", serde_json::to_string_pretty(&rows)?),
+                false => print!("{}", edgeinfer_fleet::status::table(&rows)),
             }
             Ok(())
         }

@@ -9,16 +9,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
-use edgeinfer_config::runtime_config;
 use edgeinfer_export as export;
 
 use edgeinfer_config::manifest::Manifest;
-use edgeinfer_config::runtime_config::RuntimeConfig;
 use edgeinfer_runtime::compose;
-use edgeinfer_server::{self as http, admin};
-use edgeinfer_sources::{Sources, load_runtime_config};
+use edgeinfer_server as http;
 
 #[derive(Parser)]
 #[command(
@@ -141,23 +138,14 @@ impl RegistryArgs {
     /// The connection these flags describe: for `reference`'s registry alone when given, else for
     /// every registry (`oci://` sources of the user's own runtime config).
     fn connection(&self, reference: Option<&str>) -> Result<edgeinfer_registry::Connection> {
-        use edgeinfer_registry::Credentials;
-        let credentials = match (&self.registry_username, &self.registry_password, &self.registry_token) {
-            (Some(username), Some(password), _) => {
-                Some(Credentials::Basic { username: username.clone(), password: password.clone() })
-            }
-            (_, _, Some(token)) => Some(Credentials::Bearer(token.clone())),
-            _ => None,
-        };
-        let connection = edgeinfer_registry::Connection {
-            insecure: self.insecure,
-            ca_file: self.registry_ca_file.clone(),
-            credentials,
-            scope: None,
-            trusted: None,
-        };
+        let connection = edgeinfer_registry::Connection::new(
+            self.insecure,
+            self.registry_ca_file.clone(),
+            self.registry_username.clone().zip(self.registry_password.clone()),
+            self.registry_token.clone(),
+        );
         match reference {
-            Some(reference) => connection.scoped_to(reference),
+            Some(reference) => Ok(connection.scoped_to(reference)?),
             None => Ok(connection),
         }
     }
@@ -313,47 +301,15 @@ struct TlsArgs {
 }
 
 impl TlsArgs {
-    /// The TLS of one listener: its own pair, else the public one; `None` for plain HTTP.
-    fn load(
-        &self,
-        own: (&Option<PathBuf>, &Option<PathBuf>),
-        client_ca: Option<&PathBuf>,
-        alpn: &[&[u8]],
-        listener: &'static str,
-    ) -> Result<Option<http::tls::Tls>> {
-        let (cert, key) = match (own, &self.tls_cert, &self.tls_key) {
-            ((Some(cert), Some(key)), _, _) | (_, Some(cert), Some(key)) => (cert, key),
-            _ => return Ok(None),
-        };
-        let files =
-            http::tls::TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: client_ca.cloned() };
-        Ok(Some(http::tls::Tls::load(files, alpn, listener)?))
-    }
-
-    /// The public listener's TLS.
-    fn public(&self) -> Result<Option<http::tls::Tls>> {
-        self.load((&None, &None), None, &http::tls::ALPN_HTTP, "public")
-    }
-
-    /// The admin listener's TLS, with mTLS when --admin-client-ca is given.
-    fn admin(&self) -> Result<Option<http::tls::Tls>> {
-        let client_ca = self.admin_client_ca.as_ref();
-        let tls = self.load(
-            (&self.admin_tls_cert, &self.admin_tls_key),
-            client_ca,
-            &http::tls::ALPN_HTTP,
-            "admin",
-        )?;
-        anyhow::ensure!(
-            tls.is_some() || client_ca.is_none(),
-            "--admin-client-ca needs TLS on the admin listener: give --tls-cert and --tls-key (or --admin-tls-cert and --admin-tls-key)"
-        );
-        Ok(tls)
-    }
-
-    /// The gRPC listener's TLS (HTTP/2 only).
-    fn grpc(&self) -> Result<Option<http::tls::Tls>> {
-        self.load((&self.grpc_tls_cert, &self.grpc_tls_key), None, &http::tls::ALPN_GRPC, "grpc")
+    /// The files each listener serves with.
+    fn certs(&self) -> http::tls::ListenerCerts {
+        let pair = |cert: &Option<PathBuf>, key: &Option<PathBuf>| cert.clone().zip(key.clone());
+        http::tls::ListenerCerts {
+            public: pair(&self.tls_cert, &self.tls_key),
+            admin: pair(&self.admin_tls_cert, &self.admin_tls_key),
+            admin_client_ca: self.admin_client_ca.clone(),
+            grpc: pair(&self.grpc_tls_cert, &self.grpc_tls_key),
+        }
     }
 }
 
@@ -396,22 +352,23 @@ fn main() -> Result<()> {
         // The gRPC exporter's connection lives on this runtime.
         let traces = {
             let _in_runtime = runtime.enter();
-            init_logging(args.traces.export().as_ref())?
+            http::traces::init_logging(args.traces.export().as_ref())?
         };
         let served = runtime.block_on(up(*args));
         // The last spans are sent before the runtime goes.
         drop(traces);
         return served;
     }
-    init_logging(None)?;
+    http::traces::init_logging(None)?;
     match cli.command {
         Command::Build(args) => edgeinfer_runtime::builder::build_all(&Manifest::load(&args.manifest)?),
         Command::Fetch(args) => {
-            let sources = Sources::new(args.registry.connection(None)?);
-            let manifest = Manifest::load(&args.manifest.manifest)?;
-            let config = load_runtime_config(args.runtime_config_file.as_deref(), &manifest)?;
-            http::check_routes(&manifest, config.kserve.enabled)?;
-            let library = sources.provision(&config, &manifest.dir)?;
+            let connection = args.registry.connection(None)?;
+            let library = edgeinfer_daemon::fetch(
+                &args.manifest.manifest,
+                args.runtime_config_file.as_deref(),
+                connection,
+            )?;
             eprintln!("edgeinfer: everything is in place (ONNX Runtime: {})", library.display());
             Ok(())
         }
@@ -427,39 +384,25 @@ fn main() -> Result<()> {
                 head: args.head,
                 label_map: args.label_map,
             })?;
-            eprintln!(
-                "edgeinfer: wrote {} ({:.1} MB, {:.1} M parameters, outputs {}) in {:.2} s",
-                report.output.display(),
-                report.bytes as f64 / 1e6,
-                report.parameters as f64 / 1e6,
-                report.outputs.join(", "),
-                report.seconds
-            );
-            if let Some(labels) = report.labels {
-                eprintln!("edgeinfer: wrote {}", labels.display());
-            }
+            report.to_string().lines().for_each(|line| eprintln!("edgeinfer: {line}"));
             Ok(())
         }
         Command::Up(_) => unreachable!("served above"),
         Command::Fleet(action) => fleet_cli::fleet(action),
         Command::Probe { url, timeout, tls } => {
             let client = tls.client(std::time::Duration::from_secs(timeout))?;
-            match client.get(&url).send() {
-                Ok(response) if response.status().as_u16() == 200 => Ok(()),
-                Ok(response) => {
-                    eprintln!("edgeinfer probe: {url} answered {}", response.status());
-                    std::process::exit(1)
-                }
-                Err(e) => {
-                    eprintln!("edgeinfer probe: {url}: {}", client::with_causes(&e));
-                    std::process::exit(1)
-                }
+            if let Err(e) = edgeinfer_fleet::client::probe(&client, &url) {
+                eprintln!("edgeinfer probe: {url} {e}");
+                std::process::exit(1)
             }
+            Ok(())
         }
-        Command::Sign { key, registry, targets } => sign(&key, &registry, &targets),
+        Command::Sign { key, registry, targets } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(sign(&key, &registry, &targets)),
         Command::Registry(action) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(registry(action))
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(registry(action))
         }
     }
 }
@@ -469,37 +412,16 @@ async fn registry(action: RegistryAction) -> Result<()> {
         RegistryAction::Push { manifest, runtime_config_file, registry, reference, sign_key } => {
             let sign_key = sign_key.as_deref().map(edgeinfer_trust::SigningKey::load).transpose()?;
             let connection = registry.connection(Some(&reference))?;
-            let sources = Sources::new(connection.clone());
-            let loaded = Manifest::load(&manifest.manifest)?;
-            let runtime_config = runtime_config_file
-                .or_else(|| Some(runtime_config::default_path(&loaded.dir)).filter(|p| p.is_file()));
-            if let Some(path) = &runtime_config {
-                // What the runtime config names travels with the app: fetch what is missing.
-                let (config, dir) = (RuntimeConfig::load(path)?, loaded.dir.clone());
-                tokio::task::spawn_blocking(move || sources.provision_assets(&config, &dir)).await??;
-            }
-            let pushed = edgeinfer_registry::push(
+            let pushed = edgeinfer_daemon::push(
                 &manifest.manifest,
-                runtime_config.as_deref(),
+                runtime_config_file,
                 &reference,
                 &connection,
                 sign_key.as_ref(),
             )
             .await?;
-            eprintln!(
-                "edgeinfer: pushed {reference}: {} layers ({} already there), {:.1} MB sent of {:.1} MB",
-                pushed.layers,
-                pushed.layers_present,
-                pushed.bytes_sent as f64 / 1e6,
-                pushed.bytes_total as f64 / 1e6
-            );
+            eprintln!("edgeinfer: pushed {reference}: {pushed}");
             println!("Pushed with digest {}", pushed.digest);
-            if let Some(signature) = &pushed.signature {
-                eprintln!(
-                    "edgeinfer: signed; the signature is {signature}, tagged {}",
-                    edgeinfer_registry::signature::signature_tag(&pushed.digest)
-                );
-            }
             Ok(())
         }
         RegistryAction::Pull { registry, reference } => {
@@ -511,85 +433,32 @@ async fn registry(action: RegistryAction) -> Result<()> {
     }
 }
 
-/// Logs to stderr (`RUST_LOG`, `EDGEINFER_LOG_FORMAT=json`), and with `traces`, spans to an OTLP
-/// collector; the returned handle sends the last spans when dropped.
-fn init_logging(traces: Option<&http::traces::TraceExport>) -> Result<Option<http::traces::Traces>> {
-    use tracing_subscriber::prelude::*;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("edgeinfer=info,warn"));
-    // Log lines are events only: the spans are the traces' (and the request line names its ids).
-    // The level filter goes outside: its level is the layer's hint, which keeps every callsite
-    // below it (Cranelift's `log::trace!` among them) disabled at no cost.
-    let events_only = tracing_subscriber::filter::filter_fn(|meta| !meta.is_span());
-    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let logs = if std::env::var("EDGEINFER_LOG_FORMAT").as_deref() == Ok("json") {
-        logs.json().with_filter(events_only).with_filter(filter).boxed()
-    } else {
-        logs.with_filter(events_only).with_filter(filter).boxed()
-    };
-    let (spans, handle) = match traces {
-        Some(export) => {
-            let (layer, handle) = http::traces::layer(export)?;
-            (Some(layer), Some(handle))
-        }
-        None => (None, None),
-    };
-    tracing_subscriber::registry().with(logs).with(spans).init();
-    if let Some(export) = traces {
-        tracing::info!(endpoint = %export.endpoint, protocol = ?export.protocol, "exporting traces over OTLP");
-    }
-    Ok(handle)
-}
-
 /// `edgeinfer up`: checks the credentials and certificates, before anything slow, so that a bad one
 /// fails at once, then serves (`edgeinfer_daemon`).
 async fn up(args: UpArgs) -> Result<()> {
-    let api_key = match (&args.api_key, &args.api_key_file) {
-        (Some(key), _) => Some(key.clone()),
-        (None, Some(file)) => Some(
-            std::fs::read_to_string(file)
-                .with_context(|| format!("cannot read the API key file {}", file.display()))?
-                .trim()
-                .to_string(),
-        ),
-        (None, None) => None,
-    };
-    anyhow::ensure!(
-        api_key.is_some() || !args.api_key_host_routes,
-        "--api-key-host-routes puts the host's routes behind the API key: give --api-key or --api-key-file"
-    );
-    let api_key = api_key
-        .map(|key| http::auth::ApiKey::new(key, args.api_key_host_routes))
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("--api-key: {e}"))?;
-    let public_tls = args.tls.public()?;
-    let admin_tls = match args.admin_listen {
-        Some(_) => args.tls.admin()?,
-        None => None,
-    };
-    let grpc_tls = match args.grpc_listen {
-        Some(_) => args.tls.grpc()?,
-        None => None,
-    };
+    let api_key = http::auth::ApiKey::from_options(
+        args.api_key.clone(),
+        args.api_key_file.as_deref(),
+        args.api_key_host_routes,
+    )?;
+    let certs = args.tls.certs();
+    let public_tls = certs.public()?;
+    let admin_tls = args.admin_listen.map(|_| certs.admin()).transpose()?.flatten();
+    let grpc_tls = args.grpc_listen.map(|_| certs.grpc()).transpose()?.flatten();
     // With -f REF, the registry flags are for REF's registry alone.
     let from = args.manifest.manifest.to_str().filter(|p| edgeinfer_registry::looks_like_reference(p));
     let mut connection = args.registry.connection(from)?;
-    let trusted = match args.trusted_keys.is_empty() {
-        true => None,
-        false => {
-            let keys = edgeinfer_trust::TrustedKeys::load(&args.trusted_keys)?;
-            eprintln!("Running only what these keys signed: {}", keys.names());
-            Some(Arc::new(keys))
-        }
-    };
-    connection.trusted = trusted.clone();
-    let admin = match args.admin_listen {
-        Some(address) => {
-            let token = admin_token(args.admin_token_file.as_deref())?;
-            Some(edgeinfer_daemon::AdminOptions { address, token, tls: admin_tls })
-        }
-        None => None,
-    };
+    if !args.trusted_keys.is_empty() {
+        let keys = edgeinfer_trust::TrustedKeys::load(&args.trusted_keys)?;
+        eprintln!("Running only what these keys signed: {}", keys.names());
+        connection.trusted = Some(Arc::new(keys));
+    }
+    let admin = args
+        .admin_listen
+        .map(|address| {
+            edgeinfer_daemon::AdminOptions::load(address, args.admin_token_file.as_deref(), admin_tls)
+        })
+        .transpose()?;
     edgeinfer_daemon::up(edgeinfer_daemon::Options {
         manifest: args.manifest.manifest,
         runtime_config_file: args.runtime_config_file,
@@ -609,62 +478,34 @@ async fn up(args: UpArgs) -> Result<()> {
 }
 
 /// `edgeinfer sign`: a detached signature beside each file, a signature beside each artifact.
-fn sign(key: &Path, registry: &RegistryArgs, targets: &[String]) -> Result<()> {
+async fn sign(key: &Path, registry: &RegistryArgs, targets: &[String]) -> Result<()> {
     let key = edgeinfer_trust::SigningKey::load(key)?;
     for target in targets {
-        if Path::new(target).is_file() || !edgeinfer_registry::looks_like_reference(target) {
-            let bytes = std::fs::read(target).with_context(|| format!("cannot read {target}"))?;
-            let signature = key.sign(&bytes);
-            let path = format!("{target}.sig");
-            std::fs::write(&path, format!("{signature}\n"))
-                .with_context(|| format!("cannot write {path}"))?;
-            eprintln!("edgeinfer: signed {target} -> {path}");
-        } else {
-            let connection = registry.connection(Some(target))?;
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let (digest, signature) =
-                runtime.block_on(edgeinfer_registry::sign(target, &connection, &key))?;
-            eprintln!("edgeinfer: signed {target} ({digest}); signature {signature}");
-        }
+        let signed = edgeinfer_daemon::sign(target, &key, || registry.connection(Some(target))).await?;
+        eprintln!("edgeinfer: signed {target} {signed}");
     }
     Ok(())
 }
 
-/// The admin API's bearer token for serving: at least 16 characters.
-fn admin_token(file: Option<&Path>) -> Result<String> {
-    let token = admin::read_token(file)?;
-    anyhow::ensure!(token.len() >= 16, "the admin token must be at least 16 characters");
-    Ok(token)
-}
-
+/// `edgeinfer compose`: a standalone component, and how to serve it.
 fn compose_command(args: &ComposeArgs) -> Result<()> {
     let manifest = Manifest::load(&args.manifest.manifest)?;
-    let Some(component) = manifest.components.get(&args.component) else {
-        let known: Vec<&String> = manifest.components.keys().collect();
-        anyhow::bail!("spin.toml has no component {:?} (it has {known:?})", args.component);
-    };
-    let main = compose::read_source(&manifest, component)?;
-    let composed =
-        compose::compose_component(&manifest, &args.component, component, main, !args.keep_nn_imports)?;
-    std::fs::write(&args.output, &composed)
-        .with_context(|| format!("cannot write {}", args.output.display()))?;
-    let imports = compose::imports_of(&composed)?;
+    let written = compose::write_composition(&manifest, &args.component, &args.output, args.keep_nn_imports)?;
     eprintln!(
         "edgeinfer: wrote {} ({:.1} MB); it imports {}",
         args.output.display(),
-        composed.len() as f64 / 1e6,
-        imports.join(", ")
+        written.bytes as f64 / 1e6,
+        written.imports.join(", ")
     );
-    if args.keep_nn_imports {
+    match written.serve_command {
+        Some(command) => {
+            eprintln!("edgeinfer: run it with");
+            println!("{command}");
+        }
         // Stock `wasmtime serve` has no edgeinfer:nn: only `edgeinfer up` can run this one.
-        eprintln!(
+        None => eprintln!(
             "edgeinfer: it imports the model interfaces: serve it with `edgeinfer up`, not `wasmtime serve`"
-        );
-        return Ok(());
+        ),
     }
-    let output = std::path::absolute(&args.output)?;
-    let command = compose::wasmtime_serve_command(&manifest, component, &output)?;
-    eprintln!("edgeinfer: run it with");
-    println!("{}", command.iter().map(|w| compose::shell_quote(w)).collect::<Vec<_>>().join(" "));
     Ok(())
 }

@@ -205,6 +205,17 @@ impl Manifest {
     pub fn resolve(&self, relative: &str) -> PathBuf {
         self.dir.join(relative)
     }
+
+    /// The bytes of a component's `source`.
+    pub fn read_source(&self, component: &Component) -> Result<Vec<u8>> {
+        let source = self.resolve(&component.source);
+        std::fs::read(&source).with_context(|| {
+            format!(
+                "cannot read {} (build it with `edgeinfer build` or `edgeinfer up --build`)",
+                source.display()
+            )
+        })
+    }
 }
 
 impl FileMount {

@@ -10,6 +10,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
+mod artifacts;
+
+pub use artifacts::{Signed, fetch, pull, push, sign};
+
 use edgeinfer_config::manifest::Manifest;
 use edgeinfer_config::runtime_config::{self, RuntimeConfig};
 use edgeinfer_engine::registry::GraphRegistry;
@@ -54,6 +58,20 @@ pub struct AdminOptions {
     pub address: SocketAddr,
     pub token: String,
     pub tls: Option<http::tls::Tls>,
+}
+
+impl AdminOptions {
+    /// The admin listener at `address`, its bearer token read from `token_file` (else
+    /// `$EDGEINFER_ADMIN_TOKEN`): at least 16 characters.
+    pub fn load(
+        address: SocketAddr,
+        token_file: Option<&Path>,
+        tls: Option<http::tls::Tls>,
+    ) -> Result<AdminOptions> {
+        let token = admin::read_token(token_file)?;
+        anyhow::ensure!(token.len() >= 16, "the admin token must be at least 16 characters");
+        Ok(AdminOptions { address, token, tls })
+    }
 }
 
 /// Serves the app of `options` until SIGTERM or Ctrl-C.
@@ -299,24 +317,6 @@ fn start(
             }
         };
     Ok(Started { manifest, config, app, swagger_ui, kserve, default_route, _ticker: ticker })
-}
-
-/// Pulls an app artifact into the cache (verified, laid out) and says what it fetched.
-pub async fn pull(
-    reference: &str,
-    connection: &edgeinfer_registry::Connection,
-) -> Result<edgeinfer_registry::Pulled> {
-    let pulled = edgeinfer_registry::pull(reference, connection, &cache_dir()).await?;
-    eprintln!(
-        "edgeinfer: pulled {reference} ({}){}: {} layers, {} fetched ({:.1} MB) in {:.1} s",
-        pulled.digest,
-        if pulled.offline { " from the cache, the registry being unreachable" } else { "" },
-        pulled.layers,
-        pulled.layers_fetched,
-        pulled.bytes_fetched as f64 / 1e6,
-        pulled.seconds
-    );
-    Ok(pulled)
 }
 
 /// The admin API's sources: components from this host's registries (verified, cached) and model

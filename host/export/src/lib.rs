@@ -64,6 +64,25 @@ pub struct ExportReport {
     pub seconds: f64,
 }
 
+impl std::fmt::Display for ExportReport {
+    /// What was written, in a line (two with labels).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "wrote {} ({:.1} MB, {:.1} M parameters, outputs {}) in {:.2} s",
+            self.output.display(),
+            self.bytes as f64 / 1e6,
+            self.parameters as f64 / 1e6,
+            self.outputs.join(", "),
+            self.seconds
+        )?;
+        match &self.labels {
+            Some(labels) => write!(f, "\nwrote {}", labels.display()),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Writes the ONNX model (and labels.json for a classifier) described by `options`.
 pub fn export(options: &ExportOptions) -> Result<ExportReport> {
     let started = Instant::now();

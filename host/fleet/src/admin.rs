@@ -34,6 +34,17 @@ pub struct Hosts {
 }
 
 impl Hosts {
+    /// Calls to `fleet`'s hosts by its policy (timeout, tries), over `client`.
+    pub fn of_fleet(fleet: &crate::fleet::Fleet, client: reqwest::blocking::Client) -> anyhow::Result<Hosts> {
+        let (attempts, backoff) = (fleet.policy.attempts, Duration::from_millis(250));
+        Ok(Hosts { client, token: fleet.token()?, attempts, backoff })
+    }
+
+    /// One quick try per call (a status view), so that a host that is down costs seconds.
+    pub fn quick(fleet: &crate::fleet::Fleet, client: reqwest::blocking::Client) -> anyhow::Result<Hosts> {
+        Ok(Hosts { client, token: fleet.token()?, attempts: 1, backoff: Duration::ZERO })
+    }
+
     /// Runs `action` up to `attempts` times while `unreachable` says its error is worth another
     /// try, pausing `backoff`, then twice as long each time.
     pub fn with_backoff<T, E>(

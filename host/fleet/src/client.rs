@@ -86,6 +86,37 @@ pub fn plain_http_off_machine(url: &str) -> Result<bool> {
     Ok(!loopback)
 }
 
+/// Why a probe failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("answered {0}")]
+    Status(reqwest::StatusCode),
+    #[error("cannot be reached: {0}")]
+    Unreachable(String),
+}
+
+/// Whether `url` answers 200 (a container's health check).
+pub fn probe(client: &reqwest::blocking::Client, url: &str) -> Result<(), ProbeError> {
+    match client.get(url).send() {
+        Ok(response) if response.status() == reqwest::StatusCode::OK => Ok(()),
+        Ok(response) => Err(ProbeError::Status(response.status())),
+        Err(e) => Err(ProbeError::Unreachable(crate::admin::with_causes(&e))),
+    }
+}
+
+/// Refuses plain `http://` to any of `hosts` off this machine (the admin token and what is sent
+/// would cross the network readable and rewritable) unless `insecure`.
+pub fn refuse_plain_http<'a>(hosts: impl IntoIterator<Item = &'a str>, insecure: bool) -> Result<()> {
+    for host in hosts {
+        if !insecure && plain_http_off_machine(host)? {
+            anyhow::bail!(
+                "refusing plain http:// to {host}: the admin token and the components would cross the network readable and rewritable; use https:// (with --ca-file for a private CA) or pass --insecure"
+            );
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

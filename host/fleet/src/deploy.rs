@@ -4,10 +4,15 @@
 //! each host's outcome is reported.
 
 use std::io::Read;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
+
+use anyhow::{Context, Result, bail, ensure};
+use edgeinfer_config::manifest::Manifest;
+use edgeinfer_trust::SigningKey;
 
 use crate::admin::with_causes;
 
@@ -26,6 +31,89 @@ pub enum Send {
     Upload { bytes: Vec<u8>, signature: Option<String> },
     /// The app artifact (by digest) the host pulls it from itself.
     Pull { reference: String },
+}
+
+impl Change {
+    /// New versions `sends`, switched to, or with `canary` percent put on trial (`mode`: split
+    /// or shadow; `sticky`: by `client` or `header:NAME`).
+    pub fn push(sends: Vec<(String, Send)>, canary: Option<f64>, mode: &str, sticky: Option<&str>) -> Change {
+        let mut query = String::new();
+        if let Some(percent) = canary {
+            query.push_str(&format!("&canary={percent}&mode={mode}"));
+            if let Some(sticky) = sticky {
+                query.push_str(&format!("&sticky={sticky}"));
+            }
+        }
+        Change::Push { sends, query }
+    }
+}
+
+/// The app a deploy sends from.
+pub enum App {
+    /// A spin.toml: components are uploaded from their `source`.
+    Manifest(Manifest),
+    /// An app artifact resolved once to `repository@digest` (so every host gets the same
+    /// version), which each host pulls itself: its component ids and routed components.
+    Artifact { pinned: String, components: Vec<String>, routed: Vec<String> },
+}
+
+impl App {
+    /// The `named` components, else every routed one; each must be in the app.
+    pub fn select(&self, named: &[String]) -> Result<Vec<String>> {
+        let (ids, mut routed): (Vec<String>, Vec<String>) = match self {
+            App::Manifest(manifest) => (
+                manifest.components.keys().cloned().collect(),
+                manifest.http_triggers.iter().map(|t| t.component.clone()).collect(),
+            ),
+            App::Artifact { components, routed, .. } => (components.clone(), routed.clone()),
+        };
+        if named.is_empty() {
+            routed.dedup();
+            return Ok(routed);
+        }
+        if let Some(missing) = named.iter().find(|id| !ids.contains(id)) {
+            bail!("the app has no component {missing:?}");
+        }
+        Ok(named.to_vec())
+    }
+
+    /// What each host is sent for component `ids`: the pinned artifact, or each component's bytes
+    /// (from `wasm`, which replaces the one component's source, else from the manifest), signed
+    /// with `key` when given.
+    pub fn sends(
+        &self,
+        ids: &[String],
+        wasm: Option<&Path>,
+        key: Option<&SigningKey>,
+    ) -> Result<Vec<(String, Send)>> {
+        let manifest = match self {
+            App::Artifact { pinned, .. } => {
+                ensure!(
+                    wasm.is_none(),
+                    "--wasm replaces a component's source of a spin.toml, not of an artifact"
+                );
+                let pull = |id: &String| (id.clone(), Send::Pull { reference: pinned.clone() });
+                return Ok(ids.iter().map(pull).collect());
+            }
+            App::Manifest(manifest) => manifest,
+        };
+        ensure!(
+            wasm.is_none() || ids.len() == 1,
+            "--wasm replaces one component's source of a spin.toml: name exactly one component"
+        );
+        let mut sends = Vec::new();
+        for id in ids {
+            let bytes = match wasm {
+                Some(path) => {
+                    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+                }
+                None => manifest.read_source(&manifest.components[id])?,
+            };
+            let signature = key.map(|key| key.sign(&bytes));
+            sends.push((id.clone(), Send::Upload { bytes, signature }));
+        }
+        Ok(sends)
+    }
 }
 
 /// Why a call failed.
@@ -210,8 +298,9 @@ fn answer(response: reqwest::Result<reqwest::blocking::Response>) -> Result<Valu
     })
 }
 
-/// Prints one line per host and component: seconds taken and outcome.
-pub fn print_summary(verb: &str, outcomes: &[Outcome]) {
+/// Prints one line per host and component (seconds taken and outcome); fails, counting them, when
+/// any failed.
+pub fn print_summary(verb: &str, outcomes: &[Outcome]) -> Result<()> {
     let width =
         |f: &dyn Fn(&Outcome) -> usize, title: usize| outcomes.iter().map(f).max().unwrap_or(0).max(title);
     let host_w = width(&|o| o.host.len(), 4);
@@ -224,6 +313,9 @@ pub fn print_summary(verb: &str, outcomes: &[Outcome]) {
         };
         println!("{:host_w$}  {:component_w$}  {:>7.2}  {result}", o.host, o.component, o.seconds);
     }
+    let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
+    ensure!(failed == 0, "{failed} of {} {verb}es failed", outcomes.len());
+    Ok(())
 }
 
 /// The upload's bytes, advancing its progress bar as they are read.

@@ -150,6 +150,22 @@ pub struct Rollout<'a> {
 }
 
 impl Rollout<'_> {
+    /// Starts the rollout, unless its state file holds one that has not ended cleanly.
+    pub fn start(&self) -> Result<RolloutState> {
+        refuse_unfinished(&self.state_file)?;
+        self.run(None)
+    }
+
+    /// Goes on with the rollout in its state file.
+    pub fn resume(&self) -> Result<RolloutState> {
+        self.run(Some(load(&self.state_file)?))
+    }
+
+    /// Undoes the rollout in its state file (`roll_back`).
+    pub fn roll_back_saved(&self) -> Result<RolloutState> {
+        self.roll_back(load(&self.state_file)?)
+    }
+
     /// Runs the rollout from the start, or from `resumed` (a state file of the same rollout).
     pub fn run(&self, resumed: Option<RolloutState>) -> Result<RolloutState> {
         let mut state = match resumed {
@@ -631,6 +647,62 @@ fn known_versions(state: &RolloutState) -> BTreeSet<String> {
 /// A host's key in the state: its admin URL without a trailing slash.
 fn key(admin: &str) -> String {
     admin.trim_end_matches('/').to_string()
+}
+
+/// Where a rollout of `component` keeps its state by default: `.rollout-COMPONENT.json` beside
+/// the fleet file.
+pub fn default_state_file(fleet_file: &Path, component: &str) -> PathBuf {
+    fleet_file.parent().unwrap_or(Path::new(".")).join(format!(".rollout-{component}.json"))
+}
+
+/// Refuses to start a new rollout over one in `state_file` that has not ended cleanly.
+fn refuse_unfinished(state_file: &Path) -> Result<()> {
+    if let Ok(previous) = load(state_file)
+        && !matches!(previous.phase, Phase::Succeeded | Phase::RolledBack)
+    {
+        bail!(
+            "{} holds a rollout of {} that has not ended cleanly ({:?}): --resume it or --rollback it first",
+            state_file.display(),
+            previous.component,
+            previous.phase
+        );
+    }
+    Ok(())
+}
+
+impl RolloutState {
+    /// The rollout's end as an exit status: success when it succeeded, or when it was undone on
+    /// request (`undoing`); otherwise why not.
+    pub fn outcome(&self, undoing: bool) -> Result<()> {
+        let reason = self.reason.as_deref().unwrap_or("?");
+        match self.phase {
+            Phase::Succeeded => Ok(()),
+            Phase::RolledBack if undoing => Ok(()),
+            Phase::RolledBack => bail!("rolled back: {reason}"),
+            Phase::Failed => {
+                bail!(
+                    "failed, and some hosts could not be rolled back (see the table; --rollback retries): {reason}"
+                )
+            }
+            Phase::Running | Phase::RollingBack => unreachable!("a rollout returns when it ends"),
+        }
+    }
+}
+
+/// The report of an ended rollout: each step's judgement, then the table of hosts.
+pub fn report(state: &RolloutState) -> String {
+    let mut out = String::new();
+    for judgement in &state.judgements {
+        out += &format!(
+            "step {} ({} hosts, {:.0} s): {} {}\n",
+            judgement.step,
+            judgement.hosts,
+            judgement.seconds,
+            if judgement.passed { "passed" } else { "FAILED" },
+            judgement.why
+        );
+    }
+    out + &table(state)
 }
 
 /// Reads a rollout's state file.

@@ -128,6 +128,22 @@ pub fn looks_like_reference(text: &str) -> bool {
 }
 
 impl Connection {
+    /// A connection to every registry (`scope` none, nothing trusted): `insecure` (plain HTTP),
+    /// extra CAs from `ca_file`, and credentials from a user name and password, or a token.
+    pub fn new(
+        insecure: bool,
+        ca_file: Option<PathBuf>,
+        basic: Option<(String, String)>,
+        token: Option<String>,
+    ) -> Connection {
+        let credentials = match (basic, token) {
+            (Some((username, password)), _) => Some(Credentials::Basic { username, password }),
+            (None, Some(token)) => Some(Credentials::Bearer(token)),
+            (None, None) => None,
+        };
+        Connection { insecure, ca_file, credentials, scope: None, trusted: None }
+    }
+
     /// This connection scoped to the registry of `reference` (what `-f REF` names).
     pub fn scoped_to(mut self, reference: &str) -> Result<Connection> {
         self.scope = Some(parse_reference(reference)?.resolve_registry().to_string());

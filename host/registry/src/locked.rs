@@ -30,6 +30,14 @@ pub struct LockedApp {
     pub components: Vec<LockedComponent>,
 }
 
+impl LockedApp {
+    /// The components the triggers route to, in trigger order.
+    pub fn routed_components(&self) -> Vec<String> {
+        let component = |t: &LockedTrigger| t.trigger_config.get("component")?.as_str().map(str::to_string);
+        self.triggers.iter().filter_map(component).collect()
+    }
+}
+
 /// One trigger; for HTTP, `trigger_config` is `{component, route}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LockedTrigger {

@@ -40,6 +40,27 @@ pub struct Pushed {
     pub signature: Option<String>,
 }
 
+impl std::fmt::Display for Pushed {
+    /// Layers and bytes sent, and the signature when there is one.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} layers ({} already there), {:.1} MB sent of {:.1} MB",
+            self.layers,
+            self.layers_present,
+            self.bytes_sent as f64 / 1e6,
+            self.bytes_total as f64 / 1e6
+        )?;
+        match &self.signature {
+            Some(signature) => {
+                let tag = crate::signature::signature_tag(&self.digest);
+                write!(f, "; signed, the signature is {signature}, tagged {tag}")
+            }
+            None => Ok(()),
+        }
+    }
+}
+
 /// One layer to push: where its bytes are.
 struct Layer {
     digest: String,

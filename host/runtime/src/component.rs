@@ -15,7 +15,7 @@ use wasmtime_wasi_http::handler::{
 
 use crate::admission::Admission;
 use crate::compile::CompileCache;
-use crate::compose::{compose_component, read_source};
+use crate::compose::compose_component;
 use crate::instance::{
     ComponentHandler, InstanceSpec, InstanceState, PoolFull, RequestTicket, ReusePolicy, WarmPool,
 };
@@ -156,7 +156,7 @@ impl ComponentBuilder {
     pub fn build_from_source(&self, id: &str) -> Result<LoadedComponent> {
         let component =
             self.manifest.components.get(id).with_context(|| format!("spin.toml has no component {id:?}"))?;
-        self.build(id, read_source(&self.manifest, component)?)
+        self.build(id, self.manifest.read_source(component)?)
     }
 }
 

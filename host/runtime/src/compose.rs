@@ -29,17 +29,6 @@ pub fn is_nn_provider(key: &str) -> bool {
     })
 }
 
-/// The bytes of a component's `source`.
-pub fn read_source(manifest: &Manifest, component: &Component) -> Result<Vec<u8>> {
-    let source = manifest.resolve(&component.source);
-    std::fs::read(&source).with_context(|| {
-        format!(
-            "cannot read {} (build it with `edgeinfer build` or `edgeinfer up --build`)",
-            source.display()
-        )
-    })
-}
-
 /// Composes `main`, a version of component `id` of `manifest`, with its
 /// `[component.id.dependencies]`. Model providers are left out (the import stays, for a host
 /// that implements it) unless `compose_nn_providers`.
@@ -116,6 +105,42 @@ pub fn imports_of(bytes: &[u8]) -> Result<Vec<String>> {
     let package = Package::from_bytes("inspected:component", None, bytes.to_vec(), graph.types_mut())
         .context("not a valid component")?;
     Ok(graph.types()[package.ty()].imports.keys().cloned().collect())
+}
+
+/// A standalone composition written to a file (`edgeinfer compose`).
+pub struct Written {
+    /// Its size in bytes.
+    pub bytes: usize,
+    /// What it still imports.
+    pub imports: Vec<String>,
+    /// The stock `wasmtime serve` command that runs it; none while it imports the model
+    /// interfaces (only `edgeinfer up` has them).
+    pub serve_command: Option<String>,
+}
+
+/// Composes component `id` of `manifest` with its dependencies (and, unless `keep_nn_imports`,
+/// a provider of the model interfaces) into `output`.
+pub fn write_composition(
+    manifest: &Manifest,
+    id: &str,
+    output: &Path,
+    keep_nn_imports: bool,
+) -> Result<Written> {
+    let Some(component) = manifest.components.get(id) else {
+        let known: Vec<&String> = manifest.components.keys().collect();
+        bail!("spin.toml has no component {id:?} (it has {known:?})");
+    };
+    let main = manifest.read_source(component)?;
+    let composed = compose_component(manifest, id, component, main, !keep_nn_imports)?;
+    std::fs::write(output, &composed).with_context(|| format!("cannot write {}", output.display()))?;
+    let serve_command = match keep_nn_imports {
+        true => None,
+        false => {
+            let command = wasmtime_serve_command(manifest, component, &std::path::absolute(output)?)?;
+            Some(command.iter().map(|w| shell_quote(w)).collect::<Vec<_>>().join(" "))
+        }
+    };
+    Ok(Written { bytes: composed.len(), imports: imports_of(&composed)?, serve_command })
 }
 
 /// Composes `main` with its dependencies; returns `main` unchanged when it has none.

@@ -15,7 +15,6 @@ use anyhow::{Context, Result};
 use globset::{Glob, GlobMatcher};
 
 use crate::app::App;
-use crate::compose::read_source;
 
 /// How often the watched files are looked at.
 const POLL: Duration = Duration::from_millis(500);
@@ -159,7 +158,7 @@ async fn rebuild(app: &Arc<App>, changed: &[String]) {
     // so every routed component is checked, not only the rebuilt ones.
     for (id, slot) in &app.components {
         let manifest = app.builder.manifest();
-        let main = match read_source(manifest, &manifest.components[id]) {
+        let main = match manifest.read_source(&manifest.components[id]) {
             Ok(bytes) => bytes,
             Err(e) => {
                 tracing::error!(component = %id, "cannot read the new build: {e:#}");

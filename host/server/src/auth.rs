@@ -9,6 +9,8 @@
 //!
 //! Tokens are compared in constant time.
 
+use std::path::{Path, PathBuf};
+
 use http::HeaderMap;
 
 /// Why a request was refused.
@@ -75,6 +77,22 @@ pub fn constant_time_eq(given: &str, expected: &str) -> bool {
         && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
+/// Why an API key cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiKeyError {
+    #[error(
+        "--api-key: the API key must be at least {} visible ASCII characters (no spaces)",
+        ApiKey::MIN_LENGTH
+    )]
+    Weak,
+    #[error("cannot read the API key file {}: {source}", file.display())]
+    Unreadable { file: PathBuf, source: std::io::Error },
+    #[error(
+        "--api-key-host-routes puts the host's routes behind the API key: give --api-key or --api-key-file"
+    )]
+    HostRoutesWithoutKey,
+}
+
 /// The key that guards the inference routes (`up --api-key`, TEI's flag), and where it applies.
 #[derive(Clone)]
 pub struct ApiKey {
@@ -89,14 +107,30 @@ impl ApiKey {
     pub const MIN_LENGTH: usize = 16;
 
     /// A key of at least `MIN_LENGTH` visible ASCII characters (it travels in a header).
-    pub fn new(key: String, host_routes: bool) -> Result<ApiKey, String> {
+    pub fn new(key: String, host_routes: bool) -> Result<ApiKey, ApiKeyError> {
         if key.len() < ApiKey::MIN_LENGTH || !key.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(format!(
-                "the API key must be at least {} visible ASCII characters (no spaces)",
-                ApiKey::MIN_LENGTH
-            ));
+            return Err(ApiKeyError::Weak);
         }
         Ok(ApiKey { key, host_routes })
+    }
+
+    /// The key of `up`'s options: given as it is, else read from `file` (trimmed); none when
+    /// neither is given, which `host_routes` may not ask to protect.
+    pub fn from_options(
+        key: Option<String>,
+        file: Option<&Path>,
+        host_routes: bool,
+    ) -> Result<Option<ApiKey>, ApiKeyError> {
+        let key = match (key, file) {
+            (Some(key), _) => key,
+            (None, Some(file)) => std::fs::read_to_string(file)
+                .map_err(|source| ApiKeyError::Unreadable { file: file.to_path_buf(), source })?
+                .trim()
+                .to_string(),
+            (None, None) if host_routes => return Err(ApiKeyError::HostRoutesWithoutKey),
+            (None, None) => return Ok(None),
+        };
+        ApiKey::new(key, host_routes).map(Some)
     }
 
     /// The key itself.

@@ -52,6 +52,57 @@ pub enum TlsError {
     ClientCaCertificate { path: PathBuf, source: rustls::Error },
     #[error("the client CA {} cannot verify client certificates: {source}", path.display())]
     ClientCa { path: PathBuf, source: rustls::server::VerifierBuilderError },
+    #[error(
+        "--admin-client-ca needs TLS on the admin listener: give --tls-cert and --tls-key (or --admin-tls-cert and --admin-tls-key)"
+    )]
+    ClientCaWithoutTls,
+}
+
+/// The certificate files of every listener as `up`'s options name them (each a chain and its
+/// key): the public pair serves the admin and gRPC listeners too, unless they have their own.
+#[derive(Clone, Debug, Default)]
+pub struct ListenerCerts {
+    pub public: Option<(PathBuf, PathBuf)>,
+    pub admin: Option<(PathBuf, PathBuf)>,
+    /// Admin clients must present a certificate chained to this CA (mTLS).
+    pub admin_client_ca: Option<PathBuf>,
+    pub grpc: Option<(PathBuf, PathBuf)>,
+}
+
+impl ListenerCerts {
+    /// The public listener's TLS; `None` for plain HTTP.
+    pub fn public(&self) -> Result<Option<Tls>, TlsError> {
+        self.load(None, None, &ALPN_HTTP, "public")
+    }
+
+    /// The admin listener's TLS, with mTLS when a client CA is given (which needs TLS).
+    pub fn admin(&self) -> Result<Option<Tls>, TlsError> {
+        let client_ca = self.admin_client_ca.as_ref();
+        let tls = self.load(self.admin.as_ref(), client_ca, &ALPN_HTTP, "admin")?;
+        if tls.is_none() && client_ca.is_some() {
+            return Err(TlsError::ClientCaWithoutTls);
+        }
+        Ok(tls)
+    }
+
+    /// The gRPC listener's TLS (HTTP/2 only).
+    pub fn grpc(&self) -> Result<Option<Tls>, TlsError> {
+        self.load(self.grpc.as_ref(), None, &ALPN_GRPC, "grpc")
+    }
+
+    fn load(
+        &self,
+        own: Option<&(PathBuf, PathBuf)>,
+        client_ca: Option<&PathBuf>,
+        alpn: &[&[u8]],
+        listener: &'static str,
+    ) -> Result<Option<Tls>, TlsError> {
+        let Some((cert, key)) = own.or(self.public.as_ref()) else {
+            return Ok(None);
+        };
+        let files = TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: client_ca.cloned() };
+        Tls::load(files, alpn, listener).map(Some)
+    }
 }
 
 /// A listener's TLS configuration, re-read when its files change (`watch`).

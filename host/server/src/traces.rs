@@ -28,15 +28,50 @@ pub enum Protocol {
     HttpProtobuf,
 }
 
+/// An OTLP protocol other than `grpc` and `http/protobuf`.
+#[derive(Debug, thiserror::Error)]
+#[error("the OTLP protocol is grpc or http/protobuf, not {0:?}")]
+pub struct UnknownProtocol(String);
+
 impl std::str::FromStr for Protocol {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Protocol, String> {
+    type Err = UnknownProtocol;
+    fn from_str(text: &str) -> Result<Protocol, UnknownProtocol> {
         match text {
             "grpc" => Ok(Protocol::Grpc),
             "http/protobuf" => Ok(Protocol::HttpProtobuf),
-            other => Err(format!("the OTLP protocol is grpc or http/protobuf, not {other:?}")),
+            other => Err(UnknownProtocol(other.to_string())),
         }
     }
+}
+
+/// Logs to stderr (`RUST_LOG`, `EDGEINFER_LOG_FORMAT=json`), and with `traces`, spans to an OTLP
+/// collector; the returned handle sends the last spans when dropped.
+pub fn init_logging(traces: Option<&TraceExport>) -> Result<Option<Traces>> {
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("edgeinfer=info,warn"));
+    // Log lines are events only: the spans are the traces' (and the request line names its ids).
+    // The level filter goes outside: its level is the layer's hint, which keeps every callsite
+    // below it (Cranelift's `log::trace!` among them) disabled at no cost.
+    let events_only = tracing_subscriber::filter::filter_fn(|meta| !meta.is_span());
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = if std::env::var("EDGEINFER_LOG_FORMAT").as_deref() == Ok("json") {
+        logs.json().with_filter(events_only).with_filter(filter).boxed()
+    } else {
+        logs.with_filter(events_only).with_filter(filter).boxed()
+    };
+    let (spans, handle) = match traces {
+        Some(export) => {
+            let (layer, handle) = layer(export)?;
+            (Some(layer), Some(handle))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry().with(logs).with(spans).init();
+    if let Some(export) = traces {
+        tracing::info!(endpoint = %export.endpoint, protocol = ?export.protocol, "exporting traces over OTLP");
+    }
+    Ok(handle)
 }
 
 /// Where and how to export traces.
