@@ -65,7 +65,7 @@ pub struct Target {
     manifest: PathBuf,
     /// How this command reaches the registry (with `--from REF`); the hosts use their own settings.
     #[command(flatten)]
-    registry: crate::RegistryArgs,
+    registry: crate::client::RegistryArgs,
     /// Admin API of a host (repeat for a fleet), e.g. https://10.0.0.7:3001. Plain http:// to
     /// a host that is not on loopback is refused unless --insecure is given.
     #[arg(long = "to", required = true)]
@@ -119,7 +119,7 @@ pub fn run(action: DeployAction) -> Result<()> {
 }
 
 /// The app artifact `reference` as its lock says, its tag resolved to a digest here once.
-fn artifact(reference: &str, registry: &crate::RegistryArgs) -> Result<App> {
+fn artifact(reference: &str, registry: &crate::client::RegistryArgs) -> Result<App> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let connection = registry.connection(Some(reference))?;
     let cache = edgeinfer_sources::cache_dir();

@@ -5,6 +5,8 @@ mod client;
 mod deploy;
 mod fleet_cli;
 
+use client::RegistryArgs;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -107,48 +109,6 @@ enum RegistryAction {
         /// `host[:port]/repository:tag` or `host[:port]/repository@sha256:...`.
         reference: String,
     },
-}
-
-/// How to reach a registry (for `registry push`, `registry pull` and `up -f REF`).
-#[derive(clap::Args, Clone)]
-struct RegistryArgs {
-    /// Talk plain HTTP to the registry (a local one), as Spin's `--insecure`.
-    #[arg(short = 'k', long, env = "EDGEINFER_REGISTRY_INSECURE")]
-    insecure: bool,
-    /// Extra CA certificates (PEM) to trust for the registry's HTTPS.
-    #[arg(long, env = "EDGEINFER_REGISTRY_CA_FILE")]
-    registry_ca_file: Option<PathBuf>,
-    /// User name for the registry (with --registry-password); default: the Docker config's
-    /// credentials for the registry, else anonymous.
-    #[arg(long, env = "EDGEINFER_REGISTRY_USERNAME", requires = "registry_password")]
-    registry_username: Option<String>,
-    #[arg(long, env = "EDGEINFER_REGISTRY_PASSWORD", hide_env_values = true, requires = "registry_username")]
-    registry_password: Option<String>,
-    /// A bearer token for the registry, sent as it is.
-    #[arg(
-        long,
-        env = "EDGEINFER_REGISTRY_TOKEN",
-        hide_env_values = true,
-        conflicts_with = "registry_username"
-    )]
-    registry_token: Option<String>,
-}
-
-impl RegistryArgs {
-    /// The connection these flags describe: for `reference`'s registry alone when given, else for
-    /// every registry (`oci://` sources of the user's own runtime config).
-    fn connection(&self, reference: Option<&str>) -> Result<edgeinfer_registry::Connection> {
-        let connection = edgeinfer_registry::Connection::new(
-            self.insecure,
-            self.registry_ca_file.clone(),
-            self.registry_username.clone().zip(self.registry_password.clone()),
-            self.registry_token.clone(),
-        );
-        match reference {
-            Some(reference) => Ok(connection.scoped_to(reference)?),
-            None => Ok(connection),
-        }
-    }
 }
 
 #[derive(clap::Args)]
@@ -361,6 +321,7 @@ fn main() -> Result<()> {
     }
     http::traces::init_logging(None)?;
     match cli.command {
+        Command::Up(_) => unreachable!("served above"),
         Command::Build(args) => edgeinfer_runtime::builder::build_all(&Manifest::load(&args.manifest)?),
         Command::Fetch(args) => {
             let connection = args.registry.connection(None)?;
@@ -387,7 +348,6 @@ fn main() -> Result<()> {
             report.to_string().lines().for_each(|line| eprintln!("edgeinfer: {line}"));
             Ok(())
         }
-        Command::Up(_) => unreachable!("served above"),
         Command::Fleet(action) => fleet_cli::fleet(action),
         Command::Probe { url, timeout, tls } => {
             let client = tls.client(std::time::Duration::from_secs(timeout))?;

@@ -159,7 +159,7 @@ impl ApiError {
     }
 
     pub fn into_response(self) -> Response<FullBody<Bytes>> {
-        let response = crate::json_response(self.kind.status(), &self.body);
+        let response = crate::response::json_response(self.kind.status(), &self.body);
         self.with_headers(response)
     }
 

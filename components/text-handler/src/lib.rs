@@ -27,11 +27,13 @@ mod error;
 mod inputs;
 pub mod pooling;
 mod prompts;
+mod response;
 mod timings;
 
 pub use error::{ApiError, ErrorKind};
 pub use inputs::{Batch, Inputs, check_text};
 pub use prompts::Prompts;
+pub use response::json_response;
 pub use timings::Timings;
 
 /// Settings every handler reads from its environment; `defaults` are the handler's own.
@@ -528,16 +530,6 @@ pub fn json_body_ok_with_tokens(body: Vec<u8>, tokens: u64) -> Response<FullBody
         .expect("static response parts are valid");
     response.headers_mut().insert(TOKENS_HEADER, tokens.into());
     response
-}
-
-/// A JSON response with the given status.
-pub fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<FullBody<Bytes>> {
-    let body = serde_json::to_vec(value).expect("JSON values serialise");
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(FullBody::new(Bytes::from(body)))
-        .expect("static response parts are valid")
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! stores and ignores. A pull verifies every blob's digest into a content-addressed cache and lays
 //! the app out as a directory with a spin.toml the host serves like any other.
 
+mod bounded;
 pub mod locked;
 mod pull;
 mod push;

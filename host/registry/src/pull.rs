@@ -295,44 +295,6 @@ fn unique_suffix() -> String {
     format!("{}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }
 
-/// A writer that fails past the layer's declared size, so a registry cannot fill the disk with a
-/// blob longer than its manifest says (the digest is only known wrong at the end).
-pub(crate) struct Bounded<W> {
-    pub(crate) inner: W,
-    pub(crate) left: u64,
-}
-
-impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Bounded<W> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        if buf.len() as u64 > self.left {
-            return std::task::Poll::Ready(Err(std::io::Error::other(
-                "the blob is longer than its manifest says",
-            )));
-        }
-        let written = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_write(cx, buf))?;
-        self.left -= written as u64;
-        std::task::Poll::Ready(Ok(written))
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 /// A file being written, removed unless renamed into place: also when its fetch fails or is
 /// dropped because another layer's failed.
 struct Partial(PathBuf);
@@ -430,7 +392,10 @@ impl Cache {
         let file = tokio::fs::File::create(&partial.0)
             .await
             .with_context(|| format!("cannot write {}", partial.0.display()))?;
-        let mut writer = Bounded { inner: tokio::io::BufWriter::new(file), left: layer.size.max(0) as u64 };
+        let mut writer = crate::bounded::Bounded {
+            inner: tokio::io::BufWriter::new(file),
+            left: layer.size.max(0) as u64,
+        };
         client
             .pull_blob(reference, layer, &mut writer)
             .await

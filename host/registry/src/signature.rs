@@ -136,7 +136,7 @@ pub(crate) async fn verify(
         }
         let mut payload = Vec::new();
         // No more than the declared size is taken in, whatever the registry sends.
-        let mut writer = crate::pull::Bounded { inner: &mut payload, left: layer.size.max(0) as u64 };
+        let mut writer = crate::bounded::Bounded { inner: &mut payload, left: layer.size.max(0) as u64 };
         client
             .pull_blob(&target, layer, &mut writer)
             .await

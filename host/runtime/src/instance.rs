@@ -108,7 +108,10 @@ impl InstanceSpec {
             nn: NnCtx::new(self.models.clone(), self.allowed_models.clone()).with_traces(traces.clone()),
             llm: LlmCtx::new(self.models.clone(), self.embeddings.clone(), self.allowed_models.clone())
                 .with_traces(traces),
-            outbound: OutboundPolicy::new(self.allowed_outbound_hosts.clone(), running.clone()),
+            outbound: OutboundPolicy::new(self.allowed_outbound_hosts.clone(), {
+                let running = running.clone();
+                Arc::new(move || running.trace_of(None))
+            }),
             limits: MemoryAccount::new(
                 StoreLimitsBuilder::new().memory_size(self.max_memory_bytes).build(),
                 &self.component_id,

@@ -9,7 +9,7 @@ use http::Request;
 use tracing::Instrument;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-use crate::instance::RunningRequests;
+use crate::trace::Context as TraceContext;
 
 /// One allowed destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,13 +72,17 @@ fn default_port(scheme: &str) -> Option<u16> {
 /// trace of the request it is made for.
 pub struct OutboundPolicy {
     allowed: Arc<Vec<AllowedHost>>,
-    running: RunningRequests,
+    sender_trace: SenderTrace,
 }
 
+/// The trace of the request an outbound call is made for, when the instance can tell (its only
+/// running request).
+pub type SenderTrace = Arc<dyn Fn() -> Option<TraceContext> + Send + Sync>;
+
 impl OutboundPolicy {
-    /// The hooks of an instance whose requests are `running`.
-    pub fn new(allowed: Arc<Vec<AllowedHost>>, running: RunningRequests) -> OutboundPolicy {
-        OutboundPolicy { allowed, running }
+    /// The hooks of an instance; `sender_trace` names the trace outbound calls join.
+    pub fn new(allowed: Arc<Vec<AllowedHost>>, sender_trace: SenderTrace) -> OutboundPolicy {
+        OutboundPolicy { allowed, sender_trace }
     }
 
     /// Whether a request to this URI may leave the host.
@@ -113,7 +117,7 @@ impl WasiHttpHooks for OutboundPolicy {
         // guest task sends: the instance's only running request, when it has one.
         let mut request = request;
         let traced = tracing::span_enabled!(tracing::Level::INFO);
-        let span = match traced.then(|| self.running.trace_of(None)).flatten() {
+        let span = match traced.then(|| (self.sender_trace)()).flatten() {
             Some(parent) if !request.headers().contains_key("traceparent") => {
                 let span = tracing::info_span!(
                     "outbound",
@@ -142,7 +146,7 @@ mod tests {
 
     fn policy(entries: &[&str]) -> OutboundPolicy {
         let allowed = Arc::new(entries.iter().map(|e| AllowedHost::parse(e).unwrap()).collect());
-        OutboundPolicy::new(allowed, RunningRequests::default())
+        OutboundPolicy::new(allowed, Arc::new(|| None))
     }
 
     fn permits(p: &OutboundPolicy, uri: &str) -> bool {

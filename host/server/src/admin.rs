@@ -23,8 +23,9 @@ use serde_json::json;
 use tower::ServiceExt;
 use wasmtime_wasi_http::WasiBody;
 
+use crate::error::HostError;
 use crate::listener::{Http1Options, Listener};
-use crate::{Answer, HostError, json as json_response};
+use crate::response::{Answer, json as json_response};
 use edgeinfer_engine::registry::{ReloadError, ReloadRequest};
 use edgeinfer_runtime::app::App;
 use edgeinfer_runtime::rollout::{Canary, CanaryMode, Stickiness};
@@ -165,7 +166,7 @@ where
         }
         Ok(()) => {
             let routed = router.oneshot(req.map(axum::body::Body::new)).await;
-            crate::json_rejection(routed.unwrap_or_else(|never| match never {})).await
+            crate::error::json_rejection(routed.unwrap_or_else(|never| match never {})).await
         }
     };
     let status = response.status().as_u16();

@@ -24,10 +24,10 @@ pub enum Refusal {
 
 impl Refusal {
     /// The host error this refusal answers as.
-    pub fn error(self) -> crate::HostError {
+    pub fn error(self) -> crate::error::HostError {
         match self {
-            Refusal::Missing => crate::HostError::Unauthorized,
-            Refusal::NotAccepted => crate::HostError::Forbidden,
+            Refusal::Missing => crate::error::HostError::Unauthorized,
+            Refusal::NotAccepted => crate::error::HostError::Forbidden,
         }
     }
 

@@ -9,8 +9,11 @@ use http::request::Parts;
 use http_body_util::BodyExt;
 use wasmtime_wasi_http::WasiBody;
 
-use crate::HostError;
+use crate::error::HostError;
 
+/// A refused request's body is read off up to this size and time, no more.
+pub(crate) const REFUSED_DRAIN_BYTES: u64 = 64 << 10;
+pub(crate) const REFUSED_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long a body may take to arrive unless a route says otherwise.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 

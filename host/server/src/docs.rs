@@ -12,7 +12,8 @@ use http::{Response, StatusCode};
 use serde_json::{Map, Value, json};
 use wasmtime_wasi_http::WasiBody;
 
-use super::{HostError, full_body, json as json_response};
+use crate::error::HostError;
+use crate::response::{full_body, json as json_response};
 use edgeinfer_runtime::app::App;
 use edgeinfer_runtime::routes::RoutePattern;
 

@@ -3,9 +3,13 @@
 //! the OpenAPI error responses (`/openapi.json`) are all made from it. Errors a component answers
 //! are the component's own.
 
+use axum::response::{IntoResponse, Response as AxumResponse};
 use bytes::Bytes;
 use http::{Response, StatusCode};
+use http_body_util::BodyExt;
 use wasmtime_wasi_http::WasiBody;
+
+use crate::response::Answer;
 
 /// An error answered by the host (component routes, KServe, the admin API).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,7 +193,7 @@ impl HostError {
         let mut response = Response::builder()
             .status(self.status())
             .header(http::header::CONTENT_TYPE, "application/json")
-            .body(super::full_body(Bytes::from(body.to_string())))
+            .body(crate::response::full_body(Bytes::from(body.to_string())))
             .expect("static response parts are valid");
         let headers = response.headers_mut();
         match self {
@@ -217,6 +221,29 @@ pub fn method_not_allowed(allowed: &'static str) -> Response<WasiBody> {
 /// Response header with an error answer's `error_type`, the host's or a component's
 /// (`components/text-handler` sets it): errors are counted and logged by it, bodies never read.
 pub const ERROR_TYPE_HEADER: &str = "x-error-type";
+
+/// The host's own 400s all JSON: an extractor's rejection (e.g. a path parameter that is not
+/// UTF-8 once decoded) becomes a `BadRequest` error with the rejection's text.
+pub(crate) async fn json_rejection(response: AxumResponse) -> AxumResponse {
+    if response.status() != StatusCode::BAD_REQUEST || response.headers().contains_key(ERROR_TYPE_HEADER) {
+        return response;
+    }
+    let text = match http_body_util::Limited::new(response.into_body(), 4096).collect().await {
+        Ok(collected) => String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
+        Err(_) => "the request is malformed".to_string(),
+    };
+    Answer(HostError::BadRequest.answer(text)).into_response()
+}
+
+/// The answer of a route to any method but GET.
+pub(crate) async fn use_get() -> Answer {
+    Answer(method_not_allowed("GET"))
+}
+
+/// The answer of a route to any method but POST.
+pub(crate) async fn use_post() -> Answer {
+    Answer(method_not_allowed("POST"))
+}
 
 #[cfg(test)]
 mod tests {

@@ -16,8 +16,8 @@ use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 use tracing::Instrument;
 
+use crate::error::{ERROR_TYPE_HEADER, HostError};
 use crate::kserve::{self, Kserve};
-use crate::{HostError, error::ERROR_TYPE_HEADER};
 use edgeinfer_engine::engines::{ElementType, TensorData, TensorSpec};
 use edgeinfer_runtime::app::App;
 use edgeinfer_tensor::TensorError;
@@ -147,7 +147,14 @@ impl Drop for Record {
     fn drop(&mut self) {
         let (status, error_type) = self.outcome.take().unwrap_or((499, Some("Cancelled".into())));
         let route = &self.route;
-        crate::count_request(route, "host", "-", status, error_type.as_deref(), self.started.elapsed());
+        crate::telemetry::count_request(
+            route,
+            "host",
+            "-",
+            status,
+            error_type.as_deref(),
+            self.started.elapsed(),
+        );
         tracing::info!(
             route,
             component = "host",

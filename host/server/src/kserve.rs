@@ -17,7 +17,10 @@ use http::{Response, StatusCode};
 use serde_json::{Value, json};
 use wasmtime_wasi_http::WasiBody;
 
-use super::{Answer, HostError, Served, Shared, json as json_response, json_bytes, use_get, use_post};
+use crate::error::HostError;
+use crate::error::{use_get, use_post};
+use crate::response::{Answer, json as json_response, json_bytes};
+use crate::served::Served;
 use edgeinfer_config::runtime_config::KserveConfig;
 use edgeinfer_engine::engines::{ElementType, EngineError, TensorData, TensorSpec};
 use edgeinfer_engine::registry::LoadedGraph;
@@ -91,7 +94,8 @@ impl Kserve {
 
 /// The API's routes under `/v2` (they exist only when it is enabled); every one, the 404 for
 /// an unknown path included, needs the token unless the API is public.
-pub(crate) fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
+pub(crate) fn routes<S: Clone + Send + Sync + 'static>(app: Arc<App>, kserve: Arc<Kserve>) -> Router<S> {
+    let shared = Arc::new(KserveState { app, kserve });
     Router::new()
         .route("/", get(server_metadata).fallback(use_get))
         .route("/health/live", get(live).fallback(use_get))
@@ -100,7 +104,14 @@ pub(crate) fn routes(shared: Arc<Shared>) -> Router<Arc<Shared>> {
         .route("/models/{name}/ready", get(model_ready).fallback(use_get))
         .route("/models/{name}/infer", post(infer_route).fallback(use_post))
         .fallback(unknown_route)
-        .layer(middleware::from_fn_with_state(shared, require_token))
+        .layer(middleware::from_fn_with_state(shared.clone(), require_token))
+        .with_state(shared)
+}
+
+/// What the API's handlers are given.
+struct KserveState {
+    app: Arc<App>,
+    kserve: Arc<Kserve>,
 }
 
 /// A `/v2` path with empty segments (`/v2/`, `/v2//models/x`, `.../infer/`) as the same path
@@ -120,19 +131,20 @@ pub(crate) fn normalise(uri: &http::Uri) -> Option<http::Uri> {
     http::Uri::from_parts(parts).ok()
 }
 
-fn api(shared: &Shared) -> &Kserve {
-    shared.kserve.as_ref().expect("the routes exist only when the API is enabled")
+fn api(shared: &KserveState) -> &Kserve {
+    &shared.kserve
 }
 
 async fn require_token(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<KserveState>>,
     matched: Option<MatchedPath>,
     req: axum::extract::Request,
     next: Next,
 ) -> AxumResponse {
     if let Err(refusal) = api(&shared).authorized(req.headers()) {
         // As the API key's refusal: a small body is read off so HTTP/2 clients get the answer.
-        crate::body::drain_refused(req, super::REFUSED_DRAIN_BYTES, super::REFUSED_DRAIN_TIMEOUT).await;
+        crate::body::drain_refused(req, crate::body::REFUSED_DRAIN_BYTES, crate::body::REFUSED_DRAIN_TIMEOUT)
+            .await;
         let mut refused = Answer(refusal.answer(TOKEN_NAME)).into_response();
         let route = matched.as_ref().map_or("/v2/unmatched", MatchedPath::as_str);
         refused.extensions_mut().insert(Served::host(route));
@@ -157,14 +169,14 @@ async fn live() -> Answer {
     Answer(json_response(StatusCode::OK, &json!({"live": true})))
 }
 
-async fn ready(State(shared): State<Arc<Shared>>) -> Answer {
+async fn ready(State(shared): State<Arc<KserveState>>) -> Answer {
     let ready = api(&shared).ready(&shared.app);
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     Answer(json_response(status, &json!({"ready": ready})))
 }
 
 /// A model the API serves and that is loaded; else the answer why not.
-fn model(shared: &Shared, name: &str) -> Result<Arc<LoadedGraph>, Box<Response<WasiBody>>> {
+fn model(shared: &KserveState, name: &str) -> Result<Arc<LoadedGraph>, Box<Response<WasiBody>>> {
     served_model(&shared.app, api(shared), name).map_err(|(error, message)| Box::new(error.answer(message)))
 }
 
@@ -186,13 +198,13 @@ pub(crate) fn served_model(
     })
 }
 
-async fn model_metadata(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Answer {
+async fn model_metadata(State(shared): State<Arc<KserveState>>, Path(name): Path<String>) -> Answer {
     Answer(
         model(&shared, &name).map_or_else(|e| *e, |graph| json_response(StatusCode::OK, &metadata(&graph))),
     )
 }
 
-async fn model_ready(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Answer {
+async fn model_ready(State(shared): State<Arc<KserveState>>, Path(name): Path<String>) -> Answer {
     Answer(model(&shared, &name).map_or_else(
         |e| *e,
         |graph| json_response(StatusCode::OK, &json!({"name": graph.name, "ready": true})),
@@ -200,7 +212,7 @@ async fn model_ready(State(shared): State<Arc<Shared>>, Path(name): Path<String>
 }
 
 async fn infer_route(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<KserveState>>,
     Path(name): Path<String>,
     req: axum::extract::Request,
 ) -> Answer {
@@ -254,7 +266,7 @@ async fn infer_route(
             .status(StatusCode::OK)
             .header(http::header::CONTENT_TYPE, "application/octet-stream")
             .header(kserve::HEADER_LENGTH, length)
-            .body(super::full_body(answer.body.into()))
+            .body(crate::response::full_body(answer.body.into()))
             .expect("static response parts are valid"),
     })
 }

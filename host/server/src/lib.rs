@@ -16,6 +16,8 @@ pub mod error;
 mod grpc;
 mod kserve;
 pub mod listener;
+mod response;
+mod served;
 mod shadow;
 pub mod status;
 pub mod telemetry;
@@ -25,7 +27,10 @@ pub mod traces;
 pub use docs::SwaggerUi;
 use error::ERROR_TYPE_HEADER;
 pub use error::HostError;
+use error::json_rejection;
 pub use kserve::Kserve;
+pub use response::Answer;
+use response::{full_body, json};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -39,7 +44,6 @@ use axum::response::{IntoResponse, Response as AxumResponse};
 use axum::routing::get;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
 use tower::ServiceExt;
 use tracing::Instrument;
 use wasmtime_wasi_http::WasiBody;
@@ -49,7 +53,9 @@ use edgeinfer_runtime::component::{HandleError, LoadedComponent};
 use edgeinfer_runtime::instance::{RequestTicket, TrapCause};
 
 use auth::ApiKey;
+use error::use_get;
 use listener::{Http1Options, Listener};
+use served::{Input, Served};
 
 /// What the handlers share.
 struct Shared {
@@ -89,29 +95,6 @@ struct RequestContext {
     started: std::time::Instant,
 }
 
-/// What answered a request (a response extension, set by the handler): its metric labels and the
-/// facts of its body for the log.
-#[derive(Clone)]
-struct Served {
-    /// The route pattern, as spin.toml or the host's router writes it.
-    route: String,
-    /// The component id; `host` for the host's own routes.
-    component: String,
-    /// The component version that answered; `-` for the host's own routes.
-    version: String,
-    input: Option<Input>,
-}
-
-impl Served {
-    fn host(route: &str) -> Served {
-        Served { route: route.to_string(), component: "host".into(), version: "-".into(), input: None }
-    }
-
-    fn unmatched() -> Served {
-        Served { route: "unmatched".into(), component: "none".into(), version: "-".into(), input: None }
-    }
-}
-
 /// Header carrying the request id, from the client or generated, to the component and back.
 const REQUEST_ID: &str = "x-request-id";
 
@@ -132,10 +115,6 @@ const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// How long a request on a trapped instance waits for the cause at most: the instance reports it
 /// as it retires, right after the request learns of the trap; this only bounds a host bug.
 const TRAP_CAUSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// A refused request's body is read off up to this size and time, no more.
-const REFUSED_DRAIN_BYTES: u64 = 64 << 10;
-const REFUSED_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How long a drain waits for in-flight requests before giving up on them.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -282,7 +261,7 @@ impl Server {
         } else if let Some(refusal) = self.refused_without_key(&req) {
             // Read off a small body first: an HTTP/2 client still sending it when the answer
             // comes would see its stream reset instead of the 401/403.
-            body::drain_refused(req, REFUSED_DRAIN_BYTES, REFUSED_DRAIN_TIMEOUT).await;
+            body::drain_refused(req, body::REFUSED_DRAIN_BYTES, body::REFUSED_DRAIN_TIMEOUT).await;
             Answer(refusal.answer("the API key")).into_response()
         } else {
             if self.kserve_on
@@ -301,7 +280,14 @@ impl Server {
         }
         let error_type = error_type_of(&response);
         let status = response.status().as_u16();
-        count_request(&route, &component, &version, status, error_type.as_deref(), started.elapsed());
+        telemetry::count_request(
+            &route,
+            &component,
+            &version,
+            status,
+            error_type.as_deref(),
+            started.elapsed(),
+        );
         let labels =
             [("route", route.clone()), ("component", component.clone()), ("version", version.clone())];
         let tokens = response.headers().get(TOKENS_HEADER).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
@@ -362,8 +348,8 @@ fn routes(shared: Arc<Shared>) -> Router {
         .route("/docs", get(docs_page).fallback(use_get))
         .route("/docs/", get(docs_page).fallback(use_get))
         .route("/docs/{*file}", get(docs_asset).fallback(use_get));
-    if shared.kserve.is_some() {
-        router = router.nest(kserve::PREFIX, kserve::routes(shared.clone()));
+    if let Some(kserve) = &shared.kserve {
+        router = router.nest(kserve::PREFIX, kserve::routes(shared.app.clone(), kserve.clone()));
     }
     router.route_layer(middleware::from_fn(label_host_route)).fallback(to_app).with_state(shared)
 }
@@ -376,14 +362,6 @@ async fn label_host_route(matched: MatchedPath, req: axum::extract::Request, nex
         response.extensions_mut().insert(Served::host(&route));
     }
     response
-}
-
-async fn use_get() -> Answer {
-    Answer(error::method_not_allowed("GET"))
-}
-
-async fn use_post() -> Answer {
-    Answer(error::method_not_allowed("POST"))
 }
 
 async fn health() -> Answer {
@@ -668,14 +646,6 @@ pub fn check_routes(
     Ok(())
 }
 
-/// A request body as the log sees it.
-#[derive(Clone)]
-struct Input {
-    /// First 16 hex digits of its sha256: equal inputs can be correlated, the text is not logged.
-    hash: String,
-    bytes: Bytes,
-}
-
 /// The `error_type` of an error answer, as its `x-error-type` header states it (the host's own
 /// answers and `components/text-handler`'s set it); the body is never read back for it.
 fn error_type_of<B>(response: &Response<B>) -> Option<String> {
@@ -692,48 +662,6 @@ const VERSION_HEADER: &str = "x-edgeinfer-version";
 /// Response header in which a component reports the tokens it computed on.
 const TOKENS_HEADER: &str = "x-compute-tokens";
 
-/// The host's own 400s all JSON: an extractor's rejection (e.g. a path parameter that is not
-/// UTF-8 once decoded) becomes a `BadRequest` error with the rejection's text.
-pub(crate) async fn json_rejection(response: AxumResponse) -> AxumResponse {
-    if response.status() != StatusCode::BAD_REQUEST || response.headers().contains_key(ERROR_TYPE_HEADER) {
-        return response;
-    }
-    let text = match http_body_util::Limited::new(response.into_body(), 4096).collect().await {
-        Ok(collected) => String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
-        Err(_) => "the request is malformed".to_string(),
-    };
-    Answer(HostError::BadRequest.answer(text)).into_response()
-}
-
-/// A response of the host's body type, as axum answers it.
-pub struct Answer(pub Response<WasiBody>);
-
-impl axum::response::IntoResponse for Answer {
-    fn into_response(self) -> axum::response::Response {
-        self.0.map(axum::body::Body::new)
-    }
-}
-
-/// A complete in-memory body.
-fn full_body(bytes: Bytes) -> WasiBody {
-    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
-}
-
-/// A JSON response.
-pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<WasiBody> {
-    json_bytes(status, value.to_string())
-}
-
-/// A JSON response over text already written.
-pub(crate) fn json_bytes(status: StatusCode, text: impl Into<Bytes>) -> Response<WasiBody> {
-    let body = full_body(text.into());
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(body)
-        .expect("static response parts are valid")
-}
-
 /// Prometheus text exposition.
 fn metrics_text() -> Response<WasiBody> {
     let body = full_body(Bytes::from(crate::telemetry::render()));
@@ -742,30 +670,6 @@ fn metrics_text() -> Response<WasiBody> {
         .header("content-type", "text/plain; version=0.0.4")
         .body(body)
         .expect("static response parts are valid")
-}
-
-/// Counts one answered request (HTTP or gRPC) in the request metrics. Per version, so that a
-/// canary's latency and errors can be compared with the stable's.
-fn count_request(
-    route: &str,
-    component: &str,
-    version: &str,
-    status: u16,
-    error_type: Option<&str>,
-    elapsed: std::time::Duration,
-) {
-    let labels = [
-        ("route", route.to_string()),
-        ("component", component.to_string()),
-        ("version", version.to_string()),
-    ];
-    metrics::counter!("edgeinfer_requests_total", "route" => route.to_string(), "component" => component.to_string(), "version" => version.to_string(), "status" => status.to_string())
-        .increment(1);
-    metrics::histogram!("edgeinfer_request_duration_seconds", &labels).record(elapsed);
-    if let Some(error_type) = error_type {
-        metrics::counter!("edgeinfer_errors_total", "route" => route.to_string(), "component" => component.to_string(), "version" => version.to_string(), "error_type" => error_type.to_string())
-            .increment(1);
-    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use wasmtime_wasi_http::WasiBody;
 
-use super::full_body;
+use crate::response::full_body;
 use edgeinfer_runtime::component::LoadedComponent;
 
 /// Answers larger than this are not compared.

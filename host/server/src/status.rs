@@ -50,5 +50,8 @@ pub fn ready(app: &App) -> Response<WasiBody> {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")
     };
-    super::json(status, &json!({"status": word, "app": app.name, "models": models, "components": components}))
+    crate::response::json(
+        status,
+        &json!({"status": word, "app": app.name, "models": models, "components": components}),
+    )
 }

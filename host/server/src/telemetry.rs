@@ -161,3 +161,27 @@ impl GpuMemory {
         }
     }
 }
+
+/// Counts one answered request (HTTP or gRPC) in the request metrics. Per version, so that a
+/// canary's latency and errors can be compared with the stable's.
+pub(crate) fn count_request(
+    route: &str,
+    component: &str,
+    version: &str,
+    status: u16,
+    error_type: Option<&str>,
+    elapsed: std::time::Duration,
+) {
+    let labels = [
+        ("route", route.to_string()),
+        ("component", component.to_string()),
+        ("version", version.to_string()),
+    ];
+    metrics::counter!("edgeinfer_requests_total", "route" => route.to_string(), "component" => component.to_string(), "version" => version.to_string(), "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!("edgeinfer_request_duration_seconds", &labels).record(elapsed);
+    if let Some(error_type) = error_type {
+        metrics::counter!("edgeinfer_errors_total", "route" => route.to_string(), "component" => component.to_string(), "version" => version.to_string(), "error_type" => error_type.to_string())
+            .increment(1);
+    }
+}

@@ -6,28 +6,19 @@
 //! backoff (a cut HTTP transfer resumes with a Range request where it stopped); a 4xx (a missing
 //! key, missing credentials) or a wrong sum is not.
 
-use std::fs::File;
-use std::io::{IsTerminal, Read, Write};
+use std::io::Read;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use sha2::{Digest, Sha256};
 
 use crate::Sources;
 use crate::cache::{Blob, cache_dir};
+use crate::sink::{Failure, Resume, Sink};
 
 /// Tries per download (the first and three retries, after 0.5, 1 and 2 s).
 const ATTEMPTS: u32 = 4;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-
-/// Why one attempt failed.
-pub(crate) enum Failure {
-    /// Worth another try (connection refused or cut, 5xx).
-    Transient(anyhow::Error),
-    /// Another try would fail the same way (404, wrong sum, a cache that cannot be written).
-    Permanent(anyhow::Error),
-}
 
 impl Sources {
     /// The cached, verified copy of the file at `url`, downloaded on first use. Blocking.
@@ -103,14 +94,6 @@ fn fetch_url_here(url: &str, sha256: &str) -> Result<std::path::PathBuf> {
     unreachable!("the last attempt returns")
 }
 
-/// Bytes of a cut transfer already in the partial file, their hash so far, and the version of
-/// the file they are of (its ETag or Last-Modified, sent back as If-Range).
-struct Resume {
-    received: u64,
-    hasher: Sha256,
-    validator: Option<String>,
-}
-
 /// One GET of `url` into `partial`, checked against `sha256`; after a cut transfer (`resume`),
 /// only the rest is asked for, and appended when the server answers 206 from that offset.
 fn attempt_download(
@@ -174,7 +157,7 @@ fn attempt_download(
             }
         }
     }
-    if sink.length.is_some_and(|length| sink.received < length) {
+    if sink.is_short() {
         *resume = sink.resume_point();
     }
     sink.finish(sha256)
@@ -186,144 +169,4 @@ fn content_range(response: &reqwest::blocking::Response) -> Option<(u64, u64, Op
     let (span, total) = range.strip_prefix("bytes ")?.split_once('/')?;
     let (first, last) = span.split_once('-')?;
     Some((first.trim().parse().ok()?, last.trim().parse().ok()?, total.trim().parse().ok()))
-}
-
-/// A download being written: the partial file, its hash and its progress.
-pub(crate) struct Sink<'a> {
-    url: &'a str,
-    partial: &'a Path,
-    file: File,
-    hasher: Sha256,
-    received: u64,
-    length: Option<u64>,
-    progress: Progress,
-    /// The version of the file being written (ETag or Last-Modified), for a resumed try.
-    validator: Option<String>,
-}
-
-impl<'a> Sink<'a> {
-    pub(crate) fn create(url: &'a str, partial: &'a Path, length: Option<u64>) -> Result<Sink<'a>, Failure> {
-        let file = File::create(partial)
-            .map_err(|e| Failure::Permanent(anyhow!("cannot write {}: {e}", partial.display())))?;
-        let progress = Progress::start(url, length);
-        Ok(Sink { url, partial, file, hasher: Sha256::new(), received: 0, length, progress, validator: None })
-    }
-
-    /// Goes on writing a cut transfer's partial file where it stopped.
-    fn resume(
-        url: &'a str,
-        partial: &'a Path,
-        length: Option<u64>,
-        from: Resume,
-    ) -> Result<Sink<'a>, Failure> {
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(partial)
-            .map_err(|e| Failure::Permanent(anyhow!("cannot write {}: {e}", partial.display())))?;
-        eprintln!("edgeinfer: {url}: resuming after {} bytes", from.received);
-        let progress = Progress::start(url, length);
-        progress.advance(from.received);
-        let validator = from.validator;
-        Ok(Sink {
-            url,
-            partial,
-            file,
-            hasher: from.hasher,
-            received: from.received,
-            length,
-            progress,
-            validator,
-        })
-    }
-
-    /// Where a next try can go on from (what is written so far), if anything was.
-    fn resume_point(&mut self) -> Option<Resume> {
-        (self.received > 0 && self.file.flush().is_ok()).then(|| Resume {
-            received: self.received,
-            hasher: self.hasher.clone(),
-            validator: self.validator.clone(),
-        })
-    }
-
-    pub(crate) fn write(&mut self, bytes: &[u8]) -> Result<(), Failure> {
-        self.file
-            .write_all(bytes)
-            .map_err(|e| Failure::Permanent(anyhow!("cannot write {}: {e}", self.partial.display())))?;
-        self.hasher.update(bytes);
-        self.received += bytes.len() as u64;
-        self.progress.advance(self.received);
-        Ok(())
-    }
-
-    /// The transfer broke: worth another try.
-    pub(crate) fn broken(&self, error: impl std::fmt::Display) -> Failure {
-        Failure::Transient(anyhow!("{}: the transfer broke after {} bytes: {error}", self.url, self.received))
-    }
-
-    /// Complete, flushed and of the pinned sum, or why not.
-    pub(crate) fn finish(mut self, sha256: &str) -> Result<(), Failure> {
-        let (url, received) = (self.url, self.received);
-        self.file
-            .flush()
-            .and_then(|()| self.file.sync_all())
-            .map_err(|e| Failure::Permanent(anyhow!("cannot write {}: {e}", self.partial.display())))?;
-        if let Some(length) = self.length
-            && received != length
-        {
-            return Err(Failure::Transient(anyhow!(
-                "{url}: the connection closed after {received} of {length} bytes"
-            )));
-        }
-        let actual = hex::encode(std::mem::take(&mut self.hasher).finalize());
-        if !actual.eq_ignore_ascii_case(sha256) {
-            return Err(Failure::Permanent(anyhow!("{url}: sha256 is {actual}, expected {sha256}")));
-        }
-        self.progress.finish(received);
-        Ok(())
-    }
-}
-
-/// A progress bar on a terminal, a line at the start and the end otherwise.
-struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-    started: Instant,
-}
-
-impl Progress {
-    fn start(url: &str, length: Option<u64>) -> Progress {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = indicatif::ProgressBar::new(length.unwrap_or(0));
-            let style = indicatif::ProgressStyle::with_template(
-                "{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
-            )
-            .expect("a valid template");
-            bar.set_style(style);
-            bar.set_message(format!("edgeinfer: fetching {url}"));
-            bar
-        });
-        if bar.is_none() {
-            let size = length.map_or("unknown size".to_string(), |l| format!("{l} bytes"));
-            eprintln!(
-                "edgeinfer: fetching {url} ({size}; first start only; cached in {})",
-                cache_dir().display()
-            );
-        }
-        Progress { bar, started: Instant::now() }
-    }
-
-    fn advance(&self, received: u64) {
-        if let Some(bar) = &self.bar {
-            bar.set_position(received);
-        }
-    }
-
-    fn finish(&self, received: u64) {
-        match &self.bar {
-            Some(bar) => bar.finish(),
-            None => eprintln!(
-                "edgeinfer: fetched {received} bytes in {:.1} s",
-                self.started.elapsed().as_secs_f64()
-            ),
-        }
-    }
 }

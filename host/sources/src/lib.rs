@@ -13,6 +13,7 @@ pub mod cache;
 mod download;
 mod provision;
 mod s3;
+mod sink;
 mod wheel;
 
 pub use cache::{CACHE_DIR_VAR, cache_dir};

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::anyhow;
 
-use crate::download::{Failure, Sink};
+use crate::sink::{Failure, Sink};
 
 /// One GET of `s3://bucket/key` into `partial`, checked against `sha256`.
 pub(crate) fn attempt(url: &str, partial: &Path, sha256: &str) -> Result<(), Failure> {
