@@ -54,11 +54,11 @@ impl<'de> Deserialize<'de> for Inputs {
 
 impl Inputs {
     /// The shapes accepted, with a message naming the first thing that does not fit.
-    fn from_value(value: Value) -> Result<Inputs, String> {
+    fn from_value(value: Value) -> Result<Inputs, Unrecognised> {
         let items = match value {
             Value::String(text) => return Ok(Inputs::One(text)),
             Value::Array(items) => items,
-            other => return Err(format!("expected {SHAPES}, got {}", kind(&other))),
+            other => return Err(Unrecognised(format!("expected {SHAPES}, got {}", kind(&other)))),
         };
         match items.first() {
             None => Ok(Inputs::Many(Vec::new())),
@@ -67,7 +67,10 @@ impl Inputs {
                 .enumerate()
                 .map(|(i, item)| match item {
                     Value::String(text) => Ok(text),
-                    other => Err(format!("item {i} is {}, expected a string like the first", kind(&other))),
+                    other => Err(Unrecognised(format!(
+                        "item {i} is {}, expected a string like the first",
+                        kind(&other)
+                    ))),
                 })
                 .collect::<Result<_, _>>()
                 .map(Inputs::Many),
@@ -77,11 +80,14 @@ impl Inputs {
                 .enumerate()
                 .map(|(i, item)| match item {
                     Value::Array(inner) => ids(inner, &format!(" of item {i}")),
-                    other => Err(format!("item {i} is {}, expected a list of token ids", kind(other))),
+                    other => Err(Unrecognised(format!(
+                        "item {i} is {}, expected a list of token ids",
+                        kind(other)
+                    ))),
                 })
                 .collect::<Result<_, _>>()
                 .map(Inputs::ManyIds),
-            Some(other) => Err(format!("expected {SHAPES}, got a list of {}", kind(other))),
+            Some(other) => Err(Unrecognised(format!("expected {SHAPES}, got a list of {}", kind(other)))),
         }
     }
 
@@ -148,16 +154,26 @@ pub fn check_text(text: &str, what: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn ids(items: &[Value], whose: &str) -> Result<Vec<u32>, String> {
+fn ids(items: &[Value], whose: &str) -> Result<Vec<u32>, Unrecognised> {
     items
         .iter()
         .enumerate()
         .map(|(i, item)| {
-            item.as_u64()
-                .and_then(|id| u32::try_from(id).ok())
-                .ok_or_else(|| format!("token id {i}{whose} is {item}, not a non-negative 32-bit integer"))
+            item.as_u64().and_then(|id| u32::try_from(id).ok()).ok_or_else(|| {
+                Unrecognised(format!("token id {i}{whose} is {item}, not a non-negative 32-bit integer"))
+            })
         })
         .collect()
+}
+
+/// Inputs in none of the accepted shapes: what does not fit, for serde's error message.
+#[derive(Debug, PartialEq)]
+struct Unrecognised(String);
+
+impl std::fmt::Display for Unrecognised {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 fn kind(value: &Value) -> &'static str {
@@ -177,7 +193,7 @@ mod tests {
     use serde_json::json;
 
     fn parse(value: Value) -> Result<Inputs, String> {
-        Inputs::from_value(value)
+        Inputs::from_value(value).map_err(|e| e.to_string())
     }
 
     #[test]

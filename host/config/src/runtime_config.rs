@@ -442,15 +442,27 @@ pub enum Pooling {
     Cls,
 }
 
+/// A pooling other than auto, none, mean and cls.
+#[derive(Debug)]
+pub struct UnknownPooling(String);
+
+impl std::fmt::Display for UnknownPooling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pooling must be auto, none, mean or cls, got {:?}", self.0)
+    }
+}
+
+impl std::error::Error for UnknownPooling {}
+
 impl std::str::FromStr for Pooling {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Pooling, String> {
+    type Err = UnknownPooling;
+    fn from_str(text: &str) -> Result<Pooling, UnknownPooling> {
         match text {
             "auto" => Ok(Pooling::Auto),
             "none" => Ok(Pooling::None),
             "mean" => Ok(Pooling::Mean),
             "cls" => Ok(Pooling::Cls),
-            other => Err(format!("pooling must be auto, none, mean or cls, got {other:?}")),
+            other => Err(UnknownPooling(other.to_string())),
         }
     }
 }

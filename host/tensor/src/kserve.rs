@@ -397,10 +397,12 @@ pub fn tensor_header<D: Copy + Into<i128> + fmt::Display>(
         .iter()
         .map(|&d| match u32::try_from(d.into()) {
             Ok(size) => Ok(size),
-            Err(_) if d.into() < 0 => Err(format!("{role} {name:?}: dimension {d} is not a size")),
-            Err(_) => Err(format!("{role} {name:?}: dimension {d} is too large")),
+            Err(_) if d.into() < 0 => {
+                Err(TensorError::from(format!("{role} {name:?}: dimension {d} is not a size")))
+            }
+            Err(_) => Err(TensorError::from(format!("{role} {name:?}: dimension {d} is too large"))),
         })
-        .collect::<Result<_, String>>()?;
+        .collect::<Result<_, TensorError>>()?;
     let elements = TensorData::elements(&shape)
         .filter(|n| n.checked_mul(ty.size().unwrap_or(4)).is_some())
         .ok_or_else(|| format!("{role} {name:?}: shape {shape:?} is too large"))?;

@@ -18,7 +18,18 @@ use super::{ElementType, Engine, EngineError, TensorData, TensorSpec, check_inpu
 use edgeinfer_config::runtime_config::{Device, GraphOptimization, ModelConfig};
 
 /// The library is process-global in ONNX Runtime: one environment for the process.
-static RUNTIME: OnceLock<std::result::Result<Environment, String>> = OnceLock::new();
+static RUNTIME: OnceLock<std::result::Result<Environment, RuntimeError>> = OnceLock::new();
+
+/// Why ONNX Runtime could not start (kept for the process: the library loads once).
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("ONNX Runtime library not found at {}", .0.display())]
+    NotFound(std::path::PathBuf),
+    #[error("cannot load {}: {message}", path.display())]
+    Load { path: std::path::PathBuf, message: String },
+    #[error("cannot start ONNX Runtime: {0}")]
+    Start(String),
+}
 
 /// Loads `libonnxruntime` from `library` (once per process) and builds the environment that
 /// every session uses.
@@ -26,12 +37,12 @@ pub fn init_runtime(library: &Path) -> Result<&'static Environment> {
     let result = RUNTIME.get_or_init(|| {
         // A missing file is a panic inside `ort`: check first and say which file.
         if !library.is_file() {
-            return Err(format!("ONNX Runtime library not found at {}", library.display()));
+            return Err(RuntimeError::NotFound(library.to_path_buf()));
         }
-        let builder =
-            ort::init_from(library).map_err(|e| format!("cannot load {}: {e}", library.display()))?;
+        let builder = ort::init_from(library)
+            .map_err(|e| RuntimeError::Load { path: library.to_path_buf(), message: e.to_string() })?;
         // Built before the first session, or the CUDA provider cannot register.
-        builder.with_name("edgeinfer").build().map_err(|e| format!("cannot start ONNX Runtime: {e}"))
+        builder.with_name("edgeinfer").build().map_err(|e| RuntimeError::Start(e.to_string()))
     });
     result.as_ref().map_err(|e| anyhow::anyhow!("{e}"))
 }
