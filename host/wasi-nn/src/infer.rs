@@ -7,9 +7,9 @@ use tracing::Instrument;
 use wasmtime::AsContextMut;
 use wasmtime::component::{Accessor, Linker};
 
-use crate::{
-    Caller, Denied, ModelError, NnCtx, NnStoreView, NnView, TensorData, WasiNn, element_type, tensor_type,
-};
+use crate::provider::{Caller, Denied, ModelError, NnCtx, NnStoreView, NnView, WasiNn};
+use crate::wasi_nn::{element_type, tensor_type};
+use edgeinfer_tensor::TensorData;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -17,7 +17,7 @@ mod bindings {
         inline: "package edgeinfer:host; world infer-host { import edgeinfer:nn/infer@0.1.0; }",
         imports: { default: trappable },
         // infer's `tensor-type` is wasi:nn's: the one binding of it, and its one conversion.
-        with: { "wasi:nn/tensor": crate::bindings::wasi::nn::tensor },
+        with: { "wasi:nn/tensor": crate::wasi_nn::bindings::wasi::nn::tensor },
     });
 }
 
@@ -97,7 +97,11 @@ mod tests {
     use crate::tests::provider;
 
     fn tensor(bytes: Vec<u8>) -> Tensor {
-        Tensor { dimensions: vec![1, bytes.len() as u32], ty: crate::tensor::TensorType::U8, data: bytes }
+        Tensor {
+            dimensions: vec![1, bytes.len() as u32],
+            ty: crate::wasi_nn::tensor::TensorType::U8,
+            data: bytes,
+        }
     }
 
     #[tokio::test]

@@ -3,8 +3,13 @@
 
 use std::sync::Mutex;
 
+use std::sync::Arc;
+
+use wasmtime::component::{Resource, ResourceTable};
+
 use super::*;
-use bindings::wasi::nn::tensor::TensorType;
+use crate::wasi_nn::bindings::wasi::nn::{errors, graph, inference, tensor};
+use crate::wasi_nn::tensor::TensorType;
 
 /// `echo` returns its inputs (recording where their bytes were), `busy` is always full, `picky`
 /// refuses its inputs, `broken` failed to load; anything else does not exist.
