@@ -13,9 +13,6 @@ const KNOWN: &[(&str, &[&str])] = &[
     // The app holds its state directory so the admin API can save after each change, and the
     // state directory saves and restores the app's components.
     ("host/runtime", &["app", "state"]),
-    // wit-bindgen generates the bindings in the crate root, whose types the protocol and HTTP
-    // modules use, while the root's provider uses those modules.
-    ("components/nn-remote", &["crate", "http", "protocol"]),
 ];
 
 /// The crates to check: every host crate and component with a `src`.

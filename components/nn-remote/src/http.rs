@@ -4,7 +4,7 @@ use wasip2::http::outgoing_handler;
 use wasip2::http::types::{Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
 use wasip2::io::streams::StreamError;
 
-use crate::{Failure, RemoteError};
+use crate::failure::{Failure, RemoteError};
 
 /// The server, from the environment.
 pub struct Remote {

@@ -9,21 +9,18 @@
 //! `NN_REMOTE_URL` (e.g. `http://gpu-host:3000`; required), `NN_REMOTE_TOKEN` (optional bearer
 //! token). The URL's host must be in the handler's `allowed_outbound_hosts`.
 
-wit_bindgen::generate!({
-    world: "nn-provider",
-    path: "../../wit",
-    generate_all,
-});
-
+mod bindings;
+mod failure;
 mod http;
 mod protocol;
 
+use bindings::exports::edgeinfer::nn::infer;
+use bindings::exports::wasi::nn::errors::{self, ErrorCode, GuestError};
+use bindings::exports::wasi::nn::graph::{self, ExecutionTarget, GraphBuilder, GraphEncoding, GuestGraph};
+use bindings::exports::wasi::nn::inference::{self, GuestGraphExecutionContext, NamedTensor};
+use bindings::exports::wasi::nn::tensor::{self, GuestTensor, TensorType};
 use edgeinfer_tensor::TensorData;
-use exports::edgeinfer::nn::infer;
-use exports::wasi::nn::errors::{self, ErrorCode, GuestError};
-use exports::wasi::nn::graph::{self, ExecutionTarget, GraphBuilder, GraphEncoding, GuestGraph};
-use exports::wasi::nn::inference::{self, GuestGraphExecutionContext, NamedTensor};
-use exports::wasi::nn::tensor::{self, GuestTensor, TensorType};
+pub use failure::{Failure, RemoteError};
 
 struct Provider;
 
@@ -34,35 +31,6 @@ pub struct Tensor(TensorData);
 pub struct Error {
     code: ErrorCode,
     message: String,
-}
-
-/// What went wrong with a remote compute, kept typed until it is said as a wasi:nn error (a code
-/// and a message) or as an infer error (a case of its own).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    NotFound,
-    InvalidArgument,
-    Security,
-    Timeout,
-    Unsupported,
-    /// The server's queue is full (503 Overloaded): retry shortly.
-    Overloaded,
-    /// The server cannot serve now (another 503).
-    Unavailable,
-    Runtime,
-}
-
-/// A remote compute's failure and its message.
-#[derive(Debug)]
-pub struct RemoteError {
-    pub failure: Failure,
-    pub message: String,
-}
-
-impl RemoteError {
-    pub fn new(failure: Failure, message: impl Into<String>) -> RemoteError {
-        RemoteError { failure, message: message.into() }
-    }
 }
 
 /// As wasi:nn says it: wasi:nn has no overloaded code, so that one keeps the `overloaded:` prefix
@@ -222,4 +190,4 @@ impl infer::Guest for Provider {
     }
 }
 
-export!(Provider);
+bindings::export!(Provider with_types_in bindings);

@@ -5,8 +5,8 @@
 use edgeinfer_tensor::{ElementType, TensorData, kserve};
 use serde_json::Value;
 
-use crate::exports::wasi::nn::tensor::TensorType;
-use crate::{Failure, RemoteError};
+use crate::bindings::exports::wasi::nn::tensor::TensorType;
+use crate::failure::{Failure, RemoteError};
 
 /// The element type of a wasi:nn (and infer) tensor type.
 pub fn element_type(ty: TensorType) -> ElementType {
@@ -95,7 +95,7 @@ pub fn escape(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::check_status;
-    use crate::exports::edgeinfer::nn::infer;
+    use crate::bindings::exports::edgeinfer::nn::infer;
     use crate::{Failure, RemoteError};
 
     #[test]
