@@ -297,14 +297,14 @@ fn start(
         embeddings,
     )?;
     if let Some(state) = state {
-        let restored = state.restore_components(&app)?;
+        let restored = state.restore_components(&app.state_view())?;
         for component in &restored {
             tracing::info!(state = %state.dir().display(), "restored {component}");
         }
         if restored.is_empty() {
             tracing::info!(state = %state.dir().display(), "no deployed versions to restore: serving spin.toml's");
         }
-        state.save(&app)?;
+        state.save(&app.state_view())?;
         app.state = Some(state);
     }
     let app = Arc::new(app);

@@ -32,6 +32,11 @@ pub struct App {
 }
 
 impl App {
+    /// What the host state saves and restores of this app.
+    pub fn state_view(&self) -> crate::state::AppView<'_> {
+        crate::state::AppView { name: &self.name, components: &self.components, builder: &self.builder }
+    }
+
     /// A new version of routed component `id` from its own bytes: composed, compiled (cached),
     /// linked, and instantiated once so that a version that cannot start never serves.
     pub async fn prepare(self: &Arc<Self>, id: &str, main: Vec<u8>) -> Result<LoadedComponent> {

@@ -24,8 +24,9 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::app::App;
+use crate::component::ComponentBuilder;
 use crate::component::LoadedComponent;
+use crate::rollout::ComponentSlot;
 use crate::rollout::{Canary, CanaryMode, Stickiness};
 use edgeinfer_config::runtime_config::ModelConfig;
 use edgeinfer_engine::sha256_file;
@@ -39,6 +40,14 @@ const STATE_FILE: &str = "state.json";
 
 /// Component bytes, inside the state directory.
 const COMPONENTS_DIR: &str = "components";
+
+/// What of the running app its state is about: its name, its components, and how to build a
+/// kept version of one (`App::state_view`).
+pub struct AppView<'a> {
+    pub name: &'a str,
+    pub components: &'a BTreeMap<String, Arc<ComponentSlot>>,
+    pub builder: &'a ComponentBuilder,
+}
 
 /// The state directory of a running host.
 pub struct StateDir {
@@ -283,7 +292,7 @@ impl StateDir {
 
     /// Restores the saved component versions into `app`, whose slots serve spin.toml's versions.
     /// Blocking (composes and compiles, from the compile cache when it has them).
-    pub fn restore_components(&self, app: &App) -> Result<Vec<String>> {
+    pub fn restore_components(&self, app: &AppView<'_>) -> Result<Vec<String>> {
         let Some(state) = self.read()? else { return Ok(Vec::new()) };
         let file = self.state_file();
         if state.app != app.name {
@@ -343,7 +352,7 @@ impl StateDir {
     /// One saved version: spin.toml's own when it is that one, else built from its kept bytes.
     fn build_version(
         &self,
-        app: &App,
+        app: &AppView<'_>,
         id: &str,
         saved: &SavedVersion,
         manifest: &Arc<LoadedComponent>,
@@ -445,11 +454,11 @@ impl StateDir {
 
     /// Writes what `app` serves now to `state.json` (atomically, synced), then removes the kept
     /// bytes no version names any more. Blocking.
-    pub fn save(&self, app: &App) -> Result<()> {
+    pub fn save(&self, app: &AppView<'_>) -> Result<()> {
         let mut inner = self.lock();
         let mut components = BTreeMap::new();
         let mut named = BTreeSet::new();
-        for (id, slot) in &app.components {
+        for (id, slot) in app.components {
             let manifest_version = slot.manifest_version().version.clone();
             let mut saved_version = |loaded: &LoadedComponent| {
                 let source = (loaded.version != manifest_version).then(|| loaded.source.clone());
@@ -481,7 +490,7 @@ impl StateDir {
         }
         let state = SavedState {
             format: FORMAT,
-            app: app.name.clone(),
+            app: app.name.to_string(),
             saved_at: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),

@@ -743,7 +743,7 @@ async fn hold_changes(app: &Arc<App>) -> Option<tokio::sync::OwnedMutexGuard<()>
 async fn persist(app: &Arc<App>, changed: &str) -> Result<(), Response<WasiBody>> {
     let Some(state) = app.state.clone() else { return Ok(()) };
     let serving = app.clone();
-    match tokio::task::spawn_blocking(move || state.save(&serving)).await {
+    match tokio::task::spawn_blocking(move || state.save(&serving.state_view())).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(not_saved(changed, &e)),
         Err(e) => Err(not_saved(changed, &anyhow::anyhow!("{e}"))),
