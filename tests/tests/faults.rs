@@ -87,9 +87,15 @@ fn over_the_concurrency_limit_is_503_with_retry_after() {
     let host = start_faults_app();
     // One running, one waiting: the limits of tests/apps/faults/runtime.toml.
     let running = spawn_get(&host, "/fault/slow");
-    std::thread::sleep(Duration::from_millis(150));
     let waiting = spawn_get(&host, "/fault/slow");
-    std::thread::sleep(Duration::from_millis(150));
+    // Both admitted: one in the slot, the other waiting for it (as the host's gauge says; fixed
+    // sleeps were too short on a loaded machine).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&host, "/metrics").1.lines().all(|l| l != "edgeinfer_admission_waiting{component=\"faulty\"} 1")
+    {
+        assert!(Instant::now() < deadline, "the second request never waited for the slot");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let started = Instant::now();
     let response = client().get(host.url("/fault/slow")).send().unwrap();
     let elapsed = started.elapsed();
