@@ -14,6 +14,7 @@
 //! the app out as a directory with a spin.toml the host serves like any other.
 
 mod bounded;
+pub mod files;
 pub mod locked;
 mod pull;
 mod push;

@@ -601,20 +601,7 @@ fn place(cache: &Cache, content: &ContentRef, target: &Path) -> Result<()> {
     let digest = content.digest.as_deref().context("content with neither bytes nor a digest")?;
     let blob = cache.blob(digest)?;
     anyhow::ensure!(blob.is_file(), "{digest} is not a layer of the artifact");
-    // Linked (or copied) under a name of this pull's, then renamed over `target`: a concurrent
-    // pull may have linked `target` to the blob already, and a copy onto it would empty the blob.
-    static PLACING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let unique = PLACING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let temporary = target.with_extension(format!("{}-{unique}.placing", std::process::id()));
-    if std::fs::hard_link(&blob, &temporary).is_err() {
-        std::fs::copy(&blob, &temporary)
-            .with_context(|| format!("cannot copy {} to {}", blob.display(), temporary.display()))?;
-    }
-    let placed =
-        std::fs::rename(&temporary, target).with_context(|| format!("cannot place {}", target.display()));
-    // Renaming a link over another link to the same file does nothing: the temporary name stays.
-    let _ = std::fs::remove_file(&temporary);
-    placed
+    crate::files::place(&blob, target)
 }
 
 /// Our layer: the runtime config at `runtime-config/local.toml` and the files it names at their
