@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Host, client, repo_root};
+use common::{ADMIN_TOKEN, Host, client, repo_root};
 use serde_json::{Value, json};
 use sha2::Digest;
 
@@ -82,4 +82,52 @@ fn the_operator_can_turn_on_input_logging() {
     assert_eq!(embed(&host, "log-test-input", body).0, 200);
     let line = request_line(&host, "log-test-input");
     assert_eq!(line["input"], std::str::from_utf8(body).unwrap(), "{line}");
+}
+
+#[test]
+fn every_listener_logs_and_counts_its_requests_the_same_way() {
+    let root = repo_root();
+    let args = ["--admin-listen", "127.0.0.1:0"];
+    let env = [("EDGEINFER_LOG_FORMAT", "json"), ("EDGEINFER_ADMIN_TOKEN", ADMIN_TOKEN)];
+    let host = Host::start_with_env(&root.join("spin.toml"), &args, &env);
+    let admin = host.admin.clone().expect("the admin listener");
+    let answered = client()
+        .get(format!("{admin}/admin/v1/app"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("x-request-id", "log-test-admin")
+        .send()
+        .unwrap();
+    assert_eq!(answered.status(), 200);
+    assert_eq!(answered.headers()["x-request-id"], "log-test-admin", "the admin API echoes request ids");
+    let line = request_line(&host, "log-test-admin");
+    assert_eq!(line["listener"], "admin", "{line}");
+    assert_eq!(
+        (&line["route"], &line["component"], &line["status"]),
+        (&json!("/admin/v1/app"), &json!("admin"), &json!(200)),
+        "{line}"
+    );
+    let refused = client()
+        .get(format!("{admin}/admin/v1/app"))
+        .header("x-request-id", "log-test-admin-refused")
+        .send()
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let line = request_line(&host, "log-test-admin-refused");
+    assert_eq!(
+        (&line["route"], &line["error_type"]),
+        (&json!("unmatched"), &json!("Unauthorized")),
+        "{line}"
+    );
+
+    assert_eq!(embed(&host, "log-test-public", br#"{"inputs": "hi"}"#).0, 200);
+    assert_eq!(request_line(&host, "log-test-public")["listener"], "public");
+    let metrics = client().get(host.url("/metrics")).send().unwrap().text().unwrap();
+    let counted = |route: &str, component: &str| {
+        metrics.lines().any(|line| {
+            line.starts_with("edgeinfer_requests_total{")
+                && line.contains(&format!("route=\"{route}\""))
+                && line.contains(&format!("component=\"{component}\""))
+        })
+    };
+    assert!(counted("/admin/v1/app", "admin") && counted("/embed", "embed"), "{metrics}");
 }

@@ -25,11 +25,14 @@ use wasmtime_wasi_http::WasiBody;
 
 use crate::error::HostError;
 use crate::listener::{Http1Options, Listener};
+use crate::observe::{ObserveLayer, Surface};
 use crate::response::{Answer, json as json_response};
+use crate::served::Served;
 use edgeinfer_engine::registry::{ReloadError, ReloadRequest};
 use edgeinfer_runtime::app::App;
 use edgeinfer_runtime::rollout::{Canary, CanaryMode, Stickiness};
 use edgeinfer_runtime::state::SourceOrigin;
+use hyper_util::service::TowerToHyperService;
 
 /// Largest component accepted (a composed handler with an inference engine inside is ~25 MB).
 const MAX_UPLOAD_BYTES: u64 = 256 << 20;
@@ -113,17 +116,25 @@ pub async fn serve(
 ) {
     let (router, token): (Router, Arc<str>) = (router(app, sources), token.into());
     let http1 = Http1Options { header_read_timeout: Duration::from_secs(10), max_buf_size: None };
+    let observe = ObserveLayer::new(Surface {
+        listener: "admin",
+        provisional: Box::new(|_| Served::admin("unmatched")),
+        outcome: crate::observe::http_outcome,
+        log_inputs: false,
+    });
     crate::listener::run(listener, shutdown, DRAIN_TIMEOUT, move |connection, watcher| {
         let (router, token) = (router.clone(), token.clone());
         let who = Caller {
             peer: connection.peer,
             certificate: connection.client_certificate().map(|c| subject(&c)),
         };
+        let who_peer = who.peer;
         let who = Arc::new(who);
-        let service = hyper::service::service_fn(move |req| {
+        let service = tower::service_fn(move |req| {
             let (router, token, who) = (router.clone(), token.clone(), who.clone());
             async move { Ok::<_, Infallible>(handle(router, &token, req, &who).await) }
         });
+        let service = TowerToHyperService::new(observe.for_connection(who_peer, service));
         crate::listener::serve_http(connection, watcher, http1, service)
     })
     .await;
@@ -143,8 +154,8 @@ fn subject(certificate: &rustls::pki_types::CertificateDer<'_>) -> String {
     }
 }
 
-/// Every call is authorized first (whatever its path), routed, and logged; calls that change
-/// something are audited. Generic over the body so that tests can call it without a connection.
+/// Every call is authorized first (whatever its path) and routed; calls that change something
+/// are audited (`observe` logs and counts every call). Generic over the body so that tests can call it without a connection.
 async fn handle<B>(router: Router, token: &str, req: Request<B>, who: &Caller) -> AxumResponse
 where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
@@ -169,8 +180,6 @@ where
             crate::error::json_rejection(routed.unwrap_or_else(|never| match never {})).await
         }
     };
-    let status = response.status().as_u16();
-    tracing::info!(%method, %path, status, peer = %who.peer, "admin");
     if method == http::Method::GET {
         return response;
     }
@@ -277,10 +286,23 @@ fn router(app: Arc<App>, sources: Sources) -> Router {
             post(move |state, path, req| reload_model(state, path, file_fetcher.clone(), req))
                 .fallback(refuse("POST")),
         )
+        .route_layer(axum::middleware::from_fn(label_route))
         .fallback(|uri: Uri| async move {
             Answer(HostError::NotFound.answer(format!("no admin route {}", uri.path())))
         })
         .with_state(app)
+}
+
+/// Labels an admin answer by its route's pattern (e.g. `/admin/v1/components/{id}/pull`).
+async fn label_route(
+    matched: axum::extract::MatchedPath,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> AxumResponse {
+    let route = Served::admin(matched.as_str());
+    let mut response = next.run(req).await;
+    response.extensions_mut().insert(route);
+    response
 }
 
 /// `GET /admin/v1/app`: components (serving version, replaced versions kept, routes) and models.

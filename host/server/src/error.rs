@@ -228,11 +228,15 @@ pub(crate) async fn json_rejection(response: AxumResponse) -> AxumResponse {
     if response.status() != StatusCode::BAD_REQUEST || response.headers().contains_key(ERROR_TYPE_HEADER) {
         return response;
     }
-    let text = match http_body_util::Limited::new(response.into_body(), 4096).collect().await {
+    let (parts, body) = response.into_parts();
+    let text = match http_body_util::Limited::new(body, 4096).collect().await {
         Ok(collected) => String::from_utf8_lossy(&collected.to_bytes()).into_owned(),
         Err(_) => "the request is malformed".to_string(),
     };
-    Answer(HostError::BadRequest.answer(text)).into_response()
+    let mut answer = Answer(HostError::BadRequest.answer(text)).into_response();
+    // What answered (`Served`) stays with the answer.
+    *answer.extensions_mut() = parts.extensions;
+    answer
 }
 
 /// The answer of a route to any method but GET.

@@ -6,9 +6,8 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tonic::body::Body;
@@ -18,6 +17,8 @@ use tracing::Instrument;
 
 use crate::error::{ERROR_TYPE_HEADER, HostError};
 use crate::kserve::{self, Kserve};
+use crate::observe::{ObserveLayer, Surface};
+use crate::served::Served;
 use edgeinfer_engine::engines::{ElementType, TensorData, TensorSpec};
 use edgeinfer_runtime::app::App;
 use edgeinfer_tensor::TensorError;
@@ -68,6 +69,12 @@ pub(crate) async fn serve(
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .timeout(CALL_TIMEOUT)
+        .layer(ObserveLayer::new(Surface {
+            listener: "grpc",
+            provisional: Box::new(|uri| Served::host(&route_of(uri.path()))),
+            outcome: |_, headers| outcome(headers),
+            log_inputs: false,
+        }))
         .layer(tower::layer::layer_fn(move |inner| Gate { inner, kserve: kserve.clone() }))
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown)
@@ -75,9 +82,18 @@ pub(crate) async fn serve(
     Ok(())
 }
 
+/// The metric label of a call to `path`: its method's, or `unmatched` (bounded, whatever is sent).
+fn route_of(path: &str) -> String {
+    let method = path.strip_prefix(&format!("/{SERVICE}/")).unwrap_or_default();
+    match METHODS.contains(&method) {
+        true => format!("/{SERVICE}/{method}"),
+        false => format!("/{SERVICE}/unmatched"),
+    }
+}
+
 /// In front of the service, before a message is read: the token check, and for `ModelInfer` a
-/// slot of the API's admission control (shared with REST), held until the answer; then every
-/// call, whoever answered it (tonic included), is counted and logged like an HTTP request.
+/// slot of the API's admission control (shared with REST), held until the answer. (`observe`,
+/// around it, counts and logs every call, whoever answered it, tonic included.)
 #[derive(Clone)]
 struct Gate<S> {
     inner: S,
@@ -103,67 +119,18 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let kserve = self.kserve.clone();
         Box::pin(async move {
-            let method =
-                request.uri().path().strip_prefix(&format!("/{SERVICE}/")).unwrap_or_default().to_string();
-            let route = match METHODS.contains(&method.as_str()) {
-                true => format!("/{SERVICE}/{method}"),
-                false => format!("/{SERVICE}/unmatched"),
-            };
-            let peer = request
-                .extensions()
-                .get::<tonic::transport::server::TcpConnectInfo>()
-                .and_then(|i| i.remote_addr());
-            // Counted even when the call is dropped unfinished (its deadline, or the client left).
-            let mut record = Record { route, peer, started: Instant::now(), outcome: None };
+            let is_infer = request.uri().path() == format!("/{SERVICE}/ModelInfer");
             // The message must arrive as fast as a REST body must.
             let request = request.map(|body| Body::new(Deadline::new(body, crate::body::READ_TIMEOUT)));
-            let result = match authorize(&kserve, request.headers()) {
+            match authorize(&kserve, request.headers()) {
                 Err(refused) => Ok(refused.into_http()),
-                Ok(()) if method == "ModelInfer" => match kserve.admission.admit().await {
+                Ok(()) if is_infer => match kserve.admission.admit().await {
                     Some(_slot) => inner.call(request).await,
                     None => Ok(status_of(HostError::Overloaded, kserve::OVERLOADED.into()).into_http()),
                 },
                 Ok(()) => inner.call(request).await,
-            };
-            record.outcome = Some(match &result {
-                Ok(response) => outcome(response.headers()),
-                Err(_) => (500, Some(HostError::Backend.error_type().to_string())),
-            });
-            result
+            }
         })
-    }
-}
-
-/// One call's metrics and log line, written when it ends: with its outcome, or as cancelled
-/// (499) when it was dropped first.
-struct Record {
-    route: String,
-    peer: Option<SocketAddr>,
-    started: Instant,
-    outcome: Option<(u16, Option<String>)>,
-}
-
-impl Drop for Record {
-    fn drop(&mut self) {
-        let (status, error_type) = self.outcome.take().unwrap_or((499, Some("Cancelled".into())));
-        let route = &self.route;
-        crate::telemetry::count_request(
-            route,
-            "host",
-            "-",
-            status,
-            error_type.as_deref(),
-            self.started.elapsed(),
-        );
-        tracing::info!(
-            route,
-            component = "host",
-            status,
-            us = self.started.elapsed().as_micros() as u64,
-            error_type,
-            peer = self.peer.as_ref().map(SocketAddr::to_string),
-            "grpc request"
-        );
     }
 }
 

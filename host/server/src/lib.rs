@@ -1,8 +1,9 @@
-//! HTTP serving. Connections are hyper's; each request gets its id and head checks, then the
-//! router (axum): the host's routes (`/health`, `/ready`, `/metrics`, `/openapi.json`, `/docs`),
+//! HTTP serving. Connections are hyper's; every listener's requests pass one tower layer
+//! (`observe`: request id, span, metrics, the request log), then the public listener's head
+//! checks and its router (axum): the host's routes (`/health`, `/ready`, `/metrics`, `/openapi.json`, `/docs`),
 //! KServe v2 under `/v2` when enabled, and everything else routed by spin.toml to a component's
 //! `ProxyHandler` (canary pick, shadow copy, limits). Whatever answered labels the response
-//! (`Served`), by which every request is counted and logged once. Host-side failures are JSON
+//! (`Served`), by which `observe` counts and logs every request once. Host-side failures are JSON
 //! errors of one type (`HostError`). The admin API has its own listener (`admin`); `telemetry`
 //! is the process's metrics recorder. Every listener, plain or TLS (`tls`), runs the same accept
 //! loop (`listener`); every credential is checked by one rule (`auth`).
@@ -16,6 +17,7 @@ pub mod error;
 mod grpc;
 mod kserve;
 pub mod listener;
+mod observe;
 mod response;
 mod served;
 mod shadow;
@@ -25,7 +27,6 @@ pub mod tls;
 pub mod traces;
 
 pub use docs::SwaggerUi;
-use error::ERROR_TYPE_HEADER;
 pub use error::HostError;
 use error::json_rejection;
 pub use kserve::Kserve;
@@ -33,9 +34,7 @@ pub use response::Answer;
 use response::{full_body, json};
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::extract::{Extension, MatchedPath, Path, State};
@@ -44,6 +43,7 @@ use axum::response::{IntoResponse, Response as AxumResponse};
 use axum::routing::get;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
+use hyper_util::service::TowerToHyperService;
 use tower::ServiceExt;
 use tracing::Instrument;
 use wasmtime_wasi_http::WasiBody;
@@ -55,6 +55,7 @@ use edgeinfer_runtime::instance::{RequestTicket, TrapCause};
 use auth::ApiKey;
 use error::use_get;
 use listener::{Http1Options, Listener};
+use observe::ObserveLayer;
 use served::{Input, Served};
 
 /// What the handlers share.
@@ -70,39 +71,15 @@ struct Shared {
     default_route: Option<String>,
 }
 
-/// Shared by all connections: request ids, the router, and what every request is measured and
-/// logged by.
+/// The public listener's service, behind `observe`: head checks, the API key, then the router.
 struct Server {
     router: Router,
     /// Whether `/v2` is KServe's (its paths are normalised before routing).
     kserve_on: bool,
-    /// Whether request logs carry the request body itself (off: only its hash and size).
-    log_inputs: bool,
     /// The key inference routes need, when one is set.
     api_key: Option<ApiKey>,
     /// `GET /` and `GET /ping` where the app does not route them: health, open without the key.
     open_health_paths: Vec<&'static str>,
-    next_request_id: AtomicU64,
-    /// Distinguishes generated request ids across restarts.
-    boot: u64,
-}
-
-/// A request's facts known before routing, for the handlers (a request extension).
-#[derive(Clone, Copy)]
-struct RequestContext {
-    number: u64,
-    peer: SocketAddr,
-    started: std::time::Instant,
-}
-
-/// Header carrying the request id, from the client or generated, to the component and back.
-const REQUEST_ID: &str = "x-request-id";
-
-/// A client's request id, if it is one we can log and echo safely.
-fn client_request_id<B>(req: &Request<B>) -> Option<String> {
-    let value = req.headers().get(REQUEST_ID)?.to_str().ok()?;
-    let sane = !value.is_empty() && value.len() <= 128 && value.bytes().all(|b| b.is_ascii_graphic());
-    sane.then(|| value.to_string())
 }
 
 /// Request headers larger than this are refused with 431; more than 100 headers are refused by
@@ -145,7 +122,6 @@ pub async fn serve(
     listener: Listener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let boot = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let ServeOptions { kserve, grpc_listener, api_key, log_inputs, swagger_ui, default_route } = options;
     // KServe takes the host's API key besides its own token.
     let kserve = kserve.map(|kserve| Arc::new(kserve.with_api_key(api_key.as_ref())));
@@ -161,17 +137,10 @@ pub async fn serve(
         (None, _) => None,
     };
     let open_health_paths = ["/", "/ping"].into_iter().filter(|path| app.route_of(path).is_none()).collect();
+    let observe = ObserveLayer::new(public_surface(app.clone(), log_inputs));
     let router =
         routes(Arc::new(Shared { app, kserve, swagger_ui, api_key: api_key.is_some(), default_route }));
-    let server = Arc::new(Server {
-        router,
-        kserve_on,
-        log_inputs,
-        api_key,
-        open_health_paths,
-        next_request_id: AtomicU64::new(0),
-        boot,
-    });
+    let server = Arc::new(Server { router, kserve_on, api_key, open_health_paths });
     let http1 =
         Http1Options { header_read_timeout: HEADER_READ_TIMEOUT, max_buf_size: Some(MAX_HEADER_BYTES) };
     // The gRPC listener starts its drain with this one's, and both end by one deadline.
@@ -185,12 +154,8 @@ pub async fn serve(
         }
     };
     listener::run(listener, shutdown, DRAIN_TIMEOUT, move |connection, watcher| {
-        let (server, peer) = (server.clone(), connection.peer);
-        let service = hyper::service::service_fn(move |req| {
-            let server = server.clone();
-            async move { Ok::<_, Infallible>(server.handle(req, peer).await) }
-        });
-        listener::serve_http(connection, watcher, http1, service)
+        let service = observe.for_connection(connection.peer, server.service());
+        listener::serve_http(connection, watcher, http1, TowerToHyperService::new(service))
     })
     .await;
     if let Some(grpc) = grpc {
@@ -205,120 +170,74 @@ pub async fn serve(
     Ok(())
 }
 
+/// How the public listener's calls are labelled: by the app's route before the answer says more.
+fn public_surface(app: Arc<App>, log_inputs: bool) -> observe::Surface {
+    observe::Surface {
+        listener: "public",
+        provisional: Box::new(move |uri| match app.route_of(uri.path()) {
+            Some(route) => Served {
+                route: route.pattern.to_string(),
+                component: route.component.id.clone(),
+                version: "-".into(),
+                input: None,
+            },
+            None => Served::unmatched(),
+        }),
+        outcome: observe::http_outcome,
+        log_inputs,
+    }
+}
+
 impl Server {
-    /// Answers one request, in its `request` span (a child of the caller's `traceparent`) when
-    /// traces are exported.
-    async fn handle<B>(&self, req: Request<B>, peer: SocketAddr) -> AxumResponse
+    /// The server as a tower service (what `observe` wraps).
+    fn service<B>(
+        self: &Arc<Self>,
+    ) -> impl tower::Service<Request<B>, Response = AxumResponse, Error = Infallible, Future: Send>
+    + Clone
+    + Send
+    + 'static
+    + use<B>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
-        let number = self.next_request_id.fetch_add(1, Ordering::Relaxed);
-        let request_id = client_request_id(&req).unwrap_or_else(|| format!("{:x}-{number:x}", self.boot));
-        let span = tracing::info_span!(
-            "request",
-            otel.name = %req.method(),
-            otel.kind = "server",
-            otel.status_code = tracing::field::Empty,
-            http.request.method = %req.method(),
-            url.path = req.uri().path(),
-            http.route = tracing::field::Empty,
-            http.response.status_code = tracing::field::Empty,
-            request_id,
-            component = tracing::field::Empty,
-            version = tracing::field::Empty,
-        );
-        if !span.is_disabled() {
-            edgeinfer_runtime::trace::set_parent(&span, edgeinfer_runtime::trace::extract(req.headers()));
-        }
-        self.handle_in_span(req, peer, number, request_id, &span).instrument(span.clone()).await
+        let server = self.clone();
+        tower::service_fn(move |req| {
+            let server = server.clone();
+            async move { Ok::<_, Infallible>(server.handle(req).await) }
+        })
     }
 
-    async fn handle_in_span<B>(
-        &self,
-        mut req: Request<B>,
-        peer: SocketAddr,
-        number: u64,
-        request_id: String,
-        span: &tracing::Span,
-    ) -> AxumResponse
+    /// Answers one request (already numbered and in its span: `observe`): the head's size, the
+    /// API key, then the router. A host answer that is not JSON yet (axum's rejections) is made so.
+    async fn handle<B>(&self, mut req: Request<B>) -> AxumResponse
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
-        let started = std::time::Instant::now();
-        let request_id_header = http::HeaderValue::from_str(&request_id).expect("visible ASCII");
-        req.headers_mut().insert(REQUEST_ID, request_id_header.clone());
-        let path = req.uri().path().to_string();
-        let method = req.method().clone();
         let head_bytes: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
-        let mut response = if head_bytes > MAX_HEADER_BYTES {
-            Answer(
-                HostError::HeadersTooLarge
-                    .answer(format!("request headers are over the limit of {MAX_HEADER_BYTES} bytes")),
-            )
-            .into_response()
-        } else if let Some(refusal) = self.refused_without_key(&req) {
+        if head_bytes > MAX_HEADER_BYTES {
+            let message = format!("request headers are over the limit of {MAX_HEADER_BYTES} bytes");
+            return Answer(HostError::HeadersTooLarge.answer(message)).into_response();
+        }
+        if let Some(refusal) = self.refused_without_key(&req) {
             // Read off a small body first: an HTTP/2 client still sending it when the answer
             // comes would see its stream reset instead of the 401/403.
             body::drain_refused(req, body::REFUSED_DRAIN_BYTES, body::REFUSED_DRAIN_TIMEOUT).await;
-            Answer(refusal.answer("the API key")).into_response()
-        } else {
-            if self.kserve_on
-                && let Some(normalised) = kserve::normalise(req.uri())
-            {
-                *req.uri_mut() = normalised;
-            }
-            req.extensions_mut().insert(RequestContext { number, peer, started });
-            let routed = self.router.clone().oneshot(req.map(axum::body::Body::new)).await;
-            routed.unwrap_or_else(|never| match never {})
-        };
-        let Served { route, component, version, input } =
-            response.extensions_mut().remove::<Served>().unwrap_or_else(Served::unmatched);
-        if component == "host" || component == "none" {
-            response = json_rejection(response).await;
+            return Answer(refusal.answer("the API key")).into_response();
         }
-        let error_type = error_type_of(&response);
-        let status = response.status().as_u16();
-        telemetry::count_request(
-            &route,
-            &component,
-            &version,
-            status,
-            error_type.as_deref(),
-            started.elapsed(),
-        );
-        let labels =
-            [("route", route.clone()), ("component", component.clone()), ("version", version.clone())];
-        let tokens = response.headers().get(TOKENS_HEADER).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if let Some(tokens) = tokens {
-            metrics::counter!("edgeinfer_tokens_total", &labels).increment(tokens);
+        if self.kserve_on
+            && let Some(normalised) = kserve::normalise(req.uri())
+        {
+            *req.uri_mut() = normalised;
         }
-        let input_hash = input.as_ref().map(|i| i.hash.as_str());
-        let input_bytes = input.as_ref().map(|i| i.bytes.len());
-        let input_text =
-            input.as_ref().filter(|_| self.log_inputs).map(|i| String::from_utf8_lossy(&i.bytes));
-        let trace_id = record_outcome(span, &method, &route, &component, &version, status);
-        tracing::info!(
-            request_id,
-            trace_id,
-            %method,
-            %path,
-            route,
-            component,
-            version,
-            status = response.status().as_u16(),
-            us = started.elapsed().as_micros() as u64,
-            input_hash,
-            input_bytes,
-            input = input_text.as_deref(),
-            tokens,
-            error_type,
-            %peer,
-            "request"
-        );
-        response.headers_mut().insert(REQUEST_ID, request_id_header);
-        response
+        let routed = self.router.clone().oneshot(req.map(axum::body::Body::new)).await;
+        let response = routed.unwrap_or_else(|never| match never {});
+        let by_host = response
+            .extensions()
+            .get::<Served>()
+            .is_none_or(|s| s.component == "host" || s.component == "none");
+        if by_host { json_rejection(response).await } else { response }
     }
 }
 
@@ -397,7 +316,7 @@ async fn docs_asset(State(shared): State<Arc<Shared>>, Path(file): Path<String>)
 /// by the component version picked when it starts (whatever is deployed meanwhile).
 async fn to_app(
     State(shared): State<Arc<Shared>>,
-    Extension(context): Extension<RequestContext>,
+    Extension(context): Extension<observe::Arrival>,
     mut req: axum::extract::Request,
 ) -> AxumResponse {
     let path = req.uri().path().to_string();
@@ -567,30 +486,6 @@ async fn to_component(
     }
 }
 
-/// Writes what answered into the request's span; its trace id, when it is traced (the log line
-/// carries it, so logs and traces meet by request id and by trace id).
-fn record_outcome(
-    span: &tracing::Span,
-    method: &http::Method,
-    route: &str,
-    component: &str,
-    version: &str,
-    status: u16,
-) -> Option<String> {
-    use opentelemetry::trace::TraceContextExt;
-    let cx = edgeinfer_runtime::trace::context_of(span)?;
-    // Its name only now that the route is known (the span has started: renamed in place).
-    cx.span().update_name(format!("{method} {route}"));
-    span.record("http.route", route);
-    span.record("http.response.status_code", i64::from(status));
-    span.record("component", component);
-    span.record("version", version);
-    if status >= 500 {
-        span.record("otel.status_code", "ERROR");
-    }
-    Some(cx.span().span_context().trace_id().to_string())
-}
-
 /// Takes the component's `x-edgeinfer-tokenization` (`OFFSET,DURATION` in µs, its own measure of
 /// when it tokenized: `components/text-handler`) off its response into a `tokenize` span.
 fn record_tokenization(
@@ -646,21 +541,8 @@ pub fn check_routes(
     Ok(())
 }
 
-/// The `error_type` of an error answer, as its `x-error-type` header states it (the host's own
-/// answers and `components/text-handler`'s set it); the body is never read back for it.
-fn error_type_of<B>(response: &Response<B>) -> Option<String> {
-    if response.status().as_u16() < 400 {
-        return None;
-    }
-    let stated = response.headers().get(ERROR_TYPE_HEADER).and_then(|v| v.to_str().ok());
-    Some(stated.filter(|t| !t.is_empty() && t.len() <= 64).unwrap_or("Unspecified").to_string())
-}
-
 /// Response header naming the component version that answered (12 hex digits of its sha256).
 const VERSION_HEADER: &str = "x-edgeinfer-version";
-
-/// Response header in which a component reports the tokens it computed on.
-const TOKENS_HEADER: &str = "x-compute-tokens";
 
 /// Prometheus text exposition.
 fn metrics_text() -> Response<WasiBody> {

@@ -9,7 +9,8 @@ use bytes::Bytes;
 pub(crate) struct Served {
     /// The route pattern, as spin.toml or the host's router writes it.
     pub(crate) route: String,
-    /// The component id; `host` for the host's own routes.
+    /// The component id; `host` for the host's own routes (KServe's included), `admin` for the
+    /// admin API's.
     pub(crate) component: String,
     /// The component version that answered; `-` for the host's own routes.
     pub(crate) version: String,
@@ -19,6 +20,11 @@ pub(crate) struct Served {
 impl Served {
     pub(crate) fn host(route: &str) -> Served {
         Served { route: route.to_string(), component: "host".into(), version: "-".into(), input: None }
+    }
+
+    /// An admin API call, by its route's pattern (`unmatched` before routing).
+    pub(crate) fn admin(route: &str) -> Served {
+        Served { route: route.to_string(), component: "admin".into(), version: "-".into(), input: None }
     }
 
     pub(crate) fn unmatched() -> Served {
