@@ -36,7 +36,8 @@ enum Command {
     Up(Box<UpArgs>),
     /// Run each component's build command from the manifest.
     Build(ManifestArg),
-    /// Fetch and verify what the runtime config needs (models, ONNX Runtime) into the cache.
+    /// Fetch and verify what the runtime config needs (models, ONNX Runtime) into the cache; print
+    /// the files the app serves from.
     Fetch(FetchArgs),
     /// Write one component composed with its dependencies, wasi:nn provider included, as a
     /// standalone component for other runtimes (prints the `wasmtime serve` command to run it).
@@ -324,13 +325,11 @@ fn main() -> Result<()> {
         Command::Up(_) => unreachable!("served above"),
         Command::Build(args) => edgeinfer_runtime::builder::build_all(&Manifest::load(&args.manifest)?),
         Command::Fetch(args) => {
-            let connection = args.registry.connection(None)?;
-            let library = edgeinfer_daemon::fetch(
-                &args.manifest.manifest,
-                args.runtime_config_file.as_deref(),
-                connection,
-            )?;
-            eprintln!("edgeinfer: everything is in place (ONNX Runtime: {})", library.display());
+            let (manifest, config) = (&args.manifest.manifest, args.runtime_config_file.as_deref());
+            let provisioned = edgeinfer_daemon::fetch(manifest, config, args.registry.connection(None)?)?;
+            // The app's files on stdout, one per line (scripts/image copies exactly these).
+            provisioned.files.iter().for_each(|file| println!("{}", file.display()));
+            eprintln!("edgeinfer: everything is in place (ONNX Runtime: {})", provisioned.library.display());
             Ok(())
         }
         Command::Compose(args) => compose_command(&args),

@@ -334,6 +334,10 @@ pub struct Asset {
     /// Wheel platform tag to ask pip for (binary wheels), e.g. `manylinux_2_28_x86_64`.
     #[serde(default)]
     pub platform: Option<String>,
+    /// Needed only to make an `[[export]]`: not fetched while every export's pinned output is in
+    /// place, and not among the files the app serves from (a built image carries the outputs).
+    #[serde(default)]
+    pub export_input: bool,
 }
 
 impl ModelConfig {
@@ -347,6 +351,7 @@ impl ModelConfig {
             pip_parts: None,
             url: Some(self.url.clone()?),
             platform: None,
+            export_input: false,
         })
     }
 }
@@ -498,16 +503,49 @@ fn default_head() -> String {
     "auto".into()
 }
 
-/// `[onnxruntime]`: the shared library, fetched like an asset into the cache.
+/// `[onnxruntime]`: the shared library, fetched like an asset into the cache, in the build for
+/// the CPU the host runs on.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OnnxRuntimeConfig {
     pub version: String,
+    /// The library's sha256 in the build `platform` names.
     pub sha256: String,
     pub pip: String,
     pub member: String,
+    /// Wheel platform tag of this build (e.g. `manylinux_2_28_x86_64`); none: pip's own.
     #[serde(default)]
     pub platform: Option<String>,
+    /// Builds for other CPUs, by Rust's name of the architecture (`[onnxruntime.arch.aarch64]`).
+    #[serde(default)]
+    pub arch: BTreeMap<String, OnnxRuntimeBuild>,
+}
+
+/// One CPU architecture's build of the library: its wheel's platform tag and the library's sum.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnnxRuntimeBuild {
+    pub platform: Option<String>,
+    pub sha256: String,
+}
+
+impl OnnxRuntimeConfig {
+    /// The build for a host of CPU architecture `arch` (as `std::env::consts::ARCH` names it): its
+    /// own `arch` entry, else the main one when its platform tag is for that CPU (or is unset).
+    pub fn build_for(&self, arch: &str) -> Result<OnnxRuntimeBuild> {
+        if let Some(build) = self.arch.get(arch) {
+            return Ok(build.clone());
+        }
+        match &self.platform {
+            Some(platform) if !platform.ends_with(arch) => bail!(
+                "[onnxruntime] has no build for {arch} (the main one is for {platform}, others: {:?}); \
+                 add [onnxruntime.arch.{arch}] with its wheel's platform and the library's sha256, \
+                 or set ORT_DYLIB_PATH",
+                self.arch.keys().collect::<Vec<_>>()
+            ),
+            platform => Ok(OnnxRuntimeBuild { platform: platform.clone(), sha256: self.sha256.clone() }),
+        }
+    }
 }
 
 fn default_device() -> String {
@@ -634,6 +672,21 @@ pub fn default_path(app_dir: &Path) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_onnx_runtime_build_is_the_one_for_the_hosts_cpu() {
+        let config = RuntimeConfig::parse(
+            "[onnxruntime]\nversion = \"1\"\npip = \"onnxruntime==1\"\nmember = \"lib.so\"\nsha256 = \"aa\"\nplatform = \"manylinux_2_28_x86_64\"\n[onnxruntime.arch.aarch64]\nplatform = \"manylinux_2_28_aarch64\"\nsha256 = \"bb\"\n",
+        )
+        .unwrap();
+        let ort = config.onnxruntime.unwrap();
+        let x86 = ort.build_for("x86_64").unwrap();
+        assert_eq!((x86.platform.as_deref(), x86.sha256.as_str()), (Some("manylinux_2_28_x86_64"), "aa"));
+        let arm = ort.build_for("aarch64").unwrap();
+        assert_eq!((arm.platform.as_deref(), arm.sha256.as_str()), (Some("manylinux_2_28_aarch64"), "bb"));
+        let error = ort.build_for("riscv64").unwrap_err().to_string();
+        assert!(error.contains("no build for riscv64") && error.contains("ORT_DYLIB_PATH"), "{error}");
+    }
+
     use super::*;
 
     #[test]

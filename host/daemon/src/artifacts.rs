@@ -33,8 +33,13 @@ pub async fn push(
 }
 
 /// Fetches and verifies what the app of `manifest_path` and its runtime config need (models,
-/// ONNX Runtime) into the cache, its routes checked first; returns the ONNX Runtime library.
-pub fn fetch(manifest_path: &Path, runtime_config: Option<&Path>, connection: Connection) -> Result<PathBuf> {
+/// ONNX Runtime) into the cache, its routes checked first; returns the ONNX Runtime library and
+/// the files the app serves from.
+pub fn fetch(
+    manifest_path: &Path,
+    runtime_config: Option<&Path>,
+    connection: Connection,
+) -> Result<edgeinfer_sources::Provisioned> {
     let manifest = Manifest::load(manifest_path)?;
     let config = edgeinfer_sources::load_runtime_config(runtime_config, &manifest)?;
     edgeinfer_server::check_routes(&manifest, config.kserve.enabled)?;

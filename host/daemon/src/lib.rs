@@ -256,7 +256,7 @@ fn start(
         None
     };
     if !config.model.is_empty() {
-        let library = sources.provision(&config, &manifest.dir)?;
+        let library = sources.provision(&config, &manifest.dir)?.library;
         edgeinfer_engine::engines::onnx::init_runtime(&library)?;
         let version = config.onnxruntime.as_ref().map_or("(ORT_DYLIB_PATH)", |o| o.version.as_str());
         tracing::info!("ONNX Runtime {version} loaded from {}", library.display());

