@@ -619,8 +619,43 @@ impl RuntimeConfig {
         for asset in &config.asset {
             check_sha256(&asset.sha256).with_context(|| format!("asset {}", asset.path))?;
             asset.source().with_context(|| format!("asset {}", asset.path))?;
+            config.check_export_input(asset)?;
         }
         Ok(config)
+    }
+
+    /// An `export_input` asset must be read by an `[[export]]`, and only by pinned ones: an
+    /// unpinned export is judged by its inputs' times, so they must stay where it runs.
+    fn check_export_input(&self, asset: &Asset) -> Result<()> {
+        if !asset.export_input {
+            return Ok(());
+        }
+        let mut readers = self.export.iter().filter(|step| step.reads(&asset.path)).peekable();
+        if readers.peek().is_none() {
+            bail!(
+                "asset {} is an export_input, but no [[export]] reads it (model_dir, head or label_map)",
+                asset.path
+            );
+        }
+        if let Some(unpinned) = readers.find(|step| step.sha256.is_none()) {
+            bail!(
+                "asset {} is an export_input of [[export]] {}, which has no sha256: an unpinned export \
+                 is made again whenever its inputs change, so they cannot be left out",
+                asset.path,
+                unpinned.output
+            );
+        }
+        Ok(())
+    }
+}
+
+impl ExportStep {
+    /// Whether making this export reads the app-relative file `path` (under its model directory,
+    /// or its head or label map).
+    pub fn reads(&self, path: &str) -> bool {
+        Path::new(path).starts_with(&self.model_dir)
+            || self.head == path
+            || self.label_map.as_deref() == Some(path)
     }
 }
 
@@ -672,6 +707,32 @@ pub fn default_path(app_dir: &Path) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn export_inputs_must_feed_pinned_exports() {
+        let asset = |path: &str| {
+            format!(
+                "[[asset]]\npath = \"{path}\"\nsha256 = \"{}\"\nurl = \"https://x/y\"\nexport_input = true\n",
+                "0".repeat(64)
+            )
+        };
+        let export = |sha: &str| {
+            format!(
+                "[[export]]\noutput = \"out/model.onnx\"\nmodel_dir = \"ckpt\"\nhead = \"heads/h.joblib\"\n{sha}"
+            )
+        };
+        let pinned = export(&format!("sha256 = \"{}\"\n", "1".repeat(64)));
+        for read in ["ckpt/model.safetensors", "heads/h.joblib"] {
+            assert!(RuntimeConfig::parse(&format!("{}{pinned}", asset(read))).is_ok(), "{read}");
+        }
+        let error =
+            RuntimeConfig::parse(&format!("{}{pinned}", asset("other/file.bin"))).unwrap_err().to_string();
+        assert!(error.contains("no [[export]] reads it"), "{error}");
+        let error = RuntimeConfig::parse(&format!("{}{}", asset("ckpt/model.safetensors"), export("")))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("has no sha256"), "{error}");
+    }
+
     #[test]
     fn the_onnx_runtime_build_is_the_one_for_the_hosts_cpu() {
         let config = RuntimeConfig::parse(

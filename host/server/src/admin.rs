@@ -121,6 +121,7 @@ pub async fn serve(
         provisional: Box::new(|_| Served::admin("unmatched")),
         outcome: crate::observe::http_outcome,
         log_inputs: false,
+        span_name: crate::observe::http_span_name,
     });
     crate::listener::run(listener, shutdown, DRAIN_TIMEOUT, move |connection, watcher| {
         let (router, token) = (router.clone(), token.clone());
@@ -286,22 +287,26 @@ fn router(app: Arc<App>, sources: Sources) -> Router {
             post(move |state, path, req| reload_model(state, path, file_fetcher.clone(), req))
                 .fallback(refuse("POST")),
         )
-        .route_layer(axum::middleware::from_fn(label_route))
         .fallback(|uri: Uri| async move {
             Answer(HostError::NotFound.answer(format!("no admin route {}", uri.path())))
         })
+        // Around the method routers' fallbacks too (a 405 is its route's), not the 404 fallback.
+        .layer(axum::middleware::from_fn(label_route))
         .with_state(app)
 }
 
-/// Labels an admin answer by its route's pattern (e.g. `/admin/v1/components/{id}/pull`).
+/// Labels an admin answer by its route's pattern (e.g. `/admin/v1/components/{id}/pull`); an
+/// unknown path stays `unmatched`.
 async fn label_route(
-    matched: axum::extract::MatchedPath,
+    matched: Option<axum::extract::MatchedPath>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> AxumResponse {
-    let route = Served::admin(matched.as_str());
+    let route = matched.map(|matched| Served::admin(matched.as_str()));
     let mut response = next.run(req).await;
-    response.extensions_mut().insert(route);
+    if let Some(route) = route {
+        response.extensions_mut().insert(route);
+    }
     response
 }
 

@@ -13,7 +13,6 @@ use bytes::Bytes;
 use tonic::body::Body;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
-use tracing::Instrument;
 
 use crate::error::{ERROR_TYPE_HEADER, HostError};
 use crate::kserve::{self, Kserve};
@@ -74,6 +73,8 @@ pub(crate) async fn serve(
             provisional: Box::new(|uri| Served::host(&route_of(uri.path()))),
             outcome: |_, headers| outcome(headers),
             log_inputs: false,
+            // gRPC's convention: `package.Service/Method`.
+            span_name: |_, route| route.trim_start_matches('/').to_string(),
         }))
         .layer(tower::layer::layer_fn(move |inner| Gate { inner, kserve: kserve.clone() }))
         .add_service(service)
@@ -119,7 +120,15 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let kserve = self.kserve.clone();
         Box::pin(async move {
-            let is_infer = request.uri().path() == format!("/{SERVICE}/ModelInfer");
+            let path = request.uri().path();
+            let method = path.strip_prefix(&format!("/{SERVICE}/")).unwrap_or_default().to_string();
+            let is_infer = method == "ModelInfer";
+            // In `observe`'s span (this runs as its future is polled).
+            let span = tracing::Span::current();
+            span.record("rpc.system", "grpc");
+            if METHODS.contains(&method.as_str()) {
+                span.record("rpc.method", method.as_str());
+            }
             // The message must arrive as fast as a REST body must.
             let request = request.map(|body| Body::new(Deadline::new(body, crate::body::READ_TIMEOUT)));
             match authorize(&kserve, request.headers()) {
@@ -360,20 +369,9 @@ impl GrpcInferenceService for Grpc {
         &self,
         request: tonic::Request<proto::ModelInferRequest>,
     ) -> Result<tonic::Response<proto::ModelInferResponse>, Status> {
-        // Traced as the HTTP routes are: a server span, the child of the caller's `traceparent`.
-        let span = tracing::info_span!(
-            "request",
-            otel.name = "inference.GRPCInferenceService/ModelInfer",
-            otel.kind = "server",
-            rpc.system = "grpc",
-            rpc.method = "ModelInfer",
-            model = request.get_ref().model_name.as_str(),
-        );
-        if !span.is_disabled() {
-            let headers = request.metadata().clone().into_headers();
-            edgeinfer_runtime::trace::set_parent(&span, edgeinfer_runtime::trace::extract(&headers));
-        }
-        self.call(request, |r| self.infer(r)).instrument(span).await
+        // The call's span is `observe`'s (the child of the caller's `traceparent`): it gets the model.
+        tracing::Span::current().record("model", request.get_ref().model_name.as_str());
+        self.call(request, |r| self.infer(r)).await
     }
 }
 

@@ -137,7 +137,7 @@ pub async fn serve(
         (None, _) => None,
     };
     let open_health_paths = ["/", "/ping"].into_iter().filter(|path| app.route_of(path).is_none()).collect();
-    let observe = ObserveLayer::new(public_surface(app.clone(), log_inputs));
+    let observe = ObserveLayer::new(public_surface(log_inputs));
     let router =
         routes(Arc::new(Shared { app, kserve, swagger_ui, api_key: api_key.is_some(), default_route }));
     let server = Arc::new(Server { router, kserve_on, api_key, open_health_paths });
@@ -170,21 +170,15 @@ pub async fn serve(
     Ok(())
 }
 
-/// How the public listener's calls are labelled: by the app's route before the answer says more.
-fn public_surface(app: Arc<App>, log_inputs: bool) -> observe::Surface {
+/// How the public listener's calls are labelled: by what answered (`Served`); a call refused or
+/// dropped before routing is `unmatched`.
+fn public_surface(log_inputs: bool) -> observe::Surface {
     observe::Surface {
         listener: "public",
-        provisional: Box::new(move |uri| match app.route_of(uri.path()) {
-            Some(route) => Served {
-                route: route.pattern.to_string(),
-                component: route.component.id.clone(),
-                version: "-".into(),
-                input: None,
-            },
-            None => Served::unmatched(),
-        }),
+        provisional: Box::new(|_| Served::unmatched()),
         outcome: observe::http_outcome,
         log_inputs,
+        span_name: observe::http_span_name,
     }
 }
 

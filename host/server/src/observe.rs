@@ -27,13 +27,21 @@ pub(crate) const TOKENS_HEADER: &str = "x-compute-tokens";
 pub(crate) struct Surface {
     /// The listener's name in log lines (`public`, `admin`, `grpc`).
     pub(crate) listener: &'static str,
-    /// What a call counts as until its answer says otherwise: a call dropped before its answer
-    /// is counted under these. Bounded labels only, never the raw path.
+    /// What a call counts as when its answer does not say (no `Served`), or when it is dropped
+    /// before its answer. Bounded labels only, never the raw path.
     pub(crate) provisional: Box<dyn Fn(&Uri) -> Served + Send + Sync>,
     /// An answer's status and error type, for the metrics and the log.
     pub(crate) outcome: fn(StatusCode, &HeaderMap) -> (u16, Option<String>),
     /// Whether log lines carry request bodies (off: only their hash and size).
     pub(crate) log_inputs: bool,
+    /// The span's name once the route is known: `METHOD ROUTE` for HTTP (`http_span_name`),
+    /// `package.Service/Method` for gRPC.
+    pub(crate) span_name: fn(&http::Method, &str) -> String,
+}
+
+/// An HTTP request span's name: its method and route pattern.
+pub(crate) fn http_span_name(method: &http::Method, route: &str) -> String {
+    format!("{method} {route}")
 }
 
 /// An HTTP answer's outcome: its status, and for an error its `x-error-type` (the host's own
@@ -157,6 +165,10 @@ where
             request_id,
             component = tracing::field::Empty,
             version = tracing::field::Empty,
+            // What a listener's handlers know of the call (gRPC's method and model).
+            rpc.system = tracing::field::Empty,
+            rpc.method = tracing::field::Empty,
+            model = tracing::field::Empty,
         );
         if !span.is_disabled() {
             edgeinfer_runtime::trace::set_parent(&span, edgeinfer_runtime::trace::extract(req.headers()));
@@ -191,7 +203,7 @@ where
 }
 
 /// One call's metrics and log line, written when it is dropped: after its answer, or unanswered
-/// (its deadline passed, or the client left) as 499 `Cancelled`.
+/// (its deadline passed, or the client left) as 499 `Cancelled` (500 when its handler panicked).
 struct Record {
     surface: Arc<Surface>,
     request_id: String,
@@ -224,7 +236,12 @@ impl Record {
 
 impl Drop for Record {
     fn drop(&mut self) {
-        let (status, error_type) = self.outcome.take().unwrap_or((499, Some("Cancelled".into())));
+        // Unanswered: the client left or a deadline passed (499), or the handler panicked (500).
+        let unanswered = match std::thread::panicking() {
+            true => (500, Some(HostError::Backend.error_type().to_string())),
+            false => (499, Some("Cancelled".to_string())),
+        };
+        let (status, error_type) = self.outcome.take().unwrap_or(unanswered);
         let Served { route, component, version, input } = &self.served;
         let took = self.started.elapsed();
         crate::telemetry::count_request(route, component, version, status, error_type.as_deref(), took);
@@ -233,11 +250,13 @@ impl Drop for Record {
                 [("route", route.clone()), ("component", component.clone()), ("version", version.clone())];
             metrics::counter!("edgeinfer_tokens_total", &labels).increment(tokens);
         }
-        let trace_id = record_outcome(&self.span, &self.method, route, component, version, status);
+        let name = (self.surface.span_name)(&self.method, route);
+        let trace_id = record_outcome(&self.span, name, route, component, version, status);
         let input_text =
             input.as_ref().filter(|_| self.surface.log_inputs).map(|i| String::from_utf8_lossy(&i.bytes));
         let _in_span = self.span.enter();
         tracing::info!(
+            target: "edgeinfer::http",
             listener = self.surface.listener,
             request_id = self.request_id,
             trace_id,
@@ -263,7 +282,7 @@ impl Drop for Record {
 /// carries it, so logs and traces meet by request id and by trace id).
 fn record_outcome(
     span: &tracing::Span,
-    method: &http::Method,
+    name: String,
     route: &str,
     component: &str,
     version: &str,
@@ -272,7 +291,7 @@ fn record_outcome(
     use opentelemetry::trace::TraceContextExt;
     let cx = edgeinfer_runtime::trace::context_of(span)?;
     // Its name only now that the route is known (the span has started: renamed in place).
-    cx.span().update_name(format!("{method} {route}"));
+    cx.span().update_name(name);
     span.record("http.route", route);
     span.record("http.response.status_code", i64::from(status));
     span.record("component", component);
@@ -295,6 +314,7 @@ mod tests {
             provisional: Box::new(|_| Served::unmatched()),
             outcome: http_outcome,
             log_inputs: false,
+            span_name: http_span_name,
         }
     }
 

@@ -53,7 +53,7 @@ fn server_with_key(kserve_on: bool, api_key: Option<ApiKey>) -> Public {
         default_route: None,
     }));
     let server = Arc::new(Server { router, kserve_on, api_key, open_health_paths: vec!["/", "/ping"] });
-    Public { observe: ObserveLayer::new(public_surface(app, false)), server }
+    Public { observe: ObserveLayer::new(public_surface(false)), server }
 }
 
 /// The public listener's service as a connection gets it: `Server` behind `observe`.

@@ -34,12 +34,13 @@ impl Sources {
     /// files the app serves from, as the config names them (relative to `app_dir`, or absolute):
     /// models, assets, exported models and their labels, without what only exports are made from.
     pub fn provision_assets(&self, config: &RuntimeConfig, app_dir: &Path) -> Result<Vec<PathBuf>> {
-        // An export whose pinned output is in place needs none of its inputs (a built image).
+        // An export whose pinned output is in place needs none of its inputs (a built image); the
+        // config makes sure an export_input feeds only pinned exports.
         let made: Vec<bool> = config.export.iter().map(|step| export_in_place(app_dir, step)).collect();
-        let exports_made = made.iter().all(|made| *made);
         let mut served = Vec::new();
         for asset in &config.asset {
-            if asset.export_input && exports_made {
+            let mut readers = config.export.iter().zip(&made).filter(|(step, _)| step.reads(&asset.path));
+            if asset.export_input && readers.all(|(_, made)| *made) {
                 continue;
             }
             self.ensure_asset(app_dir, asset)?;
@@ -65,6 +66,9 @@ impl Sources {
                 served.push(Path::new(&step.output).with_file_name("labels.json"));
             }
             served.push(PathBuf::from(&step.output));
+        }
+        for embedding in config.llm.embeddings.values() {
+            served.push(PathBuf::from(&embedding.tokenizer));
         }
         served.sort();
         served.dedup();

