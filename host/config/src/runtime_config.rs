@@ -649,6 +649,42 @@ impl RuntimeConfig {
     }
 }
 
+/// A file of the app that the runtime config names (relative to the app directory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppFile {
+    pub path: String,
+    /// Whether it must be there wherever the app is carried from: a model with no url of its own
+    /// to fetch it from, an exported model. The others are carried when present.
+    pub required: bool,
+}
+
+impl RuntimeConfig {
+    /// The files the app serves from: models, assets (not export inputs), exported models and a
+    /// classifier's labels.json beside them, the LLM interface's tokenizers. What an artifact
+    /// carries (`registry push`) and `edgeinfer fetch` lists (what an image carries).
+    pub fn app_files(&self) -> Vec<AppFile> {
+        let file = |path: &str, required| AppFile { path: path.to_string(), required };
+        let mut files: Vec<AppFile> = Vec::new();
+        for model in self.model.values() {
+            files.push(file(&model.path, model.url.is_none()));
+        }
+        // What only exports are made from stays behind: the exported models travel.
+        for asset in self.asset.iter().filter(|asset| !asset.export_input) {
+            files.push(file(&asset.path, false));
+        }
+        for step in &self.export {
+            files.push(file(&step.output, true));
+            if let Some(parent) = Path::new(&step.output).parent() {
+                files.push(file(&parent.join("labels.json").to_string_lossy(), false));
+            }
+        }
+        for embedding in self.llm.embeddings.values() {
+            files.push(file(&embedding.tokenizer, false));
+        }
+        files
+    }
+}
+
 impl ExportStep {
     /// Whether making this export reads the app-relative file `path` (under its model directory,
     /// or its head or label map).

@@ -306,34 +306,15 @@ fn lock_component(
     })
 }
 
-/// Our layer: the runtime config's text and, by app-relative path, the digest of every file it
-/// names that exists (models, tokenizers, exported models and their labels; not the inputs of
-/// exports), each also a layer.
+/// Our layer: the runtime config's text and, by app-relative path, the digest of every file of the
+/// app it names that exists (`RuntimeConfig::app_files`), each also a layer.
 fn host_config(path: &Path, app_dir: &Path, layers: &mut Layers) -> Result<Value> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read runtime config {}", path.display()))?;
     let config =
         RuntimeConfig::parse(&text).with_context(|| format!("invalid runtime config {}", path.display()))?;
-    let mut named: Vec<(String, bool)> = Vec::new();
-    for model in config.model.values() {
-        // A model fetched from its own url need not travel; one without a source must.
-        named.push((model.path.clone(), model.url.is_none()));
-    }
-    // What only exports are made from stays behind: the exported models travel.
-    for asset in config.asset.iter().filter(|asset| !asset.export_input) {
-        named.push((asset.path.clone(), false));
-    }
-    for step in &config.export {
-        named.push((step.output.clone(), true));
-        if let Some(parent) = Path::new(&step.output).parent() {
-            named.push((parent.join("labels.json").to_string_lossy().into_owned(), false));
-        }
-    }
-    for embedding in config.llm.embeddings.values() {
-        named.push((embedding.tokenizer.clone(), false));
-    }
     let mut files = BTreeMap::new();
-    for (relative, required) in named {
+    for edgeinfer_config::runtime_config::AppFile { path: relative, required } in config.app_files() {
         crate::safe_relative(&relative).with_context(|| format!("runtime config {}", path.display()))?;
         let file = app_dir.join(&relative);
         if !file.is_file() {

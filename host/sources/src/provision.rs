@@ -31,28 +31,23 @@ impl Sources {
     }
 
     /// Puts the runtime config's assets, model files and exported models in place; returns the
-    /// files the app serves from, as the config names them (relative to `app_dir`, or absolute):
-    /// models, assets, exported models and their labels, without what only exports are made from.
+    /// files the app serves from (`RuntimeConfig::app_files`), as the config names them (relative to
+    /// `app_dir`, or absolute).
     pub fn provision_assets(&self, config: &RuntimeConfig, app_dir: &Path) -> Result<Vec<PathBuf>> {
         // An export whose pinned output is in place needs none of its inputs (a built image); the
         // config makes sure an export_input feeds only pinned exports.
         let made: Vec<bool> = config.export.iter().map(|step| export_in_place(app_dir, step)).collect();
-        let mut served = Vec::new();
         for asset in &config.asset {
             let mut readers = config.export.iter().zip(&made).filter(|(step, _)| step.reads(&asset.path));
             if asset.export_input && readers.all(|(_, made)| *made) {
                 continue;
             }
             self.ensure_asset(app_dir, asset)?;
-            if !asset.export_input {
-                served.push(PathBuf::from(&asset.path));
-            }
         }
         for (name, model) in &config.model {
             if let Some(asset) = model.asset() {
                 self.ensure_asset(app_dir, &asset).with_context(|| format!("[model.{name}]"))?;
             }
-            served.push(PathBuf::from(&model.path));
         }
         for (step, made) in config.export.iter().zip(made) {
             // A pinned output was checked above; an unpinned one is judged by its inputs' times,
@@ -61,15 +56,14 @@ impl Sources {
             if !in_place {
                 make_export(app_dir, step)?;
             }
-            let output = app_dir.join(&step.output);
-            if output.with_file_name("labels.json").is_file() {
-                served.push(Path::new(&step.output).with_file_name("labels.json"));
-            }
-            served.push(PathBuf::from(&step.output));
         }
-        for embedding in config.llm.embeddings.values() {
-            served.push(PathBuf::from(&embedding.tokenizer));
-        }
+        // What was just put in place; an optional file (a classifier's labels) only when there.
+        let mut served: Vec<PathBuf> = config
+            .app_files()
+            .into_iter()
+            .filter(|file| file.required || app_dir.join(&file.path).is_file())
+            .map(|file| PathBuf::from(file.path))
+            .collect();
         served.sort();
         served.dedup();
         Ok(served)
