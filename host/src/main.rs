@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use edgeinfer_export as export;
 
@@ -35,7 +35,7 @@ enum Command {
     /// Serve the app described by a Spin manifest.
     Up(Box<UpArgs>),
     /// Run each component's build command from the manifest.
-    Build(ManifestArg),
+    Build(BuildArgs),
     /// Fetch and verify what the runtime config needs (models, ONNX Runtime) into the cache; print
     /// the files the app serves from.
     Fetch(FetchArgs),
@@ -161,6 +161,24 @@ struct FetchArgs {
     /// Models and how to run them; default: runtime-config/local.toml next to the manifest.
     #[arg(long, env = "EDGEINFER_RUNTIME_CONFIG")]
     runtime_config_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct BuildArgs {
+    #[command(flatten)]
+    manifest: ManifestArg,
+    /// Also compile each routed component, composed as `up` composes it, for hosts of these
+    /// targets (x86_64, aarch64, or triples; comma-separated or repeated): `registry push` carries
+    /// them, and hosts that verify the artifact's signature load them instead of compiling.
+    #[arg(long, value_delimiter = ',', value_name = "TARGET")]
+    precompile: Vec<String>,
+    /// The runtime config whose fuel limits the precompiled code must count; default:
+    /// runtime-config/local.toml next to the manifest.
+    #[arg(long, env = "EDGEINFER_RUNTIME_CONFIG")]
+    runtime_config_file: Option<PathBuf>,
+    /// Precompile with wasi:nn providers composed in (for hosts started with the same flag).
+    #[arg(long)]
+    compose_nn_providers: bool,
 }
 
 #[derive(clap::Args)]
@@ -323,7 +341,7 @@ fn main() -> Result<()> {
     http::traces::init_logging(None)?;
     match cli.command {
         Command::Up(_) => unreachable!("served above"),
-        Command::Build(args) => edgeinfer_runtime::builder::build_all(&Manifest::load(&args.manifest)?),
+        Command::Build(args) => build_command(&args),
         Command::Fetch(args) => {
             let (manifest, config) = (&args.manifest.manifest, args.runtime_config_file.as_deref());
             let provisioned = edgeinfer_daemon::fetch(manifest, config, args.registry.connection(None)?)?;
@@ -447,6 +465,41 @@ async fn sign(key: &Path, registry: &RegistryArgs, targets: &[String]) -> Result
 }
 
 /// `edgeinfer compose`: a standalone component, and how to serve it.
+/// `edgeinfer build [--precompile TARGET...]`.
+fn build_command(args: &BuildArgs) -> Result<()> {
+    let manifest = Manifest::load(&args.manifest.manifest)?;
+    edgeinfer_runtime::builder::build_all(&manifest)?;
+    if args.precompile.is_empty() {
+        return Ok(());
+    }
+    let targets = args
+        .precompile
+        .iter()
+        .map(|name| {
+            edgeinfer_runtime::compile::PRECOMPILE_TARGETS
+                .iter()
+                .find(|(short, triple)| name == short || name == triple)
+                .map(|(_, triple)| triple.to_string())
+                .with_context(|| format!("--precompile {name}: the targets are x86_64 and aarch64"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let config = edgeinfer_sources::load_runtime_config(args.runtime_config_file.as_deref(), &manifest)?;
+    let metered = config.component.values().any(|limits| limits.fuel.is_some());
+    for done in
+        edgeinfer_runtime::builder::precompile(&manifest, &targets, metered, args.compose_nn_providers)?
+    {
+        eprintln!(
+            "edgeinfer: precompiled {} for {} in {:.1} s ({:.1} MB): {}",
+            done.component,
+            done.target,
+            done.seconds,
+            done.bytes as f64 / 1e6,
+            done.path.display()
+        );
+    }
+    Ok(())
+}
+
 fn compose_command(args: &ComposeArgs) -> Result<()> {
     let manifest = Manifest::load(&args.manifest.manifest)?;
     let written = compose::write_composition(&manifest, &args.component, &args.output, args.keep_nn_imports)?;

@@ -17,6 +17,7 @@ pub use artifacts::{Signed, fetch, pull, push, sign};
 use edgeinfer_config::manifest::Manifest;
 use edgeinfer_config::runtime_config::{self, RuntimeConfig};
 use edgeinfer_engine::registry::GraphRegistry;
+use edgeinfer_registry::PrecompiledLayer;
 use edgeinfer_runtime::app::App;
 use edgeinfer_runtime::compile::{self, CompileCache};
 use edgeinfer_runtime::state::StateDir;
@@ -77,20 +78,26 @@ impl AdminOptions {
 /// Serves the app of `options` until SIGTERM or Ctrl-C.
 pub async fn up(options: Options) -> Result<()> {
     telemetry::init()?;
-    let sources = Sources::new(options.registry.clone());
+    // Pulls fetch the components precompiled for this host's wasmtime and CPU (from signed
+    // artifacts only).
+    let mut registry = options.registry.clone();
+    registry.precompiled_for = Some(compile::engine_profile(false, compile::host_target()));
+    let sources = Sources::new(registry.clone());
     // Builds, pip, ONNX Runtime sessions and Cranelift compiles block for seconds: they run on a
     // blocking thread, so the async workers that will serve are never tied up by them.
     let (mut manifest_path, mut runtime_config_file) =
         (options.manifest.clone(), options.runtime_config_file.clone());
+    let mut precompiled = Vec::new();
     let from = options.manifest.to_str().filter(|p| edgeinfer_registry::looks_like_reference(p));
     if let Some(reference) = from {
         anyhow::ensure!(
             !options.build && !options.watch,
             "--build and --watch need the app's sources; {reference} is a registry artifact"
         );
-        let pulled = pull(reference, &options.registry).await?;
+        let pulled = pull(reference, &registry).await?;
         manifest_path = pulled.manifest_path;
         runtime_config_file = runtime_config_file.or(pulled.runtime_config);
+        precompiled = pulled.precompiled;
     }
     let trusted = options.registry.trusted.clone();
     let state = match &options.state_dir {
@@ -99,10 +106,11 @@ pub async fn up(options: Options) -> Result<()> {
     };
     let (build, compose_nn_providers, provisioning) =
         (options.build, options.compose_nn_providers, sources.clone());
-    let Started { manifest, config, app, swagger_ui, kserve, default_route, _ticker } =
+    let Started { manifest, config, app, swagger_ui, kserve, default_route, cache, _ticker } =
         tokio::task::spawn_blocking(move || {
             let manifest = manifest_path.as_path();
-            start(&provisioning, manifest, runtime_config_file.as_deref(), build, compose_nn_providers, state)
+            let config = runtime_config_file.as_deref();
+            start(&provisioning, manifest, config, build, compose_nn_providers, state, precompiled)
         })
         .await??;
     if options.watch {
@@ -132,7 +140,7 @@ pub async fn up(options: Options) -> Result<()> {
             // Deploys by reference pull with this host's registry settings into its cache; model
             // reloads by url fetch like a first start (verified, cached).
             let fetch =
-                Arc::new(AdminSources { sources: sources.clone(), registry: options.registry.clone() });
+                Arc::new(AdminSources { sources: sources.clone(), registry: registry.clone(), cache });
             let sources = admin::Sources { fetch: Some(fetch), trusted: trusted.clone() };
             Some(tokio::spawn(admin::serve(app.clone(), token, listener, sources, stopped())))
         }
@@ -212,6 +220,8 @@ struct Started {
     kserve: Option<http::Kserve>,
     /// The route `POST /` and `POST /invocations` answer as.
     default_route: Option<String>,
+    /// Compiled components: pulls by reference put precompiled code here.
+    cache: CompileCache,
     /// Advances the engine's epoch while the host serves.
     _ticker: compile::EpochTicker,
 }
@@ -225,6 +235,7 @@ fn start(
     build: bool,
     compose_nn_providers: bool,
     state: Option<Arc<StateDir>>,
+    precompiled: Vec<PrecompiledLayer>,
 ) -> Result<Started> {
     let manifest = Manifest::load(manifest_path)?;
     tracing::info!(
@@ -282,9 +293,10 @@ fn start(
     gpus.sort_unstable();
     gpus.dedup();
     telemetry::watch_gpu_memory(gpus);
-    let engine = compile::engine(config.component.values().any(|limits| limits.fuel.is_some()))?;
+    let (engine, profile) = compile::engine(config.component.values().any(|limits| limits.fuel.is_some()))?;
     let ticker = compile::EpochTicker::start(&engine);
-    let cache = CompileCache::new(cache_dir().join("compiled"));
+    let cache = CompileCache::new(cache_dir().join("compiled"), profile);
+    import_precompiled(&cache, &precompiled);
     let embeddings = Arc::new(edgeinfer_runtime::models::embedding_models(&config.llm, &manifest.dir)?);
     let manifest = Arc::new(manifest);
     let mut app = App::load(
@@ -292,7 +304,7 @@ fn start(
         &config.component,
         registry,
         &engine,
-        cache,
+        cache.clone(),
         compose_nn_providers,
         embeddings,
     )?;
@@ -316,7 +328,27 @@ fn start(
                 None
             }
         };
-    Ok(Started { manifest, config, app, swagger_ui, kserve, default_route, _ticker: ticker })
+    Ok(Started { manifest, config, app, swagger_ui, kserve, default_route, cache, _ticker: ticker })
+}
+
+/// Puts components precompiled for this host (from a verified artifact) in its compile cache;
+/// those of another engine profile are left out, and said so.
+fn import_precompiled(cache: &CompileCache, precompiled: &[PrecompiledLayer]) {
+    for layer in precompiled {
+        match cache.import(&layer.composed_sha256, &layer.profile, &layer.path) {
+            Ok(true) => tracing::info!(
+                component = %layer.component,
+                version = %&layer.composed_sha256[..12],
+                target = %layer.profile.target,
+                "precompiled component taken from the signed artifact"
+            ),
+            Ok(false) => tracing::info!(
+                component = %layer.component,
+                "not using its precompiled code: compiled with other engine settings (fuel), it is compiled here"
+            ),
+            Err(e) => tracing::warn!(component = %layer.component, "cannot keep its precompiled code: {e:#}"),
+        }
+    }
 }
 
 /// The admin API's sources: components from this host's registries (verified, cached) and model
@@ -324,6 +356,7 @@ fn start(
 struct AdminSources {
     sources: Sources,
     registry: edgeinfer_registry::Connection,
+    cache: CompileCache,
 }
 
 impl admin::Fetch for AdminSources {
@@ -332,12 +365,13 @@ impl admin::Fetch for AdminSources {
         reference: String,
         component: String,
     ) -> futures::future::BoxFuture<'static, Result<Vec<u8>, admin::FetchError>> {
-        let registry = self.registry.clone();
+        let (registry, cache) = (self.registry.clone(), self.cache.clone());
         Box::pin(async move {
             use edgeinfer_registry::FetchError;
             match edgeinfer_registry::fetch_component(&reference, &component, &registry, &cache_dir()).await {
                 Ok(fetched) => {
                     tracing::info!(%reference, component, layer = %fetched.layer_digest, "component pulled");
+                    import_precompiled(&cache, &fetched.precompiled);
                     Ok(fetched.bytes)
                 }
                 Err(FetchError::Invalid(e)) => Err(admin::FetchError::Invalid(e.to_string())),

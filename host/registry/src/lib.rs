@@ -12,6 +12,12 @@
 //! the runtime config and the model files it names ([`HOST_CONFIG_MEDIA_TYPE`]), which Spin
 //! stores and ignores. A pull verifies every blob's digest into a content-addressed cache and lays
 //! the app out as a directory with a spin.toml the host serves like any other.
+//!
+//! `push` also carries the components `edgeinfer build --precompile` compiled, one layer per
+//! component and target ([`edgeinfer_config::precompiled::MEDIA_TYPE`], annotated with the
+//! wasmtime version, target and engine profile); Spin stores them as data. A pull fetches only
+//! those compiled for the puller (`Connection::precompiled_for`), and only from an artifact whose
+//! signature it verified: native code is never taken from an unsigned artifact.
 
 mod bounded;
 pub mod files;
@@ -27,7 +33,7 @@ use oci_client::Reference;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 
-pub use pull::{FetchedComponent, Pulled, fetch_component, fetch_layer, locked_app, pull};
+pub use pull::{FetchedComponent, PrecompiledLayer, Pulled, fetch_component, fetch_layer, locked_app, pull};
 pub use push::{Pushed, push, sign};
 pub use signature::Untrusted;
 
@@ -62,6 +68,10 @@ pub struct Connection {
     /// The keys an artifact must be signed by to be pulled (cosign's signatures beside it, see
     /// `signature`); `None`: none is checked.
     pub trusted: Option<std::sync::Arc<edgeinfer_trust::TrustedKeys>>,
+    /// The engine whose precompiled components a pull fetches (same wasmtime version and target;
+    /// the engine hash is compared when the code is imported), from signed artifacts only;
+    /// `None`: none.
+    pub precompiled_for: Option<edgeinfer_config::precompiled::EngineProfile>,
 }
 
 /// A request that no registry could fulfil (a tag where a digest is needed, a component the
@@ -143,7 +153,7 @@ impl Connection {
             (None, Some(token)) => Some(Credentials::Bearer(token)),
             (None, None) => None,
         };
-        Connection { insecure, ca_file, credentials, scope: None, trusted: None }
+        Connection { insecure, ca_file, credentials, scope: None, trusted: None, precompiled_for: None }
     }
 
     /// This connection scoped to the registry of `reference` (what `-f REF` names).

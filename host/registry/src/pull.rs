@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use edgeinfer_config::precompiled::{self, EngineProfile};
 use futures::{StreamExt, TryStreamExt};
 use oci_client::Reference;
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
@@ -44,6 +45,44 @@ pub struct Pulled {
     /// Whether the registry was unreachable and a cached resolution of the tag served instead.
     pub offline: bool,
     pub seconds: f64,
+    /// The precompiled components for `Connection::precompiled_for`, fetched and verified (from
+    /// a signed artifact only).
+    pub precompiled: Vec<PrecompiledLayer>,
+}
+
+/// A component precompiled for this host's wasmtime version and target, fetched into the cache
+/// from an artifact whose signature was verified.
+#[derive(Debug, Clone)]
+pub struct PrecompiledLayer {
+    /// The component's id in the artifact.
+    pub component: String,
+    /// The engine it was compiled for.
+    pub profile: EngineProfile,
+    /// The sha256 of the composed component it is the compiled form of.
+    pub composed_sha256: String,
+    /// The verified layer in the cache.
+    pub path: PathBuf,
+}
+
+/// The precompiled layers of `manifest` for `connection`'s engine (its wasmtime version and
+/// target), with what their annotations say; none unless the artifact's signature is checked.
+fn precompiled_layers(
+    manifest: &OciImageManifest,
+    connection: &Connection,
+) -> Vec<(OciDescriptor, String, EngineProfile, String)> {
+    let (Some(wanted), Some(_)) = (&connection.precompiled_for, &connection.trusted) else {
+        return Vec::new();
+    };
+    manifest
+        .layers
+        .iter()
+        .filter(|l| l.media_type == precompiled::MEDIA_TYPE)
+        .filter_map(|layer| {
+            let (component, profile, composed) = precompiled::from_annotations(layer.annotations.as_ref()?)?;
+            (profile.wasmtime == wanted.wasmtime && profile.target == wanted.target)
+                .then(|| (layer.clone(), component, profile, composed))
+        })
+        .collect()
 }
 
 /// Pulls `reference` into `cache_root/oci` and lays out its app.
@@ -97,7 +136,17 @@ pub async fn pull(reference: &str, connection: &Connection, cache_root: &Path) -
             archive.digest
         );
     }
-    let mut wanted: Vec<OciDescriptor> = manifest.layers.clone();
+    // Native code compiled for other hosts, or from an artifact whose signature is not checked,
+    // is not fetched.
+    let precompiled = precompiled_layers(&manifest, connection);
+    let mut wanted: Vec<OciDescriptor> = manifest
+        .layers
+        .iter()
+        .filter(|l| {
+            l.media_type != precompiled::MEDIA_TYPE || precompiled.iter().any(|(p, ..)| p.digest == l.digest)
+        })
+        .cloned()
+        .collect();
     if !wanted.iter().any(|l| l.digest == locked_layer.digest) {
         wanted.push(locked_layer.clone());
     }
@@ -143,6 +192,12 @@ pub async fn pull(reference: &str, connection: &Connection, cache_root: &Path) -
         }
     }
     let runtime_config = app_dir.join("runtime-config/local.toml");
+    let precompiled = precompiled
+        .into_iter()
+        .map(|(layer, component, profile, composed_sha256)| {
+            Ok(PrecompiledLayer { component, profile, composed_sha256, path: cache.blob(&layer.digest)? })
+        })
+        .collect::<Result<_>>()?;
     Ok(Pulled {
         digest,
         manifest_path: app_dir.join("spin.toml"),
@@ -152,6 +207,7 @@ pub async fn pull(reference: &str, connection: &Connection, cache_root: &Path) -
         bytes_fetched,
         offline,
         seconds: started.elapsed().as_secs_f64(),
+        precompiled,
     })
 }
 
@@ -174,6 +230,9 @@ pub struct FetchedComponent {
     /// The layer's digest (verified).
     pub layer_digest: String,
     pub bytes: Vec<u8>,
+    /// The component precompiled for `Connection::precompiled_for`, when the artifact is signed
+    /// and carries one.
+    pub precompiled: Vec<PrecompiledLayer>,
 }
 
 /// Fetches component `id`'s Wasm (its `source`, as the lock names it) from the artifact
@@ -215,7 +274,15 @@ pub async fn fetch_component(
     cache.ensure(&client, &reference, layer).await?;
     let path = cache.blob(&layer_digest)?;
     let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(FetchedComponent { layer_digest, bytes })
+    let mut precompiled = Vec::new();
+    for (layer, component, profile, composed_sha256) in precompiled_layers(&manifest, connection) {
+        if component == id {
+            cache.ensure(&client, &reference, &layer).await?;
+            let path = cache.blob(&layer.digest)?;
+            precompiled.push(PrecompiledLayer { component, profile, composed_sha256, path });
+        }
+    }
+    Ok(FetchedComponent { layer_digest, bytes, precompiled })
 }
 
 /// The layer of digest `digest` of the artifact `reference` (any artifact: a model pushed with

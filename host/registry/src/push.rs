@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use edgeinfer_config::manifest::{Component, Manifest};
+use edgeinfer_config::precompiled::{self, PrecompiledComponent};
 use edgeinfer_config::runtime_config::RuntimeConfig;
 use oci_client::manifest::{OCI_IMAGE_MEDIA_TYPE, OciDescriptor, OciImageManifest};
 use oci_client::{Reference, RegistryOperation};
@@ -67,6 +68,7 @@ struct Layer {
     media_type: &'static str,
     size: u64,
     content: LayerContent,
+    annotations: Option<BTreeMap<String, String>>,
 }
 
 enum LayerContent {
@@ -98,14 +100,32 @@ impl Layers {
             media_type,
             size,
             content: LayerContent::File(path.into()),
+            annotations: None,
         });
         Ok(ContentRef::digest(digest))
+    }
+
+    /// Adds a precompiled component (outside the lock: only hosts look for it).
+    fn precompiled(&mut self, path: &Path, description: &PrecompiledComponent) -> Result<()> {
+        let size = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?.len();
+        let digest = digest_of_file(path)?;
+        // One layer per component and target, even where two components compile to the same
+        // bytes: hosts look a component's code up by its annotations.
+        let key = format!("{digest} {} {}", description.component, description.profile.target);
+        if !self.seen.contains_key(&key) {
+            self.seen.insert(key, self.list.len());
+            let content = LayerContent::File(path.into());
+            let annotations = Some(description.annotations());
+            self.list.push(Layer { digest, media_type: precompiled::MEDIA_TYPE, size, content, annotations });
+        }
+        Ok(())
     }
 
     fn bytes(&mut self, bytes: Vec<u8>, media_type: &'static str) -> String {
         let digest = digest_of(&bytes);
         let size = bytes.len() as u64;
-        self.add(Layer { digest: digest.clone(), media_type, size, content: LayerContent::Bytes(bytes) });
+        let content = LayerContent::Bytes(bytes);
+        self.add(Layer { digest: digest.clone(), media_type, size, content, annotations: None });
         digest
     }
 
@@ -247,7 +267,12 @@ fn lock_component(
     };
     let source = wasm(&component.source, layers)?;
     let mut dependencies = BTreeMap::new();
+    let mut dependency_digests = BTreeMap::new();
     for (name, dependency) in &component.dependencies {
+        let file = manifest.resolve(&dependency.path);
+        if file.is_file() {
+            dependency_digests.insert(name.clone(), digest_of_file(&file)?);
+        }
         dependencies.insert(
             name.clone(),
             LockedDependency {
@@ -257,6 +282,7 @@ fn lock_component(
             },
         );
     }
+    add_precompiled(manifest, id, component, &source.content, &dependency_digests, layers)?;
     let mut files = Vec::new();
     for mount in &component.files {
         let (source, destination) = mount.source_and_destination();
@@ -304,6 +330,40 @@ fn lock_component(
         trigger_dependencies: Map::new(),
         host_requirements: Map::new(),
     })
+}
+
+/// Adds the files `build --precompile` wrote for component `id` that were compiled from its
+/// current source and dependencies (`source`, `dependencies`: their digests); says which stale
+/// ones it leaves out.
+fn add_precompiled(
+    manifest: &Manifest,
+    id: &str,
+    component: &Component,
+    source: &ContentRef,
+    dependencies: &BTreeMap<String, String>,
+    layers: &mut Layers,
+) -> Result<()> {
+    let folder = precompiled::folder(&manifest.resolve(&component.source));
+    for (compiled, description) in precompiled::list(&folder)? {
+        let digest = |sha256: &str| format!("sha256:{sha256}");
+        let same_dependencies = description.dependencies_sha256.len() == dependencies.len()
+            && description
+                .dependencies_sha256
+                .iter()
+                .all(|(key, sha)| dependencies.get(key) == Some(&digest(sha)));
+        if description.component != id
+            || source.digest.as_deref() != Some(digest(&description.source_sha256).as_str())
+            || !same_dependencies
+        {
+            eprintln!(
+                "edgeinfer: leaving out {}: it was compiled from another build of component {id} (edgeinfer build --precompile again)",
+                compiled.display()
+            );
+            continue;
+        }
+        layers.precompiled(&compiled, &description)?;
+    }
+    Ok(())
 }
 
 /// Our layer: the runtime config's text and, by app-relative path, the digest of every file of the
@@ -363,6 +423,7 @@ async fn upload(
             media_type: layer.media_type.to_string(),
             digest: layer.digest.clone(),
             size: layer.size as i64,
+            annotations: layer.annotations.clone(),
             ..OciDescriptor::default()
         });
         if client.blob_exists(reference, &layer.digest).await.context("cannot reach the registry")? {

@@ -75,6 +75,77 @@ pub fn build_one(manifest: &Manifest, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// A component compiled ahead of time by [`precompile`].
+pub struct Precompiled {
+    pub component: String,
+    pub target: String,
+    /// The compiled file (its description is beside it, `.toml`).
+    pub path: std::path::PathBuf,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+/// Compiles each routed component of `manifest`, composed as `edgeinfer up` composes it, for
+/// each of `targets` (triples) with the engine settings of a host with `metered` guests, into
+/// `SOURCE.precompiled/TARGET.cwasm` with its description beside it: `registry push` carries
+/// them as layers, and hosts that trust the artifact's signature load them instead of compiling.
+pub fn precompile(
+    manifest: &Manifest,
+    targets: &[String],
+    metered: bool,
+    compose_nn_providers: bool,
+) -> Result<Vec<Precompiled>> {
+    use edgeinfer_config::precompiled::{self, PrecompiledComponent};
+    use sha2::{Digest, Sha256};
+    let sha256 = |bytes: &[u8]| hex::encode(Sha256::digest(bytes));
+    let routed: BTreeSet<&str> = manifest.http_triggers.iter().map(|t| t.component.as_str()).collect();
+    let mut done = Vec::new();
+    for id in routed {
+        let component = &manifest.components[id];
+        let main = manifest.read_source(component)?;
+        let source_sha256 = sha256(&main);
+        let mut dependencies_sha256 = std::collections::BTreeMap::new();
+        for (key, dependency) in &component.dependencies {
+            let path = manifest.resolve(&dependency.path);
+            if let Ok(bytes) = std::fs::read(&path) {
+                dependencies_sha256.insert(key.clone(), sha256(&bytes));
+            }
+        }
+        let composed = crate::compose::compose_component(manifest, id, component, main, compose_nn_providers)
+            .with_context(|| format!("component {id}"))?;
+        let composed_sha256 = sha256(&composed);
+        let folder = precompiled::folder(&manifest.resolve(&component.source));
+        std::fs::create_dir_all(&folder).with_context(|| format!("cannot create {}", folder.display()))?;
+        for target in targets {
+            let started = std::time::Instant::now();
+            let compiled = crate::compile::precompile(&composed, metered, target)
+                .with_context(|| format!("cannot precompile component {id} for {target}"))?;
+            let (path, description_path) = precompiled::files(&folder, target);
+            // Renamed into place: a push reading the folder meanwhile sees whole files.
+            let partial = path.with_extension(format!("cwasm.{}.partial", std::process::id()));
+            std::fs::write(&partial, &compiled)
+                .with_context(|| format!("cannot write {}", partial.display()))?;
+            std::fs::rename(&partial, &path)?;
+            let description = PrecompiledComponent {
+                component: id.to_string(),
+                profile: crate::compile::engine_profile(metered, target),
+                composed_sha256: composed_sha256.clone(),
+                source_sha256: source_sha256.clone(),
+                dependencies_sha256: dependencies_sha256.clone(),
+            };
+            precompiled::write_description(&description_path, &description)?;
+            done.push(Precompiled {
+                component: id.to_string(),
+                target: target.clone(),
+                path,
+                bytes: compiled.len() as u64,
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        }
+    }
+    Ok(done)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 //! The wasmtime engine and an on-disk cache of compiled components keyed by content hash, so a
 //! restart or a redeploy of unchanged bytes skips Cranelift.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -11,16 +11,35 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+pub use edgeinfer_config::precompiled::EngineProfile;
 pub use edgeinfer_config::runtime_config::MAX_MEMORY_BYTES;
 
 /// How often the engine's epoch advances: running guests yield this often, and deadlines are
 /// checked at this resolution.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Builds the engine all components share. `metered`: guest code counts fuel (needed when any
-/// component has a fuel budget; it makes all guest code somewhat slower, so it is off otherwise).
-pub fn engine(metered: bool) -> Result<Engine> {
+/// The target triple of the machine this host runs on, as wasmtime names it.
+pub fn host_target() -> &'static str {
+    if cfg!(target_arch = "aarch64") { "aarch64-unknown-linux-gnu" } else { "x86_64-unknown-linux-gnu" }
+}
+
+/// The targets `edgeinfer build --precompile` compiles for, by short name or triple.
+pub const PRECOMPILE_TARGETS: [(&str, &str); 2] =
+    [("x86_64", "x86_64-unknown-linux-gnu"), ("aarch64", "aarch64-unknown-linux-gnu")];
+
+/// Bumped whenever `engine_config` changes what code it generates, so that precompiled files
+/// and cache entries of the old settings are not offered to the new engine.
+const ENGINE_REVISION: u32 = 1;
+
+/// The engine settings, for this host (`target` None: the running CPU's features) or for
+/// precompiling to `target` (that architecture's baseline, which every CPU of it runs).
+/// `metered`: guest code counts fuel (needed when any component has a fuel budget; it makes all
+/// guest code somewhat slower, so it is off otherwise).
+fn engine_config(metered: bool, target: Option<&str>) -> Result<Config> {
     let mut config = Config::new();
+    if let Some(target) = target {
+        config.target(target)?;
+    }
     config.wasm_component_model(true);
     config.wasm_component_model_async(true);
     config.consume_fuel(metered);
@@ -34,7 +53,35 @@ pub fn engine(metered: bool) -> Result<Engine> {
     pool.total_core_instances(2048);
     pool.max_memory_size(MAX_MEMORY_BYTES as usize);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    Ok(Engine::new(&config)?)
+    Ok(config)
+}
+
+/// What code compiled by `engine_config(metered, ..)` for `target` is: the profile precompiled
+/// files are labelled with and the compile cache is keyed by.
+pub fn engine_profile(metered: bool, target: &str) -> EngineProfile {
+    let settings = format!(
+        "revision={ENGINE_REVISION} component-model async-component-model epoch-interruption fuel={metered} pooling-max-memory={MAX_MEMORY_BYTES}"
+    );
+    EngineProfile {
+        wasmtime: wasmtime_environ::VERSION.to_string(),
+        target: target.to_string(),
+        engine: hex::encode(Sha256::digest(settings.as_bytes())),
+    }
+}
+
+/// Builds the engine all components share, and its profile.
+pub fn engine(metered: bool) -> Result<(Engine, EngineProfile)> {
+    let engine = Engine::new(&engine_config(metered, None)?)?;
+    Ok((engine, engine_profile(metered, host_target())))
+}
+
+/// Compiles the (composed) component `bytes` for `target` with the settings a host with
+/// `metered` uses; the bytes wasmtime loads with `Component::deserialize`.
+pub fn precompile(bytes: &[u8], metered: bool, target: &str) -> Result<Vec<u8>> {
+    let engine = Engine::new(&engine_config(metered, Some(target))?)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("cannot compile for {target}"))?;
+    engine.precompile_component(bytes).map_err(anyhow::Error::from)
 }
 
 /// Advances the engine's epoch every `EPOCH_TICK` until dropped.
@@ -65,10 +112,12 @@ impl Drop for EpochTicker {
     }
 }
 
-/// Where compiled components are stored, and whether it was used.
+/// Where compiled components are stored (by the composed component's sha256 and the engine's
+/// profile): compiled here, or precompiled elsewhere and imported from a verified artifact.
 #[derive(Clone)]
 pub struct CompileCache {
     dir: PathBuf,
+    profile: EngineProfile,
 }
 
 /// How a component was obtained, for logs and tests.
@@ -79,18 +128,44 @@ pub enum CacheOutcome {
 }
 
 impl CompileCache {
-    pub fn new(dir: PathBuf) -> CompileCache {
-        CompileCache { dir }
+    /// The cache in `dir` for an engine of `profile`.
+    pub fn new(dir: PathBuf, profile: EngineProfile) -> CompileCache {
+        CompileCache { dir, profile }
+    }
+
+    /// The profile of the engine this cache is for.
+    pub fn profile(&self) -> &EngineProfile {
+        &self.profile
+    }
+
+    /// Keeps `compiled`, code precompiled elsewhere for the component whose composed bytes have
+    /// sha256 `composed_sha256`, so that loading that version skips Cranelift. Only for code from
+    /// a source the host trusts to run native code (a signed artifact); wasmtime still checks it
+    /// was compiled for this engine when it is loaded, and it is recompiled when it was not.
+    pub fn import(&self, composed_sha256: &str, profile: &EngineProfile, compiled: &Path) -> Result<bool> {
+        if *profile != self.profile {
+            return Ok(false);
+        }
+        let path = self.dir.join(format!("{}.cwasm", cache_key(composed_sha256, profile)));
+        if path.is_file() {
+            return Ok(true);
+        }
+        std::fs::create_dir_all(&self.dir)?;
+        let partial = self.dir.join(format!(".{composed_sha256}.{}.import", std::process::id()));
+        std::fs::copy(compiled, &partial).with_context(|| format!("cannot copy {}", compiled.display()))?;
+        std::fs::rename(&partial, &path)?;
+        Ok(true)
     }
 
     /// Compiles `bytes`, or loads the cached artifact compiled earlier by a compatible engine.
     pub fn load(&self, engine: &Engine, name: &str, bytes: &[u8]) -> Result<(Component, CacheOutcome)> {
-        let key = cache_key(engine, bytes);
+        let key = cache_key(&hex::encode(Sha256::digest(bytes)), &self.profile);
         let path = self.dir.join(format!("{key}.cwasm"));
         let started = Instant::now();
         if path.is_file() {
-            // SAFETY: the file was written by `precompile_component` of an engine with the same
-            // compatibility hash (part of the key), in a directory only this user writes.
+            // SAFETY: the file was written by `precompile_component` of an engine of the same
+            // profile (part of the key): this one, or a build machine's whose artifact was signed
+            // by a key this host trusts (`import`), in a directory only this user writes.
             match unsafe { Component::deserialize_file(engine, &path) } {
                 Ok(component) => {
                     tracing::info!(
@@ -124,21 +199,8 @@ impl CompileCache {
     }
 }
 
-fn cache_key(engine: &Engine, bytes: &[u8]) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(bytes);
-    std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut HashWriter(&mut hasher));
-    hex::encode(hasher.finalize())
-}
-
-/// Feeds `Hash` output into sha256.
-struct HashWriter<'a>(&'a mut Sha256);
-
-impl std::hash::Hasher for HashWriter<'_> {
-    fn finish(&self) -> u64 {
-        0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        self.0.update(bytes);
-    }
+/// The cache entry of a composed component (by its sha256) compiled for `profile`.
+fn cache_key(composed_sha256: &str, profile: &EngineProfile) -> String {
+    let EngineProfile { wasmtime, target, engine } = profile;
+    hex::encode(Sha256::digest(format!("{composed_sha256} {wasmtime} {target} {engine}").as_bytes()))
 }

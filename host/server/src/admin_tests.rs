@@ -19,7 +19,7 @@ use edgeinfer_config::manifest::Manifest;
 use edgeinfer_config::runtime_config::{ModelConfig, RuntimeConfig};
 use edgeinfer_engine::engines::{ElementType, Engine as ModelEngine, EngineError, TensorData, TensorSpec};
 use edgeinfer_engine::registry::{EngineLoader, GraphRegistry};
-use edgeinfer_runtime::compile::CompileCache;
+use edgeinfer_runtime::compile::{CompileCache, engine_profile, host_target};
 
 const TOKEN: &str = "an-admin-token-0123456789";
 const BEARER: &str = "Bearer an-admin-token-0123456789";
@@ -265,7 +265,7 @@ fn admin_api(sources: Sources) -> Admin {
     let mut config = wasmtime::Config::new();
     config.wasm_component_model(true).wasm_component_model_async(true).epoch_interruption(true);
     let engine = wasmtime::Engine::new(&config).unwrap();
-    let cache = CompileCache::new(dir.join("cache"));
+    let cache = CompileCache::new(dir.join("cache"), engine_profile(false, host_target()));
     let app = App::load(
         Arc::new(manifest),
         &Default::default(),

@@ -16,7 +16,7 @@ use edgeinfer_config::manifest::Manifest;
 use edgeinfer_config::runtime_config::RuntimeConfig;
 use edgeinfer_engine::registry::GraphRegistry;
 use edgeinfer_runtime::app::App;
-use edgeinfer_runtime::compile::CompileCache;
+use edgeinfer_runtime::compile::{CompileCache, engine_profile, host_target};
 
 const TOKEN: &str = "a-test-token-0123456789";
 
@@ -38,7 +38,7 @@ fn server_with_key(kserve_on: bool, api_key: Option<ApiKey>) -> Public {
     .expect("runtime config");
     let registry = Arc::new(GraphRegistry::load(&config.model, &dir));
     let engine = wasmtime::Engine::default();
-    let cache = CompileCache::new(dir.join("cache"));
+    let cache = CompileCache::new(dir.join("cache"), engine_profile(false, host_target()));
     let app =
         App::load(Arc::new(manifest), &BTreeMap::new(), registry, &engine, cache, false, Default::default())
             .expect("app");

@@ -578,7 +578,8 @@ impl FreshCache {
         FreshCache::sharing(tag, &["wheels", "compiled", "tools"])
     }
 
-    fn sharing(tag: &str, names: &[&str]) -> FreshCache {
+    /// A cache of its own that shares only the folders `names` with the user's.
+    pub fn sharing(tag: &str, names: &[&str]) -> FreshCache {
         let shared = std::env::var_os("EDGEINFER_CACHE_DIR")
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("edgeinfer")))
