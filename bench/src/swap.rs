@@ -37,6 +37,10 @@ pub struct SwapArgs {
     /// Concurrent clients during the swaps.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// Instead of uploads, deploy these app artifacts (one a round, never seen by the host) by
+    /// pull: signed and carrying the component precompiled, they skip the host's compile.
+    #[arg(long = "pull", value_name = "REFERENCE")]
+    pull: Vec<String>,
 }
 
 /// One swap: upload start → the host's answer, and → the first request served by the version.
@@ -112,7 +116,11 @@ pub async fn run(args: SwapArgs) -> Result<SwapResult> {
     let nonce = std::process::id();
     let mut swaps = Vec::new();
     let mut previous: Option<Vec<u8>> = None;
-    for round in 0..args.rounds {
+    for reference in &args.pull {
+        swaps.push(pull(&client, &args, reference, &seen).await?);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for round in 0..if args.pull.is_empty() { args.rounds } else { 0 } {
         let fresh = variant(&original, &format!("{nonce}-{round}"));
         let mut order = vec![(false, fresh.clone())];
         if let Some(previous) = previous.take() {
@@ -156,6 +164,31 @@ async fn deploy(
         format!("{}/admin/v1/components/{}?sha256={sha}", args.admin.trim_end_matches('/'), args.component);
     let started = Instant::now();
     let response = client.put(url).bearer_auth(&args.token).body(bytes.to_vec()).send().await?;
+    first_answer(response, started, warm_cache, seen).await
+}
+
+/// Deploys the component of the artifact `reference` by pull and waits for the first answer
+/// from it.
+async fn pull(
+    client: &reqwest::Client,
+    args: &SwapArgs,
+    reference: &str,
+    seen: &std::sync::Mutex<Vec<(Instant, String)>>,
+) -> Result<Swap> {
+    let url = format!("{}/admin/v1/components/{}/pull", args.admin.trim_end_matches('/'), args.component);
+    let body = serde_json::json!({"reference": reference});
+    let started = Instant::now();
+    let response = client.post(url).bearer_auth(&args.token).json(&body).send().await?;
+    first_answer(response, started, false, seen).await
+}
+
+/// The deploy's answer, then the first request answered by the version it installed.
+async fn first_answer(
+    response: reqwest::Response,
+    started: Instant,
+    warm_cache: bool,
+    seen: &std::sync::Mutex<Vec<(Instant, String)>>,
+) -> Result<Swap> {
     let status = response.status();
     let answer: serde_json::Value = response.json().await?;
     if !status.is_success() {

@@ -3,6 +3,7 @@
 //! and validated once, with clear errors; nothing here runs anything.
 
 pub mod manifest;
+pub mod memory_budget;
 pub mod precompiled;
 pub mod runtime_config;
 pub mod spin_models;

@@ -35,6 +35,54 @@ pub struct RuntimeConfig {
     /// How the host serves the app's HTTP routes.
     #[serde(default)]
     pub http: HttpConfig,
+    /// The machine the host runs on.
+    #[serde(default)]
+    pub host: HostConfig,
+}
+
+/// `[host]`: what the machine gives the host.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// The memory the host may use, as `"512MiB"`, `"1.5GiB"`, `"600MB"` or bytes. The host
+    /// sizes what can be sized to stay inside it (ONNX Runtime's arena and memory patterns off,
+    /// each model's `max_batch_tokens`, instances per component, glibc's heap) and refuses to
+    /// start when the models alone cannot fit. Unset: nothing is sized for memory.
+    #[serde(default, deserialize_with = "deserialize_size")]
+    pub memory_budget: Option<u64>,
+}
+
+fn deserialize_size<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Size::deserialize(deserializer)? {
+        Size::Bytes(bytes) => Ok(Some(bytes)),
+        Size::Text(text) => parse_size(&text).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Bytes of a size written `512MiB`, `1.5GiB`, `600MB`, `64kB` or `1048576`.
+pub fn parse_size(text: &str) -> Result<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = (&text[..split], text[split..].trim());
+    let value: f64 =
+        number.parse().map_err(|_| anyhow::anyhow!("{text:?} is not a size (say 512MiB, 1GiB or bytes)"))?;
+    let scale: f64 = match unit {
+        "" | "B" => 1.0,
+        "kB" | "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "KiB" => 1024.0,
+        "MiB" => 1048576.0,
+        "GiB" => 1073741824.0,
+        _ => bail!("{text:?}: unknown unit {unit:?} (B, kB, MB, GB, KiB, MiB, GiB)"),
+    };
+    Ok((value * scale).round() as u64)
 }
 
 /// `[http]`: serving choices of the app that spin.toml has no words for.
@@ -130,6 +178,21 @@ pub struct ComponentLimits {
     pub max_instances: Option<usize>,
 }
 
+impl ComponentLimits {
+    /// Requests one instance serves at once: `instance_concurrency`, or 1 under a fuel budget
+    /// (fuel is per request, so no request may spend another's or refill a runaway one).
+    pub fn requests_per_instance(&self) -> usize {
+        if self.fuel.is_some() { 1 } else { self.instance_concurrency }
+    }
+
+    /// `max_instances` when unset: enough instances for `max_concurrent_requests` at
+    /// `requests_per_instance` each, plus one per core (instances busy running guest code take
+    /// no more requests).
+    pub fn default_max_instances(&self, cores: usize) -> usize {
+        self.max_concurrent_requests.div_ceil(self.requests_per_instance()) + cores
+    }
+}
+
 impl Default for ComponentLimits {
     fn default() -> ComponentLimits {
         ComponentLimits {
@@ -215,6 +278,14 @@ pub struct ModelConfig {
     /// `Overloaded` with `Retry-After`), so a burst cannot hold unbounded memory.
     #[serde(default = "default_max_queue")]
     pub max_queue: usize,
+    /// ONNX Runtime's CPU arena: keeps the most memory any run needed, for the next (off: each
+    /// run's memory goes back). Default: on, off under `[host] memory_budget`.
+    #[serde(default)]
+    pub cpu_arena: Option<bool>,
+    /// ONNX Runtime's memory patterns: buffers planned per input shape and kept. Default: on,
+    /// off under `[host] memory_budget`.
+    #[serde(default)]
+    pub memory_pattern: Option<bool>,
 }
 
 fn default_max_queue() -> usize {

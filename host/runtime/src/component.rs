@@ -115,12 +115,10 @@ impl HandleError {
     }
 }
 
-/// The most live instances of a component: `max_instances`, by default enough instances for
-/// `max_concurrent_requests` at `per_instance` each, plus one per core (instances busy running
-/// guest code take no more requests).
-fn max_instances(limits: &ComponentLimits, per_instance: usize) -> usize {
+/// The most live instances of a component (see `ComponentLimits::default_max_instances`).
+fn max_instances(limits: &ComponentLimits) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    limits.max_instances.unwrap_or(limits.max_concurrent_requests.div_ceil(per_instance) + cores)
+    limits.max_instances.unwrap_or_else(|| limits.default_max_instances(cores))
 }
 
 /// What building a version of a component needs, kept so that versions can be built while the
@@ -238,9 +236,7 @@ fn load_component(
         interrupt_after: request_timeout + INTERRUPT_GRACE,
         fuel: limits.fuel,
     };
-    // A fuel budget is per request: an instance then serves one request at a time, so that no
-    // request spends another's fuel (or refills a runaway one).
-    let max_concurrent = if limits.fuel.is_some() { 1 } else { limits.instance_concurrency };
+    let max_concurrent = limits.requests_per_instance();
     let handler = ProxyHandler::new(ComponentHandler {
         engine: engine.clone(),
         pre,
@@ -252,7 +248,7 @@ fn load_component(
             ..ReusePolicy::default()
         },
         instances_created: AtomicU64::new(0),
-        pool: Arc::new(WarmPool::new(limits.warm_instances, max_instances(&limits, max_concurrent))),
+        pool: Arc::new(WarmPool::new(limits.warm_instances, max_instances(&limits))),
     });
     tracing::info!(component = id, version = %&version[..12], compile_cache = ?outcome, "component ready");
     let admission = Admission::new(id, limits.max_concurrent_requests, limits.max_queued_requests);

@@ -91,6 +91,50 @@ pub fn merge(
     Ok((merged, slots))
 }
 
+/// Cuts one request of `rows` rows into parts of at most `part_rows` rows each (axis 0 of every
+/// input), in order, without copying.
+pub fn cut_rows(inputs: &Tensors, rows: u32, part_rows: u32) -> Vec<Tensors> {
+    let part_rows = part_rows.max(1);
+    (0..rows)
+        .step_by(part_rows as usize)
+        .map(|first| {
+            let count = part_rows.min(rows - first);
+            inputs
+                .iter()
+                .map(|(name, tensor)| {
+                    let row_bytes = tensor.bytes.len() / rows as usize;
+                    let start = first as usize * row_bytes;
+                    let bytes = tensor.bytes.slice(start..start + count as usize * row_bytes);
+                    let mut shape = tensor.shape.clone();
+                    shape[0] = count;
+                    (name.clone(), TensorData::new(shape, tensor.ty, bytes))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Joins the outputs of the parts of one request (`cut_rows`) along axis 0, in order.
+pub fn join_rows(parts: Vec<Tensors>) -> Result<Tensors, EngineError> {
+    let mut parts = parts.into_iter();
+    let Some(first) = parts.next() else { return Ok(Vec::new()) };
+    let mut joined: Vec<(String, Vec<u32>, crate::engines::ElementType, Vec<u8>)> =
+        first.into_iter().map(|(name, t)| (name, t.shape, t.ty, t.bytes.to_vec())).collect();
+    for part in parts {
+        for (name, shape, ty, bytes) in &mut joined {
+            let tensor = part.iter().find(|(n, _)| n == name).map(|(_, t)| t);
+            let Some(tensor) = tensor.filter(|t| t.ty == *ty && t.shape.get(1..) == shape.get(1..)) else {
+                return Err(EngineError::Runtime(format!(
+                    "output {name} of one part of a request does not match the others'"
+                )));
+            };
+            shape[0] += tensor.shape[0];
+            bytes.extend_from_slice(&tensor.bytes);
+        }
+    }
+    Ok(joined.into_iter().map(|(name, shape, ty, bytes)| (name, TensorData::new(shape, ty, bytes))).collect())
+}
+
 /// Splits merged outputs back per request. Axis 0 is the batch axis; axis 1 is cut back to each
 /// request's own length when the model declares it dynamic (a sequence axis).
 pub fn split(outputs: Tensors, slots: &[Slot], specs: &[TensorSpec]) -> Result<Vec<Tensors>, EngineError> {
@@ -258,6 +302,24 @@ mod tests {
         assert_eq!(merged[0].1.shape, vec![3, 3]);
         assert_eq!(values(&merged[0].1), vec![1, 2, 3, 4, 9, 9, 5, 9, 9]);
         assert_eq!(slots, vec![Slot { row: 0, rows: 1, seq: 3 }, Slot { row: 1, rows: 2, seq: 1 }]);
+    }
+
+    #[test]
+    fn a_request_cut_into_parts_joins_back_to_the_same_tensors() {
+        let rows = 5u32;
+        let ids: Vec<u8> = (0..rows * 3).flat_map(|v| (v as i64).to_le_bytes()).collect();
+        let inputs: Tensors =
+            vec![("ids".into(), TensorData::new(vec![rows, 3], ElementType::I64, ids.clone()))];
+        let parts = cut_rows(&inputs, rows, 2);
+        let shapes: Vec<Vec<u32>> = parts.iter().map(|p| p[0].1.shape.clone()).collect();
+        assert_eq!(shapes, [vec![2, 3], vec![2, 3], vec![1, 3]]);
+        let joined = join_rows(parts).unwrap();
+        assert_eq!((joined[0].1.shape.clone(), joined[0].1.bytes.to_vec()), (vec![rows, 3], ids));
+        let mismatched = vec![
+            vec![("h".to_string(), TensorData::new(vec![1, 2], ElementType::F32, vec![0u8; 8]))],
+            vec![("h".to_string(), TensorData::new(vec![1, 3], ElementType::F32, vec![0u8; 12]))],
+        ];
+        assert!(join_rows(mismatched).is_err());
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use crate::engines::{Engine, EngineError, TensorSpec, check_inputs};
 use edgeinfer_config::runtime_config::BatchingConfig;
 pub use merge::Tensors;
-use merge::{Shape, batch_shape, merge, split};
+use merge::{Shape, batch_shape, cut_rows, join_rows, merge, split};
 
 /// How a model's requests are merged.
 #[derive(Debug, Clone)]
@@ -177,9 +177,29 @@ impl Batcher {
         self.compute_for(inputs, Caller::Waits).await
     }
 
-    /// `compute`, for a caller of the given kind.
+    /// `compute`, for a caller of the given kind. A request of more padded tokens than
+    /// `max_batch_tokens` runs in parts of fewer rows, one after another, each queued like a
+    /// request of its own: no engine run is ever larger than the limit allows (but for a single
+    /// row longer than it).
     pub async fn compute_for(&self, inputs: Tensors, caller: Caller) -> Result<Tensors, EngineError> {
         check_inputs(&inputs, &self.inputs)?;
+        if let Some(shape) = batch_shape(&inputs)
+            && shape.rows > 1
+            && u64::from(shape.rows) * u64::from(shape.seq) > self.limits.max_batch_tokens
+        {
+            let part_rows = (self.limits.max_batch_tokens / u64::from(shape.seq.max(1)))
+                .clamp(1, u64::from(u32::MAX)) as u32;
+            let mut outputs = Vec::new();
+            for part in cut_rows(&inputs, shape.rows, part_rows) {
+                outputs.push(self.compute_one(part, caller).await?);
+            }
+            return join_rows(outputs);
+        }
+        self.compute_one(inputs, caller).await
+    }
+
+    /// Queues one engine run's worth of inputs (checked) and waits for its outputs.
+    async fn compute_one(&self, inputs: Tensors, caller: Caller) -> Result<Tensors, EngineError> {
         let Ok(place) = self.places.clone().try_acquire_owned() else {
             metrics::counter!("edgeinfer_requests_refused_total", "model" => self.model.to_string())
                 .increment(1);

@@ -423,3 +423,27 @@ async fn tensors_are_handed_on_not_copied() {
     assert!(!shared_with(&output(&short, "hidden").bytes, &produced), "padding cut: a copy");
     assert_eq!(output(&short, "hidden").shape, [1, 1, 2]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_max_batch_tokens_runs_in_parts_with_the_same_answer() {
+    let engine = FakeEngine::new(Duration::ZERO);
+    // 7 rows of 4 tokens = 28 padded tokens, over a limit of 10: parts of 2 rows (8 tokens).
+    let batcher = Batcher::spawn("fake", vec![engine.clone()], policy(32, 10, 0));
+    let rows: Vec<Vec<i64>> = (0..7).map(|r| (1..=4).map(|t| r * 10 + t).collect()).collect();
+    let refs: Vec<&[i64]> = rows.iter().map(Vec::as_slice).collect();
+    let answer = batcher.compute(request(&refs)).await.unwrap();
+    let runs: Vec<(u32, u32)> = engine.runs().iter().map(|(rows, seq, _)| (*rows, *seq)).collect();
+    assert_eq!(runs, [(2, 4), (2, 4), (2, 4), (1, 4)]);
+    // The same as one unlimited run.
+    let whole = Batcher::spawn("fake", vec![FakeEngine::new(Duration::ZERO)], policy(32, 4096, 0));
+    let expected = whole.compute(request(&refs)).await.unwrap();
+    assert_eq!(answer.len(), expected.len());
+    for ((name, got), (want_name, want)) in answer.iter().zip(&expected) {
+        assert_eq!((name, &got.shape, &got.bytes), (want_name, &want.shape, &want.bytes));
+    }
+    // A failing part fails the request, with the engine's error.
+    let mut bad = rows.clone();
+    bad[6][0] = 666;
+    let refs: Vec<&[i64]> = bad.iter().map(Vec::as_slice).collect();
+    assert!(matches!(batcher.compute(request(&refs)).await, Err(EngineError::Runtime(_))));
+}

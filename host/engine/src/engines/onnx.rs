@@ -89,12 +89,19 @@ impl OnnxEngine {
         if let Some(n) = config.inter_threads {
             builder = builder.with_inter_threads(n).map_err(|e| anyhow::anyhow!("{e}"))?;
         }
+        if let Some(enable) = config.memory_pattern {
+            builder = builder.with_memory_pattern(enable).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
         if let Device::Cuda(id) = config.device()? {
             // Never fall back to CPU silently: a model configured for CUDA runs there or not at all.
             let cuda = ep::CUDA::default().with_device_id(id as i32).build().error_on_failure();
             builder = builder.with_execution_providers([cuda]).map_err(|e| {
                 anyhow::anyhow!("CUDA execution provider failed to register on cuda:{id}: {e}")
             })?;
+        }
+        if let (Some(enable), Device::Cpu) = (config.cpu_arena, config.device()?) {
+            let cpu = ep::CPU::default().with_arena_allocator(enable).build();
+            builder = builder.with_execution_providers([cpu]).map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         let session = builder
             .commit_from_file(path)
