@@ -67,7 +67,21 @@ fn under_a_budget_a_large_request_runs_in_parts_with_the_answers_it_gets_alone()
         .unwrap_or_else(|| panic!("no token limit for minilm in {plan}"));
     assert!(tokens < 10 * 256, "{plan}");
     let texts = passages();
+    let metrics = || client().get(host.url("/metrics")).send().unwrap().text().unwrap();
+    let minilm = |text: &str, prefix: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix) && l.contains("model=\"minilm\""))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    let before = metrics();
     let together = embed(&host, json!(texts));
+    let after = metrics();
+    // Engine runs of at most the plan's rows of 256 tokens: the 10 rows took several.
+    let runs = minilm(&after, "edgeinfer_batch_rows_count{") - minilm(&before, "edgeinfer_batch_rows_count{");
+    let rows = minilm(&after, "edgeinfer_batch_rows_sum{") - minilm(&before, "edgeinfer_batch_rows_sum{");
+    let per_run = (tokens / 256).max(1) as f64;
+    assert_eq!((runs, rows), ((10.0 / per_run).ceil(), 10.0), "{plan}");
     assert_eq!(together.len(), texts.len());
     for (text, vector) in texts.iter().zip(&together) {
         let alone = embed(&host, json!(text));

@@ -209,9 +209,9 @@ fn signed_artifacts_carry_precompiled_components_that_hosts_load_instead_of_comp
     app.new_version("mislabelled");
     let folder = app.dir.join("steady.wasm.precompiled");
     let (other, native) = if ours == "x86_64" {
-        ("aarch64-unknown-linux-gnu", "x86_64-unknown-linux-gnu")
+        ("steady.aarch64-unknown-linux-gnu", "steady.x86_64-unknown-linux-gnu")
     } else {
-        ("x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu")
+        ("steady.x86_64-unknown-linux-gnu", "steady.aarch64-unknown-linux-gnu")
     };
     std::fs::copy(folder.join(format!("{other}.cwasm")), folder.join(format!("{native}.cwasm"))).unwrap();
     std::fs::remove_file(folder.join(format!("{other}.toml"))).unwrap();

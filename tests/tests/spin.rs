@@ -585,18 +585,30 @@ fn spin_up_runs_the_app_edgeinfer_pushed_to_a_registry() {
     let registry = common::OciRegistry::start();
     let reference = format!("{}/edgeinfer/app:v1", registry.address);
     // With the components precompiled for both targets: extra layers Spin must leave alone.
+    // (Removed after the push: every later push of the checkout's app would carry them.)
+    struct Precompiled;
+    impl Drop for Precompiled {
+        fn drop(&mut self) {
+            for id in ["embed", "classify", "openai"] {
+                let folder = repo_root().join(format!("target/wasm32-wasip2/release/{id}.wasm.precompiled"));
+                let _ = std::fs::remove_dir_all(folder);
+            }
+        }
+    }
+    let precompiled = Precompiled;
     let (ok, _, said) = common::edgeinfer(&["build", "--precompile", "x86_64,aarch64"], &[]);
     assert!(ok, "{said}");
     let (ok, _, said) = common::edgeinfer(&["registry", "push", "--insecure", &reference], &[]);
     assert!(ok, "{said}");
     let manifest = registry.manifest("edgeinfer/app", "v1");
-    let precompiled: Vec<&Value> = manifest["layers"]
+    let layers: Vec<&Value> = manifest["layers"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|l| l["mediaType"] == "application/vnd.edgeinfer.precompiled-component.v1")
         .collect();
-    assert_eq!(precompiled.len(), 6, "embed, classify and openai for two targets: {manifest}");
+    assert_eq!(layers.len(), 6, "embed, classify and openai for two targets: {manifest}");
+    drop(precompiled);
     let native = std::thread::spawn(|| Host::start(&repo_root().join("spin.toml"), &[]));
     // Spin pulls it, composes each handler's dependencies (nn-local, the tokenizer) and serves.
     let cache = std::env::temp_dir().join(format!("edgeinfer-spin-cache-{}", std::process::id()));

@@ -58,29 +58,39 @@ impl std::fmt::Display for MemoryPlan {
 }
 
 impl RuntimeConfig {
-    /// Sizes this config for its `[host] memory_budget`, when it has one: ONNX Runtime's arena and
-    /// memory patterns off (where not set), each model's `max_batch_tokens` and each of
-    /// `components`' `max_instances` (and `warm_instances`) lowered to fit. Refuses a budget the
-    /// models alone do not fit in. Model files are found under `app_dir`.
+    /// Sizes this config for its `[host] memory_budget`, when it has one: for models on the CPU,
+    /// ONNX Runtime's arena and memory patterns off (where not set) and `max_batch_tokens`
+    /// lowered (a model without batching gets a limit too, its requests still running alone);
+    /// each of `components`' `max_instances` (and `warm_instances`) lowered to fit, its
+    /// `instance_concurrency` raised so that `max_concurrent_requests` fit the instances.
+    /// Refuses a budget the host and models alone do not fit in. Model files are sized under
+    /// `app_dir`, so this runs once they are in place (a missing one counts nothing).
     pub fn apply_memory_budget(
         &mut self,
         app_dir: &Path,
         components: &[String],
     ) -> Result<Option<MemoryPlan>> {
         let Some(budget) = self.host.memory_budget else { return Ok(None) };
+        // Models on a GPU keep their weights and runs there: neither counted nor changed.
+        let on_cpu = |model: &crate::runtime_config::ModelConfig| {
+            matches!(model.device(), Ok(crate::runtime_config::Device::Cpu))
+        };
         let mut models = BTreeMap::new();
-        for (name, model) in &self.model {
-            let path = app_dir.join(&model.path);
-            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            models.insert(name.clone(), (size as f64 * MODEL_BYTES_PER_FILE_BYTE) as u64);
+        for (name, model) in self.model.iter().filter(|(_, m)| on_cpu(m)) {
+            // Each worker is a session of its own, with its own copy of the weights.
+            let size = std::fs::metadata(app_dir.join(&model.path)).map(|m| m.len()).unwrap_or(0);
+            let resident = (size as f64 * MODEL_BYTES_PER_FILE_BYTE) as u64 * model.workers as u64;
+            models.insert(name.clone(), resident);
         }
         let fixed = HOST_BYTES + models.values().sum::<u64>();
         let usable = (budget as f64 * (1.0 - MARGIN)) as u64;
-        // At least an instance per core for each component (fewer leave cores idle while requests
-        // wait for guest code) and one full-length row per model.
+        // At least two instances for each component (one leaves a core idle while requests wait
+        // for its guest code; on 2 cores, 1 instance made p99 4x longer) and one full-length row
+        // per engine session.
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let least = (components.len() * cores) as u64 * INSTANCE_BYTES
-            + self.model.len() as u64 * 256 * RUN_BYTES_PER_TOKEN;
+        let floor = cores.clamp(1, 2);
+        let sessions: u64 = self.model.values().filter(|m| on_cpu(m)).map(|m| m.workers as u64).sum();
+        let least = (components.len() * floor) as u64 * INSTANCE_BYTES + sessions * 256 * RUN_BYTES_PER_TOKEN;
         if fixed + least > usable {
             bail!(
                 "[host] memory_budget {} MiB is too small: the host (~{} MiB) and its models (~{} MiB: {}) need about {} MiB before serving anything, and a request needs ~{} MiB more; give at least {} MiB",
@@ -96,11 +106,12 @@ impl RuntimeConfig {
         let left = usable - fixed;
         let mut plan =
             MemoryPlan { budget, models, max_batch_tokens: BTreeMap::new(), max_instances: BTreeMap::new() };
-        let per_model = (left as f64 * RUN_SHARE) as u64 / self.model.len().max(1) as u64;
-        for (name, model) in self.model.iter_mut() {
+        // Every session may run at once.
+        let per_session = (left as f64 * RUN_SHARE) as u64 / sessions.max(1);
+        for (name, model) in self.model.iter_mut().filter(|(_, m)| on_cpu(m)) {
             model.cpu_arena.get_or_insert(false);
             model.memory_pattern.get_or_insert(false);
-            let tokens = (per_model / RUN_BYTES_PER_TOKEN).max(256);
+            let tokens = (per_session / RUN_BYTES_PER_TOKEN).max(256);
             let batching = model.batching.get_or_insert_with(|| BatchingConfig {
                 max_batch_size: 1,
                 max_batch_tokens: u64::MAX,
@@ -114,7 +125,7 @@ impl RuntimeConfig {
         let per_component = (left as f64 * INSTANCE_SHARE) as u64 / components.len().max(1) as u64;
         for id in components {
             let limits = self.component.entry(id.clone()).or_default();
-            let fits = ((per_component / INSTANCE_BYTES) as usize).max(cores);
+            let fits = ((per_component / INSTANCE_BYTES) as usize).max(floor);
             let cap = limits.max_instances.unwrap_or_else(|| limits.default_max_instances(cores)).min(fits);
             limits.max_instances = Some(cap);
             limits.warm_instances = limits.warm_instances.min(cap);

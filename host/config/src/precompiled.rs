@@ -1,5 +1,5 @@
 //! Components compiled ahead of time (`edgeinfer build --precompile`): what says which engine can
-//! load one. The description lives beside the compiled file (`TARGET.toml` in
+//! load one. The description lives beside the compiled file (`ID.TARGET.toml` in
 //! `SOURCE.precompiled/`) and travels as the annotations of its layer in an app artifact.
 
 use std::collections::BTreeMap;
@@ -63,7 +63,7 @@ impl PrecompiledComponent {
 }
 
 /// What a precompiled layer's annotations say: its component, profile and composed sha256;
-/// `None` when one is missing.
+/// `None` when one is missing or the sha256 is not 64 lowercase hex digits (it names a file).
 pub fn from_annotations(annotations: &BTreeMap<String, String>) -> Option<(String, EngineProfile, String)> {
     let get = |key: &str| annotations.get(key).cloned();
     let profile = EngineProfile {
@@ -71,7 +71,13 @@ pub fn from_annotations(annotations: &BTreeMap<String, String>) -> Option<(Strin
         target: get(TARGET_ANNOTATION)?,
         engine: get(ENGINE_ANNOTATION)?,
     };
-    Some((get(COMPONENT_ANNOTATION)?, profile, get(COMPOSED_ANNOTATION)?))
+    let composed = get(COMPOSED_ANNOTATION).filter(|sha| is_sha256_hex(sha))?;
+    Some((get(COMPONENT_ANNOTATION)?, profile, composed))
+}
+
+/// Whether `text` is a sha256 as the compile cache names it: 64 lowercase hex digits.
+pub fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The folder beside a component's source that holds its precompiled files.
@@ -81,9 +87,10 @@ pub fn folder(source: &Path) -> PathBuf {
     source.with_file_name(name)
 }
 
-/// The compiled file and its description for `target`, in `folder`.
-pub fn files(folder: &Path, target: &str) -> (PathBuf, PathBuf) {
-    (folder.join(format!("{target}.cwasm")), folder.join(format!("{target}.toml")))
+/// The compiled file and its description of component `id` for `target`, in `folder` (by
+/// component: components may share a source and compose it with different dependencies).
+pub fn files(folder: &Path, id: &str, target: &str) -> (PathBuf, PathBuf) {
+    (folder.join(format!("{id}.{target}.cwasm")), folder.join(format!("{id}.{target}.toml")))
 }
 
 /// The precompiled files in `folder` (none when it does not exist): each compiled file with its
@@ -144,6 +151,11 @@ mod tests {
         let mut partial = description.annotations();
         partial.remove(ENGINE_ANNOTATION);
         assert_eq!(from_annotations(&partial), None);
+        for bad in ["../../etc/passwd", "CD", &"CD".repeat(32), &format!("sha256:{}", "cd".repeat(32))] {
+            let mut annotations = description.annotations();
+            annotations.insert(COMPOSED_ANNOTATION.into(), bad.to_string());
+            assert_eq!(from_annotations(&annotations), None, "{bad}");
+        }
         assert_eq!(
             folder(Path::new("target/wasm32-wasip2/release/embed.wasm")),
             Path::new("target/wasm32-wasip2/release/embed.wasm.precompiled")

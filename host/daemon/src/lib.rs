@@ -248,15 +248,6 @@ fn start(
     }
     let mut config = load_runtime_config(runtime_config_file, &manifest)?;
     http::check_routes(&manifest, config.kserve.enabled)?;
-    let routed: Vec<String> = {
-        let ids: std::collections::BTreeSet<&str> =
-            manifest.http_triggers.iter().map(|t| t.component.as_str()).collect();
-        ids.into_iter().map(str::to_string).collect()
-    };
-    if let Some(plan) = config.apply_memory_budget(&manifest.dir, &routed)? {
-        tracing::info!("{plan}");
-        return_freed_memory_promptly();
-    }
     let default_route = http::default_task::resolve(&manifest, config.http.default_route.as_deref())?;
     if let Some(route) = &default_route {
         tracing::info!("POST / and POST /invocations answer as {route}");
@@ -280,6 +271,16 @@ fn start(
         edgeinfer_engine::engines::onnx::init_runtime(&library)?;
         let version = config.onnxruntime.as_ref().map_or("(ORT_DYLIB_PATH)", |o| o.version.as_str());
         tracing::info!("ONNX Runtime {version} loaded from {}", library.display());
+    }
+    // Planned once the model files are in place (their sizes count), before any is loaded.
+    let routed: Vec<String> = {
+        let ids: std::collections::BTreeSet<&str> =
+            manifest.http_triggers.iter().map(|t| t.component.as_str()).collect();
+        ids.into_iter().map(str::to_string).collect()
+    };
+    if let Some(plan) = config.apply_memory_budget(&manifest.dir, &routed)? {
+        tracing::info!("{plan}");
+        return_freed_memory_promptly();
     }
     // A model a reload switched (and saved) loads from that file; the runtime config keeps
     // its own for what the host reports.
@@ -343,15 +344,20 @@ fn start(
 /// Puts components precompiled for this host (from a verified artifact) in its compile cache;
 /// those of another engine profile are left out, and said so.
 fn import_precompiled(cache: &CompileCache, precompiled: &[PrecompiledLayer]) {
+    use edgeinfer_runtime::compile::Imported;
     for layer in precompiled {
+        let version = layer.composed_sha256.get(..12).unwrap_or_default();
         match cache.import(&layer.composed_sha256, &layer.profile, &layer.path) {
-            Ok(true) => tracing::info!(
+            Ok(Imported::Taken) => tracing::info!(
                 component = %layer.component,
-                version = %&layer.composed_sha256[..12],
+                version,
                 target = %layer.profile.target,
                 "precompiled component taken from the signed artifact"
             ),
-            Ok(false) => tracing::info!(
+            Ok(Imported::AlreadyCompiled) => {
+                tracing::info!(component = %layer.component, version, "precompiled component already in the compile cache")
+            }
+            Ok(Imported::OtherEngine) => tracing::info!(
                 component = %layer.component,
                 "not using its precompiled code: compiled with other engine settings (fuel), it is compiled here"
             ),

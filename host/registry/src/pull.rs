@@ -157,6 +157,13 @@ pub async fn pull(reference: &str, connection: &Connection, cache_root: &Path) -
         .collect();
     missing.sort_by(|a, b| a.digest.cmp(&b.digest));
     missing.dedup_by(|a, b| a.digest == b.digest);
+    // Precompiled code only saves a compile: offline, what is not cached is done without.
+    let mut precompiled = precompiled;
+    if offline {
+        let precompiled_digests: Vec<String> = precompiled.iter().map(|(l, ..)| l.digest.clone()).collect();
+        missing.retain(|l| !precompiled_digests.contains(&l.digest));
+        precompiled.retain(|(l, ..)| cache.blob(&l.digest).is_ok_and(|p| p.is_file()));
+    }
     if offline && !missing.is_empty() {
         bail!(
             "registry {} unreachable and {} layers of {digest} are not cached",

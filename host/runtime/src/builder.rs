@@ -87,7 +87,7 @@ pub struct Precompiled {
 
 /// Compiles each routed component of `manifest`, composed as `edgeinfer up` composes it, for
 /// each of `targets` (triples) with the engine settings of a host with `metered` guests, into
-/// `SOURCE.precompiled/TARGET.cwasm` with its description beside it: `registry push` carries
+/// `SOURCE.precompiled/ID.TARGET.cwasm` with its description beside it: `registry push` carries
 /// them as layers, and hosts that trust the artifact's signature load them instead of compiling.
 pub fn precompile(
     manifest: &Manifest,
@@ -120,7 +120,7 @@ pub fn precompile(
             let started = std::time::Instant::now();
             let compiled = crate::compile::precompile(&composed, metered, target)
                 .with_context(|| format!("cannot precompile component {id} for {target}"))?;
-            let (path, description_path) = precompiled::files(&folder, target);
+            let (path, description_path) = precompiled::files(&folder, id, target);
             // Renamed into place: a push reading the folder meanwhile sees whole files.
             let partial = path.with_extension(format!("cwasm.{}.partial", std::process::id()));
             std::fs::write(&partial, &compiled)

@@ -120,6 +120,17 @@ pub struct CompileCache {
     profile: EngineProfile,
 }
 
+/// What `CompileCache::import` did with precompiled code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Imported {
+    /// Kept: loading that version will use it.
+    Taken,
+    /// The cache had the version compiled already.
+    AlreadyCompiled,
+    /// Compiled with other engine settings (say, fuel counting): not used.
+    OtherEngine,
+}
+
 /// How a component was obtained, for logs and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheOutcome {
@@ -140,21 +151,38 @@ impl CompileCache {
 
     /// Keeps `compiled`, code precompiled elsewhere for the component whose composed bytes have
     /// sha256 `composed_sha256`, so that loading that version skips Cranelift. Only for code from
-    /// a source the host trusts to run native code (a signed artifact); wasmtime still checks it
-    /// was compiled for this engine when it is loaded, and it is recompiled when it was not.
-    pub fn import(&self, composed_sha256: &str, profile: &EngineProfile, compiled: &Path) -> Result<bool> {
+    /// a source the host trusts to run native code (a signed artifact); wasmtime still checks that
+    /// it was compiled for this engine (version, target, CPU features, settings) when it is
+    /// loaded, and the component is compiled here when it was not.
+    pub fn import(
+        &self,
+        composed_sha256: &str,
+        profile: &EngineProfile,
+        compiled: &Path,
+    ) -> Result<Imported> {
+        anyhow::ensure!(
+            edgeinfer_config::precompiled::is_sha256_hex(composed_sha256),
+            "{composed_sha256:?} is not a sha256"
+        );
         if *profile != self.profile {
-            return Ok(false);
+            return Ok(Imported::OtherEngine);
         }
         let path = self.dir.join(format!("{}.cwasm", cache_key(composed_sha256, profile)));
         if path.is_file() {
-            return Ok(true);
+            return Ok(Imported::AlreadyCompiled);
         }
         std::fs::create_dir_all(&self.dir)?;
-        let partial = self.dir.join(format!(".{composed_sha256}.{}.import", std::process::id()));
-        std::fs::copy(compiled, &partial).with_context(|| format!("cannot copy {}", compiled.display()))?;
-        std::fs::rename(&partial, &path)?;
-        Ok(true)
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let unique = NEXT.fetch_add(1, Ordering::Relaxed);
+        let partial = self.dir.join(format!(".{composed_sha256}.{}-{unique}.import", std::process::id()));
+        let copied = std::fs::read(compiled)
+            .and_then(|bytes| std::fs::write(&partial, bytes))
+            .and_then(|()| std::fs::rename(&partial, &path));
+        if copied.is_err() {
+            let _ = std::fs::remove_file(&partial);
+        }
+        copied.with_context(|| format!("cannot keep {} in the compile cache", compiled.display()))?;
+        Ok(Imported::Taken)
     }
 
     /// Compiles `bytes`, or loads the cached artifact compiled earlier by a compatible engine.

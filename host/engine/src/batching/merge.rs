@@ -114,21 +114,34 @@ pub fn cut_rows(inputs: &Tensors, rows: u32, part_rows: u32) -> Vec<Tensors> {
         .collect()
 }
 
-/// Joins the outputs of the parts of one request (`cut_rows`) along axis 0, in order.
-pub fn join_rows(parts: Vec<Tensors>) -> Result<Tensors, EngineError> {
-    let mut parts = parts.into_iter();
-    let Some(first) = parts.next() else { return Ok(Vec::new()) };
-    let mut joined: Vec<(String, Vec<u32>, crate::engines::ElementType, Vec<u8>)> =
-        first.into_iter().map(|(name, t)| (name, t.shape, t.ty, t.bytes.to_vec())).collect();
-    for part in parts {
+/// Joins the outputs of the parts of one request (`cut_rows`), each with its row count, along
+/// axis 0, in order; an output whose axis 0 is not the part's rows is an error.
+pub fn join_rows(parts: Vec<(u32, Tensors)>) -> Result<Tensors, EngineError> {
+    let mismatch = |name: &str| {
+        EngineError::Runtime(format!(
+            "output {name} of a request run in parts has no batch axis matching its rows: it cannot be joined"
+        ))
+    };
+    let mut joined: Vec<(String, Vec<u32>, crate::engines::ElementType, Vec<u8>)> = Vec::new();
+    for (index, (rows, part)) in parts.into_iter().enumerate() {
+        if index == 0 {
+            for (name, tensor) in part {
+                if tensor.shape.first() != Some(&rows) {
+                    return Err(mismatch(&name));
+                }
+                joined.push((name, tensor.shape, tensor.ty, tensor.bytes.to_vec()));
+            }
+            continue;
+        }
         for (name, shape, ty, bytes) in &mut joined {
             let tensor = part.iter().find(|(n, _)| n == name).map(|(_, t)| t);
             let Some(tensor) = tensor.filter(|t| t.ty == *ty && t.shape.get(1..) == shape.get(1..)) else {
-                return Err(EngineError::Runtime(format!(
-                    "output {name} of one part of a request does not match the others'"
-                )));
+                return Err(mismatch(name));
             };
-            shape[0] += tensor.shape[0];
+            if tensor.shape.first() != Some(&rows) {
+                return Err(mismatch(name));
+            }
+            shape[0] += rows;
             bytes.extend_from_slice(&tensor.bytes);
         }
     }
@@ -313,13 +326,18 @@ mod tests {
         let parts = cut_rows(&inputs, rows, 2);
         let shapes: Vec<Vec<u32>> = parts.iter().map(|p| p[0].1.shape.clone()).collect();
         assert_eq!(shapes, [vec![2, 3], vec![2, 3], vec![1, 3]]);
-        let joined = join_rows(parts).unwrap();
+        let joined = join_rows(parts.into_iter().map(|p| (p[0].1.shape[0], p)).collect()).unwrap();
         assert_eq!((joined[0].1.shape.clone(), joined[0].1.bytes.to_vec()), (vec![rows, 3], ids));
-        let mismatched = vec![
-            vec![("h".to_string(), TensorData::new(vec![1, 2], ElementType::F32, vec![0u8; 8]))],
-            vec![("h".to_string(), TensorData::new(vec![1, 3], ElementType::F32, vec![0u8; 12]))],
-        ];
-        assert!(join_rows(mismatched).is_err());
+        let tensor = |shape: Vec<u32>| {
+            let bytes = vec![0u8; shape.iter().product::<u32>() as usize * 4];
+            vec![("h".to_string(), TensorData::new(shape, ElementType::F32, bytes))]
+        };
+        assert!(
+            join_rows(vec![(1, tensor(vec![1, 2])), (1, tensor(vec![1, 3]))]).is_err(),
+            "trailing dims differ"
+        );
+        assert!(join_rows(vec![(2, tensor(vec![1, 4])), (2, tensor(vec![1, 4]))]).is_err(), "no batch axis");
+        assert!(join_rows(vec![(1, tensor(vec![]))]).is_err(), "a scalar output");
     }
 
     #[test]

@@ -109,6 +109,9 @@ pub struct Batcher {
     /// Metric label.
     model: Arc<str>,
     limits: BatchLimits,
+    /// Whether every output has a batch axis (axis 0 dynamic), so that a request may run in
+    /// parts whose outputs join along it.
+    cuttable: bool,
 }
 
 /// A batcher's limits, as clients may be told them (`/info`).
@@ -128,6 +131,7 @@ impl Batcher {
     pub fn spawn(model: &str, engines: Vec<Arc<dyn Engine>>, policy: BatchPolicy) -> Batcher {
         assert!(!engines.is_empty(), "a batcher needs at least one engine");
         let inputs = Arc::new(engines[0].inputs().to_vec());
+        let cuttable = engines[0].outputs().iter().all(|o| o.shape.first().is_some_and(|d| *d < 0));
         let max_queue = policy.max_queue;
         let limits = BatchLimits {
             max_batch_size: policy.max_batch_size,
@@ -151,7 +155,7 @@ impl Batcher {
             .name(format!("batcher-{model}"))
             .spawn(move || runtime.block_on(batch_loop.run()))
             .expect("cannot start a batcher thread");
-        Batcher { queue, inputs, places, max_queue, callers, model: model.into(), limits }
+        Batcher { queue, inputs, places, max_queue, callers, model: model.into(), limits, cuttable }
     }
 
     /// Announces a caller that will compute on this model soon (an HTTP request entering a
@@ -178,36 +182,53 @@ impl Batcher {
     }
 
     /// `compute`, for a caller of the given kind. A request of more padded tokens than
-    /// `max_batch_tokens` runs in parts of fewer rows, one after another, each queued like a
-    /// request of its own: no engine run is ever larger than the limit allows (but for a single
-    /// row longer than it).
+    /// `max_batch_tokens` runs in parts of fewer rows (when every output of the model has a
+    /// batch axis), one after another, each queued like a request of its own and all placed in
+    /// the queue up front: no engine run is larger than the limit allows (but for a single row
+    /// longer than it). The model's metrics count the parts.
     pub async fn compute_for(&self, inputs: Tensors, caller: Caller) -> Result<Tensors, EngineError> {
         check_inputs(&inputs, &self.inputs)?;
         if let Some(shape) = batch_shape(&inputs)
+            && self.cuttable
             && shape.rows > 1
             && u64::from(shape.rows) * u64::from(shape.seq) > self.limits.max_batch_tokens
         {
             let part_rows = (self.limits.max_batch_tokens / u64::from(shape.seq.max(1)))
                 .clamp(1, u64::from(u32::MAX)) as u32;
-            let mut outputs = Vec::new();
-            for part in cut_rows(&inputs, shape.rows, part_rows) {
-                outputs.push(self.compute_one(part, caller).await?);
+            let parts = cut_rows(&inputs, shape.rows, part_rows);
+            let mut places = self.place(parts.len() as u32)?;
+            let mut outputs = Vec::with_capacity(parts.len());
+            for part in parts {
+                let rows = part[0].1.shape[0];
+                let place = places.split(1).expect("one place per part");
+                outputs.push((rows, self.compute_placed(part, caller, place).await?));
             }
             return join_rows(outputs);
         }
-        self.compute_one(inputs, caller).await
+        let place = self.place(1)?;
+        self.compute_placed(inputs, caller, place).await
     }
 
-    /// Queues one engine run's worth of inputs (checked) and waits for its outputs.
-    async fn compute_one(&self, inputs: Tensors, caller: Caller) -> Result<Tensors, EngineError> {
-        let Ok(place) = self.places.clone().try_acquire_owned() else {
+    /// `count` places in the queue, or `Overloaded` when `max_queue` requests already hold them.
+    fn place(&self, count: u32) -> Result<OwnedSemaphorePermit, EngineError> {
+        self.places.clone().try_acquire_many_owned(count).map_err(|_| {
             metrics::counter!("edgeinfer_requests_refused_total", "model" => self.model.to_string())
                 .increment(1);
-            return Err(EngineError::Overloaded(format!(
+            EngineError::Overloaded(format!(
                 "model {:?} has {} requests queued or running, its max_queue; retry shortly",
                 &*self.model, self.max_queue
-            )));
-        };
+            ))
+        })
+    }
+
+    /// Queues one engine run's worth of inputs (checked) in its `place` and waits for its
+    /// outputs.
+    async fn compute_placed(
+        &self,
+        inputs: Tensors,
+        caller: Caller,
+        place: OwnedSemaphorePermit,
+    ) -> Result<Tensors, EngineError> {
         let shape = batch_shape(&inputs);
         let (reply, result) = oneshot::channel();
         let caller_span = tracing::Span::current();
