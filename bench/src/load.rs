@@ -17,8 +17,12 @@ pub struct LoadArgs {
     #[arg(long)]
     url: String,
     /// JSON request body (POST); without it, GET.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "bodies")]
     body: Option<String>,
+    /// A file of JSON request bodies, one a line: each request POSTs the next, in turn (a mixed
+    /// workload, in the file's order).
+    #[arg(long)]
+    bodies: Option<std::path::PathBuf>,
     #[command(flatten)]
     shape: Shape,
 }
@@ -106,8 +110,28 @@ pub async fn run(args: LoadArgs) -> Result<LoadResult> {
         }
         None => None,
     };
-    let body = Arc::new(body);
     let url = Arc::new(args.url);
+    if let Some(path) = &args.bodies {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let bodies: Vec<Arc<Option<Vec<u8>>>> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| Arc::new(Some(l.as_bytes().to_vec())))
+            .collect();
+        if bodies.is_empty() {
+            bail!("{} has no bodies", path.display());
+        }
+        let (bodies, next) = (Arc::new(bodies), Arc::new(std::sync::atomic::AtomicUsize::new(0)));
+        let request = move || {
+            let (client, url) = (client.clone(), url.clone());
+            let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % bodies.len();
+            let body = bodies[index].clone();
+            async move { send(&client, &url, &body).await }
+        };
+        return drive(args.shape, request).await;
+    }
+    let body = Arc::new(body);
     let request = move || {
         let (client, url, body) = (client.clone(), url.clone(), body.clone());
         async move { send(&client, &url, &body).await }

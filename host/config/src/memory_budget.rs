@@ -118,6 +118,7 @@ impl RuntimeConfig {
                 max_queue_delay_us: 0,
                 max_arrival_wait_us: 0,
                 pad_values: BTreeMap::new(),
+                max_padding_tokens: None,
             });
             batching.max_batch_tokens = batching.max_batch_tokens.min(tokens);
             plan.max_batch_tokens.insert(name.clone(), batching.max_batch_tokens);

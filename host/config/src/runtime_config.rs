@@ -318,6 +318,12 @@ pub struct BatchingConfig {
     /// Value padding each input's sequence axis; inputs not listed pad with 0.
     #[serde(default)]
     pub pad_values: BTreeMap<String, f64>,
+    /// Most padding tokens in one engine run (rows x longest sequence, less each row's own
+    /// length): a request that would pad the batch past it waits for the next batch, where
+    /// requests of its length gather. Short queries then do not run padded to a long passage's
+    /// length. Unset: no limit.
+    #[serde(default)]
+    pub max_padding_tokens: Option<u64>,
 }
 
 fn default_workers() -> usize {

@@ -39,6 +39,8 @@ pub struct BatchPolicy {
     pub max_arrival_wait: Duration,
     /// Value that pads each input's sequence axis (default 0).
     pub pad_values: BTreeMap<String, f64>,
+    /// Most padding tokens (rows × longest sequence, less each row's own length) in one run.
+    pub max_padding_tokens: u64,
     /// Requests queued or running at most; more are refused at once.
     pub max_queue: usize,
 }
@@ -53,6 +55,7 @@ impl BatchPolicy {
                 max_queue_delay: Duration::ZERO,
                 max_arrival_wait: Duration::ZERO,
                 pad_values: BTreeMap::new(),
+                max_padding_tokens: u64::MAX,
                 max_queue,
             },
             Some(c) => BatchPolicy {
@@ -61,6 +64,7 @@ impl BatchPolicy {
                 max_queue_delay: Duration::from_micros(c.max_queue_delay_us),
                 max_arrival_wait: Duration::from_micros(c.max_arrival_wait_us),
                 pad_values: c.pad_values.clone(),
+                max_padding_tokens: c.max_padding_tokens.unwrap_or(u64::MAX),
                 max_queue,
             },
         }
@@ -341,6 +345,10 @@ impl BatchLoop {
         metrics::histogram!("edgeinfer_batch_rows", "model" => model.clone()).record(f64::from(rows));
         metrics::histogram!("edgeinfer_batch_tokens", "model" => model.clone())
             .record(f64::from(rows) * f64::from(max_seq));
+        // The rows' own tokens: what edgeinfer_batch_tokens is, less the padding.
+        let real: f64 =
+            batch.iter().filter_map(|j| j.shape.as_ref()).map(|s| f64::from(s.rows) * f64::from(s.seq)).sum();
+        metrics::histogram!("edgeinfer_batch_real_tokens", "model" => model.clone()).record(real);
         metrics::histogram!("edgeinfer_batch_requests", "model" => model.clone()).record(batch.len() as f64);
         for job in batch.iter_mut() {
             metrics::histogram!("edgeinfer_queue_seconds", "model" => model.clone())
@@ -471,12 +479,15 @@ struct Batch<'p> {
     dropped: usize,
     rows: u32,
     max_seq: u32,
+    /// The rows' own tokens (each row's sequence length, summed).
+    real_tokens: u64,
 }
 
 impl<'p> Batch<'p> {
     fn new(first: Job, policy: &'p BatchPolicy) -> Batch<'p> {
         let (rows, max_seq) = first.shape.as_ref().map_or((u32::MAX, 0), |s| (s.rows, s.seq));
-        Batch { policy, jobs: vec![first], dropped: 0, rows, max_seq }
+        let real_tokens = u64::from(rows) * u64::from(max_seq);
+        Batch { policy, jobs: vec![first], dropped: 0, rows, max_seq, real_tokens }
     }
 
     /// A job that cannot be batched fills its batch by itself.
@@ -496,13 +507,17 @@ impl<'p> Batch<'p> {
         }
         let rows = self.rows + shape.rows;
         let max_seq = self.max_seq.max(shape.seq);
+        let padded = u64::from(rows) * u64::from(max_seq);
+        let real_tokens = self.real_tokens + u64::from(shape.rows) * u64::from(shape.seq);
         if rows > self.policy.max_batch_size
-            || u64::from(rows) * u64::from(max_seq) > self.policy.max_batch_tokens
+            || padded > self.policy.max_batch_tokens
+            || padded - real_tokens > self.policy.max_padding_tokens
         {
             return Some(job);
         }
         self.rows = rows;
         self.max_seq = max_seq;
+        self.real_tokens = real_tokens;
         self.jobs.push(job);
         None
     }

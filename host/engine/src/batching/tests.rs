@@ -111,6 +111,7 @@ fn policy(max_batch_size: u32, max_batch_tokens: u64, delay_ms: u64) -> BatchPol
         max_queue_delay: Duration::from_millis(delay_ms),
         max_arrival_wait: Duration::ZERO,
         pad_values: BTreeMap::new(),
+        max_padding_tokens: u64::MAX,
         max_queue: 1024,
     }
 }
@@ -446,4 +447,35 @@ async fn a_request_over_max_batch_tokens_runs_in_parts_with_the_same_answer() {
     bad[6][0] = 666;
     let refs: Vec<&[i64]> = bad.iter().map(Vec::as_slice).collect();
     assert!(matches!(batcher.compute(request(&refs)).await, Err(EngineError::Runtime(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_padding_limit_keeps_short_requests_out_of_a_batch_of_long_ones() {
+    // The engine is busy for 100 ms with a first request, meanwhile 2 long and 3 short ones
+    // queue, alternating; with at most 8 padding tokens a run, longs and shorts run apart.
+    let engine = FakeEngine::new(Duration::from_millis(100));
+    let limited = BatchPolicy { max_padding_tokens: 8, ..policy(32, 4096, 0) };
+    let batcher = Batcher::spawn("fake", vec![engine.clone()], limited);
+    let long: Vec<i64> = (1..=20).collect();
+    let short: Vec<i64> = vec![7, 8];
+    let first = tokio::spawn({
+        let batcher = batcher.clone();
+        let short = short.clone();
+        async move { batcher.compute(request(&[&short])).await }
+    });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let mut handles = Vec::new();
+    for i in 0..5 {
+        let row = if i % 2 == 0 { short.clone() } else { long.clone() };
+        let batcher = batcher.clone();
+        handles.push(tokio::spawn(async move { batcher.compute(request(&[&row])).await }));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    first.await.unwrap().unwrap();
+    for handle in handles {
+        handle.await.unwrap().unwrap();
+    }
+    let runs: Vec<(u32, u32)> = engine.runs().iter().map(|(rows, seq, _)| (*rows, *seq)).collect();
+    // The first alone, then the three shorts together (the oldest queued is short), then the longs.
+    assert_eq!(runs, [(1, 2), (3, 2), (2, 20)], "{runs:?}");
 }
