@@ -28,6 +28,7 @@ pub fn init() -> anyhow::Result<()> {
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)?
         .set_buckets_for_metric(Matcher::Full("edgeinfer_batch_rows".into()), BATCH_ROWS)?
         .set_buckets_for_metric(Matcher::Full("edgeinfer_batch_tokens".into()), BATCH_TOKENS)?
+        .set_buckets_for_metric(Matcher::Full("edgeinfer_batch_real_tokens".into()), BATCH_TOKENS)?
         .install_recorder()?;
     let _ = HANDLE.set(handle);
     describe();
@@ -68,6 +69,10 @@ fn describe() {
     describe_histogram!("edgeinfer_compute_seconds", Unit::Seconds, "Engine run time per batch.");
     describe_histogram!("edgeinfer_batch_rows", "Rows per engine run.");
     describe_histogram!("edgeinfer_batch_tokens", "Padded tokens per engine run.");
+    describe_histogram!(
+        "edgeinfer_batch_real_tokens",
+        "Tokens of the rows' own lengths per engine run (the rest of edgeinfer_batch_tokens is padding)."
+    );
     describe_histogram!("edgeinfer_batch_requests", "Compute calls merged into one engine run.");
     describe_gauge!("edgeinfer_queue_depth", "Compute calls waiting when the last batch left.");
     describe_counter!("edgeinfer_requests_dropped_total", "Compute calls whose caller left before compute.");
