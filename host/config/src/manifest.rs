@@ -4,7 +4,7 @@
 //! honour, rather than silently ignoring it. Keys of our own live in runtime-config/, never here:
 //! Spin refuses unknown keys.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -199,6 +199,11 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+
+    /// The ids of the components an HTTP route names (what a host serves), each once, sorted.
+    pub fn routed_components(&self) -> BTreeSet<&str> {
+        self.http_triggers.iter().map(|t| t.component.as_str()).collect()
     }
 
     /// Resolves a path relative to spin.toml.

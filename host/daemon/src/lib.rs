@@ -273,11 +273,7 @@ fn start(
         tracing::info!("ONNX Runtime {version} loaded from {}", library.display());
     }
     // Planned once the model files are in place (their sizes count), before any is loaded.
-    let routed: Vec<String> = {
-        let ids: std::collections::BTreeSet<&str> =
-            manifest.http_triggers.iter().map(|t| t.component.as_str()).collect();
-        ids.into_iter().map(str::to_string).collect()
-    };
+    let routed: Vec<String> = manifest.routed_components().into_iter().map(str::to_string).collect();
     if let Some(plan) = config.apply_memory_budget(&manifest.dir, &routed)? {
         tracing::info!("{plan}");
         return_freed_memory_promptly();

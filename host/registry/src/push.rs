@@ -267,12 +267,7 @@ fn lock_component(
     };
     let source = wasm(&component.source, layers)?;
     let mut dependencies = BTreeMap::new();
-    let mut dependency_digests = BTreeMap::new();
     for (name, dependency) in &component.dependencies {
-        let file = manifest.resolve(&dependency.path);
-        if file.is_file() {
-            dependency_digests.insert(name.clone(), digest_of_file(&file)?);
-        }
         dependencies.insert(
             name.clone(),
             LockedDependency {
@@ -282,6 +277,10 @@ fn lock_component(
             },
         );
     }
+    let dependency_digests: BTreeMap<String, String> = dependencies
+        .iter()
+        .filter_map(|(name, d)| Some((name.clone(), d.source.content.digest.clone()?)))
+        .collect();
     add_precompiled(manifest, id, component, &source.content, &dependency_digests, layers)?;
     let mut files = Vec::new();
     for mount in &component.files {
@@ -344,16 +343,16 @@ fn add_precompiled(
     layers: &mut Layers,
 ) -> Result<()> {
     let folder = precompiled::folder(&manifest.resolve(&component.source));
-    for (compiled, description) in precompiled::list(&folder)? {
+    // Components sharing a source share the folder: each takes its own files.
+    let own = precompiled::list(&folder)?.into_iter().filter(|(_, d)| d.component == id);
+    for (compiled, description) in own {
         let digest = |sha256: &str| format!("sha256:{sha256}");
         let same_dependencies = description.dependencies_sha256.len() == dependencies.len()
             && description
                 .dependencies_sha256
                 .iter()
                 .all(|(key, sha)| dependencies.get(key) == Some(&digest(sha)));
-        if description.component != id
-            || source.digest.as_deref() != Some(digest(&description.source_sha256).as_str())
-            || !same_dependencies
+        if source.digest.as_deref() != Some(digest(&description.source_sha256).as_str()) || !same_dependencies
         {
             eprintln!(
                 "edgeinfer: leaving out {}: it was compiled from another build of component {id} (edgeinfer build --precompile again)",

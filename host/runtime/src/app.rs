@@ -1,7 +1,7 @@
 //! The running app: its route table, and each routed component's versions in a
 //! `rollout::ComponentSlot`, built from a manifest and the models already in the registry.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::{Result, bail};
@@ -89,7 +89,7 @@ impl App {
             embeddings,
         };
         let mut components = BTreeMap::new();
-        let routed: BTreeSet<&str> = manifest.http_triggers.iter().map(|t| t.component.as_str()).collect();
+        let routed = manifest.routed_components();
         for id in routed {
             let loaded = builder.build_from_source(id)?;
             components.insert(id.to_string(), Arc::new(ComponentSlot::new(loaded)));

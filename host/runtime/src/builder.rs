@@ -33,7 +33,7 @@ pub fn build_served(manifest: &Manifest, compose_nn_providers: bool) -> Result<(
 /// Ids of the routed components and of the components whose `source` is a dependency composed
 /// into one of them.
 fn served_components(manifest: &Manifest, compose_nn_providers: bool) -> BTreeSet<String> {
-    let routed: BTreeSet<&str> = manifest.http_triggers.iter().map(|t| t.component.as_str()).collect();
+    let routed = manifest.routed_components();
     let mut paths = BTreeSet::new();
     for id in &routed {
         let component = &manifest.components[*id];
@@ -98,7 +98,7 @@ pub fn precompile(
     use edgeinfer_config::precompiled::{self, PrecompiledComponent};
     use sha2::{Digest, Sha256};
     let sha256 = |bytes: &[u8]| hex::encode(Sha256::digest(bytes));
-    let routed: BTreeSet<&str> = manifest.http_triggers.iter().map(|t| t.component.as_str()).collect();
+    let routed = manifest.routed_components();
     let mut done = Vec::new();
     for id in routed {
         let component = &manifest.components[id];

@@ -144,11 +144,6 @@ impl CompileCache {
         CompileCache { dir, profile }
     }
 
-    /// The profile of the engine this cache is for.
-    pub fn profile(&self) -> &EngineProfile {
-        &self.profile
-    }
-
     /// Keeps `compiled`, code precompiled elsewhere for the component whose composed bytes have
     /// sha256 `composed_sha256`, so that loading that version skips Cranelift. Only for code from
     /// a source the host trusts to run native code (a signed artifact); wasmtime still checks that
@@ -185,9 +180,16 @@ impl CompileCache {
         Ok(Imported::Taken)
     }
 
-    /// Compiles `bytes`, or loads the cached artifact compiled earlier by a compatible engine.
-    pub fn load(&self, engine: &Engine, name: &str, bytes: &[u8]) -> Result<(Component, CacheOutcome)> {
-        let key = cache_key(&hex::encode(Sha256::digest(bytes)), &self.profile);
+    /// Compiles `bytes` (whose sha256 is `sha256`, the version the caller has computed), or loads
+    /// the cached artifact compiled earlier by an engine of this profile.
+    pub fn load(
+        &self,
+        engine: &Engine,
+        name: &str,
+        bytes: &[u8],
+        sha256: &str,
+    ) -> Result<(Component, CacheOutcome)> {
+        let key = cache_key(sha256, &self.profile);
         let path = self.dir.join(format!("{key}.cwasm"));
         let started = Instant::now();
         if path.is_file() {

@@ -176,7 +176,7 @@ fn load_component(
         tracing::warn!(component = id, "ignoring its OpenAPI description: {e:#}");
         None
     });
-    let (compiled, outcome) = cache.load(engine, id, &composed)?;
+    let (compiled, outcome) = cache.load(engine, id, &composed, &version)?;
     let pre = linker
         .instantiate_pre(&compiled)
         .map_err(anyhow::Error::from)
