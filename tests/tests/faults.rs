@@ -96,6 +96,8 @@ fn over_the_concurrency_limit_is_503_with_retry_after() {
         assert!(Instant::now() < deadline, "the second request never waited for the slot");
         std::thread::sleep(Duration::from_millis(10));
     }
+    // The line is full: refused once no place freed within the app's 100 ms admission wait (the
+    // slow requests take seconds), not at once (clients that resend at once would spin).
     let started = Instant::now();
     let response = client().get(host.url("/fault/slow")).send().unwrap();
     let elapsed = started.elapsed();
@@ -103,7 +105,10 @@ fn over_the_concurrency_limit_is_503_with_retry_after() {
     assert_eq!(response.headers()["retry-after"], "1");
     let body: Value = response.json().unwrap();
     assert_eq!(body["error_type"], "Overloaded", "{body}");
-    assert!(elapsed < Duration::from_millis(500), "refused at once, not after waiting: {elapsed:?}");
+    assert!(
+        (Duration::from_millis(100)..Duration::from_millis(700)).contains(&elapsed),
+        "refused after the admission wait: {elapsed:?}"
+    );
     assert_eq!(running.join().unwrap().0, 200);
     assert_eq!(waiting.join().unwrap().0, 200, "the queued request ran when the slot freed");
     assert_eq!(get(&host, "/steady/ok").0, 200, "other components have their own limits");

@@ -154,6 +154,11 @@ pub struct ComponentLimits {
     /// Requests that may wait for a slot; more are answered 503 with `Retry-After`.
     #[serde(default = "default_max_queued_requests")]
     pub max_queued_requests: usize,
+    /// How long a request that finds the waiting line full waits for a place in it before it
+    /// is answered 503 (0: at once). Clients that resend as soon as they are refused then cost
+    /// one refusal a wait each instead of thousands a second (BENCHMARKS.md, "Overload").
+    #[serde(default = "default_admission_wait_ms")]
+    pub admission_wait_ms: u64,
     /// Optional compute budget of one request in wasmtime fuel (about one unit per Wasm
     /// instruction); a request that uses it up is stopped with 500 `FuelExhausted`.
     #[serde(default)]
@@ -201,6 +206,7 @@ impl Default for ComponentLimits {
             max_memory_bytes: default_max_memory_bytes(),
             max_concurrent_requests: default_max_concurrent_requests(),
             max_queued_requests: default_max_queued_requests(),
+            admission_wait_ms: default_admission_wait_ms(),
             fuel: None,
             warm_instances: default_warm_instances(),
             surplus_idle_ms: default_surplus_idle_ms(),
@@ -228,6 +234,10 @@ fn default_max_concurrent_requests() -> usize {
 
 fn default_max_queued_requests() -> usize {
     256
+}
+
+fn default_admission_wait_ms() -> u64 {
+    1_000
 }
 
 fn default_warm_instances() -> usize {
@@ -493,6 +503,11 @@ pub struct KserveConfig {
     /// Requests that may wait for a slot; more are answered 503 with `Retry-After`.
     #[serde(default = "default_max_queued_requests")]
     pub max_queued_requests: usize,
+    /// How long a request that finds the waiting line full waits for a place in it before it
+    /// is answered 503 (0: at once). Clients that resend as soon as they are refused then cost
+    /// one refusal a wait each instead of thousands a second (BENCHMARKS.md, "Overload").
+    #[serde(default = "default_admission_wait_ms")]
+    pub admission_wait_ms: u64,
 }
 
 impl Default for KserveConfig {
@@ -505,6 +520,7 @@ impl Default for KserveConfig {
             max_request_body_bytes: default_kserve_body(),
             max_concurrent_requests: default_max_concurrent_requests(),
             max_queued_requests: default_max_queued_requests(),
+            admission_wait_ms: default_admission_wait_ms(),
         }
     }
 }

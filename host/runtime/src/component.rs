@@ -251,7 +251,12 @@ fn load_component(
         pool: Arc::new(WarmPool::new(limits.warm_instances, max_instances(&limits))),
     });
     tracing::info!(component = id, version = %&version[..12], compile_cache = ?outcome, "component ready");
-    let admission = Admission::new(id, limits.max_concurrent_requests, limits.max_queued_requests);
+    let admission = Admission::new(
+        id,
+        limits.max_concurrent_requests,
+        limits.max_queued_requests,
+        Duration::from_millis(limits.admission_wait_ms),
+    );
     Ok(LoadedComponent {
         id: id.to_string(),
         version,

@@ -271,6 +271,7 @@ impl HostInfo {
                 "id": self.component_id,
                 "max_concurrent_requests": self.limits.max_concurrent_requests,
                 "max_queued_requests": self.limits.max_queued_requests,
+                "admission_wait_ms": self.limits.admission_wait_ms,
                 "request_timeout_ms": self.limits.request_timeout_ms,
                 "max_request_body_bytes": self.limits.max_request_body_bytes,
             },

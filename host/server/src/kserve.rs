@@ -6,6 +6,7 @@
 //! "error_type"}` (the protocol's `error` plus our type).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{MatchedPath, OriginalUri, Path, State};
@@ -57,7 +58,12 @@ impl Kserve {
     /// The API of `config` (enabled and checked), with its token read from the environment.
     pub fn new(config: KserveConfig, token: Option<String>) -> Kserve {
         debug_assert!(config.public || token.is_some(), "checked with the runtime config");
-        let admission = Admission::new("kserve", config.max_concurrent_requests, config.max_queued_requests);
+        let admission = Admission::new(
+            "kserve",
+            config.max_concurrent_requests,
+            config.max_queued_requests,
+            Duration::from_millis(config.admission_wait_ms),
+        );
         Kserve { config, tokens: token.into_iter().collect(), admission }
     }
 
