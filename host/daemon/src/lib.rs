@@ -78,6 +78,8 @@ impl AdminOptions {
 /// Serves the app of `options` until SIGTERM or Ctrl-C.
 pub async fn up(options: Options) -> Result<()> {
     telemetry::init()?;
+    // Model files and assets verified at an earlier start are not read again while unchanged.
+    edgeinfer_engine::digest::remember_under(cache_dir().join("digests"));
     // Pulls fetch the components precompiled for this host's wasmtime and CPU (from signed
     // artifacts only).
     let mut registry = options.registry.clone();
