@@ -90,9 +90,14 @@ impl App {
         };
         let mut components = BTreeMap::new();
         let routed = manifest.routed_components();
-        for id in routed {
-            let loaded = builder.build_from_source(id)?;
-            components.insert(id.to_string(), Arc::new(ComponentSlot::new(loaded)));
+        // Side by side: composing a component and reading its compiled code take ~25 ms each.
+        let built: Vec<Result<LoadedComponent>> = std::thread::scope(|scope| {
+            let building: Vec<_> =
+                routed.iter().map(|id| scope.spawn(|| builder.build_from_source(id))).collect();
+            building.into_iter().map(|b| b.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+        });
+        for (id, loaded) in routed.iter().zip(built) {
+            components.insert(id.to_string(), Arc::new(ComponentSlot::new(loaded?)));
         }
         let mut routes: Vec<Route> = manifest
             .http_triggers
