@@ -96,8 +96,8 @@ fn over_the_concurrency_limit_is_503_with_retry_after() {
         assert!(Instant::now() < deadline, "the second request never waited for the slot");
         std::thread::sleep(Duration::from_millis(10));
     }
-    // The line is full: refused once no place freed within the app's 100 ms admission wait (the
-    // slow requests take seconds), not at once (clients that resend at once would spin).
+    // The line is full: refused once no place freed within the app's 100 ms admission wait (each
+    // slow request holds its slot for 800 ms), not at once (clients that resend at once would spin).
     let started = Instant::now();
     let response = client().get(host.url("/fault/slow")).send().unwrap();
     let elapsed = started.elapsed();
